@@ -1,0 +1,173 @@
+//! Bucket and object ACLs: canned ACLs, grant headers, and AccessControlPolicy documents.
+
+use ferry_store::Error as StoreError;
+use ferry_store::model::{Acl, Grant, Grantee, Owner};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
+
+use crate::FerryS3;
+use crate::error::StoreResultExt;
+use crate::util::{GrantHeaders, Perm, check_perm, owner_dto, requested_acl};
+
+fn grants_dto(acl: &Acl) -> Vec<s3s::dto::Grant> {
+    acl.grants
+        .iter()
+        .map(|g| {
+            let grantee = match &g.grantee {
+                Grantee::User { id, display_name } => s3s::dto::Grantee {
+                    type_: Type::from_static(Type::CANONICAL_USER),
+                    id: Some(id.clone()),
+                    display_name: display_name.clone(),
+                    email_address: None,
+                    uri: None,
+                },
+                Grantee::Group { uri } => s3s::dto::Grantee {
+                    type_: Type::from_static(Type::GROUP),
+                    id: None,
+                    display_name: None,
+                    email_address: None,
+                    uri: Some(uri.clone()),
+                },
+                Grantee::Email { address } => s3s::dto::Grantee {
+                    type_: Type::from_static(Type::AMAZON_CUSTOMER_BY_EMAIL),
+                    id: None,
+                    display_name: None,
+                    email_address: Some(address.clone()),
+                    uri: None,
+                },
+            };
+            s3s::dto::Grant { grantee: Some(grantee), permission: Some(Permission::from(g.permission.clone())) }
+        })
+        .collect()
+}
+
+/// The ACL a Put*Acl request sets: an AccessControlPolicy body, or canned / grant headers.
+fn acl_from_request(
+    this: &FerryS3,
+    policy: Option<AccessControlPolicy>,
+    canned: Option<&str>,
+    headers: &GrantHeaders<'_>,
+    owner: &Owner,
+    bucket_owner: Option<&Owner>,
+) -> S3Result<Acl> {
+    let Some(policy) = policy else {
+        return requested_acl(canned, headers, owner, bucket_owner, &this.users);
+    };
+    if let Some(o) = policy.owner.as_ref().and_then(|o| o.id.as_ref())
+        && *o != owner.id
+    {
+        return Err(s3_error!(AccessDenied, "The owner of an ACL cannot be changed"));
+    }
+    let mut acl = Acl::default();
+    for g in policy.grants.unwrap_or_default() {
+        let permission = g
+            .permission
+            .map(|p| p.as_str().to_owned())
+            .ok_or_else(|| s3_error!(MalformedACLError, "A grant has no permission"))?;
+        if !["FULL_CONTROL", "READ", "WRITE", "READ_ACP", "WRITE_ACP"].contains(&permission.as_str()) {
+            return Err(s3_error!(MalformedACLError, "Unknown permission {permission}"));
+        }
+        let gr = g.grantee.ok_or_else(|| s3_error!(MalformedACLError, "A grant has no grantee"))?;
+        let grantee = match gr.type_.as_str() {
+            Type::CANONICAL_USER => {
+                let id = gr.id.ok_or_else(|| s3_error!(MalformedACLError, "A CanonicalUser grantee needs an ID"))?;
+                let known = this.users.find_owner(&id).ok_or_else(|| s3_error!(InvalidArgument, "Invalid id"))?;
+                Grantee::User { display_name: Some(known.display_name.clone()), id }
+            }
+            Type::GROUP => {
+                Grantee::Group { uri: gr.uri.ok_or_else(|| s3_error!(MalformedACLError, "A Group grantee needs a URI"))? }
+            }
+            Type::AMAZON_CUSTOMER_BY_EMAIL => {
+                let email = gr.email_address.ok_or_else(|| s3_error!(MalformedACLError, "An e-mail grantee needs an address"))?;
+                let known = this.users.find_email(&email).ok_or_else(|| {
+                    s3_error!(
+                        UnresolvableGrantByEmailAddress,
+                        "The e-mail address you provided does not match any account on record."
+                    )
+                })?;
+                Grantee::User { id: known.id.clone(), display_name: Some(known.display_name.clone()) }
+            }
+            other => return Err(s3_error!(MalformedACLError, "Unknown grantee type {other}")),
+        };
+        acl.grants.push(Grant { grantee, permission });
+    }
+    Ok(acl)
+}
+
+impl FerryS3 {
+    pub(crate) async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let b = self.bucket_for(&req, &req.input.bucket, Perm::ReadAcp).await?;
+        Ok(S3Response::new(GetBucketAclOutput {
+            owner: Some(owner_dto(&b.owner)),
+            grants: Some(grants_dto(&b.acl)),
+        }))
+    }
+
+    pub(crate) async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let b = self.bucket_for(&req, &req.input.bucket, Perm::WriteAcp).await?;
+        let i = req.input;
+        let headers = GrantHeaders {
+            full_control: i.grant_full_control.as_deref(),
+            read: i.grant_read.as_deref(),
+            read_acp: i.grant_read_acp.as_deref(),
+            write: i.grant_write.as_deref(),
+            write_acp: i.grant_write_acp.as_deref(),
+        };
+        let acl = acl_from_request(
+            self,
+            i.access_control_policy,
+            i.acl.as_ref().map(BucketCannedACL::as_str),
+            &headers,
+            &b.owner,
+            None,
+        )?;
+        self.update_bucket(b.name, move |bucket| bucket.acl = acl).await?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    pub(crate) async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let i = &req.input;
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        let v = &src.record;
+        check_perm(self.user(&req).map(|u| &u.owner), &v.owner, &v.attrs.acl, Perm::ReadAcp)?;
+        Ok(S3Response::new(GetObjectAclOutput {
+            owner: Some(owner_dto(&v.owner)),
+            grants: Some(grants_dto(&v.attrs.acl)),
+            ..Default::default()
+        }))
+    }
+
+    pub(crate) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Read).await.or_else(|_| Err(crate::util::access_denied()))?;
+        let src = self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref()).await?;
+        let v = src.record;
+        check_perm(self.user(&req).map(|u| &u.owner), &v.owner, &v.attrs.acl, Perm::WriteAcp)?;
+        let i = req.input;
+        let headers = GrantHeaders {
+            full_control: i.grant_full_control.as_deref(),
+            read: i.grant_read.as_deref(),
+            read_acp: i.grant_read_acp.as_deref(),
+            write: i.grant_write.as_deref(),
+            write_acp: i.grant_write_acp.as_deref(),
+        };
+        let acl = acl_from_request(
+            self,
+            i.access_control_policy,
+            i.acl.as_ref().map(ObjectCannedACL::as_str),
+            &headers,
+            &v.owner,
+            Some(&bucket.owner),
+        )?;
+        let (b, k, vid) = (i.bucket, i.key, v.version_id.clone());
+        self.store
+            .meta
+            .write(move |tx| {
+                let mut record = tx.get_version(&b, &k, &vid)?.ok_or(StoreError::NoSuchVersion)?;
+                record.attrs.acl = acl;
+                tx.set_version_attrs(&b, &k, &vid, &record.attrs)
+            })
+            .await
+            .s3()?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+}

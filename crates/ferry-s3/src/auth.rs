@@ -1,0 +1,231 @@
+//! Who is asking, and from where: credentials, the signing-region check, and virtual hosts.
+
+use std::collections::HashMap;
+
+use ferry_store::model::Owner;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::host::{S3Host, VirtualHost};
+use s3s::{S3Result, s3_error};
+use sha2::Digest as _;
+
+/// One credential and the owner it acts as.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+    /// The owner this credential acts as.
+    pub owner: Owner,
+    /// E-mail address, for ACL grants by e-mail.
+    pub email: Option<String>,
+}
+
+impl User {
+    /// A user whose owner id is derived from the access key (stable across restarts and regions)
+    /// unless given, and whose display name defaults to the access key.
+    #[must_use]
+    pub fn new(access_key: &str, secret_key: &str, display_name: Option<&str>, user_id: Option<&str>) -> Self {
+        let id = user_id.map_or_else(|| hex::encode(sha2::Sha256::digest(access_key.as_bytes())), str::to_owned);
+        Self {
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+            owner: Owner { id, display_name: display_name.unwrap_or(access_key).to_owned() },
+            email: None,
+        }
+    }
+
+    /// Sets the e-mail address.
+    #[must_use]
+    pub fn with_email(mut self, email: Option<&str>) -> Self {
+        self.email = email.map(str::to_owned);
+        self
+    }
+}
+
+/// The credentials a region accepts.
+#[derive(Debug, Default)]
+pub struct Users {
+    by_key: HashMap<String, User>,
+}
+
+impl Users {
+    /// A set of users.
+    #[must_use]
+    pub fn new(users: impl IntoIterator<Item = User>) -> Self {
+        Self { by_key: users.into_iter().map(|u| (u.access_key.clone(), u)).collect() }
+    }
+
+    /// The user with this access key.
+    #[must_use]
+    pub fn get(&self, access_key: &str) -> Option<&User> {
+        self.by_key.get(access_key)
+    }
+
+    /// Finds an owner by canonical id.
+    #[must_use]
+    pub fn find_owner(&self, id: &str) -> Option<&Owner> {
+        self.by_key.values().map(|u| &u.owner).find(|o| o.id == id)
+    }
+
+    /// Finds an owner by e-mail address.
+    #[must_use]
+    pub fn find_email(&self, email: &str) -> Option<&Owner> {
+        self.by_key.values().find(|u| u.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email))).map(|u| &u.owner)
+    }
+}
+
+pub(crate) struct Auth {
+    pub(crate) users: std::sync::Arc<Users>,
+}
+
+#[async_trait::async_trait]
+impl S3Auth for Auth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.users.get(access_key) {
+            Some(u) => Ok(SecretKey::from(u.secret_key.clone())),
+            None => Err(s3_error!(
+                InvalidAccessKeyId,
+                "The AWS access key Id you provided does not exist in our records."
+            )),
+        }
+    }
+}
+
+/// Accepts requests signed for this region, or for `us-east-1` (the region S3 clients default to
+/// and sign global operations with). Anonymous requests pass on to the handlers, which allow only
+/// what ACLs grant to everyone.
+pub(crate) struct Access {
+    pub(crate) region: String,
+}
+
+/// The region of a SigV4 credential scope `AK/DATE/REGION/SERVICE/aws4_request`.
+fn scope_region(credential: &str) -> Option<&str> {
+    credential.split('/').nth(2)
+}
+
+/// The signing region of a request: from the Authorization header or the presigned query.
+pub(crate) fn signed_region(headers: &http::HeaderMap, uri: &http::Uri) -> Option<String> {
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256")
+    {
+        let cred = rest.split(',').map(str::trim).find_map(|p| p.strip_prefix("Credential="))?;
+        return scope_region(cred).map(str::to_owned);
+    }
+    let query = uri.query()?;
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("X-Amz-Credential=") {
+            let decoded = percent_encoding::percent_decode_str(v).decode_utf8().ok()?;
+            return scope_region(&decoded).map(str::to_owned);
+        }
+    }
+    None
+}
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if let Some(region) = signed_region(cx.headers(), cx.uri())
+            && region != self.region
+            && region != "us-east-1"
+        {
+            return Err(s3_error!(
+                AuthorizationHeaderMalformed,
+                "the region '{region}' is wrong; expecting '{}'",
+                self.region
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Virtual-host parsing that never breaks path-style requests: only `BUCKET.<domain>` for one of
+/// the configured base domains is virtual-host style; every other host name is path-style.
+pub(crate) struct Host {
+    domains: Vec<String>,
+}
+
+impl Host {
+    pub(crate) fn new(mut domains: Vec<String>) -> Self {
+        // Longest first, so `a.b.example` wins over `example` for `bucket.a.b.example`.
+        domains.sort_by_key(|d| std::cmp::Reverse(d.len()));
+        Self { domains }
+    }
+}
+
+impl S3Host for Host {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        let name = strip_port(host);
+        for d in &self.domains {
+            if name.eq_ignore_ascii_case(d) {
+                return Ok(VirtualHost::new(d.as_str()));
+            }
+            if name.len() > d.len() + 1
+                && name.is_char_boundary(name.len() - d.len() - 1)
+                && name[name.len() - d.len()..].eq_ignore_ascii_case(d)
+                && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+            {
+                return Ok(VirtualHost::new(d.as_str()).with_bucket(&name[..name.len() - d.len() - 1]));
+            }
+        }
+        Ok(VirtualHost::new(name))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parsing_keeps_path_style() {
+        let h = Host::new(vec!["localhost".into(), "s3.example.com".into()]);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("localhost:9000", None),
+            ("bucket.localhost:9000", Some("bucket")),
+            ("my.dotted.bucket.localhost", Some("my.dotted.bucket")),
+            ("s3.example.com", None),
+            ("b.s3.example.com:443", Some("b")),
+            ("other-host:9000", None),
+            ("notlocalhost", None),
+            ("[::1]:9000", None),
+        ];
+        for (host, bucket) in cases {
+            let vh = h.parse_host_header(host).unwrap();
+            assert_eq!(vh.bucket(), *bucket, "{host}");
+        }
+    }
+
+    #[test]
+    fn signing_region_is_found_in_header_and_query() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=AK/20250101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=x".parse().unwrap(),
+        );
+        let uri: http::Uri = "/b/k".parse().unwrap();
+        assert_eq!(signed_region(&headers, &uri).as_deref(), Some("eu-west-1"));
+        let uri: http::Uri = "/b/k?X-Amz-Credential=AK%2F20250101%2Fap-south-1%2Fs3%2Faws4_request&X-Amz-Date=1".parse().unwrap();
+        assert_eq!(signed_region(&http::HeaderMap::new(), &uri).as_deref(), Some("ap-south-1"));
+        assert_eq!(signed_region(&http::HeaderMap::new(), &"/b".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn owner_ids_are_stable() {
+        let a = User::new("AK", "SK", None, None);
+        let b = User::new("AK", "other", None, None);
+        assert_eq!(a.owner, b.owner);
+        assert_eq!(a.owner.id.len(), 64);
+        assert_eq!(a.owner.display_name, "AK");
+    }
+}

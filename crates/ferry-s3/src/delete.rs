@@ -1,0 +1,128 @@
+//! DeleteObject and DeleteObjects.
+
+use ferry_core::ids::is_valid_version_id;
+use ferry_store::model::Owner;
+use ferry_store::objects::{delete_current, delete_version};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
+
+use crate::FerryS3;
+use crate::error::StoreResultExt;
+use crate::util::{MAX_KEY_LEN, Perm, check_key};
+
+/// Most keys in one DeleteObjects request.
+const MAX_DELETE_KEYS: usize = 1000;
+
+/// What deleting one key did.
+#[derive(Debug)]
+struct Deleted {
+    delete_marker: bool,
+    version_id: Option<String>,
+}
+
+/// Deletes one key or version inside a transaction.
+fn delete_one(
+    tx: &mut dyn ferry_store::meta::WriteTx,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+    owner: &Owner,
+) -> ferry_store::Result<Deleted> {
+    match version_id {
+        Some(v) => {
+            let removed = delete_version(tx, bucket, key, v)?;
+            Ok(Deleted { delete_marker: removed.is_some_and(|r| r.delete_marker), version_id: Some(v.to_owned()) })
+        }
+        None => {
+            let out = delete_current(tx, bucket, key, owner)?;
+            Ok(match out.marker {
+                Some(m) => Deleted { delete_marker: true, version_id: Some(m.version_id) },
+                None => Deleted { delete_marker: false, version_id: None },
+            })
+        }
+    }
+}
+
+impl FerryS3 {
+    pub(crate) async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        check_key(&req.input.key)?;
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let i = req.input;
+        if i.if_match.is_some() || i.if_match_last_modified_time.is_some() || i.if_match_size.is_some() {
+            return Err(s3_error!(NotImplemented, "Conditional deletes are not supported"));
+        }
+        if let Some(v) = &i.version_id
+            && !is_valid_version_id(v)
+        {
+            return Err(s3_error!(InvalidArgument, "Invalid version id specified"));
+        }
+        let (b, k, v) = (i.bucket, i.key, i.version_id);
+        let d = self.store.meta.write(move |tx| delete_one(tx, &b, &k, v.as_deref(), &owner)).await.s3()?;
+        let mut resp = S3Response::new(DeleteObjectOutput {
+            delete_marker: d.delete_marker.then_some(true),
+            version_id: d.version_id,
+            ..Default::default()
+        });
+        resp.status = Some(http::StatusCode::NO_CONTENT);
+        Ok(resp)
+    }
+
+    pub(crate) async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let objects = req.input.delete.objects;
+        if objects.len() > MAX_DELETE_KEYS {
+            return Err(s3_error!(MalformedXML, "The request must contain no more than 1000 keys"));
+        }
+        let quiet = req.input.delete.quiet == Some(true);
+        let name = req.input.bucket;
+        let results = self
+            .store
+            .meta
+            .write(move |tx| {
+                let mut out = Vec::with_capacity(objects.len());
+                for o in objects {
+                    let invalid = if o.key.is_empty() || o.key.len() > MAX_KEY_LEN {
+                        Some(("InvalidArgument", "Invalid key"))
+                    } else if o.version_id.as_deref().is_some_and(|v| !is_valid_version_id(v)) {
+                        Some(("InvalidArgument", "Invalid version id specified"))
+                    } else {
+                        None
+                    };
+                    let r = match invalid {
+                        Some(err) => Err(err),
+                        None => Ok(delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner)?),
+                    };
+                    out.push((o.key, o.version_id, r));
+                }
+                Ok(out)
+            })
+            .await
+            .s3()?;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (key, requested_version, r) in results {
+            match r {
+                Ok(d) if !quiet => deleted.push(DeletedObject {
+                    key: Some(key),
+                    version_id: requested_version,
+                    delete_marker: d.delete_marker.then_some(true),
+                    delete_marker_version_id: if d.delete_marker { d.version_id } else { None },
+                }),
+                Ok(_) => {}
+                Err((code, msg)) => errors.push(Error {
+                    key: Some(key),
+                    version_id: requested_version,
+                    code: Some(code.to_owned()),
+                    message: Some(msg.to_owned()),
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+}

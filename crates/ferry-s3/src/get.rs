@@ -1,0 +1,375 @@
+//! GetObject and HeadObject: version resolution, delete-marker answers, conditional requests,
+//! ranges and part numbers. Bodies stream from the blob files (or the inline row).
+
+use ferry_core::ids::is_valid_version_id;
+use ferry_store::model::{BodyLayout, VersionRecord, Versioning};
+use s3s::dto::*;
+use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
+
+use crate::FerryS3;
+use crate::error::StoreResultExt;
+use crate::put::checksum_fields;
+use crate::util::{Perm, check_key, check_perm, custom_error, etag, secs, ts, ts_secs};
+
+/// A version resolved for reading, with whether its bucket is versioned (to decide whether
+/// `x-amz-version-id` is returned).
+pub(crate) struct SourceVersion {
+    pub record: VersionRecord,
+    pub versioned: bool,
+}
+
+/// Conditional request headers.
+pub(crate) struct Conditions<'a> {
+    pub if_match: Option<&'a ETagCondition>,
+    pub if_none_match: Option<&'a ETagCondition>,
+    pub if_modified_since: Option<&'a Timestamp>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
+}
+
+fn cond_matches(c: &ETagCondition, stored: &str) -> bool {
+    c.is_any() || c.as_etag().is_some_and(|e| e.value() == stored)
+}
+
+/// Outcome of evaluating conditions.
+enum Verdict {
+    Proceed,
+    PreconditionFailed,
+    NotModified,
+}
+
+impl Conditions<'_> {
+    /// RFC 9110 order: If-Match, else If-Unmodified-Since (412); If-None-Match, else
+    /// If-Modified-Since (304 for reads).
+    fn evaluate(&self, v: &VersionRecord) -> Verdict {
+        let mtime = secs(v.mtime_us);
+        if let Some(m) = self.if_match {
+            if !cond_matches(m, &v.etag) {
+                return Verdict::PreconditionFailed;
+            }
+        } else if let Some(t) = self.if_unmodified_since
+            && mtime > ts_secs(t)
+        {
+            return Verdict::PreconditionFailed;
+        }
+        if let Some(m) = self.if_none_match {
+            if cond_matches(m, &v.etag) {
+                return Verdict::NotModified;
+            }
+        } else if let Some(t) = self.if_modified_since
+            && mtime <= ts_secs(t)
+        {
+            return Verdict::NotModified;
+        }
+        Verdict::Proceed
+    }
+
+    /// For GET/HEAD: 412 or 304.
+    fn check_read(&self, v: &VersionRecord) -> S3Result<()> {
+        match self.evaluate(v) {
+            Verdict::Proceed => Ok(()),
+            Verdict::PreconditionFailed => Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            )),
+            Verdict::NotModified => {
+                let mut e = s3_error!(NotModified);
+                let mut h = http::HeaderMap::new();
+                if let Ok(val) = format!("\"{}\"", v.etag).parse() {
+                    h.insert(http::header::ETAG, val);
+                }
+                e.set_headers(h);
+                Err(e)
+            }
+        }
+    }
+
+    /// For copy sources: every failed condition is a 412.
+    pub(crate) fn check_copy(&self, v: &VersionRecord) -> S3Result<()> {
+        match self.evaluate(v) {
+            Verdict::Proceed => Ok(()),
+            _ => Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            )),
+        }
+    }
+}
+
+fn header_map(pairs: &[(&str, String)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+            h.insert(k, v);
+        }
+    }
+    h
+}
+
+/// NoSuchKey for a key whose latest version is a delete marker, with the marker headers.
+fn deleted_key(marker: &VersionRecord) -> S3Error {
+    let mut e = s3_error!(NoSuchKey, "The specified key does not exist.");
+    e.set_headers(header_map(&[
+        ("x-amz-delete-marker", "true".into()),
+        ("x-amz-version-id", marker.version_id.clone()),
+    ]));
+    e
+}
+
+/// 405 for a GET/HEAD naming a delete marker's version id.
+fn marker_version(marker: &VersionRecord) -> S3Error {
+    let mut e = s3_error!(MethodNotAllowed, "The specified method is not allowed against this resource.");
+    let last_modified = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(marker.mtime_us).unwrap_or(0)),
+    );
+    e.set_headers(header_map(&[
+        ("x-amz-delete-marker", "true".into()),
+        ("x-amz-version-id", marker.version_id.clone()),
+        ("last-modified", last_modified),
+    ]));
+    e
+}
+
+impl FerryS3 {
+    /// Resolves (bucket, key, version) for reading, with S3's answers for missing keys,
+    /// missing versions and delete markers, and the READ permission check.
+    pub(crate) async fn source_version<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<SourceVersion> {
+        check_key(key)?;
+        if let Some(v) = version_id
+            && !is_valid_version_id(v)
+        {
+            return Err(s3_error!(InvalidArgument, "Invalid version id specified"));
+        }
+        let (b, k, vid) = (bucket.to_owned(), key.to_owned(), version_id.map(str::to_owned));
+        let (bucket_rec, version) = self
+            .store
+            .meta
+            .read(move |r| {
+                let bucket = r.get_bucket(&b)?;
+                let version = match (&bucket, &vid) {
+                    (None, _) => None,
+                    (Some(_), Some(v)) => r.get_version(&b, &k, v)?,
+                    (Some(_), None) => r.get_latest(&b, &k)?,
+                };
+                Ok((bucket, version))
+            })
+            .await
+            .s3()?;
+        let bucket_rec = bucket_rec.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        let user = self.user(req).map(|u| &u.owner);
+        let Some(record) = version else {
+            // Without READ on the bucket the requester may not learn whether the key exists.
+            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
+            return Err(if version_id.is_some() {
+                s3_error!(NoSuchVersion, "The specified version does not exist.")
+            } else {
+                s3_error!(NoSuchKey, "The specified key does not exist.")
+            });
+        };
+        if record.delete_marker {
+            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
+            return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
+        }
+        if check_perm(user, &record.owner, &record.attrs.acl, Perm::Read).is_err() {
+            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Owner)?;
+        }
+        Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
+    }
+
+    pub(crate) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let i = &req.input;
+        if i.sse_customer_algorithm.is_some() {
+            return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
+        }
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        Conditions {
+            if_match: i.if_match.as_ref(),
+            if_none_match: i.if_none_match.as_ref(),
+            if_modified_since: i.if_modified_since.as_ref(),
+            if_unmodified_since: i.if_unmodified_since.as_ref(),
+        }
+        .check_read(&src.record)?;
+        let plan = ReadPlan::new(&src.record, i.range.as_ref(), i.part_number)?;
+        let v = &src.record;
+        let body = match &v.layout {
+            BodyLayout::Inline(data) => {
+                let slice = data.get(to_usize(plan.range.start)..to_usize(plan.range.end)).unwrap_or_default();
+                let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::copy_from_slice(slice));
+                StreamingBlob::wrap(futures::stream::iter([chunk]))
+            }
+            BodyLayout::Parts { parts, .. } => {
+                StreamingBlob::wrap(self.store.blobs.read_parts(parts.clone(), plan.range.clone()))
+            }
+        };
+        let full_read = plan.content_range.is_none();
+        let checksums = if full_read && i.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED) {
+            checksum_fields(&v.attrs.checksums)
+        } else {
+            Default::default()
+        };
+        let [c32, c32c, c64, s1, s256] = checksums;
+        let has_checksum = [&c32, &c32c, &c64, &s1, &s256].iter().any(|c| c.is_some());
+        let a = &v.attrs;
+        let out = GetObjectOutput {
+            body: Some(body),
+            accept_ranges: Some("bytes".to_owned()),
+            content_length: i64::try_from(plan.range.end - plan.range.start).ok(),
+            content_range: plan.content_range.clone(),
+            parts_count: plan.parts_count,
+            e_tag: Some(etag(&v.etag)),
+            last_modified: Some(ts(v.mtime_us)),
+            content_type: a.content_type.clone(),
+            content_encoding: a.content_encoding.clone(),
+            content_disposition: a.content_disposition.clone(),
+            content_language: a.content_language.clone(),
+            cache_control: a.cache_control.clone(),
+            expires: a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok()),
+            website_redirect_location: a.website_redirect.clone(),
+            metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
+            version_id: src.versioned.then(|| v.version_id.clone()),
+            storage_class: v.storage_class.clone().map(StorageClass::from),
+            replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
+            tag_count: (!a.tags.is_empty()).then(|| i32::try_from(a.tags.len()).unwrap_or(i32::MAX)),
+            checksum_type: if has_checksum { a.checksums.kind.clone().map(ChecksumType::from) } else { None },
+            checksum_crc32: c32,
+            checksum_crc32c: c32c,
+            checksum_crc64nvme: c64,
+            checksum_sha1: s1,
+            checksum_sha256: s256,
+            ..Default::default()
+        };
+        let mut resp = S3Response::new(out);
+        if plan.partial {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(resp)
+    }
+
+    pub(crate) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let i = &req.input;
+        if i.sse_customer_algorithm.is_some() {
+            return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
+        }
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        Conditions {
+            if_match: i.if_match.as_ref(),
+            if_none_match: i.if_none_match.as_ref(),
+            if_modified_since: i.if_modified_since.as_ref(),
+            if_unmodified_since: i.if_unmodified_since.as_ref(),
+        }
+        .check_read(&src.record)?;
+        let plan = ReadPlan::new(&src.record, i.range.as_ref(), i.part_number)?;
+        let v = &src.record;
+        let a = &v.attrs;
+        let checksums =
+            if plan.content_range.is_none() && i.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED) {
+                checksum_fields(&a.checksums)
+            } else {
+                Default::default()
+            };
+        let [c32, c32c, c64, s1, s256] = checksums;
+        let has_checksum = [&c32, &c32c, &c64, &s1, &s256].iter().any(|c| c.is_some());
+        let out = HeadObjectOutput {
+            accept_ranges: Some("bytes".to_owned()),
+            content_length: i64::try_from(plan.range.end - plan.range.start).ok(),
+            content_range: plan.content_range.clone(),
+            parts_count: plan.parts_count,
+            e_tag: Some(etag(&v.etag)),
+            last_modified: Some(ts(v.mtime_us)),
+            content_type: a.content_type.clone(),
+            content_encoding: a.content_encoding.clone(),
+            content_disposition: a.content_disposition.clone(),
+            content_language: a.content_language.clone(),
+            cache_control: a.cache_control.clone(),
+            expires: a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok()),
+            website_redirect_location: a.website_redirect.clone(),
+            metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
+            version_id: src.versioned.then(|| v.version_id.clone()),
+            storage_class: v.storage_class.clone().map(StorageClass::from),
+            replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
+            checksum_type: if has_checksum { a.checksums.kind.clone().map(ChecksumType::from) } else { None },
+            checksum_crc32: c32,
+            checksum_crc32c: c32c,
+            checksum_crc64nvme: c64,
+            checksum_sha1: s1,
+            checksum_sha256: s256,
+            ..Default::default()
+        };
+        let mut resp = S3Response::new(out);
+        if plan.partial {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(resp)
+    }
+}
+
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Which bytes of a version a read returns.
+struct ReadPlan {
+    range: std::ops::Range<u64>,
+    content_range: Option<String>,
+    parts_count: Option<i32>,
+    partial: bool,
+}
+
+impl ReadPlan {
+    fn new(v: &VersionRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Self> {
+        let size = v.size;
+        if range.is_some() && part_number.is_some() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Cannot specify both Range header and partNumber query parameter"
+            ));
+        }
+        if let Some(r) = range {
+            let rg = r.check(size).map_err(|_| {
+                let mut e = s3_error!(InvalidRange, "The requested range is not satisfiable");
+                e.set_headers(header_map(&[("content-range", format!("bytes */{size}"))]));
+                e
+            })?;
+            let content_range = Some(format!("bytes {}-{}/{size}", rg.start, rg.end.saturating_sub(1)));
+            return Ok(Self { range: rg, content_range, parts_count: None, partial: true });
+        }
+        let Some(n) = part_number else {
+            return Ok(Self { range: 0..size, content_range: None, parts_count: None, partial: false });
+        };
+        let invalid = || {
+            custom_error(
+                "InvalidPartNumber",
+                http::StatusCode::RANGE_NOT_SATISFIABLE,
+                "The requested partnumber is not satisfiable",
+            )
+        };
+        if n < 1 {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive"
+            ));
+        }
+        match &v.layout {
+            BodyLayout::Parts { parts, multipart: true } => {
+                let idx = usize::try_from(n - 1).map_err(|_| invalid())?;
+                let part = parts.get(idx).ok_or_else(invalid)?;
+                let start: u64 = parts.iter().take(idx).map(|p| p.size).sum();
+                let end = start + part.size;
+                Ok(Self {
+                    content_range: Some(format!("bytes {start}-{}/{size}", end.saturating_sub(1))),
+                    range: start..end,
+                    parts_count: i32::try_from(parts.len()).ok(),
+                    partial: true,
+                })
+            }
+            _ if n == 1 => Ok(Self { range: 0..size, content_range: None, parts_count: None, partial: false }),
+            _ => Err(invalid()),
+        }
+    }
+}

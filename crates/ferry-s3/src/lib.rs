@@ -1,0 +1,108 @@
+//! Ferry's S3 front end: the [`s3s::S3`] trait implemented on [`ferry_store`].
+//!
+//! s3s parses requests, verifies SigV4 (header, presigned, streaming chunks with trailers) and
+//! serializes responses; this crate implements the semantics. One file per operation family:
+//! [`bucket`], [`put`] (PutObject, CopyObject), [`get`] (GetObject, HeadObject), [`delete`],
+//! [`list`], [`multipart`], [`tagging`] and [`acl`]. S3 error codes for store errors are chosen in
+//! one place, [`error`]. s3s types stay inside this crate.
+//!
+//! Authorization: requests are signed by a configured credential, each acting as an owner
+//! (canonical id + display name). Bucket and object ACLs decide what other credentials and
+//! anonymous requests may do; the owner may do everything.
+
+mod acl;
+mod auth;
+mod bucket;
+mod delete;
+pub mod error;
+mod get;
+mod list;
+mod multipart;
+mod put;
+mod tagging;
+mod util;
+
+use std::sync::Arc;
+
+use ferry_store::Store;
+use s3s::dto::*;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3, S3Request, S3Response, S3Result};
+
+pub use crate::auth::{User, Users};
+
+/// The S3 implementation of one region.
+pub struct FerryS3 {
+    pub(crate) store: Arc<Store>,
+    pub(crate) region: String,
+    pub(crate) users: Arc<Users>,
+}
+
+/// Settings of one region's S3 endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Region name (GetBucketLocation, LocationConstraint checks, signing region).
+    pub region: String,
+    /// Base domains of virtual-host-style requests.
+    pub domains: Vec<String>,
+}
+
+/// Builds the S3 service of one region.
+#[must_use]
+pub fn service(store: Arc<Store>, users: Arc<Users>, cfg: &EndpointConfig) -> S3Service {
+    let s3 = FerryS3 { store, region: cfg.region.clone(), users: users.clone() };
+    let mut b = S3ServiceBuilder::new(s3);
+    b.set_auth(auth::Auth { users });
+    b.set_access(auth::Access { region: cfg.region.clone() });
+    b.set_host(auth::Host::new(cfg.domains.clone()));
+    b.build()
+}
+
+macro_rules! ops {
+    ($($name:ident($input:ident) -> $output:ident;)*) => {
+        #[async_trait::async_trait]
+        impl S3 for FerryS3 {
+            $(
+                async fn $name(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                    self.$name(req).await
+                }
+            )*
+        }
+    };
+}
+
+ops! {
+    create_bucket(CreateBucketInput) -> CreateBucketOutput;
+    delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
+    head_bucket(HeadBucketInput) -> HeadBucketOutput;
+    list_buckets(ListBucketsInput) -> ListBucketsOutput;
+    get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
+    get_bucket_versioning(GetBucketVersioningInput) -> GetBucketVersioningOutput;
+    put_bucket_versioning(PutBucketVersioningInput) -> PutBucketVersioningOutput;
+    get_bucket_tagging(GetBucketTaggingInput) -> GetBucketTaggingOutput;
+    put_bucket_tagging(PutBucketTaggingInput) -> PutBucketTaggingOutput;
+    delete_bucket_tagging(DeleteBucketTaggingInput) -> DeleteBucketTaggingOutput;
+    get_bucket_acl(GetBucketAclInput) -> GetBucketAclOutput;
+    put_bucket_acl(PutBucketAclInput) -> PutBucketAclOutput;
+    put_object(PutObjectInput) -> PutObjectOutput;
+    copy_object(CopyObjectInput) -> CopyObjectOutput;
+    get_object(GetObjectInput) -> GetObjectOutput;
+    head_object(HeadObjectInput) -> HeadObjectOutput;
+    delete_object(DeleteObjectInput) -> DeleteObjectOutput;
+    delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
+    list_objects(ListObjectsInput) -> ListObjectsOutput;
+    list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
+    list_object_versions(ListObjectVersionsInput) -> ListObjectVersionsOutput;
+    create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
+    upload_part(UploadPartInput) -> UploadPartOutput;
+    upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
+    complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+    abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    list_multipart_uploads(ListMultipartUploadsInput) -> ListMultipartUploadsOutput;
+    list_parts(ListPartsInput) -> ListPartsOutput;
+    get_object_tagging(GetObjectTaggingInput) -> GetObjectTaggingOutput;
+    put_object_tagging(PutObjectTaggingInput) -> PutObjectTaggingOutput;
+    delete_object_tagging(DeleteObjectTaggingInput) -> DeleteObjectTaggingOutput;
+    get_object_acl(GetObjectAclInput) -> GetObjectAclOutput;
+    put_object_acl(PutObjectAclInput) -> PutObjectAclOutput;
+}

@@ -1,0 +1,516 @@
+//! Multipart uploads. Parts are blob files; completing an upload writes one version whose body
+//! is the list of chosen parts (no data is copied), with the S3 ETag `md5(part md5s)-N`.
+
+use ferry_store::Error as StoreError;
+use ferry_store::checksum::{Algorithm, composite_checksum, multipart_etag};
+use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, PartRecord, PartRef, UploadRecord, Versioning};
+use ferry_store::objects::{NewVersion, WriteConditions, put_version};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
+
+use crate::FerryS3;
+use crate::error::StoreResultExt;
+use crate::get::Conditions;
+use crate::put::{ChecksumRequest, checksum_fields, http_date, refuse_sse, storage_class, trailers};
+use crate::util::{
+    GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, owner_dto, parse_tagging_header, requested_acl, ts, user_metadata,
+};
+
+/// Smallest size of every part but the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Highest part number.
+const MAX_PART_NUMBER: i32 = 10_000;
+
+fn check_part_number(n: i32) -> S3Result<u32> {
+    if (1..=MAX_PART_NUMBER).contains(&n) {
+        Ok(u32::try_from(n).unwrap_or(1))
+    } else {
+        Err(s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        ))
+    }
+}
+
+fn no_such_upload() -> s3s::S3Error {
+    s3_error!(
+        NoSuchUpload,
+        "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
+    )
+}
+
+impl FerryS3 {
+    /// The upload, checked against the bucket and key of the request.
+    async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<UploadRecord> {
+        let id = upload_id.to_owned();
+        let u = self.store.meta.read(move |r| r.get_upload(&id)).await.s3()?;
+        u.filter(|u| u.bucket == bucket && u.key == key).ok_or_else(no_such_upload)
+    }
+
+    pub(crate) async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        check_key(&req.input.key)?;
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let i = req.input;
+        refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
+        let checksum_algorithm = match &i.checksum_algorithm {
+            Some(a) => Some(
+                Algorithm::parse(a.as_str())
+                    .ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm not supported"))?
+                    .name()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        if i.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT) {
+            return Err(s3_error!(NotImplemented, "Full-object checksums for multipart uploads are not supported"));
+        }
+        let grants = GrantHeaders {
+            full_control: i.grant_full_control.as_deref(),
+            read: i.grant_read.as_deref(),
+            read_acp: i.grant_read_acp.as_deref(),
+            write: None,
+            write_acp: i.grant_write_acp.as_deref(),
+        };
+        let attrs = ObjectAttrs {
+            content_type: Some(i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
+            content_encoding: i.content_encoding.clone(),
+            content_disposition: i.content_disposition.clone(),
+            content_language: i.content_language.clone(),
+            cache_control: i.cache_control.clone(),
+            expires: i.expires.as_ref().map(http_date).transpose()?,
+            website_redirect: i.website_redirect_location.clone(),
+            user_metadata: user_metadata(i.metadata.clone())?,
+            checksums: Checksums::default(),
+            tags: i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default(),
+            acl: requested_acl(
+                i.acl.as_ref().map(ObjectCannedACL::as_str),
+                &grants,
+                &owner,
+                Some(&bucket.owner),
+                &self.users,
+            )?,
+        };
+        let upload = UploadRecord {
+            upload_id: ferry_core::ids::new_upload_id(),
+            bucket: i.bucket.clone(),
+            key: i.key.clone(),
+            initiated_us: 0,
+            owner,
+            storage_class: storage_class(i.storage_class.as_ref().map(StorageClass::as_str))?,
+            attrs,
+            checksum_algorithm: checksum_algorithm.clone(),
+        };
+        let upload_id = upload.upload_id.clone();
+        self.store
+            .meta
+            .write(move |tx| {
+                if tx.get_bucket(&upload.bucket)?.is_none() {
+                    return Err(StoreError::NoSuchBucket);
+                }
+                let now = tx.now();
+                tx.put_upload(&UploadRecord { initiated_us: now, ..upload })
+            })
+            .await
+            .s3()?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            upload_id: Some(upload_id),
+            checksum_algorithm: checksum_algorithm.map(ChecksumAlgorithm::from),
+            checksum_type: i.checksum_algorithm.as_ref().map(|_| ChecksumType::from_static(ChecksumType::COMPOSITE)),
+            ..Default::default()
+        }))
+    }
+
+    pub(crate) async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        check_key(&req.input.key)?;
+        self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let part_number = check_part_number(req.input.part_number)?;
+        let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        let i = &req.input;
+        let mut checks = ChecksumRequest::new(
+            &req.headers,
+            i.checksum_algorithm.as_ref(),
+            [
+                i.checksum_crc32.as_ref(),
+                i.checksum_crc32c.as_ref(),
+                i.checksum_crc64nvme.as_ref(),
+                i.checksum_sha1.as_ref(),
+                i.checksum_sha256.as_ref(),
+            ],
+            i.content_md5.as_deref(),
+            false,
+        )?;
+        if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+            checks.algorithms.push(a);
+        }
+        let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
+        let body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody, "The request body is missing"))?;
+        let (ingested, digest) = self.store.ingest(body, &checks.algorithms, expected_len, MAX_PUT_SIZE, false).await.s3()?;
+        checks.verify(&digest, trailers(&req).as_ref())?;
+        let checksums = crate::put::stored_checksums(&digest);
+        let part = PartRecord {
+            upload_id: upload.upload_id.clone(),
+            part_number,
+            mtime_us: 0,
+            part: PartRef {
+                blob: ingested.layout(digest.len, "").blobs().into_iter().next().unwrap_or_default(),
+                size: digest.len,
+                etag: digest.md5_hex(),
+                checksums: (!checksums.values.is_empty()).then(|| checksums.clone()),
+            },
+        };
+        self.commit_part(part).await?;
+        self.store.committed(ingested);
+        let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&digest.md5_hex())),
+            checksum_crc32: c32,
+            checksum_crc32c: c32c,
+            checksum_crc64nvme: c64,
+            checksum_sha1: s1,
+            checksum_sha256: s256,
+            ..Default::default()
+        }))
+    }
+
+    /// Records a part (replacing any earlier part with the same number).
+    async fn commit_part(&self, part: PartRecord) -> S3Result<()> {
+        self.store
+            .meta
+            .write(move |tx| {
+                if tx.get_upload(&part.upload_id)?.is_none() {
+                    return Err(StoreError::NoSuchUpload);
+                }
+                tx.add_blob(&part.part.blob)?;
+                let now = tx.now();
+                if let Some(old) = tx.put_part(&PartRecord { mtime_us: now, ..part })? {
+                    tx.release_blob(&old.part.blob)?;
+                }
+                Ok(())
+            })
+            .await
+            .s3()
+    }
+
+    pub(crate) async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        check_key(&req.input.key)?;
+        self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let part_number = check_part_number(req.input.part_number)?;
+        let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        let i = &req.input;
+        let (src_bucket, src_key, src_vid) = match &i.copy_source {
+            CopySource::Bucket { bucket, key, version_id } => {
+                (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_owned))
+            }
+            _ => return Err(s3_error!(NotImplemented, "Access points are not supported")),
+        };
+        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref()).await?;
+        Conditions {
+            if_match: i.copy_source_if_match.as_ref(),
+            if_none_match: i.copy_source_if_none_match.as_ref(),
+            if_modified_since: i.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: i.copy_source_if_unmodified_since.as_ref(),
+        }
+        .check_copy(&src.record)?;
+        let size = src.record.size;
+        let range = match &i.copy_source_range {
+            None => 0..size,
+            Some(r) => parse_copy_range(r, size)?,
+        };
+        let len = range.end - range.start;
+        let mut algorithms = Vec::new();
+        if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+            algorithms.push(a);
+        }
+        let (ingested, digest) = match &src.record.layout {
+            BodyLayout::Inline(data) => {
+                let slice = data
+                    .get(usize::try_from(range.start).unwrap_or(0)..usize::try_from(range.end).unwrap_or(0))
+                    .unwrap_or_default();
+                let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::copy_from_slice(slice));
+                self.store.ingest(futures::stream::iter([chunk]), &algorithms, Some(len), MAX_PUT_SIZE, false).await.s3()?
+            }
+            BodyLayout::Parts { parts, .. } => {
+                let reader = self.store.blobs.read_parts(parts.clone(), range);
+                self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false).await.s3()?
+            }
+        };
+        let checksums = crate::put::stored_checksums(&digest);
+        let part = PartRecord {
+            upload_id: upload.upload_id.clone(),
+            part_number,
+            mtime_us: 0,
+            part: PartRef {
+                blob: ingested.layout(digest.len, "").blobs().into_iter().next().unwrap_or_default(),
+                size: digest.len,
+                etag: digest.md5_hex(),
+                checksums: (!checksums.values.is_empty()).then_some(checksums.clone()),
+            },
+        };
+        self.commit_part(part).await?;
+        self.store.committed(ingested);
+        let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&digest.md5_hex())),
+                last_modified: Some(ts(ferry_core::time::now_micros())),
+                checksum_crc32: c32,
+                checksum_crc32c: c32c,
+                checksum_crc64nvme: c64,
+                checksum_sha1: s1,
+                checksum_sha256: s256,
+            }),
+            copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    pub(crate) async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        check_key(&req.input.key)?;
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let i = req.input;
+        let requested: Vec<CompletedPart> = i.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+        if requested.is_empty() {
+            return Err(s3_error!(MalformedXML, "You must specify at least one part"));
+        }
+        let mut wanted: Vec<(u32, String)> = Vec::with_capacity(requested.len());
+        for p in &requested {
+            let n = p.part_number.ok_or_else(|| s3_error!(MalformedXML, "PartNumber is required"))?;
+            let n = check_part_number(n)?;
+            if wanted.last().is_some_and(|(prev, _)| *prev >= n) {
+                return Err(s3_error!(
+                    InvalidPartOrder,
+                    "The list of parts was not in ascending order. The parts list must be specified in order by part number."
+                ));
+            }
+            wanted.push((n, p.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default()));
+        }
+        let cond = WriteConditions {
+            if_match: i.if_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
+            if_none_match: i.if_none_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
+        };
+        let (bucket_name, key, upload_id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
+        let outcome = self.store.meta.write(move |tx| complete_in_tx(tx, &bucket_name, &key, &upload_id, &wanted, &cond)).await;
+        let record = match outcome {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(crate::error::to_s3(e)),
+        };
+        let [c32, c32c, c64, s1, s256] = checksum_fields(&record.attrs.checksums);
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(i.bucket.clone()),
+            key: Some(i.key.clone()),
+            e_tag: Some(etag(&record.etag)),
+            version_id: (bucket.versioning != Versioning::Unversioned).then(|| record.version_id.clone()),
+            location: Some(format!("/{}/{}", i.bucket, i.key)),
+            checksum_crc32: c32,
+            checksum_crc32c: c32c,
+            checksum_crc64nvme: c64,
+            checksum_sha1: s1,
+            checksum_sha256: s256,
+            checksum_type: record.attrs.checksums.kind.clone().map(ChecksumType::from),
+            ..Default::default()
+        }))
+    }
+
+    pub(crate) async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        check_key(&req.input.key)?;
+        self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        self.store
+            .meta
+            .write(move |tx| {
+                if tx.get_upload(&upload.upload_id)?.is_none() {
+                    return Err(StoreError::NoSuchUpload);
+                }
+                for p in tx.take_parts(&upload.upload_id)? {
+                    tx.release_blob(&p.part.blob)?;
+                }
+                tx.delete_upload(&upload.upload_id)
+            })
+            .await
+            .s3()?;
+        let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
+        resp.status = Some(http::StatusCode::NO_CONTENT);
+        Ok(resp)
+    }
+
+    pub(crate) async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.bucket_for(&req, &req.input.bucket, Perm::Read).await?;
+        let i = req.input;
+        let upload = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
+        let max = match i.max_parts {
+            None => 1000,
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-parts must be a non-negative integer")),
+            Some(n) => usize::try_from(n).unwrap_or(1000).min(1000),
+        };
+        let after: u32 = match i.part_number_marker {
+            None => 0,
+            Some(m) => u32::try_from(m).map_err(|_| s3_error!(InvalidArgument, "Invalid part number marker"))?,
+        };
+        let id = upload.upload_id.clone();
+        let mut parts = self.store.meta.read(move |r| r.list_parts(&id, after, max + 1)).await.s3()?;
+        let truncated = parts.len() > max;
+        parts.truncate(max);
+        let next = if truncated { parts.last().and_then(|p| i32::try_from(p.part_number).ok()) } else { None };
+        let dto_parts = parts
+            .iter()
+            .map(|p| {
+                let [c32, c32c, c64, s1, s256] = checksum_fields(&p.part.checksums.clone().unwrap_or_default());
+                Part {
+                    part_number: i32::try_from(p.part_number).ok(),
+                    e_tag: Some(etag(&p.part.etag)),
+                    size: i64::try_from(p.part.size).ok(),
+                    last_modified: Some(ts(p.mtime_us)),
+                    checksum_crc32: c32,
+                    checksum_crc32c: c32c,
+                    checksum_crc64nvme: c64,
+                    checksum_sha1: s1,
+                    checksum_sha256: s256,
+                }
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            upload_id: Some(upload.upload_id),
+            max_parts: i32::try_from(max).ok(),
+            part_number_marker: i.part_number_marker,
+            next_part_number_marker: next,
+            is_truncated: Some(truncated),
+            parts: Some(dto_parts),
+            initiator: Some(Initiator {
+                id: Some(upload.owner.id.clone()),
+                display_name: Some(upload.owner.display_name.clone()),
+            }),
+            owner: Some(owner_dto(&upload.owner)),
+            storage_class: Some(StorageClass::from(upload.storage_class.unwrap_or_else(|| "STANDARD".to_owned()))),
+            checksum_algorithm: upload.checksum_algorithm.map(ChecksumAlgorithm::from),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Completes an upload inside a transaction. The outer `Result` is the store's (rolls back);
+/// the inner one carries S3 validation errors, which also leave nothing changed.
+fn complete_in_tx(
+    tx: &mut dyn ferry_store::meta::WriteTx,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    wanted: &[(u32, String)],
+    cond: &WriteConditions,
+) -> ferry_store::Result<S3Result<ferry_store::model::VersionRecord>> {
+    let Some(upload) = tx.get_upload(upload_id)?.filter(|u| u.bucket == bucket && u.key == key) else {
+        return Ok(Err(no_such_upload()));
+    };
+    let stored = tx.list_parts(upload_id, 0, 20_000)?;
+    let mut chosen: Vec<PartRef> = Vec::with_capacity(wanted.len());
+    for (idx, (n, tag)) in wanted.iter().enumerate() {
+        let Some(p) = stored.iter().find(|p| p.part_number == *n) else {
+            return Ok(Err(s3_error!(
+                InvalidPart,
+                "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
+            )));
+        };
+        if !tag.is_empty() && *tag != p.part.etag {
+            return Ok(Err(s3_error!(
+                InvalidPart,
+                "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
+            )));
+        }
+        if idx + 1 < wanted.len() && p.part.size < MIN_PART_SIZE {
+            return Ok(Err(s3_error!(
+                EntityTooSmall,
+                "Your proposed upload is smaller than the minimum allowed object size."
+            )));
+        }
+        chosen.push(p.part.clone());
+    }
+    let etags: Vec<&str> = chosen.iter().map(|p| p.etag.as_str()).collect();
+    let Some(etag) = multipart_etag(&etags) else {
+        return Ok(Err(s3_error!(InvalidPart, "A part has an invalid ETag")));
+    };
+    let mut attrs = upload.attrs.clone();
+    if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+        let values: Option<Vec<&str>> =
+            chosen.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(a.name())).map(String::as_str)).collect();
+        if let Some(c) = values.and_then(|v| composite_checksum(a, &v)) {
+            attrs.checksums =
+                Checksums { values: [(a.name().to_owned(), c)].into_iter().collect(), kind: Some("COMPOSITE".to_owned()) };
+        }
+    }
+    let size = chosen.iter().map(|p| p.size).sum();
+    let new = NewVersion {
+        key: key.to_owned(),
+        size,
+        etag,
+        storage_class: upload.storage_class.clone(),
+        owner: upload.owner.clone(),
+        layout: BodyLayout::Parts { parts: chosen.clone(), multipart: true },
+        attrs,
+        repl_status: None,
+        identity: None,
+    };
+    let record = match put_version(tx, bucket, new, cond) {
+        Ok(r) => r,
+        Err(StoreError::PreconditionFailed) => return Ok(Err(crate::error::to_s3(StoreError::PreconditionFailed))),
+        Err(StoreError::NoSuchKey) => return Ok(Err(crate::error::to_s3(StoreError::NoSuchKey))),
+        Err(e) => return Err(e),
+    };
+    for p in tx.take_parts(upload_id)? {
+        if !chosen.iter().any(|c| c.blob == p.part.blob) {
+            tx.release_blob(&p.part.blob)?;
+        }
+    }
+    tx.delete_upload(upload_id)?;
+    Ok(Ok(record))
+}
+
+/// Parses `x-amz-copy-source-range: bytes=first-last` against the source size.
+fn parse_copy_range(r: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let bad = || {
+        s3_error!(
+            InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+        )
+    };
+    let spec = r.strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let first: u64 = a.trim().parse().map_err(|_| bad())?;
+    let last: u64 = b.trim().parse().map_err(|_| bad())?;
+    if first > last {
+        return Err(bad());
+    }
+    if last >= size {
+        return Err(s3_error!(InvalidRange, "The requested range is not satisfiable"));
+    }
+    Ok(first..last + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_ranges() {
+        assert_eq!(parse_copy_range("bytes=0-9", 10).unwrap(), 0..10);
+        assert!(parse_copy_range("bytes=0-10", 10).is_err());
+        assert!(parse_copy_range("bytes=5-4", 10).is_err());
+        assert!(parse_copy_range("0-4", 10).is_err());
+    }
+}

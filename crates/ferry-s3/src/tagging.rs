@@ -1,0 +1,68 @@
+//! Object tagging (bucket tagging is in `bucket.rs`). Tags belong to a version and change in
+//! place: no new version is created.
+
+use ferry_store::Error as StoreError;
+use ferry_store::model::VersionRecord;
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result};
+
+use crate::FerryS3;
+use crate::error::StoreResultExt;
+use crate::util::{MAX_OBJECT_TAGS, Perm, tags_from_dto, tags_to_dto, validate_tags};
+
+impl FerryS3 {
+    pub(crate) async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let src = self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref()).await?;
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set: tags_to_dto(&src.record.attrs.tags),
+            version_id: src.versioned.then(|| src.record.version_id.clone()),
+        }))
+    }
+
+    pub(crate) async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let tags = tags_from_dto(req.input.tagging.tag_set.clone());
+        validate_tags(&tags, MAX_OBJECT_TAGS)?;
+        let v = self.set_tags(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), tags).await?;
+        Ok(S3Response::new(PutObjectTaggingOutput { version_id: Some(v.version_id) }))
+    }
+
+    pub(crate) async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let v = self.set_tags(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Vec::new()).await?;
+        let mut resp = S3Response::new(DeleteObjectTaggingOutput { version_id: Some(v.version_id) });
+        resp.status = Some(http::StatusCode::NO_CONTENT);
+        Ok(resp)
+    }
+
+    async fn set_tags<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        tags: Vec<(String, String)>,
+    ) -> S3Result<VersionRecord> {
+        // Resolves the version with S3's answers for missing keys and delete markers.
+        let src = self.source_version(req, bucket, key, version_id).await?;
+        self.bucket_for(req, bucket, Perm::Write).await?;
+        let (b, k, v) = (bucket.to_owned(), key.to_owned(), src.record.version_id.clone());
+        self.store
+            .meta
+            .write(move |tx| {
+                let mut record = tx.get_version(&b, &k, &v)?.ok_or(StoreError::NoSuchVersion)?;
+                record.attrs.tags = tags;
+                tx.set_version_attrs(&b, &k, &v, &record.attrs)?;
+                Ok(record)
+            })
+            .await
+            .s3()
+    }
+}

@@ -1,0 +1,171 @@
+//! `ferry`: an S3-compatible object store whose buckets replicate across regions.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferry_core::config::{Config, DEFAULT_LISTEN, RegionConfig};
+use ferry_server::server::{Server, ServerOptions};
+
+/// Ferry: an S3-compatible object store with cross-region bucket replication.
+///
+/// Run `ferry serve` for a single local region, or `ferry serve --config FILE` for several
+/// regions (see examples/two-regions.toml). Any S3 client works against it: aws cli, boto3,
+/// the AWS SDKs, rclone, s3cmd.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the S3 API for one or more regions.
+    ///
+    /// Without --config: one region named `local` on 127.0.0.1:9000 with data in ./ferry-data.
+    /// Its credentials come from FERRY_ACCESS_KEY / FERRY_SECRET_KEY, or are generated at the
+    /// first start, stored in the data directory and printed once.
+    ///
+    /// With --config FILE: every [[region]] of the file is served by this process, each on its own
+    /// listener with its own data directory, sharing no state; [[credential]] entries are the
+    /// accepted keys. Relative data_dir paths are relative to the file. Unknown keys are errors.
+    ///
+    /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level.
+    /// SIGTERM or SIGINT stops accepting, lets in-flight requests finish (see
+    /// --shutdown-timeout) and exits 0.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (TOML) declaring regions and credentials.
+    #[arg(long, short = 'c', env = "FERRY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Listen address of the single region (ignored with --config).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "IP:PORT", conflicts_with = "config")]
+    listen: String,
+
+    /// Data directory of the single region (ignored with --config).
+    #[arg(long, default_value = "ferry-data", value_name = "DIR", conflicts_with = "config")]
+    data_dir: PathBuf,
+
+    /// Access key of the single region; with FERRY_SECRET_KEY replaces the stored credentials.
+    #[arg(long, env = "FERRY_ACCESS_KEY", hide_env_values = true, value_name = "KEY")]
+    access_key: Option<String>,
+
+    /// Secret key matching FERRY_ACCESS_KEY.
+    #[arg(long, env = "FERRY_SECRET_KEY", hide_env_values = true, value_name = "SECRET")]
+    secret_key: Option<String>,
+
+    /// Seconds to wait for in-flight requests when stopping.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    shutdown_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: cause: cause` on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
+fn user_from(c: &ferry_core::config::CredentialConfig) -> ferry_s3::User {
+    ferry_s3::User::new(&c.access_key, &c.secret_key, c.display_name.as_deref(), c.user_id.as_deref())
+        .with_email(c.email.as_deref())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let env_user = match (&args.access_key, &args.secret_key) {
+        (Some(a), Some(s)) => Some(ferry_s3::User::new(a, s, None, None)),
+        (None, None) => None,
+        _ => anyhow::bail!("set both FERRY_ACCESS_KEY and FERRY_SECRET_KEY, or neither"),
+    };
+    let (regions, mut users) = match &args.config {
+        Some(path) => {
+            let cfg = Config::load(path)?;
+            (cfg.region.clone(), cfg.credential.iter().map(user_from).collect::<Vec<_>>())
+        }
+        None => (vec![RegionConfig::single(&args.listen, args.data_dir.clone())], Vec::new()),
+    };
+    if let Some(u) = env_user {
+        users.push(u);
+    }
+    if users.is_empty() {
+        let dir = &regions[0].data_dir;
+        let (creds, created) = ferry_server::credentials::load_or_create(dir)?;
+        if created {
+            eprintln!(
+                "ferry: generated credentials (stored in {}):\n  access key: {}\n  secret key: {}",
+                dir.join("credentials.json").display(),
+                creds.access_key,
+                creds.secret_key
+            );
+        }
+        users.push(ferry_s3::User::new(&creds.access_key, &creds.secret_key, None, None));
+    }
+    let server = Server::start(ServerOptions { regions, users, shutdown_timeout: Duration::from_secs(args.shutdown_timeout) })
+        .await
+        .context("cannot start")?;
+    for r in server.regions() {
+        eprintln!("ferry: region {} serving S3 on http://{}", r.name, r.addr);
+    }
+    let stop = server.stop_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        stop.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

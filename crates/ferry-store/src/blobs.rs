@@ -1,0 +1,396 @@
+//! Blob files: object bodies (and multipart parts) too large to keep in the metadata database.
+//!
+//! # On-disk layout
+//! ```text
+//! DATA_DIR/blobs/ab/cd/abcd...   committed blobs, named by their 32-hex-char id
+//! DATA_DIR/staging/abcd...       blobs being written, or committed but not yet moved
+//! ```
+//! File names are ids minted by Ferry, never derived from object keys.
+//!
+//! # Write protocol and crash behaviour
+//! 1. The body streams into `staging/<id>`, then the file is fsynced ([`StagedBlob::finish`]).
+//! 2. The metadata transaction that references the blob records it in the `blobs` table; the
+//!    metadata writer fsyncs `staging/` before committing, so the directory entry is durable
+//!    before any committed record points at it.
+//! 3. After the commit the file is renamed to `blobs/ab/cd/<id>` ([`BlobStore::promote`]).
+//!
+//! A crash before 2 leaves an unreferenced file in `staging/`; a crash between 2 and 3 leaves a
+//! referenced one. [`BlobStore::recover`] at start-up promotes the referenced files and deletes the
+//! rest. Readers look in `blobs/` first, then in `staging/`, then in `blobs/` again (the rename
+//! may happen in between), so a committed blob is always found.
+//!
+//! Deletion: a record that stops referencing a blob moves it to the `garbage` table in the same
+//! transaction; the garbage collector unlinks it after a grace period.
+
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+
+use crate::model::PartRef;
+
+/// Read size used when streaming a blob out.
+const READ_CHUNK: usize = 256 * 1024;
+/// Write buffer when streaming a body in.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// The blob files of one region.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    staging: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating) the blob directories under `data_dir`.
+    ///
+    /// # Errors
+    /// When the directories cannot be created.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let blobs = data_dir.join("blobs");
+        let staging = data_dir.join("staging");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::create_dir_all(&staging)?;
+        Ok(Self { blobs, staging })
+    }
+
+    /// The staging directory (fsynced by the metadata writer before commits that add blobs).
+    #[must_use]
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    fn final_path(&self, id: &str) -> PathBuf {
+        let (a, b) = (id.get(0..2).unwrap_or("00"), id.get(2..4).unwrap_or("00"));
+        self.blobs.join(a).join(b).join(id)
+    }
+
+    fn staged_path(&self, id: &str) -> PathBuf {
+        self.staging.join(id)
+    }
+
+    /// Creates a new staged blob to stream a body into.
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub async fn create(&self) -> io::Result<StagedBlob> {
+        let id = ferry_core::ids::new_blob_id();
+        let path = self.staged_path(&id);
+        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        Ok(StagedBlob { id, path: Some(path), file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)) })
+    }
+
+    /// Moves a committed blob from staging to its final place. Not fsynced: after a crash the
+    /// file is found in either place, and [`recover`](Self::recover) finishes the move.
+    ///
+    /// # Errors
+    /// When the rename fails (the blob stays readable from staging).
+    pub fn promote(&self, id: &str) -> io::Result<()> {
+        let to = self.final_path(id);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(self.staged_path(id), to)
+    }
+
+    /// Opens a committed blob for reading, wherever it currently is.
+    ///
+    /// # Errors
+    /// `NotFound` when the blob is in neither place.
+    pub async fn open_read(&self, id: &str) -> io::Result<tokio::fs::File> {
+        let finals = self.final_path(id);
+        let mut last = None;
+        for path in [&finals, &self.staged_path(id), &finals] {
+            match tokio::fs::File::open(path).await {
+                Ok(f) => return Ok(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
+    }
+
+    /// Unlinks a blob from wherever it is. Missing files are not an error.
+    ///
+    /// # Errors
+    /// Other I/O errors.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        for path in [self.final_path(id), self.staged_path(id)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Start-up recovery of the staging directory: promotes the blobs `is_live` says are
+    /// referenced and deletes everything else. Returns (promoted, deleted).
+    ///
+    /// # Errors
+    /// I/O errors, or `is_live`'s error.
+    pub fn recover<E: From<io::Error>>(&self, mut is_live: impl FnMut(&str) -> Result<bool, E>) -> Result<(u64, u64), E> {
+        let (mut promoted, mut deleted) = (0, 0);
+        for entry in std::fs::read_dir(&self.staging)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ferry_core::ids::is_hex_id(&name) && is_live(&name)? {
+                self.promote(&name)?;
+                promoted += 1;
+            } else {
+                std::fs::remove_file(entry.path())?;
+                deleted += 1;
+            }
+        }
+        Ok((promoted, deleted))
+    }
+
+    /// Streams `range` (byte offsets within the object) of an object made of `parts`.
+    #[must_use]
+    pub fn read_parts(&self, parts: Vec<PartRef>, range: std::ops::Range<u64>) -> PartsReader {
+        PartsReader { store: self.clone(), parts, next_part: 0, part_start: 0, range, state: ReadState::Between }
+    }
+
+    /// Reads a whole blob range into memory (for small copies). Prefer [`read_parts`](Self::read_parts).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn read_range(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut f = self.open_read(id).await?;
+        f.seek(SeekFrom::Start(offset)).await?;
+        let mut buf = vec![0; len];
+        f.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+}
+
+/// A blob being written in the staging directory. Dropped before [`StagedBlob::keep`], the file
+/// is deleted.
+pub struct StagedBlob {
+    id: String,
+    path: Option<PathBuf>,
+    file: Option<BufWriter<tokio::fs::File>>,
+}
+
+impl StagedBlob {
+    /// The blob's id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends bytes.
+    ///
+    /// # Errors
+    /// I/O errors (e.g. a full disk).
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.write_all(data).await,
+            None => Err(io::Error::other("blob already finished")),
+        }
+    }
+
+    /// Flushes and fsyncs the file. The blob is durable content; it becomes referenced only
+    /// when a metadata transaction adds it.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        if let Some(mut f) = self.file.take() {
+            f.flush().await?;
+            f.get_mut().sync_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Disarms the delete-on-drop guard (call once the referencing transaction committed).
+    pub fn keep(mut self) -> String {
+        self.path = None;
+        std::mem::take(&mut self.id)
+    }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            drop(self.file.take());
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+enum ReadState {
+    Between,
+    Opening(Pin<Box<dyn std::future::Future<Output = io::Result<(tokio::fs::File, u64)>> + Send + Sync>>),
+    Reading(tokio::fs::File, u64),
+    Pending(Pin<Box<dyn std::future::Future<Output = (tokio::fs::File, io::Result<Vec<u8>>, u64)> + Send + Sync>>),
+    Done,
+}
+
+/// Streams a byte range of an object stored as a sequence of blob parts, opening each part only
+/// when the range reaches it. Holds at most one read chunk in memory.
+pub struct PartsReader {
+    store: BlobStore,
+    parts: Vec<PartRef>,
+    next_part: usize,
+    /// Object offset where `parts[next_part]` starts.
+    part_start: u64,
+    /// Remaining object range to produce.
+    range: std::ops::Range<u64>,
+    state: ReadState,
+}
+
+impl PartsReader {
+    /// Bytes still to produce.
+    #[must_use]
+    pub fn remaining(&self) -> u64 {
+        self.range.end.saturating_sub(self.range.start)
+    }
+}
+
+impl Stream for PartsReader {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                ReadState::Done => return Poll::Ready(None),
+                ReadState::Between => {
+                    if this.range.start >= this.range.end {
+                        this.state = ReadState::Done;
+                        continue;
+                    }
+                    // Skip parts that end before the range starts.
+                    let Some(part) = this.parts.get(this.next_part).cloned() else {
+                        this.state = ReadState::Done;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "object shorter than its parts",
+                        ))));
+                    };
+                    let part_end = this.part_start + part.size;
+                    if this.range.start >= part_end {
+                        this.part_start = part_end;
+                        this.next_part += 1;
+                        continue;
+                    }
+                    let offset = this.range.start - this.part_start;
+                    let len = (part_end.min(this.range.end)) - this.range.start;
+                    let store = this.store.clone();
+                    this.state = ReadState::Opening(Box::pin(async move {
+                        let mut f = store.open_read(&part.blob).await?;
+                        f.seek(SeekFrom::Start(offset)).await?;
+                        Ok((f, len))
+                    }));
+                }
+                ReadState::Opening(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        this.state = ReadState::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(Ok((f, len))) => this.state = ReadState::Reading(f, len),
+                },
+                ReadState::Reading(..) => {
+                    let ReadState::Reading(mut f, left) = std::mem::replace(&mut this.state, ReadState::Done) else {
+                        continue;
+                    };
+                    if left == 0 {
+                        // This part's share of the range is done; move to the next part.
+                        let size = this.parts.get(this.next_part).map_or(0, |p| p.size);
+                        this.part_start += size;
+                        this.next_part += 1;
+                        this.state = ReadState::Between;
+                        continue;
+                    }
+                    let want = usize::try_from(left.min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                    this.state = ReadState::Pending(Box::pin(async move {
+                        let mut buf = vec![0u8; want];
+                        let r = f.read_exact(&mut buf).await.map(|_| buf);
+                        (f, r, left)
+                    }));
+                }
+                ReadState::Pending(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready((f, Ok(buf), left)) => {
+                        let n = buf.len() as u64;
+                        this.range.start += n;
+                        this.state = ReadState::Reading(f, left - n);
+                        return Poll::Ready(Some(Ok(Bytes::from(buf))));
+                    }
+                    Poll::Ready((_, Err(e), _)) => {
+                        this.state = ReadState::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    async fn blob(store: &BlobStore, data: &[u8]) -> PartRef {
+        let mut b = store.create().await.unwrap();
+        b.write(data).await.unwrap();
+        b.finish().await.unwrap();
+        let id = b.keep();
+        store.promote(&id).unwrap();
+        PartRef { blob: id, size: data.len() as u64, etag: String::new(), checksums: None }
+    }
+
+    #[tokio::test]
+    async fn ranges_across_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let a = blob(&store, b"hello ").await;
+        let b = blob(&store, &vec![b'x'; READ_CHUNK + 10]).await;
+        let c = blob(&store, b"world").await;
+        let full: Vec<u8> = [b"hello ".to_vec(), vec![b'x'; READ_CHUNK + 10], b"world".to_vec()].concat();
+        let parts = vec![a, b, c];
+        for (s, e) in
+            [(0, full.len()), (3, 9), (6, 6 + READ_CHUNK + 10), (full.len() - 3, full.len()), (5, full.len() - 1), (4, 4)]
+        {
+            let mut r = store.read_parts(parts.clone(), s as u64..e as u64);
+            let mut got = Vec::new();
+            while let Some(chunk) = r.next().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(got, &full[s..e], "range {s}..{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_staged_blob_is_deleted_and_recovery_sorts_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut b = store.create().await.unwrap();
+        b.write(b"abc").await.unwrap();
+        let id = b.id().to_owned();
+        drop(b);
+        assert!(!dir.path().join("staging").join(&id).exists());
+
+        let mut live = store.create().await.unwrap();
+        live.write(b"live").await.unwrap();
+        live.finish().await.unwrap();
+        let live_id = live.keep();
+        let mut dead = store.create().await.unwrap();
+        dead.write(b"dead").await.unwrap();
+        dead.finish().await.unwrap();
+        let dead_id = dead.keep();
+        std::fs::write(dir.path().join("staging/garbage.tmp"), b"x").unwrap();
+        let (p, d) = store.recover(|id| Ok::<_, io::Error>(id == live_id)).unwrap();
+        assert_eq!((p, d), (1, 2));
+        assert!(store.open_read(&live_id).await.is_ok());
+        assert!(store.open_read(&dead_id).await.is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! Store errors. Domain errors (no such bucket, precondition failed...) are variants of their own
+//! so the S3 layer can map each to its S3 code in one place; everything else is internal.
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
+    #[error("the bucket already exists")]
+    BucketAlreadyExists,
+    #[error("the bucket is not empty")]
+    BucketNotEmpty,
+    #[error("the key does not exist")]
+    NoSuchKey,
+    #[error("the version does not exist")]
+    NoSuchVersion,
+    #[error("the multipart upload does not exist")]
+    NoSuchUpload,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("invalid bucket state: {0}")]
+    InvalidBucketState(String),
+    /// Reading the request body failed (client went away, bad chunk signature...).
+    #[error("reading the request body failed: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// The body ended before its declared length.
+    #[error("the body is shorter than its declared length")]
+    IncompleteBody,
+    /// The body is longer than allowed or than its declared length.
+    #[error("the body is too large")]
+    EntityTooLarge,
+    #[error("record has format version {0}, newer than this build understands")]
+    UnknownFormat(i64),
+    #[error("metadata store is shut down")]
+    Closed,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Result with the store [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

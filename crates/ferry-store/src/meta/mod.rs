@@ -1,0 +1,116 @@
+//! The metadata store: buckets, versions, multipart uploads, blob references, and (later) the
+//! replication outbox, all in one transactional database.
+//!
+//! # Writes
+//! Every write is a closure run inside a transaction by a single writer thread
+//! ([`sqlite::SqliteMeta::write`]). The writer batches the closures that arrive together into one
+//! database transaction (group commit): each closure runs inside its own savepoint, so one
+//! closure's error rolls back only its own changes, then the batch commits with one fsync and only
+//! then is each caller answered. A caller that got `Ok` has a durable change.
+//!
+//! The closure receives a [`WriteTx`]: the caller can add rows of its own (e.g. a replication
+//! job) next to the object version, and they commit or roll back together.
+//!
+//! Each closure gets commit timestamps from the region's [`CommitClock`](ferry_core::time::CommitClock)
+//! via [`WriteTx::now`]: strictly increasing in commit order, persisted with every batch.
+//!
+//! # Reads
+//! Read closures run on a small pool of read-only connections in WAL mode, each in its own
+//! snapshot ([`ReadTx`]); a read started after a write was acknowledged sees that write.
+//!
+//! # Backends
+//! SQLite is the embedded backend. The traits hold no SQLite types, so a PostgreSQL backend can
+//! implement them with the same schema.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
+
+/// Where a version scan starts.
+#[derive(Debug, Clone, Default)]
+pub struct VersionCursor {
+    /// Start strictly after this key (all its versions skipped)...
+    pub after_key: Option<String>,
+    /// ...or, with this set too, strictly after this version of `after_key` (the rest of that key's
+    /// versions come first). Given as the marker's (mtime_us, version_id).
+    pub after_version: Option<(i64, String)>,
+}
+
+/// Read operations, available in read snapshots and inside write transactions.
+pub trait ReadTx {
+    fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
+    fn list_buckets(&self) -> Result<Vec<BucketRecord>>;
+    /// A specific version (including delete markers).
+    fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>>;
+    /// The key's newest version (possibly a delete marker).
+    fn get_latest(&self, bucket: &str, key: &str) -> Result<Option<VersionRecord>>;
+    /// Current, non-deleted objects with `from <= key` (or `from < key` when `exclusive`), and
+    /// `key < to` when `to` is set, in key order.
+    fn scan_latest(&self, bucket: &str, from: &[u8], exclusive: bool, to: Option<&[u8]>, limit: usize) -> Result<Vec<ListEntry>>;
+    /// All versions and delete markers with `from <= key < to`, in (key, newest first) order,
+    /// starting after `cursor`.
+    fn scan_versions(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        cursor: &VersionCursor,
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<ListEntry>>;
+    /// True when the bucket holds any version or delete marker.
+    fn bucket_has_versions(&self, bucket: &str) -> Result<bool>;
+    fn get_upload(&self, upload_id: &str) -> Result<Option<UploadRecord>>;
+    /// Uploads of the bucket with `from <= key < to`, ordered by (key, initiated, upload id),
+    /// starting strictly after (`after_key`, `after_upload`) when given.
+    fn scan_uploads(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        after: Option<(&str, Option<&str>)>,
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>>;
+    /// Parts with number greater than `after`, in order.
+    fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>>;
+    /// True when a committed record references the blob.
+    fn blob_is_live(&self, blob: &str) -> Result<bool>;
+    /// Blobs released more than their grace period ago (to be unlinked).
+    fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>>;
+    fn get_setting(&self, key: &str) -> Result<Option<String>>;
+}
+
+/// Write operations; all of them are part of the enclosing transaction.
+pub trait WriteTx: ReadTx {
+    /// A commit timestamp, strictly greater than every one handed out before (µs since epoch).
+    fn now(&mut self) -> i64;
+    /// Moves the clock past a timestamp seen elsewhere (a replica's last-modified).
+    fn observe_time(&mut self, us: i64);
+    fn put_bucket(&mut self, bucket: &BucketRecord) -> Result<()>;
+    fn delete_bucket(&mut self, name: &str) -> Result<()>;
+    /// Inserts or replaces a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]).
+    fn put_version(&mut self, version: &VersionRecord) -> Result<()>;
+    /// Removes a version row, returning it.
+    fn remove_version(&mut self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>>;
+    /// Recomputes which version of the key is the latest.
+    fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()>;
+    fn set_version_attrs(&mut self, bucket: &str, key: &str, version_id: &str, attrs: &ObjectAttrs) -> Result<()>;
+    fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()>;
+    fn put_upload(&mut self, upload: &UploadRecord) -> Result<()>;
+    fn delete_upload(&mut self, upload_id: &str) -> Result<()>;
+    /// Inserts or replaces a part, returning the part it replaced.
+    fn put_part(&mut self, part: &PartRecord) -> Result<Option<PartRecord>>;
+    /// Removes all parts of an upload, returning them.
+    fn take_parts(&mut self, upload_id: &str) -> Result<Vec<PartRecord>>;
+    /// Records that a committed record now references `blob`. The blob file must already be
+    /// written and fsynced; the writer fsyncs the blob staging directory before committing.
+    fn add_blob(&mut self, blob: &str) -> Result<()>;
+    /// Records that nothing references `blob` any more; it is unlinked after a grace period (so
+    /// reads that already looked it up can finish).
+    fn release_blob(&mut self, blob: &str) -> Result<()>;
+    /// Forgets collected blobs.
+    fn forget_garbage(&mut self, blobs: &[String]) -> Result<()>;
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    /// Runs `hook` after the transaction commits (not if it rolls back).
+    fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>);
+}

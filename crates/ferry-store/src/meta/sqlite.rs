@@ -1,0 +1,904 @@
+//! SQLite backend of the metadata store.
+//!
+//! # Durability
+//! WAL journal with `synchronous=FULL`: a commit returns only after the WAL is fsynced. One writer
+//! thread owns the only read-write connection and commits in groups (see the parent module);
+//! before each commit that references new blob files it fsyncs the blob staging directory, so a
+//! committed reference never points at a file whose directory entry could vanish in a crash.
+//!
+//! # Schema (format version 1)
+//! - `settings(k, v)`: store-wide values: schema version, the commit clock's high-water mark.
+//! - `buckets(name, fmt, created_us, owner, versioning, acl, tagging, replication)`.
+//! - `versions(id, bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag,
+//!   storage_class, owner, repl_status, parts, multipart, attrs, inline_data)`: one row per
+//!   version or delete marker; `key` is a BLOB compared bytewise (S3 order); `inline_data` is
+//!   last so scans that do not select it never read its overflow pages.
+//! - `uploads(upload_id, ...)` and `parts(upload_id, part_number, ...)`: multipart uploads.
+//! - `blobs(id)`: every blob file a committed record references.
+//! - `garbage(id, due_us)`: released blob files, unlinked once due.
+//!
+//! JSON columns (`owner`, `acl`, `attrs`, `parts`, ...) hold the serde form of the model types;
+//! the row's `fmt` says which format they are in.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ferry_core::time::CommitClock;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ReadTx, VersionCursor, WriteTx};
+use crate::error::{Error, Result};
+use crate::model::*;
+
+/// Most closures committed together in one transaction.
+const MAX_BATCH: usize = 256;
+/// Read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+/// How long a released blob is kept before it is unlinked, so that reads which looked it up just
+/// before can still open it.
+pub const GARBAGE_GRACE_US: i64 = 30_000_000;
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS settings (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY, fmt INTEGER NOT NULL, created_us INTEGER NOT NULL, owner TEXT NOT NULL,
+    versioning INTEGER NOT NULL, acl TEXT NOT NULL, tagging TEXT, replication TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    bucket TEXT NOT NULL, key BLOB NOT NULL, version_id TEXT NOT NULL,
+    fmt INTEGER NOT NULL, mtime_us INTEGER NOT NULL, is_latest INTEGER NOT NULL, is_dm INTEGER NOT NULL,
+    size INTEGER NOT NULL, etag TEXT NOT NULL, storage_class TEXT, owner TEXT NOT NULL, repl_status TEXT,
+    parts TEXT, multipart INTEGER NOT NULL, attrs TEXT NOT NULL, inline_data BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_id ON versions (bucket, key, version_id);
+CREATE INDEX IF NOT EXISTS versions_by_age ON versions (bucket, key, mtime_us DESC, version_id DESC);
+CREATE INDEX IF NOT EXISTS versions_current ON versions (bucket, key) WHERE is_latest = 1 AND is_dm = 0;
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY, fmt INTEGER NOT NULL, bucket TEXT NOT NULL, key BLOB NOT NULL,
+    initiated_us INTEGER NOT NULL, owner TEXT NOT NULL, storage_class TEXT, checksum_algorithm TEXT,
+    attrs TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated_us, upload_id);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, fmt INTEGER NOT NULL, mtime_us INTEGER NOT NULL,
+    part TEXT NOT NULL, PRIMARY KEY (upload_id, part_number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS garbage (id TEXT PRIMARY KEY, due_us INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS garbage_due ON garbage (due_us);
+";
+
+const VERSION_COLS: &str = "bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, \
+                            owner, repl_status, parts, multipart, attrs, inline_data";
+const LIST_COLS: &str = "key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, owner, attrs";
+
+type Finisher = Box<dyn FnOnce(&Result<()>) + Send>;
+/// A queued write: given the open transaction (or `None` when the batch could not begin), runs
+/// the caller's closure and returns whether it succeeded and how to answer the caller.
+type Job = Box<dyn FnOnce(Option<&mut SqliteWriteTx<'_>>) -> (bool, Finisher) + Send>;
+
+/// The SQLite metadata store of one region.
+pub struct SqliteMeta {
+    // std Mutex: only cloned out of, never held across an await.
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(conn)
+}
+
+impl SqliteMeta {
+    /// Opens (creating if needed) the database at `path`. `staging_dir`, when given, is fsynced
+    /// before every commit that references a new blob.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or has a newer schema than this build.
+    pub fn open(path: &Path, staging_dir: Option<PathBuf>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Other(format!("{}: could not enable WAL journal (got {mode})", path.display())));
+        }
+        drop(conn);
+        let conn = open_connection(path, false)?;
+        conn.execute_batch(SCHEMA)?;
+        let schema: Option<String> = conn.query_row("SELECT v FROM settings WHERE k = 'schema'", [], |r| r.get(0)).optional()?;
+        match schema.as_deref().map(str::parse::<i64>) {
+            None => {
+                conn.execute("INSERT INTO settings (k, v) VALUES ('schema', ?1)", [FORMAT_VERSION.to_string()])?;
+            }
+            Some(Ok(v)) if v <= FORMAT_VERSION => {}
+            Some(Ok(v)) => return Err(Error::UnknownFormat(v)),
+            Some(Err(_)) => return Err(Error::Other("settings.schema is not a number".into())),
+        }
+        let high_water: i64 = conn
+            .query_row("SELECT v FROM settings WHERE k = 'clock'", [], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (sender, receiver) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        let writer = std::thread::Builder::new()
+            .name("ferry-meta-writer".into())
+            .spawn(move || writer_loop(&conn, receiver, CommitClock::new(high_water), staging_dir.as_deref()))?;
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    /// Runs `f` in a write transaction and returns its result once the transaction is durably
+    /// committed. If `f` fails, its changes are rolled back and its error returned.
+    ///
+    /// # Errors
+    /// `f`'s error, a commit error, or [`Error::Closed`] after shutdown.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        let sender = lock(&self.sender).clone().ok_or(Error::Closed)?;
+        let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |tx| {
+            let outcome = match tx {
+                Some(tx) => std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
+                    .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into()))),
+                None => Err(Error::Other("could not begin a transaction".into())),
+            };
+            let ok = outcome.is_ok();
+            let finish: Finisher = Box::new(move |commit: &Result<()>| {
+                let result = match commit {
+                    Ok(()) => outcome,
+                    Err(e) => Err(Error::Other(format!("commit failed: {e}"))),
+                };
+                let _ = done_tx.send(result);
+            });
+            (ok, finish)
+        });
+        sender.send(job).await.map_err(|_| Error::Closed)?;
+        done_rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Runs `f` on a read snapshot, on a blocking thread.
+    ///
+    /// # Errors
+    /// `f`'s error or a database error.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.run(f)).await.map_err(|e| Error::Other(format!("read task failed: {e}")))?
+    }
+
+    /// Same as [`read`](Self::read), for callers already on a blocking thread.
+    ///
+    /// # Errors
+    /// `f`'s error or a database error.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+        self.readers.run(f)
+    }
+
+    /// Stops accepting writes, lets the writer finish what it has, and waits for it.
+    pub fn shutdown(&self) {
+        lock(&self.sender).take();
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+        lock(&self.readers.idle).clear();
+    }
+}
+
+impl Drop for SqliteMeta {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ReadPool {
+    fn run<T>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+        let conn = match lock(&self.idle).pop() {
+            Some(c) => c,
+            None => open_connection(&self.path, true)?,
+        };
+        conn.execute_batch("BEGIN")?;
+        let out = f(&SqliteReadTx { conn: &conn });
+        let end = conn.execute_batch("COMMIT");
+        let mut idle = lock(&self.idle);
+        if end.is_ok() && idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        drop(idle);
+        end?;
+        out
+    }
+}
+
+fn writer_loop(conn: &Connection, mut receiver: mpsc::Receiver<Job>, mut clock: CommitClock, staging: Option<&Path>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        let mut tx = SqliteWriteTx { conn, clock: &mut clock, hooks: Vec::new(), new_blobs: false };
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = begun {
+            tracing::error!(error = %e, "could not begin a metadata transaction");
+            let err: Result<()> = Err(e.into());
+            for job in batch {
+                // Runs nothing: every caller is answered with the error.
+                let (_, finish) = job(None);
+                finish(&err);
+            }
+            continue;
+        }
+        for job in batch {
+            let hooks_before = tx.hooks.len();
+            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(Some(&mut tx));
+            let closed = if ok && savepoint.is_ok() {
+                conn.execute_batch("RELEASE job")
+            } else {
+                tx.hooks.truncate(hooks_before);
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            };
+            if let Err(e) = savepoint.and(closed) {
+                tracing::error!(error = %e, "savepoint handling failed");
+            }
+            finishers.push(finish);
+        }
+        let result = commit(conn, &mut tx, staging);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "metadata commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishers {
+            finish(&result);
+        }
+        if result.is_ok() {
+            for hook in tx.hooks.drain(..) {
+                hook();
+            }
+        }
+    }
+}
+
+fn commit(conn: &Connection, tx: &mut SqliteWriteTx<'_>, staging: Option<&Path>) -> Result<()> {
+    if tx.new_blobs
+        && let Some(dir) = staging
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (k, v) VALUES ('clock', ?1)")?.execute([tx.clock.last().to_string()])?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+struct SqliteReadTx<'a> {
+    conn: &'a Connection,
+}
+
+struct SqliteWriteTx<'a> {
+    conn: &'a Connection,
+    clock: &'a mut CommitClock,
+    hooks: Vec<Box<dyn FnOnce() + Send>>,
+    new_blobs: bool,
+}
+
+fn check_fmt(fmt: i64) -> Result<()> {
+    if fmt > FORMAT_VERSION { Err(Error::UnknownFormat(fmt)) } else { Ok(()) }
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    Ok(serde_json::from_str(s)?)
+}
+
+fn key_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn version_from_row(r: &Row<'_>) -> Result<VersionRecord> {
+    check_fmt(r.get(3)?)?;
+    let parts: Option<String> = r.get(12)?;
+    let layout = match parts {
+        Some(p) => BodyLayout::Parts { parts: json(&p)?, multipart: r.get::<_, i64>(13)? != 0 },
+        None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>(15)?.unwrap_or_default()),
+    };
+    Ok(VersionRecord {
+        bucket: r.get(0)?,
+        key: key_string(r.get(1)?),
+        version_id: r.get(2)?,
+        mtime_us: r.get(4)?,
+        is_latest: r.get::<_, i64>(5)? != 0,
+        delete_marker: r.get::<_, i64>(6)? != 0,
+        size: to_u64(r.get(7)?),
+        etag: r.get(8)?,
+        storage_class: r.get(9)?,
+        owner: json(&r.get::<_, String>(10)?)?,
+        repl_status: r.get::<_, Option<String>>(11)?.as_deref().and_then(ReplStatus::parse),
+        layout,
+        attrs: json(&r.get::<_, String>(14)?)?,
+    })
+}
+
+fn list_entry_from_row(r: &Row<'_>) -> Result<ListEntry> {
+    check_fmt(r.get(2)?)?;
+    let attrs: ObjectAttrs = json(&r.get::<_, String>(10)?)?;
+    Ok(ListEntry {
+        key: key_string(r.get(0)?),
+        version_id: r.get(1)?,
+        mtime_us: r.get(3)?,
+        is_latest: r.get::<_, i64>(4)? != 0,
+        delete_marker: r.get::<_, i64>(5)? != 0,
+        size: to_u64(r.get(6)?),
+        etag: r.get(7)?,
+        storage_class: r.get(8)?,
+        owner: json(&r.get::<_, String>(9)?)?,
+        checksum_algorithms: attrs.checksums.values.keys().cloned().collect(),
+    })
+}
+
+fn bucket_from_row(r: &Row<'_>) -> Result<BucketRecord> {
+    check_fmt(r.get(1)?)?;
+    Ok(BucketRecord {
+        name: r.get(0)?,
+        created_us: r.get(2)?,
+        owner: json(&r.get::<_, String>(3)?)?,
+        versioning: Versioning::from_i64(r.get(4)?),
+        acl: json(&r.get::<_, String>(5)?)?,
+        tagging: r.get::<_, Option<String>>(6)?.map(|s| json(&s)).transpose()?,
+        replication: r.get(7)?,
+    })
+}
+
+fn upload_from_row(r: &Row<'_>) -> Result<UploadRecord> {
+    check_fmt(r.get(1)?)?;
+    Ok(UploadRecord {
+        upload_id: r.get(0)?,
+        bucket: r.get(2)?,
+        key: key_string(r.get(3)?),
+        initiated_us: r.get(4)?,
+        owner: json(&r.get::<_, String>(5)?)?,
+        storage_class: r.get(6)?,
+        checksum_algorithm: r.get(7)?,
+        attrs: json(&r.get::<_, String>(8)?)?,
+    })
+}
+
+fn part_from_row(r: &Row<'_>) -> Result<PartRecord> {
+    check_fmt(r.get(2)?)?;
+    Ok(PartRecord {
+        upload_id: r.get(0)?,
+        part_number: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        mtime_us: r.get(3)?,
+        part: json(&r.get::<_, String>(4)?)?,
+    })
+}
+
+const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication";
+const UPLOAD_COLS: &str = "upload_id, fmt, bucket, key, initiated_us, owner, storage_class, checksum_algorithm, attrs";
+
+fn collect<T>(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], f: fn(&Row<'_>) -> Result<T>) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+fn first<T>(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], f: fn(&Row<'_>) -> Result<T>) -> Result<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(f).transpose()
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The read queries, shared by read snapshots and write transactions.
+fn read_ops(conn: &Connection) -> Reads<'_> {
+    Reads(conn)
+}
+
+struct Reads<'a>(&'a Connection);
+
+impl ReadTx for Reads<'_> {
+    fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
+        first(
+            self.0,
+            &format!("SELECT {BUCKET_COLS} FROM buckets WHERE name = ?1"),
+            &[&name],
+            bucket_from_row,
+        )
+    }
+
+    fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
+        collect(self.0, &format!("SELECT {BUCKET_COLS} FROM buckets ORDER BY name"), &[], bucket_from_row)
+    }
+
+    fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
+        first(
+            self.0,
+            &format!("SELECT {VERSION_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"),
+            &[&bucket, &key.as_bytes(), &version_id],
+            version_from_row,
+        )
+    }
+
+    fn get_latest(&self, bucket: &str, key: &str) -> Result<Option<VersionRecord>> {
+        first(
+            self.0,
+            &format!(
+                "SELECT {VERSION_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
+                 ORDER BY mtime_us DESC, version_id DESC LIMIT 1"
+            ),
+            &[&bucket, &key.as_bytes()],
+            version_from_row,
+        )
+    }
+
+    fn scan_latest(&self, bucket: &str, from: &[u8], exclusive: bool, to: Option<&[u8]>, limit: usize) -> Result<Vec<ListEntry>> {
+        let op = if exclusive { ">" } else { ">=" };
+        let lim = limit_i64(limit);
+        match to {
+            Some(to) => collect(
+                self.0,
+                &format!(
+                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND is_latest = 1 AND is_dm = 0 \
+                     AND key {op} ?2 AND key < ?3 ORDER BY key LIMIT ?4"
+                ),
+                &[&bucket, &from, &to, &lim],
+                list_entry_from_row,
+            ),
+            None => collect(
+                self.0,
+                &format!(
+                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND is_latest = 1 AND is_dm = 0 \
+                     AND key {op} ?2 ORDER BY key LIMIT ?3"
+                ),
+                &[&bucket, &from, &lim],
+                list_entry_from_row,
+            ),
+        }
+    }
+
+    fn scan_versions(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        cursor: &VersionCursor,
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<ListEntry>> {
+        let mut out = Vec::new();
+        let lim = limit_i64(limit);
+        if let (Some(k), Some((m, v))) = (&cursor.after_key, &cursor.after_version) {
+            out = collect(
+                self.0,
+                &format!(
+                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
+                     AND (mtime_us < ?3 OR (mtime_us = ?3 AND version_id < ?4)) \
+                     ORDER BY mtime_us DESC, version_id DESC LIMIT ?5"
+                ),
+                &[&bucket, &k.as_bytes(), m, v, &lim],
+                list_entry_from_row,
+            )?;
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+        let rest = limit_i64(limit - out.len());
+        let (lower, exclusive): (&[u8], bool) = match &cursor.after_key {
+            Some(k) if k.as_bytes() >= from => (k.as_bytes(), true),
+            _ => (from, false),
+        };
+        let op = if exclusive { ">" } else { ">=" };
+        let more = match to {
+            Some(to) => collect(
+                self.0,
+                &format!(
+                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
+                     ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?4"
+                ),
+                &[&bucket, &lower, &to, &rest],
+                list_entry_from_row,
+            )?,
+            None => collect(
+                self.0,
+                &format!(
+                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 \
+                     ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?3"
+                ),
+                &[&bucket, &lower, &rest],
+                list_entry_from_row,
+            )?,
+        };
+        out.extend(more);
+        Ok(out)
+    }
+
+    fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT 1 FROM versions WHERE bucket = ?1 LIMIT 1")?
+            .query_row([bucket], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn get_upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
+        first(
+            self.0,
+            &format!("SELECT {UPLOAD_COLS} FROM uploads WHERE upload_id = ?1"),
+            &[&upload_id],
+            upload_from_row,
+        )
+    }
+
+    fn scan_uploads(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        after: Option<(&str, Option<&str>)>,
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>> {
+        let to = to.unwrap_or(&[0xff; 1100]);
+        let lim = limit_i64(limit);
+        let mut out = Vec::new();
+        let mut lower: &[u8] = from;
+        let mut exclusive = false;
+        if let Some((k, up)) = after {
+            if let Some(up) = up {
+                // The rest of key `k`, after the marker upload.
+                let marker = self.get_upload(up)?;
+                if let Some(m) = marker.filter(|m| m.bucket == bucket && m.key == k) {
+                    out = collect(
+                        self.0,
+                        &format!(
+                            "SELECT {UPLOAD_COLS} FROM uploads WHERE bucket = ?1 AND key = ?2 \
+                             AND (initiated_us > ?3 OR (initiated_us = ?3 AND upload_id > ?4)) \
+                             ORDER BY initiated_us, upload_id LIMIT ?5"
+                        ),
+                        &[&bucket, &k.as_bytes(), &m.initiated_us, &up, &lim],
+                        upload_from_row,
+                    )?;
+                }
+            }
+            if k.as_bytes() >= from {
+                lower = k.as_bytes();
+                exclusive = true;
+            }
+        }
+        if out.len() >= limit {
+            return Ok(out);
+        }
+        let op = if exclusive { ">" } else { ">=" };
+        let rest = limit_i64(limit - out.len());
+        out.extend(collect(
+            self.0,
+            &format!(
+                "SELECT {UPLOAD_COLS} FROM uploads WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
+                 ORDER BY key, initiated_us, upload_id LIMIT ?4"
+            ),
+            &[&bucket, &lower, &to, &rest],
+            upload_from_row,
+        )?);
+        Ok(out)
+    }
+
+    fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>> {
+        collect(
+            self.0,
+            "SELECT upload_id, part_number, fmt, mtime_us, part FROM parts WHERE upload_id = ?1 AND part_number > ?2 \
+             ORDER BY part_number LIMIT ?3",
+            &[&upload_id, &i64::from(after), &limit_i64(limit)],
+            part_from_row,
+        )
+    }
+
+    fn blob_is_live(&self, blob: &str) -> Result<bool> {
+        Ok(self.0.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?.query_row([blob], |_| Ok(())).optional()?.is_some())
+    }
+
+    fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>> {
+        let mut stmt = self.0.prepare_cached("SELECT id FROM garbage WHERE due_us <= ?1 ORDER BY due_us LIMIT ?2")?;
+        let rows = stmt.query_map(params![now_us, limit_i64(limit)], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.0.prepare_cached("SELECT v FROM settings WHERE k = ?1")?.query_row([key], |r| r.get(0)).optional()?)
+    }
+}
+
+macro_rules! delegate_reads {
+    ($t:ty) => {
+        impl ReadTx for $t {
+            fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
+                read_ops(self.conn).get_bucket(name)
+            }
+            fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
+                read_ops(self.conn).list_buckets()
+            }
+            fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
+                read_ops(self.conn).get_version(bucket, key, version_id)
+            }
+            fn get_latest(&self, bucket: &str, key: &str) -> Result<Option<VersionRecord>> {
+                read_ops(self.conn).get_latest(bucket, key)
+            }
+            fn scan_latest(
+                &self,
+                bucket: &str,
+                from: &[u8],
+                exclusive: bool,
+                to: Option<&[u8]>,
+                limit: usize,
+            ) -> Result<Vec<ListEntry>> {
+                read_ops(self.conn).scan_latest(bucket, from, exclusive, to, limit)
+            }
+            fn scan_versions(
+                &self,
+                bucket: &str,
+                from: &[u8],
+                cursor: &VersionCursor,
+                to: Option<&[u8]>,
+                limit: usize,
+            ) -> Result<Vec<ListEntry>> {
+                read_ops(self.conn).scan_versions(bucket, from, cursor, to, limit)
+            }
+            fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {
+                read_ops(self.conn).bucket_has_versions(bucket)
+            }
+            fn get_upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
+                read_ops(self.conn).get_upload(upload_id)
+            }
+            fn scan_uploads(
+                &self,
+                bucket: &str,
+                from: &[u8],
+                after: Option<(&str, Option<&str>)>,
+                to: Option<&[u8]>,
+                limit: usize,
+            ) -> Result<Vec<UploadRecord>> {
+                read_ops(self.conn).scan_uploads(bucket, from, after, to, limit)
+            }
+            fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>> {
+                read_ops(self.conn).list_parts(upload_id, after, limit)
+            }
+            fn blob_is_live(&self, blob: &str) -> Result<bool> {
+                read_ops(self.conn).blob_is_live(blob)
+            }
+            fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>> {
+                read_ops(self.conn).due_garbage(now_us, limit)
+            }
+            fn get_setting(&self, key: &str) -> Result<Option<String>> {
+                read_ops(self.conn).get_setting(key)
+            }
+        }
+    };
+}
+
+delegate_reads!(SqliteReadTx<'_>);
+delegate_reads!(SqliteWriteTx<'_>);
+
+impl WriteTx for SqliteWriteTx<'_> {
+    fn now(&mut self) -> i64 {
+        self.clock.tick()
+    }
+
+    fn observe_time(&mut self, us: i64) {
+        self.clock.observe(us);
+    }
+
+    fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                b.name,
+                FORMAT_VERSION,
+                b.created_us,
+                serde_json::to_string(&b.owner)?,
+                b.versioning.to_i64(),
+                serde_json::to_string(&b.acl)?,
+                b.tagging.as_ref().map(serde_json::to_string).transpose()?,
+                b.replication,
+            ])?;
+        Ok(())
+    }
+
+    fn delete_bucket(&mut self, name: &str) -> Result<()> {
+        self.conn.prepare_cached("DELETE FROM buckets WHERE name = ?1")?.execute([name])?;
+        Ok(())
+    }
+
+    fn put_version(&mut self, v: &VersionRecord) -> Result<()> {
+        let (parts, multipart, inline) = match &v.layout {
+            BodyLayout::Inline(data) => (None, false, Some(data.as_slice())),
+            BodyLayout::Parts { parts, multipart } => (Some(serde_json::to_string(parts)?), *multipart, None),
+        };
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO versions ({VERSION_COLS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ))?
+            .execute(params![
+                v.bucket,
+                v.key.as_bytes(),
+                v.version_id,
+                FORMAT_VERSION,
+                v.mtime_us,
+                i64::from(v.is_latest),
+                i64::from(v.delete_marker),
+                to_i64(v.size),
+                v.etag,
+                v.storage_class,
+                serde_json::to_string(&v.owner)?,
+                v.repl_status.map(ReplStatus::as_str),
+                parts,
+                i64::from(multipart),
+                serde_json::to_string(&v.attrs)?,
+                inline,
+            ])?;
+        Ok(())
+    }
+
+    fn remove_version(&mut self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
+        let existing = self.get_version(bucket, key, version_id)?;
+        if existing.is_some() {
+            self.conn
+                .prepare_cached("DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
+                .execute(params![bucket, key.as_bytes(), version_id])?;
+        }
+        Ok(existing)
+    }
+
+    fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE versions SET is_latest = 0 WHERE bucket = ?1 AND key = ?2 AND is_latest = 1")?
+            .execute(params![bucket, key.as_bytes()])?;
+        self.conn
+            .prepare_cached(
+                "UPDATE versions SET is_latest = 1 WHERE id = (SELECT id FROM versions WHERE bucket = ?1 AND key = ?2 \
+                 ORDER BY mtime_us DESC, version_id DESC LIMIT 1)",
+            )?
+            .execute(params![bucket, key.as_bytes()])?;
+        Ok(())
+    }
+
+    fn set_version_attrs(&mut self, bucket: &str, key: &str, version_id: &str, attrs: &ObjectAttrs) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE versions SET attrs = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
+            .execute(params![bucket, key.as_bytes(), version_id, serde_json::to_string(attrs)?])?;
+        Ok(())
+    }
+
+    fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE versions SET repl_status = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
+            .execute(params![bucket, key.as_bytes(), version_id, status.map(ReplStatus::as_str)])?;
+        Ok(())
+    }
+
+    fn put_upload(&mut self, u: &UploadRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO uploads ({UPLOAD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                u.upload_id,
+                FORMAT_VERSION,
+                u.bucket,
+                u.key.as_bytes(),
+                u.initiated_us,
+                serde_json::to_string(&u.owner)?,
+                u.storage_class,
+                u.checksum_algorithm,
+                serde_json::to_string(&u.attrs)?,
+            ])?;
+        Ok(())
+    }
+
+    fn delete_upload(&mut self, upload_id: &str) -> Result<()> {
+        self.conn.prepare_cached("DELETE FROM uploads WHERE upload_id = ?1")?.execute([upload_id])?;
+        Ok(())
+    }
+
+    fn put_part(&mut self, p: &PartRecord) -> Result<Option<PartRecord>> {
+        let old = first(
+            self.conn,
+            "SELECT upload_id, part_number, fmt, mtime_us, part FROM parts WHERE upload_id = ?1 AND part_number = ?2",
+            &[&p.upload_id, &i64::from(p.part_number)],
+            part_from_row,
+        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO parts (upload_id, part_number, fmt, mtime_us, part) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                p.upload_id,
+                i64::from(p.part_number),
+                FORMAT_VERSION,
+                p.mtime_us,
+                serde_json::to_string(&p.part)?
+            ])?;
+        Ok(old)
+    }
+
+    fn take_parts(&mut self, upload_id: &str) -> Result<Vec<PartRecord>> {
+        let parts = self.list_parts(upload_id, 0, usize::MAX >> 1)?;
+        self.conn.prepare_cached("DELETE FROM parts WHERE upload_id = ?1")?.execute([upload_id])?;
+        Ok(parts)
+    }
+
+    fn add_blob(&mut self, blob: &str) -> Result<()> {
+        self.new_blobs = true;
+        self.conn.prepare_cached("INSERT OR IGNORE INTO blobs (id) VALUES (?1)")?.execute([blob])?;
+        Ok(())
+    }
+
+    fn release_blob(&mut self, blob: &str) -> Result<()> {
+        let due = self.clock.last() + GARBAGE_GRACE_US;
+        self.conn.prepare_cached("DELETE FROM blobs WHERE id = ?1")?.execute([blob])?;
+        self.conn.prepare_cached("INSERT OR REPLACE INTO garbage (id, due_us) VALUES (?1, ?2)")?.execute(params![blob, due])?;
+        Ok(())
+    }
+
+    fn forget_garbage(&mut self, blobs: &[String]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("DELETE FROM garbage WHERE id = ?1")?;
+        for b in blobs {
+            stmt.execute([b])?;
+        }
+        Ok(())
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.prepare_cached("INSERT OR REPLACE INTO settings (k, v) VALUES (?1, ?2)")?.execute([key, value])?;
+        Ok(())
+    }
+
+    fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>) {
+        self.hooks.push(hook);
+    }
+}

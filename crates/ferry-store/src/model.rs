@@ -1,0 +1,328 @@
+//! The records the store persists. Every record is written with a format version (`fmt` column,
+//! [`FORMAT_VERSION`]); a reader that meets a newer format refuses it instead of guessing.
+//!
+//! Object keys are bytes (valid UTF-8 in practice) and are compared bytewise, which is S3's
+//! listing order. They are never used as file names: bodies live in blob files named by ids.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Format version of every record written by this build.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// A bucket's versioning state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Versioning {
+    /// Never enabled: every write is the `null` version.
+    Unversioned,
+    /// Every write creates a new version.
+    Enabled,
+    /// Writes replace the `null` version; older versions are kept.
+    Suspended,
+}
+
+impl Versioning {
+    pub(crate) fn to_i64(self) -> i64 {
+        match self {
+            Self::Unversioned => 0,
+            Self::Enabled => 1,
+            Self::Suspended => 2,
+        }
+    }
+    pub(crate) fn from_i64(v: i64) -> Self {
+        match v {
+            1 => Self::Enabled,
+            2 => Self::Suspended,
+            _ => Self::Unversioned,
+        }
+    }
+    /// True when new writes get a fresh version id.
+    #[must_use]
+    pub fn is_enabled(self) -> bool {
+        self == Self::Enabled
+    }
+}
+
+/// The owner of a bucket or object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Owner {
+    /// Canonical user id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Grantee {
+    /// A canonical user (id, display name).
+    User { id: String, display_name: Option<String> },
+    /// A predefined group, by URI (AllUsers, AuthenticatedUsers, LogDelivery).
+    Group { uri: String },
+    /// A user by e-mail address.
+    Email { address: String },
+}
+
+/// One ACL grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The grantee.
+    pub grantee: Grantee,
+    /// FULL_CONTROL, READ, WRITE, READ_ACP or WRITE_ACP.
+    pub permission: String,
+}
+
+/// Group URI of "everyone".
+pub const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+/// Group URI of "any authenticated AWS user".
+pub const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
+/// Group URI of the log delivery group.
+pub const LOG_DELIVERY: &str = "http://acs.amazonaws.com/groups/s3/LogDelivery";
+
+/// An access control list: the owner always has the grants listed explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Acl {
+    /// The grants, in the order they are returned.
+    pub grants: Vec<Grant>,
+}
+
+impl Acl {
+    /// The grants a canned ACL stands for, for `owner`. `None` for an unknown name.
+    #[must_use]
+    pub fn canned(name: &str, owner: &Owner, bucket_owner: Option<&Owner>) -> Option<Self> {
+        let full = |o: &Owner| Grant {
+            grantee: Grantee::User { id: o.id.clone(), display_name: Some(o.display_name.clone()) },
+            permission: "FULL_CONTROL".into(),
+        };
+        let group = |uri: &str, perm: &str| Grant { grantee: Grantee::Group { uri: uri.into() }, permission: perm.into() };
+        let mut grants = vec![full(owner)];
+        match name {
+            "private" => {}
+            "public-read" => grants.push(group(ALL_USERS, "READ")),
+            "public-read-write" => {
+                grants.push(group(ALL_USERS, "READ"));
+                grants.push(group(ALL_USERS, "WRITE"));
+            }
+            "authenticated-read" => grants.push(group(AUTHENTICATED_USERS, "READ")),
+            "log-delivery-write" => {
+                grants.push(group(LOG_DELIVERY, "WRITE"));
+                grants.push(group(LOG_DELIVERY, "READ_ACP"));
+            }
+            "bucket-owner-read" => {
+                if let Some(b) = bucket_owner.filter(|b| *b != owner) {
+                    grants.push(Grant {
+                        grantee: Grantee::User { id: b.id.clone(), display_name: Some(b.display_name.clone()) },
+                        permission: "READ".into(),
+                    });
+                }
+            }
+            "bucket-owner-full-control" => {
+                if let Some(b) = bucket_owner.filter(|b| *b != owner) {
+                    grants.push(full(b));
+                }
+            }
+            _ => return None,
+        }
+        Some(Self { grants })
+    }
+
+    /// The private ACL of `owner`.
+    #[must_use]
+    pub fn private(owner: &Owner) -> Self {
+        Self::canned("private", owner, None).unwrap_or_default()
+    }
+
+    /// True when the ACL grants `perm` (or FULL_CONTROL) to everyone, or to authenticated users
+    /// when `authenticated` is set, or to the user `user_id`.
+    #[must_use]
+    pub fn allows(&self, user_id: Option<&str>, perm: &str) -> bool {
+        self.grants.iter().any(|g| {
+            (g.permission == perm || g.permission == "FULL_CONTROL")
+                && match &g.grantee {
+                    Grantee::Group { uri } => uri == ALL_USERS || (uri == AUTHENTICATED_USERS && user_id.is_some()),
+                    Grantee::User { id, .. } => Some(id.as_str()) == user_id,
+                    Grantee::Email { .. } => false,
+                }
+        })
+    }
+}
+
+/// A bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRecord {
+    /// Bucket name.
+    pub name: String,
+    /// Creation time, µs since epoch.
+    pub created_us: i64,
+    /// Owner.
+    pub owner: Owner,
+    /// Versioning state.
+    pub versioning: Versioning,
+    /// The bucket ACL.
+    pub acl: Acl,
+    /// Bucket tags, `None` when never set (GetBucketTagging answers NoSuchTagSet).
+    pub tagging: Option<Vec<(String, String)>>,
+    /// Replication configuration (opaque to the store), if any.
+    pub replication: Option<String>,
+}
+
+/// Checksums of an object, by algorithm name (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`),
+/// base64 as S3 returns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Checksums {
+    /// Algorithm → base64 value.
+    pub values: BTreeMap<String, String>,
+    /// `FULL_OBJECT` or `COMPOSITE` (multipart checksum of checksums).
+    pub kind: Option<String>,
+}
+
+/// Everything about an object version that is not needed for listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectAttrs {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    /// `Expires` header exactly as given (HTTP date).
+    pub expires: Option<String>,
+    pub website_redirect: Option<String>,
+    /// `x-amz-meta-*` without the prefix, keys lowercase.
+    pub user_metadata: BTreeMap<String, String>,
+    pub checksums: Checksums,
+    /// Object tags, in the order given.
+    pub tags: Vec<(String, String)>,
+    pub acl: Acl,
+}
+
+/// One piece of an object's body stored in a blob file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRef {
+    /// Blob id (file name).
+    pub blob: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MD5 of this part, hex (the part's ETag).
+    pub etag: String,
+    /// The part's own checksums (multipart objects with checksums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksums: Option<Checksums>,
+}
+
+/// Where an object's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyLayout {
+    /// Stored in the metadata database (small bodies, and empty ones).
+    Inline(Vec<u8>),
+    /// Stored in blob files, read in order. One part for a plain PUT; the uploaded parts, not
+    /// copied, for a completed multipart upload.
+    Parts { parts: Vec<PartRef>, multipart: bool },
+}
+
+impl BodyLayout {
+    /// The blob ids this layout references.
+    #[must_use]
+    pub fn blobs(&self) -> Vec<String> {
+        match self {
+            Self::Inline(_) => Vec::new(),
+            Self::Parts { parts, .. } => parts.iter().map(|p| p.blob.clone()).collect(),
+        }
+    }
+}
+
+/// Replication status of a version, as `x-amz-replication-status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplStatus {
+    Pending,
+    Completed,
+    Failed,
+    Replica,
+}
+
+impl ReplStatus {
+    /// The S3 header value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Replica => "REPLICA",
+        }
+    }
+    /// Parses the S3 header value.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => Self::Pending,
+            "COMPLETED" | "COMPLETE" => Self::Completed,
+            "FAILED" => Self::Failed,
+            "REPLICA" => Self::Replica,
+            _ => return None,
+        })
+    }
+}
+
+/// One version of an object, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub bucket: String,
+    pub key: String,
+    /// Version id (`null` for the null version).
+    pub version_id: String,
+    /// Last-modified, µs since epoch. Also the version's position in the key's history:
+    /// versions order by (mtime_us, version_id), newest first.
+    pub mtime_us: i64,
+    /// True for the key's newest version (maintained by the store).
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub size: u64,
+    /// ETag without quotes (`<md5 hex>` or `<md5 hex>-<parts>`). Empty for delete markers.
+    pub etag: String,
+    pub storage_class: Option<String>,
+    pub owner: Owner,
+    pub repl_status: Option<ReplStatus>,
+    pub layout: BodyLayout,
+    pub attrs: ObjectAttrs,
+}
+
+/// The listing view of a version (no body, no attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub key: String,
+    pub version_id: String,
+    pub mtime_us: i64,
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub size: u64,
+    pub etag: String,
+    pub storage_class: Option<String>,
+    pub owner: Owner,
+    /// Algorithms of the stored checksums.
+    pub checksum_algorithms: Vec<String>,
+}
+
+/// An in-progress multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub initiated_us: i64,
+    pub owner: Owner,
+    pub storage_class: Option<String>,
+    /// Attributes the completed object will get (headers, metadata, tags, ACL, checksum algorithm).
+    pub attrs: ObjectAttrs,
+    /// Checksum algorithm chosen at creation, if any.
+    pub checksum_algorithm: Option<String>,
+}
+
+/// One uploaded part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRecord {
+    pub upload_id: String,
+    pub part_number: u32,
+    pub mtime_us: i64,
+    pub part: PartRef,
+}

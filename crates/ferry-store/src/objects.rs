@@ -1,0 +1,408 @@
+//! S3 versioning semantics on top of a [`WriteTx`]: which version id a write gets, what happens
+//! to the `null` version, delete markers, and which version is the latest. These functions run
+//! inside the caller's transaction, so the caller can add rows of its own (a replication job)
+//! that commit atomically with the change.
+//!
+//! Ordering: a key's versions order by (last-modified, version id), newest first. Local writes get
+//! their last-modified from the region's commit clock, which is strictly increasing, so a later
+//! write is always newer. A version written with a given id and time (a replica) takes its place
+//! in that order, whatever its arrival time.
+
+use crate::error::{Error, Result};
+use crate::meta::WriteTx;
+use crate::model::{BodyLayout, BucketRecord, ObjectAttrs, Owner, ReplStatus, VersionRecord, Versioning};
+use ferry_core::ids::{NULL_VERSION_ID, new_version_id};
+
+/// A version about to be written.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub storage_class: Option<String>,
+    pub owner: Owner,
+    pub layout: BodyLayout,
+    pub attrs: ObjectAttrs,
+    pub repl_status: Option<ReplStatus>,
+    /// For replicas: keep this version id and last-modified instead of minting new ones.
+    pub identity: Option<(String, i64)>,
+}
+
+/// Conditions checked against the current version inside the transaction (conditional writes).
+#[derive(Debug, Clone, Default)]
+pub struct WriteConditions {
+    /// Succeed only if the current version's ETag matches (`*`: if any current version exists).
+    pub if_match: Option<String>,
+    /// Succeed only if no current version matches (`*`: if the key has no current version).
+    pub if_none_match: Option<String>,
+}
+
+/// The bucket, or [`Error::NoSuchBucket`].
+///
+/// # Errors
+/// NoSuchBucket, or a database error.
+pub fn bucket(tx: &dyn WriteTx, name: &str) -> Result<BucketRecord> {
+    tx.get_bucket(name)?.ok_or(Error::NoSuchBucket)
+}
+
+fn check_conditions(tx: &dyn WriteTx, bucket: &str, key: &str, cond: &WriteConditions) -> Result<()> {
+    if cond.if_match.is_none() && cond.if_none_match.is_none() {
+        return Ok(());
+    }
+    let current = tx.get_latest(bucket, key)?.filter(|v| !v.delete_marker);
+    if let Some(m) = &cond.if_match {
+        match &current {
+            None => return Err(Error::NoSuchKey),
+            Some(v) if m != "*" && !etag_matches(m, &v.etag) => return Err(Error::PreconditionFailed),
+            Some(_) => {}
+        }
+    }
+    if let Some(m) = &cond.if_none_match
+        && let Some(v) = &current
+        && (m == "*" || etag_matches(m, &v.etag))
+    {
+        return Err(Error::PreconditionFailed);
+    }
+    Ok(())
+}
+
+/// Compares an ETag from a header (quoted or not, possibly a comma-separated list) with a stored one.
+#[must_use]
+pub fn etag_matches(header: &str, stored: &str) -> bool {
+    header.split(',').map(|t| t.trim().trim_start_matches("W/").trim_matches('"')).any(|t| t == "*" || t == stored)
+}
+
+/// Releases the blobs of a version that is being removed.
+fn release_layout(tx: &mut dyn WriteTx, layout: &BodyLayout) -> Result<()> {
+    for b in layout.blobs() {
+        tx.release_blob(&b)?;
+    }
+    Ok(())
+}
+
+/// Removes the `null` version of a key, if any (overwritten by an unversioned/suspended write).
+fn remove_null(tx: &mut dyn WriteTx, bucket: &str, key: &str) -> Result<()> {
+    if let Some(old) = tx.remove_version(bucket, key, NULL_VERSION_ID)? {
+        release_layout(tx, &old.layout)?;
+    }
+    Ok(())
+}
+
+/// Writes a new object version as PutObject / CopyObject / CompleteMultipartUpload do, following
+/// the bucket's versioning state. Returns the stored record.
+///
+/// With `identity` set (a replica), writing a version id that already exists is a no-op that
+/// returns the existing record: applying the same replica twice is harmless.
+///
+/// # Errors
+/// NoSuchBucket, NoSuchKey / PreconditionFailed from `cond`, database errors.
+pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, cond: &WriteConditions) -> Result<VersionRecord> {
+    let b = bucket(tx, bucket_name)?;
+    check_conditions(tx, bucket_name, &new.key, cond)?;
+    let (version_id, mtime_us) = match &new.identity {
+        Some((vid, mtime)) => {
+            if let Some(existing) = tx.get_version(bucket_name, &new.key, vid)? {
+                return Ok(existing);
+            }
+            tx.observe_time(*mtime);
+            if vid == NULL_VERSION_ID {
+                remove_null(tx, bucket_name, &new.key)?;
+            }
+            (vid.clone(), *mtime)
+        }
+        None => {
+            let now = tx.now();
+            if b.versioning.is_enabled() {
+                (new_version_id(), now)
+            } else {
+                remove_null(tx, bucket_name, &new.key)?;
+                (NULL_VERSION_ID.to_owned(), now)
+            }
+        }
+    };
+    for blob in new.layout.blobs() {
+        tx.add_blob(&blob)?;
+    }
+    let record = VersionRecord {
+        bucket: bucket_name.to_owned(),
+        key: new.key,
+        version_id,
+        mtime_us,
+        is_latest: false,
+        delete_marker: false,
+        size: new.size,
+        etag: new.etag,
+        storage_class: new.storage_class,
+        owner: new.owner,
+        repl_status: new.repl_status,
+        layout: new.layout,
+        attrs: new.attrs,
+    };
+    tx.put_version(&record)?;
+    tx.refresh_latest(bucket_name, &record.key)?;
+    Ok(VersionRecord {
+        is_latest: tx.get_latest(bucket_name, &record.key)?.is_some_and(|l| l.version_id == record.version_id),
+        ..record
+    })
+}
+
+/// What a DeleteObject without a version id did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// The delete marker created, if any (its version id and time).
+    pub marker: Option<VersionRecord>,
+}
+
+/// DeleteObject without a version id: a delete marker in a versioned bucket (replacing the `null`
+/// version when suspended), removal of the `null` version in an unversioned one.
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn delete_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, owner: &Owner) -> Result<DeleteOutcome> {
+    let b = bucket(tx, bucket_name)?;
+    let now = tx.now();
+    let version_id = match b.versioning {
+        Versioning::Unversioned => {
+            remove_null(tx, bucket_name, key)?;
+            tx.refresh_latest(bucket_name, key)?;
+            return Ok(DeleteOutcome { marker: None });
+        }
+        Versioning::Enabled => new_version_id(),
+        Versioning::Suspended => {
+            remove_null(tx, bucket_name, key)?;
+            NULL_VERSION_ID.to_owned()
+        }
+    };
+    let marker = delete_marker(bucket_name, key, version_id, now, owner.clone());
+    tx.put_version(&marker)?;
+    tx.refresh_latest(bucket_name, key)?;
+    Ok(DeleteOutcome { marker: Some(VersionRecord { is_latest: true, ..marker }) })
+}
+
+/// A delete-marker record.
+#[must_use]
+pub fn delete_marker(bucket: &str, key: &str, version_id: String, mtime_us: i64, owner: Owner) -> VersionRecord {
+    VersionRecord {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        version_id,
+        mtime_us,
+        is_latest: false,
+        delete_marker: true,
+        size: 0,
+        etag: String::new(),
+        storage_class: None,
+        owner,
+        repl_status: None,
+        layout: BodyLayout::Inline(Vec::new()),
+        attrs: ObjectAttrs::default(),
+    }
+}
+
+/// DeleteObject with a version id: removes that version (or delete marker) for good.
+/// Returns the removed record; `None` when it did not exist (S3 answers success anyway).
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn delete_version(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
+    bucket(tx, bucket_name)?;
+    let removed = tx.remove_version(bucket_name, key, version_id)?;
+    if let Some(v) = &removed {
+        release_layout(tx, &v.layout)?;
+        tx.refresh_latest(bucket_name, key)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::VersionCursor;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::model::Acl;
+
+    fn owner() -> Owner {
+        Owner { id: "u1".into(), display_name: "one".into() }
+    }
+
+    fn new_bucket(name: &str, versioning: Versioning) -> BucketRecord {
+        BucketRecord {
+            name: name.into(),
+            created_us: 1,
+            owner: owner(),
+            versioning,
+            acl: Acl::private(&owner()),
+            tagging: None,
+            replication: None,
+        }
+    }
+
+    fn obj(key: &str, body: &[u8]) -> NewVersion {
+        NewVersion {
+            key: key.into(),
+            size: body.len() as u64,
+            etag: format!("etag-{}", String::from_utf8_lossy(body)),
+            storage_class: None,
+            owner: owner(),
+            layout: BodyLayout::Inline(body.to_vec()),
+            attrs: ObjectAttrs::default(),
+            repl_status: None,
+            identity: None,
+        }
+    }
+
+    async fn setup(versioning: Versioning) -> (tempfile::TempDir, SqliteMeta) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
+        meta.write(move |tx| tx.put_bucket(&new_bucket("b", versioning))).await.unwrap();
+        (dir, meta)
+    }
+
+    #[tokio::test]
+    async fn versioned_puts_keep_history_and_latest() {
+        let (_d, meta) = setup(Versioning::Enabled).await;
+        let v1 = meta.write(|tx| put_version(tx, "b", obj("k", b"one"), &WriteConditions::default())).await.unwrap();
+        let v2 = meta.write(|tx| put_version(tx, "b", obj("k", b"two"), &WriteConditions::default())).await.unwrap();
+        assert_ne!(v1.version_id, v2.version_id);
+        assert!(v2.mtime_us > v1.mtime_us);
+        assert!(v2.is_latest);
+        let dm = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap().marker.unwrap();
+        let versions = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 100)).await.unwrap();
+        let ids: Vec<_> = versions.iter().map(|v| (v.version_id.clone(), v.is_latest, v.delete_marker)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                (dm.version_id.clone(), true, true),
+                (v2.version_id.clone(), false, false),
+                (v1.version_id.clone(), false, false)
+            ]
+        );
+        assert!(
+            meta.read(|r| r.scan_latest("b", b"", false, None, 10)).await.unwrap().is_empty(),
+            "deleted key is not listed"
+        );
+        // Removing the delete marker brings v2 back.
+        let dmid = dm.version_id.clone();
+        meta.write(move |tx| delete_version(tx, "b", "k", &dmid)).await.unwrap();
+        let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
+        assert_eq!(latest.version_id, v2.version_id);
+        assert!(latest.is_latest);
+        // Cursor continues after a given version.
+        let cur = VersionCursor { after_key: Some("k".into()), after_version: Some((v2.mtime_us, v2.version_id.clone())) };
+        let rest = meta.read(move |r| r.scan_versions("b", b"", &cur, None, 10)).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].version_id, v1.version_id);
+    }
+
+    #[tokio::test]
+    async fn suspended_and_unversioned_writes_replace_the_null_version() {
+        let (_d, meta) = setup(Versioning::Unversioned).await;
+        meta.write(|tx| put_version(tx, "b", obj("k", b"one"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "b", obj("k", b"two"), &WriteConditions::default())).await.unwrap();
+        assert_eq!(v.version_id, "null");
+        let all = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 10)).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].etag, "etag-two");
+        let out = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap();
+        assert!(out.marker.is_none());
+        assert!(!meta.read(|r| r.bucket_has_versions("b")).await.unwrap());
+
+        // Enabled, then suspended: the versioned one stays, the null one is replaced by a null marker.
+        meta.write(|tx| {
+            let mut b = bucket(tx, "b")?;
+            b.versioning = Versioning::Enabled;
+            tx.put_bucket(&b)
+        })
+        .await
+        .unwrap();
+        let kept = meta.write(|tx| put_version(tx, "b", obj("k", b"v"), &WriteConditions::default())).await.unwrap();
+        meta.write(|tx| {
+            let mut b = bucket(tx, "b")?;
+            b.versioning = Versioning::Suspended;
+            tx.put_bucket(&b)
+        })
+        .await
+        .unwrap();
+        meta.write(|tx| put_version(tx, "b", obj("k", b"n1"), &WriteConditions::default())).await.unwrap();
+        meta.write(|tx| put_version(tx, "b", obj("k", b"n2"), &WriteConditions::default())).await.unwrap();
+        let dm = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap().marker.unwrap();
+        assert_eq!(dm.version_id, "null");
+        let all = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 10)).await.unwrap();
+        let ids: Vec<_> = all.iter().map(|v| (v.version_id.as_str(), v.delete_marker)).collect();
+        assert_eq!(ids, vec![("null", true), (kept.version_id.as_str(), false)]);
+    }
+
+    #[tokio::test]
+    async fn conditions_and_failed_closures_roll_back() {
+        let (_d, meta) = setup(Versioning::Enabled).await;
+        let cond = WriteConditions { if_none_match: Some("*".into()), ..Default::default() };
+        let c2 = cond.clone();
+        meta.write(move |tx| put_version(tx, "b", obj("k", b"one"), &c2)).await.unwrap();
+        let c3 = cond.clone();
+        let err = meta.write(move |tx| put_version(tx, "b", obj("k", b"two"), &c3)).await.unwrap_err();
+        assert!(matches!(err, Error::PreconditionFailed));
+        // A closure that writes and then fails leaves nothing behind, while a concurrent one commits.
+        let failing = meta.write(|tx| {
+            put_version(tx, "b", obj("x", b"lost"), &WriteConditions::default())?;
+            Err::<(), _>(Error::Other("nope".into()))
+        });
+        let ok = meta.write(|tx| put_version(tx, "b", obj("y", b"kept"), &WriteConditions::default()));
+        let (f, o) = tokio::join!(failing, ok);
+        assert!(f.is_err() && o.is_ok());
+        assert!(meta.read(|r| r.get_latest("b", "x")).await.unwrap().is_none());
+        assert!(meta.read(|r| r.get_latest("b", "y")).await.unwrap().is_some());
+        let m = WriteConditions { if_match: Some("\"etag-one\"".into()), ..Default::default() };
+        meta.write(move |tx| put_version(tx, "b", obj("k", b"three"), &m)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replica_identity_is_idempotent_and_ordered_by_time() {
+        let (_d, meta) = setup(Versioning::Enabled).await;
+        let local = meta.write(|tx| put_version(tx, "b", obj("k", b"local"), &WriteConditions::default())).await.unwrap();
+        // An older replica arrives later: it must not become the latest.
+        let mut old = obj("k", b"old");
+        old.identity = Some(("0000aaaa".into(), local.mtime_us - 1000));
+        let o2 = old.clone();
+        let r1 = meta.write(move |tx| put_version(tx, "b", o2, &WriteConditions::default())).await.unwrap();
+        assert!(!r1.is_latest);
+        let r2 = meta.write(move |tx| put_version(tx, "b", old, &WriteConditions::default())).await.unwrap();
+        assert_eq!(r1.version_id, r2.version_id);
+        let n = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 10)).await.unwrap().len();
+        assert_eq!(n, 2, "applying the same replica twice creates one version");
+        // A newer replica becomes the latest, and the clock moves past it.
+        let mut newer = obj("k", b"new");
+        let future = local.mtime_us + 60_000_000;
+        newer.identity = Some(("ffff0000".into(), future));
+        meta.write(move |tx| put_version(tx, "b", newer, &WriteConditions::default())).await.unwrap();
+        let after = meta.write(|tx| put_version(tx, "b", obj("z", b"z"), &WriteConditions::default())).await.unwrap();
+        assert!(after.mtime_us > future);
+    }
+
+    #[tokio::test]
+    async fn committed_writes_survive_reopen_and_clock_stays_monotone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let last = {
+            let meta = SqliteMeta::open(&path, None).unwrap();
+            meta.write(|tx| tx.put_bucket(&new_bucket("b", Versioning::Enabled))).await.unwrap();
+            let mut handles = Vec::new();
+            let meta = std::sync::Arc::new(meta);
+            for i in 0..50 {
+                let m = meta.clone();
+                handles.push(tokio::spawn(async move {
+                    m.write(move |tx| put_version(tx, "b", obj(&format!("k{i:02}"), b"x"), &WriteConditions::default())).await
+                }));
+            }
+            let mut last = 0;
+            for h in handles {
+                last = last.max(h.await.unwrap().unwrap().mtime_us);
+            }
+            last
+        };
+        let meta = SqliteMeta::open(&path, None).unwrap();
+        let all = meta.read(|r| r.scan_latest("b", b"", false, None, 1000)).await.unwrap();
+        assert_eq!(all.len(), 50);
+        let v = meta.write(|tx| put_version(tx, "b", obj("later", b"x"), &WriteConditions::default())).await.unwrap();
+        assert!(v.mtime_us > last);
+    }
+}
