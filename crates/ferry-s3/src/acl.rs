@@ -138,7 +138,7 @@ impl FerryS3 {
     }
 
     pub(crate) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
-        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Read).await.or_else(|_| Err(crate::util::access_denied()))?;
+        let bucket = self.load_bucket(&req.input.bucket).await?;
         let src = self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref()).await?;
         let v = src.record;
         check_perm(self.user(&req).map(|u| &u.owner), &v.owner, &v.attrs.acl, Perm::WriteAcp)?;

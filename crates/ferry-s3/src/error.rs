@@ -25,12 +25,44 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         E::EntityTooLarge => s3_error!(EntityTooLarge, "Your proposed upload exceeds the maximum allowed object size."),
         E::Body(source) => match source.downcast::<S3Error>() {
             Ok(s3) => *s3,
+            Err(other) if other.to_string().contains("Sha256Mismatch") => sha256_mismatch(),
             Err(other) => {
                 tracing::debug!(error = %other, "request body failed");
                 s3_error!(IncompleteBody, "The request body could not be read: {other}")
             }
         },
         other => internal(other),
+    }
+}
+
+fn sha256_mismatch() -> S3Error {
+    let mut e = S3Error::with_message(
+        S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+        "The provided 'x-amz-content-sha256' header does not match what was computed.",
+    );
+    e.set_status_code(http::StatusCode::BAD_REQUEST);
+    e
+}
+
+/// The bare error body s3s writes when reading a request body fails before an operation runs.
+const S3S_BODY_READ_FAILURE: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code></Error>";
+
+/// s3s 0.14 answers 500 InternalError (without a message) when it cannot read a request body
+/// it needs whole (XML documents): a payload that does not match its signed SHA-256, a
+/// truncated body, a client that went away. Those are the client's mistakes; Ferry's own
+/// internal errors always carry a message, so the bare body identifies this case exactly.
+pub(crate) fn fix_body_read_errors(resp: crate::HttpResponse, signed_payload: bool) -> crate::HttpResponse {
+    if resp.status() != http::StatusCode::INTERNAL_SERVER_ERROR || resp.body().bytes().as_deref() != Some(S3S_BODY_READ_FAILURE) {
+        return resp;
+    }
+    let err = if signed_payload {
+        sha256_mismatch()
+    } else {
+        s3_error!(IncompleteBody, "The request body could not be read completely.")
+    };
+    match err.to_http_response() {
+        Ok(r) => r,
+        Err(_) => resp,
     }
 }
 

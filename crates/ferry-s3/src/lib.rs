@@ -49,13 +49,38 @@ pub struct EndpointConfig {
 
 /// Builds the S3 service of one region.
 #[must_use]
-pub fn service(store: Arc<Store>, users: Arc<Users>, cfg: &EndpointConfig) -> S3Service {
+pub fn service(store: Arc<Store>, users: Arc<Users>, cfg: &EndpointConfig) -> FerryService {
     let s3 = FerryS3 { store, region: cfg.region.clone(), users: users.clone() };
     let mut b = S3ServiceBuilder::new(s3);
     b.set_auth(auth::Auth { users });
     b.set_access(auth::Access { region: cfg.region.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
-    b.build()
+    FerryService { inner: b.build() }
+}
+
+/// The hyper service of one region: s3s plus Ferry's fix-ups of s3s's own answers.
+#[derive(Clone)]
+pub struct FerryService {
+    inner: S3Service,
+}
+
+/// The HTTP response type of [`FerryService`].
+pub type HttpResponse = http::Response<s3s::Body>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryService {
+    type Response = HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, s3s::HttpError>> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let signed_payload = req
+            .headers()
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let fut = hyper::service::Service::call(&self.inner, req);
+        Box::pin(async move { fut.await.map(|resp| error::fix_body_read_errors(resp, signed_payload)) })
+    }
 }
 
 macro_rules! ops {

@@ -11,7 +11,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use crate::FerryS3;
 use crate::error::StoreResultExt;
 use crate::get::Conditions;
-use crate::put::{ChecksumRequest, checksum_fields, http_date, refuse_sse, storage_class, trailers};
+use crate::put::{ChecksumRequest, checksum_fields, http_date, refuse_sse, require_length, storage_class, trailers};
 use crate::util::{
     GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, owner_dto, parse_tagging_header, requested_acl, ts, user_metadata,
 };
@@ -128,6 +128,7 @@ impl FerryS3 {
 
     pub(crate) async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         check_key(&req.input.key)?;
+        require_length(&req.headers)?;
         self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let part_number = check_part_number(req.input.part_number)?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;

@@ -155,6 +155,17 @@ pub(crate) fn http_date(t: &Timestamp) -> S3Result<String> {
     String::from_utf8(buf).map_err(internal)
 }
 
+/// A body-carrying request must say how long its body is: Content-Length, or chunked transfer
+/// encoding. A request with neither has no body at all in HTTP/1.1, which for an upload is
+/// almost always a client bug, so it is refused rather than stored as an empty object.
+pub(crate) fn require_length(headers: &http::HeaderMap) -> S3Result<()> {
+    if headers.contains_key(http::header::CONTENT_LENGTH) || headers.contains_key(http::header::TRANSFER_ENCODING) {
+        Ok(())
+    } else {
+        Err(s3_error!(MissingContentLength, "You must provide the Content-Length HTTP header."))
+    }
+}
+
 /// Trailing headers, once the body has been read.
 pub(crate) fn trailers<T>(req: &S3Request<T>) -> Option<http::HeaderMap> {
     req.trailing_headers.as_ref().and_then(s3s::TrailingHeaders::take)
@@ -163,6 +174,7 @@ pub(crate) fn trailers<T>(req: &S3Request<T>) -> Option<http::HeaderMap> {
 impl FerryS3 {
     pub(crate) async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         check_key(&req.input.key)?;
+        require_length(&req.headers)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let user = self.require_user(&req).map(|u| u.owner.clone()).unwrap_or_default();
         let owner = if user.id.is_empty() { bucket.owner.clone() } else { user };
@@ -222,10 +234,11 @@ impl FerryS3 {
         if expected_len.is_some_and(|n| n > MAX_PUT_SIZE) {
             return Err(s3_error!(EntityTooLarge, "Your proposed upload exceeds the maximum allowed object size."));
         }
-        let body = req.input.body.take().map_or_else(
-            || s3s::dto::StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()),
-            |b| b,
-        );
+        let body = req
+            .input
+            .body
+            .take()
+            .unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let (ingested, digest) = self.store.ingest(body, &checks.algorithms, expected_len, MAX_PUT_SIZE, true).await.s3()?;
         checks.verify(&digest, trailers(&req).as_ref())?;
         let out = self

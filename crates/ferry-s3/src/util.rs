@@ -59,11 +59,16 @@ impl FerryS3 {
         self.user(req).ok_or_else(access_denied)
     }
 
-    /// Loads a bucket and checks that the requester has `perm` on it.
-    pub(crate) async fn bucket_for<T>(&self, req: &S3Request<T>, name: &str, perm: Perm) -> S3Result<BucketRecord> {
+    /// Loads a bucket (no permission check).
+    pub(crate) async fn load_bucket(&self, name: &str) -> S3Result<BucketRecord> {
         let n = name.to_owned();
         let bucket = self.store.meta.read(move |r| r.get_bucket(&n)).await.s3()?;
-        let bucket = bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))
+    }
+
+    /// Loads a bucket and checks that the requester has `perm` on it.
+    pub(crate) async fn bucket_for<T>(&self, req: &S3Request<T>, name: &str, perm: Perm) -> S3Result<BucketRecord> {
+        let bucket = self.load_bucket(name).await?;
         check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &bucket.acl, perm)?;
         Ok(bucket)
     }

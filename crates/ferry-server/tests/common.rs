@@ -1,1 +1,362 @@
+//! Test harness: real servers on 127.0.0.1 ephemeral ports in temp dirs, real aws-sdk-s3
+//! clients, and a raw HTTP helper for requests the SDK will not send (bad input).
 
+#![allow(dead_code)] // each test module uses a different part of the harness
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns};
+use ferry_core::config::RegionConfig;
+use ferry_server::server::{Server, ServerOptions};
+
+pub const MAIN_AK: &str = "AKIAMAINTESTKEY";
+pub const MAIN_SK: &str = "main-secret-key";
+pub const ALT_AK: &str = "AKIAALTTESTKEY00";
+pub const ALT_SK: &str = "alt-secret-key";
+
+/// Resolves every name to 127.0.0.1 (virtual-host-style requests to `BUCKET.localhost`).
+#[derive(Debug, Clone)]
+struct Loopback;
+
+impl ResolveDns for Loopback {
+    fn resolve_dns<'a>(&'a self, _name: &'a str) -> DnsFuture<'a> {
+        DnsFuture::ready(Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]))
+    }
+}
+
+pub fn users() -> Vec<ferry_s3::User> {
+    vec![
+        ferry_s3::User::new(MAIN_AK, MAIN_SK, Some("main"), None).with_email(Some("main@example.com")),
+        ferry_s3::User::new(ALT_AK, ALT_SK, Some("alt"), None).with_email(Some("alt@example.com")),
+    ]
+}
+
+/// Server logs in test output, filtered by RUST_LOG (default: warnings).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// One region served in-process from a temp dir.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub region: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_named("us-east-1").await
+    }
+
+    pub async fn start_named(region: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        Self::start_in(region, dir, data, ferry_core::config::DEFAULT_INLINE_THRESHOLD).await
+    }
+
+    pub async fn start_in(region: &str, dir: tempfile::TempDir, data: PathBuf, inline_threshold: u64) -> Self {
+        init_logs();
+        let mut cfg = RegionConfig::single("127.0.0.1:0", data);
+        cfg.name = region.to_owned();
+        cfg.inline_threshold = inline_threshold;
+        let server =
+            Server::start(ServerOptions { regions: vec![cfg], users: users(), shutdown_timeout: Duration::from_secs(5) })
+                .await
+                .expect("server starts");
+        let addr = server.regions()[0].addr;
+        Self { server: Some(server), addr, region: region.to_owned(), dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn store(&self) -> std::sync::Arc<ferry_store::Store> {
+        self.server.as_ref().expect("running").regions()[0].store.clone()
+    }
+
+    /// A client signing as the main user, with the SDK's default checksum behaviour
+    /// (aws-chunked bodies with CRC trailers).
+    pub fn client(&self) -> Client {
+        client_for(&self.endpoint(), MAIN_AK, MAIN_SK, &self.region, Mode::Default)
+    }
+
+    pub fn alt_client(&self) -> Client {
+        client_for(&self.endpoint(), ALT_AK, ALT_SK, &self.region, Mode::Default)
+    }
+
+    pub fn client_with(&self, mode: Mode) -> Client {
+        client_for(&self.endpoint(), MAIN_AK, MAIN_SK, &self.region, mode)
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+/// Client variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SDK defaults: checksums when supported, path-style.
+    Default,
+    /// Checksums only when required (plain bodies, no trailers), path-style.
+    WhenRequired,
+    /// Virtual-host style against `localhost`.
+    VirtualHost,
+}
+
+pub fn client_for(endpoint: &str, ak: &str, sk: &str, region: &str, mode: Mode) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_with_resolver(Loopback);
+    let endpoint = if mode == Mode::VirtualHost { endpoint.replace("127.0.0.1", "localhost") } else { endpoint.to_owned() };
+    let mut b = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(ak, sk, None, None, "test"))
+        .force_path_style(mode != Mode::VirtualHost)
+        .http_client(http);
+    if mode == Mode::WhenRequired {
+        b = b
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    }
+    Client::from_conf(b.build())
+}
+
+/// A unique bucket name.
+pub fn bucket_name(tag: &str) -> String {
+    format!("{tag}-{}", &uuid_like()[..12])
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{n:04x}", t % (1 << 40))
+}
+
+pub async fn create_bucket(c: &Client, name: &str) {
+    c.create_bucket().bucket(name).send().await.expect("create bucket");
+}
+
+pub async fn create_versioned_bucket(c: &Client, name: &str) {
+    create_bucket(c, name).await;
+    c.put_bucket_versioning()
+        .bucket(name)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("enable versioning");
+}
+
+pub async fn put(c: &Client, bucket: &str, key: &str, body: &[u8]) -> aws_sdk_s3::operation::put_object::PutObjectOutput {
+    c.put_object().bucket(bucket).key(key).body(body.to_vec().into()).send().await.expect("put")
+}
+
+pub async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Vec<u8> {
+    let out = c.get_object().bucket(bucket).key(key).send().await.expect("get");
+    out.body.collect().await.expect("body").into_bytes().to_vec()
+}
+
+/// The S3 error code of an SDK error.
+pub fn code<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => s.err().code().unwrap_or("").to_owned(),
+        other => format!("not a service error: {other:?}"),
+    }
+}
+
+/// The HTTP status of an SDK error.
+pub fn status<E: std::fmt::Debug>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> u16 {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => s.raw().status().as_u16(),
+        other => panic!("not a service error: {other:?}"),
+    }
+}
+
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// A raw HTTP/1.1 exchange: sends `request` as is, reads until the server closes.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    raw_exchange(addr, request, false).await
+}
+
+/// Like [`raw_http`], then closes the sending side (the server sees the body end early).
+pub async fn raw_http_half_close(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    raw_exchange(addr, request, true).await
+}
+
+async fn raw_exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    if half_close {
+        s.shutdown().await.ok();
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    RawResponse::parse(&buf)
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    fn parse(buf: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers =
+            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+        Self { status, headers, body: body.to_owned() }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The `<Code>` of an S3 error body.
+    pub fn code(&self) -> Option<&str> {
+        let start = self.body.find("<Code>")? + 6;
+        let end = self.body[start..].find("</Code>")? + start;
+        Some(&self.body[start..end])
+    }
+}
+
+/// Sends a request presigned by the SDK with a raw client.
+pub async fn send_presigned(req: &aws_sdk_s3::presigning::PresignedRequest, body: &[u8]) -> RawResponse {
+    let uri: http::Uri = req.uri().parse().expect("uri");
+    let addr: SocketAddr = format!("{}:{}", "127.0.0.1", uri.port_u16().unwrap_or(80)).parse().expect("addr");
+    let mut text = format!("{} {} HTTP/1.1\r\n", req.method(), uri.path_and_query().map_or("/", |p| p.as_str()));
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !req.headers().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        text.push_str(&format!("host: {}\r\n", uri.authority().map_or("", |a| a.as_str())));
+    }
+    text.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_http(addr, &bytes).await
+}
+
+/// A `ferry` child process.
+pub struct FerryProcess {
+    pub child: std::process::Child,
+    /// Region name → address, as printed at start.
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FerryProcess {
+    /// Spawns `ferry ARGS` and waits until every region printed its address.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)], regions: usize) -> Self {
+        use std::io::BufRead as _;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).env("RUST_LOG", "warn");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ferry");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(String, SocketAddr)>();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("ferry: region ")
+                    && let Some((name, url)) = rest.split_once(" serving S3 on http://")
+                    && let Ok(addr) = url.trim().parse()
+                {
+                    let _ = tx.send((name.to_owned(), addr));
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < regions {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("ferry did not start: {:?}", lines.lock().expect("lock"));
+                }
+            }
+        }
+        Self { child, addrs, stderr: lines }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0].1
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM to this child (by its PID) and waits for it to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "ferry did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `ferry ARGS` to completion: (exit code, stderr).
+pub fn run_ferry(args: &[&str]) -> (i32, String) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env("RUST_LOG", "warn").output().expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}

@@ -1,1 +1,14 @@
+//! Ferry's integration tests: one binary, real servers on 127.0.0.1, real clients.
+
+// A panic is how a test fails; helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
 mod common;
+mod crash;
+mod s3_bad_input;
+mod s3_buckets;
+mod s3_listing;
+mod s3_multipart;
+mod s3_objects;
+mod s3_versioning;

@@ -224,11 +224,17 @@ impl Drop for StagedBlob {
     }
 }
 
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + Sync>>;
+
 enum ReadState {
+    /// Between parts: the next poll opens the part the range continues in.
     Between,
-    Opening(Pin<Box<dyn std::future::Future<Output = io::Result<(tokio::fs::File, u64)>> + Send + Sync>>),
+    /// Opening a part file and seeking; yields the file and the bytes to read from it.
+    Opening(BoxFuture<io::Result<(tokio::fs::File, u64)>>),
+    /// A part file positioned at the next byte, with the bytes left to read from it.
     Reading(tokio::fs::File, u64),
-    Pending(Pin<Box<dyn std::future::Future<Output = (tokio::fs::File, io::Result<Vec<u8>>, u64)> + Send + Sync>>),
+    /// Reading one chunk.
+    Pending(BoxFuture<(tokio::fs::File, io::Result<Vec<u8>>, u64)>),
     Done,
 }
 

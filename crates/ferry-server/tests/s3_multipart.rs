@@ -1,0 +1,210 @@
+//! Multipart uploads.
+
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use crate::common::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn part_data(n: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i * 31 + n * 7) % 251) as u8).collect()
+}
+
+async fn upload_parts(c: &aws_sdk_s3::Client, b: &str, k: &str, sizes: &[usize]) -> (String, Vec<CompletedPart>, Vec<u8>) {
+    let up = c.create_multipart_upload().bucket(b).key(k).content_type("video/mp4").metadata("m", "1").send().await.unwrap();
+    let id = up.upload_id().unwrap().to_owned();
+    let mut parts = Vec::new();
+    let mut all = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let n = i as i32 + 1;
+        let data = part_data(i, *size);
+        let out = c.upload_part().bucket(b).key(k).upload_id(&id).part_number(n).body(data.clone().into()).send().await.unwrap();
+        assert_eq!(out.e_tag(), Some(format!("\"{}\"", md5_hex(&data)).as_str()));
+        parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
+        all.extend_from_slice(&data);
+    }
+    (id, parts, all)
+}
+
+#[tokio::test]
+async fn complete_read_back_and_etag() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("mp");
+    create_bucket(&c, &b).await;
+    let (id, parts, all) = upload_parts(&c, &b, "video", &[5 * MIB, 5 * MIB, 1234]).await;
+    let listed = c.list_parts().bucket(&b).key("video").upload_id(&id).send().await.unwrap();
+    assert_eq!(listed.parts().len(), 3);
+    assert_eq!(listed.parts()[2].size(), Some(1234));
+    let ups = c.list_multipart_uploads().bucket(&b).send().await.unwrap();
+    assert_eq!(ups.uploads().len(), 1);
+    let out = c
+        .complete_multipart_upload()
+        .bucket(&b)
+        .key("video")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    let etag = out.e_tag().unwrap().trim_matches('"').to_owned();
+    assert!(etag.ends_with("-3"), "{etag}");
+    assert_eq!(get_bytes(&c, &b, "video").await, all);
+    let h = c.head_object().bucket(&b).key("video").send().await.unwrap();
+    assert_eq!(h.content_type(), Some("video/mp4"));
+    assert_eq!(h.metadata().and_then(|m| m.get("m")).map(String::as_str), Some("1"));
+    // GET by part number returns that part and the part count.
+    let p2 = c.get_object().bucket(&b).key("video").part_number(2).send().await.unwrap();
+    assert_eq!(p2.parts_count(), Some(3));
+    assert_eq!(p2.content_length(), Some(5 * MIB as i64));
+    assert_eq!(p2.body.collect().await.unwrap().into_bytes().as_ref(), &all[5 * MIB..10 * MIB]);
+    // Ranges across part boundaries.
+    let r =
+        c.get_object().bucket(&b).key("video").range(format!("bytes={}-{}", 5 * MIB - 10, 10 * MIB + 10)).send().await.unwrap();
+    assert_eq!(r.body.collect().await.unwrap().into_bytes().as_ref(), &all[5 * MIB - 10..=10 * MIB + 10]);
+    assert!(c.list_multipart_uploads().bucket(&b).send().await.unwrap().uploads().is_empty());
+
+    // Completing did not copy: the version's body is the uploaded part files themselves.
+    let store = s.store();
+    let (bb, _) = (b.clone(), ());
+    let v = store.meta.read(move |r| r.get_latest(&bb, "video")).await.unwrap().unwrap();
+    match v.layout {
+        ferry_store::model::BodyLayout::Parts { parts, multipart } => {
+            assert!(multipart);
+            assert_eq!(parts.len(), 3);
+        }
+        other => panic!("expected parts, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn completion_rules() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("mprules");
+    create_bucket(&c, &b).await;
+    let (id, parts, _) = upload_parts(&c, &b, "k", &[100, 100]).await;
+    let complete = |ps: Vec<CompletedPart>| {
+        c.complete_multipart_upload()
+            .bucket(&b)
+            .key("k")
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(ps)).build())
+            .send()
+    };
+    let e = complete(parts.clone()).await.unwrap_err();
+    assert_eq!(code(&e), "EntityTooSmall");
+    let e = complete(vec![parts[1].clone(), parts[0].clone()]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidPartOrder");
+    let wrong = CompletedPart::builder().part_number(1).e_tag("\"00000000000000000000000000000000\"").build();
+    assert_eq!(code(&complete(vec![wrong]).await.unwrap_err()), "InvalidPart");
+    let missing = CompletedPart::builder().part_number(7).e_tag(parts[0].e_tag().unwrap()).build();
+    assert_eq!(code(&complete(vec![missing]).await.unwrap_err()), "InvalidPart");
+    // A single small part is fine (the last part has no minimum).
+    complete(vec![parts[0].clone()]).await.unwrap();
+    assert_eq!(get_bytes(&c, &b, "k").await, part_data(0, 100));
+    // The upload is gone now.
+    assert_eq!(code(&complete(vec![parts[0].clone()]).await.unwrap_err()), "NoSuchUpload");
+}
+
+#[tokio::test]
+async fn abort_and_part_replacement() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("mpabort");
+    create_bucket(&c, &b).await;
+    let up = c.create_multipart_upload().bucket(&b).key("k").send().await.unwrap();
+    let id = up.upload_id().unwrap();
+    c.upload_part().bucket(&b).key("k").upload_id(id).part_number(1).body(b"first".to_vec().into()).send().await.unwrap();
+    let second =
+        c.upload_part().bucket(&b).key("k").upload_id(id).part_number(1).body(b"second!".to_vec().into()).send().await.unwrap();
+    let parts = c.list_parts().bucket(&b).key("k").upload_id(id).send().await.unwrap();
+    assert_eq!(parts.parts().len(), 1);
+    assert_eq!(parts.parts()[0].e_tag(), second.e_tag());
+    c.abort_multipart_upload().bucket(&b).key("k").upload_id(id).send().await.unwrap();
+    let e = c.list_parts().bucket(&b).key("k").upload_id(id).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    let e = c
+        .upload_part()
+        .bucket(&b)
+        .key("k")
+        .upload_id("nonexistent")
+        .part_number(1)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    let e = c
+        .upload_part()
+        .bucket(&b)
+        .key("k")
+        .upload_id(id)
+        .part_number(10_001)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(code(&e).as_str(), "InvalidArgument" | "NoSuchUpload"));
+}
+
+#[tokio::test]
+async fn upload_part_copy_with_ranges() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("mpcopy");
+    create_bucket(&c, &b).await;
+    let src: Vec<u8> = part_data(3, 6 * MIB);
+    put(&c, &b, "src", &src).await;
+    let up = c.create_multipart_upload().bucket(&b).key("dst").send().await.unwrap();
+    let id = up.upload_id().unwrap();
+    let p1 = c
+        .upload_part_copy()
+        .bucket(&b)
+        .key("dst")
+        .upload_id(id)
+        .part_number(1)
+        .copy_source(format!("{b}/src"))
+        .copy_source_range(format!("bytes=0-{}", 5 * MIB - 1))
+        .send()
+        .await
+        .unwrap();
+    let p2 = c
+        .upload_part_copy()
+        .bucket(&b)
+        .key("dst")
+        .upload_id(id)
+        .part_number(2)
+        .copy_source(format!("{b}/src"))
+        .copy_source_range("bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    let e = c
+        .upload_part_copy()
+        .bucket(&b)
+        .key("dst")
+        .upload_id(id)
+        .part_number(3)
+        .copy_source(format!("{b}/src"))
+        .copy_source_range(format!("bytes=0-{}", 6 * MIB))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRange");
+    let parts = vec![
+        CompletedPart::builder().part_number(1).e_tag(p1.copy_part_result().unwrap().e_tag().unwrap()).build(),
+        CompletedPart::builder().part_number(2).e_tag(p2.copy_part_result().unwrap().e_tag().unwrap()).build(),
+    ];
+    c.complete_multipart_upload()
+        .bucket(&b)
+        .key("dst")
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    let mut expect = src[..5 * MIB].to_vec();
+    expect.extend_from_slice(&src[100..200]);
+    assert_eq!(get_bytes(&c, &b, "dst").await, expect);
+}
