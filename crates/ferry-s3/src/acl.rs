@@ -7,7 +7,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::error::StoreResultExt;
-use crate::util::{GrantHeaders, Perm, check_perm, owner_dto, requested_acl};
+use crate::util::{GrantHeaders, Perm, owner_dto, requested_acl};
 
 fn grants_dto(acl: &Acl) -> Vec<s3s::dto::Grant> {
     acl.grants
@@ -127,9 +127,8 @@ impl FerryS3 {
 
     pub(crate) async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
         let i = &req.input;
-        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::ReadAcp).await?;
         let v = &src.record;
-        check_perm(self.user(&req).map(|u| &u.owner), &v.owner, &v.attrs.acl, Perm::ReadAcp)?;
         Ok(S3Response::new(GetObjectAclOutput {
             owner: Some(owner_dto(&v.owner)),
             grants: Some(grants_dto(&v.attrs.acl)),
@@ -139,9 +138,9 @@ impl FerryS3 {
 
     pub(crate) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
         let bucket = self.load_bucket(&req.input.bucket).await?;
-        let src = self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref()).await?;
+        let src =
+            self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Perm::WriteAcp).await?;
         let v = src.record;
-        check_perm(self.user(&req).map(|u| &u.owner), &v.owner, &v.attrs.acl, Perm::WriteAcp)?;
         let i = req.input;
         let headers = GrantHeaders {
             full_control: i.grant_full_control.as_deref(),

@@ -123,6 +123,24 @@ pub(crate) fn signed_region(headers: &http::HeaderMap, uri: &http::Uri) -> Optio
     None
 }
 
+/// Presigned URLs may last from 1 second to 7 days.
+const MAX_PRESIGNED_EXPIRY_SECS: i64 = 7 * 24 * 3600;
+
+/// `X-Amz-Expires` of a presigned SigV4 URL, if it is one.
+fn presigned_expiry(uri: &http::Uri) -> Option<&str> {
+    uri.query()?.split('&').find_map(|p| p.strip_prefix("X-Amz-Expires="))
+}
+
+/// Refuses presigned URLs whose lifetime is outside 1 s ..= 7 days (AccessDenied, as S3 does).
+/// Checked before signature verification, which would answer 400 for a negative value.
+pub(crate) fn check_presigned_expiry(uri: &http::Uri) -> S3Result<()> {
+    match presigned_expiry(uri).map(str::parse::<i64>) {
+        None => Ok(()),
+        Some(Ok(secs)) if (1..=MAX_PRESIGNED_EXPIRY_SECS).contains(&secs) => Ok(()),
+        Some(_) => Err(s3_error!(AccessDenied, "X-Amz-Expires must be between 1 and 604800 seconds")),
+    }
+}
+
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
@@ -137,6 +155,15 @@ impl S3Access for Access {
             ));
         }
         Ok(())
+    }
+}
+
+/// AWS bucket naming rules, plus: a label may not end with a dash (`foo-.bar`), as in DNS.
+pub(crate) struct BucketNames;
+
+impl s3s::validation::NameValidation for BucketNames {
+    fn validate_bucket_name(&self, name: &str) -> bool {
+        s3s::path::check_bucket_name(name) && !name.contains("-.")
     }
 }
 
@@ -190,6 +217,9 @@ mod tests {
     #[test]
     fn host_parsing_keeps_path_style() {
         let h = Host::new(vec!["localhost".into(), "s3.example.com".into()]);
+        use s3s::validation::NameValidation as _;
+        assert!(BucketNames.validate_bucket_name("a.b-c"));
+        assert!(!BucketNames.validate_bucket_name("a-.b"));
         let cases: &[(&str, Option<&str>)] = &[
             ("localhost:9000", None),
             ("bucket.localhost:9000", Some("bucket")),

@@ -63,6 +63,8 @@ impl FerryS3 {
             .await
             .s3()?;
         match result {
+            // us-east-1 answers 200 to re-creating a bucket you own (a no-op), as AWS does there.
+            Some(true) if self.region == "us-east-1" => Ok(S3Response::new(CreateBucketOutput::default())),
             Some(true) => Err(s3_error!(
                 BucketAlreadyOwnedByYou,
                 "Your previous request to create the named bucket succeeded and you already own it."

@@ -66,6 +66,43 @@ pub(crate) fn fix_body_read_errors(resp: crate::HttpResponse, signed_payload: bo
     }
 }
 
+/// A new request id (16 hex characters), returned in `x-amz-request-id` and error bodies.
+pub(crate) fn new_request_id() -> String {
+    format!("{:016X}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    let id = uuid::Uuid::new_v4();
+    let b = id.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Adds the request id: the `x-amz-request-id` header on every response, and `<RequestId>` in
+/// error bodies (clients correlate the two).
+pub(crate) fn finish_response(mut resp: crate::HttpResponse, request_id: &str) -> crate::HttpResponse {
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    if resp.status() == http::StatusCode::NOT_MODIFIED {
+        // A 304 has no body, so no Content-Length describing one.
+        resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        *resp.body_mut() = s3s::Body::empty();
+        return resp;
+    }
+    if resp.status().as_u16() >= 300 {
+        let body = resp.body().bytes();
+        if let Some(text) = body.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+            && let Some(at) = text.rfind("</Error>")
+            && !text.contains("<RequestId>")
+        {
+            let new = format!("{}<RequestId>{request_id}</RequestId>{}", &text[..at], &text[at..]);
+            resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(new.len()));
+            *resp.body_mut() = s3s::Body::from(new);
+        }
+    }
+    resp
+}
+
 /// An InternalError for `e`, logged.
 #[track_caller]
 pub fn internal(e: impl std::fmt::Display) -> S3Error {

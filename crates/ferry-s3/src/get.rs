@@ -131,14 +131,15 @@ fn marker_version(marker: &VersionRecord) -> S3Error {
 }
 
 impl FerryS3 {
-    /// Resolves (bucket, key, version) for reading, with S3's answers for missing keys,
-    /// missing versions and delete markers, and the READ permission check.
+    /// Resolves (bucket, key, version), with S3's answers for missing keys, missing versions
+    /// and delete markers, and checks `perm` against the version's ACL.
     pub(crate) async fn source_version<T>(
         &self,
         req: &S3Request<T>,
         bucket: &str,
         key: &str,
         version_id: Option<&str>,
+        perm: Perm,
     ) -> S3Result<SourceVersion> {
         check_key(key)?;
         if let Some(v) = version_id
@@ -176,9 +177,7 @@ impl FerryS3 {
             check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
             return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
         }
-        if check_perm(user, &record.owner, &record.attrs.acl, Perm::Read).is_err() {
-            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Owner)?;
-        }
+        check_perm(user, &record.owner, &record.attrs.acl, perm)?;
         Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
     }
 
@@ -187,7 +186,7 @@ impl FerryS3 {
         if i.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
         }
-        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::Read).await?;
         Conditions {
             if_match: i.if_match.as_ref(),
             if_none_match: i.if_none_match.as_ref(),
@@ -256,7 +255,7 @@ impl FerryS3 {
         if i.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
         }
-        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
+        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::Read).await?;
         Conditions {
             if_match: i.if_match.as_ref(),
             if_none_match: i.if_none_match.as_ref(),
@@ -304,6 +303,10 @@ impl FerryS3 {
         let mut resp = S3Response::new(out);
         if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        // HeadObjectOutput has no tag count field; S3 sends the header on HEAD too.
+        if !a.tags.is_empty() {
+            resp.headers.insert("x-amz-tagging-count", http::HeaderValue::from(a.tags.len()));
         }
         Ok(resp)
     }

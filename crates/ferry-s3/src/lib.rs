@@ -55,6 +55,7 @@ pub fn service(store: Arc<Store>, users: Arc<Users>, cfg: &EndpointConfig) -> Fe
     b.set_auth(auth::Auth { users });
     b.set_access(auth::Access { region: cfg.region.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
+    b.set_validation(auth::BucketNames);
     FerryService { inner: b.build() }
 }
 
@@ -73,13 +74,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, s3s::HttpError>> + Send>>;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let request_id = error::new_request_id();
+        if let Err(e) = auth::check_presigned_expiry(req.uri()) {
+            let resp = e.to_http_response().map(|r| error::finish_response(r, &request_id));
+            return Box::pin(async move { resp.map_err(|e| s3s::HttpError::new(Box::new(e))) });
+        }
         let signed_payload = req
             .headers()
             .get("x-amz-content-sha256")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let fut = hyper::service::Service::call(&self.inner, req);
-        Box::pin(async move { fut.await.map(|resp| error::fix_body_read_errors(resp, signed_payload)) })
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id))
+        })
     }
 }
 

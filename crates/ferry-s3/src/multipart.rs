@@ -54,6 +54,7 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let grant_write = crate::util::raw_header(&req, "x-amz-grant-write").map(str::to_owned);
         let i = req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         let checksum_algorithm = match &i.checksum_algorithm {
@@ -72,7 +73,7 @@ impl FerryS3 {
             full_control: i.grant_full_control.as_deref(),
             read: i.grant_read.as_deref(),
             read_acp: i.grant_read_acp.as_deref(),
-            write: None,
+            write: grant_write.as_deref(),
             write_acp: i.grant_write_acp.as_deref(),
         };
         let attrs = ObjectAttrs {
@@ -213,7 +214,7 @@ impl FerryS3 {
             }
             _ => return Err(s3_error!(NotImplemented, "Access points are not supported")),
         };
-        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref()).await?;
+        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref(), Perm::Read).await?;
         Conditions {
             if_match: i.copy_source_if_match.as_ref(),
             if_none_match: i.copy_source_if_none_match.as_ref(),
@@ -313,7 +314,8 @@ impl FerryS3 {
             bucket: Some(i.bucket.clone()),
             key: Some(i.key.clone()),
             e_tag: Some(etag(&record.etag)),
-            version_id: (bucket.versioning != Versioning::Unversioned).then(|| record.version_id.clone()),
+            // Writes report a version id only while versioning is enabled (not for the null version).
+            version_id: (bucket.versioning == Versioning::Enabled).then(|| record.version_id.clone()),
             location: Some(format!("/{}/{}", i.bucket, i.key)),
             checksum_crc32: c32,
             checksum_crc32c: c32c,

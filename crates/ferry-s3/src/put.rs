@@ -97,6 +97,7 @@ impl ChecksumRequest {
         if r.algorithms.is_empty() && default_full {
             r.algorithms.push(Algorithm::Crc64Nvme);
         }
+        let content_md5 = content_md5.or_else(|| headers.get("content-md5").and_then(|v| v.to_str().ok()));
         if let Some(md5) = content_md5 {
             r.content_md5 = Some(
                 ferry_store::checksum::decode_content_md5(md5)
@@ -203,7 +204,7 @@ impl FerryS3 {
             full_control: i.grant_full_control.as_deref(),
             read: i.grant_read.as_deref(),
             read_acp: i.grant_read_acp.as_deref(),
-            write: None,
+            write: crate::util::raw_header(&req, "x-amz-grant-write"),
             write_acp: i.grant_write_acp.as_deref(),
         };
         let acl = requested_acl(
@@ -256,7 +257,8 @@ impl FerryS3 {
         let [c32, c32c, c64, s1, s256] = checksum_fields(&out.attrs.checksums);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&out.etag)),
-            version_id: (bucket.versioning != Versioning::Unversioned).then(|| out.version_id.clone()),
+            // Writes report a version id only while versioning is enabled (not for the null version).
+            version_id: (bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
             checksum_crc32: c32,
             checksum_crc32c: c32c,
             checksum_crc64nvme: c64,
@@ -313,7 +315,7 @@ impl FerryS3 {
                 return Err(s3_error!(NotImplemented, "Access points are not supported"));
             }
         };
-        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref()).await?;
+        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref(), Perm::Read).await?;
         Conditions {
             if_match: i.copy_source_if_match.as_ref(),
             if_none_match: i.copy_source_if_none_match.as_ref(),
@@ -371,7 +373,7 @@ impl FerryS3 {
             full_control: i.grant_full_control.as_deref(),
             read: i.grant_read.as_deref(),
             read_acp: i.grant_read_acp.as_deref(),
-            write: None,
+            write: crate::util::raw_header(&req, "x-amz-grant-write"),
             write_acp: i.grant_write_acp.as_deref(),
         };
         attrs.acl = requested_acl(
@@ -416,7 +418,8 @@ impl FerryS3 {
                 checksum_sha256: s256,
                 checksum_type: None,
             }),
-            version_id: (dest_bucket.versioning != Versioning::Unversioned).then(|| out.version_id.clone()),
+            // Writes report a version id only while versioning is enabled (not for the null version).
+            version_id: (dest_bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
             copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),
             ..Default::default()
         }))

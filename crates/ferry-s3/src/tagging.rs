@@ -15,7 +15,8 @@ impl FerryS3 {
         &self,
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
-        let src = self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref()).await?;
+        let src =
+            self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Perm::Read).await?;
         Ok(S3Response::new(GetObjectTaggingOutput {
             tag_set: tags_to_dto(&src.record.attrs.tags),
             version_id: src.versioned.then(|| src.record.version_id.clone()),
@@ -50,9 +51,9 @@ impl FerryS3 {
         version_id: Option<&str>,
         tags: Vec<(String, String)>,
     ) -> S3Result<VersionRecord> {
-        // Resolves the version with S3's answers for missing keys and delete markers.
-        let src = self.source_version(req, bucket, key, version_id).await?;
-        self.bucket_for(req, bucket, Perm::Write).await?;
+        // Resolves the version with S3's answers for missing keys and delete markers; changing
+        // tags takes the object's owner or a WRITE_ACP grant, like changing its ACL.
+        let src = self.source_version(req, bucket, key, version_id, Perm::WriteAcp).await?;
         let (b, k, v) = (bucket.to_owned(), key.to_owned(), src.record.version_id.clone());
         self.store
             .meta

@@ -12,6 +12,11 @@ use crate::FerryS3;
 use crate::auth::User;
 use crate::error::StoreResultExt;
 
+/// The raw value of a header that s3s does not model for an operation.
+pub fn raw_header<'a, T>(req: &'a S3Request<T>, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// Longest object key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Largest total size of user metadata (keys + values), in bytes.
@@ -74,9 +79,11 @@ impl FerryS3 {
     }
 }
 
-/// Checks `perm` for `user` on a resource owned by `owner` with `acl`.
+/// Checks `perm` for `user` on a resource owned by `owner` with `acl`. As in S3, the owner
+/// always keeps READ_ACP and WRITE_ACP (and the owner-only operations); READ and WRITE come
+/// from the ACL's grants, which give the owner FULL_CONTROL unless the owner removed it.
 pub fn check_perm(user: Option<&Owner>, owner: &Owner, acl: &Acl, perm: Perm) -> S3Result<()> {
-    if user.is_some_and(|u| u.id == owner.id) {
+    if user.is_some_and(|u| u.id == owner.id) && matches!(perm, Perm::ReadAcp | Perm::WriteAcp | Perm::Owner) {
         return Ok(());
     }
     if perm != Perm::Owner && acl.allows(user.map(|u| u.id.as_str()), perm.name()) {
@@ -148,6 +155,7 @@ pub fn parse_tagging_header(s: &str) -> S3Result<Vec<(String, String)>> {
         tags.push((dec(k)?, dec(v)?));
     }
     validate_tags(&tags, MAX_OBJECT_TAGS)?;
+    tags.sort();
     Ok(tags)
 }
 
@@ -171,9 +179,11 @@ pub fn validate_tags(tags: &[(String, String)], max: usize) -> S3Result<()> {
     Ok(())
 }
 
-/// The s3s tag list → (key, value) pairs.
+/// The s3s tag list → (key, value) pairs, sorted by key (tags are a set; stored sorted).
 pub fn tags_from_dto(set: Vec<s3s::dto::Tag>) -> Vec<(String, String)> {
-    set.into_iter().map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default())).collect()
+    let mut tags: Vec<_> = set.into_iter().map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default())).collect();
+    tags.sort();
+    tags
 }
 
 /// (key, value) pairs → s3s tag list.
@@ -216,11 +226,11 @@ pub fn requested_acl(
     }
     let mut acl = Acl::default();
     for (value, perm) in [
-        (grants.full_control, "FULL_CONTROL"),
         (grants.read, "READ"),
-        (grants.read_acp, "READ_ACP"),
         (grants.write, "WRITE"),
+        (grants.read_acp, "READ_ACP"),
         (grants.write_acp, "WRITE_ACP"),
+        (grants.full_control, "FULL_CONTROL"),
     ] {
         let Some(value) = value else { continue };
         for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -300,6 +310,7 @@ mod tests {
             vec![("a".into(), "1".into()), ("b c".into(), "x y".into()), ("empty".into(), String::new())]
         );
         assert!(parse_tagging_header("a=1&a=2").is_err());
+        assert_eq!(parse_tagging_header("z=1&a=2").unwrap()[0].0, "a", "sorted by key");
         let many: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
         assert!(parse_tagging_header(&many.join("&")).is_err());
     }

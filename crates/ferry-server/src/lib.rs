@@ -4,5 +4,7 @@
 //! nothing but the process: each has its own listener, data directory, metadata writer and
 //! background workers, exactly as if it ran alone.
 
+pub mod bench;
+pub mod client;
 pub mod credentials;
 pub mod server;

@@ -37,6 +37,55 @@ enum Command {
     /// SIGTERM or SIGINT stops accepting, lets in-flight requests finish (see
     /// --shutdown-timeout) and exits 0.
     Serve(ServeArgs),
+    /// Load-test an S3 endpoint (Ferry or any other) and report throughput and latency.
+    ///
+    /// Examples:
+    ///   ferry bench --endpoint http://127.0.0.1:9000 --mode put --size 4KiB --concurrency 32 --duration 10s
+    ///   ferry bench --endpoint http://127.0.0.1:9000 --mode get --size 64MiB --concurrency 4 --objects 8
+    ///
+    /// Credentials come from --access-key/--secret-key or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    #[command(verbatim_doc_comment)]
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Endpoint URL, e.g. http://127.0.0.1:9000.
+    #[arg(long, value_name = "URL")]
+    endpoint: String,
+    /// Access key.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    access_key: String,
+    /// Secret key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// Signing region.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Bucket to use (created if missing).
+    #[arg(long, default_value = "ferry-bench")]
+    bucket: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "put")]
+    mode: ferry_server::bench::Mode,
+    /// Object size (4096, 4KiB, 64MiB...).
+    #[arg(long, default_value = "4KiB", value_parser = ferry_server::bench::parse_size)]
+    size: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to run (10s, 1m...).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests instead.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Objects written before a GET run and read at random.
+    #[arg(long, default_value_t = 1000)]
+    objects: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +131,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench(args).await,
         }
     });
     match result {
@@ -145,6 +195,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     server.wait().await;
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use ferry_server::bench::{BenchOptions, run};
+    let report = run(BenchOptions {
+        endpoint: ferry_server::client::Endpoint {
+            url: a.endpoint,
+            access_key: a.access_key,
+            secret_key: a.secret_key,
+            region: a.region,
+        },
+        bucket: a.bucket,
+        mode: a.mode,
+        size: a.size,
+        concurrency: a.concurrency,
+        duration: a.duration,
+        count: a.count,
+        objects: a.objects,
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
     Ok(())
 }
 

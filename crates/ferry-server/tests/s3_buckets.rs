@@ -30,7 +30,8 @@ async fn create_head_list_location_delete() {
     let alt = s.alt_client().list_buckets().send().await.unwrap();
     assert!(!alt.buckets().iter().any(|x| x.name() == Some(b.as_str())));
 
-    // Same name again: owned by you; by someone else: already exists.
+    // Same name again: owned by you (outside us-east-1, which answers 200); by someone else:
+    // already exists.
     let e = c.create_bucket().bucket(&b).send().await.unwrap_err();
     assert_eq!(code(&e), "BucketAlreadyOwnedByYou");
     let e = s.alt_client().create_bucket().bucket(&b).send().await.unwrap_err();
@@ -43,6 +44,21 @@ async fn create_head_list_location_delete() {
     c.delete_bucket().bucket(&b).send().await.unwrap();
     let e = c.head_bucket().bucket(&b).send().await.unwrap_err();
     assert_eq!(status(&e), 404);
+}
+
+#[tokio::test]
+async fn us_east_1_recreate_is_a_no_op() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("again");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"kept").await;
+    c.create_bucket().bucket(&b).send().await.unwrap();
+    assert_eq!(get_bytes(&c, &b, "k").await, b"kept");
+    assert_eq!(
+        code(&s.alt_client().create_bucket().bucket(&b).send().await.unwrap_err()),
+        "BucketAlreadyExists"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +136,8 @@ async fn bucket_tagging() {
     let pairs: Vec<_> = got.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
     assert_eq!(
         pairs,
-        vec![("team".to_owned(), "storage".to_owned()), ("env".to_owned(), "prod".to_owned())]
+        vec![("env".to_owned(), "prod".to_owned()), ("team".to_owned(), "storage".to_owned())],
+        "stored sorted by key"
     );
     c.delete_bucket_tagging().bucket(&b).send().await.unwrap();
     assert_eq!(code(&c.get_bucket_tagging().bucket(&b).send().await.unwrap_err()), "NoSuchTagSet");

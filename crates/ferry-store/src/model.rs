@@ -96,7 +96,8 @@ impl Acl {
             permission: "FULL_CONTROL".into(),
         };
         let group = |uri: &str, perm: &str| Grant { grantee: Grantee::Group { uri: uri.into() }, permission: perm.into() };
-        let mut grants = vec![full(owner)];
+        // The extra grants first, then the owner's FULL_CONTROL (the order RGW returns them in).
+        let mut grants = Vec::new();
         match name {
             "private" => {}
             "public-read" => grants.push(group(ALL_USERS, "READ")),
@@ -124,6 +125,7 @@ impl Acl {
             }
             _ => return None,
         }
+        grants.push(full(owner));
         Some(Self { grants })
     }
 

@@ -1,0 +1,223 @@
+//! `ferry bench`: S3 load against any endpoint, with latency percentiles.
+//!
+//! Modes: `put` writes objects of `--size` bytes; `get` first writes `--objects` objects, then
+//! reads them at random. `--concurrency` requests are kept in flight; the run lasts `--duration`
+//! (or `--count` requests). Reports ops/s, MiB/s and latency p50/p90/p99/max, as text or JSON.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aws_sdk_s3::primitives::ByteStream;
+use hdrhistogram::Histogram;
+use rand::Rng as _;
+use serde::Serialize;
+
+use crate::client::{Endpoint, s3_client};
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// PUT new objects.
+    Put,
+    /// GET existing objects (written first).
+    Get,
+}
+
+/// Bench options.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub endpoint: Endpoint,
+    pub bucket: String,
+    pub mode: Mode,
+    pub size: u64,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub objects: u64,
+}
+
+/// Results of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub mode: Mode,
+    pub size_bytes: u64,
+    pub concurrency: usize,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub mib_per_sec: f64,
+    pub latency_ms: Latency,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// When the bucket cannot be created or prepared.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    let client = s3_client(&opts.endpoint);
+    match client.create_bucket().bucket(&opts.bucket).send().await {
+        Ok(_) => {}
+        Err(e) => {
+            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or_default().to_owned();
+            if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
+                return Err(anyhow::anyhow!("cannot create bucket {}: {e:?}", opts.bucket));
+            }
+        }
+    }
+    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    if opts.mode == Mode::Get {
+        let pre = Options { count: Some(opts.objects), duration: Duration::from_secs(3600), ..Options::from(&opts) };
+        drive(&client, &pre, Mode::Put, body.clone()).await?;
+    }
+    let o = Options::from(&opts);
+    drive(&client, &o, opts.mode, body).await
+}
+
+#[derive(Clone)]
+struct Options {
+    bucket: String,
+    size: u64,
+    concurrency: usize,
+    duration: Duration,
+    count: Option<u64>,
+    objects: u64,
+}
+
+impl From<&BenchOptions> for Options {
+    fn from(o: &BenchOptions) -> Self {
+        Self {
+            bucket: o.bucket.clone(),
+            size: o.size,
+            concurrency: o.concurrency,
+            duration: o.duration,
+            count: o.count,
+            objects: o.objects,
+        }
+    }
+}
+
+async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes::Bytes) -> anyhow::Result<BenchReport> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + o.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..o.concurrency.max(1) {
+        let (client, o, body, next) = (client.clone(), o.clone(), body.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram()?;
+            let mut errors = 0u64;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if o.count.is_some_and(|c| n >= c) || Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = match mode {
+                    Mode::Put => {
+                        let key = format!("bench/{n}");
+                        client.put_object().bucket(&o.bucket).key(key).body(ByteStream::from(body.clone())).send().await.is_ok()
+                    }
+                    Mode::Get => {
+                        let key = format!("bench/{}", rand::rng().random_range(0..o.objects.max(1)));
+                        match client.get_object().bucket(&o.bucket).key(key).send().await {
+                            Ok(out) => out.body.collect().await.is_ok(),
+                            Err(_) => false,
+                        }
+                    }
+                };
+                if ok {
+                    hist.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((hist, errors))
+        }));
+    }
+    let mut hist = histogram()?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await??;
+        hist.add(h).context("merge histograms")?;
+        errors += e;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let ops = hist.len();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BenchReport {
+        mode,
+        size_bytes: o.size,
+        concurrency: o.concurrency,
+        ops,
+        errors,
+        seconds,
+        ops_per_sec: ops as f64 / seconds,
+        mib_per_sec: (ops * o.size) as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: hist.max() as f64 / 1000.0 },
+    })
+}
+
+/// Parses sizes like `4096`, `4KiB`, `4k`, `64MiB`, `1G`.
+///
+/// # Errors
+/// On anything else.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (examples: 4096, 4KiB, 64MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:?} {} B x {} in flight: {} ops in {:.1} s, {} errors",
+            self.mode, self.size_bytes, self.concurrency, self.ops, self.seconds, self.errors
+        )?;
+        writeln!(f, "  {:.0} ops/s, {:.1} MiB/s", self.ops_per_sec, self.mib_per_sec)?;
+        write!(
+            f,
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("4XB").is_err());
+        assert!(parse_size("big").is_err());
+    }
+}
