@@ -40,6 +40,108 @@ pub struct Config {
     /// The regions served by this process (at least one).
     #[serde(default)]
     pub region: Vec<RegionConfig>,
+    /// Replication targets outside this process: other Ferry regions or any S3 service.
+    /// Regions of this file are peers of each other without being listed.
+    #[serde(default)]
+    pub peer: Vec<PeerConfig>,
+    /// Buckets created at first start (demo setups, declarative bootstrapping).
+    #[serde(default)]
+    pub bucket: Vec<BucketConfig>,
+    /// Replication engine settings (apply to every region of this process).
+    #[serde(default)]
+    pub replication: ReplicationSettings,
+}
+
+/// A replication peer served by another process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's region name (for a Ferry peer: the name its own config gives it).
+    pub name: String,
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub endpoint: String,
+    /// Credentials used to write replicas there.
+    pub access_key: String,
+    pub secret_key: String,
+    /// PEM file of a private CA to trust for this peer (besides the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `ferry` (full fidelity: version ids, times, ACLs kept) or `s3` (any S3 service).
+    #[serde(default)]
+    pub kind: PeerKind,
+}
+
+/// What a peer is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerKind {
+    /// Another Ferry region.
+    #[default]
+    Ferry,
+    /// Any S3-compatible service.
+    S3,
+}
+
+/// A bucket to create at first start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// Bucket name.
+    pub name: String,
+    /// Region (of this file) that holds it.
+    pub region: String,
+    /// `Enabled` or `Suspended`; default: versioning off (`Enabled` is needed for replication).
+    #[serde(default)]
+    pub versioning: Option<String>,
+    /// Replicate to these destinations (`arn:aws:s3:::NAME` or `arn:aws:s3:REGION::NAME`), one
+    /// rule each, all objects, delete markers included.
+    #[serde(default)]
+    pub replicate_to: Vec<String>,
+    /// Owner (access key of a `[[credential]]`); default: the first credential.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// Replication engine settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSettings {
+    /// Transfers in flight per destination peer. Default 32.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Objects larger than this replicate as multipart uploads. Default 64 MiB.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: u64,
+    /// Part size for objects that were not uploaded in parts. Default 16 MiB.
+    #[serde(default = "default_part_size")]
+    pub part_size: u64,
+    /// Parts of one object uploaded in parallel. Default 4.
+    #[serde(default = "default_part_concurrency")]
+    pub part_concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    32
+}
+fn default_multipart_threshold() -> u64 {
+    64 << 20
+}
+fn default_part_size() -> u64 {
+    16 << 20
+}
+fn default_part_concurrency() -> usize {
+    4
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: default_concurrency(),
+            multipart_threshold: default_multipart_threshold(),
+            part_size: default_part_size(),
+            part_concurrency: default_part_concurrency(),
+        }
+    }
 }
 
 /// One access key / secret key pair.
@@ -79,6 +181,16 @@ pub struct RegionConfig {
     /// (one fsync instead of three per PUT). Default: 32 KiB. 0 turns inlining off.
     #[serde(default = "default_inline_threshold")]
     pub inline_threshold: u64,
+    /// PEM certificate chain: serve HTTPS instead of HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM of the CA that signed `tls_cert`, trusted by the other regions of this file when
+    /// they connect to this one (a private CA); default: the system roots.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_domains() -> Vec<String> {
@@ -99,7 +211,18 @@ impl RegionConfig {
             data_dir,
             domains: default_domains(),
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
+    }
+
+    /// The URL other regions use to reach this one (`https` when it serves TLS).
+    #[must_use]
+    pub fn url_for(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        format!("{scheme}://{}", SocketAddr::new(host, addr.port()))
     }
 
     /// The parsed listen address.
@@ -126,9 +249,20 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         let mut cfg = Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
         for r in &mut cfg.region {
-            if r.data_dir.is_relative() {
-                r.data_dir = base.join(&r.data_dir);
+            rel(&mut r.data_dir);
+            for p in [&mut r.tls_cert, &mut r.tls_key, &mut r.tls_ca].into_iter().flatten() {
+                rel(p);
+            }
+        }
+        for p in &mut cfg.peer {
+            if let Some(ca) = &mut p.ca_file {
+                rel(ca);
             }
         }
         Ok(cfg)
@@ -175,6 +309,62 @@ impl Config {
                     r.data_dir.display()
                 )));
             }
+        }
+        for r in &self.region {
+            if r.tls_cert.is_some() != r.tls_key.is_some() {
+                return Err(Error::Config(format!("region `{}`: keys `tls_cert` and `tls_key` go together", r.name)));
+            }
+        }
+        for p in &self.peer {
+            if !is_valid_region_name(&p.name) {
+                return Err(Error::Config(format!(
+                    "peer `{}`: key `name`: use 1-63 lowercase letters, digits and hyphens",
+                    p.name
+                )));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(Error::Config(format!("peer `{}`: key `name`: already used by a region or peer", p.name)));
+            }
+            if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+                return Err(Error::Config(format!(
+                    "peer `{}`: key `endpoint`: `{}` must start with http:// or https://",
+                    p.name, p.endpoint
+                )));
+            }
+        }
+        for b in &self.bucket {
+            if !self.region.iter().any(|r| r.name == b.region) {
+                return Err(Error::Config(format!(
+                    "bucket `{}`: key `region`: `{}` is not a region of this file",
+                    b.name, b.region
+                )));
+            }
+            if let Some(v) = &b.versioning
+                && v != "Enabled"
+                && v != "Suspended"
+            {
+                return Err(Error::Config(format!(
+                    "bucket `{}`: key `versioning`: use \"Enabled\" or \"Suspended\"",
+                    b.name
+                )));
+            }
+            if let Some(o) = &b.owner
+                && !self.credential.iter().any(|c| &c.access_key == o)
+            {
+                return Err(Error::Config(format!(
+                    "bucket `{}`: key `owner`: `{o}` is not a [[credential]] access_key",
+                    b.name
+                )));
+            }
+        }
+        let r = &self.replication;
+        if r.concurrency == 0 || r.part_concurrency == 0 {
+            return Err(Error::Config(
+                "[replication]: `concurrency` and `part_concurrency` must be at least 1".into(),
+            ));
+        }
+        if r.part_size < 5 << 20 || r.part_size > 5 << 30 {
+            return Err(Error::Config("[replication]: key `part_size` must be between 5 MiB and 5 GiB".into()));
         }
         let mut keys = HashSet::new();
         for c in &self.credential {

@@ -2,7 +2,8 @@
 
 use ferry_core::ids::is_valid_version_id;
 use ferry_store::model::Owner;
-use ferry_store::objects::{delete_current, delete_version};
+use ferry_store::objects::{delete_current, delete_version, put_replica_delete_marker};
+use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -20,17 +21,30 @@ struct Deleted {
     version_id: Option<String>,
 }
 
-/// Deletes one key or version inside a transaction.
+/// Deletes one key or version inside a transaction. With `replica`, the deletion comes from a
+/// peer: a delete marker keeps the source's id and time, and nothing is replicated further.
 fn delete_one(
     tx: &mut dyn ferry_store::meta::WriteTx,
     bucket: &str,
     key: &str,
     version_id: Option<&str>,
     owner: &Owner,
+    replica: Option<&ReplicaMeta>,
 ) -> ferry_store::Result<Deleted> {
+    if let (Some(r), None) = (replica, version_id) {
+        let m = put_replica_delete_marker(
+            tx,
+            bucket,
+            key,
+            &r.version_id,
+            r.mtime_us,
+            r.owner.clone().unwrap_or_else(|| owner.clone()),
+        )?;
+        return Ok(Deleted { delete_marker: true, version_id: Some(m.version_id) });
+    }
     match version_id {
         Some(v) => {
-            let removed = delete_version(tx, bucket, key, v)?;
+            let removed = delete_version(tx, bucket, key, v, replica.is_some())?;
             Ok(Deleted { delete_marker: removed.is_some_and(|r| r.delete_marker), version_id: Some(v.to_owned()) })
         }
         None => {
@@ -48,6 +62,7 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let replica = self.replica_of(&req, &bucket)?;
         let i = req.input;
         if i.if_match.is_some() || i.if_match_last_modified_time.is_some() || i.if_match_size.is_some() {
             return Err(s3_error!(NotImplemented, "Conditional deletes are not supported"));
@@ -58,7 +73,7 @@ impl FerryS3 {
             return Err(s3_error!(InvalidArgument, "Invalid version id specified"));
         }
         let (b, k, v) = (i.bucket, i.key, i.version_id);
-        let d = self.store.meta.write(move |tx| delete_one(tx, &b, &k, v.as_deref(), &owner)).await.s3()?;
+        let d = self.store.meta.write(move |tx| delete_one(tx, &b, &k, v.as_deref(), &owner, replica.as_ref())).await.s3()?;
         let mut resp = S3Response::new(DeleteObjectOutput {
             delete_marker: d.delete_marker.then_some(true),
             version_id: d.version_id,
@@ -92,7 +107,7 @@ impl FerryS3 {
                     };
                     let r = match invalid {
                         Some(err) => Err(err),
-                        None => Ok(delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner)?),
+                        None => Ok(delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner, None)?),
                     };
                     out.push((o.key, o.version_id, r));
                 }

@@ -141,6 +141,19 @@ impl FerryS3 {
         version_id: Option<&str>,
         perm: Perm,
     ) -> S3Result<SourceVersion> {
+        self.resolve_version(req, bucket, key, version_id, Some(perm)).await
+    }
+
+    /// [`source_version`](Self::source_version), with the permission check optional (replica
+    /// writes: the bucket owner was checked instead).
+    pub(crate) async fn resolve_version<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        perm: Option<Perm>,
+    ) -> S3Result<SourceVersion> {
         check_key(key)?;
         if let Some(v) = version_id
             && !is_valid_version_id(v)
@@ -177,7 +190,9 @@ impl FerryS3 {
             check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
             return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
         }
-        check_perm(user, &record.owner, &record.attrs.acl, perm)?;
+        if let Some(perm) = perm {
+            check_perm(user, &record.owner, &record.attrs.acl, perm)?;
+        }
         Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
     }
 

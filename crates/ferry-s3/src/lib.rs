@@ -11,6 +11,7 @@
 //! anonymous requests may do; the owner may do everything.
 
 mod acl;
+mod admin;
 mod auth;
 mod bucket;
 mod delete;
@@ -19,12 +20,15 @@ mod get;
 mod list;
 mod multipart;
 mod put;
+mod replica;
+mod replication_config;
 mod tagging;
 mod util;
 
 use std::sync::Arc;
 
 use ferry_store::Store;
+use ferry_store::replication::PeerDirectory;
 use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Request, S3Response, S3Result};
@@ -36,6 +40,8 @@ pub struct FerryS3 {
     pub(crate) store: Arc<Store>,
     pub(crate) region: String,
     pub(crate) users: Arc<Users>,
+    /// Validates replication configurations against the peers; `None`: replication off.
+    pub(crate) peers: Option<Arc<dyn PeerDirectory>>,
 }
 
 /// Settings of one region's S3 endpoint.
@@ -49,13 +55,19 @@ pub struct EndpointConfig {
 
 /// Builds the S3 service of one region.
 #[must_use]
-pub fn service(store: Arc<Store>, users: Arc<Users>, cfg: &EndpointConfig) -> FerryService {
-    let s3 = FerryS3 { store, region: cfg.region.clone(), users: users.clone() };
+pub fn service(
+    store: Arc<Store>,
+    users: Arc<Users>,
+    cfg: &EndpointConfig,
+    peers: Option<Arc<dyn PeerDirectory>>,
+) -> FerryService {
+    let s3 = FerryS3 { store: store.clone(), region: cfg.region.clone(), users: users.clone(), peers };
     let mut b = S3ServiceBuilder::new(s3);
-    b.set_auth(auth::Auth { users });
+    b.set_auth(auth::Auth { users: users.clone() });
     b.set_access(auth::Access { region: cfg.region.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
     b.set_validation(auth::BucketNames);
+    b.set_route(admin::AdminRoute { store, users });
     FerryService { inner: b.build() }
 }
 
@@ -138,5 +150,8 @@ ops! {
     put_object_tagging(PutObjectTaggingInput) -> PutObjectTaggingOutput;
     delete_object_tagging(DeleteObjectTaggingInput) -> DeleteObjectTaggingOutput;
     get_object_acl(GetObjectAclInput) -> GetObjectAclOutput;
-    put_object_acl(PutObjectAclInput) -> PutObjectAclOutput;
+        put_object_acl(PutObjectAclInput) -> PutObjectAclOutput;
+    put_bucket_replication(PutBucketReplicationInput) -> PutBucketReplicationOutput;
+    get_bucket_replication(GetBucketReplicationInput) -> GetBucketReplicationOutput;
+    delete_bucket_replication(DeleteBucketReplicationInput) -> DeleteBucketReplicationOutput;
 }

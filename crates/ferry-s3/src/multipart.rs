@@ -5,6 +5,7 @@ use ferry_store::Error as StoreError;
 use ferry_store::checksum::{Algorithm, composite_checksum, multipart_etag};
 use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, PartRecord, PartRef, UploadRecord, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
+use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -281,6 +282,8 @@ impl FerryS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let replica = self.replica_of(&req, &bucket)?;
+        let bucket_owner = bucket.owner.clone();
         let i = req.input;
         let requested: Vec<CompletedPart> = i.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
@@ -303,7 +306,11 @@ impl FerryS3 {
             if_none_match: i.if_none_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
         };
         let (bucket_name, key, upload_id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
-        let outcome = self.store.meta.write(move |tx| complete_in_tx(tx, &bucket_name, &key, &upload_id, &wanted, &cond)).await;
+        let outcome = self
+            .store
+            .meta
+            .write(move |tx| complete_in_tx(tx, &bucket_name, &key, &upload_id, &wanted, &cond, replica.as_ref(), &bucket_owner))
+            .await;
         let record = match outcome {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e),
@@ -410,6 +417,9 @@ impl FerryS3 {
 
 /// Completes an upload inside a transaction. The outer `Result` is the store's (rolls back);
 /// the inner one carries S3 validation errors, which also leave nothing changed.
+/// With `replica` (a completion sent by a peer), the version keeps the source's id, time, ETag,
+/// owner (or `bucket_owner` under an owner override) and ACL.
+#[allow(clippy::too_many_arguments)] // a transaction body: every input is a separate fact
 fn complete_in_tx(
     tx: &mut dyn ferry_store::meta::WriteTx,
     bucket: &str,
@@ -417,6 +427,8 @@ fn complete_in_tx(
     upload_id: &str,
     wanted: &[(u32, String)],
     cond: &WriteConditions,
+    replica: Option<&ReplicaMeta>,
+    bucket_owner: &ferry_store::model::Owner,
 ) -> ferry_store::Result<S3Result<ferry_store::model::VersionRecord>> {
     let Some(upload) = tx.get_upload(upload_id)?.filter(|u| u.bucket == bucket && u.key == key) else {
         return Ok(Err(no_such_upload()));
@@ -458,16 +470,21 @@ fn complete_in_tx(
         }
     }
     let size = chosen.iter().map(|p| p.size).sum();
+    let mut owner = upload.owner.clone();
+    if let Some(r) = replica {
+        owner = r.owner.clone().unwrap_or_else(|| bucket_owner.clone());
+        attrs.acl = r.acl.clone().unwrap_or_else(|| ferry_store::model::Acl::private(&owner));
+    }
     let new = NewVersion {
         key: key.to_owned(),
         size,
-        etag,
+        etag: replica.and_then(|r| r.etag.clone()).unwrap_or(etag),
         storage_class: upload.storage_class.clone(),
-        owner: upload.owner.clone(),
+        owner,
         layout: BodyLayout::Parts { parts: chosen.clone(), multipart: true },
         attrs,
-        repl_status: None,
-        identity: None,
+        repl_status: replica.map(|_| ferry_store::model::ReplStatus::Replica),
+        identity: replica.map(|r| (r.version_id.clone(), r.mtime_us)),
     };
     let record = match put_version(tx, bucket, new, cond) {
         Ok(r) => r,

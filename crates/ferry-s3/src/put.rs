@@ -5,6 +5,7 @@ use ferry_store::Ingested;
 use ferry_store::checksum::{Algorithm, DigestResult, is_valid_checksum_value};
 use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
+use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -177,8 +178,13 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         require_length(&req.headers)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let replica = self.replica_of(&req, &bucket)?;
         let user = self.require_user(&req).map(|u| u.owner.clone()).unwrap_or_default();
-        let owner = if user.id.is_empty() { bucket.owner.clone() } else { user };
+        let owner = match &replica {
+            Some(r) => r.owner.clone().unwrap_or_else(|| bucket.owner.clone()),
+            None if user.id.is_empty() => bucket.owner.clone(),
+            None => user,
+        };
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         if i.object_lock_mode.is_some() || i.object_lock_retain_until_date.is_some() || i.object_lock_legal_hold_status.is_some()
@@ -207,13 +213,17 @@ impl FerryS3 {
             write: crate::util::raw_header(&req, "x-amz-grant-write"),
             write_acp: i.grant_write_acp.as_deref(),
         };
-        let acl = requested_acl(
-            i.acl.as_ref().map(ObjectCannedACL::as_str),
-            &grants,
-            &owner,
-            Some(&bucket.owner),
-            &self.users,
-        )?;
+        let acl = match replica.as_ref().and_then(|r| r.acl.clone()) {
+            Some(acl) => acl,
+            None if replica.is_some() => ferry_store::model::Acl::private(&owner),
+            None => requested_acl(
+                i.acl.as_ref().map(ObjectCannedACL::as_str),
+                &grants,
+                &owner,
+                Some(&bucket.owner),
+                &self.users,
+            )?,
+        };
         let attrs = ObjectAttrs {
             content_type: Some(i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
             content_encoding: i.content_encoding.clone(),
@@ -252,6 +262,7 @@ impl FerryS3 {
                 storage_class,
                 owner,
                 cond,
+                replica,
             )
             .await?;
         let [c32, c32c, c64, s1, s256] = checksum_fields(&out.attrs.checksums);
@@ -271,7 +282,8 @@ impl FerryS3 {
     }
 
     /// Commits a received body as a new version of `key`, then moves its blob into place.
-    #[allow(clippy::too_many_arguments)] // one call site per operation; a struct would only rename them
+    /// A replica keeps the source's version id, time and ETag.
+    #[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
     pub(crate) async fn write_new_object(
         &self,
         bucket: String,
@@ -282,19 +294,21 @@ impl FerryS3 {
         storage_class: Option<String>,
         owner: ferry_store::model::Owner,
         cond: WriteConditions,
+        replica: Option<ReplicaMeta>,
     ) -> S3Result<ferry_store::model::VersionRecord> {
-        let etag = digest.md5_hex();
+        let md5 = digest.md5_hex();
         attrs.checksums = stored_checksums(digest);
+        let etag = replica.as_ref().and_then(|r| r.etag.clone()).unwrap_or_else(|| md5.clone());
         let new = NewVersion {
             key,
             size: digest.len,
-            layout: ingested.layout(digest.len, &etag),
+            layout: ingested.layout(digest.len, &md5),
             etag,
             storage_class,
             owner,
             attrs,
-            repl_status: None,
-            identity: None,
+            repl_status: replica.as_ref().map(|_| ferry_store::model::ReplStatus::Replica),
+            identity: replica.map(|r| (r.version_id, r.mtime_us)),
         };
         let record = self.store.meta.write(move |tx| put_version(tx, &bucket, new, &cond)).await.s3()?;
         self.store.committed(ingested);
@@ -405,7 +419,7 @@ impl FerryS3 {
             }
         };
         let cond = WriteConditions::default();
-        let out = self.write_new_object(i.bucket.clone(), i.key.clone(), ingested, &digest, attrs, sc, owner, cond).await?;
+        let out = self.write_new_object(i.bucket.clone(), i.key.clone(), ingested, &digest, attrs, sc, owner, cond, None).await?;
         let [c32, c32c, c64, s1, s256] = checksum_fields(&out.attrs.checksums);
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {

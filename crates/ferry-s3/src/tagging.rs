@@ -1,8 +1,8 @@
 //! Object tagging (bucket tagging is in `bucket.rs`). Tags belong to a version and change in
 //! place: no new version is created.
 
-use ferry_store::Error as StoreError;
 use ferry_store::model::VersionRecord;
+use ferry_store::objects::update_attrs;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
@@ -52,18 +52,13 @@ impl FerryS3 {
         tags: Vec<(String, String)>,
     ) -> S3Result<VersionRecord> {
         // Resolves the version with S3's answers for missing keys and delete markers; changing
-        // tags takes the object's owner or a WRITE_ACP grant, like changing its ACL.
-        let src = self.source_version(req, bucket, key, version_id, Perm::WriteAcp).await?;
+        // tags takes the object's owner or a WRITE_ACP grant, like changing its ACL (a replica
+        // write from a peer: the bucket's owner).
+        let replica = self.replica_of(req, &self.load_bucket(bucket).await?)?;
+        let perm = if replica.is_some() { None } else { Some(Perm::WriteAcp) };
+        let src = self.resolve_version(req, bucket, key, version_id, perm).await?;
         let (b, k, v) = (bucket.to_owned(), key.to_owned(), src.record.version_id.clone());
-        self.store
-            .meta
-            .write(move |tx| {
-                let mut record = tx.get_version(&b, &k, &v)?.ok_or(StoreError::NoSuchVersion)?;
-                record.attrs.tags = tags;
-                tx.set_version_attrs(&b, &k, &v, &record.attrs)?;
-                Ok(record)
-            })
-            .await
-            .s3()
+        let from_peer = replica.is_some();
+        self.store.meta.write(move |tx| update_attrs(tx, &b, &k, &v, from_peer, |a| a.tags = tags)).await.s3()
     }
 }

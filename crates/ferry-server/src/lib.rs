@@ -4,7 +4,9 @@
 //! nothing but the process: each has its own listener, data directory, metadata writer and
 //! background workers, exactly as if it ran alone.
 
+pub mod admin_client;
 pub mod bench;
 pub mod client;
 pub mod credentials;
 pub mod server;
+pub mod tls;

@@ -46,6 +46,45 @@ enum Command {
     /// Credentials come from --access-key/--secret-key or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Inspect and drive replication of a bucket on a running region.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicationCommand {
+    /// Make the bucket's FAILED replication jobs pending again (after fixing their cause:
+    /// permissions, a missing destination bucket, versioning off at the destination).
+    Retry(BucketArgs),
+}
+
+/// Where to connect, and as whom.
+#[derive(clap::Args, Debug)]
+struct ConnArgs {
+    /// Endpoint of the region holding the bucket, e.g. http://127.0.0.1:9000.
+    #[arg(long, env = "FERRY_ENDPOINT", value_name = "URL")]
+    endpoint: String,
+    /// Access key (the bucket owner's).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    access_key: String,
+    /// Secret key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// Region to sign for (Ferry accepts its own name or us-east-1).
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// PEM file of a private CA to trust for an https endpoint.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct BucketArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The source bucket.
+    #[arg(long)]
+    bucket: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,6 +171,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench(args).await,
+            Command::Replication(cmd) => replication(cmd).await,
         }
     });
     match result {
@@ -159,13 +199,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("set both FERRY_ACCESS_KEY and FERRY_SECRET_KEY, or neither"),
     };
-    let (regions, mut users) = match &args.config {
-        Some(path) => {
-            let cfg = Config::load(path)?;
-            (cfg.region.clone(), cfg.credential.iter().map(user_from).collect::<Vec<_>>())
-        }
-        None => (vec![RegionConfig::single(&args.listen, args.data_dir.clone())], Vec::new()),
+    let cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config {
+            credential: Vec::new(),
+            region: vec![RegionConfig::single(&args.listen, args.data_dir.clone())],
+            peer: Vec::new(),
+            bucket: Vec::new(),
+            replication: ferry_core::config::ReplicationSettings::default(),
+        },
     };
+    let regions = cfg.region.clone();
+    let mut users = cfg.credential.iter().map(user_from).collect::<Vec<_>>();
     if let Some(u) = env_user {
         users.push(u);
     }
@@ -182,11 +227,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         users.push(ferry_s3::User::new(&creds.access_key, &creds.secret_key, None, None));
     }
-    let server = Server::start(ServerOptions { regions, users, shutdown_timeout: Duration::from_secs(args.shutdown_timeout) })
-        .await
-        .context("cannot start")?;
+    let opts = ServerOptions {
+        peers: cfg.peer.clone(),
+        buckets: cfg.bucket.clone(),
+        replication: cfg.replication.clone(),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        ..ServerOptions::new(regions, users)
+    };
+    let server = Server::start(opts).await.context("cannot start")?;
     for r in server.regions() {
-        eprintln!("ferry: region {} serving S3 on http://{}", r.name, r.addr);
+        eprintln!("ferry: region {} serving S3 on {}", r.name, r.url);
     }
     let stop = server.stop_token();
     tokio::spawn(async move {
@@ -222,6 +272,32 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+fn admin_client(c: &ConnArgs) -> anyhow::Result<ferry_server::admin_client::AdminClient> {
+    let ca = match &c.ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-file: cannot read {}", p.display()))?),
+        None => None,
+    };
+    let ep = ferry_server::client::Endpoint {
+        url: c.endpoint.clone(),
+        access_key: c.access_key.clone(),
+        secret_key: c.secret_key.clone(),
+        region: c.region.clone(),
+    };
+    ferry_server::admin_client::AdminClient::new(ep, ca.as_deref())
+}
+
+async fn replication(cmd: ReplicationCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReplicationCommand::Retry(a) => {
+            let client = admin_client(&a.conn)?;
+            let out =
+                client.request("POST", &format!("/{}?ferry-replication-retry", a.bucket), bytes::Bytes::new()).await?.json()?;
+            println!("{} failed job(s) of bucket {} will be retried", out["retried"], a.bucket);
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,13 +1,16 @@
 //! Region start-up, serving and shutdown.
 //!
-//! Start: for each region, open its store (lock, database, staging recovery), bind its listener,
-//! start its background workers, then accept connections. Any failure aborts start-up with a
-//! one-line error naming the region and the key or path.
+//! Start: every region opens its store (lock, database, staging recovery) and binds its
+//! listener first, so that the regions of one process know each other's real addresses
+//! (ports may be 0). Then each region gets its own peer set (the other regions, the
+//! `[[peer]]` entries and itself), its replication workers and blob collector, the
+//! `[[bucket]]` sections are created if missing, and the listeners start accepting. Any failure
+//! aborts start-up with a one-line error naming the region and the key or path.
 //!
 //! Shutdown (SIGTERM / SIGINT, or [`Server::shutdown`]): stop accepting, let in-flight requests
 //! finish until the deadline, stop the background workers, then stop the metadata writer after
-//! it has committed what it holds. Acknowledged writes are already durable; shutdown only
-//! avoids cutting requests short.
+//! it has committed what it holds. Acknowledged writes and recorded replication jobs are
+//! already durable; shutdown only avoids cutting requests short.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_core::background::BackgroundRunner;
-use ferry_core::config::RegionConfig;
+use ferry_core::config::{BucketConfig, PeerConfig, PeerKind, RegionConfig, ReplicationSettings};
+use ferry_replication::client::{ClientSettings, read_ca};
+use ferry_replication::peers::{PeerSet, PeerSpec};
 use ferry_s3::{EndpointConfig, Users};
 use ferry_store::{GcWorker, Store};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,10 +33,32 @@ use tokio_util::sync::CancellationToken;
 pub struct ServerOptions {
     /// The regions.
     pub regions: Vec<RegionConfig>,
-    /// The accepted credentials.
+    /// The accepted credentials. The first one is also the one regions of this process use to
+    /// write replicas into each other.
     pub users: Vec<ferry_s3::User>,
+    /// Peers outside this process.
+    pub peers: Vec<PeerConfig>,
+    /// Buckets to create at first start.
+    pub buckets: Vec<BucketConfig>,
+    /// Replication engine settings.
+    pub replication: ReplicationSettings,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// Options for `regions` with `users`, no other peers, default settings.
+    #[must_use]
+    pub fn new(regions: Vec<RegionConfig>, users: Vec<ferry_s3::User>) -> Self {
+        Self {
+            regions,
+            users,
+            peers: Vec::new(),
+            buckets: Vec::new(),
+            replication: ReplicationSettings::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A region being served.
@@ -40,8 +67,12 @@ pub struct RegionHandle {
     pub name: String,
     /// The address the listener is bound to (with the real port when 0 was asked).
     pub addr: SocketAddr,
+    /// `http://ADDR` or `https://ADDR`.
+    pub url: String,
     /// The region's storage.
     pub store: Arc<Store>,
+    /// The region's background workers (replication, garbage collection).
+    pub runner: Arc<BackgroundRunner>,
     task: JoinHandle<()>,
 }
 
@@ -51,30 +82,35 @@ pub struct Server {
     stop: CancellationToken,
 }
 
+/// A region after phase 1: store open, listener bound.
+struct Opened {
+    cfg: RegionConfig,
+    store: Arc<Store>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    url: String,
+}
+
 impl Server {
     /// Opens and starts every region.
     ///
     /// # Errors
     /// A one-line description of the first region that cannot start.
     pub async fn start(opts: ServerOptions) -> anyhow::Result<Self> {
+        let mut opened = Vec::new();
+        for cfg in &opts.regions {
+            opened.push(open_region(cfg).await.with_context(|| format!("region `{}`", cfg.name))?);
+        }
+        let specs = peer_specs(&opts, &opened)?;
         let stop = CancellationToken::new();
         let users = Arc::new(Users::new(opts.users.clone()));
         let mut regions = Vec::new();
-        for cfg in &opts.regions {
-            let region = start_region(cfg, users.clone(), stop.clone(), opts.shutdown_timeout)
-                .await
-                .with_context(|| format!("region `{}`", cfg.name));
-            match region {
-                Ok(r) => regions.push(r),
-                Err(e) => {
-                    // Release what already started (locks, listeners) before failing.
-                    stop.cancel();
-                    for r in regions {
-                        let _ = r.task.await;
-                    }
-                    return Err(e);
-                }
-            }
+        for o in opened {
+            let name = o.cfg.name.clone();
+            let peers =
+                Arc::new(PeerSet::new(&name, &specs).map_err(anyhow::Error::msg).with_context(|| format!("region `{name}`"))?);
+            bootstrap_buckets(&o.store, &name, &opts).await.with_context(|| format!("region `{name}`: [[bucket]]"))?;
+            regions.push(serve_region(o, users.clone(), peers, &opts, stop.clone()));
         }
         Ok(Self { regions, stop })
     }
@@ -89,6 +125,12 @@ impl Server {
     #[must_use]
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.regions.iter().find(|r| r.name == name).map(|r| r.addr)
+    }
+
+    /// A region by name.
+    #[must_use]
+    pub fn region(&self, name: &str) -> Option<&RegionHandle> {
+        self.regions.iter().find(|r| r.name == name)
     }
 
     /// A token that stops the server when cancelled.
@@ -113,28 +155,188 @@ impl Server {
     }
 }
 
-async fn start_region(
-    cfg: &RegionConfig,
-    users: Arc<Users>,
-    stop: CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<RegionHandle> {
+async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
     let addr = cfg.listen_addr()?;
+    if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
+        crate::tls::acceptor(c, k)?;
+    }
     let data_dir = cfg.data_dir.clone();
     let threshold = cfg.inline_threshold;
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, threshold)).await??;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("key `listen`: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
-    let service = ferry_s3::service(
-        store.clone(),
-        users,
-        &EndpointConfig { region: cfg.name.clone(), domains: cfg.domains.clone() },
-    );
+    Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr })
+}
+
+/// The peers every region of this process knows: the regions themselves (written to with the
+/// first credential) and the `[[peer]]` entries.
+fn peer_specs(opts: &ServerOptions, opened: &[Opened]) -> anyhow::Result<Vec<PeerSpec>> {
+    let mut specs = Vec::new();
+    if let Some(u) = opts.users.first() {
+        for o in opened {
+            let ca_pem = match &o.cfg.tls_ca {
+                Some(p) => Some(
+                    read_ca(p).with_context(|| format!("region `{}`: key `tls_ca`: cannot read {}", o.cfg.name, p.display()))?,
+                ),
+                None => None,
+            };
+            specs.push(PeerSpec {
+                name: o.cfg.name.clone(),
+                kind: PeerKind::Ferry,
+                settings: ClientSettings {
+                    url: o.url.clone(),
+                    access_key: u.access_key.clone(),
+                    secret_key: u.secret_key.clone(),
+                    region: o.cfg.name.clone(),
+                    ca_pem,
+                },
+            });
+        }
+    }
+    for p in &opts.peers {
+        let ca_pem = match &p.ca_file {
+            Some(f) => {
+                Some(read_ca(f).with_context(|| format!("peer `{}`: key `ca_file`: cannot read {}", p.name, f.display()))?)
+            }
+            None => None,
+        };
+        if p.endpoint.starts_with("http://") && !is_loopback_url(&p.endpoint) {
+            tracing::warn!(peer = %p.name, endpoint = %p.endpoint, "replication to this peer is not encrypted (plain http outside loopback)");
+        }
+        specs.push(PeerSpec {
+            name: p.name.clone(),
+            kind: p.kind,
+            settings: ClientSettings {
+                url: p.endpoint.clone(),
+                access_key: p.access_key.clone(),
+                secret_key: p.secret_key.clone(),
+                region: p.name.clone(),
+                ca_pem,
+            },
+        });
+    }
+    Ok(specs)
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Creates the `[[bucket]]` sections of this region that do not exist yet, with their
+/// versioning and replication rules (destinations are other `[[bucket]]`s or peers).
+async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOptions) -> anyhow::Result<()> {
+    use ferry_store::model::{Acl, BucketRecord, Versioning};
+    use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter};
+    for b in opts.buckets.iter().filter(|b| b.region == region) {
+        let owner_user = match &b.owner {
+            Some(k) => opts.users.iter().find(|u| &u.access_key == k),
+            None => opts.users.first(),
+        };
+        let Some(owner) = owner_user.map(|u| u.owner.clone()) else {
+            anyhow::bail!("bucket `{}`: no credential to own it", b.name)
+        };
+        let mut rules = Vec::new();
+        for (i, arn) in b.replicate_to.iter().enumerate() {
+            let rest = arn
+                .strip_prefix("arn:aws:s3:")
+                .ok_or_else(|| anyhow::anyhow!("bucket `{}`: key `replicate_to`: `{arn}` is not an arn:aws:s3 ARN", b.name))?;
+            let mut parts = rest.splitn(3, ':');
+            let pinned = parts.next().unwrap_or("");
+            let _account = parts.next();
+            let dest = parts.next().unwrap_or("").to_owned();
+            let peer = if pinned.is_empty() {
+                let holders: Vec<_> = opts.buckets.iter().filter(|o| o.name == dest).collect();
+                match holders.as_slice() {
+                    [one] => one.region.clone(),
+                    _ => anyhow::bail!(
+                        "bucket `{}`: key `replicate_to`: pin the region of `{dest}` (arn:aws:s3:REGION::{dest})",
+                        b.name
+                    ),
+                }
+            } else {
+                pinned.to_owned()
+            };
+            rules.push(Rule {
+                id: format!("{}-to-{}", b.name, dest),
+                priority: i32::try_from(i).unwrap_or(0),
+                enabled: true,
+                v2: true,
+                filter: RuleFilter::default(),
+                delete_markers: true,
+                deletes: false,
+                existing_objects: false,
+                replica_modifications: false,
+                destination: RuleDestination {
+                    peer,
+                    bucket: dest,
+                    storage_class: None,
+                    account: None,
+                    owner_override: false,
+                    rpo_minutes: None,
+                    metrics: true,
+                },
+            });
+        }
+        let versioning = match b.versioning.as_deref() {
+            Some("Enabled") => Versioning::Enabled,
+            Some("Suspended") => Versioning::Suspended,
+            _ => Versioning::Unversioned,
+        };
+        if !rules.is_empty() && versioning != Versioning::Enabled {
+            anyhow::bail!("bucket `{}`: replication needs versioning = \"Enabled\"", b.name);
+        }
+        let replication =
+            if rules.is_empty() { None } else { Some(ReplicationConfig { role: String::new(), rules }.to_stored()?) };
+        let name = b.name.clone();
+        let created = store
+            .meta
+            .write(move |tx| {
+                if tx.get_bucket(&name)?.is_some() {
+                    return Ok(false);
+                }
+                let now = tx.now();
+                tx.put_bucket(&BucketRecord {
+                    name,
+                    created_us: now,
+                    acl: Acl::private(&owner),
+                    owner,
+                    versioning,
+                    tagging: None,
+                    replication,
+                })?;
+                Ok(true)
+            })
+            .await?;
+        if created {
+            tracing::info!(bucket = %b.name, %region, "created bucket from the configuration");
+        }
+    }
+    Ok(())
+}
+
+fn serve_region(
+    o: Opened,
+    users: Arc<Users>,
+    peers: Arc<PeerSet>,
+    opts: &ServerOptions,
+    stop: CancellationToken,
+) -> RegionHandle {
+    let Opened { cfg, store, listener, addr, url } = o;
+    let endpoint = EndpointConfig { region: cfg.name.clone(), domains: cfg.domains.clone() };
+    let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()));
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone()));
+    ferry_replication::start(&runner, store.clone(), peers, &opts.replication);
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        // Checked in open_region; a failure here would be a file changed in between.
+        (Some(c), Some(k)) => crate::tls::acceptor(c, k).map_err(|e| tracing::error!(error = %e, "TLS disabled")).ok(),
+        _ => None,
+    };
     let name = cfg.name.clone();
-    tracing::info!(region = %name, %addr, data_dir = %cfg.data_dir.display(), "region serving S3");
-    let task_store = store.clone();
+    tracing::info!(region = %name, %url, data_dir = %cfg.data_dir.display(), "region serving S3");
+    let (task_store, task_runner, grace) = (store.clone(), runner.clone(), opts.shutdown_timeout);
     let task = tokio::spawn(async move {
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -151,22 +353,52 @@ async fn start_region(
                 () = stop.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone()).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+            match &tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    tokio::spawn(async move {
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
                 }
-            });
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+            }
         }
         drop(listener);
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!(region = %name, "in-flight requests did not finish before the shutdown deadline");
         }
-        runner.shutdown(Duration::from_secs(10)).await;
+        task_runner.shutdown(Duration::from_secs(10)).await;
         let s = task_store.clone();
         let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
         tracing::info!(region = %name, "region stopped");
     });
-    Ok(RegionHandle { name: cfg.name.clone(), addr, store, task })
+    RegionHandle { name: cfg.name.clone(), addr, url, store, runner, task }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_urls() {
+        assert!(super::is_loopback_url("http://127.0.0.1:9000"));
+        assert!(super::is_loopback_url("http://localhost:9000/x"));
+        assert!(super::is_loopback_url("http://[::1]:9000"));
+        assert!(!super::is_loopback_url("http://10.0.0.1:9000"));
+        assert!(!super::is_loopback_url("http://s3.example.com"));
+    }
 }

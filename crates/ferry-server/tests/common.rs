@@ -66,10 +66,8 @@ impl TestServer {
         let mut cfg = RegionConfig::single("127.0.0.1:0", data);
         cfg.name = region.to_owned();
         cfg.inline_threshold = inline_threshold;
-        let server =
-            Server::start(ServerOptions { regions: vec![cfg], users: users(), shutdown_timeout: Duration::from_secs(5) })
-                .await
-                .expect("server starts");
+        let opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(vec![cfg], users()) };
+        let server = Server::start(opts).await.expect("server starts");
         let addr = server.regions()[0].addr;
         Self { server: Some(server), addr, region: region.to_owned(), dir }
     }
@@ -359,4 +357,255 @@ pub fn run_ferry(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
+}
+
+/// Several regions served by one in-process server, each in its own temp data dir.
+pub struct TestCluster {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Regions named `names` on 127.0.0.1:0; `tweak` adjusts the options (peers, TLS...).
+    pub async fn start(names: &[&str], tweak: impl FnOnce(&mut ServerOptions, &std::path::Path)) -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let regions = names
+            .iter()
+            .map(|n| {
+                let mut cfg = RegionConfig::single("127.0.0.1:0", dir.path().join(n));
+                cfg.name = (*n).to_owned();
+                cfg
+            })
+            .collect();
+        let mut opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(regions, users()) };
+        tweak(&mut opts, dir.path());
+        let server = Server::start(opts).await.expect("cluster starts");
+        Self { server: Some(server), dir }
+    }
+
+    pub fn url(&self, region: &str) -> String {
+        self.server.as_ref().and_then(|s| s.region(region)).map(|r| r.url.clone()).expect("region")
+    }
+
+    pub fn client(&self, region: &str) -> Client {
+        client_for(&self.url(region), MAIN_AK, MAIN_SK, region, Mode::Default)
+    }
+
+    pub fn store(&self, region: &str) -> std::sync::Arc<ferry_store::Store> {
+        self.server.as_ref().and_then(|s| s.region(region)).map(|r| r.store.clone()).expect("region")
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+/// Polls `check` until it returns true or `secs` pass; panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs}s waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One version as listed, for comparisons.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub key: String,
+    pub version_id: String,
+    pub delete_marker: bool,
+    pub is_latest: bool,
+    pub etag: String,
+    pub size: i64,
+    pub last_modified: String,
+}
+
+/// Every version and delete marker of a bucket.
+pub async fn all_versions(c: &Client, bucket: &str) -> Vec<Listed> {
+    let mut out = Vec::new();
+    let (mut km, mut vm): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let page = c
+            .list_object_versions()
+            .bucket(bucket)
+            .set_key_marker(km.clone())
+            .set_version_id_marker(vm.clone())
+            .send()
+            .await
+            .expect("list versions");
+        for v in page.versions() {
+            out.push(Listed {
+                key: v.key().unwrap_or_default().to_owned(),
+                version_id: v.version_id().unwrap_or_default().to_owned(),
+                delete_marker: false,
+                is_latest: v.is_latest().unwrap_or(false),
+                etag: v.e_tag().unwrap_or_default().to_owned(),
+                size: v.size().unwrap_or(0),
+                last_modified: v.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+            });
+        }
+        for d in page.delete_markers() {
+            out.push(Listed {
+                key: d.key().unwrap_or_default().to_owned(),
+                version_id: d.version_id().unwrap_or_default().to_owned(),
+                delete_marker: true,
+                is_latest: d.is_latest().unwrap_or(false),
+                etag: String::new(),
+                size: 0,
+                last_modified: d.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+            });
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        km = page.next_key_marker().map(str::to_owned);
+        vm = page.next_version_id_marker().map(str::to_owned);
+    }
+    out.sort();
+    out
+}
+
+/// Compares two buckets version by version: ids, latest flags, ETags, sizes, times, and for
+/// each object version its content headers, user metadata and tags. Returns the differences.
+pub async fn compare_buckets(src: &Client, sb: &str, dst: &Client, db: &str) -> Vec<String> {
+    let (a, b) = (all_versions(src, sb).await, all_versions(dst, db).await);
+    let mut diffs = Vec::new();
+    for v in &a {
+        match b.iter().find(|x| x.key == v.key && x.version_id == v.version_id) {
+            None => diffs.push(format!("missing at destination: {} {}", v.key, v.version_id)),
+            Some(w) if w != v => diffs.push(format!("differs: {v:?} vs {w:?}")),
+            Some(_) if !v.delete_marker => {
+                let h1 = src.head_object().bucket(sb).key(&v.key).version_id(&v.version_id).send().await;
+                let h2 = dst.head_object().bucket(db).key(&v.key).version_id(&v.version_id).send().await;
+                match (h1, h2) {
+                    (Ok(h1), Ok(h2)) => {
+                        if h1.content_type() != h2.content_type()
+                            || h1.metadata() != h2.metadata()
+                            || h1.cache_control() != h2.cache_control()
+                        {
+                            diffs.push(format!("headers differ for {} {}", v.key, v.version_id));
+                        }
+                    }
+                    (x, y) => diffs.push(format!(
+                        "head failed for {} {}: {:?} {:?}",
+                        v.key,
+                        v.version_id,
+                        x.err().map(|e| code(&e)),
+                        y.err().map(|e| code(&e))
+                    )),
+                }
+                let t1 = src
+                    .get_object_tagging()
+                    .bucket(sb)
+                    .key(&v.key)
+                    .version_id(&v.version_id)
+                    .send()
+                    .await
+                    .map(|t| t.tag_set().to_vec());
+                let t2 = dst
+                    .get_object_tagging()
+                    .bucket(db)
+                    .key(&v.key)
+                    .version_id(&v.version_id)
+                    .send()
+                    .await
+                    .map(|t| t.tag_set().to_vec());
+                if t1.ok() != t2.ok() {
+                    diffs.push(format!("tags differ for {} {}", v.key, v.version_id));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for w in &b {
+        if !a.iter().any(|v| v.key == w.key && v.version_id == w.version_id) {
+            diffs.push(format!("extra at destination: {} {}", w.key, w.version_id));
+        }
+    }
+    diffs
+}
+
+/// The replication status header of a version.
+pub async fn repl_status(c: &Client, bucket: &str, key: &str, version: Option<&str>) -> Option<String> {
+    c.head_object()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(version.map(str::to_owned))
+        .send()
+        .await
+        .ok()?
+        .replication_status()
+        .map(|s| s.as_str().to_owned())
+}
+
+/// Puts a replication configuration given as raw XML (for elements the SDK does not model).
+pub async fn put_replication_xml(c: &Client, bucket: &str, xml: &str) -> Result<(), String> {
+    let body = xml.to_owned();
+    let len = body.len().to_string();
+    let r = c
+        .put_bucket_replication()
+        .bucket(bucket)
+        .replication_configuration(
+            aws_sdk_s3::types::ReplicationConfiguration::builder()
+                .role("")
+                .rules(
+                    aws_sdk_s3::types::ReplicationRule::builder()
+                        .status(aws_sdk_s3::types::ReplicationRuleStatus::Enabled)
+                        .destination(aws_sdk_s3::types::Destination::builder().bucket("x").build().unwrap())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .customize()
+        .mutate_request(move |req| {
+            *req.body_mut() = aws_smithy_types::body::SdkBody::from(body.clone());
+            req.headers_mut().remove("content-md5");
+            req.headers_mut().insert("content-length", len.clone());
+        })
+        .send()
+        .await;
+    r.map(|_| ()).map_err(|e| code(&e))
+}
+
+/// A replication configuration with one rule per destination ARN, all objects, delete markers.
+pub fn simple_rules(dests: &[&str]) -> aws_sdk_s3::types::ReplicationConfiguration {
+    use aws_sdk_s3::types::*;
+    let rules = dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            ReplicationRule::builder()
+                .id(format!("rule-{i}"))
+                .priority(i as i32)
+                .status(ReplicationRuleStatus::Enabled)
+                .filter(ReplicationRuleFilter::builder().prefix("").build())
+                .delete_marker_replication(
+                    DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build(),
+                )
+                .destination(Destination::builder().bucket(*d).build().unwrap())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    ReplicationConfiguration::builder().role("arn:aws:iam::000000000000:role/ferry").set_rules(Some(rules)).build().unwrap()
+}
+
+/// [`run_ferry`] without blocking the async runtime (the child may talk to in-process servers).
+pub async fn run_ferry_async(args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || run_ferry(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.expect("join")
 }

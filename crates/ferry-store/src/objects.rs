@@ -3,6 +3,10 @@
 //! inside the caller's transaction, so the caller can add rows of its own (a replication job)
 //! that commit atomically with the change.
 //!
+//! Replication: each function records the replication jobs its change needs (per the bucket's
+//! rules) in the same transaction ([`crate::replication::enqueue`]). Changes that arrive from a
+//! peer (replicas: `identity` set, or `from_peer`) record none.
+//!
 //! Ordering: a key's versions order by (last-modified, version id), newest first. Local writes get
 //! their last-modified from the region's commit clock, which is strictly increasing, so a later
 //! write is always newer. A version written with a given id and time (a replica) takes its place
@@ -11,6 +15,7 @@
 use crate::error::{Error, Result};
 use crate::meta::WriteTx;
 use crate::model::{BodyLayout, BucketRecord, ObjectAttrs, Owner, ReplStatus, VersionRecord, Versioning};
+use crate::replication::{JobOp, enqueue};
 use ferry_core::ids::{NULL_VERSION_ID, new_version_id};
 
 /// A version about to be written.
@@ -104,6 +109,7 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
             if let Some(existing) = tx.get_version(bucket_name, &new.key, vid)? {
                 return Ok(existing);
             }
+            check_replica_target(&b)?;
             tx.observe_time(*mtime);
             if vid == NULL_VERSION_ID {
                 remove_null(tx, bucket_name, &new.key)?;
@@ -140,10 +146,51 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     };
     tx.put_version(&record)?;
     tx.refresh_latest(bucket_name, &record.key)?;
-    Ok(VersionRecord {
-        is_latest: tx.get_latest(bucket_name, &record.key)?.is_some_and(|l| l.version_id == record.version_id),
-        ..record
-    })
+    if new.identity.is_none() {
+        enqueue(tx, &b, &record, JobOp::Put)?;
+    }
+    let stored = tx.get_version(bucket_name, &record.key, &record.version_id)?.unwrap_or(record);
+    Ok(stored)
+}
+
+/// Replicas go only into buckets with versioning enabled (they carry their version ids).
+fn check_replica_target(b: &BucketRecord) -> Result<()> {
+    if b.versioning.is_enabled() {
+        Ok(())
+    } else {
+        Err(Error::InvalidBucketState(format!(
+            "versioning is not enabled on bucket {}: replicas need a versioned destination",
+            b.name
+        )))
+    }
+}
+
+/// Writes a delete marker that arrived from a peer, with its version id and time. Idempotent:
+/// a marker (or version) with that id already there is left as is.
+///
+/// # Errors
+/// NoSuchBucket, InvalidBucketState (versioning not enabled), database errors.
+pub fn put_replica_delete_marker(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    version_id: &str,
+    mtime_us: i64,
+    owner: Owner,
+) -> Result<VersionRecord> {
+    let b = bucket(tx, bucket_name)?;
+    if let Some(existing) = tx.get_version(bucket_name, key, version_id)? {
+        return Ok(existing);
+    }
+    check_replica_target(&b)?;
+    tx.observe_time(mtime_us);
+    let marker = VersionRecord {
+        repl_status: Some(ReplStatus::Replica),
+        ..delete_marker(bucket_name, key, version_id.to_owned(), mtime_us, owner)
+    };
+    tx.put_version(&marker)?;
+    tx.refresh_latest(bucket_name, key)?;
+    Ok(tx.get_version(bucket_name, key, version_id)?.unwrap_or(marker))
 }
 
 /// What a DeleteObject without a version id did.
@@ -176,6 +223,7 @@ pub fn delete_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, owner:
     let marker = delete_marker(bucket_name, key, version_id, now, owner.clone());
     tx.put_version(&marker)?;
     tx.refresh_latest(bucket_name, key)?;
+    enqueue(tx, &b, &marker, JobOp::DeleteMarker)?;
     Ok(DeleteOutcome { marker: Some(VersionRecord { is_latest: true, ..marker }) })
 }
 
@@ -201,17 +249,50 @@ pub fn delete_marker(bucket: &str, key: &str, version_id: String, mtime_us: i64,
 
 /// DeleteObject with a version id: removes that version (or delete marker) for good.
 /// Returns the removed record; `None` when it did not exist (S3 answers success anyway).
+/// `from_peer`: the deletion was replicated here, so it is not replicated further.
 ///
 /// # Errors
 /// NoSuchBucket, database errors.
-pub fn delete_version(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
-    bucket(tx, bucket_name)?;
+pub fn delete_version(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    version_id: &str,
+    from_peer: bool,
+) -> Result<Option<VersionRecord>> {
+    let b = bucket(tx, bucket_name)?;
     let removed = tx.remove_version(bucket_name, key, version_id)?;
     if let Some(v) = &removed {
         release_layout(tx, &v.layout)?;
         tx.refresh_latest(bucket_name, key)?;
+        if !from_peer {
+            enqueue(tx, &b, v, JobOp::DeleteVersion)?;
+        }
     }
     Ok(removed)
+}
+
+/// Changes a version's attributes in place (tags, ACL) and records the metadata replication
+/// jobs the change needs. `from_peer`: the change was replicated here.
+///
+/// # Errors
+/// NoSuchBucket, NoSuchVersion, database errors.
+pub fn update_attrs(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    version_id: &str,
+    from_peer: bool,
+    change: impl FnOnce(&mut ObjectAttrs),
+) -> Result<VersionRecord> {
+    let b = bucket(tx, bucket_name)?;
+    let mut v = tx.get_version(bucket_name, key, version_id)?.ok_or(Error::NoSuchVersion)?;
+    change(&mut v.attrs);
+    tx.set_version_attrs(bucket_name, key, version_id, &v.attrs)?;
+    if !from_peer {
+        enqueue(tx, &b, &v, JobOp::Metadata)?;
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -283,7 +364,7 @@ mod tests {
         );
         // Removing the delete marker brings v2 back.
         let dmid = dm.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "b", "k", &dmid)).await.unwrap();
+        meta.write(move |tx| delete_version(tx, "b", "k", &dmid, false)).await.unwrap();
         let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
         assert_eq!(latest.version_id, v2.version_id);
         assert!(latest.is_latest);
@@ -404,5 +485,142 @@ mod tests {
         assert_eq!(all.len(), 50);
         let v = meta.write(|tx| put_version(tx, "b", obj("later", b"x"), &WriteConditions::default())).await.unwrap();
         assert!(v.mtime_us > last);
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::model::Acl;
+    use crate::replication::{JobState, ReplicationConfig, Rule, RuleDestination, RuleFilter, complete, fail};
+
+    fn owner() -> Owner {
+        Owner { id: "u".into(), display_name: "u".into() }
+    }
+
+    fn cfg(dests: &[&str], deletes: bool) -> String {
+        let rules = dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Rule {
+                id: format!("r{i}"),
+                priority: i32::try_from(i).unwrap(),
+                enabled: true,
+                v2: true,
+                filter: RuleFilter::default(),
+                delete_markers: true,
+                deletes,
+                existing_objects: false,
+                replica_modifications: false,
+                destination: RuleDestination {
+                    peer: "eu".into(),
+                    bucket: (*d).into(),
+                    storage_class: None,
+                    account: None,
+                    owner_override: false,
+                    rpo_minutes: None,
+                    metrics: false,
+                },
+            })
+            .collect();
+        ReplicationConfig { role: String::new(), rules }.to_stored().unwrap()
+    }
+
+    async fn setup(dests: &[&str], deletes: bool) -> (tempfile::TempDir, SqliteMeta) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
+        let replication = Some(cfg(dests, deletes));
+        meta.write(move |tx| {
+            tx.put_bucket(&BucketRecord {
+                name: "src".into(),
+                created_us: 1,
+                owner: owner(),
+                versioning: Versioning::Enabled,
+                acl: Acl::private(&owner()),
+                tagging: None,
+                replication,
+            })
+        })
+        .await
+        .unwrap();
+        (dir, meta)
+    }
+
+    fn obj(key: &str) -> NewVersion {
+        NewVersion {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            storage_class: None,
+            owner: owner(),
+            layout: BodyLayout::Inline(vec![1]),
+            attrs: ObjectAttrs::default(),
+            repl_status: None,
+            identity: None,
+        }
+    }
+
+    async fn status(meta: &SqliteMeta, vid: &str) -> Option<ReplStatus> {
+        let vid = vid.to_owned();
+        meta.read(move |r| r.get_version("src", "k", &vid)).await.unwrap().and_then(|v| v.repl_status)
+    }
+
+    #[tokio::test]
+    async fn jobs_are_recorded_with_the_write_and_drive_the_status() {
+        let (_d, meta) = setup(&["d1", "d2"], true).await;
+        let mut signal = meta.subscribe_jobs();
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        assert_eq!(v.repl_status, Some(ReplStatus::Pending));
+        assert!(signal.has_changed().unwrap(), "workers are woken on commit");
+        signal.borrow_and_update();
+        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
+        let jobs = meta.read(move |r| r.jobs_for_version(&b, &k, &vid)).await.unwrap();
+        assert_eq!(jobs.len(), 2, "one job per destination");
+        let runnable = meta.read(|r| r.runnable_jobs("eu", i64::MAX, &[], 10)).await.unwrap();
+        assert_eq!(runnable.len(), 1, "per-key order: the second job waits for the first");
+        let (j1, j2) = (jobs[0].clone(), jobs[1].clone());
+        meta.write(move |tx| complete(tx, &j1)).await.unwrap();
+
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Pending));
+        meta.write(move |tx| fail(tx, &j2, "AccessDenied")).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
+        let n = meta.write(|tx| tx.retry_failed_jobs("src")).await.unwrap();
+        assert_eq!(n, 1);
+        let again = meta.read(|r| r.runnable_jobs("eu", i64::MAX, &[], 10)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].state, JobState::Pending);
+        let j = again[0].clone();
+        meta.write(move |tx| complete(tx, &j)).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Completed));
+    }
+
+    #[tokio::test]
+    async fn deletes_markers_metadata_and_replicas() {
+        let (_d, meta) = setup(&["d1"], true).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
+        let vid = v.version_id.clone();
+        meta.write(move |tx| update_attrs(tx, "src", "k", &vid, false, |a| a.tags = vec![("t".into(), "1".into())]).map(|_| ()))
+            .await
+            .unwrap();
+        let vid = v.version_id.clone();
+        meta.write(move |tx| delete_version(tx, "src", "k", &vid, false).map(|_| ())).await.unwrap();
+        let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
+        assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
+        // A replica records nothing, and a second delivery of it is a no-op.
+        let mut r = obj("r");
+        r.identity = Some(("abc".into(), 5));
+        r.repl_status = Some(ReplStatus::Replica);
+        let r2 = r.clone();
+        meta.write(move |tx| put_version(tx, "src", r, &WriteConditions::default())).await.unwrap();
+        meta.write(move |tx| put_version(tx, "src", r2, &WriteConditions::default())).await.unwrap();
+        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
+        meta.write(|tx| put_replica_delete_marker(tx, "src", "r", "dm1", 10, owner()).map(|_| ())).await.unwrap();
+        meta.write(|tx| put_replica_delete_marker(tx, "src", "r", "dm1", 10, owner()).map(|_| ())).await.unwrap();
+        let versions =
+            meta.read(|r| r.scan_versions("src", b"r", &crate::meta::VersionCursor::default(), None, 10)).await.unwrap();
+        assert_eq!(versions.len(), 2, "one replica version, one replica marker");
+        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
     }
 }

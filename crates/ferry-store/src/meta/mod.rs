@@ -26,6 +26,7 @@ pub mod sqlite;
 
 use crate::error::Result;
 use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
+use crate::replication::{Job, JobState, NewJob};
 
 /// Where a version scan starts.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +79,15 @@ pub trait ReadTx {
     /// Blobs released more than their grace period ago (to be unlinked).
     fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>>;
     fn get_setting(&self, key: &str) -> Result<Option<String>>;
+    /// Pending jobs for `peer` that are due at `now_us` and not held back by an earlier pending
+    /// job for the same key (per-key order), in enqueue order, skipping ids in `exclude`.
+    fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>>;
+    /// All jobs (pending or failed) of a version.
+    fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>>;
+    /// A job by id.
+    fn get_job(&self, id: i64) -> Result<Option<Job>>;
+    /// Jobs of a source bucket, in enqueue order, after `after_id`.
+    fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>>;
 }
 
 /// Write operations; all of them are part of the enclosing transaction.
@@ -113,4 +123,21 @@ pub trait WriteTx: ReadTx {
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
     /// Runs `hook` after the transaction commits (not if it rolls back).
     fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>);
+    /// Records a replication job; replication workers are woken when the transaction commits.
+    fn insert_job(&mut self, job: &NewJob<'_>) -> Result<i64>;
+    fn delete_job(&mut self, id: i64) -> Result<()>;
+    /// Rewrites a job's state, attempt count, due time, error and transfer progress.
+    fn update_job(
+        &mut self,
+        id: i64,
+        state: JobState,
+        attempts: u32,
+        next_attempt_us: i64,
+        last_error: Option<&str>,
+        progress: Option<&str>,
+    ) -> Result<()>;
+    /// Makes the failed jobs of a bucket pending again; returns how many.
+    fn retry_failed_jobs(&mut self, bucket: &str) -> Result<u64>;
+    /// Drops every job of a bucket (its replication configuration was removed); returns them.
+    fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>>;
 }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ReadTx, VersionCursor, WriteTx};
 use crate::error::{Error, Result};
 use crate::model::*;
+use crate::replication::{Job, JobOp, JobState, NewJob};
 
 /// Most closures committed together in one transaction.
 const MAX_BATCH: usize = 256;
@@ -70,6 +71,16 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (id TEXT PRIMARY KEY, due_us INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS garbage_due ON garbage (due_us);
+CREATE TABLE IF NOT EXISTS repl_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, fmt INTEGER NOT NULL,
+    bucket TEXT NOT NULL, key BLOB NOT NULL, version_id TEXT NOT NULL, op INTEGER NOT NULL,
+    peer TEXT NOT NULL, dest_bucket TEXT NOT NULL, rule_id TEXT NOT NULL, created_us INTEGER NOT NULL,
+    size INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, next_attempt_us INTEGER NOT NULL,
+    last_error TEXT, progress TEXT
+);
+CREATE INDEX IF NOT EXISTS repl_jobs_peer ON repl_jobs (peer, state, id);
+CREATE INDEX IF NOT EXISTS repl_jobs_key ON repl_jobs (peer, bucket, key, state, id);
+CREATE INDEX IF NOT EXISTS repl_jobs_version ON repl_jobs (bucket, key, version_id);
 ";
 
 const VERSION_COLS: &str = "bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, \
@@ -79,14 +90,16 @@ const LIST_COLS: &str = "key, version_id, fmt, mtime_us, is_latest, is_dm, size,
 type Finisher = Box<dyn FnOnce(&Result<()>) + Send>;
 /// A queued write: given the open transaction (or `None` when the batch could not begin), runs
 /// the caller's closure and returns whether it succeeded and how to answer the caller.
-type Job = Box<dyn FnOnce(Option<&mut SqliteWriteTx<'_>>) -> (bool, Finisher) + Send>;
+type WriteJob = Box<dyn FnOnce(Option<&mut SqliteWriteTx<'_>>) -> (bool, Finisher) + Send>;
 
 /// The SQLite metadata store of one region.
 pub struct SqliteMeta {
     // std Mutex: only cloned out of, never held across an await.
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    sender: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReadPool>,
+    /// Bumped after every commit that recorded replication jobs.
+    jobs_signal: tokio::sync::watch::Receiver<u64>,
 }
 
 struct ReadPool {
@@ -135,14 +148,16 @@ impl SqliteMeta {
             .optional()?
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let (sender, receiver) = mpsc::channel::<Job>(4 * MAX_BATCH);
-        let writer = std::thread::Builder::new()
-            .name("ferry-meta-writer".into())
-            .spawn(move || writer_loop(&conn, receiver, CommitClock::new(high_water), staging_dir.as_deref()))?;
+        let (sender, receiver) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
+        let (jobs_tx, jobs_signal) = tokio::sync::watch::channel(0u64);
+        let writer = std::thread::Builder::new().name("ferry-meta-writer".into()).spawn(move || {
+            writer_loop(&conn, receiver, CommitClock::new(high_water), staging_dir.as_deref(), &jobs_tx);
+        })?;
         Ok(Self {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            jobs_signal,
         })
     }
 
@@ -158,7 +173,7 @@ impl SqliteMeta {
     {
         let sender = lock(&self.sender).clone().ok_or(Error::Closed)?;
         let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |tx| {
+        let job: WriteJob = Box::new(move |tx| {
             let outcome = match tx {
                 Some(tx) => std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
                     .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into()))),
@@ -197,6 +212,12 @@ impl SqliteMeta {
     /// `f`'s error or a database error.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
         self.readers.run(f)
+    }
+
+    /// A receiver that changes after every commit that recorded replication jobs.
+    #[must_use]
+    pub fn subscribe_jobs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jobs_signal.clone()
     }
 
     /// Stops accepting writes, lets the writer finish what it has, and waits for it.
@@ -238,7 +259,13 @@ impl ReadPool {
     }
 }
 
-fn writer_loop(conn: &Connection, mut receiver: mpsc::Receiver<Job>, mut clock: CommitClock, staging: Option<&Path>) {
+fn writer_loop(
+    conn: &Connection,
+    mut receiver: mpsc::Receiver<WriteJob>,
+    mut clock: CommitClock,
+    staging: Option<&Path>,
+    jobs_signal: &tokio::sync::watch::Sender<u64>,
+) {
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -248,7 +275,7 @@ fn writer_loop(conn: &Connection, mut receiver: mpsc::Receiver<Job>, mut clock: 
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
-        let mut tx = SqliteWriteTx { conn, clock: &mut clock, hooks: Vec::new(), new_blobs: false };
+        let mut tx = SqliteWriteTx { conn, clock: &mut clock, hooks: Vec::new(), new_blobs: false, new_jobs: false };
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = begun {
             tracing::error!(error = %e, "could not begin a metadata transaction");
@@ -287,6 +314,9 @@ fn writer_loop(conn: &Connection, mut receiver: mpsc::Receiver<Job>, mut clock: 
             for hook in tx.hooks.drain(..) {
                 hook();
             }
+            if tx.new_jobs {
+                jobs_signal.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
     }
 }
@@ -311,6 +341,7 @@ struct SqliteWriteTx<'a> {
     clock: &'a mut CommitClock,
     hooks: Vec<Box<dyn FnOnce() + Send>>,
     new_blobs: bool,
+    new_jobs: bool,
 }
 
 fn check_fmt(fmt: i64) -> Result<()> {
@@ -409,6 +440,37 @@ fn part_from_row(r: &Row<'_>) -> Result<PartRecord> {
         mtime_us: r.get(3)?,
         part: json(&r.get::<_, String>(4)?)?,
     })
+}
+
+const JOB_COLS: &str = "id, fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, attempts, \
+                        next_attempt_us, last_error, progress";
+
+fn job_from_row(r: &Row<'_>) -> Result<Job> {
+    check_fmt(r.get(1)?)?;
+    Ok(Job {
+        id: r.get(0)?,
+        bucket: r.get(2)?,
+        key: key_string(r.get(3)?),
+        version_id: r.get(4)?,
+        op: JobOp::from_i64(r.get(5)?),
+        peer: r.get(6)?,
+        dest_bucket: r.get(7)?,
+        rule_id: r.get(8)?,
+        created_us: r.get(9)?,
+        size: to_u64(r.get(10)?),
+        state: if r.get::<_, i64>(11)? == 1 { JobState::Failed } else { JobState::Pending },
+        attempts: u32::try_from(r.get::<_, i64>(12)?).unwrap_or(u32::MAX),
+        next_attempt_us: r.get(13)?,
+        last_error: r.get(14)?,
+        progress: r.get(15)?,
+    })
+}
+
+fn state_i64(s: JobState) -> i64 {
+    match s {
+        JobState::Pending => 0,
+        JobState::Failed => 1,
+    }
 }
 
 const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication";
@@ -649,6 +711,46 @@ impl ReadTx for Reads<'_> {
     fn get_setting(&self, key: &str) -> Result<Option<String>> {
         Ok(self.0.prepare_cached("SELECT v FROM settings WHERE k = ?1")?.query_row([key], |r| r.get(0)).optional()?)
     }
+
+    fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>> {
+        // Over-fetch by the number of excluded (in-flight) ids, then drop them here: keeps the
+        // statement cacheable.
+        let want = limit_i64(limit.saturating_add(exclude.len()));
+        let jobs = collect(
+            self.0,
+            &format!(
+                "SELECT {JOB_COLS} FROM repl_jobs j WHERE peer = ?1 AND state = 0 AND next_attempt_us <= ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM repl_jobs e WHERE e.peer = j.peer AND e.bucket = j.bucket \
+                                 AND e.key = j.key AND e.state = 0 AND e.id < j.id) \
+                 ORDER BY id LIMIT ?3"
+            ),
+            &[&peer, &now_us, &want],
+            job_from_row,
+        )?;
+        Ok(jobs.into_iter().filter(|j| !exclude.contains(&j.id)).take(limit).collect())
+    }
+
+    fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>> {
+        collect(
+            self.0,
+            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND key = ?2 AND version_id = ?3 ORDER BY id"),
+            &[&bucket, &key.as_bytes(), &version_id],
+            job_from_row,
+        )
+    }
+
+    fn get_job(&self, id: i64) -> Result<Option<Job>> {
+        first(self.0, &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE id = ?1"), &[&id], job_from_row)
+    }
+
+    fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
+        collect(
+            self.0,
+            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
+            &[&bucket, &after_id, &limit_i64(limit)],
+            job_from_row,
+        )
+    }
 }
 
 macro_rules! delegate_reads {
@@ -713,6 +815,18 @@ macro_rules! delegate_reads {
             }
             fn get_setting(&self, key: &str) -> Result<Option<String>> {
                 read_ops(self.conn).get_setting(key)
+            }
+            fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>> {
+                read_ops(self.conn).runnable_jobs(peer, now_us, exclude, limit)
+            }
+            fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>> {
+                read_ops(self.conn).jobs_for_version(bucket, key, version_id)
+            }
+            fn get_job(&self, id: i64) -> Result<Option<Job>> {
+                read_ops(self.conn).get_job(id)
+            }
+            fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
+                read_ops(self.conn).bucket_jobs(bucket, after_id, limit)
             }
         }
     };
@@ -900,5 +1014,81 @@ impl WriteTx for SqliteWriteTx<'_> {
 
     fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>) {
         self.hooks.push(hook);
+    }
+
+    fn insert_job(&mut self, j: &NewJob<'_>) -> Result<i64> {
+        self.new_jobs = true;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
+                 attempts, next_attempt_us, last_error, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL)",
+            )?
+            .execute(params![
+                FORMAT_VERSION,
+                j.bucket,
+                j.key.as_bytes(),
+                j.version_id,
+                j.op.to_i64(),
+                j.peer,
+                j.dest_bucket,
+                j.rule_id,
+                j.created_us,
+                to_i64(j.size),
+            ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn delete_job(&mut self, id: i64) -> Result<()> {
+        self.conn.prepare_cached("DELETE FROM repl_jobs WHERE id = ?1")?.execute([id])?;
+        Ok(())
+    }
+
+    fn update_job(
+        &mut self,
+        id: i64,
+        state: JobState,
+        attempts: u32,
+        next_attempt_us: i64,
+        last_error: Option<&str>,
+        progress: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE repl_jobs SET state = ?2, attempts = ?3, next_attempt_us = ?4, last_error = ?5, progress = ?6 WHERE id = ?1")?
+            .execute(params![id, state_i64(state), i64::from(attempts), next_attempt_us, last_error, progress])?;
+        if state == JobState::Pending {
+            self.new_jobs = true;
+        }
+        Ok(())
+    }
+
+    fn retry_failed_jobs(&mut self, bucket: &str) -> Result<u64> {
+        let failed = collect(
+            self.conn,
+            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND state = 1"),
+            &[&bucket],
+            job_from_row,
+        )?;
+        let n = self
+            .conn
+            .prepare_cached("UPDATE repl_jobs SET state = 0, next_attempt_us = 0 WHERE bucket = ?1 AND state = 1")?
+            .execute([bucket])?;
+        for j in &failed {
+            self.set_repl_status(&j.bucket, &j.key, &j.version_id, Some(ReplStatus::Pending))?;
+        }
+        if n > 0 {
+            self.new_jobs = true;
+        }
+        Ok(n as u64)
+    }
+
+    fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>> {
+        let jobs = collect(
+            self.conn,
+            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1"),
+            &[&bucket],
+            job_from_row,
+        )?;
+        self.conn.prepare_cached("DELETE FROM repl_jobs WHERE bucket = ?1")?.execute([bucket])?;
+        Ok(jobs)
     }
 }

@@ -1,0 +1,35 @@
+//! Ferry's replication engine.
+//!
+//! The S3 layer records a replication job in the same metadata transaction as every change a
+//! rule matches (the outbox, see `ferry_store::replication`). This crate only consumes: one
+//! [`worker::PeerWorker`] per peer drains that peer's jobs and delivers them
+//! ([`transfer`]), recording each result in the store. Nothing here is the source of truth:
+//! a crash or restart at any point leaves every undelivered job pending on disk, and
+//! re-delivering is harmless (replicas are applied idempotently by version id).
+//!
+//! - [`peers`]: the peer set of a region, which also answers the S3 layer's questions when a
+//!   configuration is put (where is this bucket, can it take replicas, cycles).
+//! - [`client`]: aws-sdk-s3 clients for peers (TLS with private CAs, SDK retries off).
+
+pub mod client;
+pub mod peers;
+pub mod transfer;
+pub mod worker;
+
+use std::sync::Arc;
+
+use ferry_core::background::BackgroundRunner;
+use ferry_core::config::ReplicationSettings;
+use ferry_store::Store;
+
+use crate::peers::PeerSet;
+use crate::transfer::Ctx;
+use crate::worker::PeerWorker;
+
+/// Starts one replication worker per peer of a region on `runner`.
+pub fn start(runner: &BackgroundRunner, store: Arc<Store>, peers: Arc<PeerSet>, settings: &ReplicationSettings) {
+    let ctx = Arc::new(Ctx { store, peers: peers.clone(), settings: settings.clone() });
+    for p in peers.all() {
+        runner.spawn(PeerWorker::new(&p.name, ctx.clone(), settings.concurrency));
+    }
+}

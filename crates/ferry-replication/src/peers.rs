@@ -1,0 +1,148 @@
+//! The peers a region replicates to: the other regions of the same process, `[[peer]]`
+//! entries, and the region itself (same-region replication). Each region has its own set, as
+//! if it ran alone; they reach each other only over HTTP(S).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use ferry_core::config::PeerKind;
+use ferry_store::replication::PeerDirectory;
+
+use crate::client::{ClientSettings, build};
+
+/// One peer.
+pub struct Peer {
+    /// Region name.
+    pub name: String,
+    /// Ferry (full fidelity) or any S3 service.
+    pub kind: PeerKind,
+    /// Endpoint URL (for logs and status).
+    pub url: String,
+    /// The client, signed with the peer's credentials.
+    pub client: Client,
+}
+
+/// A peer to set up.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    pub name: String,
+    pub kind: PeerKind,
+    pub settings: ClientSettings,
+}
+
+/// The peers of one region, by name.
+pub struct PeerSet {
+    local: String,
+    peers: BTreeMap<String, Arc<Peer>>,
+}
+
+impl PeerSet {
+    /// Builds clients for `specs` (which include the local region itself).
+    ///
+    /// # Errors
+    /// When a client cannot be built (bad CA file).
+    pub fn new(local: &str, specs: &[PeerSpec]) -> Result<Self, String> {
+        let mut peers = BTreeMap::new();
+        for s in specs {
+            let client = build(&s.settings).map_err(|e| format!("peer `{}`: {e}", s.name))?;
+            peers.insert(
+                s.name.clone(),
+                Arc::new(Peer { name: s.name.clone(), kind: s.kind, url: s.settings.url.clone(), client }),
+            );
+        }
+        Ok(Self { local: local.to_owned(), peers })
+    }
+
+    /// The local region's name.
+    #[must_use]
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    /// A peer by name.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<Arc<Peer>> {
+        self.peers.get(name).cloned()
+    }
+
+    /// Every peer (the local region included).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.values()
+    }
+}
+
+/// A short description of an SDK error: the S3 code and message, or the transport failure.
+pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_owned(),
+                _ => format!("{err:?}"),
+            }
+        }
+        SdkError::TimeoutError(_) => "timeout".to_owned(),
+        SdkError::DispatchFailure(d) => {
+            let mut s = format!("connection failed: {d:?}");
+            s.truncate(300);
+            s
+        }
+        other => {
+            let mut s = format!("{other:?}");
+            s.truncate(300);
+            s
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerDirectory for PeerSet {
+    async fn locate_bucket(&self, bucket: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for p in self.peers.values() {
+            if p.client.head_bucket().bucket(bucket).send().await.is_ok() {
+                found.push(p.name.clone());
+            }
+        }
+        found
+    }
+
+    async fn check_destination(&self, peer: &str, bucket: &str) -> Result<(), String> {
+        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
+        let v = p.client.get_bucket_versioning().bucket(bucket).send().await.map_err(|e| describe(&e))?;
+        match v.status().map(aws_sdk_s3::types::BucketVersioningStatus::as_str) {
+            Some("Enabled") => Ok(()),
+            _ => Err("versioning is not enabled on the destination bucket".to_owned()),
+        }
+    }
+
+    async fn destinations_of(&self, peer: &str, bucket: &str) -> Vec<(String, String)> {
+        let Some(p) = self.get(peer) else { return Vec::new() };
+        if p.kind != PeerKind::Ferry {
+            return Vec::new();
+        }
+        let Ok(out) = p.client.get_bucket_replication().bucket(bucket).send().await else { return Vec::new() };
+        out.replication_configuration()
+            .map(|c| {
+                c.rules()
+                    .iter()
+                    .filter_map(|r| {
+                        let d = r.destination()?.bucket();
+                        let rest = d.strip_prefix("arn:aws:s3:")?;
+                        let mut parts = rest.splitn(3, ':');
+                        let region = parts.next().filter(|r| !r.is_empty())?;
+                        let _account = parts.next()?;
+                        Some((region.to_owned(), parts.next()?.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn knows(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
+    }
+}

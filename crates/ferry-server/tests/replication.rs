@@ -1,0 +1,425 @@
+//! Replication between regions served in one process (each region has its own listener, data
+//! directory and peer clients; they talk over HTTP like separate processes).
+
+use aws_sdk_s3::types::{BucketVersioningStatus, ObjectCannedAcl, Tag, Tagging, VersioningConfiguration};
+
+use crate::common::*;
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+
+/// Two regions with a versioned bucket each and `src` (US) replicating to `dst` (EU).
+async fn pair() -> (TestCluster, aws_sdk_s3::Client, aws_sdk_s3::Client) {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    us.put_bucket_replication()
+        .bucket("src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
+        .send()
+        .await
+        .unwrap();
+    (c, us, eu)
+}
+
+async fn converged(us: &aws_sdk_s3::Client, sb: &str, eu: &aws_sdk_s3::Client, db: &str) -> bool {
+    compare_buckets(us, sb, eu, db).await.is_empty()
+}
+
+#[tokio::test]
+async fn puts_replicate_with_version_ids_times_metadata_and_status() {
+    let (_c, us, eu) = pair().await;
+    let out = us
+        .put_object()
+        .bucket("src")
+        .key("docs/a.txt")
+        .body(b"hello replication".to_vec().into())
+        .content_type("text/plain")
+        .cache_control("max-age=5")
+        .metadata("team", "storage")
+        .tagging("env=prod&tier=1")
+        .send()
+        .await
+        .unwrap();
+    let vid = out.version_id().unwrap().to_owned();
+    for i in 0..20 {
+        put(&us, "src", &format!("bulk/{i:03}"), format!("body {i}").as_bytes()).await;
+    }
+    wait_until("replication converges", 30, || converged(&us, "src", &eu, "dst")).await;
+    let got = eu.get_object().bucket("dst").key("docs/a.txt").send().await.unwrap();
+    assert_eq!(got.version_id(), Some(vid.as_str()), "the replica keeps the version id");
+    assert_eq!(got.replication_status().map(|s| s.as_str()), Some("REPLICA"));
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"hello replication");
+    let src_head = us.head_object().bucket("src").key("docs/a.txt").send().await.unwrap();
+    let dst_head = eu.head_object().bucket("dst").key("docs/a.txt").send().await.unwrap();
+    assert_eq!(
+        src_head.last_modified(),
+        dst_head.last_modified(),
+        "the replica keeps the last-modified time"
+    );
+    assert_eq!(src_head.e_tag(), dst_head.e_tag());
+    wait_until("source status COMPLETED", 10, || async {
+        repl_status(&us, "src", "docs/a.txt", None).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+    // The replica is not replicated further, and the destination has no jobs.
+    let jobs = _c.store(EU).meta.read(|r| r.bucket_jobs("dst", 0, 10)).await.unwrap();
+    assert!(jobs.is_empty());
+}
+
+#[tokio::test]
+async fn status_is_pending_until_delivered() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    us.put_bucket_replication()
+        .bucket("src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
+        .send()
+        .await
+        .unwrap();
+    // Suspend the destination's versioning: replicas are refused (permanent), the source says FAILED.
+    eu.put_bucket_versioning()
+        .bucket("dst")
+        .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Suspended).build())
+        .send()
+        .await
+        .unwrap();
+    put(&us, "src", "k", b"v").await;
+    wait_until("status FAILED", 20, || async {
+        repl_status(&us, "src", "k", None).await.as_deref() == Some("FAILED")
+    })
+    .await;
+    let jobs = c.store(US).meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap();
+    assert!(
+        jobs[0].last_error.as_deref().unwrap_or("").contains("InvalidBucketState"),
+        "{:?}",
+        jobs[0].last_error
+    );
+    // Fix the cause, then re-drive with the CLI.
+    eu.put_bucket_versioning()
+        .bucket("dst")
+        .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build())
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = run_ferry_async(&[
+        "replication",
+        "retry",
+        "--endpoint",
+        &c.url(US),
+        "--access-key",
+        MAIN_AK,
+        "--secret-key",
+        MAIN_SK,
+        "--bucket",
+        "src",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 failed job(s)"), "{out}");
+    wait_until("status COMPLETED after retry", 20, || async {
+        repl_status(&us, "src", "k", None).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+    assert!(converged(&us, "src", &eu, "dst").await);
+}
+
+#[tokio::test]
+async fn delete_markers_replicate_and_version_deletes_only_with_the_extension() {
+    let (c, us, eu) = pair().await;
+    let v1 = put(&us, "src", "k", b"one").await.version_id().unwrap().to_owned();
+    put(&us, "src", "k", b"two").await;
+    us.delete_object().bucket("src").key("k").send().await.unwrap();
+    wait_until("marker replicated", 20, || converged(&us, "src", &eu, "dst")).await;
+    let e = eu.get_object().bucket("dst").key("k").send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+    // Deleting a specific version is not replicated by default (AWS semantics)...
+    us.delete_object().bucket("src").key("k").version_id(&v1).send().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        all_versions(&eu, "dst").await.iter().any(|v| v.version_id == v1),
+        "version delete not replicated"
+    );
+    // ...but is with the DeleteReplication extension.
+    let xml = r#"<ReplicationConfiguration><Role></Role><Rule><ID>all</ID><Priority>1</Priority><Status>Enabled</Status>
+        <Filter><Prefix></Prefix></Filter><DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>
+        <DeleteReplication><Status>Enabled</Status></DeleteReplication>
+        <Destination><Bucket>arn:aws:s3:::dst</Bucket></Destination></Rule></ReplicationConfiguration>"#;
+    put_replication_xml(&us, "src", xml).await.unwrap();
+    let got = us.get_bucket_replication().bucket("src").send().await.unwrap();
+    assert_eq!(
+        got.replication_configuration().unwrap().rules()[0].destination().unwrap().bucket(),
+        "arn:aws:s3:eu-west-1::dst",
+        "the resolved region is pinned"
+    );
+    let v3 = put(&us, "src", "k2", b"three").await.version_id().unwrap().to_owned();
+    wait_until("k2 replicated", 20, || async {
+        all_versions(&eu, "dst").await.iter().any(|v| v.version_id == v3)
+    })
+    .await;
+    us.delete_object().bucket("src").key("k2").version_id(&v3).send().await.unwrap();
+    wait_until("version delete replicated", 20, || async {
+        !all_versions(&eu, "dst").await.iter().any(|v| v.version_id == v3)
+    })
+    .await;
+    drop(c);
+}
+
+#[tokio::test]
+async fn filters_priorities_disabled_rules_and_fan_out() {
+    use aws_sdk_s3::types::*;
+    let c = TestCluster::start(&[US, EU, "ap-south-1"], |_, _| {}).await;
+    let (us, eu, ap) = (c.client(US), c.client(EU), c.client("ap-south-1"));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "logs-dst").await;
+    create_versioned_bucket(&ap, "gold-dst").await;
+    create_versioned_bucket(&ap, "off-dst").await;
+    let rule = |id: &str, prio: i32, filter: ReplicationRuleFilter, dest: &str, on: bool| {
+        ReplicationRule::builder()
+            .id(id)
+            .priority(prio)
+            .status(if on { ReplicationRuleStatus::Enabled } else { ReplicationRuleStatus::Disabled })
+            .filter(filter)
+            .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Disabled).build())
+            .destination(Destination::builder().bucket(dest).build().unwrap())
+            .build()
+            .unwrap()
+    };
+    let gold = ReplicationRuleFilter::builder()
+        .and(
+            ReplicationRuleAndOperator::builder()
+                .prefix("data/")
+                .tags(Tag::builder().key("class").value("gold").build().unwrap())
+                .build(),
+        )
+        .build();
+    let cfg = ReplicationConfiguration::builder()
+        .role("r")
+        .rules(rule(
+            "logs",
+            1,
+            ReplicationRuleFilter::builder().prefix("logs/").build(),
+            "arn:aws:s3:::logs-dst",
+            true,
+        ))
+        .rules(rule("gold", 2, gold, "arn:aws:s3:ap-south-1::gold-dst", true))
+        .rules(rule(
+            "off",
+            3,
+            ReplicationRuleFilter::builder().prefix("").build(),
+            "arn:aws:s3:::off-dst",
+            false,
+        ))
+        .build()
+        .unwrap();
+    us.put_bucket_replication().bucket("src").replication_configuration(cfg).send().await.unwrap();
+    put(&us, "src", "logs/1", b"l").await;
+    put(&us, "src", "other/1", b"o").await;
+    us.put_object().bucket("src").key("data/g").tagging("class=gold").body(b"g".to_vec().into()).send().await.unwrap();
+    us.put_object().bucket("src").key("data/s").tagging("class=silver").body(b"s".to_vec().into()).send().await.unwrap();
+    wait_until("logs/1 in EU", 20, || async { all_versions(&eu, "logs-dst").await.len() == 1 }).await;
+    wait_until("data/g in AP", 20, || async { all_versions(&ap, "gold-dst").await.len() == 1 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(all_versions(&eu, "logs-dst").await[0].key, "logs/1");
+    assert_eq!(all_versions(&ap, "gold-dst").await[0].key, "data/g");
+    assert!(all_versions(&ap, "off-dst").await.is_empty(), "disabled rule");
+    assert_eq!(repl_status(&us, "src", "other/1", None).await, None, "no rule matched: no status");
+    assert_eq!(repl_status(&us, "src", "data/s", None).await, None);
+
+    // Fan-out: one object, two destinations, COMPLETED only when both are done.
+    create_versioned_bucket(&us, "fan").await;
+    create_versioned_bucket(&eu, "fan-eu").await;
+    create_versioned_bucket(&ap, "fan-ap").await;
+    us.put_bucket_replication()
+        .bucket("fan")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::fan-eu", "arn:aws:s3:::fan-ap"]))
+        .send()
+        .await
+        .unwrap();
+    put(&us, "fan", "x", b"both").await;
+    wait_until("fan-out converges", 20, || async {
+        converged(&us, "fan", &eu, "fan-eu").await && converged(&us, "fan", &ap, "fan-ap").await
+    })
+    .await;
+    wait_until("COMPLETED", 10, || async {
+        repl_status(&us, "fan", "x", None).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tag_and_acl_changes_replicate() {
+    let (_c, us, eu) = pair().await;
+    let vid = put(&us, "src", "k", b"v").await.version_id().unwrap().to_owned();
+    wait_until("replicated", 20, || converged(&us, "src", &eu, "dst")).await;
+    let tagging = Tagging::builder().tag_set(Tag::builder().key("state").value("reviewed").build().unwrap()).build().unwrap();
+    us.put_object_tagging().bucket("src").key("k").tagging(tagging).send().await.unwrap();
+    us.put_object_acl().bucket("src").key("k").acl(ObjectCannedAcl::PublicRead).send().await.unwrap();
+    wait_until("tags replicated", 20, || async {
+        eu.get_object_tagging().bucket("dst").key("k").version_id(&vid).send().await.is_ok_and(|t| t.tag_set().len() == 1)
+    })
+    .await;
+    wait_until("ACL replicated", 20, || async {
+        eu.get_object_acl().bucket("dst").key("k").send().await.is_ok_and(|a| a.grants().len() == 2)
+    })
+    .await;
+    // Versions did not multiply.
+    assert_eq!(all_versions(&eu, "dst").await.len(), 1);
+}
+
+#[tokio::test]
+async fn multipart_objects_keep_their_etag() {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let (_c, us, eu) = pair().await;
+    let up = us.create_multipart_upload().bucket("src").key("mp").content_type("video/mp4").send().await.unwrap();
+    let id = up.upload_id().unwrap();
+    let mut parts = Vec::new();
+    for n in 1..=3 {
+        let data = vec![n as u8; if n < 3 { 5 * 1024 * 1024 } else { 1000 }];
+        let out = us.upload_part().bucket("src").key("mp").upload_id(id).part_number(n).body(data.into()).send().await.unwrap();
+        parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
+    }
+    us.complete_multipart_upload()
+        .bucket("src")
+        .key("mp")
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    wait_until("multipart replicated", 30, || converged(&us, "src", &eu, "dst")).await;
+    let h = eu.head_object().bucket("dst").key("mp").part_number(2).send().await.unwrap();
+    assert_eq!(h.parts_count(), Some(3), "same part layout at the destination");
+    assert_eq!(get_bytes(&us, "src", "mp").await, get_bytes(&eu, "dst", "mp").await);
+}
+
+#[tokio::test]
+async fn owner_override_and_storage_class() {
+    use aws_sdk_s3::types::*;
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    let alt_us = client_for(&c.url(US), ALT_AK, ALT_SK, US, Mode::Default);
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    // The alt user may write into src (bucket ACL), so its objects are owned by alt.
+    us.put_bucket_acl().bucket("src").acl(BucketCannedAcl::PublicReadWrite).send().await.unwrap();
+    let rule = ReplicationRule::builder()
+        .id("r")
+        .priority(1)
+        .status(ReplicationRuleStatus::Enabled)
+        .filter(ReplicationRuleFilter::builder().prefix("").build())
+        .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Disabled).build())
+        .destination(
+            Destination::builder()
+                .bucket("arn:aws:s3:::dst")
+                .storage_class(StorageClass::StandardIa)
+                .account("000000000000")
+                .access_control_translation(
+                    AccessControlTranslation::builder().owner(OwnerOverride::Destination).build().unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    us.put_bucket_replication()
+        .bucket("src")
+        .replication_configuration(ReplicationConfiguration::builder().role("r").rules(rule).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    alt_us.put_object().bucket("src").key("k").body(b"by alt".to_vec().into()).send().await.unwrap();
+    wait_until("replicated", 20, || async {
+        eu.head_object().bucket("dst").key("k").send().await.is_ok()
+    })
+    .await;
+    let h = eu.head_object().bucket("dst").key("k").send().await.unwrap();
+    assert_eq!(h.storage_class().map(|s| s.as_str()), Some("STANDARD_IA"));
+    let acl = eu.get_object_acl().bucket("dst").key("k").send().await.unwrap();
+    assert_eq!(
+        acl.owner().and_then(|o| o.display_name()),
+        Some("main"),
+        "the destination owner owns the replica"
+    );
+    let src_acl = us.get_object_acl().bucket("src").key("k").send().await;
+    assert!(src_acl.is_err() || src_acl.unwrap().owner().and_then(|o| o.display_name()) == Some("alt"));
+}
+
+#[tokio::test]
+async fn bad_rules_are_refused_with_clear_errors() {
+    let c = TestCluster::start(&[US, EU, "ap-south-1"], |_, _| {}).await;
+    let (us, eu, ap) = (c.client(US), c.client(EU), c.client("ap-south-1"));
+    let put_cfg = |client: &aws_sdk_s3::Client, bucket: &str, dests: &[&str]| {
+        client.put_bucket_replication().bucket(bucket).replication_configuration(simple_rules(dests)).send()
+    };
+    create_bucket(&us, "plain").await;
+    let e = put_cfg(&us, "plain", &["arn:aws:s3:::whatever"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "source versioning off");
+    create_versioned_bucket(&us, "src").await;
+    let e = put_cfg(&us, "src", &["arn:aws:s3:::nowhere"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "no such destination");
+    create_bucket(&eu, "unversioned").await;
+    let e = put_cfg(&us, "src", &["arn:aws:s3:::unversioned"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "destination versioning off");
+    create_versioned_bucket(&eu, "twice").await;
+    create_versioned_bucket(&ap, "twice").await;
+    let e = put_cfg(&us, "src", &["arn:aws:s3:::twice"]).await.unwrap_err();
+    assert!(
+        format!("{e:?}").contains("eu-west-1") && format!("{e:?}").contains("ap-south-1"),
+        "candidates named: {e:?}"
+    );
+    put_cfg(&us, "src", &["arn:aws:s3:ap-south-1::twice"]).await.unwrap();
+    let e = put_cfg(&us, "src", &["arn:aws:s3:mars-1::twice"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "unknown region");
+    let e = put_cfg(&us, "src", &["not-an-arn"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidArgument");
+    // Same priority on overlapping filters.
+    let e = put_replication_xml(
+        &us,
+        "src",
+        r"<ReplicationConfiguration><Role></Role>
+        <Rule><ID>a</ID><Priority>1</Priority><Status>Enabled</Status><Filter><Prefix>x/</Prefix></Filter><Destination><Bucket>arn:aws:s3:eu-west-1::twice</Bucket></Destination></Rule>
+        <Rule><ID>b</ID><Priority>1</Priority><Status>Enabled</Status><Filter><Prefix>x/y</Prefix></Filter><Destination><Bucket>arn:aws:s3:ap-south-1::twice</Bucket></Destination></Rule>
+        </ReplicationConfiguration>",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e, "InvalidRequest");
+    let e = put_replication_xml(&us, "src", "<ReplicationConfiguration><Rule>").await.unwrap_err();
+    assert_eq!(e, "MalformedXML");
+    // Versioning cannot be suspended while replication is configured.
+    let e = us
+        .put_bucket_versioning()
+        .bucket("src")
+        .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Suspended).build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidBucketState");
+    // Cycles: A->B and B->A is allowed; A->B->C->A is refused.
+    create_versioned_bucket(&us, "aaa").await;
+    create_versioned_bucket(&eu, "bbb").await;
+    create_versioned_bucket(&ap, "ccc").await;
+    put_cfg(&us, "aaa", &["arn:aws:s3:::bbb"]).await.unwrap();
+    put_cfg(&eu, "bbb", &["arn:aws:s3:::aaa"]).await.unwrap();
+    put_cfg(&eu, "bbb", &["arn:aws:s3:::ccc"]).await.unwrap();
+    let e = put_cfg(&ap, "ccc", &["arn:aws:s3:::aaa"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest");
+    assert!(format!("{e:?}").contains("cycle"), "{e:?}");
+    // Same-region replication is allowed.
+    create_versioned_bucket(&us, "same-region-copy").await;
+    put_cfg(&us, "src", &["arn:aws:s3:::same-region-copy"]).await.unwrap();
+    let e = put_cfg(&us, "src", &["arn:aws:s3:us-east-1::src"]).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "a bucket cannot replicate to itself");
+    // Get and delete.
+    assert!(us.get_bucket_replication().bucket("src").send().await.is_ok());
+    us.delete_bucket_replication().bucket("src").send().await.unwrap();
+    assert_eq!(
+        code(&us.get_bucket_replication().bucket("src").send().await.unwrap_err()),
+        "ReplicationConfigurationNotFoundError"
+    );
+}

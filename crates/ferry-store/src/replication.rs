@@ -1,0 +1,445 @@
+//! Replication rules and the replication outbox.
+//!
+//! # Rules
+//! A bucket's replication configuration (the S3 `ReplicationConfiguration`, parsed by the S3
+//! layer) is stored with the bucket as JSON ([`ReplicationConfig`]). Destinations are resolved
+//! to a peer (a region name) when the configuration is put, so matching a change needs no
+//! network.
+//!
+//! # Outbox
+//! Every change a rule matches (a new version, a delete marker, a version deletion when the
+//! rule asks for it, a tag or ACL change) records one job per destination in the **same
+//! transaction** as the change ([`enqueue`]): a committed change always has its jobs, and a
+//! job never exists for a change that did not commit. Nothing is discovered by scanning.
+//!
+//! Table `repl_jobs` (format version 1): `id` (AUTOINCREMENT: enqueue order), the source
+//! version (`bucket`, `key`, `version_id`), `op`, the destination (`peer`, `dest_bucket`),
+//! `rule_id`, `created_us` (commit clock), `size`, `state` (pending / failed), `attempts`,
+//! `next_attempt_us`, `last_error`, `progress` (JSON: a multipart transfer's upload id and
+//! finished parts, so a restart resumes it). Completed jobs are deleted, in the same
+//! transaction that updates the source version's replication status.
+//!
+//! # Status
+//! A version's `x-amz-replication-status` is derived from its jobs: PENDING while any is
+//! pending, FAILED if one failed permanently (and none is pending), COMPLETED when all are done.
+//! Replicas are REPLICA and create no jobs (loop prevention).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::meta::WriteTx;
+use crate::model::{BucketRecord, ReplStatus, VersionRecord};
+
+/// A bucket's replication configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplicationConfig {
+    /// The IAM role ARN given by the client (kept, not used).
+    pub role: String,
+    /// The rules.
+    pub rules: Vec<Rule>,
+}
+
+/// One replication rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub id: String,
+    pub priority: i32,
+    pub enabled: bool,
+    /// The rule used the V2 schema (`Filter`) rather than the legacy top-level `Prefix`.
+    pub v2: bool,
+    pub filter: RuleFilter,
+    /// Replicate delete markers (`DeleteMarkerReplication`).
+    pub delete_markers: bool,
+    /// Replicate deletions of specific versions (the `DeleteReplication` extension).
+    pub deletes: bool,
+    /// Backfill objects that existed before the rule (`ExistingObjectReplication`).
+    pub existing_objects: bool,
+    /// Replicate metadata changes made on replicas back (`ReplicaModifications`).
+    pub replica_modifications: bool,
+    pub destination: RuleDestination,
+}
+
+/// Which objects a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RuleFilter {
+    pub prefix: String,
+    /// Every tag listed must be on the object.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Where a rule replicates to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleDestination {
+    /// The peer (region name) holding the destination bucket, resolved at configuration time.
+    pub peer: String,
+    /// Destination bucket name.
+    pub bucket: String,
+    /// Storage class override for replicas.
+    pub storage_class: Option<String>,
+    /// Destination account (kept).
+    pub account: Option<String>,
+    /// `AccessControlTranslation{Owner=Destination}`: replicas are owned by the destination.
+    pub owner_override: bool,
+    /// `ReplicationTime`: the recovery point objective in minutes, if given.
+    pub rpo_minutes: Option<u32>,
+    /// `Metrics` enabled.
+    pub metrics: bool,
+}
+
+impl RuleDestination {
+    /// The ARN Ferry reports for this destination (region pinned).
+    #[must_use]
+    pub fn arn(&self) -> String {
+        format!("arn:aws:s3:{}::{}", self.peer, self.bucket)
+    }
+}
+
+impl RuleFilter {
+    /// True when the filter selects `key` with `tags`.
+    #[must_use]
+    pub fn matches(&self, key: &str, tags: &[(String, String)]) -> bool {
+        key.starts_with(&self.prefix) && self.tags.iter().all(|t| tags.contains(t))
+    }
+}
+
+impl ReplicationConfig {
+    /// Parses the stored JSON.
+    ///
+    /// # Errors
+    /// When the JSON is invalid.
+    pub fn from_stored(s: &str) -> Result<Self> {
+        Ok(serde_json::from_str(s)?)
+    }
+
+    /// The stored JSON.
+    ///
+    /// # Errors
+    /// Never in practice (plain data).
+    pub fn to_stored(&self) -> Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// The rules a change selects: for each destination, the enabled matching rule with the
+    /// highest priority (the first one listed on a tie), if it replicates this kind of change.
+    #[must_use]
+    pub fn select(&self, key: &str, tags: &[(String, String)], op: JobOp) -> Vec<&Rule> {
+        let mut chosen: Vec<&Rule> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.enabled && r.filter.matches(key, tags)) {
+            match chosen
+                .iter_mut()
+                .find(|c| c.destination.peer == rule.destination.peer && c.destination.bucket == rule.destination.bucket)
+            {
+                Some(c) if rule.priority > c.priority => *c = rule,
+                Some(_) => {}
+                None => chosen.push(rule),
+            }
+        }
+        chosen.retain(|r| match op {
+            JobOp::Put | JobOp::Metadata => true,
+            // Delete markers have no tags: rules that filter on tags do not replicate them (as in S3).
+            JobOp::DeleteMarker => r.delete_markers && r.filter.tags.is_empty(),
+            JobOp::DeleteVersion => r.deletes,
+        });
+        chosen
+    }
+}
+
+/// What a job replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobOp {
+    /// A new version (body, metadata, tags, ACL).
+    Put,
+    /// A delete marker.
+    DeleteMarker,
+    /// The permanent deletion of a version.
+    DeleteVersion,
+    /// Tags or ACL of an existing version changed.
+    Metadata,
+}
+
+impl JobOp {
+    pub(crate) fn to_i64(self) -> i64 {
+        match self {
+            Self::Put => 0,
+            Self::DeleteMarker => 1,
+            Self::DeleteVersion => 2,
+            Self::Metadata => 3,
+        }
+    }
+    pub(crate) fn from_i64(v: i64) -> Self {
+        match v {
+            1 => Self::DeleteMarker,
+            2 => Self::DeleteVersion,
+            3 => Self::Metadata,
+            _ => Self::Put,
+        }
+    }
+    /// Lowercase name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::DeleteMarker => "delete-marker",
+            Self::DeleteVersion => "delete-version",
+            Self::Metadata => "metadata",
+        }
+    }
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting to be sent (or being sent, or waiting for a retry).
+    Pending,
+    /// Failed permanently; waits for `ferry replication retry`.
+    Failed,
+}
+
+/// A replication job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub op: JobOp,
+    pub peer: String,
+    pub dest_bucket: String,
+    pub rule_id: String,
+    pub created_us: i64,
+    pub size: u64,
+    pub state: JobState,
+    pub attempts: u32,
+    pub next_attempt_us: i64,
+    pub last_error: Option<String>,
+    pub progress: Option<String>,
+}
+
+/// A job about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub version_id: &'a str,
+    pub op: JobOp,
+    pub peer: &'a str,
+    pub dest_bucket: &'a str,
+    pub rule_id: &'a str,
+    pub created_us: i64,
+    pub size: u64,
+}
+
+/// Records the jobs `version`'s change needs, per the bucket's rules, inside the caller's
+/// transaction, and marks the version PENDING when there are any. Replicas are skipped unless
+/// `replica_change` says a rule with `ReplicaModifications` may send this metadata change
+/// back. Returns the number of jobs.
+///
+/// # Errors
+/// Database errors, or a stored configuration that does not parse.
+pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRecord, op: JobOp) -> Result<usize> {
+    let Some(stored) = &bucket.replication else { return Ok(0) };
+    let cfg = ReplicationConfig::from_stored(stored)?;
+    let is_replica = version.repl_status == Some(ReplStatus::Replica);
+    let tags: &[(String, String)] = if version.delete_marker { &[] } else { &version.attrs.tags };
+    let rules: Vec<&Rule> = cfg
+        .select(&version.key, tags, op)
+        .into_iter()
+        .filter(|r| !is_replica || (op == JobOp::Metadata && r.replica_modifications))
+        .collect();
+    if rules.is_empty() {
+        return Ok(0);
+    }
+    let now = tx.now();
+    for rule in &rules {
+        tx.insert_job(&NewJob {
+            bucket: &bucket.name,
+            key: &version.key,
+            version_id: &version.version_id,
+            op,
+            peer: &rule.destination.peer,
+            dest_bucket: &rule.destination.bucket,
+            rule_id: &rule.id,
+            created_us: now,
+            size: if op == JobOp::Put { version.size } else { 0 },
+        })?;
+    }
+    if op != JobOp::DeleteVersion && !is_replica {
+        tx.set_repl_status(&bucket.name, &version.key, &version.version_id, Some(ReplStatus::Pending))?;
+    }
+    Ok(rules.len())
+}
+
+/// Finishes a job that was delivered: removes it and recomputes the source version's status.
+///
+/// # Errors
+/// Database errors.
+pub fn complete(tx: &mut dyn WriteTx, job: &Job) -> Result<()> {
+    tx.delete_job(job.id)?;
+    refresh_status(tx, &job.bucket, &job.key, &job.version_id)
+}
+
+/// Marks a job failed for good (permanent error), keeping the reason.
+///
+/// # Errors
+/// Database errors.
+pub fn fail(tx: &mut dyn WriteTx, job: &Job, error: &str) -> Result<()> {
+    tx.update_job(
+        job.id,
+        JobState::Failed,
+        job.attempts + 1,
+        job.next_attempt_us,
+        Some(error),
+        job.progress.as_deref(),
+    )?;
+    refresh_status(tx, &job.bucket, &job.key, &job.version_id)
+}
+
+/// Derives a version's replication status from its remaining jobs.
+fn refresh_status(tx: &mut dyn WriteTx, bucket: &str, key: &str, version_id: &str) -> Result<()> {
+    let Some(v) = tx.get_version(bucket, key, version_id)? else { return Ok(()) };
+    if v.repl_status == Some(ReplStatus::Replica) {
+        return Ok(());
+    }
+    let jobs = tx.jobs_for_version(bucket, key, version_id)?;
+    let status = if jobs.iter().any(|j| j.state == JobState::Pending) {
+        ReplStatus::Pending
+    } else if jobs.iter().any(|j| j.state == JobState::Failed) {
+        ReplStatus::Failed
+    } else {
+        ReplStatus::Completed
+    };
+    if v.repl_status != Some(status) {
+        tx.set_repl_status(bucket, key, version_id, Some(status))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(id: &str, prio: i32, prefix: &str, tags: &[(&str, &str)], dest: &str) -> Rule {
+        Rule {
+            id: id.into(),
+            priority: prio,
+            enabled: true,
+            v2: true,
+            filter: RuleFilter { prefix: prefix.into(), tags: tags.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect() },
+            delete_markers: true,
+            deletes: false,
+            existing_objects: false,
+            replica_modifications: false,
+            destination: RuleDestination {
+                peer: "eu".into(),
+                bucket: dest.into(),
+                storage_class: None,
+                account: None,
+                owner_override: false,
+                rpo_minutes: None,
+                metrics: false,
+            },
+        }
+    }
+
+    #[test]
+    fn selection_by_prefix_tags_priority_and_op() {
+        let cfg = ReplicationConfig {
+            role: String::new(),
+            rules: vec![
+                rule("all", 1, "", &[], "d1"),
+                rule("logs", 5, "logs/", &[], "d1"),
+                rule("tagged", 2, "", &[("class", "gold")], "d2"),
+            ],
+        };
+        let ids =
+            |key: &str, tags: &[(String, String)], op| cfg.select(key, tags, op).iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids("a", &[], JobOp::Put), vec!["all"]);
+        assert_eq!(ids("logs/x", &[], JobOp::Put), vec!["logs"], "higher priority wins per destination");
+        let gold = vec![("class".to_owned(), "gold".to_owned())];
+        assert_eq!(ids("a", &gold, JobOp::Put), vec!["all", "tagged"], "fan-out to two destinations");
+        assert_eq!(ids("a", &gold, JobOp::DeleteMarker), vec!["all"], "tag rules skip delete markers");
+        assert!(ids("a", &[], JobOp::DeleteVersion).is_empty(), "version deletes only with the extension");
+    }
+
+    #[test]
+    fn disabled_rules_match_nothing() {
+        let mut r = rule("x", 1, "", &[], "d");
+        r.enabled = false;
+        let cfg = ReplicationConfig { role: String::new(), rules: vec![r] };
+        assert!(cfg.select("k", &[], JobOp::Put).is_empty());
+    }
+}
+
+/// Header that marks a request as a replica write from a Ferry peer. Its value is the
+/// base64url (no padding) of the JSON [`ReplicaMeta`]. It is signed with the rest of the
+/// request, and the destination accepts it only from the destination bucket's owner.
+pub const REPLICA_HEADER: &str = "x-ferry-replica";
+
+/// What a replica carries beyond the standard S3 headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMeta {
+    /// Format version of this record.
+    pub format: u32,
+    /// The region the change comes from.
+    pub source_region: String,
+    /// The source version id (kept on the replica).
+    pub version_id: String,
+    /// The source last-modified, µs since epoch (kept on the replica).
+    pub mtime_us: i64,
+    /// The source ETag, when the replica's bytes arrive in a different part layout.
+    #[serde(default)]
+    pub etag: Option<String>,
+    /// The source owner; `None` when the rule gives replicas to the destination bucket's owner.
+    #[serde(default)]
+    pub owner: Option<crate::model::Owner>,
+    /// The source ACL; `None` with an owner override (replicas get the owner's private ACL).
+    #[serde(default)]
+    pub acl: Option<crate::model::Acl>,
+}
+
+impl ReplicaMeta {
+    /// Encodes for the header.
+    ///
+    /// # Errors
+    /// Never in practice.
+    pub fn encode(&self) -> Result<String> {
+        use base64::Engine as _;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self)?))
+    }
+
+    /// Decodes a header value.
+    ///
+    /// # Errors
+    /// When the value is not base64url JSON of this record, or of a newer format.
+    pub fn decode(value: &str) -> Result<Self> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value.trim())
+            .map_err(|e| crate::Error::Other(format!("bad {REPLICA_HEADER} header: {e}")))?;
+        let meta: Self = serde_json::from_slice(&raw)?;
+        if meta.format > 1 {
+            return Err(crate::Error::UnknownFormat(i64::from(meta.format)));
+        }
+        if !ferry_core::ids::is_valid_version_id(&meta.version_id) {
+            return Err(crate::Error::Other(format!("bad {REPLICA_HEADER} header: invalid version id")));
+        }
+        Ok(meta)
+    }
+}
+
+/// What the S3 layer needs from the replication engine to validate a configuration: where
+/// buckets are, whether a destination can take replicas, and the destinations of other
+/// buckets (to refuse cycles). Implemented by the engine, which talks to the peers.
+#[async_trait::async_trait]
+pub trait PeerDirectory: Send + Sync {
+    /// The regions (this one and the peers) that hold a bucket named `bucket`.
+    async fn locate_bucket(&self, bucket: &str) -> Vec<String>;
+    /// Checks that `bucket` on `peer` exists, has versioning enabled, and accepts writes with
+    /// the credentials Ferry uses there. The error says why not.
+    async fn check_destination(&self, peer: &str, bucket: &str) -> std::result::Result<(), String>;
+    /// The destinations (peer, bucket) that `bucket` on `peer` replicates to; empty when none
+    /// or unknown (a non-Ferry peer).
+    async fn destinations_of(&self, peer: &str, bucket: &str) -> Vec<(String, String)>;
+    /// True when `name` is this region or a known peer.
+    fn knows(&self, name: &str) -> bool;
+}
