@@ -25,20 +25,23 @@ sed -e 's/127.0.0.1:9000/127.0.0.1:0/' -e 's/127.0.0.1:9100/127.0.0.1:0/' exampl
 RUST_LOG=warn "$bin" serve --config "$work/ferry.toml" 2> "$work/ferry.log" &
 pid=$!
 port=""
+port_eu=""
 for _ in $(seq 1 200); do
     port="$(sed -n 's/^ferry: region us-east-1 serving S3 on http:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$work/ferry.log")"
-    [ -n "$port" ] && break
+    port_eu="$(sed -n 's/^ferry: region eu-west-1 serving S3 on http:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$work/ferry.log")"
+    [ -n "$port" ] && [ -n "$port_eu" ] && break
     sleep 0.05
 done
-[ -n "$port" ] || { cat "$work/ferry.log"; echo "ferry did not start" >&2; exit 1; }
+[ -n "$port" ] && [ -n "$port_eu" ] || { cat "$work/ferry.log"; echo "ferry did not start" >&2; exit 1; }
 
-# Extracts the code block after <!-- snippet:NAME --> in the README, pointed at the live port.
+# Extracts the code block after <!-- snippet:NAME --> in FILE (default README.md), pointed at
+# the live ports.
 snippet() {
     awk -v name="$1" '
         $0 == "<!-- snippet:" name " -->" { on = 1; next }
         on && /^```/ { if (in_block) exit; in_block = 1; next }
         on && in_block { print }
-    ' README.md | sed "s/127.0.0.1:9000/127.0.0.1:$port/g"
+            ' "${2:-README.md}" | sed -e "s/127.0.0.1:9000/127.0.0.1:$port/g" -e "s/127.0.0.1:9100/127.0.0.1:$port_eu/g"
 }
 
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
@@ -47,6 +50,9 @@ unset AWS_PROFILE AWS_REGION AWS_CA_BUNDLE || true
 echo "-- aws cli"
 ( export PATH="$venv/bin:$PATH"; set -x; eval "$(snippet aws)" ) > "$work/aws.out" 2>&1 || { cat "$work/aws.out"; exit 1; }
 grep -q "docs/README.md" "$work/aws.out" || { cat "$work/aws.out"; echo "aws cli: object not listed" >&2; exit 1; }
+echo "-- replication demo (aws cli)"
+( export PATH="$venv/bin:$PATH" AWS_ACCESS_KEY_ID=AKIAFERRYEXAMPLE AWS_SECRET_ACCESS_KEY=example-secret-key AWS_DEFAULT_REGION=us-east-1; set -x; timeout 60 bash -c "$(snippet replication)" ) > "$work/repl.out" 2>&1 || { cat "$work/repl.out"; exit 1; }
+grep -q '"REPLICA"' "$work/repl.out" && grep -q '"COMPLETED"' "$work/repl.out" || { cat "$work/repl.out"; echo "replication demo: statuses not shown" >&2; exit 1; }
 echo "-- boto3"
 snippet boto3 > "$work/snippet.py"
 out="$("$venv/bin/python" "$work/snippet.py")"
@@ -55,4 +61,8 @@ echo "$out"
 echo "-- rclone"
 ( set -x; eval "$(snippet rclone)" ) > "$work/rclone.out" 2>&1 || { cat "$work/rclone.out"; exit 1; }
 grep -q "0 differences found" "$work/rclone.out" || { cat "$work/rclone.out"; echo "rclone check failed" >&2; exit 1; }
+echo "-- docs/REPLICATION.md setup (aws cli)"
+( export PATH="$venv/bin:$PATH"; mkdir -p "$work/cwd"; cp README.md "$work/cwd/"; cd "$work/cwd"; set -x; timeout 60 bash -c "$(snippet setup "$root/docs/REPLICATION.md")" ) > "$work/setup.out" 2>&1 || { cat "$work/setup.out"; exit 1; }
+grep -q '"REPLICA"' "$work/setup.out" && grep -q '"STANDARD_IA"' "$work/setup.out" && grep -q 'arn:aws:s3:eu-west-1::photos-dr' "$work/setup.out" \
+    || { cat "$work/setup.out"; echo "REPLICATION.md setup: unexpected output" >&2; exit 1; }
 echo "client snippets: ok"

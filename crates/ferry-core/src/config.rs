@@ -69,6 +69,21 @@ pub struct PeerConfig {
     /// `ferry` (full fidelity: version ids, times, ACLs kept) or `s3` (any S3 service).
     #[serde(default)]
     pub kind: PeerKind,
+    /// Region to sign requests for. Default: the peer's name for a Ferry peer, `us-east-1`
+    /// for an S3 peer.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+impl PeerConfig {
+    /// The region requests to this peer are signed for.
+    #[must_use]
+    pub fn signing_region(&self) -> String {
+        self.region.clone().unwrap_or_else(|| match self.kind {
+            PeerKind::Ferry => self.name.clone(),
+            PeerKind::S3 => "us-east-1".to_owned(),
+        })
+    }
 }
 
 /// What a peer is.

@@ -112,11 +112,16 @@ impl PeerDirectory for PeerSet {
 
     async fn check_destination(&self, peer: &str, bucket: &str) -> Result<(), String> {
         let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
-        let v = p.client.get_bucket_versioning().bucket(bucket).send().await.map_err(|e| describe(&e))?;
-        match v.status().map(aws_sdk_s3::types::BucketVersioningStatus::as_str) {
-            Some("Enabled") => Ok(()),
-            _ => Err("versioning is not enabled on the destination bucket".to_owned()),
-        }
+        let enabled = match p.client.get_bucket_versioning().bucket(bucket).send().await {
+            Ok(v) => v.status().map(aws_sdk_s3::types::BucketVersioningStatus::as_str) == Some("Enabled"),
+            // A 200 the SDK could not parse (some S3 servers name the XML root differently):
+            // read the status from the body itself.
+            Err(SdkError::ServiceError(s)) if s.raw().status().is_success() => {
+                s.raw().body().bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("<Status>Enabled</Status>"))
+            }
+            Err(e) => return Err(describe(&e)),
+        };
+        if enabled { Ok(()) } else { Err("versioning is not enabled on the destination bucket".to_owned()) }
     }
 
     async fn destinations_of(&self, peer: &str, bucket: &str) -> Vec<(String, String)> {

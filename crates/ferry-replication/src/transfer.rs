@@ -201,6 +201,7 @@ impl Transfer<'_> {
             etag: (!v.delete_marker).then(|| v.etag.clone()),
             owner: keep_owner.then(|| v.owner.clone()),
             acl: keep_owner.then(|| v.attrs.acl.clone()),
+            checksums: (!v.delete_marker && !v.attrs.checksums.values.is_empty()).then(|| v.attrs.checksums.clone()),
         }
         .encode()
         .ok()
@@ -275,6 +276,19 @@ impl Transfer<'_> {
             .set_metadata((!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()))
             .set_storage_class(self.storage_class(v))
             .set_content_md5(content_md5(&v.etag));
+        // Full-object checksums travel as headers too, so the destination verifies the body.
+        if a.checksums.kind.as_deref() == Some("FULL_OBJECT") {
+            for (alg, value) in &a.checksums.values {
+                req = match alg.as_str() {
+                    "CRC32" => req.checksum_crc32(value),
+                    "CRC32C" => req.checksum_crc32_c(value),
+                    "CRC64NVME" => req.checksum_crc64_nvme(value),
+                    "SHA1" => req.checksum_sha1(value),
+                    "SHA256" => req.checksum_sha256(value),
+                    _ => req,
+                };
+            }
+        }
         if let Some(exp) = a
             .expires
             .as_deref()
@@ -485,6 +499,7 @@ impl Transfer<'_> {
             etag: None,
             owner: None,
             acl: None,
+            checksums: None,
         };
         let header = meta.encode().ok();
         check!(

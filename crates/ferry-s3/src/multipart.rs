@@ -474,6 +474,9 @@ fn complete_in_tx(
     if let Some(r) = replica {
         owner = r.owner.clone().unwrap_or_else(|| bucket_owner.clone());
         attrs.acl = r.acl.clone().unwrap_or_else(|| ferry_store::model::Acl::private(&owner));
+        if let Some(c) = &r.checksums {
+            attrs.checksums = c.clone();
+        }
     }
     let new = NewVersion {
         key: key.to_owned(),

@@ -297,7 +297,10 @@ impl FerryS3 {
         replica: Option<ReplicaMeta>,
     ) -> S3Result<ferry_store::model::VersionRecord> {
         let md5 = digest.md5_hex();
-        attrs.checksums = stored_checksums(digest);
+        attrs.checksums = match replica.as_ref().and_then(|r| r.checksums.clone()) {
+            Some(c) => c,
+            None => stored_checksums(digest),
+        };
         let etag = replica.as_ref().and_then(|r| r.etag.clone()).unwrap_or_else(|| md5.clone());
         let new = NewVersion {
             key,

@@ -380,13 +380,13 @@ mod tests {
 
     #[test]
     fn arns() {
-        assert_eq!(parse_arn("arn:aws:s3:::b1").unwrap(), (None, "b1".to_owned()));
+        assert_eq!(parse_arn("arn:aws:s3:::bk1").unwrap(), (None, "bk1".to_owned()));
         assert_eq!(
-            parse_arn("arn:aws:s3:eu-west-1::b1").unwrap(),
-            (Some("eu-west-1".to_owned()), "b1".to_owned())
+            parse_arn("arn:aws:s3:eu-west-1::bk1").unwrap(),
+            (Some("eu-west-1".to_owned()), "bk1".to_owned())
         );
-        assert_eq!(parse_arn("arn:aws:s3:eu-west-1:123456789012:b1").unwrap().1, "b1");
-        for bad in ["b1", "arn:aws:s3:::", "arn:aws:s3:::B_1", "arn:aws:sqs:::b1", "arn:aws:s3:::b1/x"] {
+        assert_eq!(parse_arn("arn:aws:s3:eu-west-1:123456789012:bk1").unwrap().1, "bk1");
+        for bad in ["bk1", "arn:aws:s3:::", "arn:aws:s3:::B_1", "arn:aws:sqs:::bk1", "arn:aws:s3:::bk1/x"] {
             assert!(parse_arn(bad).is_err(), "{bad}");
         }
     }

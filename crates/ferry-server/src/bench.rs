@@ -3,6 +3,11 @@
 //! Modes: `put` writes objects of `--size` bytes; `get` first writes `--objects` objects, then
 //! reads them at random. `--concurrency` requests are kept in flight; the run lasts `--duration`
 //! (or `--count` requests). Reports ops/s, MiB/s and latency p50/p90/p99/max, as text or JSON.
+//!
+//! `replication` writes `--count` objects to the source at `--rate` PUT/s and measures, for each,
+//! the time from the PUT's response at the source to the first successful HEAD of the same
+//! version at the destination (polled every 2 ms): replication lag p50/p90/p99/max, and the
+//! catch-up time from the last PUT's response until every object was seen.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,8 @@ pub enum Mode {
     Put,
     /// GET existing objects (written first).
     Get,
+    /// Replication lag from a source to a destination endpoint.
+    Replication,
 }
 
 /// Bench options.
@@ -35,6 +42,11 @@ pub struct BenchOptions {
     pub duration: Duration,
     pub count: Option<u64>,
     pub objects: u64,
+    /// Replication mode: the destination, its bucket, and the PUT rate.
+    pub dest: Option<(Endpoint, String)>,
+    pub rate: f64,
+    /// Replication mode: create versioned buckets and the replication rule first.
+    pub setup: bool,
 }
 
 /// Results of a run.
@@ -49,6 +61,9 @@ pub struct BenchReport {
     pub ops_per_sec: f64,
     pub mib_per_sec: f64,
     pub latency_ms: Latency,
+    /// Replication mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationLag>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -70,6 +85,9 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 /// When the bucket cannot be created or prepared.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let client = s3_client(&opts.endpoint);
+    if opts.mode == Mode::Replication {
+        return replication(&client, &opts).await;
+    }
     match client.create_bucket().bucket(&opts.bucket).send().await {
         Ok(_) => {}
         Err(e) => {
@@ -139,6 +157,8 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
                             Err(_) => false,
                         }
                     }
+                    // Handled by `replication`, never driven here.
+                    Mode::Replication => false,
                 };
                 if ok {
                     hist.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -169,7 +189,149 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
         ops_per_sec: ops as f64 / seconds,
         mib_per_sec: (ops * o.size) as f64 / seconds / (1024.0 * 1024.0),
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: hist.max() as f64 / 1000.0 },
+        replication: None,
     })
+}
+
+async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str, versioned: bool) -> anyhow::Result<()> {
+    if let Err(e) = client.create_bucket().bucket(bucket).send().await {
+        let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or_default().to_owned();
+        if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
+            return Err(anyhow::anyhow!("cannot create bucket {bucket}: {e:?}"));
+        }
+    }
+    if versioned {
+        client
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("enabling versioning on {bucket}"))?;
+    }
+    Ok(())
+}
+
+async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    use aws_sdk_s3::types::*;
+    let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode replication needs --dest-endpoint")?;
+    let dst = s3_client(&dest_ep);
+    if opts.setup {
+        ensure_bucket(src, &opts.bucket, true).await?;
+        ensure_bucket(&dst, &dest_bucket, true).await?;
+        let rule = ReplicationRule::builder()
+            .id("bench")
+            .priority(1)
+            .status(ReplicationRuleStatus::Enabled)
+            .filter(ReplicationRuleFilter::builder().prefix("").build())
+            .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build())
+            .destination(Destination::builder().bucket(format!("arn:aws:s3:::{dest_bucket}")).build()?)
+            .build()?;
+        src.put_bucket_replication()
+            .bucket(&opts.bucket)
+            .replication_configuration(ReplicationConfiguration::builder().role("bench").rules(rule).build()?)
+            .send()
+            .await
+            .context("configuring replication")?;
+    }
+    let count = opts.count.unwrap_or(1000);
+    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let run_id = format!("{:x}", rand::random::<u32>());
+    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    let start = Instant::now();
+    let mut watchers = tokio::task::JoinSet::new();
+    let mut put_hist = histogram()?;
+    let mut errors = 0u64;
+    let mut last_ack = start;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<u64>>();
+    for n in 0..count {
+        tick.tick().await;
+        let (src, dst, body, tx) = (src.clone(), dst.clone(), body.clone(), tx.clone());
+        let (bucket, dest_bucket, key) = (opts.bucket.clone(), dest_bucket.clone(), format!("lag/{run_id}/{n:06}"));
+        // Each PUT runs in its own task so a slow one does not hold back the rate.
+        watchers.spawn(async move {
+            let t0 = Instant::now();
+            let out = match src.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).send().await {
+                Ok(o) => o,
+                Err(e) => return Err(anyhow::anyhow!("PUT {key}: {e:?}")),
+            };
+            let acked = Instant::now();
+            let _ = tx.send(Ok(u64::try_from((acked - t0).as_micros()).unwrap_or(u64::MAX)));
+            let version = out.version_id().map(str::to_owned);
+            loop {
+                let head = dst.head_object().bucket(&dest_bucket).key(&key).set_version_id(version.clone()).send().await;
+                if head.is_ok() {
+                    return Ok((acked, Instant::now()));
+                }
+                if acked.elapsed() > Duration::from_secs(600) {
+                    return Err(anyhow::anyhow!("{key} not replicated after 10 minutes"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    drop(tx);
+    while let Some(r) = rx.recv().await {
+        match r {
+            Ok(us) => put_hist.saturating_record(us),
+            Err(_) => errors += 1,
+        }
+    }
+    let mut lag = histogram()?;
+    let mut last_seen = start;
+    while let Some(r) = watchers.join_next().await {
+        match r? {
+            Ok((acked, seen)) => {
+                lag.saturating_record(u64::try_from((seen - acked).as_micros()).unwrap_or(u64::MAX));
+                last_ack = last_ack.max(acked);
+                last_seen = last_seen.max(seen);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replication bench object failed");
+                errors += 1;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BenchReport {
+        mode: Mode::Replication,
+        size_bytes: opts.size,
+        concurrency: 0,
+        ops: lag.len(),
+        errors,
+        seconds,
+        ops_per_sec: put_hist.len() as f64 / seconds,
+        mib_per_sec: (lag.len() * opts.size) as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: Latency {
+            p50: ms(&put_hist, 0.5),
+            p90: ms(&put_hist, 0.9),
+            p99: ms(&put_hist, 0.99),
+            max: put_hist.max() as f64 / 1000.0,
+        },
+        replication: Some(ReplicationLag {
+            lag_ms: Latency { p50: ms(&lag, 0.5), p90: ms(&lag, 0.9), p99: ms(&lag, 0.99), max: lag.max() as f64 / 1000.0 },
+            catch_up_ms: last_seen.saturating_duration_since(last_ack).as_secs_f64() * 1000.0,
+            target_rate: opts.rate,
+        }),
+    })
+}
+
+/// Replication lag results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationLag {
+    /// From the PUT's response at the source to the first successful read at the destination.
+    pub lag_ms: Latency,
+    /// From the last PUT's response to the moment every object had been seen.
+    pub catch_up_ms: f64,
+    /// Requested PUT rate.
+    pub target_rate: f64,
 }
 
 /// Parses sizes like `4096`, `4KiB`, `4k`, `64MiB`, `1G`.
@@ -203,7 +365,15 @@ impl std::fmt::Display for BenchReport {
             f,
             "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
             self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
-        )
+        )?;
+        if let Some(r) = &self.replication {
+            write!(
+                f,
+                "\n  replication lag ms (PUT answered -> readable at destination): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n  catch-up after the last PUT: {:.1} ms (target rate {} PUT/s)",
+                r.lag_ms.p50, r.lag_ms.p90, r.lag_ms.p99, r.lag_ms.max, r.catch_up_ms, r.target_rate
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -122,6 +122,18 @@ struct BenchArgs {
     /// Objects written before a GET run and read at random.
     #[arg(long, default_value_t = 1000)]
     objects: u64,
+    /// Replication mode: endpoint of the destination region.
+    #[arg(long, value_name = "URL")]
+    dest_endpoint: Option<String>,
+    /// Replication mode: destination bucket. Default: BUCKET-replica.
+    #[arg(long)]
+    dest_bucket: Option<String>,
+    /// Replication mode: PUTs per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Replication mode: create both buckets (versioned) and the replication rule first.
+    #[arg(long)]
+    setup: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -250,6 +262,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     use ferry_server::bench::{BenchOptions, run};
+    let dest = a.dest_endpoint.map(|url| {
+        let ep = ferry_server::client::Endpoint {
+            url,
+            access_key: a.access_key.clone(),
+            secret_key: a.secret_key.clone(),
+            region: a.region.clone(),
+        };
+        (ep, a.dest_bucket.clone().unwrap_or_else(|| format!("{}-replica", a.bucket)))
+    });
     let report = run(BenchOptions {
         endpoint: ferry_server::client::Endpoint {
             url: a.endpoint,
@@ -264,6 +285,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         duration: a.duration,
         count: a.count,
         objects: a.objects,
+        dest,
+        rate: a.rate,
+        setup: a.setup,
     })
     .await?;
     if a.json {

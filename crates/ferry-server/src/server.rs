@@ -210,7 +210,7 @@ fn peer_specs(opts: &ServerOptions, opened: &[Opened]) -> anyhow::Result<Vec<Pee
                 url: p.endpoint.clone(),
                 access_key: p.access_key.clone(),
                 secret_key: p.secret_key.clone(),
-                region: p.name.clone(),
+                region: p.signing_region(),
                 ca_pem,
             },
         });

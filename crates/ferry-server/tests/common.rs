@@ -609,3 +609,167 @@ pub async fn run_ferry_async(args: &[&str]) -> (i32, String) {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     tokio::task::spawn_blocking(move || run_ferry(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.expect("join")
 }
+
+/// A private CA and a certificate for 127.0.0.1 / localhost signed by it, as PEM files in
+/// `dir`: (ca.pem, cert.pem, key.pem).
+pub fn tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "Ferry test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, format!("{}{}", leaf_cert.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+/// A client that trusts `ca_pem` (for https endpoints with a private CA).
+pub fn client_with_ca(endpoint: &str, region: &str, ca_pem: &[u8]) -> Client {
+    let trust = tls::TrustStore::empty().with_pem_certificate(ca_pem.to_vec());
+    let ctx = tls::TlsContext::builder().with_trust_store(trust).build().unwrap();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_context(ctx)
+        .build_https();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(MAIN_AK, MAIN_SK, None, None, "test"))
+        .force_path_style(true)
+        .http_client(http)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: a small race, fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP proxy for tests: forwards 127.0.0.1:PORT to `upstream`, counting the bytes sent
+/// upstream, optionally capping the rate.
+pub struct Proxy {
+    pub port: u16,
+    pub upstream_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr, bytes_per_sec: Option<u64>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c2 = counter.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = c2.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                            if let Some(rate) = bytes_per_sec {
+                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, upstream_bytes: counter, task }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes a one-region config for a `ferry serve` child: `region` on `port` with data in
+/// `dir/region`, credentials main/alt, and `peers` as `(name, url, kind)`.
+pub fn process_config(dir: &std::path::Path, region: &str, port: u16, peers: &[(&str, String, &str)], extra: &str) -> PathBuf {
+    let mut text = format!(
+        "[[credential]]\naccess_key = \"{MAIN_AK}\"\nsecret_key = \"{MAIN_SK}\"\ndisplay_name = \"main\"\n\n\
+         [[region]]\nname = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{region}\"\n\n"
+    );
+    for (name, url, kind) in peers {
+        text.push_str(&format!(
+            "[[peer]]\nname = \"{name}\"\nendpoint = \"{url}\"\naccess_key = \"{MAIN_AK}\"\nsecret_key = \"{MAIN_SK}\"\nkind = \"{kind}\"\n\n"
+        ));
+    }
+    text.push_str(extra);
+    let path = dir.join(format!("{region}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// moto's S3 server (PyPI), as a third-party S3 endpoint. `scripts/test` installs it into
+/// `target/test-venv`; `FERRY_MOTO_SERVER` may point elsewhere.
+pub struct Moto {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let bin = std::env::var("FERRY_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin/moto_server"));
+        assert!(
+            bin.exists(),
+            "moto_server not found at {}: run scripts/test (it installs tests/moto/requirements.txt), or set FERRY_MOTO_SERVER",
+            bin.display()
+        );
+        let port = free_port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod crash;
 mod replication;
+mod replication_process;
 mod s3_bad_input;
 mod s3_buckets;
 mod s3_listing;

@@ -60,6 +60,25 @@ async fn puts_replicate_with_version_ids_times_metadata_and_status() {
         "the replica keeps the last-modified time"
     );
     assert_eq!(src_head.e_tag(), dst_head.e_tag());
+    // Checksums are kept: the SDK's default CRC32 here, verified and stored at the destination.
+    let src_ck = us
+        .head_object()
+        .bucket("src")
+        .key("docs/a.txt")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    let dst_ck = eu
+        .head_object()
+        .bucket("dst")
+        .key("docs/a.txt")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert!(src_ck.checksum_crc32().is_some());
+    assert_eq!(src_ck.checksum_crc32(), dst_ck.checksum_crc32());
     wait_until("source status COMPLETED", 10, || async {
         repl_status(&us, "src", "docs/a.txt", None).await.as_deref() == Some("COMPLETED")
     })
@@ -422,4 +441,69 @@ async fn bad_rules_are_refused_with_clear_errors() {
         code(&us.get_bucket_replication().bucket("src").send().await.unwrap_err()),
         "ReplicationConfigurationNotFoundError"
     );
+}
+
+#[tokio::test]
+async fn replication_over_tls_with_a_private_ca() {
+    let c = TestCluster::start(&[US, EU], |opts, dir| {
+        let (ca, cert, key) = tls_files(dir);
+        for r in &mut opts.regions {
+            r.tls_cert = Some(cert.clone());
+            r.tls_key = Some(key.clone());
+            r.tls_ca = Some(ca.clone());
+        }
+    })
+    .await;
+    assert!(c.url(US).starts_with("https://") && c.url(EU).starts_with("https://"));
+    let ca = std::fs::read(c.dir.path().join("ca.pem")).unwrap();
+    let (us, eu) = (client_with_ca(&c.url(US), US, &ca), client_with_ca(&c.url(EU), EU, &ca));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    us.put_bucket_replication()
+        .bucket("src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
+        .send()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        put(&us, "src", &format!("k{i}"), &vec![i as u8; 100_000]).await;
+    }
+    wait_until("replicated over TLS", 30, || converged(&us, "src", &eu, "dst")).await;
+    // A client that does not trust the CA cannot talk to the regions.
+    let untrusting = client_for(&c.url(US), MAIN_AK, MAIN_SK, US, Mode::Default);
+    assert!(untrusting.list_buckets().send().await.is_err());
+}
+
+#[tokio::test]
+async fn a_large_object_replicates_as_parallel_parts() {
+    let c = TestCluster::start(&[US, EU], |opts, _| {
+        opts.replication.multipart_threshold = 8 << 20;
+        opts.replication.part_size = 5 << 20;
+    })
+    .await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    us.put_bucket_replication()
+        .bucket("src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
+        .send()
+        .await
+        .unwrap();
+    let body: Vec<u8> = (0..23 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let etag = put(&us, "src", "big", &body).await.e_tag().unwrap().to_owned();
+    wait_until("large object replicated", 60, || converged(&us, "src", &eu, "dst")).await;
+    let h =
+        eu.head_object().bucket("dst").key("big").checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled).send().await.unwrap();
+    assert_eq!(h.e_tag(), Some(etag.as_str()), "the replica reports the source ETag");
+    let s =
+        us.head_object().bucket("src").key("big").checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled).send().await.unwrap();
+    assert!(s.checksum_crc32().is_some());
+    assert_eq!(
+        h.checksum_crc32(),
+        s.checksum_crc32(),
+        "the full-object checksum survives the multipart transfer"
+    );
+    assert_eq!(h.content_length(), Some(body.len() as i64));
+    assert_eq!(get_bytes(&eu, "dst", "big").await, body);
 }

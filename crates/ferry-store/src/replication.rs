@@ -395,6 +395,9 @@ pub struct ReplicaMeta {
     /// The source ACL; `None` with an owner override (replicas get the owner's private ACL).
     #[serde(default)]
     pub acl: Option<crate::model::Acl>,
+    /// The source's stored checksums, kept on the replica (whatever part layout it arrives in).
+    #[serde(default)]
+    pub checksums: Option<crate::model::Checksums>,
 }
 
 impl ReplicaMeta {

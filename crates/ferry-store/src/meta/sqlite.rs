@@ -307,9 +307,8 @@ fn writer_loop(
             tracing::error!(error = %e, "metadata commit failed");
             let _ = conn.execute_batch("ROLLBACK");
         }
-        for finish in finishers {
-            finish(&result);
-        }
+        // Hooks and the job signal run before callers are answered: once a write returns,
+        // its workers have been woken.
         if result.is_ok() {
             for hook in tx.hooks.drain(..) {
                 hook();
@@ -317,6 +316,9 @@ fn writer_loop(
             if tx.new_jobs {
                 jobs_signal.send_modify(|n| *n = n.wrapping_add(1));
             }
+        }
+        for finish in finishers {
+            finish(&result);
         }
     }
 }
