@@ -507,3 +507,111 @@ async fn a_large_object_replicates_as_parallel_parts() {
     assert_eq!(h.content_length(), Some(body.len() as i64));
     assert_eq!(get_bytes(&eu, "dst", "big").await, body);
 }
+
+#[tokio::test]
+async fn every_rule_element_round_trips() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    let xml = r"<ReplicationConfiguration><Role>arn:aws:iam::123456789012:role/replication</Role>
+      <Rule><ID>full</ID><Priority>7</Priority><Status>Enabled</Status>
+        <Filter><And><Prefix>p/</Prefix><Tag><Key>a</Key><Value>1</Value></Tag><Tag><Key>b</Key><Value>2</Value></Tag></And></Filter>
+        <DeleteMarkerReplication><Status>Disabled</Status></DeleteMarkerReplication>
+        <DeleteReplication><Status>Enabled</Status></DeleteReplication>
+        <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>
+        <SourceSelectionCriteria><ReplicaModifications><Status>Enabled</Status></ReplicaModifications></SourceSelectionCriteria>
+        <Destination><Bucket>arn:aws:s3:::dst</Bucket><Account>123456789012</Account><StorageClass>GLACIER_IR</StorageClass>
+          <AccessControlTranslation><Owner>Destination</Owner></AccessControlTranslation>
+          <ReplicationTime><Status>Enabled</Status><Time><Minutes>15</Minutes></Time></ReplicationTime>
+          <Metrics><Status>Enabled</Status></Metrics></Destination></Rule>
+      <Rule><ID>legacy</ID><Status>Disabled</Status><Prefix>old/</Prefix><Destination><Bucket>arn:aws:s3:eu-west-1::dst</Bucket></Destination></Rule>
+      </ReplicationConfiguration>";
+    put_replication_xml(&us, "src", xml).await.unwrap();
+    let got = us.get_bucket_replication().bucket("src").send().await.unwrap();
+    let cfg = got.replication_configuration().unwrap();
+    assert_eq!(cfg.role(), "arn:aws:iam::123456789012:role/replication");
+    let r = &cfg.rules()[0];
+    assert_eq!(r.id(), Some("full"));
+    assert_eq!(r.priority(), Some(7));
+    let and = r.filter().and_then(|f| f.and()).unwrap();
+    assert_eq!(and.prefix(), Some("p/"));
+    assert_eq!(and.tags().len(), 2);
+    assert_eq!(r.existing_object_replication().map(|e| e.status().as_str()), Some("Enabled"));
+    assert_eq!(
+        r.source_selection_criteria().and_then(|s| s.replica_modifications()).map(|m| m.status().as_str()),
+        Some("Enabled")
+    );
+    let d = r.destination().unwrap();
+    assert_eq!(d.bucket(), "arn:aws:s3:eu-west-1::dst");
+    assert_eq!(d.account(), Some("123456789012"));
+    assert_eq!(d.storage_class().map(|s| s.as_str()), Some("GLACIER_IR"));
+    assert!(d.access_control_translation().is_some());
+    assert_eq!(d.replication_time().and_then(|t| t.time()).and_then(|t| t.minutes()), Some(15));
+    assert!(d.metrics().is_some());
+    let legacy = &cfg.rules()[1];
+    assert_eq!(legacy.prefix(), Some("old/"));
+    assert_eq!(legacy.status().as_str(), "Disabled");
+    // Tag filters match only objects with every tag.
+    us.put_object().bucket("src").key("p/yes").tagging("a=1&b=2").body(b"y".to_vec().into()).send().await.unwrap();
+    us.put_object().bucket("src").key("p/no").tagging("a=1").body(b"n".to_vec().into()).send().await.unwrap();
+    wait_until("p/yes replicated", 20, || async {
+        eu.head_object().bucket("dst").key("p/yes").send().await.is_ok()
+    })
+    .await;
+    assert!(eu.head_object().bucket("dst").key("p/no").send().await.is_err());
+}
+
+#[tokio::test]
+async fn only_the_bucket_owner_may_write_replicas() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "open").await;
+    us.put_bucket_acl().bucket("open").acl(aws_sdk_s3::types::BucketCannedAcl::PublicReadWrite).send().await.unwrap();
+    let alt = client_for(&c.url(US), ALT_AK, ALT_SK, US, Mode::Default);
+    let meta = ferry_store::replication::ReplicaMeta {
+        format: 1,
+        source_region: "elsewhere".into(),
+        version_id: "forged-version".into(),
+        mtime_us: 1,
+        etag: None,
+        owner: None,
+        acl: None,
+        checksums: None,
+    }
+    .encode()
+    .unwrap();
+    let m2 = meta.clone();
+    let e = alt
+        .put_object()
+        .bucket("open")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-replica", m2.clone());
+        })
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "a writer who is not the owner cannot forge version ids");
+    // The owner can, and a second delivery changes nothing.
+    for _ in 0..2 {
+        let m = meta.clone();
+        let out = us
+            .put_object()
+            .bucket("open")
+            .key("k")
+            .body(b"x".to_vec().into())
+            .customize()
+            .mutate_request(move |r| {
+                r.headers_mut().insert("x-ferry-replica", m.clone());
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.version_id(), Some("forged-version"));
+    }
+    assert_eq!(all_versions(&us, "open").await.len(), 1);
+    assert_eq!(repl_status(&us, "open", "k", None).await.as_deref(), Some("REPLICA"));
+}
