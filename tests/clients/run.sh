@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
-bin="${FERRY_BIN:-$root/target/debug/ferry}"
+bin="$(realpath "${FERRY_BIN:-$root/target/debug/ferry}")"
 venv="${CLIENTS_VENV:-$root/target/clients-venv}"
 if [ ! -x "$venv/bin/aws" ]; then
     python3 -m venv "$venv"
@@ -65,4 +65,10 @@ echo "-- docs/REPLICATION.md setup (aws cli)"
 ( export PATH="$venv/bin:$PATH"; mkdir -p "$work/cwd"; cp README.md "$work/cwd/"; cd "$work/cwd"; set -x; timeout 60 bash -c "$(snippet setup "$root/docs/REPLICATION.md")" ) > "$work/setup.out" 2>&1 || { cat "$work/setup.out"; exit 1; }
 grep -q '"REPLICA"' "$work/setup.out" && grep -q '"STANDARD_IA"' "$work/setup.out" && grep -q 'arn:aws:s3:eu-west-1::photos-dr' "$work/setup.out" \
     || { cat "$work/setup.out"; echo "REPLICATION.md setup: unexpected output" >&2; exit 1; }
+echo "-- docs/REPLICATION.md walk-through (backfill, status, verify, explain, resync, progress API)"
+( export PATH="$(dirname "$bin"):$venv/bin:$PATH"; mkdir -p "$work/cwd"; cd "$work/cwd"; set -x; timeout 120 bash -ec "$(snippet operate "$root/docs/REPLICATION.md")" ) > "$work/operate.out" 2>&1 || { cat "$work/operate.out"; exit 1; }
+[ -z "${SHOW_SNIPPETS:-}" ] || cat "$work/operate.out"
+for want in "in sync at" "3 versions checked" "+ all -> eu-west-1/archive-dr" "delivered" "<NewObject>" "<HistoricalObject>1.0000</HistoricalObject>" "backfill 2: done"; do
+    grep -qF -- "$want" "$work/operate.out" || { cat "$work/operate.out"; echo "REPLICATION.md walk-through: '$want' not shown" >&2; exit 1; }
+done
 echo "client snippets: ok"

@@ -133,6 +133,13 @@ pub struct ReplicationSettings {
     /// Parts of one object uploaded in parallel. Default 4.
     #[serde(default = "default_part_concurrency")]
     pub part_concurrency: usize,
+    /// Versions a backfill scans per second, at most. Default 20000.
+    #[serde(default = "default_backfill_rate")]
+    pub backfill_rate: u64,
+}
+
+fn default_backfill_rate() -> u64 {
+    20_000
 }
 
 fn default_concurrency() -> usize {
@@ -155,6 +162,7 @@ impl Default for ReplicationSettings {
             multipart_threshold: default_multipart_threshold(),
             part_size: default_part_size(),
             part_concurrency: default_part_concurrency(),
+            backfill_rate: default_backfill_rate(),
         }
     }
 }
@@ -206,6 +214,9 @@ pub struct RegionConfig {
     /// they connect to this one (a private CA); default: the system roots.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// Address of the admin listener (`/metrics` for Prometheus, `/health`). Off unless set.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
 }
 
 fn default_domains() -> Vec<String> {
@@ -229,7 +240,26 @@ impl RegionConfig {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            admin_listen: None,
         }
+    }
+
+    /// The parsed admin listen address, if set.
+    ///
+    /// # Errors
+    /// When `admin_listen` is not `IP:PORT`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
+        self.admin_listen
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "region `{}`: key `admin_listen`: `{a}` is not an address of the form IP:PORT",
+                        self.name
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// The URL other regions use to reach this one (`https` when it serves TLS).
@@ -311,6 +341,7 @@ impl Config {
                 return Err(Error::Config(format!("region `{}`: key `name`: declared twice", r.name)));
             }
             let addr = r.listen_addr()?;
+            r.admin_addr()?;
             if addr.port() != 0 && !addrs.insert(addr) {
                 return Err(Error::Config(format!(
                     "region `{}`: key `listen`: {addr} is used by another region",

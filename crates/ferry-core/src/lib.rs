@@ -11,6 +11,7 @@ pub mod background;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod metrics;
 pub mod time;
 
 pub use error::{Error, Result};

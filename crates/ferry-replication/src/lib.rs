@@ -11,7 +11,9 @@
 //!   configuration is put (where is this bucket, can it take replicas, cycles).
 //! - [`client`]: aws-sdk-s3 clients for peers (TLS with private CAs, SDK retries off).
 
+pub mod backfill;
 pub mod client;
+pub mod monitor;
 pub mod peers;
 pub mod transfer;
 pub mod worker;
@@ -26,10 +28,19 @@ use crate::peers::PeerSet;
 use crate::transfer::Ctx;
 use crate::worker::PeerWorker;
 
-/// Starts one replication worker per peer of a region on `runner`.
-pub fn start(runner: &BackgroundRunner, store: Arc<Store>, peers: Arc<PeerSet>, settings: &ReplicationSettings) {
-    let ctx = Arc::new(Ctx { store, peers: peers.clone(), settings: settings.clone() });
+/// Starts a region's replication workers on `runner`: one per peer, the backfill worker and the
+/// progress monitor (metrics, RPO events).
+pub fn start(
+    runner: &BackgroundRunner,
+    store: Arc<Store>,
+    peers: Arc<PeerSet>,
+    settings: &ReplicationSettings,
+    metrics: Arc<ferry_core::metrics::RegionMetrics>,
+) {
+    let ctx = Arc::new(Ctx { store: store.clone(), peers: peers.clone(), settings: settings.clone(), metrics: metrics.clone() });
     for p in peers.all() {
         runner.spawn(PeerWorker::new(&p.name, ctx.clone(), settings.concurrency));
     }
+    runner.spawn(backfill::BackfillWorker::new(store.clone(), settings.backfill_rate));
+    runner.spawn(monitor::Monitor::new(store, peers.local().to_owned(), metrics));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use ferry_core::config::PeerKind;
-use ferry_store::replication::PeerDirectory;
+use ferry_store::replication::{PeerDirectory, RemoteHead, RemoteVersion};
 
 use crate::client::{ClientSettings, build};
 
@@ -149,5 +149,86 @@ impl PeerDirectory for PeerSet {
 
     fn knows(&self, name: &str) -> bool {
         self.peers.contains_key(name)
+    }
+
+    fn is_ferry(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|p| p.kind == PeerKind::Ferry)
+    }
+
+    async fn list_versions(
+        &self,
+        peer: &str,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(String, String)>,
+    ) -> Result<(Vec<RemoteVersion>, Option<(String, String)>), String> {
+        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
+        let (km, vm) = after.unzip();
+        let page = p
+            .client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(km)
+            .set_version_id_marker(vm)
+            .max_keys(1000)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let ms = |t: Option<&aws_sdk_s3::primitives::DateTime>| t.and_then(|t| t.to_millis().ok()).unwrap_or(0);
+        let mut out: Vec<RemoteVersion> = page
+            .versions()
+            .iter()
+            .map(|v| RemoteVersion {
+                key: v.key().unwrap_or_default().to_owned(),
+                version_id: v.version_id().unwrap_or_default().to_owned(),
+                is_latest: v.is_latest().unwrap_or(false),
+                delete_marker: false,
+                etag: v.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+                size: u64::try_from(v.size().unwrap_or(0)).unwrap_or(0),
+                mtime_ms: ms(v.last_modified()),
+            })
+            .collect();
+        out.extend(page.delete_markers().iter().map(|d| RemoteVersion {
+            key: d.key().unwrap_or_default().to_owned(),
+            version_id: d.version_id().unwrap_or_default().to_owned(),
+            is_latest: d.is_latest().unwrap_or(false),
+            delete_marker: true,
+            etag: String::new(),
+            size: 0,
+            mtime_ms: ms(d.last_modified()),
+        }));
+        let next = if page.is_truncated() == Some(true) {
+            page.next_key_marker().map(|k| (k.to_owned(), page.next_version_id_marker().unwrap_or_default().to_owned()))
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    async fn head(&self, peer: &str, bucket: &str, key: &str, version_id: Option<&str>) -> Result<Option<RemoteHead>, String> {
+        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
+        let head = match p.client.head_object().bucket(bucket).key(key).set_version_id(version_id.map(str::to_owned)).send().await
+        {
+            Ok(h) => h,
+            Err(e) if matches!(&e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404) => return Ok(None),
+            Err(e) => return Err(describe(&e)),
+        };
+        let tags = if head.tag_count().unwrap_or(0) > 0 {
+            match p.client.get_object_tagging().bucket(bucket).key(key).set_version_id(version_id.map(str::to_owned)).send().await
+            {
+                Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
+                Err(e) => return Err(describe(&e)),
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(Some(RemoteHead {
+            etag: head.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+            size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+            content_type: head.content_type().map(str::to_owned),
+            user_metadata: head.metadata().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+            tags,
+        }))
     }
 }

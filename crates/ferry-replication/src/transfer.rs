@@ -43,6 +43,7 @@ pub struct Ctx {
     pub store: Arc<Store>,
     pub peers: Arc<PeerSet>,
     pub settings: ReplicationSettings,
+    pub metrics: Arc<ferry_core::metrics::RegionMetrics>,
 }
 
 /// Saved in the job while a multipart transfer is under way.

@@ -127,7 +127,9 @@ impl PeerWorker {
     /// Starts transfers for runnable jobs, up to the current capacity. Returns how many.
     async fn dispatch(&mut self) -> Result<usize, WorkerError> {
         let free = self.capacity().saturating_sub(self.inflight.len());
-        if free == 0 {
+        // Refill in batches of a quarter of the capacity (at once when idle): one outbox query
+        // per transfer would cost more CPU than the transfers themselves under a backlog.
+        if free == 0 || (free < (self.capacity() / 4).max(1) && !self.inflight.is_empty()) {
             return Ok(0);
         }
         let (peer, exclude) = (self.peer.clone(), self.inflight_ids.clone());
@@ -155,6 +157,25 @@ impl PeerWorker {
 /// Stores a transfer's result: completion (and the version's status), a retry time, or the
 /// permanent failure. A failure to record is logged; the job stays pending and runs again.
 async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome) {
+    let labels = ferry_core::metrics::RuleLabels {
+        bucket: job.bucket.clone(),
+        rule: job.rule_id.clone(),
+        destination: format!("{}/{}", job.peer, job.dest_bucket),
+    };
+    match outcome {
+        Outcome::Done => {
+            if job.backfill_id.is_none() {
+                #[allow(clippy::cast_precision_loss)] // seconds
+                let secs = (now_micros() - job.created_us).max(0) as f64 / 1e6;
+                ctx.metrics.replication_latency.get_or_create(&labels).observe(secs);
+            }
+            ctx.metrics.replication_sent_bytes.get_or_create(&labels).inc_by(job.size);
+        }
+        Outcome::Permanent(_) => {
+            ctx.metrics.replication_failed_operations.get_or_create(&labels).inc();
+        }
+        Outcome::Transient(_) => {}
+    }
     let j = job.clone();
     let result = match outcome {
         Outcome::Done => ctx.store.meta.write(move |tx| complete(tx, &j)).await,

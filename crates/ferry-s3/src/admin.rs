@@ -1,30 +1,76 @@
 //! Ferry's own API beside S3, on the same endpoint and signed the same way (SigV4, checked by
-//! s3s before a route runs). Used by the `ferry replication ...` commands.
+//! s3s before a route runs). Used by the `ferry replication ...` commands. Only the bucket's
+//! owner may call these.
 //!
-//! - `POST /BUCKET?ferry-replication-retry`: failed replication jobs of the bucket become
-//!   pending again. Answer: `{"retried": N}`.
-//!
-//! Only the bucket's owner may call these.
+//! | request | answer |
+//! |---|---|
+//! | `GET /BUCKET?replicationProgress[&rule-id=ID]` | OSS-shaped XML: per rule, historical fraction and "replicated up to" time |
+//! | `GET /BUCKET?ferry-replication-status` | JSON: per rule state, T, lag, pending, failures, backfills, events |
+//! | `GET /BUCKET?ferry-replication-explain&key=K[&version-id=V]` | JSON: which rules match and why, jobs per destination |
+//! | `POST /BUCKET?ferry-replication-retry` | JSON `{"retried": N}`: failed jobs become pending |
+//! | `POST /BUCKET?ferry-backfill` + JSON `{rule, prefix, status, older_than_secs}` | JSON `{"id": N}`: starts a backfill |
+//! | `POST /BUCKET?ferry-backfill-control&id=N&action=pause\|resume\|cancel` | JSON: the backfill |
+//! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `verify` |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_store::Store;
+use ferry_store::replication::{JobOp, ReplicationConfig, start_backfill};
 use http::{HeaderMap, Method, Uri};
 use s3s::route::S3Route;
 use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
 
 use crate::Users;
 use crate::error::StoreResultExt;
+use crate::progress::{bucket_progress, progress_xml, rfc3339_us};
 use crate::util::access_denied;
 
 /// The admin routes of one region.
 pub(crate) struct AdminRoute {
     pub(crate) store: Arc<Store>,
     pub(crate) users: Arc<Users>,
+    pub(crate) region: String,
+    pub(crate) peers: Option<Arc<dyn ferry_store::replication::PeerDirectory>>,
 }
 
-fn query_has(uri: &Uri, name: &str) -> bool {
-    uri.query().is_some_and(|q| q.split('&').any(|p| p == name || p.starts_with(&format!("{name}="))))
+/// The routes, by (method, marker query parameter).
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "replicationProgress"),
+    ("GET", "ferry-replication-status"),
+    ("GET", "ferry-replication-explain"),
+    ("POST", "ferry-replication-retry"),
+    ("POST", "ferry-backfill"),
+    ("POST", "ferry-backfill-control"),
+    ("GET", "ferry-replication-verify"),
+];
+
+/// A channel receiver as a byte stream (for streamed answers).
+struct Lines(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+
+impl futures::Stream for Lines {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn query(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn route_of(method: &Method, uri: &Uri) -> Option<&'static str> {
+    let q = query(uri);
+    ROUTES.iter().find(|(m, name)| method.as_str() == *m && q.contains_key(*name)).map(|(_, name)| *name)
 }
 
 /// The bucket of a path-style request path `/BUCKET`.
@@ -44,28 +90,226 @@ fn json_response(value: &serde_json::Value) -> S3Response<Body> {
 
 impl AdminRoute {
     /// The bucket named in the request, checked to be owned by the caller.
-    async fn owned_bucket(&self, req: &S3Request<Body>) -> S3Result<String> {
+    async fn owned_bucket(&self, req: &S3Request<Body>) -> S3Result<ferry_store::model::BucketRecord> {
         let name = bucket_of(&req.uri)?;
         let user = req.credentials.as_ref().and_then(|c| self.users.get(&c.access_key)).ok_or_else(access_denied)?;
-        let n = name.clone();
-        let bucket = self.store.meta.read(move |r| r.get_bucket(&n)).await.s3()?;
+        let bucket = self.store.meta.read(move |r| r.get_bucket(&name)).await.s3()?;
         let bucket = bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
         if bucket.owner.id != user.owner.id {
             return Err(access_denied());
         }
-        Ok(name)
+        Ok(bucket)
+    }
+
+    async fn explain(
+        &self,
+        bucket: &ferry_store::model::BucketRecord,
+        q: &HashMap<String, String>,
+    ) -> S3Result<serde_json::Value> {
+        let key = q.get("key").cloned().ok_or_else(|| s3_error!(InvalidArgument, "key= is required"))?;
+        let vid = q.get("version-id").cloned().filter(|v| !v.is_empty());
+        let (b, k) = (bucket.name.clone(), key.clone());
+        let (version, jobs) = self
+            .store
+            .meta
+            .read(move |r| {
+                let v = match &vid {
+                    Some(v) => r.get_version(&b, &k, v)?,
+                    None => r.get_latest(&b, &k)?,
+                };
+                let jobs = match &v {
+                    Some(v) => r.jobs_for_version(&b, &k, &v.version_id)?,
+                    None => Vec::new(),
+                };
+                Ok((v, jobs))
+            })
+            .await
+            .s3()?;
+        let cfg = match &bucket.replication {
+            Some(s) => ReplicationConfig::from_stored(s).s3()?,
+            None => ReplicationConfig::default(),
+        };
+        let (tags, dm) = version.as_ref().map_or((Vec::new(), false), |v| (v.attrs.tags.clone(), v.delete_marker));
+        let op = if dm { JobOp::DeleteMarker } else { JobOp::Put };
+        let selected: Vec<String> = cfg.select(&key, &tags, op).iter().map(|r| r.id.clone()).collect();
+        let rules: Vec<serde_json::Value> = cfg
+            .rules
+            .iter()
+            .map(|r| {
+                let why = if !r.enabled {
+                    "the rule is disabled".to_owned()
+                } else if !key.starts_with(&r.filter.prefix) {
+                    format!("the key does not start with the rule's prefix `{}`", r.filter.prefix)
+                } else if let Some((tk, tv)) = r.filter.tags.iter().find(|t| !tags.contains(t)) {
+                    format!("the object lacks the tag {tk}={tv}")
+                } else if dm && !r.delete_markers {
+                    "the rule does not replicate delete markers".to_owned()
+                } else if dm && !r.filter.tags.is_empty() {
+                    "rules with tag filters do not replicate delete markers".to_owned()
+                } else if !selected.contains(&r.id) {
+                    "another matching rule for the same destination has a higher priority".to_owned()
+                } else {
+                    "matches".to_owned()
+                };
+                serde_json::json!({
+                    "rule": r.id, "matches": selected.contains(&r.id), "why": why,
+                    "destination": format!("{}/{}", r.destination.peer, r.destination.bucket),
+                })
+            })
+            .collect();
+        let jobs: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "destination": format!("{}/{}", j.peer, j.dest_bucket), "rule": j.rule_id, "op": j.op.name(),
+                    "state": match j.state { ferry_store::replication::JobState::Pending => "pending", ferry_store::replication::JobState::Failed => "failed" },
+                    "attempts": j.attempts, "last_error": j.last_error, "recorded": rfc3339_us(j.created_us),
+                    "next_attempt": (j.next_attempt_us > 0).then(|| rfc3339_us(j.next_attempt_us)),
+                    "backfill": j.backfill_id,
+                })
+            })
+            .collect();
+        let note = match (&version, bucket.replication.is_some()) {
+            (None, _) => "no such key or version",
+            (Some(_), false) => "the bucket has no replication configuration",
+            (Some(v), true) if v.repl_status == Some(ferry_store::model::ReplStatus::Replica) => {
+                "this version is a replica: it arrived by replication and is not replicated further"
+            }
+            (Some(_), true) if jobs.is_empty() && selected.is_empty() => "no rule selects this version",
+            (Some(_), true) if jobs.is_empty() => "delivered to every destination (no job left)",
+            _ => "jobs pending or failed: see jobs",
+        };
+        Ok(serde_json::json!({
+            "bucket": bucket.name, "key": key,
+            "version_id": version.as_ref().map(|v| v.version_id.clone()),
+            "delete_marker": dm,
+            "status": version.as_ref().and_then(|v| v.repl_status).map(|s| s.as_str()),
+            "summary": note, "rules": rules, "jobs": jobs,
+        }))
+    }
+
+    async fn start_backfill(&self, bucket: &str, body: &[u8]) -> S3Result<serde_json::Value> {
+        let params: serde_json::Value = if body.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| s3_error!(MalformedPOSTRequest, "the body must be JSON: {e}"))?
+        };
+        let rule = params["rule"].as_str().map(str::to_owned);
+        let prefix = params["prefix"].as_str().unwrap_or("").to_owned();
+        let status = params["status"].as_str().unwrap_or("none").to_owned();
+        if !["none", "failed", "all"].contains(&status.as_str()) {
+            return Err(s3_error!(InvalidArgument, "status must be none, failed or all"));
+        }
+        let older = params["older_than_secs"].as_i64().map(|s| s.saturating_mul(1_000_000));
+        let name = bucket.to_owned();
+        let id = self
+            .store
+            .meta
+            .write(move |tx| {
+                let b = tx.get_bucket(&name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
+                let cfg = match &b.replication {
+                    Some(s) => ReplicationConfig::from_stored(s)?,
+                    None => {
+                        return Err(ferry_store::Error::InvalidBucketState(
+                            "the bucket has no replication configuration".into(),
+                        ));
+                    }
+                };
+                if let Some(r) = &rule
+                    && !cfg.rules.iter().any(|x| &x.id == r)
+                {
+                    return Err(ferry_store::Error::InvalidBucketState(format!("no rule {r}")));
+                }
+                start_backfill(tx, &name, rule.as_deref(), &prefix, &status, older)
+            })
+            .await
+            .s3()?;
+        Ok(serde_json::json!({ "id": id }))
+    }
+
+    async fn control_backfill(&self, bucket: &str, q: &HashMap<String, String>) -> S3Result<serde_json::Value> {
+        let id: i64 = q.get("id").and_then(|v| v.parse().ok()).ok_or_else(|| s3_error!(InvalidArgument, "id= is required"))?;
+        let action = q.get("action").cloned().unwrap_or_default();
+        let name = bucket.to_owned();
+        let b = self
+            .store
+            .meta
+            .write(move |tx| {
+                let mut b = tx.get_backfill(id)?.filter(|b| b.bucket == name).ok_or(ferry_store::Error::NoSuchBackfill(id))?;
+                let next = match (action.as_str(), b.state.as_str()) {
+                    ("pause", "running" | "counting") => "paused",
+                    ("resume", "paused") => {
+                        if b.total_versions == 0 && b.scanned_versions == 0 {
+                            "counting"
+                        } else {
+                            "running"
+                        }
+                    }
+                    ("cancel", "running" | "counting" | "paused") => "cancelled",
+                    (a @ ("pause" | "resume" | "cancel"), s) => {
+                        return Err(ferry_store::Error::InvalidBucketState(format!("cannot {a} a backfill that is {s}")));
+                    }
+                    (a, _) => {
+                        return Err(ferry_store::Error::Other(format!("unknown action `{a}`: use pause, resume or cancel")));
+                    }
+                };
+                b.state = next.to_owned();
+                b.updated_us = tx.now();
+                if next == "cancelled" {
+                    b.finished_us = Some(b.updated_us);
+                }
+                tx.put_backfill(&b)?;
+                Ok(b)
+            })
+            .await
+            .map_err(|e| match e {
+                ferry_store::Error::Other(m) => s3_error!(InvalidArgument, "{m}"),
+                other => crate::error::to_s3(other),
+            })?;
+        Ok(serde_json::to_value(b).unwrap_or_default())
     }
 }
 
 #[async_trait::async_trait]
 impl S3Route for AdminRoute {
     fn is_match(&self, method: &Method, uri: &Uri, _headers: &HeaderMap, _extensions: &mut http::Extensions) -> bool {
-        method == Method::POST && query_has(uri, "ferry-replication-retry")
+        route_of(method, uri).is_some()
     }
 
-    async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {
+    async fn call(&self, mut req: S3Request<Body>) -> S3Result<S3Response<Body>> {
         let bucket = self.owned_bucket(&req).await?;
-        let n = self.store.meta.write(move |tx| tx.retry_failed_jobs(&bucket)).await.s3()?;
-        Ok(json_response(&serde_json::json!({ "retried": n })))
+        let q = query(&req.uri);
+        match route_of(&req.method, &req.uri) {
+            Some("replicationProgress") => {
+                let p = bucket_progress(&self.store, &bucket.name, &self.region).await.s3()?;
+                let mut resp = S3Response::new(Body::from(progress_xml(&p, q.get("rule-id").map(String::as_str))));
+                resp.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+                Ok(resp)
+            }
+            Some("ferry-replication-status") => {
+                let p = bucket_progress(&self.store, &bucket.name, &self.region).await.s3()?;
+                Ok(json_response(&serde_json::to_value(p).unwrap_or_default()))
+            }
+            Some("ferry-replication-explain") => Ok(json_response(&self.explain(&bucket, &q).await?)),
+            Some("ferry-replication-retry") => {
+                let name = bucket.name.clone();
+                let n = self.store.meta.write(move |tx| tx.retry_failed_jobs(&name)).await.s3()?;
+                Ok(json_response(&serde_json::json!({ "retried": n })))
+            }
+            Some("ferry-backfill") => {
+                let body = req.input.store_all_limited(64 * 1024).await.map_err(|_| s3_error!(MaxMessageLengthExceeded))?;
+                Ok(json_response(&self.start_backfill(&bucket.name, &body).await?))
+            }
+            Some("ferry-backfill-control") => Ok(json_response(&self.control_backfill(&bucket.name, &q).await?)),
+            Some("ferry-replication-verify") => {
+                let peers =
+                    self.peers.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
+                let rx = crate::verify::start(self.store.clone(), peers, bucket.name.clone(), q.get("rule-id").cloned());
+                let mut resp = S3Response::new(Body::from(s3s::dto::StreamingBlob::wrap(Lines(rx))));
+                resp.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+                Ok(resp)
+            }
+            _ => Err(s3_error!(NotImplemented)),
+        }
     }
 }

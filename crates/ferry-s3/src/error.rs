@@ -17,6 +17,11 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         E::NoSuchVersion => s3_error!(NoSuchVersion, "The specified version does not exist."),
         E::NoSuchUpload => s3_error!(NoSuchUpload, "The specified multipart upload does not exist."),
         E::PreconditionFailed => s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"),
+        E::NoSuchBackfill(id) => crate::util::custom_error(
+            "NoSuchBackfill",
+            http::StatusCode::NOT_FOUND,
+            &format!("There is no backfill {id} in this bucket."),
+        ),
         E::InvalidBucketState(m) => S3Error::with_message(S3ErrorCode::InvalidBucketState, m),
         E::IncompleteBody => s3_error!(
             IncompleteBody,

@@ -193,6 +193,16 @@ impl FerryS3 {
         if let Some(perm) = perm {
             check_perm(user, &record.owner, &record.attrs.acl, perm)?;
         }
+        // A version whose data file is gone (damaged disk, files removed behind Ferry's back)
+        // answers an error instead of a truncated body.
+        if let BodyLayout::Parts { parts, .. } = &record.layout {
+            for p in parts {
+                if !self.store.blobs.exists(&p.blob).await {
+                    tracing::error!(bucket, key, version = %record.version_id, blob = %p.blob, "object data file missing");
+                    return Err(s3_error!(InternalError, "The data of this object version is missing from storage"));
+                }
+            }
+        }
         Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
     }
 

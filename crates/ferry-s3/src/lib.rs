@@ -19,11 +19,13 @@ pub mod error;
 mod get;
 mod list;
 mod multipart;
+pub mod progress;
 mod put;
 mod replica;
 mod replication_config;
 mod tagging;
 mod util;
+mod verify;
 
 use std::sync::Arc;
 
@@ -60,21 +62,23 @@ pub fn service(
     users: Arc<Users>,
     cfg: &EndpointConfig,
     peers: Option<Arc<dyn PeerDirectory>>,
+    metrics: Arc<ferry_core::metrics::RegionMetrics>,
 ) -> FerryService {
-    let s3 = FerryS3 { store: store.clone(), region: cfg.region.clone(), users: users.clone(), peers };
+    let s3 = FerryS3 { store: store.clone(), region: cfg.region.clone(), users: users.clone(), peers: peers.clone() };
     let mut b = S3ServiceBuilder::new(s3);
     b.set_auth(auth::Auth { users: users.clone() });
     b.set_access(auth::Access { region: cfg.region.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
     b.set_validation(auth::BucketNames);
-    b.set_route(admin::AdminRoute { store, users });
-    FerryService { inner: b.build() }
+    b.set_route(admin::AdminRoute { store, users, region: cfg.region.clone(), peers });
+    FerryService { inner: b.build(), metrics }
 }
 
 /// The hyper service of one region: s3s plus Ferry's fix-ups of s3s's own answers.
 #[derive(Clone)]
 pub struct FerryService {
     inner: S3Service,
+    metrics: Arc<ferry_core::metrics::RegionMetrics>,
 }
 
 /// The HTTP response type of [`FerryService`].
@@ -96,10 +100,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             .get("x-amz-content-sha256")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let method = req.method().as_str().to_owned();
+        let started = std::time::Instant::now();
+        let metrics = self.metrics.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let resp = fut.await?;
-            Ok(error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id))
+            let resp = error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id);
+            let labels =
+                ferry_core::metrics::RequestLabels { method: method.clone(), status: resp.status().as_u16().to_string() };
+            metrics.s3_requests.get_or_create(&labels).inc();
+            metrics
+                .s3_request_duration
+                .get_or_create(&ferry_core::metrics::MethodLabels { method })
+                .observe(started.elapsed().as_secs_f64());
+            Ok(resp)
         })
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use ferry_store::Error as StoreError;
 use ferry_store::model::Versioning;
-use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter};
+use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, start_backfill};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -261,6 +261,8 @@ impl FerryS3 {
             rule.destination.bucket = name;
         }
         self.refuse_cycles(peers.as_ref(), &bucket.name, &rules).await?;
+        let backfill_rules: Vec<String> =
+            rules.iter().filter(|r| r.enabled && r.existing_objects).map(|r| r.id.clone()).collect();
         let stored = ReplicationConfig { role: cfg.role, rules }.to_stored().s3()?;
         let name = bucket.name.clone();
         self.store
@@ -270,8 +272,20 @@ impl FerryS3 {
                 if b.versioning != Versioning::Enabled {
                     return Err(StoreError::InvalidBucketState("versioning was suspended meanwhile".into()));
                 }
+                let before = match &b.replication {
+                    Some(s) => ReplicationConfig::from_stored(s)?,
+                    None => ReplicationConfig::default(),
+                };
                 b.replication = Some(stored);
-                tx.put_bucket(&b)
+                tx.put_bucket(&b)?;
+                // A rule that starts replicating existing objects starts a backfill (once: not
+                // again when the same rule is put again).
+                for id in backfill_rules {
+                    if !before.rules.iter().any(|r| r.id == id && r.enabled && r.existing_objects) {
+                        start_backfill(tx, &name, Some(&id), "", "none", None)?;
+                    }
+                }
+                Ok(())
             })
             .await
             .s3()?;

@@ -81,6 +81,49 @@ impl AdminClient {
     /// # Errors
     /// Signing or transport failures (not HTTP error statuses: see [`Response::json`]).
     pub async fn request(&self, method: &str, path_and_query: &str, body: Bytes) -> anyhow::Result<Response> {
+        let resp = self.send(method, path_and_query, body).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        Ok(Response { status, body })
+    }
+
+    /// Sends a signed GET and calls `line` for each line of the answer as it arrives.
+    ///
+    /// # Errors
+    /// Transport failures, a non-2xx answer (with the server's message), or `line`'s error.
+    pub async fn lines(&self, path_and_query: &str, mut line: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let resp = self.send("GET", path_and_query, Bytes::new()).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.context("reading the answer")?.to_bytes();
+            Response { status, body: bytes }.json()?;
+            anyhow::bail!("{status}");
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the answer")?;
+            if let Some(data) = frame.data_ref() {
+                pending.extend_from_slice(data);
+                while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                    let text = String::from_utf8_lossy(&pending[..pos]).into_owned();
+                    pending.drain(..=pos);
+                    line(&text)?;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            line(&String::from_utf8_lossy(&pending))?;
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let url = format!("{}{}", self.endpoint.url.trim_end_matches('/'), path_and_query);
         let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
         let host = uri.authority().map(ToString::to_string).context("URL without a host")?;
@@ -109,10 +152,7 @@ impl AdminClient {
         .context("signable request")?;
         let (instructions, _) = sign(signable, &params).context("signing")?.into_parts();
         instructions.apply_to_request_http1x(&mut req);
-        let resp = self.http.request(req).await.with_context(|| format!("cannot reach {}", self.endpoint.url))?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-        Ok(Response { status, body })
+        self.http.request(req).await.with_context(|| format!("cannot reach {}", self.endpoint.url))
     }
 }
 

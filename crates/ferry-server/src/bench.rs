@@ -8,6 +8,11 @@
 //! the time from the PUT's response at the source to the first successful HEAD of the same
 //! version at the destination (polled every 2 ms): replication lag p50/p90/p99/max, and the
 //! catch-up time from the last PUT's response until every object was seen.
+//!
+//! `backfill` writes `--objects` objects of `--size` bytes to a fresh source bucket with no
+//! rule, then puts a rule with `ExistingObjectReplication` to the destination and measures the
+//! historical migration that starts: from the backfill's creation to its end (every version
+//! delivered), as the source region records them. Reports versions/s and MiB/s.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +34,8 @@ pub enum Mode {
     Get,
     /// Replication lag from a source to a destination endpoint.
     Replication,
+    /// Historical migration (backfill) throughput from a source to a destination endpoint.
+    Backfill,
 }
 
 /// Bench options.
@@ -64,6 +71,18 @@ pub struct BenchReport {
     /// Replication mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationLag>,
+    /// Backfill mode only: the load phase (PUT latency above is of that phase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillRun>,
+}
+
+/// Backfill results, as recorded by the source region.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillRun {
+    pub versions: u64,
+    pub bytes: u64,
+    /// Seconds to write the objects first.
+    pub load_seconds: f64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -87,6 +106,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let client = s3_client(&opts.endpoint);
     if opts.mode == Mode::Replication {
         return replication(&client, &opts).await;
+    }
+    if opts.mode == Mode::Backfill {
+        return backfill(&client, &opts).await;
     }
     match client.create_bucket().bucket(&opts.bucket).send().await {
         Ok(_) => {}
@@ -157,8 +179,8 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
                             Err(_) => false,
                         }
                     }
-                    // Handled by `replication`, never driven here.
-                    Mode::Replication => false,
+                    // Handled by `replication` and `backfill`, never driven here.
+                    Mode::Replication | Mode::Backfill => false,
                 };
                 if ok {
                     hist.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -190,6 +212,7 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
         mib_per_sec: (ops * o.size) as f64 / seconds / (1024.0 * 1024.0),
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: hist.max() as f64 / 1000.0 },
         replication: None,
+        backfill: None,
     })
 }
 
@@ -320,6 +343,87 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
             catch_up_ms: last_seen.saturating_duration_since(last_ack).as_secs_f64() * 1000.0,
             target_rate: opts.rate,
         }),
+        backfill: None,
+    })
+}
+
+async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    use aws_sdk_s3::types::*;
+    let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode backfill needs --dest-endpoint")?;
+    let dst = s3_client(&dest_ep);
+    // A fresh source bucket: the backfill then covers exactly the objects written here.
+    if src.head_bucket().bucket(&opts.bucket).send().await.is_ok() {
+        anyhow::bail!("bucket {} exists: --mode backfill needs a new source bucket (use --bucket)", opts.bucket);
+    }
+    ensure_bucket(src, &opts.bucket, true).await?;
+    ensure_bucket(&dst, &dest_bucket, true).await?;
+    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let load = Options { count: Some(opts.objects), duration: Duration::from_secs(24 * 3600), ..Options::from(opts) };
+    eprintln!("writing {} objects of {} B...", opts.objects, opts.size);
+    let loaded = drive(src, &load, Mode::Put, body).await?;
+    if loaded.errors > 0 {
+        anyhow::bail!("{} PUTs failed while loading", loaded.errors);
+    }
+    let rule = ReplicationRule::builder()
+        .id("bench-backfill")
+        .priority(1)
+        .status(ReplicationRuleStatus::Enabled)
+        .filter(ReplicationRuleFilter::builder().prefix("").build())
+        .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build())
+        .existing_object_replication(
+            ExistingObjectReplication::builder().status(ExistingObjectReplicationStatus::Enabled).build()?,
+        )
+        .destination(Destination::builder().bucket(format!("arn:aws:s3:::{dest_bucket}")).build()?)
+        .build()?;
+    src.put_bucket_replication()
+        .bucket(&opts.bucket)
+        .replication_configuration(ReplicationConfiguration::builder().role("bench").rules(rule).build()?)
+        .send()
+        .await
+        .context("configuring replication")?;
+    let admin = crate::admin_client::AdminClient::new(opts.endpoint.clone(), None)?;
+    let bar = indicatif::ProgressBar::new(opts.objects);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("backfill {bar:40} {pos}/{len} versions {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let b = loop {
+        let resp = admin.request("GET", &format!("/{}?ferry-replication-status", opts.bucket), bytes::Bytes::new()).await?;
+        anyhow::ensure!(
+            resp.status.is_success(),
+            "status: {} {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).context("status JSON")?;
+        if let Some(b) = v["backfills"].as_array().and_then(|a| a.first()) {
+            bar.set_position(b["done_versions"].as_u64().unwrap_or(0));
+            match b["state"].as_str() {
+                Some("done") => break b.clone(),
+                Some("cancelled") => anyhow::bail!("the backfill was cancelled"),
+                _ => {}
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(24 * 3600), "no end after a day");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    let (versions, bytes) = (b["done_versions"].as_u64().unwrap_or(0), b["done_bytes"].as_u64().unwrap_or(0));
+    let us = b["finished_us"].as_i64().unwrap_or(0) - b["created_us"].as_i64().unwrap_or(0);
+    let seconds = (us as f64 / 1e6).max(1e-6);
+    Ok(BenchReport {
+        mode: Mode::Backfill,
+        size_bytes: opts.size,
+        concurrency: opts.concurrency,
+        ops: versions,
+        errors: b["failed_versions"].as_u64().unwrap_or(0),
+        seconds,
+        ops_per_sec: versions as f64 / seconds,
+        mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: loaded.latency_ms,
+        replication: None,
+        backfill: Some(BackfillRun { versions, bytes, load_seconds: loaded.seconds }),
     })
 }
 
@@ -366,6 +470,16 @@ impl std::fmt::Display for BenchReport {
             "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
             self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
         )?;
+        if let Some(b) = &self.backfill {
+            write!(
+                f,
+                "  (PUTs of the load phase)\n  backfill: {} versions, {:.1} MiB in {:.2} s after {:.1} s of loading",
+                b.versions,
+                b.bytes as f64 / (1024.0 * 1024.0),
+                self.seconds,
+                b.load_seconds
+            )?;
+        }
         if let Some(r) = &self.replication {
             write!(
                 f,

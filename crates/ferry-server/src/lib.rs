@@ -5,7 +5,9 @@
 //! background workers, exactly as if it ran alone.
 
 pub mod admin_client;
+pub mod admin_http;
 pub mod bench;
+pub mod cli_replication;
 pub mod client;
 pub mod credentials;
 pub mod server;

@@ -48,43 +48,7 @@ enum Command {
     Bench(BenchArgs),
     /// Inspect and drive replication of a bucket on a running region.
     #[command(subcommand)]
-    Replication(ReplicationCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ReplicationCommand {
-    /// Make the bucket's FAILED replication jobs pending again (after fixing their cause:
-    /// permissions, a missing destination bucket, versioning off at the destination).
-    Retry(BucketArgs),
-}
-
-/// Where to connect, and as whom.
-#[derive(clap::Args, Debug)]
-struct ConnArgs {
-    /// Endpoint of the region holding the bucket, e.g. http://127.0.0.1:9000.
-    #[arg(long, env = "FERRY_ENDPOINT", value_name = "URL")]
-    endpoint: String,
-    /// Access key (the bucket owner's).
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    access_key: String,
-    /// Secret key.
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    secret_key: String,
-    /// Region to sign for (Ferry accepts its own name or us-east-1).
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
-    /// PEM file of a private CA to trust for an https endpoint.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug)]
-struct BucketArgs {
-    #[command(flatten)]
-    conn: ConnArgs,
-    /// The source bucket.
-    #[arg(long)]
-    bucket: String,
+    Replication(ferry_server::cli_replication::ReplicationCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,7 +83,7 @@ struct BenchArgs {
     /// Stop after this many requests instead.
     #[arg(long)]
     count: Option<u64>,
-    /// Objects written before a GET run and read at random.
+    /// Objects written before a GET run (and read at random), or before a backfill run.
     #[arg(long, default_value_t = 1000)]
     objects: u64,
     /// Replication mode: endpoint of the destination region.
@@ -183,7 +147,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench(args).await,
-            Command::Replication(cmd) => replication(cmd).await,
+            Command::Replication(cmd) => ferry_server::cli_replication::run(cmd).await,
         }
     });
     match result {
@@ -296,32 +260,6 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
-}
-
-fn admin_client(c: &ConnArgs) -> anyhow::Result<ferry_server::admin_client::AdminClient> {
-    let ca = match &c.ca_file {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-file: cannot read {}", p.display()))?),
-        None => None,
-    };
-    let ep = ferry_server::client::Endpoint {
-        url: c.endpoint.clone(),
-        access_key: c.access_key.clone(),
-        secret_key: c.secret_key.clone(),
-        region: c.region.clone(),
-    };
-    ferry_server::admin_client::AdminClient::new(ep, ca.as_deref())
-}
-
-async fn replication(cmd: ReplicationCommand) -> anyhow::Result<()> {
-    match cmd {
-        ReplicationCommand::Retry(a) => {
-            let client = admin_client(&a.conn)?;
-            let out =
-                client.request("POST", &format!("/{}?ferry-replication-retry", a.bucket), bytes::Bytes::new()).await?.json()?;
-            println!("{} failed job(s) of bucket {} will be retried", out["retried"], a.bucket);
-            Ok(())
-        }
-    }
 }
 
 async fn wait_for_signal() {

@@ -73,6 +73,10 @@ pub struct RegionHandle {
     pub store: Arc<Store>,
     /// The region's background workers (replication, garbage collection).
     pub runner: Arc<BackgroundRunner>,
+    /// The region's metrics.
+    pub metrics: Arc<ferry_core::metrics::RegionMetrics>,
+    /// The admin listener's address, if one is configured.
+    pub admin_addr: Option<SocketAddr>,
     task: JoinHandle<()>,
 }
 
@@ -82,13 +86,14 @@ pub struct Server {
     stop: CancellationToken,
 }
 
-/// A region after phase 1: store open, listener bound.
+/// A region after phase 1: store open, listeners bound.
 struct Opened {
     cfg: RegionConfig,
     store: Arc<Store>,
     listener: TcpListener,
     addr: SocketAddr,
     url: String,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
@@ -165,7 +170,11 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, threshold)).await??;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("key `listen`: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
-    Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr })
+    let admin = match cfg.admin_addr()? {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("key `admin_listen`: cannot listen on {a}"))?),
+        None => None,
+    };
+    Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr, admin })
 }
 
 /// The peers every region of this process knows: the regions themselves (written to with the
@@ -323,12 +332,17 @@ fn serve_region(
     opts: &ServerOptions,
     stop: CancellationToken,
 ) -> RegionHandle {
-    let Opened { cfg, store, listener, addr, url } = o;
+    let Opened { cfg, store, listener, addr, url, admin } = o;
+    let metrics = Arc::new(ferry_core::metrics::RegionMetrics::new(&cfg.name));
     let endpoint = EndpointConfig { region: cfg.name.clone(), domains: cfg.domains.clone() };
-    let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()));
+    let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone()));
-    ferry_replication::start(&runner, store.clone(), peers, &opts.replication);
+    ferry_replication::start(&runner, store.clone(), peers, &opts.replication, metrics.clone());
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin_http::serve(admin, metrics.clone(), stop.clone()));
+    }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         // Checked in open_region; a failure here would be a file changed in between.
         (Some(c), Some(k)) => crate::tls::acceptor(c, k).map_err(|e| tracing::error!(error = %e, "TLS disabled")).ok(),
@@ -388,7 +402,7 @@ fn serve_region(
         let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
         tracing::info!(region = %name, "region stopped");
     });
-    RegionHandle { name: cfg.name.clone(), addr, url, store, runner, task }
+    RegionHandle { name: cfg.name.clone(), addr, url, store, runner, metrics, admin_addr, task }
 }
 
 #[cfg(test)]

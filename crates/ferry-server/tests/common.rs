@@ -363,6 +363,7 @@ pub fn run_ferry(args: &[&str]) -> (i32, String) {
 pub struct TestCluster {
     pub server: Option<Server>,
     pub dir: tempfile::TempDir,
+    opts: ServerOptions,
 }
 
 impl TestCluster {
@@ -380,8 +381,17 @@ impl TestCluster {
             .collect();
         let mut opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(regions, users()) };
         tweak(&mut opts, dir.path());
-        let server = Server::start(opts).await.expect("cluster starts");
-        Self { server: Some(server), dir }
+        let server = Server::start(opts.clone()).await.expect("cluster starts");
+        Self { server: Some(server), dir, opts }
+    }
+
+    /// Stops every region and starts them again on the same data directories (new ports).
+    pub async fn restart(mut self) -> Self {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let server = Server::start(self.opts.clone()).await.expect("cluster restarts");
+        Self { server: Some(server), dir: self.dir, opts: self.opts }
     }
 
     pub fn url(&self, region: &str) -> String {
@@ -661,6 +671,7 @@ pub struct Proxy {
     pub port: u16,
     pub upstream_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -670,9 +681,16 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c2 = counter.clone();
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p2 = paused.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let counter = c2.clone();
+                let paused = p2.clone();
+                if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
                     let (mut cr, mut cw) = client.into_split();
@@ -680,6 +698,9 @@ impl Proxy {
                     let up = async move {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
+                            if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                                break;
+                            }
                             let n = match cr.read(&mut buf).await {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
@@ -702,7 +723,12 @@ impl Proxy {
                 });
             }
         });
-        Self { port, upstream_bytes: counter, task }
+        Self { port, upstream_bytes: counter, task, paused }
+    }
+
+    /// Cuts the link (new connections refused, open ones closed on their next read) or heals it.
+    pub fn set_partitioned(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn bytes(&self) -> u64 {

@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod crash;
+mod progress;
 mod replication;
 mod replication_process;
 mod s3_bad_input;

@@ -550,7 +550,7 @@ async fn every_rule_element_round_trips() {
     assert_eq!(d.replication_time().and_then(|t| t.time()).and_then(|t| t.minutes()), Some(15));
     assert!(d.metrics().is_some());
     let legacy = &cfg.rules()[1];
-        #[allow(deprecated)] // the legacy top-level Prefix is what this rule uses
+    #[allow(deprecated)] // the legacy top-level Prefix is what this rule uses
     let legacy_prefix = legacy.prefix();
     assert_eq!(legacy_prefix, Some("old/"));
     assert_eq!(legacy.status().as_str(), "Disabled");

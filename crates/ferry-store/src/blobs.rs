@@ -114,6 +114,16 @@ impl BlobStore {
         Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
     }
 
+    /// True when a committed blob's file exists (in either place).
+    pub async fn exists(&self, id: &str) -> bool {
+        for path in [self.final_path(id), self.staged_path(id), self.final_path(id)] {
+            if tokio::fs::metadata(&path).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Unlinks a blob from wherever it is. Missing files are not an error.
     ///
     /// # Errors

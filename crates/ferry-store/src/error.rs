@@ -16,6 +16,8 @@ pub enum Error {
     NoSuchVersion,
     #[error("the multipart upload does not exist")]
     NoSuchUpload,
+    #[error("no backfill {0} in this bucket")]
+    NoSuchBackfill(i64),
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("invalid bucket state: {0}")]

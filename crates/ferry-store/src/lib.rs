@@ -26,6 +26,7 @@ pub mod error;
 pub mod meta;
 pub mod model;
 pub mod objects;
+pub mod progress;
 pub mod replication;
 
 use std::path::{Path, PathBuf};

@@ -107,7 +107,11 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     let (version_id, mtime_us) = match &new.identity {
         Some((vid, mtime)) => {
             if let Some(existing) = tx.get_version(bucket_name, &new.key, vid)? {
-                return Ok(existing);
+                // The same version again: nothing to do. Two different `null` versions (written
+                // on both sides while versioning was off): the later one wins, on both sides.
+                if vid != NULL_VERSION_ID || existing.mtime_us >= *mtime {
+                    return Ok(existing);
+                }
             }
             check_replica_target(&b)?;
             tx.observe_time(*mtime);

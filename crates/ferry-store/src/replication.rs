@@ -213,6 +213,80 @@ pub struct Job {
     pub next_attempt_us: i64,
     pub last_error: Option<String>,
     pub progress: Option<String>,
+    /// The backfill that recorded it, if any.
+    pub backfill_id: Option<i64>,
+}
+
+/// A backfill: replication of versions that existed before a rule (or a re-sync).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub id: i64,
+    pub bucket: String,
+    /// Only this rule's destinations (`None`: every rule).
+    pub rule_id: Option<String>,
+    /// Only keys under this prefix.
+    pub prefix: String,
+    /// Which versions: `none` (never replicated), `failed`, or `all`.
+    pub status_filter: String,
+    /// Only versions last modified before this time (µs), if set.
+    pub older_than_us: Option<i64>,
+    /// `counting`, `running`, `paused`, `cancelled` or `done`.
+    pub state: String,
+    /// Where the scan stopped: after this key, and after this version of it.
+    pub cursor_key: Option<String>,
+    pub cursor_version: Option<(i64, String)>,
+    /// Versions and bytes in scope when the backfill started.
+    pub total_versions: u64,
+    pub total_bytes: u64,
+    pub scanned_versions: u64,
+    pub scanned_bytes: u64,
+    /// Jobs recorded for it.
+    pub enqueued_versions: u64,
+    /// Versions handled: replicated, or needing nothing.
+    pub done_versions: u64,
+    pub done_bytes: u64,
+    pub failed_versions: u64,
+    pub created_us: i64,
+    pub updated_us: i64,
+    pub finished_us: Option<i64>,
+}
+
+impl Backfill {
+    /// Fraction of the versions in scope that are handled (0..=1).
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)] // a ratio for display
+    pub fn ratio(&self) -> f64 {
+        if self.total_versions == 0 {
+            return if self.state == "counting" { 0.0 } else { 1.0 };
+        }
+        (self.done_versions as f64 / self.total_versions as f64).min(1.0)
+    }
+}
+
+/// Per (rule, destination) replication figures of a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleStats {
+    pub rule_id: String,
+    pub peer: String,
+    pub dest_bucket: String,
+    pub pending_ops: u64,
+    pub pending_bytes: u64,
+    pub failed_ops: u64,
+    /// Commit time of the oldest live (not backfill) job not yet delivered, pending or failed.
+    pub oldest_undelivered_us: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// An event worth showing operators (RPO misses and recoveries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub time_us: i64,
+    pub bucket: String,
+    pub rule_id: String,
+    /// e.g. `OperationMissedThreshold`, `OperationReplicatedAfterThreshold`.
+    pub kind: String,
+    pub detail: String,
 }
 
 /// A job about to be recorded.
@@ -227,6 +301,8 @@ pub struct NewJob<'a> {
     pub rule_id: &'a str,
     pub created_us: i64,
     pub size: u64,
+    /// The backfill this job belongs to (`None`: a live change). Backfill jobs run after live ones.
+    pub backfill_id: Option<i64>,
 }
 
 /// Records the jobs `version`'s change needs, per the bucket's rules, inside the caller's
@@ -249,7 +325,13 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
     if rules.is_empty() {
         return Ok(0);
     }
-    let now = tx.now();
+    // The job's time is the change's commit time: the version's own for new versions and
+    // markers (so "replicated up to T" compares with last-modified times), a fresh tick for
+    // changes that have none.
+    let created_us = match op {
+        JobOp::Put | JobOp::DeleteMarker => version.mtime_us,
+        JobOp::DeleteVersion | JobOp::Metadata => tx.now(),
+    };
     for rule in &rules {
         tx.insert_job(&NewJob {
             bucket: &bucket.name,
@@ -259,8 +341,9 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
             peer: &rule.destination.peer,
             dest_bucket: &rule.destination.bucket,
             rule_id: &rule.id,
-            created_us: now,
+            created_us,
             size: if op == JobOp::Put { version.size } else { 0 },
+            backfill_id: None,
         })?;
     }
     if op != JobOp::DeleteVersion && !is_replica {
@@ -275,6 +358,9 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
 /// Database errors.
 pub fn complete(tx: &mut dyn WriteTx, job: &Job) -> Result<()> {
     tx.delete_job(job.id)?;
+    if let Some(b) = job.backfill_id {
+        tx.backfill_progress(b, 1, job.size, 0)?;
+    }
     refresh_status(tx, &job.bucket, &job.key, &job.version_id)
 }
 
@@ -291,6 +377,9 @@ pub fn fail(tx: &mut dyn WriteTx, job: &Job, error: &str) -> Result<()> {
         Some(error),
         job.progress.as_deref(),
     )?;
+    if let Some(b) = job.backfill_id {
+        tx.backfill_progress(b, 0, 0, 1)?;
+    }
     refresh_status(tx, &job.bucket, &job.key, &job.version_id)
 }
 
@@ -445,4 +534,219 @@ pub trait PeerDirectory: Send + Sync {
     async fn destinations_of(&self, peer: &str, bucket: &str) -> Vec<(String, String)>;
     /// True when `name` is this region or a known peer.
     fn knows(&self, name: &str) -> bool;
+    /// True when `name` is a Ferry peer (version ids are kept there).
+    fn is_ferry(&self, name: &str) -> bool;
+    /// One page of the versions of `bucket` on `peer` under `prefix`, after the marker; and the
+    /// marker of the next page.
+    async fn list_versions(
+        &self,
+        peer: &str,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(String, String)>,
+    ) -> std::result::Result<(Vec<RemoteVersion>, Option<(String, String)>), String>;
+    /// Metadata of one version on `peer` (`version_id` `None`: the latest), `None` if absent.
+    async fn head(
+        &self,
+        peer: &str,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> std::result::Result<Option<RemoteHead>, String>;
+}
+
+/// A version as a peer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteVersion {
+    pub key: String,
+    pub version_id: String,
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub etag: String,
+    pub size: u64,
+    /// Last-modified, milliseconds since the epoch (listings have millisecond precision).
+    pub mtime_ms: i64,
+}
+
+/// What a HEAD on a peer tells.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteHead {
+    pub etag: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub user_metadata: std::collections::BTreeMap<String, String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// What one backfill step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackfillStep {
+    /// Versions were scanned (the count); call again.
+    Progress(usize),
+    /// Enough of its jobs are waiting: call again later.
+    Throttle,
+    /// Scan finished and every job delivered (or failed): the backfill is done.
+    Finished,
+    /// Not running (paused, cancelled, done, or gone).
+    Inactive,
+}
+
+/// Starts a backfill of `bucket` (state `counting`). `status_filter` is `none`, `failed` or `all`.
+///
+/// # Errors
+/// Database errors.
+pub fn start_backfill(
+    tx: &mut dyn WriteTx,
+    bucket: &str,
+    rule_id: Option<&str>,
+    prefix: &str,
+    status_filter: &str,
+    older_than_us: Option<i64>,
+) -> Result<i64> {
+    let now = tx.now();
+    tx.put_backfill(&Backfill {
+        id: 0,
+        bucket: bucket.to_owned(),
+        rule_id: rule_id.map(str::to_owned),
+        prefix: prefix.to_owned(),
+        status_filter: status_filter.to_owned(),
+        older_than_us: older_than_us.map(|d| now - d),
+        state: "counting".to_owned(),
+        cursor_key: None,
+        cursor_version: None,
+        total_versions: 0,
+        total_bytes: 0,
+        scanned_versions: 0,
+        scanned_bytes: 0,
+        enqueued_versions: 0,
+        done_versions: 0,
+        done_bytes: 0,
+        failed_versions: 0,
+        created_us: now,
+        updated_us: now,
+        finished_us: None,
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Fixes a counting backfill's totals and sets it running. `total` is (versions, bytes) under
+/// its prefix, counted by the caller outside the write transaction.
+///
+/// # Errors
+/// Database errors.
+pub fn backfill_counted(tx: &mut dyn WriteTx, id: i64, total: (u64, u64)) -> Result<()> {
+    let Some(mut b) = tx.get_backfill(id)? else { return Ok(()) };
+    if b.state != "counting" {
+        return Ok(());
+    }
+    b.total_versions = total.0;
+    b.total_bytes = total.1;
+    b.state = "running".to_owned();
+    b.updated_us = tx.now();
+    tx.put_backfill(&b).map(|_| ())
+}
+
+/// The key range a backfill scans.
+#[must_use]
+pub fn backfill_range(b: &Backfill) -> (Vec<u8>, Option<Vec<u8>>) {
+    (b.prefix.as_bytes().to_vec(), prefix_end(b.prefix.as_bytes()))
+}
+
+/// One step of a running backfill: scans up to `batch` versions after its cursor and records
+/// a job for each one its rules select and its filters keep (at backfill priority, below live
+/// changes), advancing the cursor in the same transaction: after a restart it continues where
+/// it stopped, and never records a version twice. Waits while `window` of its jobs are pending,
+/// so the backlog it creates stays bounded.
+///
+/// # Errors
+/// Database errors.
+pub fn backfill_step(tx: &mut dyn WriteTx, id: i64, batch: usize, window: u64) -> Result<BackfillStep> {
+    let Some(mut b) = tx.get_backfill(id)? else { return Ok(BackfillStep::Inactive) };
+    if b.state != "running" {
+        return Ok(BackfillStep::Inactive);
+    }
+    let pending = tx.backfill_pending(id)?;
+    if pending >= window {
+        return Ok(BackfillStep::Throttle);
+    }
+    let bucket = tx.get_bucket(&b.bucket)?;
+    let cfg = match bucket.as_ref().and_then(|bk| bk.replication.as_ref()) {
+        Some(s) => ReplicationConfig::from_stored(s)?,
+        None => ReplicationConfig::default(),
+    };
+    let (from, to) = backfill_range(&b);
+    let cursor = crate::meta::VersionCursor { after_key: b.cursor_key.clone(), after_version: b.cursor_version.clone() };
+    let entries = if bucket.is_some() { tx.scan_versions(&b.bucket, &from, &cursor, to.as_deref(), batch)? } else { Vec::new() };
+    let now = tx.now();
+    b.updated_us = now;
+    if entries.is_empty() {
+        let finished = pending == 0;
+        if finished {
+            b.state = "done".to_owned();
+            b.finished_us = Some(now);
+        }
+        tx.put_backfill(&b)?;
+        return Ok(if finished { BackfillStep::Finished } else { BackfillStep::Throttle });
+    }
+    let n = entries.len();
+    for e in entries {
+        b.scanned_versions += 1;
+        b.scanned_bytes += e.size;
+        b.cursor_key = Some(e.key.clone());
+        b.cursor_version = Some((e.mtime_us, e.version_id.clone()));
+        let Some(v) = tx.get_version(&b.bucket, &e.key, &e.version_id)? else { continue };
+        let wanted = match b.status_filter.as_str() {
+            "failed" => v.repl_status == Some(ReplStatus::Failed),
+            "all" => v.repl_status != Some(ReplStatus::Replica),
+            _ => v.repl_status.is_none(),
+        } && b.older_than_us.is_none_or(|cut| v.mtime_us < cut);
+        let op = if v.delete_marker { JobOp::DeleteMarker } else { JobOp::Put };
+        let tags: &[(String, String)] = if v.delete_marker { &[] } else { &v.attrs.tags };
+        let rules: Vec<&Rule> = if wanted {
+            cfg.select(&v.key, tags, op).into_iter().filter(|r| b.rule_id.as_deref().is_none_or(|id| id == r.id)).collect()
+        } else {
+            Vec::new()
+        };
+        if rules.is_empty() {
+            // Out of scope, or already replicated: handled.
+            b.done_versions += 1;
+            b.done_bytes += v.size;
+            continue;
+        }
+        // Progress counts jobs: a version sent to several destinations counts once per destination.
+        b.total_versions += rules.len() as u64 - 1;
+        for rule in &rules {
+            tx.insert_job(&NewJob {
+                bucket: &b.bucket,
+                key: &v.key,
+                version_id: &v.version_id,
+                op,
+                peer: &rule.destination.peer,
+                dest_bucket: &rule.destination.bucket,
+                rule_id: &rule.id,
+                created_us: v.mtime_us,
+                size: if op == JobOp::Put { v.size } else { 0 },
+                backfill_id: Some(id),
+            })?;
+            b.enqueued_versions += 1;
+        }
+        if !v.delete_marker {
+            tx.set_repl_status(&b.bucket, &v.key, &v.version_id, Some(ReplStatus::Pending))?;
+        }
+    }
+    // Versions written after the count was taken can make the scan exceed it.
+    b.total_versions = b.total_versions.max(b.scanned_versions);
+    tx.put_backfill(&b)?;
+    Ok(BackfillStep::Progress(n))
 }

@@ -23,10 +23,11 @@
 //! implement them with the same schema.
 
 pub mod sqlite;
+mod sqlite_repl;
 
 use crate::error::Result;
 use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
-use crate::replication::{Job, JobState, NewJob};
+use crate::replication::{Backfill, Event, Job, JobState, NewJob, RuleStats};
 
 /// Where a version scan starts.
 #[derive(Debug, Clone, Default)]
@@ -88,6 +89,23 @@ pub trait ReadTx {
     fn get_job(&self, id: i64) -> Result<Option<Job>>;
     /// Jobs of a source bucket, in enqueue order, after `after_id`.
     fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>>;
+    /// Replication figures of a bucket, per (rule, destination) that has jobs.
+    fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>>;
+    /// The commit clock's value at the last committed transaction: every change with a time at
+    /// or below it is visible in this snapshot, every later commit gets a larger time.
+    fn committed_clock(&self) -> Result<i64>;
+    /// Versions and bytes of a bucket with `from <= key < to`.
+    fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)>;
+    fn get_backfill(&self, id: i64) -> Result<Option<Backfill>>;
+    /// Backfills of a bucket (or of every bucket), newest first.
+    fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>>;
+    /// Pending jobs of a backfill.
+    fn backfill_pending(&self, id: i64) -> Result<u64>;
+    /// Events of a bucket after `after_id`, oldest first.
+    fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>>;
+    /// The latest `limit` events of a bucket, newest first, optionally of one rule and of kinds
+    /// starting with `kind_prefix`.
+    fn latest_events(&self, bucket: &str, rule_id: Option<&str>, kind_prefix: Option<&str>, limit: usize) -> Result<Vec<Event>>;
 }
 
 /// Write operations; all of them are part of the enclosing transaction.
@@ -140,4 +158,9 @@ pub trait WriteTx: ReadTx {
     fn retry_failed_jobs(&mut self, bucket: &str) -> Result<u64>;
     /// Drops every job of a bucket (its replication configuration was removed); returns them.
     fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>>;
+    /// Inserts (id 0) or updates a backfill; returns its id.
+    fn put_backfill(&mut self, b: &Backfill) -> Result<i64>;
+    /// Adds to a backfill's done / failed counters.
+    fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()>;
+    fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64>;
 }

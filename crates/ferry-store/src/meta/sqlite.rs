@@ -29,10 +29,11 @@ use ferry_core::time::CommitClock;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sqlite_repl as repl;
 use super::{ReadTx, VersionCursor, WriteTx};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::replication::{Job, JobOp, JobState, NewJob};
+use crate::replication::{Backfill, Event, Job, JobOp, JobState, NewJob, RuleStats};
 
 /// Most closures committed together in one transaction.
 const MAX_BATCH: usize = 256;
@@ -76,9 +77,9 @@ CREATE TABLE IF NOT EXISTS repl_jobs (
     bucket TEXT NOT NULL, key BLOB NOT NULL, version_id TEXT NOT NULL, op INTEGER NOT NULL,
     peer TEXT NOT NULL, dest_bucket TEXT NOT NULL, rule_id TEXT NOT NULL, created_us INTEGER NOT NULL,
     size INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, next_attempt_us INTEGER NOT NULL,
-    last_error TEXT, progress TEXT
+        last_error TEXT, progress TEXT, backfill_id INTEGER, priority INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS repl_jobs_peer ON repl_jobs (peer, state, id);
+CREATE INDEX IF NOT EXISTS repl_jobs_peer ON repl_jobs (peer, state, priority, id);
 CREATE INDEX IF NOT EXISTS repl_jobs_key ON repl_jobs (peer, bucket, key, state, id);
 CREATE INDEX IF NOT EXISTS repl_jobs_version ON repl_jobs (bucket, key, version_id);
 ";
@@ -134,6 +135,7 @@ impl SqliteMeta {
         drop(conn);
         let conn = open_connection(path, false)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(repl::SCHEMA)?;
         let schema: Option<String> = conn.query_row("SELECT v FROM settings WHERE k = 'schema'", [], |r| r.get(0)).optional()?;
         match schema.as_deref().map(str::parse::<i64>) {
             None => {
@@ -346,7 +348,7 @@ struct SqliteWriteTx<'a> {
     new_jobs: bool,
 }
 
-fn check_fmt(fmt: i64) -> Result<()> {
+pub(super) fn check_fmt(fmt: i64) -> Result<()> {
     if fmt > FORMAT_VERSION { Err(Error::UnknownFormat(fmt)) } else { Ok(()) }
 }
 
@@ -354,15 +356,15 @@ fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     Ok(serde_json::from_str(s)?)
 }
 
-fn key_string(bytes: Vec<u8>) -> String {
+pub(super) fn key_string(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(super) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -445,7 +447,7 @@ fn part_from_row(r: &Row<'_>) -> Result<PartRecord> {
 }
 
 const JOB_COLS: &str = "id, fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, attempts, \
-                        next_attempt_us, last_error, progress";
+                        next_attempt_us, last_error, progress, backfill_id";
 
 fn job_from_row(r: &Row<'_>) -> Result<Job> {
     check_fmt(r.get(1)?)?;
@@ -465,6 +467,7 @@ fn job_from_row(r: &Row<'_>) -> Result<Job> {
         next_attempt_us: r.get(13)?,
         last_error: r.get(14)?,
         progress: r.get(15)?,
+        backfill_id: r.get(16)?,
     })
 }
 
@@ -478,7 +481,12 @@ fn state_i64(s: JobState) -> i64 {
 const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication";
 const UPLOAD_COLS: &str = "upload_id, fmt, bucket, key, initiated_us, owner, storage_class, checksum_algorithm, attrs";
 
-fn collect<T>(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], f: fn(&Row<'_>) -> Result<T>) -> Result<Vec<T>> {
+pub(super) fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    f: fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
@@ -488,13 +496,18 @@ fn collect<T>(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], f: 
     Ok(out)
 }
 
-fn first<T>(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], f: fn(&Row<'_>) -> Result<T>) -> Result<Option<T>> {
+pub(super) fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    f: fn(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     rows.next()?.map(f).transpose()
 }
 
-fn limit_i64(limit: usize) -> i64 {
+pub(super) fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
@@ -723,8 +736,8 @@ impl ReadTx for Reads<'_> {
             &format!(
                 "SELECT {JOB_COLS} FROM repl_jobs j WHERE peer = ?1 AND state = 0 AND next_attempt_us <= ?2 \
                  AND NOT EXISTS (SELECT 1 FROM repl_jobs e WHERE e.peer = j.peer AND e.bucket = j.bucket \
-                                 AND e.key = j.key AND e.state = 0 AND e.id < j.id) \
-                 ORDER BY id LIMIT ?3"
+                                                                  AND e.key = j.key AND e.state = 0 AND e.id < j.id) \
+                 ORDER BY priority, id LIMIT ?3"
             ),
             &[&peer, &now_us, &want],
             job_from_row,
@@ -743,6 +756,38 @@ impl ReadTx for Reads<'_> {
 
     fn get_job(&self, id: i64) -> Result<Option<Job>> {
         first(self.0, &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE id = ?1"), &[&id], job_from_row)
+    }
+
+    fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>> {
+        repl::rule_stats(self.0, bucket)
+    }
+
+    fn committed_clock(&self) -> Result<i64> {
+        repl::committed_clock(self.0)
+    }
+
+    fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)> {
+        repl::count_versions(self.0, bucket, from, to)
+    }
+
+    fn get_backfill(&self, id: i64) -> Result<Option<Backfill>> {
+        repl::get_backfill(self.0, id)
+    }
+
+    fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>> {
+        repl::list_backfills(self.0, bucket)
+    }
+
+    fn backfill_pending(&self, id: i64) -> Result<u64> {
+        repl::backfill_pending(self.0, id)
+    }
+
+    fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>> {
+        repl::events(self.0, bucket, after_id, limit)
+    }
+
+    fn latest_events(&self, bucket: &str, rule_id: Option<&str>, kind_prefix: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+        repl::latest_events(self.0, bucket, rule_id, kind_prefix, limit)
     }
 
     fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
@@ -829,6 +874,36 @@ macro_rules! delegate_reads {
             }
             fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
                 read_ops(self.conn).bucket_jobs(bucket, after_id, limit)
+            }
+            fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>> {
+                read_ops(self.conn).rule_stats(bucket)
+            }
+            fn committed_clock(&self) -> Result<i64> {
+                read_ops(self.conn).committed_clock()
+            }
+            fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)> {
+                read_ops(self.conn).count_versions(bucket, from, to)
+            }
+            fn get_backfill(&self, id: i64) -> Result<Option<Backfill>> {
+                read_ops(self.conn).get_backfill(id)
+            }
+            fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>> {
+                read_ops(self.conn).list_backfills(bucket)
+            }
+            fn backfill_pending(&self, id: i64) -> Result<u64> {
+                read_ops(self.conn).backfill_pending(id)
+            }
+            fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>> {
+                read_ops(self.conn).events(bucket, after_id, limit)
+            }
+            fn latest_events(
+                &self,
+                bucket: &str,
+                rule_id: Option<&str>,
+                kind_prefix: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<Event>> {
+                read_ops(self.conn).latest_events(bucket, rule_id, kind_prefix, limit)
             }
         }
     };
@@ -1023,7 +1098,8 @@ impl WriteTx for SqliteWriteTx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
-                 attempts, next_attempt_us, last_error, progress) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL)",
+                 attempts, next_attempt_us, last_error, progress, backfill_id, priority) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL, ?11, ?12)",
             )?
             .execute(params![
                 FORMAT_VERSION,
@@ -1036,6 +1112,8 @@ impl WriteTx for SqliteWriteTx<'_> {
                 j.rule_id,
                 j.created_us,
                 to_i64(j.size),
+                j.backfill_id,
+                i64::from(j.backfill_id.is_some()),
             ])?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -1081,6 +1159,19 @@ impl WriteTx for SqliteWriteTx<'_> {
             self.new_jobs = true;
         }
         Ok(n as u64)
+    }
+
+    fn put_backfill(&mut self, b: &Backfill) -> Result<i64> {
+        repl::put_backfill(self.conn, b)
+    }
+
+    fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()> {
+        repl::backfill_progress(self.conn, id, done, bytes, failed)
+    }
+
+    fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64> {
+        let now = self.clock.last().max(ferry_core::time::now_micros());
+        repl::add_event(self.conn, now, bucket, rule_id, kind, detail)
     }
 
     fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>> {
