@@ -36,6 +36,14 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
                 s3_error!(IncompleteBody, "The request body could not be read: {other}")
             }
         },
+        other if other.is_storage_full() => {
+            tracing::error!(error = %other, "the disk is full");
+            crate::util::custom_error(
+                "StorageFull",
+                http::StatusCode::INSUFFICIENT_STORAGE,
+                "The region's disk is full; nothing was stored. Free space (or add it) and retry.",
+            )
+        }
         other => internal(other),
     }
 }

@@ -167,8 +167,7 @@ impl FerryS3 {
                 checksums: (!checksums.values.is_empty()).then(|| checksums.clone()),
             },
         };
-        self.commit_part(part).await?;
-        self.store.committed(ingested);
+        self.commit_part(part, ingested).await?;
         let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&digest.md5_hex())),
@@ -182,10 +181,11 @@ impl FerryS3 {
     }
 
     /// Records a part (replacing any earlier part with the same number).
-    async fn commit_part(&self, part: PartRecord) -> S3Result<()> {
+    /// Records an uploaded part (replacing a previous upload of the same number), its body
+    /// settled by the transaction.
+    async fn commit_part(&self, part: PartRecord, body: ferry_store::Ingested) -> S3Result<()> {
         self.store
-            .meta
-            .write(move |tx| {
+            .write_with_body(body, move |tx| {
                 if tx.get_upload(&part.upload_id)?.is_none() {
                     return Err(StoreError::NoSuchUpload);
                 }
@@ -258,8 +258,7 @@ impl FerryS3 {
                 checksums: (!checksums.values.is_empty()).then_some(checksums.clone()),
             },
         };
-        self.commit_part(part).await?;
-        self.store.committed(ingested);
+        self.commit_part(part, ingested).await?;
         let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {

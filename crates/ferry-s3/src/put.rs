@@ -313,9 +313,7 @@ impl FerryS3 {
             repl_status: replica.as_ref().map(|_| ferry_store::model::ReplStatus::Replica),
             identity: replica.map(|r| (r.version_id, r.mtime_us)),
         };
-        let record = self.store.meta.write(move |tx| put_version(tx, &bucket, new, &cond)).await.s3()?;
-        self.store.committed(ingested);
-        Ok(record)
+        self.store.write_with_body(ingested, move |tx| put_version(tx, &bucket, new, &cond)).await.s3()
     }
 
     pub(crate) async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {

@@ -270,18 +270,7 @@ pub fn url_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 
-/// The smallest byte string greater than every string starting with `prefix`; `None` when no
-/// such string exists (empty prefix or all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+pub use ferry_store::meta::prefix_end;
 
 /// An S3 error with a custom code and HTTP status.
 pub fn custom_error(code: &str, status: http::StatusCode, msg: &str) -> S3Error {

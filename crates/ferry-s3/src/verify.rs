@@ -10,16 +10,19 @@
 //! version ids differ, the current objects are compared by key. A HEAD at the destination also
 //! fails when the version's data file is gone, which verify reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_store::Store;
-use ferry_store::meta::VersionCursor;
-use ferry_store::model::{ReplStatus, VersionRecord};
+use ferry_store::meta::{VersionCursor, prefix_end};
+use ferry_store::model::{ListEntry, ReplStatus, VersionRecord};
 use ferry_store::replication::{PeerDirectory, RemoteVersion, ReplicationConfig, Rule};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+/// Versions read from the local store per query.
+const PAGE: usize = 1000;
 
 /// Lines sent before the client reads them.
 const CHANNEL: usize = 64;
@@ -76,124 +79,124 @@ async fn run(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rule_id: Op
     Ok(())
 }
 
-/// Walks the local versions of `bucket` under `prefix`, one key at a time.
-struct LocalKeys<'a> {
+/// A source of versions in S3 order (key, then newest first), one page at a time.
+trait Pages {
+    type Item;
+    fn key(item: &Self::Item) -> &str;
+    /// The next page; empty at the end.
+    async fn next_page(&mut self) -> Result<Vec<Self::Item>, String>;
+}
+
+/// Groups a [`Pages`] source by key: one key's versions at a time, so memory is one page plus
+/// one key's versions.
+struct ByKey<P: Pages> {
+    pages: P,
+    buf: VecDeque<P::Item>,
+    done: bool,
+}
+
+impl<P: Pages> ByKey<P> {
+    fn new(pages: P) -> Self {
+        Self { pages, buf: VecDeque::new(), done: false }
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.done || !self.buf.is_empty() {
+            return Ok(());
+        }
+        let page = self.pages.next_page().await?;
+        self.done = page.is_empty();
+        self.buf.extend(page);
+        Ok(())
+    }
+
+    async fn peek_key(&mut self) -> Result<Option<String>, String> {
+        self.fill().await?;
+        Ok(self.buf.front().map(|e| P::key(e).to_owned()))
+    }
+
+    /// Every version of the next key.
+    async fn next_key(&mut self) -> Result<Vec<P::Item>, String> {
+        let Some(key) = self.peek_key().await? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        loop {
+            self.fill().await?;
+            match self.buf.front() {
+                Some(e) if P::key(e) == key => out.extend(self.buf.pop_front()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+/// The local versions of `bucket` in `[from, to)`.
+struct LocalPages<'a> {
     store: &'a Store,
     bucket: String,
     from: Vec<u8>,
     to: Option<Vec<u8>>,
-    cursor: VersionCursor,
-    buf: std::collections::VecDeque<ferry_store::model::ListEntry>,
-    done: bool,
+    cursor: Option<VersionCursor>,
 }
 
-impl LocalKeys<'_> {
-    async fn fill(&mut self) -> Result<(), String> {
-        if self.done || !self.buf.is_empty() {
-            return Ok(());
-        }
-        let (b, from, to, cur) = (self.bucket.clone(), self.from.clone(), self.to.clone(), self.cursor.clone());
+impl Pages for LocalPages<'_> {
+    type Item = ListEntry;
+
+    fn key(item: &ListEntry) -> &str {
+        &item.key
+    }
+
+    async fn next_page(&mut self) -> Result<Vec<ListEntry>, String> {
+        let Some(cur) = self.cursor.clone() else { return Ok(Vec::new()) };
+        let (b, from, to) = (self.bucket.clone(), self.from.clone(), self.to.clone());
         let page = self
             .store
             .meta
-            .read(move |r| r.scan_versions(&b, &from, &cur, to.as_deref(), 1000))
+            .read(move |r| r.scan_versions(&b, &from, &cur, to.as_deref(), PAGE))
             .await
             .map_err(|e| e.to_string())?;
-        if page.len() < 1000 {
-            self.done = true;
-        }
-        if let Some(last) = page.last() {
-            self.cursor = VersionCursor {
+        self.cursor = match page.last() {
+            Some(last) if page.len() == PAGE => Some(VersionCursor {
                 after_key: Some(last.key.clone()),
                 after_version: Some((last.mtime_us, last.version_id.clone())),
-            };
-        }
-        self.buf.extend(page);
-        Ok(())
-    }
-
-    async fn peek_key(&mut self) -> Result<Option<String>, String> {
-        self.fill().await?;
-        Ok(self.buf.front().map(|e| e.key.clone()))
-    }
-
-    /// Every version of the next key.
-    async fn next_key(&mut self) -> Result<Vec<ferry_store::model::ListEntry>, String> {
-        let Some(key) = self.peek_key().await? else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        loop {
-            self.fill().await?;
-            match self.buf.front() {
-                Some(e) if e.key == key => {
-                    if let Some(e) = self.buf.pop_front() {
-                        out.push(e);
-                    }
-                }
-                _ => return Ok(out),
-            }
-        }
+            }),
+            _ => None,
+        };
+        Ok(page)
     }
 }
 
-/// Walks a peer's versions under `prefix`, one key at a time.
-struct RemoteKeys<'a> {
+/// A peer's versions of `bucket` under `prefix`.
+struct RemotePages<'a> {
     peers: &'a dyn PeerDirectory,
     peer: String,
     bucket: String,
     prefix: String,
-    next: Option<(String, String)>,
-    buf: std::collections::VecDeque<RemoteVersion>,
-    done: bool,
+    /// The marker of the next page; `None` once the last page was read.
+    next: Option<Option<(String, String)>>,
 }
 
-impl RemoteKeys<'_> {
-    async fn fill(&mut self) -> Result<(), String> {
-        if self.done || !self.buf.is_empty() {
-            return Ok(());
-        }
-        let (page, next) = self.peers.list_versions(&self.peer, &self.bucket, &self.prefix, self.next.clone()).await?;
-        // Versions and delete markers come in two lists: put them back in S3 order.
-        let mut page = page;
-        page.sort_by(|a, b| {
-            a.key.as_bytes().cmp(b.key.as_bytes()).then(b.mtime_ms.cmp(&a.mtime_ms)).then(b.version_id.cmp(&a.version_id))
-        });
-        self.done = next.is_none();
-        self.next = next;
-        self.buf.extend(page);
-        Ok(())
+impl Pages for RemotePages<'_> {
+    type Item = RemoteVersion;
+
+    fn key(item: &RemoteVersion) -> &str {
+        &item.key
     }
 
-    async fn peek_key(&mut self) -> Result<Option<String>, String> {
-        self.fill().await?;
-        Ok(self.buf.front().map(|e| e.key.clone()))
-    }
-
-    async fn next_key(&mut self) -> Result<Vec<RemoteVersion>, String> {
-        let Some(key) = self.peek_key().await? else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        loop {
-            self.fill().await?;
-            match self.buf.front() {
-                Some(e) if e.key == key => {
-                    if let Some(e) = self.buf.pop_front() {
-                        out.push(e);
-                    }
-                }
-                _ => return Ok(out),
+    async fn next_page(&mut self) -> Result<Vec<RemoteVersion>, String> {
+        // An empty page that is not the last one (possible in S3) must not end the walk.
+        while let Some(marker) = self.next.take() {
+            let (mut page, next) = self.peers.list_versions(&self.peer, &self.bucket, &self.prefix, marker).await?;
+            self.next = next.map(Some);
+            if !page.is_empty() {
+                // Versions and delete markers come in two lists: put them back in S3 order.
+                page.sort_by(|a, b| {
+                    a.key.as_bytes().cmp(b.key.as_bytes()).then(b.mtime_ms.cmp(&a.mtime_ms)).then(b.version_id.cmp(&a.version_id))
+                });
+                return Ok(page);
             }
         }
+        Ok(Vec::new())
     }
-}
-
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 #[derive(Default)]
@@ -208,24 +211,15 @@ async fn verify_rule(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rul
     let (peer, dest) = (rule.destination.peer.clone(), rule.destination.bucket.clone());
     let ferry = peers.is_ferry(&peer);
     let prefix = rule.filter.prefix.clone();
-    let mut local = LocalKeys {
+    let mut local = ByKey::new(LocalPages {
         store,
         bucket: bucket.to_owned(),
         from: prefix.as_bytes().to_vec(),
         to: prefix_end(prefix.as_bytes()),
-        cursor: VersionCursor::default(),
-        buf: std::collections::VecDeque::new(),
-        done: false,
-    };
-    let mut remote = RemoteKeys {
-        peers,
-        peer: peer.clone(),
-        bucket: dest.clone(),
-        prefix: prefix.clone(),
-        next: None,
-        buf: std::collections::VecDeque::new(),
-        done: false,
-    };
+        cursor: Some(VersionCursor::default()),
+    });
+    let mut remote =
+        ByKey::new(RemotePages { peers, peer: peer.clone(), bucket: dest.clone(), prefix: prefix.clone(), next: Some(None) });
     let mut c = Counts::default();
     let label = json!({"rule": rule.id, "destination": format!("{peer}/{dest}")});
     loop {

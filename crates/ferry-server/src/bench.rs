@@ -1,8 +1,12 @@
 //! `ferry bench`: S3 load against any endpoint, with latency percentiles.
 //!
-//! Modes: `put` writes objects of `--size` bytes; `get` first writes `--objects` objects, then
-//! reads them at random. `--concurrency` requests are kept in flight; the run lasts `--duration`
-//! (or `--count` requests). Reports ops/s, MiB/s and latency p50/p90/p99/max, as text or JSON.
+//! Data-path modes (like MinIO's warp): `put` writes new objects; `get`, `stat` (HEAD), `delete`
+//! and `list` first write `--objects` objects, then read, HEAD, delete or list them; `mixed`
+//! runs warp's mix on them (45% GET, 30% HEAD, 15% PUT, 10% DELETE of what it put).
+//! `--size` is one size (`4KiB`) or a range (`4KiB-4MiB`: log-uniform, so every order of
+//! magnitude is equally common). `--concurrency` requests are kept in flight; the run lasts
+//! `--duration` (or `--count` requests). Reports ops/s, MiB/s, errors and latency
+//! p50/p90/p99/max, overall and per operation, as text or JSON.
 //!
 //! `replication` writes `--count` objects to the source at `--rate` PUT/s and measures, for each,
 //! the time from the PUT's response at the source to the first successful HEAD of the same
@@ -32,6 +36,14 @@ pub enum Mode {
     Put,
     /// GET existing objects (written first).
     Get,
+    /// HEAD existing objects (written first).
+    Stat,
+    /// DELETE existing objects (written first), each once.
+    Delete,
+    /// List the bucket (objects written first), 1,000 keys a page.
+    List,
+    /// 45% GET, 30% HEAD, 15% PUT, 10% DELETE.
+    Mixed,
     /// Replication lag from a source to a destination endpoint.
     Replication,
     /// Historical migration (backfill) throughput from a source to a destination endpoint.
@@ -44,7 +56,7 @@ pub struct BenchOptions {
     pub endpoint: Endpoint,
     pub bucket: String,
     pub mode: Mode,
-    pub size: u64,
+    pub size: Sizes,
     pub concurrency: usize,
     pub duration: Duration,
     pub count: Option<u64>,
@@ -60,7 +72,7 @@ pub struct BenchOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub mode: Mode,
-    pub size_bytes: u64,
+    pub size: Sizes,
     pub concurrency: usize,
     pub ops: u64,
     pub errors: u64,
@@ -68,6 +80,9 @@ pub struct BenchReport {
     pub ops_per_sec: f64,
     pub mib_per_sec: f64,
     pub latency_ms: Latency,
+    /// Per operation (mixed mode: each of its operations).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_op: Vec<OpReport>,
     /// Replication mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationLag>,
@@ -83,6 +98,65 @@ pub struct BackfillRun {
     pub bytes: u64,
     /// Seconds to write the objects first.
     pub load_seconds: f64,
+}
+
+/// One operation's share of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    pub op: &'static str,
+    pub ops: u64,
+    pub errors: u64,
+    pub ops_per_sec: f64,
+    pub latency_ms: Latency,
+}
+
+/// Object sizes: one size, or a log-uniform range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sizes {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Sizes {
+    /// A size drawn from the range (log-uniform).
+    fn pick(&self, rng: &mut impl rand::Rng) -> u64 {
+        if self.min >= self.max {
+            return self.max;
+        }
+        #[allow(clippy::cast_precision_loss)] // sizes are far below 2^52
+        let (lo, hi) = ((self.min.max(1) as f64).ln(), (self.max as f64).ln());
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // within [min, max]
+        let v = rng.random_range(lo..=hi).exp().round() as u64;
+        v.clamp(self.min, self.max)
+    }
+
+    /// A body of every size up to the largest (sliced per request, never copied).
+    fn buffer(&self) -> bytes::Bytes {
+        bytes::Bytes::from((0..self.max).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+    }
+}
+
+impl std::fmt::Display for Sizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max { write!(f, "{} B", self.max) } else { write!(f, "{}-{} B", self.min, self.max) }
+    }
+}
+
+/// Parses `4KiB` or `4KiB-4MiB`.
+///
+/// # Errors
+/// On anything else, or a range whose end is below its start.
+pub fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    match s.split_once('-') {
+        None => parse_size(s).map(|n| Sizes { min: n, max: n }),
+        Some((a, b)) => {
+            let (min, max) = (parse_size(a)?, parse_size(b)?);
+            if min > max {
+                return Err(format!("`{s}`: the range ends below its start"));
+            }
+            Ok(Sizes { min, max })
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -110,28 +184,25 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     if opts.mode == Mode::Backfill {
         return backfill(&client, &opts).await;
     }
-    match client.create_bucket().bucket(&opts.bucket).send().await {
-        Ok(_) => {}
-        Err(e) => {
-            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).unwrap_or_default().to_owned();
-            if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
-                return Err(anyhow::anyhow!("cannot create bucket {}: {e:?}", opts.bucket));
-            }
-        }
+    ensure_bucket(&client, &opts.bucket, false).await?;
+    let body = opts.size.buffer();
+    if opts.mode != Mode::Put {
+        let pre = Options { count: Some(opts.objects), duration: Duration::from_secs(24 * 3600), ..Options::from(&opts) };
+        let loaded = drive(&client, &pre, Mode::Put, body.clone()).await?;
+        anyhow::ensure!(loaded.errors == 0, "{} PUTs failed while writing the objects to read", loaded.errors);
     }
-    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    if opts.mode == Mode::Get {
-        let pre = Options { count: Some(opts.objects), duration: Duration::from_secs(3600), ..Options::from(&opts) };
-        drive(&client, &pre, Mode::Put, body.clone()).await?;
+    let mut o = Options::from(&opts);
+    if opts.mode == Mode::Delete {
+        // Each object is deleted once.
+        o.count = Some(o.count.unwrap_or(opts.objects).min(opts.objects));
     }
-    let o = Options::from(&opts);
     drive(&client, &o, opts.mode, body).await
 }
 
 #[derive(Clone)]
 struct Options {
     bucket: String,
-    size: u64,
+    size: Sizes,
     concurrency: usize,
     duration: Duration,
     count: Option<u64>,
@@ -151,69 +222,181 @@ impl From<&BenchOptions> for Options {
     }
 }
 
+/// Operations of a data-path run, in the order of [`OpReport`]s.
+const OPS: [&str; 5] = ["PUT", "GET", "HEAD", "DELETE", "LIST"];
+
+/// Per-task tallies: a histogram, error count and bytes per operation.
+struct Tally {
+    hist: Vec<Histogram<u64>>,
+    errors: [u64; 5],
+    bytes: u64,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self { hist: (0..OPS.len()).map(|_| histogram()).collect::<anyhow::Result<_>>()?, errors: [0; 5], bytes: 0 })
+    }
+
+    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        for (a, b) in self.hist.iter_mut().zip(other.hist) {
+            a.add(b).context("merge histograms")?;
+        }
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+        self.bytes += other.bytes;
+        Ok(())
+    }
+}
+
+/// Keys the mixed mode put and has not deleted yet: (next to put, next to delete).
+type MixedKeys = std::sync::Arc<std::sync::Mutex<(u64, u64)>>;
+
+/// One request of `mode`; the operation's index in [`OPS`], success, and body bytes moved.
+async fn one_op(
+    client: &aws_sdk_s3::Client,
+    o: &Options,
+    mode: Mode,
+    n: u64,
+    body: &bytes::Bytes,
+    mixed: &MixedKeys,
+) -> (usize, bool, u64) {
+    // ThreadRng is not Send: draw everything before the first await.
+    let (existing, roll, size) = {
+        let mut rng = rand::rng();
+        (
+            format!("bench/{}", rng.random_range(0..o.objects.max(1))),
+            rng.random_range(0..100),
+            o.size.pick(&mut rng),
+        )
+    };
+    let op = match mode {
+        Mode::Mixed => match roll {
+            0..45 => 1,
+            45..75 => 2,
+            75..90 => 0,
+            _ => 3,
+        },
+        Mode::Put => 0,
+        Mode::Get => 1,
+        Mode::Stat => 2,
+        Mode::Delete => 3,
+        Mode::List | Mode::Replication | Mode::Backfill => 4,
+    };
+    let bucket = o.bucket.as_str();
+    match (op, mode) {
+        (0, _) => {
+            let key = if mode == Mode::Mixed {
+                let mut m = mixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                m.0 += 1;
+                format!("mixed/{}", m.0)
+            } else {
+                format!("bench/{n}")
+            };
+            let body = body.slice(0..usize::try_from(size).unwrap_or(usize::MAX).min(body.len()));
+            let ok = client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await.is_ok();
+            (0, ok, if ok { size } else { 0 })
+        }
+        (1, _) => match client.get_object().bucket(bucket).key(existing).send().await {
+            Ok(out) => match out.body.collect().await {
+                Ok(b) => (1, true, b.into_bytes().len() as u64),
+                Err(_) => (1, false, 0),
+            },
+            Err(_) => (1, false, 0),
+        },
+        (2, _) => (2, client.head_object().bucket(bucket).key(existing).send().await.is_ok(), 0),
+        (3, Mode::Mixed) => {
+            // Deletes what the mix put, never the objects the reads need.
+            let key = {
+                let mut m = mixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if m.1 >= m.0 {
+                    None
+                } else {
+                    m.1 += 1;
+                    Some(format!("mixed/{}", m.1))
+                }
+            };
+            match key {
+                Some(k) => (3, client.delete_object().bucket(bucket).key(k).send().await.is_ok(), 0),
+                None => (2, client.head_object().bucket(bucket).key(existing).send().await.is_ok(), 0),
+            }
+        }
+        (3, _) => (3, client.delete_object().bucket(bucket).key(format!("bench/{n}")).send().await.is_ok(), 0),
+        _ => (
+            4,
+            client.list_objects_v2().bucket(bucket).prefix("bench/").max_keys(1000).send().await.is_ok(),
+            0,
+        ),
+    }
+}
+
 async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes::Bytes) -> anyhow::Result<BenchReport> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mixed: MixedKeys = std::sync::Arc::default();
     let start = Instant::now();
     let deadline = start + o.duration;
     let mut tasks = Vec::new();
     for _ in 0..o.concurrency.max(1) {
-        let (client, o, body, next) = (client.clone(), o.clone(), body.clone(), next.clone());
+        let (client, o, body, next, mixed) = (client.clone(), o.clone(), body.clone(), next.clone(), mixed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut hist = histogram()?;
-            let mut errors = 0u64;
+            let mut t = Tally::new()?;
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if o.count.is_some_and(|c| n >= c) || Instant::now() >= deadline {
                     break;
                 }
-                let t = Instant::now();
-                let ok = match mode {
-                    Mode::Put => {
-                        let key = format!("bench/{n}");
-                        client.put_object().bucket(&o.bucket).key(key).body(ByteStream::from(body.clone())).send().await.is_ok()
-                    }
-                    Mode::Get => {
-                        let key = format!("bench/{}", rand::rng().random_range(0..o.objects.max(1)));
-                        match client.get_object().bucket(&o.bucket).key(key).send().await {
-                            Ok(out) => out.body.collect().await.is_ok(),
-                            Err(_) => false,
-                        }
-                    }
-                    // Handled by `replication` and `backfill`, never driven here.
-                    Mode::Replication | Mode::Backfill => false,
-                };
+                let started = Instant::now();
+                let (op, ok, bytes) = one_op(&client, &o, mode, n, &body, &mixed).await;
                 if ok {
-                    hist.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    t.hist[op].saturating_record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    t.bytes += bytes;
                 } else {
-                    errors += 1;
+                    t.errors[op] += 1;
                 }
             }
-            anyhow::Ok((hist, errors))
+            anyhow::Ok(t)
         }));
     }
-    let mut hist = histogram()?;
-    let mut errors = 0;
+    let mut all = Tally::new()?;
     for t in tasks {
-        let (h, e) = t.await??;
-        hist.add(h).context("merge histograms")?;
-        errors += e;
+        all.merge(t.await??)?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let ops = hist.len();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let mut total = histogram()?;
+    let mut by_op = Vec::new();
+    for (i, h) in all.hist.iter().enumerate() {
+        if h.is_empty() && all.errors[i] == 0 {
+            continue;
+        }
+        total.add(h).context("merge histograms")?;
+        by_op.push(OpReport {
+            op: OPS[i],
+            ops: h.len(),
+            errors: all.errors[i],
+            ops_per_sec: h.len() as f64 / seconds,
+            latency_ms: latency(h),
+        });
+    }
+    let ops = total.len();
     Ok(BenchReport {
         mode,
-        size_bytes: o.size,
+        size: o.size,
         concurrency: o.concurrency,
         ops,
-        errors,
+        errors: all.errors.iter().sum(),
         seconds,
         ops_per_sec: ops as f64 / seconds,
-        mib_per_sec: (ops * o.size) as f64 / seconds / (1024.0 * 1024.0),
-        latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: hist.max() as f64 / 1000.0 },
+        mib_per_sec: all.bytes as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: latency(&total),
+        by_op,
         replication: None,
         backfill: None,
     })
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 }
 }
 
 async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str, versioned: bool) -> anyhow::Result<()> {
@@ -239,30 +422,42 @@ async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str, versioned: boo
     Ok(())
 }
 
-async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+/// One rule replicating all of `bucket`, delete markers included, to `dest_bucket`; with
+/// `existing`, also the objects already there (a backfill starts).
+async fn put_rule(src: &aws_sdk_s3::Client, bucket: &str, dest_bucket: &str, existing: bool) -> anyhow::Result<()> {
     use aws_sdk_s3::types::*;
+    let mut rule = ReplicationRule::builder()
+        .id("bench")
+        .priority(1)
+        .status(ReplicationRuleStatus::Enabled)
+        .filter(ReplicationRuleFilter::builder().prefix("").build())
+        .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build())
+        .destination(Destination::builder().bucket(format!("arn:aws:s3:::{dest_bucket}")).build()?);
+    if existing {
+        rule = rule.existing_object_replication(
+            ExistingObjectReplication::builder().status(ExistingObjectReplicationStatus::Enabled).build()?,
+        );
+    }
+    src.put_bucket_replication()
+        .bucket(bucket)
+        .replication_configuration(ReplicationConfiguration::builder().role("bench").rules(rule.build()?).build()?)
+        .send()
+        .await
+        .context("configuring replication")?;
+    Ok(())
+}
+
+async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode replication needs --dest-endpoint")?;
     let dst = s3_client(&dest_ep);
     if opts.setup {
         ensure_bucket(src, &opts.bucket, true).await?;
         ensure_bucket(&dst, &dest_bucket, true).await?;
-        let rule = ReplicationRule::builder()
-            .id("bench")
-            .priority(1)
-            .status(ReplicationRuleStatus::Enabled)
-            .filter(ReplicationRuleFilter::builder().prefix("").build())
-            .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build())
-            .destination(Destination::builder().bucket(format!("arn:aws:s3:::{dest_bucket}")).build()?)
-            .build()?;
-        src.put_bucket_replication()
-            .bucket(&opts.bucket)
-            .replication_configuration(ReplicationConfiguration::builder().role("bench").rules(rule).build()?)
-            .send()
-            .await
-            .context("configuring replication")?;
+        put_rule(src, &opts.bucket, &dest_bucket, false).await?;
     }
     let count = opts.count.unwrap_or(1000);
-    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let buffer = opts.size.buffer();
+    let mut sent_bytes = 0u64;
     let run_id = format!("{:x}", rand::random::<u32>());
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let start = Instant::now();
@@ -275,7 +470,10 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<u64>>();
     for n in 0..count {
         tick.tick().await;
-        let (src, dst, body, tx) = (src.clone(), dst.clone(), body.clone(), tx.clone());
+        let size = opts.size.pick(&mut rand::rng());
+        sent_bytes += size;
+        let body = buffer.slice(0..usize::try_from(size).unwrap_or(usize::MAX).min(buffer.len()));
+        let (src, dst, tx) = (src.clone(), dst.clone(), tx.clone());
         let (bucket, dest_bucket, key) = (opts.bucket.clone(), dest_bucket.clone(), format!("lag/{run_id}/{n:06}"));
         // Each PUT runs in its own task so a slow one does not hold back the rate.
         watchers.spawn(async move {
@@ -325,19 +523,15 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(BenchReport {
         mode: Mode::Replication,
-        size_bytes: opts.size,
+        size: opts.size,
         concurrency: 0,
         ops: lag.len(),
         errors,
         seconds,
         ops_per_sec: put_hist.len() as f64 / seconds,
-        mib_per_sec: (lag.len() * opts.size) as f64 / seconds / (1024.0 * 1024.0),
-        latency_ms: Latency {
-            p50: ms(&put_hist, 0.5),
-            p90: ms(&put_hist, 0.9),
-            p99: ms(&put_hist, 0.99),
-            max: put_hist.max() as f64 / 1000.0,
-        },
+        mib_per_sec: sent_bytes as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: latency(&put_hist),
+        by_op: Vec::new(),
         replication: Some(ReplicationLag {
             lag_ms: Latency { p50: ms(&lag, 0.5), p90: ms(&lag, 0.9), p99: ms(&lag, 0.99), max: lag.max() as f64 / 1000.0 },
             catch_up_ms: last_seen.saturating_duration_since(last_ack).as_secs_f64() * 1000.0,
@@ -348,7 +542,6 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
 }
 
 async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    use aws_sdk_s3::types::*;
     let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode backfill needs --dest-endpoint")?;
     let dst = s3_client(&dest_ep);
     // A fresh source bucket: the backfill then covers exactly the objects written here.
@@ -357,30 +550,14 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
     }
     ensure_bucket(src, &opts.bucket, true).await?;
     ensure_bucket(&dst, &dest_bucket, true).await?;
-    let body = bytes::Bytes::from((0..opts.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let body = opts.size.buffer();
     let load = Options { count: Some(opts.objects), duration: Duration::from_secs(24 * 3600), ..Options::from(opts) };
-    eprintln!("writing {} objects of {} B...", opts.objects, opts.size);
+    eprintln!("writing {} objects of {}...", opts.objects, opts.size);
     let loaded = drive(src, &load, Mode::Put, body).await?;
     if loaded.errors > 0 {
         anyhow::bail!("{} PUTs failed while loading", loaded.errors);
     }
-    let rule = ReplicationRule::builder()
-        .id("bench-backfill")
-        .priority(1)
-        .status(ReplicationRuleStatus::Enabled)
-        .filter(ReplicationRuleFilter::builder().prefix("").build())
-        .delete_marker_replication(DeleteMarkerReplication::builder().status(DeleteMarkerReplicationStatus::Enabled).build())
-        .existing_object_replication(
-            ExistingObjectReplication::builder().status(ExistingObjectReplicationStatus::Enabled).build()?,
-        )
-        .destination(Destination::builder().bucket(format!("arn:aws:s3:::{dest_bucket}")).build()?)
-        .build()?;
-    src.put_bucket_replication()
-        .bucket(&opts.bucket)
-        .replication_configuration(ReplicationConfiguration::builder().role("bench").rules(rule).build()?)
-        .send()
-        .await
-        .context("configuring replication")?;
+    put_rule(src, &opts.bucket, &dest_bucket, true).await?;
     let admin = crate::admin_client::AdminClient::new(opts.endpoint.clone(), None)?;
     let bar = indicatif::ProgressBar::new(opts.objects);
     bar.set_style(
@@ -414,7 +591,7 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
     let seconds = (us as f64 / 1e6).max(1e-6);
     Ok(BenchReport {
         mode: Mode::Backfill,
-        size_bytes: opts.size,
+        size: opts.size,
         concurrency: opts.concurrency,
         ops: versions,
         errors: b["failed_versions"].as_u64().unwrap_or(0),
@@ -422,6 +599,7 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
         ops_per_sec: versions as f64 / seconds,
         mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
         latency_ms: loaded.latency_ms,
+        by_op: Vec::new(),
         replication: None,
         backfill: Some(BackfillRun { versions, bytes, load_seconds: loaded.seconds }),
     })
@@ -461,8 +639,8 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:?} {} B x {} in flight: {} ops in {:.1} s, {} errors",
-            self.mode, self.size_bytes, self.concurrency, self.ops, self.seconds, self.errors
+            "{:?} {} x {} in flight: {} ops in {:.1} s, {} errors",
+            self.mode, self.size, self.concurrency, self.ops, self.seconds, self.errors
         )?;
         writeln!(f, "  {:.0} ops/s, {:.1} MiB/s", self.ops_per_sec, self.mib_per_sec)?;
         write!(
@@ -470,6 +648,15 @@ impl std::fmt::Display for BenchReport {
             "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
             self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
         )?;
+        if self.by_op.len() > 1 {
+            for o in &self.by_op {
+                write!(
+                    f,
+                    "\n  {:<6} {:>8} ops {:>9.0} ops/s  p50 {:.2}  p99 {:.2} ms  {} errors",
+                    o.op, o.ops, o.ops_per_sec, o.latency_ms.p50, o.latency_ms.p99, o.errors
+                )?;
+            }
+        }
         if let Some(b) = &self.backfill {
             write!(
                 f,
@@ -503,5 +690,15 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("big").is_err());
+        assert_eq!(parse_sizes("4KiB"), Ok(Sizes { min: 4096, max: 4096 }));
+        assert_eq!(parse_sizes("4KiB-4MiB"), Ok(Sizes { min: 4096, max: 4 << 20 }));
+        assert!(parse_sizes("4MiB-4KiB").is_err());
+        let r = Sizes { min: 4096, max: 4 << 20 };
+        let mut rng = rand::rng();
+        let picks: Vec<u64> = (0..2000).map(|_| r.pick(&mut rng)).collect();
+        assert!(picks.iter().all(|p| (4096..=4 << 20).contains(p)));
+        // Log-uniform: about a third below 64 KiB (the range spans 2^12..2^22).
+        let small = picks.iter().filter(|p| **p < 64 << 10).count();
+        assert!((400..1000).contains(&small), "{small} of 2000 below 64 KiB");
     }
 }

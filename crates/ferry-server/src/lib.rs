@@ -10,5 +10,6 @@ pub mod bench;
 pub mod cli_replication;
 pub mod client;
 pub mod credentials;
+pub mod netem_cli;
 pub mod server;
 pub mod tls;

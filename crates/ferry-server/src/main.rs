@@ -46,6 +46,18 @@ enum Command {
     /// Credentials come from --access-key/--secret-key or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Emulate a wide-area link on one machine: a TCP proxy with delay, jitter, a bandwidth cap,
+    /// stalls and partitions, changeable at run time through --control.
+    ///
+    /// Put it between two regions by pointing a [[peer]] endpoint at its --listen address.
+    /// Example, a 50 ms round trip capped at 100 MiB/s in front of the region on :9100:
+    ///   ferry netem --listen 127.0.0.1:9200 --upstream 127.0.0.1:9100 --delay 25ms --rate 100MiB --control 127.0.0.1:9201
+    ///   curl -X POST '127.0.0.1:9201/partition?mode=blackhole'     # or reset, 503; none heals
+    ///   curl -X POST '127.0.0.1:9201/stall?for=5s'
+    ///   curl -X POST '127.0.0.1:9201/link?delay=100ms&rate=none'
+    ///   curl 127.0.0.1:9201/                                       # spec, partition, byte counts
+    #[command(verbatim_doc_comment)]
+    Netem(ferry_server::netem_cli::NetemArgs),
     /// Inspect and drive replication of a bucket on a running region.
     #[command(subcommand)]
     Replication(ferry_server::cli_replication::ReplicationCommand),
@@ -71,9 +83,9 @@ struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value = "put")]
     mode: ferry_server::bench::Mode,
-    /// Object size (4096, 4KiB, 64MiB...).
-    #[arg(long, default_value = "4KiB", value_parser = ferry_server::bench::parse_size)]
-    size: u64,
+    /// Object size (4096, 4KiB, 64MiB...), or a range drawn log-uniformly (4KiB-4MiB).
+    #[arg(long, default_value = "4KiB", value_parser = ferry_server::bench::parse_sizes)]
+    size: ferry_server::bench::Sizes,
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -83,7 +95,7 @@ struct BenchArgs {
     /// Stop after this many requests instead.
     #[arg(long)]
     count: Option<u64>,
-    /// Objects written before a GET run (and read at random), or before a backfill run.
+    /// Objects written first for get, stat, delete, list, mixed and backfill runs.
     #[arg(long, default_value_t = 1000)]
     objects: u64,
     /// Replication mode: endpoint of the destination region.
@@ -148,6 +160,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Replication(cmd) => ferry_server::cli_replication::run(cmd).await,
+            Command::Netem(args) => ferry_server::netem_cli::run(args, wait_for_signal()).await,
         }
     });
     match result {

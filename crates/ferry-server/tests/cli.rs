@@ -154,3 +154,111 @@ async fn two_regions_from_one_config_are_independent() {
     assert!(dir.path().join("data/us/meta.db").exists() && dir.path().join("data/eu/meta.db").exists());
     assert_eq!(p.terminate().code(), Some(0));
 }
+
+/// `ferry netem` in front of a region: S3 traffic goes through it, the control listener cuts
+/// and heals the link and reports byte counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netem_proxies_a_region_and_obeys_its_control_listener() {
+    let region = TestServer::start().await;
+    let upstream = region.endpoint().trim_start_matches("http://").to_owned();
+    let p = FerryProcess::spawn(
+        &["netem", "--upstream", &upstream, "--delay", "20ms", "--jitter", "1ms", "--rate", "50MiB", "--control", "127.0.0.1:0"],
+        &[],
+        0,
+    );
+    // Both addresses are printed at start.
+    let find = |prefix: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let lines = p.stderr.lock().unwrap().clone();
+            if let Some(rest) = lines.iter().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "no `{prefix}` line: {lines:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let listen = find("ferry netem: ");
+    let control: std::net::SocketAddr = find("ferry netem: control on http://").parse().unwrap();
+    let c = client_for(&format!("http://{listen}"), MAIN_AK, MAIN_SK, "us-east-1", Mode::WhenRequired);
+    let t = std::time::Instant::now();
+    create_bucket(&c, "through-netem").await;
+    put(&c, "through-netem", "k", b"over the emulated WAN").await;
+    assert_eq!(get_bytes(&c, "through-netem", "k").await, b"over the emulated WAN");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(40),
+        "at least one delayed round trip: {:?}",
+        t.elapsed()
+    );
+    let post = |path: &str| {
+        let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        async move { raw_http(control, req.as_bytes()).await }
+    };
+    let r = post("/partition?mode=reset").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"partition\":\"reset\""), "{}", r.body);
+    assert!(c.head_bucket().bucket("through-netem").send().await.is_err(), "the link is cut");
+    let r = post("/partition?mode=none").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(c.head_bucket().bucket("through-netem").send().await.is_ok(), "healed");
+    let r = post("/link?delay=0ms&rate=none").await;
+    assert!(r.body.contains("\"rate_bytes_per_sec\":null"), "{}", r.body);
+    assert_eq!(post("/partition?mode=sideways").await.status, 400);
+    assert_eq!(post("/link?colour=blue").await.status, 400);
+    let r = raw_http(control, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let v: serde_json::Value = serde_json::from_str(r.body.trim()).unwrap();
+    assert!(
+        v["stats"]["bytes_up"].as_u64().unwrap() > 0 && v["stats"]["bytes_down"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(p.terminate().code(), Some(0));
+}
+
+/// Every data-path mode of `ferry bench` runs against a real region and reports sensible JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_modes_report_json() {
+    let region = TestServer::start().await;
+    let endpoint = region.endpoint();
+    for mode in ["put", "get", "stat", "delete", "list", "mixed"] {
+        let bucket = format!("bench-{mode}");
+        let args = [
+            "bench",
+            "--endpoint",
+            &endpoint,
+            "--access-key",
+            MAIN_AK,
+            "--secret-key",
+            MAIN_SK,
+            "--bucket",
+            &bucket,
+            "--mode",
+            mode,
+            "--size",
+            "1KiB-64KiB",
+            "--concurrency",
+            "4",
+            "--objects",
+            "40",
+            "--count",
+            "60",
+            "--json",
+        ];
+        let (code, out) = run_ferry_async(&args).await;
+        assert_eq!(code, 0, "{mode}: {out}");
+        let start = out.find('{').unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("{mode}: {e}: {out}"));
+        assert_eq!(v["mode"], mode, "{v}");
+        assert_eq!(v["errors"], 0, "{mode}: {v}");
+        assert_eq!(v["size"]["min"], 1024);
+        assert_eq!(v["size"]["max"], 65536);
+        // delete: each of the 40 objects once; the others: the 60 requests asked for.
+        assert_eq!(v["ops"], if mode == "delete" { 40 } else { 60 }, "{mode}: {v}");
+        if mode == "mixed" {
+            let ops: Vec<&str> = v["by_op"].as_array().unwrap().iter().map(|o| o["op"].as_str().unwrap()).collect();
+            assert!(ops.contains(&"GET") && ops.contains(&"HEAD"), "{v}");
+        }
+    }
+    let c = region.client();
+    let listed = c.list_objects_v2().bucket("bench-delete").send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(0), "delete mode deleted every object it wrote");
+}

@@ -12,6 +12,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCa
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns};
 use ferry_core::config::RegionConfig;
+pub use ferry_netem::{LinkSpec, Netem, Partition};
 use ferry_server::server::{Server, ServerOptions};
 
 pub const MAIN_AK: &str = "AKIAMAINTESTKEY";
@@ -162,6 +163,19 @@ pub async fn create_versioned_bucket(c: &Client, name: &str) {
         .send()
         .await
         .expect("enable versioning");
+}
+
+/// Versioned `sb` (at `src`) and `db` (at `dst`), and one rule replicating everything of `sb`,
+/// delete markers included, to `db`.
+pub async fn replicated_pair(src: &Client, sb: &str, dst: &Client, db: &str) {
+    create_versioned_bucket(src, sb).await;
+    create_versioned_bucket(dst, db).await;
+    src.put_bucket_replication()
+        .bucket(sb)
+        .replication_configuration(simple_rules(&[&format!("arn:aws:s3:::{db}")]))
+        .send()
+        .await
+        .expect("put replication");
 }
 
 pub async fn put(c: &Client, bucket: &str, key: &str, body: &[u8]) -> aws_sdk_s3::operation::put_object::PutObjectOutput {
@@ -661,84 +675,20 @@ pub fn client_with_ca(endpoint: &str, region: &str, ca_pem: &[u8]) -> Client {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released: a small race, fine for tests).
+/// A port for a process a test starts (and may restart) on a fixed address. Taken below the
+/// kernel's ephemeral range (32768+ by default), so no listener bound to port 0 and no outgoing
+/// connection can take it between the choice and the (re)start; never the same twice in one
+/// test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A TCP proxy for tests: forwards 127.0.0.1:PORT to `upstream`, counting the bytes sent
-/// upstream, optionally capping the rate.
-pub struct Proxy {
-    pub port: u16,
-    pub upstream_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr, bytes_per_sec: Option<u64>) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let c2 = counter.clone();
-        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let p2 = paused.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let counter = c2.clone();
-                let paused = p2.clone();
-                if paused.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            if paused.load(std::sync::atomic::Ordering::SeqCst) {
-                                break;
-                            }
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            counter.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-                            if let Some(rate) = bytes_per_sec {
-                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
-                            }
-                        }
-                        let _ = sw.shutdown().await;
-                    };
-                    let down = async move {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                        let _ = cw.shutdown().await;
-                    };
-                    tokio::join!(up, down);
-                });
-            }
-        });
-        Self { port, upstream_bytes: counter, task, paused }
-    }
-
-    /// Cuts the link (new connections refused, open ones closed on their next read) or heals it.
-    pub fn set_partitioned(&self, on: bool) {
-        self.paused.store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
+    use rand::Rng as _;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = rand::rng().random_range(20_000..32_000);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
     }
 }
 
@@ -797,5 +747,133 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Two regions, `us-east-1` and `eu-west-1`, as separate `ferry serve` processes that know each
+/// other as peers. With a link, the US process reaches EU through a [`Netem`] (partitions,
+/// bandwidth limits, delay).
+pub struct TwoProcesses {
+    pub dir: tempfile::TempDir,
+    pub us_cfg: PathBuf,
+    pub eu_cfg: PathBuf,
+    pub us_port: u16,
+    pub eu_port: u16,
+    pub link: Option<Netem>,
+}
+
+/// The link between the US and EU processes of [`TwoProcesses`].
+pub enum Link {
+    Direct,
+    /// Through an emulated WAN link.
+    Wan(LinkSpec),
+}
+
+impl TwoProcesses {
+    /// Writes both configurations (`extra_us` is appended to the US one); starts nothing but the
+    /// link.
+    pub async fn configure(link: Link, extra_us: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (us_port, eu_port) = (free_port(), free_port());
+        let link = match link {
+            Link::Direct => None,
+            Link::Wan(spec) => Some(
+                Netem::start("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{eu_port}").parse().unwrap(), spec)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let eu_port_for_us = link.as_ref().map_or(eu_port, |p| p.addr().port());
+        let us_cfg = process_config(
+            dir.path(),
+            "us-east-1",
+            us_port,
+            &[("eu-west-1", format!("http://127.0.0.1:{eu_port_for_us}"), "ferry")],
+            extra_us,
+        );
+        let eu_cfg = process_config(
+            dir.path(),
+            "eu-west-1",
+            eu_port,
+            &[("us-east-1", format!("http://127.0.0.1:{us_port}"), "ferry")],
+            "",
+        );
+        Self { dir, us_cfg, eu_cfg, us_port, eu_port, link }
+    }
+
+    pub fn spawn_us(&self) -> FerryProcess {
+        FerryProcess::spawn(&["serve", "--config", self.us_cfg.to_str().unwrap()], &[], 1)
+    }
+
+    pub fn spawn_eu(&self) -> FerryProcess {
+        FerryProcess::spawn(&["serve", "--config", self.eu_cfg.to_str().unwrap()], &[], 1)
+    }
+
+    pub fn us_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.us_port)
+    }
+
+    pub fn us(&self) -> Client {
+        client_for(&self.us_url(), MAIN_AK, MAIN_SK, "us-east-1", Mode::WhenRequired)
+    }
+
+    pub fn eu(&self) -> Client {
+        client_for(
+            &format!("http://127.0.0.1:{}", self.eu_port),
+            MAIN_AK,
+            MAIN_SK,
+            "eu-west-1",
+            Mode::WhenRequired,
+        )
+    }
+
+    /// The emulated link between the regions.
+    pub fn link(&self) -> &Netem {
+        self.link.as_ref().expect("configured with Link::Wan")
+    }
+}
+
+/// A tmpfs for a data directory (unmounted on drop) that a test can make full: remounted with
+/// its size set to what it holds, then back. Needs root (`mount`); `mount` returns `None` without.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+/// The size of the tmpfs when it is not full (a limit, not memory taken).
+const ROOMY: &str = "size=64g";
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let d = Self { dir: dir.to_owned() };
+        d.mount_cmd(&["-t", "tmpfs", "-o", ROOMY, "tmpfs"]).then_some(d)
+    }
+
+    fn mount_cmd(&self, args: &[&str]) -> bool {
+        std::process::Command::new("mount")
+            .args(args)
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// No free space left: the size becomes what is used, plus a few pages.
+    pub fn fill(&self) {
+        let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.dir).output();
+        let used: Option<u64> = out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1)?.trim().parse().ok());
+        if let Some(used) = used {
+            self.mount_cmd(&["-o", &format!("remount,size={}", used + 16 * 1024)]);
+        }
+    }
+
+    pub fn free(&self) {
+        self.mount_cmd(&["-o", &format!("remount,{ROOMY}")]);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }

@@ -137,3 +137,46 @@ async fn verify(c: &aws_sdk_s3::Client, bucket: &str, acked: &Arc<Mutex<BTreeMap
         token = page.next_continuation_token().map(str::to_owned);
     }
 }
+
+/// A full disk: writes fail with a clear 507 StorageFull (large bodies and small inline ones),
+/// nothing is half-stored, what was there stays readable, and writes work again once there is
+/// room, without a restart. Needs root for the tmpfs; the test says so and passes without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_clearly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(disk) = SmallDisk::mount(&data) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let cfg = process_config(dir.path(), "us-east-1", free_port(), &[], "");
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("data_dir = \"us-east-1\"", &format!("data_dir = \"{}\"", data.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let p = FerryProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[], 1);
+    let c = client_for(&format!("http://{}", p.addr()), MAIN_AK, MAIN_SK, "us-east-1", Mode::WhenRequired);
+    create_versioned_bucket(&c, "full-disk").await;
+    put(&c, "full-disk", "before", &vec![1u8; 300_000]).await;
+    disk.fill();
+    for (key, size) in [("large", 2_000_000), ("small", 100)] {
+        let e = c.put_object().bucket("full-disk").key(key).body(vec![2u8; size].into()).send().await.unwrap_err();
+        assert_eq!(code(&e), "StorageFull", "{key}: {e:?}");
+        assert!(
+            c.head_object().bucket("full-disk").key(key).send().await.is_err(),
+            "{key}: nothing half-stored"
+        );
+    }
+    assert_eq!(
+        get_bytes(&c, "full-disk", "before").await,
+        vec![1u8; 300_000],
+        "existing data stays readable"
+    );
+    disk.free();
+    for (key, size) in [("large", 2_000_000), ("small", 100)] {
+        put(&c, "full-disk", key, &vec![3u8; size]).await;
+        assert_eq!(get_bytes(&c, "full-disk", key).await, vec![3u8; size]);
+    }
+    let logs = p.stderr.lock().unwrap().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+    p.kill9();
+}

@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod crash;
+mod faults;
 mod progress;
 mod replication;
 mod replication_process;

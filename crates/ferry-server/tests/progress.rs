@@ -134,25 +134,10 @@ async fn new_object_time(url: &str, bucket: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_up_to_is_never_ahead_of_the_truth() {
-    let eu_port = free_port();
-    let proxy = Proxy::start(format!("127.0.0.1:{eu_port}").parse().unwrap(), None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let us_port = free_port();
-    let us_cfg = process_config(dir.path(), US, us_port, &[(EU, format!("http://127.0.0.1:{}", proxy.port), "ferry")], "");
-    let eu_cfg = process_config(dir.path(), EU, eu_port, &[(US, format!("http://127.0.0.1:{us_port}"), "ferry")], "");
-    let _us_p = FerryProcess::spawn(&["serve", "--config", us_cfg.to_str().unwrap()], &[], 1);
-    let _eu_p = FerryProcess::spawn(&["serve", "--config", eu_cfg.to_str().unwrap()], &[], 1);
-    let us_url = format!("http://127.0.0.1:{us_port}");
-    let us = client_for(&us_url, MAIN_AK, MAIN_SK, US, Mode::WhenRequired);
-    let eu = client_for(&format!("http://127.0.0.1:{eu_port}"), MAIN_AK, MAIN_SK, EU, Mode::WhenRequired);
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    let t = TwoProcesses::configure(Link::Wan(LinkSpec::default()), "").await;
+    let (_us_p, _eu_p) = (t.spawn_us(), t.spawn_eu());
+    let (us_url, us, eu, proxy) = (t.us_url(), t.us(), t.eu(), t.link());
+    replicated_pair(&us, "src", &eu, "dst").await;
     let mut checks = 0;
     for round in 0..12 {
         // Cut the link every other round, and keep writing.
@@ -306,14 +291,7 @@ async fn mutual_replication_converges_under_concurrent_writers() {
 async fn verify_finds_differences_made_behind_ferrys_back() {
     let c = TestCluster::start(&[US, EU], |_, _| {}).await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    replicated_pair(&us, "src", &eu, "dst").await;
     put(&us, "src", "small", b"inline body").await;
     let big_vid = put(&us, "src", "big", &vec![3u8; 100_000]).await.version_id().unwrap().to_owned();
     put(&us, "src", "other", b"x").await;
@@ -470,17 +448,9 @@ async fn status_explain_resync_pause_and_metrics() {
 /// out the minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpo_missed_and_recovered_events() {
-    let eu_port = free_port();
-    let proxy = Proxy::start(format!("127.0.0.1:{eu_port}").parse().unwrap(), None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let us_port = free_port();
-    let us_cfg = process_config(dir.path(), US, us_port, &[(EU, format!("http://127.0.0.1:{}", proxy.port), "ferry")], "");
-    let eu_cfg = process_config(dir.path(), EU, eu_port, &[(US, format!("http://127.0.0.1:{us_port}"), "ferry")], "");
-    let _us_p = FerryProcess::spawn(&["serve", "--config", us_cfg.to_str().unwrap()], &[], 1);
-    let _eu_p = FerryProcess::spawn(&["serve", "--config", eu_cfg.to_str().unwrap()], &[], 1);
-    let us_url = format!("http://127.0.0.1:{us_port}");
-    let us = client_for(&us_url, MAIN_AK, MAIN_SK, US, Mode::WhenRequired);
-    let eu = client_for(&format!("http://127.0.0.1:{eu_port}"), MAIN_AK, MAIN_SK, EU, Mode::WhenRequired);
+    let t = TwoProcesses::configure(Link::Wan(LinkSpec::default()), "").await;
+    let (_us_p, _eu_p) = (t.spawn_us(), t.spawn_eu());
+    let (us_url, us, eu, proxy) = (t.us_url(), t.us(), t.eu(), t.link());
     create_versioned_bucket(&us, "src").await;
     create_versioned_bucket(&eu, "dst").await;
     put_replication_xml(

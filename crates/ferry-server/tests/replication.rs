@@ -12,14 +12,7 @@ const EU: &str = "eu-west-1";
 async fn pair() -> (TestCluster, aws_sdk_s3::Client, aws_sdk_s3::Client) {
     let c = TestCluster::start(&[US, EU], |_, _| {}).await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    replicated_pair(&us, "src", &eu, "dst").await;
     (c, us, eu)
 }
 
@@ -92,14 +85,7 @@ async fn puts_replicate_with_version_ids_times_metadata_and_status() {
 async fn status_is_pending_until_delivered() {
     let c = TestCluster::start(&[US, EU], |_, _| {}).await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    replicated_pair(&us, "src", &eu, "dst").await;
     // Suspend the destination's versioning: replicas are refused (permanent), the source says FAILED.
     eu.put_bucket_versioning()
         .bucket("dst")
@@ -457,14 +443,7 @@ async fn replication_over_tls_with_a_private_ca() {
     assert!(c.url(US).starts_with("https://") && c.url(EU).starts_with("https://"));
     let ca = std::fs::read(c.dir.path().join("ca.pem")).unwrap();
     let (us, eu) = (client_with_ca(&c.url(US), US, &ca), client_with_ca(&c.url(EU), EU, &ca));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    replicated_pair(&us, "src", &eu, "dst").await;
     for i in 0..5 {
         put(&us, "src", &format!("k{i}"), &vec![i as u8; 100_000]).await;
     }
@@ -482,14 +461,7 @@ async fn a_large_object_replicates_as_parallel_parts() {
     })
     .await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+    replicated_pair(&us, "src", &eu, "dst").await;
     let body: Vec<u8> = (0..23 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let etag = put(&us, "src", "big", &body).await.e_tag().unwrap().to_owned();
     wait_until("large object replicated", 60, || converged(&us, "src", &eu, "dst")).await;

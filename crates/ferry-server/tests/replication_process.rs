@@ -7,26 +7,6 @@ use std::time::Duration;
 use crate::common::*;
 
 const US: &str = "us-east-1";
-const EU: &str = "eu-west-1";
-
-struct Two {
-    dir: tempfile::TempDir,
-    us_cfg: std::path::PathBuf,
-    eu_cfg: std::path::PathBuf,
-    us_port: u16,
-    eu_port: u16,
-}
-
-/// Configs for two processes that know each other as peers. `us_to_eu` is the URL the US
-/// process uses for the EU peer (a proxy, or EU directly).
-fn two(us_to_eu: Option<String>, extra_us: &str) -> Two {
-    let dir = tempfile::tempdir().unwrap();
-    let (us_port, eu_port) = (free_port(), free_port());
-    let eu_url = us_to_eu.unwrap_or_else(|| format!("http://127.0.0.1:{eu_port}"));
-    let us_cfg = process_config(dir.path(), US, us_port, &[(EU, eu_url, "ferry")], extra_us);
-    let eu_cfg = process_config(dir.path(), EU, eu_port, &[(US, format!("http://127.0.0.1:{us_port}"), "ferry")], "");
-    Two { dir, us_cfg, eu_cfg, us_port, eu_port }
-}
 
 fn spawn(cfg: &std::path::Path) -> FerryProcess {
     FerryProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[], 1)
@@ -36,22 +16,15 @@ fn client(port: u16, region: &str) -> aws_sdk_s3::Client {
     client_for(&format!("http://127.0.0.1:{port}"), MAIN_AK, MAIN_SK, region, Mode::WhenRequired)
 }
 
-async fn setup(t: &Two) -> (aws_sdk_s3::Client, aws_sdk_s3::Client) {
-    let (us, eu) = (client(t.us_port, US), client(t.eu_port, EU));
-    create_versioned_bucket(&us, "src").await;
-    create_versioned_bucket(&eu, "dst").await;
-    us.put_bucket_replication()
-        .bucket("src")
-        .replication_configuration(simple_rules(&["arn:aws:s3:::dst"]))
-        .send()
-        .await
-        .unwrap();
+async fn setup(t: &TwoProcesses) -> (aws_sdk_s3::Client, aws_sdk_s3::Client) {
+    let (us, eu) = (t.us(), t.eu());
+    replicated_pair(&us, "src", &eu, "dst").await;
     (us, eu)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_stopped_mid_stream_then_restarted() {
-    let t = two(None, "");
+    let t = TwoProcesses::configure(Link::Direct, "").await;
     let _us_p = spawn(&t.us_cfg);
     let eu_p = spawn(&t.eu_cfg);
     let (us, eu) = setup(&t).await;
@@ -86,13 +59,7 @@ async fn destination_stopped_mid_stream_then_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_killed_mid_replication_loses_nothing() {
     // A 20 MiB/s link, so replication is still under way when the source is killed.
-    let eu_port = free_port();
-    let proxy = Proxy::start(format!("127.0.0.1:{eu_port}").parse().unwrap(), Some(20 << 20)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let us_port = free_port();
-    let us_cfg = process_config(dir.path(), US, us_port, &[(EU, format!("http://127.0.0.1:{}", proxy.port), "ferry")], "");
-    let eu_cfg = process_config(dir.path(), EU, eu_port, &[(US, format!("http://127.0.0.1:{us_port}"), "ferry")], "");
-    let t = Two { dir, us_cfg, eu_cfg, us_port, eu_port };
+    let t = TwoProcesses::configure(Link::Wan(LinkSpec { rate: Some(20 << 20), ..LinkSpec::default() }), "").await;
     let us_p = spawn(&t.us_cfg);
     let _eu_p = spawn(&t.eu_cfg);
     let (us, eu) = setup(&t).await;
@@ -109,12 +76,23 @@ async fn source_killed_mid_replication_loses_nothing() {
         replicated_before_kill < acked.len(),
         "replication was still in progress at the kill ({replicated_before_kill} done)"
     );
-    let _us_p = spawn(&t.us_cfg);
+    let us_p = spawn(&t.us_cfg);
     let us = client(t.us_port, US);
-    wait_until("every acknowledged write replicated after the restart", 90, || async {
-        compare_buckets(&us, "src", &eu, "dst").await.is_empty()
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let diff = compare_buckets(&us, "src", &eu, "dst").await;
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not replicated 90 s after the restart: {} differences, first {:?}\nsource log: {:#?}",
+            diff.len(),
+            diff.first(),
+            us_p.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dst = all_versions(&eu, "dst").await;
     for (k, v) in &acked {
         assert!(dst.iter().any(|x| &x.key == k && &x.version_id == v), "{k} {v} missing");
@@ -125,30 +103,22 @@ async fn source_killed_mid_replication_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_object_transfer_resumes_from_uploaded_parts_after_a_crash() {
-    let eu_port = free_port();
     // 40 MiB/s between the regions, so the 120 MiB transfer takes a few seconds.
-    let proxy = Proxy::start(format!("127.0.0.1:{eu_port}").parse().unwrap(), Some(40 << 20)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let us_port = free_port();
-    let us_cfg = process_config(
-        dir.path(),
-        US,
-        us_port,
-        &[(EU, format!("http://127.0.0.1:{}", proxy.port), "ferry")],
+    let t = TwoProcesses::configure(
+        Link::Wan(LinkSpec { rate: Some(40 << 20), ..LinkSpec::default() }),
         "[replication]\npart_size = 8388608\npart_concurrency = 2\n",
-    );
-    let eu_cfg = process_config(dir.path(), EU, eu_port, &[(US, format!("http://127.0.0.1:{us_port}"), "ferry")], "");
-    let us_p = spawn(&us_cfg);
-    let _eu_p = spawn(&eu_cfg);
-    let t = Two { dir, us_cfg, eu_cfg, us_port, eu_port };
+    )
+    .await;
+    let us_p = spawn(&t.us_cfg);
+    let _eu_p = spawn(&t.eu_cfg);
     let (us, eu) = setup(&t).await;
     let size: usize = 120 << 20;
     let body: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
     let etag = put(&us, "src", "huge", &body).await.e_tag().unwrap().to_owned();
     // Wait until about half has crossed the link, then crash the source.
-    wait_until("half the object sent", 60, || async { proxy.bytes() > (size as u64) / 2 }).await;
+    wait_until("half the object sent", 60, || async { t.link().stats().bytes_up > (size as u64) / 2 }).await;
     us_p.kill9();
-    let before = proxy.bytes();
+    let before = t.link().stats().bytes_up;
     let uploads = eu.list_multipart_uploads().bucket("dst").send().await.unwrap();
     assert_eq!(uploads.uploads().len(), 1, "an upload is in progress at the destination");
     let _us_p = spawn(&t.us_cfg);
@@ -157,7 +127,7 @@ async fn large_object_transfer_resumes_from_uploaded_parts_after_a_crash() {
         eu.head_object().bucket("dst").key("huge").send().await.is_ok()
     })
     .await;
-    let after = proxy.bytes() - before;
+    let after = t.link().stats().bytes_up - before;
     assert!(
         after < (size as u64) * 3 / 4,
         "resumed: {after} bytes sent after the restart for a {size}-byte object"

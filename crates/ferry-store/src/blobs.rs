@@ -73,6 +73,24 @@ impl BlobStore {
         self.staging.join(id)
     }
 
+    /// For a staged blob whose guard was disarmed ([`StagedBlob::keep`]): a function that moves
+    /// it into place (run once its row committed), and one that deletes it (when nothing
+    /// refers to it). Both own their paths, so the metadata writer can run them.
+    pub fn settle(&self, id: &str) -> (impl FnOnce() + Send + 'static, impl FnOnce() + Send + 'static) {
+        let (from, to) = (self.staged_path(id), self.final_path(id));
+        let discard = from.clone();
+        let promote = move || {
+            let moved = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&from, &to));
+            if let Err(e) = moved {
+                // Still readable from staging; the next start-up finishes the move.
+                tracing::warn!(blob = %from.display(), error = %e, "could not move blob out of staging");
+            }
+        };
+        (promote, move || {
+            let _ = std::fs::remove_file(discard);
+        })
+    }
+
     /// Creates a new staged blob to stream a body into.
     ///
     /// # Errors

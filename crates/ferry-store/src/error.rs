@@ -35,6 +35,10 @@ pub enum Error {
     UnknownFormat(i64),
     #[error("metadata store is shut down")]
     Closed,
+    /// No space left for the database or a blob (the cause, as text: a failed commit is
+    /// reported to every transaction of its batch).
+    #[error("no space left on the disk: {0}")]
+    StorageFull(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("io: {0}")]
@@ -47,3 +51,16 @@ pub enum Error {
 
 /// Result with the store [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when the disk (blob files or the database) has no space left.
+    #[must_use]
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Self::StorageFull(_) => true,
+            Self::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+}

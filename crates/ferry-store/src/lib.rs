@@ -195,15 +195,36 @@ impl Store {
         Ok((body, digest.finish()))
     }
 
-    /// After the transaction referencing `body` committed: moves a staged blob into place.
-    pub fn committed(&self, body: Ingested) {
-        if let Ingested::Staged(blob) = body {
-            let id = blob.keep();
-            if let Err(e) = self.blobs.promote(&id) {
-                // Still readable from staging; the next start-up finishes the move.
-                tracing::warn!(blob = %id, error = %e, "could not move blob out of staging");
-            }
-        }
+    /// Runs `f` in a write transaction that may reference `body`'s blob, and settles the blob
+    /// in the metadata writer, whatever becomes of the caller: once `f` is handed over, the
+    /// staged file belongs to the transaction. If the transaction commits with a row referring
+    /// to the blob, the file is moved into place after the commit; if nothing refers to it (a
+    /// duplicate replica, a failed condition, a rollback), it is deleted. A caller that goes away
+    /// meanwhile (client disconnect: the request future is dropped) can no longer delete a file
+    /// that a committed row refers to. A crash in between leaves the file in staging, where
+    /// start-up recovery promotes or deletes it.
+    ///
+    /// # Errors
+    /// Those of `f`, and database errors.
+    pub async fn write_with_body<T, F>(&self, body: Ingested, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn meta::WriteTx) -> Result<T> + Send + 'static,
+    {
+        let Ingested::Staged(blob) = body else { return self.meta.write(f).await };
+        let id = blob.keep();
+        let (promote, discard) = self.blobs.settle(&id);
+        self.meta
+            .write(move |tx| {
+                let out = f(tx);
+                match &out {
+                    Ok(_) if tx.blob_is_live(&id)? => tx.on_commit(Box::new(promote)),
+                    // Referenced by nothing, committed or not.
+                    _ => discard(),
+                }
+                out
+            })
+            .await
     }
 
     /// Stops the metadata writer after it has committed what it holds.

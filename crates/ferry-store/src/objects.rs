@@ -343,6 +343,41 @@ mod tests {
         (dir, meta)
     }
 
+    /// hyper drops a request's future when its client disconnects; if that happens while the
+    /// write is in the metadata writer's hands, the row commits anyway, and its blob file must
+    /// survive (it once was deleted by the dropped future's guard: a committed version without
+    /// data).
+    #[tokio::test]
+    async fn a_caller_that_goes_away_mid_commit_leaves_no_version_without_data() {
+        use futures::FutureExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path(), 0).unwrap();
+        store.meta.write(|tx| tx.put_bucket(&new_bucket("b", Versioning::Enabled))).await.unwrap();
+        let mut dropped = 0;
+        for i in 0..20 {
+            let body = bytes::Bytes::from(format!("body {i}"));
+            let stream = futures::stream::iter([Ok::<_, std::io::Error>(body.clone())]);
+            let (ingested, digest) = store.ingest(stream, &[], Some(body.len() as u64), 1 << 20, false).await.unwrap();
+            let new = NewVersion { layout: ingested.layout(digest.len, &digest.md5_hex()), ..obj("k", &body) };
+            let write = store.write_with_body(ingested, move |tx| put_version(tx, "b", new, &WriteConditions::default()));
+            // One poll hands the transaction to the writer; then the caller goes away.
+            if write.now_or_never().is_none() {
+                dropped += 1;
+            }
+        }
+        assert!(dropped > 0, "every write finished within its first poll: nothing was dropped mid-commit");
+        // The writer is FIFO: once this commits, so have the abandoned writes.
+        store.meta.write(|_| Ok(())).await.unwrap();
+        let versions = store.meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 100)).await.unwrap();
+        assert_eq!(versions.len(), 20);
+        for v in versions {
+            let rec = store.meta.read(move |r| r.get_version("b", "k", &v.version_id)).await.unwrap().unwrap();
+            for blob in rec.layout.blobs() {
+                assert!(store.blobs.exists(&blob).await, "version {} lost its data file {blob}", rec.version_id);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn versioned_puts_keep_history_and_latest() {
         let (_d, meta) = setup(Versioning::Enabled).await;

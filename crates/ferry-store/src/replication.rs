@@ -27,7 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::meta::WriteTx;
+use crate::meta::{WriteTx, prefix_end};
 use crate::model::{BucketRecord, ReplStatus, VersionRecord};
 
 /// A bucket's replication configuration.
@@ -626,18 +626,6 @@ pub fn start_backfill(
         updated_us: now,
         finished_us: None,
     })
-}
-
-/// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// Fixes a counting backfill's totals and sets it running. `total` is (versions, bytes) under

@@ -164,3 +164,17 @@ pub trait WriteTx: ReadTx {
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()>;
     fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64>;
 }
+
+/// The smallest byte string greater than every string starting with `prefix` (the end of a key
+/// range scan); `None` when no such string exists (empty prefix or all 0xff).
+#[must_use]
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}

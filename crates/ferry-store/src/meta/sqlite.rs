@@ -185,6 +185,7 @@ impl SqliteMeta {
             let finish: Finisher = Box::new(move |commit: &Result<()>| {
                 let result = match commit {
                     Ok(()) => outcome,
+                    Err(e) if e.is_storage_full() => Err(Error::StorageFull(format!("commit failed: {e}"))),
                     Err(e) => Err(Error::Other(format!("commit failed: {e}"))),
                 };
                 let _ = done_tx.send(result);

@@ -176,7 +176,20 @@ pub(super) fn put_backfill(conn: &Connection, b: &Backfill) -> Result<i64> {
         Some((m, v)) => (Some(*m), Some(v.as_str())),
         None => (None, None),
     };
-    let values = params![
+    // One upsert for both cases (id 0: a new row). Counters that completions update
+    // concurrently (done, failed) never go back.
+    conn.prepare_cached(
+        "INSERT INTO backfills (id, fmt, bucket, rule_id, prefix, status_filter, older_than_us, state, cursor_key, cursor_mtime, \
+         cursor_vid, total_versions, total_bytes, scanned_versions, scanned_bytes, enqueued_versions, done_versions, done_bytes, \
+         failed_versions, created_us, updated_us, finished_us) \
+         VALUES (?22, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+         ON CONFLICT (id) DO UPDATE SET fmt = ?1, bucket = ?2, rule_id = ?3, prefix = ?4, status_filter = ?5, \
+         older_than_us = ?6, state = ?7, cursor_key = ?8, cursor_mtime = ?9, cursor_vid = ?10, total_versions = ?11, \
+         total_bytes = ?12, scanned_versions = ?13, scanned_bytes = ?14, enqueued_versions = ?15, \
+         done_versions = max(done_versions, ?16), done_bytes = max(done_bytes, ?17), failed_versions = max(failed_versions, ?18), \
+         created_us = ?19, updated_us = ?20, finished_us = ?21",
+    )?
+    .execute(params![
         FORMAT_VERSION,
         b.bucket,
         b.rule_id,
@@ -198,51 +211,9 @@ pub(super) fn put_backfill(conn: &Connection, b: &Backfill) -> Result<i64> {
         b.created_us,
         b.updated_us,
         b.finished_us,
-    ];
-    if b.id == 0 {
-        conn.prepare_cached(
-            "INSERT INTO backfills (fmt, bucket, rule_id, prefix, status_filter, older_than_us, state, cursor_key, cursor_mtime, \
-             cursor_vid, total_versions, total_bytes, scanned_versions, scanned_bytes, enqueued_versions, done_versions, done_bytes, \
-             failed_versions, created_us, updated_us, finished_us) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-        )?
-        .execute(values)?;
-        Ok(conn.last_insert_rowid())
-    } else {
-        // Counters that completions update concurrently (done, failed) are not overwritten here.
-        conn.prepare_cached(
-            "UPDATE backfills SET fmt = ?1, bucket = ?2, rule_id = ?3, prefix = ?4, status_filter = ?5, older_than_us = ?6, \
-             state = ?7, cursor_key = ?8, cursor_mtime = ?9, cursor_vid = ?10, total_versions = ?11, total_bytes = ?12, \
-             scanned_versions = ?13, scanned_bytes = ?14, enqueued_versions = ?15, \
-             done_versions = max(done_versions, ?16), done_bytes = max(done_bytes, ?17), failed_versions = max(failed_versions, ?18), \
-             created_us = ?19, updated_us = ?20, finished_us = ?21 WHERE id = ?22",
-        )?
-        .execute(params![
-            FORMAT_VERSION,
-            b.bucket,
-            b.rule_id,
-            b.prefix,
-            b.status_filter,
-            b.older_than_us,
-            b.state,
-            b.cursor_key.as_deref().map(str::as_bytes),
-            cm,
-            cv,
-            to_i64(b.total_versions),
-            to_i64(b.total_bytes),
-            to_i64(b.scanned_versions),
-            to_i64(b.scanned_bytes),
-            to_i64(b.enqueued_versions),
-            to_i64(b.done_versions),
-            to_i64(b.done_bytes),
-            to_i64(b.failed_versions),
-            b.created_us,
-            b.updated_us,
-            b.finished_us,
-            b.id,
-        ])?;
-        Ok(b.id)
-    }
+        (b.id != 0).then_some(b.id),
+    ])?;
+    Ok(if b.id == 0 { conn.last_insert_rowid() } else { b.id })
 }
 
 pub(super) fn backfill_progress(conn: &Connection, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()> {
