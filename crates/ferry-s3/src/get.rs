@@ -31,7 +31,7 @@ fn cond_matches(c: &ETagCondition, stored: &str) -> bool {
 }
 
 /// Outcome of evaluating conditions.
-enum Verdict {
+pub(crate) enum Verdict {
     Proceed,
     PreconditionFailed,
     NotModified,
@@ -40,7 +40,7 @@ enum Verdict {
 impl Conditions<'_> {
     /// RFC 9110 order: If-Match, else If-Unmodified-Since (412); If-None-Match, else
     /// If-Modified-Since (304 for reads).
-    fn evaluate(&self, v: &VersionRecord) -> Verdict {
+    pub(crate) fn evaluate(&self, v: &VersionRecord) -> Verdict {
         let mtime = secs(v.mtime_us);
         if let Some(m) = self.if_match {
             if !cond_matches(m, &v.etag) {
@@ -342,15 +342,16 @@ fn to_usize(v: u64) -> usize {
 }
 
 /// Which bytes of a version a read returns.
-struct ReadPlan {
-    range: std::ops::Range<u64>,
+#[derive(Debug)]
+pub(crate) struct ReadPlan {
+    pub(crate) range: std::ops::Range<u64>,
     content_range: Option<String>,
     parts_count: Option<i32>,
     partial: bool,
 }
 
 impl ReadPlan {
-    fn new(v: &VersionRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Self> {
+    pub(crate) fn new(v: &VersionRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Self> {
         let size = v.size;
         if range.is_some() && part_number.is_some() {
             return Err(s3_error!(

@@ -16,6 +16,8 @@ mod auth;
 mod bucket;
 mod delete;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod get;
 mod list;
 mod multipart;

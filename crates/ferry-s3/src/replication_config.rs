@@ -26,7 +26,7 @@ const MAX_RULES: usize = 1000;
 const MAX_CYCLE_DEPTH: usize = 16;
 
 /// A destination ARN: `arn:aws:s3:::bucket` or `arn:aws:s3:REGION:ACCOUNT:bucket`.
-fn parse_arn(arn: &str) -> S3Result<(Option<String>, String)> {
+pub(crate) fn parse_arn(arn: &str) -> S3Result<(Option<String>, String)> {
     let bad = || {
         s3_error!(
             InvalidArgument,
@@ -55,7 +55,7 @@ fn overlap(a: &RuleFilter, b: &RuleFilter) -> bool {
 }
 
 /// The rule model of one XML rule, before its destination is resolved.
-fn rule_from_dto(r: ReplicationRule, index: usize) -> S3Result<(Rule, Option<String>)> {
+pub(crate) fn rule_from_dto(r: ReplicationRule, index: usize) -> S3Result<(Rule, Option<String>)> {
     let id = r.id.filter(|i| !i.is_empty()).unwrap_or_else(|| format!("rule-{}", index + 1));
     if id.len() > 255 {
         return Err(s3_error!(InvalidArgument, "Rule ID must be at most 255 characters"));
@@ -130,7 +130,7 @@ fn status_dto<T: From<String>>(on: bool) -> T {
     T::from(if on { "Enabled".to_owned() } else { "Disabled".to_owned() })
 }
 
-fn rule_to_dto(r: &Rule) -> ReplicationRule {
+pub(crate) fn rule_to_dto(r: &Rule) -> ReplicationRule {
     let filter = r.filter.clone();
     let (filter_dto, prefix) = if r.v2 {
         let f = match filter.tags.len() {

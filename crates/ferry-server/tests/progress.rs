@@ -41,7 +41,12 @@ async fn historical(store: &ferry_store::Store, bucket: &str) -> (f64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_of_ten_thousand_objects_survives_a_restart() {
-    let mut c = TestCluster::start(&[US, EU], |o, _| o.replication.backfill_rate = 2_500).await;
+    // 4 transfers in flight: the workers drain slower than the scan fills the backfill's window.
+    let mut c = TestCluster::start(&[US, EU], |o, _| {
+        o.replication.backfill_rate = 2_500;
+        o.replication.concurrency = 4;
+    })
+    .await;
     let (us, eu) = (c.client(US), c.client(EU));
     create_versioned_bucket(&us, "history").await;
     create_versioned_bucket(&eu, "history-dr").await;
@@ -64,10 +69,15 @@ async fn backfill_of_ten_thousand_objects_survives_a_restart() {
     assert!(ratio + 1e-9 >= last, "progress kept across the restart: {last} -> {ratio} ({state})");
     last = ratio;
     // A live change made during the backfill goes ahead of the backfill's waiting jobs (up to
-    // 2,048): only the transfers already in flight finish before it.
+    // 2,048): only the transfers already in flight (and those finishing while this test polls)
+    // complete before it; in recording order it would wait for all of them.
     let done_versions = |s: std::sync::Arc<ferry_store::Store>| async move {
         ferry_store::progress::bucket_progress(&s, "history", US).await.unwrap().backfills[0].done_versions
     };
+    let pending =
+        || async { ferry_store::progress::bucket_progress(&c.store(US), "history", US).await.unwrap().rules[0].pending_ops };
+    wait_until("the backfill's window of waiting jobs refilled", 30, || async { pending().await > 1500 }).await;
+    let waiting = pending().await;
     let before = done_versions(c.store(US)).await;
     let live = put(&c.client(US), "history", "live/now", b"written during the backfill").await;
     let live_vid = live.version_id().unwrap().to_owned();
@@ -77,10 +87,10 @@ async fn backfill_of_ten_thousand_objects_survives_a_restart() {
     .await;
     let (ratio, state) = historical(&c.store(US), "history").await;
     let overtaken = done_versions(c.store(US)).await - before;
-    eprintln!("backfill versions done while the live change was replicated: {overtaken}");
+    eprintln!("backfill versions done while the live change was replicated: {overtaken} of {waiting} waiting");
     assert!(
-        state != "done" && overtaken < 200,
-        "the live change waited for {overtaken} backfill versions ({ratio}, {state})"
+        state != "done" && overtaken < waiting / 3,
+        "the live change waited for {overtaken} of {waiting} backfill versions ({ratio}, {state})"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {

