@@ -151,7 +151,9 @@ pub(crate) fn rule_to_dto(r: &Rule) -> ReplicationRule {
     let d = &r.destination;
     ReplicationRule {
         id: Some(r.id.clone()),
-        priority: r.v2.then_some(r.priority),
+        // A legacy (Prefix) rule may carry a Priority too; it still decides between rules, so it
+        // is shown as stored.
+        priority: (r.v2 || r.priority != 0).then_some(r.priority),
         status: status_dto(r.enabled),
         filter: filter_dto,
         prefix,
