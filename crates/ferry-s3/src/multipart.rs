@@ -33,6 +33,27 @@ fn check_part_number(n: i32) -> S3Result<u32> {
     }
 }
 
+/// The ETag of a replica part that skipped MD5: the source's MD5 of it when the source knows
+/// it, else the hex of the checksum that verified it (a part cut from a larger source body:
+/// its ETag is used only to complete this upload, as the object keeps the source's ETag).
+fn replica_part_etag(md5: String, digest: &ferry_store::checksum::DigestResult) -> String {
+    use base64::Engine as _;
+    if !md5.is_empty() {
+        return md5;
+    }
+    let raw = digest.checksums.first().and_then(|(_, v)| base64::engine::general_purpose::STANDARD.decode(v).ok());
+    hex::encode(raw.unwrap_or_default())
+}
+
+/// The checksums a request gave in headers (a replica part keeps the source's, not the ones
+/// only computed to check the transfer).
+fn given_checksums(checks: &ChecksumRequest) -> Checksums {
+    Checksums {
+        values: checks.given.iter().map(|(a, v)| (a.name().to_owned(), v.clone())).collect(),
+        kind: (!checks.given.is_empty()).then(|| "FULL_OBJECT".to_owned()),
+    }
+}
+
 fn no_such_upload() -> s3s::S3Error {
     s3_error!(
         NoSuchUpload,
@@ -131,9 +152,10 @@ impl FerryS3 {
     pub(crate) async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         check_key(&req.input.key)?;
         require_length(&req.headers)?;
-        self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let part_number = check_part_number(req.input.part_number)?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        let replica_part = self.replica_part_of(&req, &bucket)?;
         let i = &req.input;
         let mut checks = ChecksumRequest::new(
             &req.headers,
@@ -152,10 +174,19 @@ impl FerryS3 {
             checks.algorithms.push(a);
         }
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
+        // A replica part verified by a checksum skips MD5, the slowest hash (see [`replica_part_etag`]).
+        let replica_part = replica_part.filter(|_| checks.content_md5.is_none() && checks.has_checksum(&req.headers));
+        let digest = ferry_store::checksum::BodyDigest::with_md5(&checks.algorithms, replica_part.is_none());
         let body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody, "The request body is missing"))?;
-        let (ingested, digest) = self.store.ingest(body, &checks.algorithms, expected_len, MAX_PUT_SIZE, false).await.s3()?;
-        checks.verify(&digest, trailers(&req).as_ref())?;
-        let checksums = crate::put::stored_checksums(&digest);
+        let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, false).await.s3()?;
+        let checked = checks.verify(&digest, trailers(&req).as_ref())?;
+        let (part_etag, checksums) = match replica_part {
+            None => (digest.md5_hex(), crate::put::stored_checksums(&digest)),
+            Some(_) if checked == 0 => {
+                return Err(s3_error!(BadDigest, "A replica part must carry the checksum it declares"));
+            }
+            Some(md5) => (replica_part_etag(md5, &digest), given_checksums(&checks)),
+        };
         let part = PartRecord {
             upload_id: upload.upload_id.clone(),
             part_number,
@@ -163,14 +194,14 @@ impl FerryS3 {
             part: PartRef {
                 blob: ingested.layout(digest.len, "").blobs().into_iter().next().unwrap_or_default(),
                 size: digest.len,
-                etag: digest.md5_hex(),
+                etag: part_etag.clone(),
                 checksums: (!checksums.values.is_empty()).then(|| checksums.clone()),
             },
         };
         self.commit_part(part, ingested).await?;
         let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&digest.md5_hex())),
+            e_tag: Some(etag(&part_etag)),
             checksum_crc32: c32,
             checksum_crc32c: c32c,
             checksum_crc64nvme: c64,

@@ -109,8 +109,8 @@ impl ChecksumRequest {
     }
 
     /// Checks the computed digest against everything the request claimed (headers and, once the
-    /// body is read, trailers).
-    pub(crate) fn verify(&self, digest: &DigestResult, trailers: Option<&http::HeaderMap>) -> S3Result<()> {
+    /// body is read, trailers). Returns how many claims it checked (Content-MD5 included).
+    pub(crate) fn verify(&self, digest: &DigestResult, trailers: Option<&http::HeaderMap>) -> S3Result<usize> {
         if let Some(md5) = &self.content_md5
             && *md5 != digest.md5
         {
@@ -124,8 +124,8 @@ impl ChecksumRequest {
                 }
             }
         }
-        for (a, v) in claims {
-            if digest.checksum(a) != Some(v.as_str()) {
+        for (a, v) in &claims {
+            if digest.checksum(*a) != Some(v.as_str()) {
                 return Err(s3_error!(
                     BadDigest,
                     "The {} you specified did not match the calculated checksum.",
@@ -133,7 +133,13 @@ impl ChecksumRequest {
                 ));
             }
         }
-        Ok(())
+        Ok(claims.len() + usize::from(self.content_md5.is_some()))
+    }
+
+    /// Whether the body will be checked against a checksum (a header value, or a declared
+    /// trailer, which [`ChecksumRequest::verify`] must then find).
+    pub(crate) fn has_checksum(&self, headers: &http::HeaderMap) -> bool {
+        !self.given.is_empty() || headers.contains_key("x-amz-trailer")
     }
 }
 
@@ -250,7 +256,12 @@ impl FerryS3 {
             .body
             .take()
             .unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let (ingested, digest) = self.store.ingest(body, &checks.algorithms, expected_len, MAX_PUT_SIZE, true).await.s3()?;
+        // A replica whose ETag the source sent and whose body a full-object checksum verifies
+        // needs no MD5 (the slowest hash by far): the checksum guards the bytes.
+        let md5 =
+            !(replica.as_ref().is_some_and(|r| r.etag.is_some()) && !checks.given.is_empty() && checks.content_md5.is_none());
+        let digest = ferry_store::checksum::BodyDigest::with_md5(&checks.algorithms, md5);
+        let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, true).await.s3()?;
         checks.verify(&digest, trailers(&req).as_ref())?;
         let out = self
             .write_new_object(
@@ -296,12 +307,13 @@ impl FerryS3 {
         cond: WriteConditions,
         replica: Option<ReplicaMeta>,
     ) -> S3Result<ferry_store::model::VersionRecord> {
-        let md5 = digest.md5_hex();
         attrs.checksums = match replica.as_ref().and_then(|r| r.checksums.clone()) {
             Some(c) => c,
             None => stored_checksums(digest),
         };
-        let etag = replica.as_ref().and_then(|r| r.etag.clone()).unwrap_or_else(|| md5.clone());
+        let etag = replica.as_ref().and_then(|r| r.etag.clone()).unwrap_or_else(|| digest.md5_hex());
+        // The body's own MD5 (a single part's ETag); the replica's ETag when it was not computed.
+        let md5 = if digest.md5.is_empty() { etag.clone() } else { digest.md5_hex() };
         let new = NewVersion {
             key,
             size: digest.len,

@@ -589,3 +589,191 @@ async fn only_the_bucket_owner_may_write_replicas() {
     assert_eq!(all_versions(&us, "open").await.len(), 1);
     assert_eq!(repl_status(&us, "open", "k", None).await.as_deref(), Some("REPLICA"));
 }
+
+/// A replica that brings its ETag and a full-object checksum is verified by the checksum (the
+/// destination skips MD5): a body that does not match is refused, a matching one is stored with
+/// the source's ETag.
+#[tokio::test]
+async fn replica_bodies_are_verified_by_their_checksum() {
+    use ferry_store::checksum::{Algorithm, BodyDigest};
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "dst").await;
+    let body = vec![9u8; 100_000];
+    let crc = {
+        let mut d = BodyDigest::new(&[Algorithm::Crc64Nvme]);
+        d.update(&body);
+        d.finish().checksum(Algorithm::Crc64Nvme).unwrap().to_owned()
+    };
+    let header = |vid: &str| {
+        ferry_store::replication::ReplicaMeta {
+            format: 1,
+            source_region: "elsewhere".into(),
+            version_id: vid.into(),
+            mtime_us: 1_700_000_000_000_000,
+            etag: Some("0123456789abcdef0123456789abcdef".into()),
+            owner: None,
+            acl: None,
+            checksums: None,
+        }
+        .encode()
+        .unwrap()
+    };
+    let send = |vid: &'static str, data: Vec<u8>| {
+        let (h, crc) = (header(vid), crc.clone());
+        us.put_object()
+            .bucket("dst")
+            .key("k")
+            .checksum_crc64_nvme(crc)
+            .body(data.into())
+            .customize()
+            .mutate_request(move |r| {
+                r.headers_mut().insert("x-ferry-replica", h.clone());
+            })
+            .send()
+    };
+    let mut corrupted = body.clone();
+    corrupted[50_000] ^= 1;
+    let e = send("v-corrupt", corrupted).await.unwrap_err();
+    assert_eq!(code(&e), "BadDigest", "{e:?}");
+    assert!(all_versions(&us, "dst").await.is_empty(), "nothing stored from a corrupted replica");
+    let out = send("v-good", body.clone()).await.unwrap();
+    assert_eq!(out.version_id(), Some("v-good"));
+    let h = us.head_object().bucket("dst").key("k").send().await.unwrap();
+    assert_eq!(
+        h.e_tag(),
+        Some("\"0123456789abcdef0123456789abcdef\""),
+        "the source's ETag, not a recomputed one"
+    );
+    assert_eq!(get_bytes(&us, "dst", "k").await, body);
+}
+
+/// A replica part carrying [`x-ferry-replica-part`] is verified by its checksum instead of MD5:
+/// the part keeps the MD5 the source sent, or (cut from a larger body, MD5 unknown) the hex of
+/// its checksum; a mismatching body is refused; the completed replica reads back whole.
+#[tokio::test]
+async fn replica_parts_are_verified_by_their_checksum() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+    use ferry_store::checksum::{Algorithm, BodyDigest};
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "dst").await;
+    let one = vec![1u8; 5 << 20];
+    let two = vec![2u8; 1000];
+    let (md5_one, crc_one) = {
+        let mut d = BodyDigest::new(&[Algorithm::Crc32]);
+        d.update(&one);
+        let r = d.finish();
+        (r.md5_hex(), r.checksum(Algorithm::Crc32).unwrap().to_owned())
+    };
+    let up = us.create_multipart_upload().bucket("dst").key("k").send().await.unwrap();
+    let id = up.upload_id().unwrap().to_owned();
+    // `crc32`: a stored checksum sent as a header; `None`: a CRC64NVME trailer computed while
+    // sending (what a source does for a part whose checksum it does not have).
+    let part = |n: i32, data: Vec<u8>, header: String, crc32: Option<String>| {
+        let req = us.upload_part().bucket("dst").key("k").upload_id(&id).part_number(n).body(data.into());
+        let req = match crc32 {
+            Some(c) => req.checksum_crc32(c),
+            None => req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme),
+        };
+        req.customize()
+            .mutate_request(move |r| {
+                r.headers_mut().insert("x-ferry-replica-part", header.clone());
+            })
+            .send()
+    };
+    let e = part(1, one.clone(), "zz".into(), Some(crc_one.clone())).await.unwrap_err();
+    assert_eq!(code(&e), "InvalidArgument", "{e:?}");
+    let mut corrupted = one.clone();
+    corrupted[4096] ^= 0x10;
+    let e = part(1, corrupted, String::new(), Some(crc_one.clone())).await.unwrap_err();
+    assert_eq!(code(&e), "BadDigest", "{e:?}");
+    // The source's MD5 given, the body checked against the source part's stored CRC32.
+    let p1 = part(1, one.clone(), md5_one.clone(), Some(crc_one.clone())).await.unwrap();
+    assert_eq!(p1.e_tag(), Some(format!("\"{md5_one}\"").as_str()));
+    // MD5 unknown: a CRC64NVME trailer computed while sending checks the body and names the part.
+    let p2 = part(2, two.clone(), String::new(), None).await.unwrap();
+    let etag2 = p2.e_tag().unwrap().trim_matches('"').to_owned();
+    assert_eq!(etag2.len(), 16, "hex of the 8-byte CRC64NVME, not an MD5: {etag2}");
+    let header = ferry_store::replication::ReplicaMeta {
+        format: 1,
+        source_region: "elsewhere".into(),
+        version_id: "v-mp".into(),
+        mtime_us: 1_700_000_000_000_000,
+        etag: Some("00112233445566778899aabbccddeeff-2".into()),
+        owner: None,
+        acl: None,
+        checksums: None,
+    }
+    .encode()
+    .unwrap();
+    let parts = vec![
+        CompletedPart::builder().part_number(1).e_tag(p1.e_tag().unwrap()).build(),
+        CompletedPart::builder().part_number(2).e_tag(p2.e_tag().unwrap()).build(),
+    ];
+    us.complete_multipart_upload()
+        .bucket("dst")
+        .key("k")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-replica", header.clone());
+        })
+        .send()
+        .await
+        .unwrap();
+    let h = us.head_object().bucket("dst").key("k").send().await.unwrap();
+    assert_eq!(h.version_id(), Some("v-mp"));
+    assert_eq!(h.e_tag(), Some("\"00112233445566778899aabbccddeeff-2\""));
+    assert_eq!(get_bytes(&us, "dst", "k").await, [one, two].concat());
+}
+
+/// A source uploaded in parts with per-part checksums replicates each part checked against the
+/// checksum stored with it at the source.
+#[tokio::test]
+async fn multipart_objects_with_part_checksums_replicate() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+    let (_c, us, eu) = pair().await;
+    let up =
+        us.create_multipart_upload().bucket("src").key("mp").checksum_algorithm(ChecksumAlgorithm::Sha256).send().await.unwrap();
+    let id = up.upload_id().unwrap();
+    let mut parts = Vec::new();
+    for n in 1..=2 {
+        let data = vec![n as u8 + 40; if n < 2 { 5 * 1024 * 1024 } else { 777 }];
+        let out = us
+            .upload_part()
+            .bucket("src")
+            .key("mp")
+            .upload_id(id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(data.into())
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(out.e_tag().unwrap())
+                .checksum_sha256(out.checksum_sha256().unwrap())
+                .build(),
+        );
+    }
+    us.complete_multipart_upload()
+        .bucket("src")
+        .key("mp")
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    wait_until("multipart replicated", 30, || converged(&us, "src", &eu, "dst")).await;
+    let mode = aws_sdk_s3::types::ChecksumMode::Enabled;
+    let s = us.head_object().bucket("src").key("mp").checksum_mode(mode.clone()).send().await.unwrap();
+    let d = eu.head_object().bucket("dst").key("mp").checksum_mode(mode).send().await.unwrap();
+    assert_eq!(d.e_tag(), s.e_tag());
+    assert!(s.checksum_sha256().is_some());
+    assert_eq!(d.checksum_sha256(), s.checksum_sha256(), "the composite checksum is the source's");
+    assert_eq!(get_bytes(&us, "src", "mp").await, get_bytes(&eu, "dst", "mp").await);
+}

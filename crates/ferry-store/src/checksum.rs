@@ -132,7 +132,8 @@ pub fn checksum_of(algorithm: Algorithm, data: &[u8]) -> String {
 /// Everything computed over a body as it streams: its length, MD5, and any requested checksums.
 pub struct BodyDigest {
     len: u64,
-    md5: md5::Md5,
+    /// `None` when the caller has the ETag already (a replica verified by a checksum).
+    md5: Option<md5::Md5>,
     checksums: Vec<Checksum>,
 }
 
@@ -140,19 +141,28 @@ impl BodyDigest {
     /// Computes MD5 plus the given checksums.
     #[must_use]
     pub fn new(algorithms: &[Algorithm]) -> Self {
+        Self::with_md5(algorithms, true)
+    }
+
+    /// Computes the given checksums, and MD5 if `md5` (MD5 is the slowest of them all, about
+    /// 0.6 GB/s per core; CRC64NVME is over ten times faster).
+    #[must_use]
+    pub fn with_md5(algorithms: &[Algorithm], md5: bool) -> Self {
         let mut checksums: Vec<Checksum> = Vec::new();
         for a in algorithms {
             if !checksums.iter().any(|c| c.algorithm == *a) {
                 checksums.push(Checksum::new(*a));
             }
         }
-        Self { len: 0, md5: md5::Md5::new(), checksums }
+        Self { len: 0, md5: md5.then(md5::Md5::new), checksums }
     }
 
     /// Feeds bytes.
     pub fn update(&mut self, data: &[u8]) {
         self.len += data.len() as u64;
-        self.md5.update(data);
+        if let Some(m) = &mut self.md5 {
+            m.update(data);
+        }
         for c in &mut self.checksums {
             c.update(data);
         }
@@ -175,7 +185,7 @@ impl BodyDigest {
     pub fn finish(self) -> DigestResult {
         DigestResult {
             len: self.len,
-            md5: self.md5.finalize().to_vec(),
+            md5: self.md5.map(|m| m.finalize().to_vec()).unwrap_or_default(),
             checksums: self.checksums.into_iter().map(|c| (c.algorithm, c.finish())).collect(),
         }
     }
@@ -186,7 +196,7 @@ impl BodyDigest {
 pub struct DigestResult {
     /// Body length.
     pub len: u64,
-    /// Raw MD5 (16 bytes).
+    /// Raw MD5 (16 bytes), or empty when it was not computed.
     pub md5: Vec<u8>,
     /// Requested checksums, base64.
     pub checksums: Vec<(Algorithm, String)>,

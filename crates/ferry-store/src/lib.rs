@@ -140,7 +140,7 @@ impl Store {
     /// on length mismatches, I/O errors.
     pub async fn ingest<S, E>(
         &self,
-        mut stream: S,
+        stream: S,
         algorithms: &[Algorithm],
         expected_len: Option<u64>,
         max_len: u64,
@@ -150,7 +150,26 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut digest = BodyDigest::new(algorithms);
+        self.ingest_digest(stream, BodyDigest::new(algorithms), expected_len, max_len, allow_inline).await
+    }
+
+    /// [`Store::ingest`] with a digest of the caller's choosing (without MD5 for a replica
+    /// whose ETag is known and whose body a checksum verifies).
+    ///
+    /// # Errors
+    /// As [`Store::ingest`].
+    pub async fn ingest_digest<S, E>(
+        &self,
+        mut stream: S,
+        mut digest: BodyDigest,
+        expected_len: Option<u64>,
+        max_len: u64,
+        allow_inline: bool,
+    ) -> Result<(Ingested, DigestResult)>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let inline_max = match expected_len {
             _ if !allow_inline => 0,
             Some(n) if n > self.inline_threshold => 0,

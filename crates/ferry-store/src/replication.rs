@@ -464,6 +464,11 @@ mod tests {
 /// request, and the destination accepts it only from the destination bucket's owner.
 pub const REPLICA_HEADER: &str = "x-ferry-replica";
 
+/// On an UploadPart from a Ferry peer: the part's MD5 (hex) as the source knows it, or empty
+/// when the source cut the part out of a larger body and does not know it. The part must then
+/// carry a checksum (header or trailer) that the destination verifies instead of computing MD5.
+pub const REPLICA_PART_HEADER: &str = "x-ferry-replica-part";
+
 /// What a replica carries beyond the standard S3 headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaMeta {
