@@ -120,20 +120,48 @@ class Proc:
             RUNNING.remove(self)
 
 
+def tls_files(work):
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl). Returns the paths
+    (ca, cert, key)."""
+    d = Path(work) / "tls"
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key, cert, key, csr = (d / n for n in ["ca.pem", "ca-key.pem", "cert.pem", "key.pem", "req.csr"])
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=Ferry bench CA")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
+        "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
+
+
 class Region:
-    def __init__(self, work, name, peers=(), extra=""):
+    """A `ferry serve` process with one region. `tls`: (ca, cert, key) to serve HTTPS; peers
+    are (name, url) or (name, url, ca_file)."""
+
+    def __init__(self, work, name, peers=(), extra="", tls=None):
         self.name, self.port = name, free_port()
         self.dir = Path(work) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg = self.dir / "ferry.toml"
         text = f'[[credential]]\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n[[region]]\nname = "{name}"\n' \
-               f'listen = "127.0.0.1:{self.port}"\ndata_dir = "data"\n\n'
-        for pname, url in peers:
-            text += f'[[peer]]\nname = "{pname}"\nendpoint = "{url}"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n'
+               f'listen = "127.0.0.1:{self.port}"\ndata_dir = "data"\n'
+        if tls:
+            text += f'tls_cert = "{tls[1]}"\ntls_key = "{tls[2]}"\n'
+        text += "\n"
+        for peer in peers:
+            pname, url = peer[0], peer[1]
+            text += f'[[peer]]\nname = "{pname}"\nendpoint = "{url}"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n'
+            if len(peer) > 2:
+                text += f'ca_file = "{peer[2]}"\n'
+            text += "\n"
         cfg.write_text(text + extra)
         self.proc = Proc([str(FERRY), "serve", "--config", str(cfg)], self.dir / "log")
         wait_port(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca = tls[0] if tls else None
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self):
         self.proc.stop()
@@ -161,13 +189,16 @@ class Netem:
         self.proc.stop()
 
 
-def pair(work, delay="0ms", rate=None, extra=os.environ.get("FERRY_BENCH_EXTRA", "").replace("\\n", "\n")):
+def pair(work, delay="0ms", rate=None, extra=os.environ.get("FERRY_BENCH_EXTRA", "").replace("\\n", "\n"), tls=False):
     """us-east-1 replicating to eu-west-1 through a netem link (both directions of the peer
-    traffic go through it). Returns (us, eu, link)."""
+    traffic go through it); with `tls`, eu-west-1 serves HTTPS with a private CA that us-east-1
+    trusts (the link carries TLS through). Returns (us, eu, link)."""
     # EU first (the link needs its port), then the link, then US with the link as its peer.
-    eu = Region(work, "eu-west-1", extra=extra)
+    files = tls_files(work) if tls else None
+    eu = Region(work, "eu-west-1", extra=extra, tls=files)
     link = Netem(work, eu.port, delay=delay, rate=rate)
-    us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)], extra=extra)
+    peer = ("eu-west-1", link.url.replace("http://", "https://"), files[0]) if tls else ("eu-west-1", link.url)
+    us = Region(work, "us-east-1", peers=[peer], extra=extra)
     return us, eu, link
 
 
@@ -186,7 +217,8 @@ def bench_json(*args):
 def s3(region, *args):
     """An AWS CLI call (from the bench venv) against a region, for set-up."""
     aws = Path(sys.executable).parent / "aws"
-    out = subprocess.run([str(aws), "--endpoint-url", region.url, *args], env=ENV, capture_output=True, text=True)
+    ca = ["--ca-bundle", str(region.ca)] if region.ca else []
+    out = subprocess.run([str(aws), "--endpoint-url", region.url, *ca, *args], env=ENV, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"aws {' '.join(args)}: {out.stderr}")
     return out.stdout
@@ -328,11 +360,14 @@ def bench_throughput():
     small = 2000 if QUICK else 20000
     big = 2 if QUICK else 4
     with tempfile.TemporaryDirectory() as work:
-        for label, rate, size, count in [("4 KiB objects", None, "4KiB", small),
-                                         ("256 MiB objects, 100 MiB/s cap", "100MiB", "256MiB", big),
-                                         ("256 MiB objects, 1 GiB/s cap", "1GiB", "256MiB", big),
-                                         ("256 MiB objects, no cap (this machine's ceiling)", None, "256MiB", big)]:
-            us, eu, link = pair(f"{work}/{len(data)}", delay="25ms", rate=rate)
+        for label, rate, size, count, tls in [
+                ("4 KiB objects", None, "4KiB", small, False),
+                ("256 MiB objects, 100 MiB/s cap", "100MiB", "256MiB", big, False),
+                ("256 MiB objects, 1 GiB/s cap", "1GiB", "256MiB", 2 * big, False),
+                ("256 MiB objects, no cap (this machine's ceiling)", None, "256MiB", 2 * big, False),
+                ("256 MiB objects, 1 GiB/s cap, TLS", "1GiB", "256MiB", 2 * big, True),
+                ("256 MiB objects, no cap, TLS", None, "256MiB", 2 * big, True)]:
+            us, eu, link = pair(f"{work}/{len(data)}", delay="25ms", rate=rate, tls=tls)
             try:
                 b = f"tp{len(data)}"
                 replicate(us, eu, b, b + "-dr")
@@ -370,6 +405,10 @@ are lost), then the link is healed and the drain is timed until `ferry replicati
 returns (every job delivered). Small objects
 test how well concurrency hides the round trip (`[replication] concurrency` transfers in flight
 per peer); large ones replicate as multipart uploads (`part_concurrency` parts in flight).
+Each part is checked at the destination by a CRC64NVME trailer the source computes while
+sending; over plain http the SDK also signs every chunk (SHA-256 at both ends), over TLS (the
+"TLS" rows: the destination serves HTTPS with a private CA, carried through the same link) it
+does not, as TLS already protects the bytes.
 
 {table(["case", "objects", "seconds", "objects/s", "MiB/s", "of the cap", "source peak RSS MiB"], rows)}""")
 

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
@@ -457,6 +458,7 @@ impl Transfer<'_> {
             // peer skips MD5 (the slowest hash): the source part's own stored checksum when it
             // has one (checked against what was written at the source), else CRC64NVME
             // computed while sending (a trailer). Other services get Content-MD5 when known.
+            let mut trailer = false;
             let part_header = if self.ferry() {
                 let stored = p.source.checksums.as_ref().filter(|_| p.offset == 0 && p.len == p.source.size);
                 let mut given = false;
@@ -477,20 +479,28 @@ impl Transfer<'_> {
                 if !given {
                     req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme);
                 }
+                trailer = !given;
                 Some(md5.unwrap_or_default().to_owned())
             } else {
                 req = req.set_content_md5(md5.and_then(content_md5));
                 None
             };
-            let sent = req
-                .customize()
-                .mutate_request(move |r| {
-                    if let Some(v) = &part_header {
-                        r.headers_mut().insert(REPLICA_PART_HEADER, v.clone());
-                    }
-                })
-                .send()
-                .await;
+            let mut op = req.customize().mutate_request(move |r| {
+                if let Some(v) = &part_header {
+                    r.headers_mut().insert(REPLICA_PART_HEADER, v.clone());
+                }
+            });
+            if trailer {
+                // The client computes checksums only when an operation requires one: ask. Over
+                // https the body then goes as aws-chunked with the checksum as an unsigned
+                // trailer (TLS guards against tampering); over plain http the client also signs
+                // every chunk (SHA-256 on both sides, which costs about what MD5 did).
+                op = op.config_override(
+                    aws_sdk_s3::config::Builder::default()
+                        .request_checksum_calculation(RequestChecksumCalculation::WhenSupported),
+                );
+            }
+            let sent = op.send().await;
             let err = match sent {
                 Ok(out) => return Ok((p.number, out.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
                 Err(e) => e,

@@ -1,4 +1,4 @@
-//! HTTPS for a region's listener (rustls on ring).
+//! HTTPS for a region's listener (rustls on ring), HTTP/1.1 (see [`acceptor`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +29,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("key `tls_key`: does not match the certificate")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only, as S3 itself: clients then open one TCP connection per request in
+    // flight. Over a WAN that is what fills the link: with HTTP/2 every request shares one
+    // connection, whose flow-control window (1 MiB by default) and single TCP window cap the
+    // whole peer link at window / round trip (about 20 MiB/s at 50 ms).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
