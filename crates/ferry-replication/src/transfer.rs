@@ -15,22 +15,20 @@
 //! To a Ferry peer that is a checksum, and the peer skips MD5 (at about 0.6 GB/s per core the
 //! most expensive step of receiving a replica): a single PUT carries the object's stored
 //! full-object checksum and its ETag in the replica header; a part carries the source part's
-//! stored checksum, or a CRC64NVME trailer computed while sending, plus the part's MD5 when the
-//! source knows it ([`REPLICA_PART_HEADER`]). Without a checksum, and to other S3 services,
+//! stored checksum, or a CRC64NVME the source computes just before sending, plus the part's MD5
+//! when the source knows it ([`REPLICA_PART_HEADER`]). Without a checksum, and to other S3 services,
 //! the body carries `Content-MD5` whenever the source's MD5 is known.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, StorageClass, Tag, Tagging,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, StorageClass, Tag, Tagging};
 use base64::Engine as _;
 use ferry_core::config::{PeerKind, ReplicationSettings};
 use ferry_store::Store;
+use ferry_store::checksum::{Algorithm, Checksum};
 use ferry_store::model::{BodyLayout, PartRef, VersionRecord};
 use ferry_store::replication::{Job, JobOp, REPLICA_HEADER, REPLICA_PART_HEADER, ReplicaMeta, ReplicationConfig, Rule};
 use futures::StreamExt as _;
@@ -439,6 +437,10 @@ impl Transfer<'_> {
     }
 
     async fn upload_part(&self, v: &VersionRecord, upload_id: &str, p: &PartPlan) -> Result<(i32, String), Outcome> {
+        let md5 = p.md5.as_deref().filter(|m| content_md5(m).is_some());
+        // To a Ferry peer a part travels with a checksum and the part's MD5 when known, and the
+        // peer computes no MD5 (the slowest hash). Other services get Content-MD5 when known.
+        let checksum = if self.ferry() { Some(self.part_checksum(p).await?) } else { None };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -453,54 +455,31 @@ impl Transfer<'_> {
                 .part_number(p.number)
                 .content_length(i64::try_from(p.len).unwrap_or(i64::MAX))
                 .body(body);
-            let md5 = p.md5.as_deref().filter(|m| content_md5(m).is_some());
-            // To a Ferry peer a part travels with a checksum instead of Content-MD5, and the
-            // peer skips MD5 (the slowest hash): the source part's own stored checksum when it
-            // has one (checked against what was written at the source), else CRC64NVME
-            // computed while sending (a trailer). Other services get Content-MD5 when known.
-            let mut trailer = false;
-            let part_header = if self.ferry() {
-                let stored = p.source.checksums.as_ref().filter(|_| p.offset == 0 && p.len == p.source.size);
-                let mut given = false;
-                for (alg, value) in stored.map(|c| &c.values).into_iter().flatten() {
-                    given = true;
-                    req = match alg.as_str() {
-                        "CRC32" => req.checksum_crc32(value),
-                        "CRC32C" => req.checksum_crc32_c(value),
-                        "CRC64NVME" => req.checksum_crc64_nvme(value),
-                        "SHA1" => req.checksum_sha1(value),
-                        "SHA256" => req.checksum_sha256(value),
-                        _ => {
-                            given = false;
-                            req
-                        }
+            let part_header = match &checksum {
+                Some((alg, value)) => {
+                    req = match alg {
+                        Algorithm::Crc32 => req.checksum_crc32(value),
+                        Algorithm::Crc32c => req.checksum_crc32_c(value),
+                        Algorithm::Crc64Nvme => req.checksum_crc64_nvme(value),
+                        Algorithm::Sha1 => req.checksum_sha1(value),
+                        Algorithm::Sha256 => req.checksum_sha256(value),
                     };
+                    Some(md5.unwrap_or_default().to_owned())
                 }
-                if !given {
-                    req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme);
+                None => {
+                    req = req.set_content_md5(md5.and_then(content_md5));
+                    None
                 }
-                trailer = !given;
-                Some(md5.unwrap_or_default().to_owned())
-            } else {
-                req = req.set_content_md5(md5.and_then(content_md5));
-                None
             };
-            let mut op = req.customize().mutate_request(move |r| {
-                if let Some(v) = &part_header {
-                    r.headers_mut().insert(REPLICA_PART_HEADER, v.clone());
-                }
-            });
-            if trailer {
-                // The client computes checksums only when an operation requires one: ask. Over
-                // https the body then goes as aws-chunked with the checksum as an unsigned
-                // trailer (TLS guards against tampering); over plain http the client also signs
-                // every chunk (SHA-256 on both sides, which costs about what MD5 did).
-                op = op.config_override(
-                    aws_sdk_s3::config::Builder::default()
-                        .request_checksum_calculation(RequestChecksumCalculation::WhenSupported),
-                );
-            }
-            let sent = op.send().await;
+            let sent = req
+                .customize()
+                .mutate_request(move |r| {
+                    if let Some(v) = &part_header {
+                        r.headers_mut().insert(REPLICA_PART_HEADER, v.clone());
+                    }
+                })
+                .send()
+                .await;
             let err = match sent {
                 Ok(out) => return Ok((p.number, out.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
                 Err(e) => e,
@@ -517,6 +496,26 @@ impl Transfer<'_> {
                 other => return Err(other),
             }
         }
+    }
+
+    /// The checksum a part travels with to a Ferry peer: the source part's stored one when the
+    /// destination part is that whole part (so the bytes are checked against what the source
+    /// wrote), else CRC64NVME of the bytes, read once ahead of sending. That second read comes
+    /// from the page cache and costs far less than a streamed checksum would: the SDK sends a
+    /// computed checksum as a trailer, and over plain http it then signs every chunk (SHA-256).
+    async fn part_checksum(&self, p: &PartPlan) -> Result<(Algorithm, String), Outcome> {
+        if p.offset == 0 && p.len == p.source.size {
+            let stored = p.source.checksums.iter().flat_map(|c| &c.values);
+            if let Some((alg, value)) = stored.filter_map(|(a, v)| Some((Algorithm::parse(a)?, v))).next() {
+                return Ok((alg, value.clone()));
+            }
+        }
+        let mut crc = Checksum::new(Algorithm::Crc64Nvme);
+        let mut reader = self.ctx.store.blobs.read_parts(vec![p.source.clone()], p.offset..p.offset + p.len);
+        while let Some(chunk) = reader.next().await {
+            crc.update(&chunk.map_err(|e| Outcome::Transient(format!("reading blob {}: {e}", p.source.blob)))?);
+        }
+        Ok((Algorithm::Crc64Nvme, crc.finish()))
     }
 
     async fn save_progress(&self, p: &Progress) -> ferry_store::Result<()> {
