@@ -358,7 +358,8 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
             break v;
         }
         spinner.set_message(format!("{pending} operation(s) pending, {active} backfill(s) running"));
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Often enough that the time --wait returns measures the drain (a status is one cheap read).
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     spinner.finish_and_clear();
     if json {

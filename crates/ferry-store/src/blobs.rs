@@ -29,14 +29,16 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::model::PartRef;
 
 /// Read size used when streaming a blob out.
 const READ_CHUNK: usize = 256 * 1024;
-/// Write buffer when streaming a body in.
+/// Bytes of a body gathered before they are written (as one vectored write, without copying).
 const WRITE_BUFFER: usize = 1024 * 1024;
+/// Chunks gathered at most before a write (a body of tiny chunks still writes in bounded steps).
+const WRITE_CHUNKS: usize = 1024;
 
 /// The blob files of one region.
 #[derive(Debug, Clone)]
@@ -98,8 +100,8 @@ impl BlobStore {
     pub async fn create(&self) -> io::Result<StagedBlob> {
         let id = ferry_core::ids::new_blob_id();
         let path = self.staged_path(&id);
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
-        Ok(StagedBlob { id, path: Some(path), file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)) })
+        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?.into_std().await;
+        Ok(StagedBlob { id, path: Some(path), file: Some(file), pending: Vec::new(), pending_len: 0 })
     }
 
     /// Moves a committed blob from staging to its final place. Not fsynced: after a crash the
@@ -199,10 +201,17 @@ impl BlobStore {
 
 /// A blob being written in the staging directory. Dropped before [`StagedBlob::keep`], the file
 /// is deleted.
+///
+/// The body's chunks are kept as they arrive (reference-counted, not copied) until about
+/// [`WRITE_BUFFER`] bytes are gathered, then written with one vectored write on a blocking
+/// thread: the only copy of the bytes on their way in is the kernel's.
 pub struct StagedBlob {
     id: String,
     path: Option<PathBuf>,
-    file: Option<BufWriter<tokio::fs::File>>,
+    /// `None` while a write runs on a blocking thread, and after [`StagedBlob::finish`].
+    file: Option<std::fs::File>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
 impl StagedBlob {
@@ -212,26 +221,60 @@ impl StagedBlob {
         &self.id
     }
 
-    /// Appends bytes.
+    /// Appends a copy of `data` (prefer [`write_bytes`](Self::write_bytes)).
     ///
     /// # Errors
     /// I/O errors (e.g. a full disk).
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.write_all(data).await,
-            None => Err(io::Error::other("blob already finished")),
-        }
+        self.write_bytes(Bytes::copy_from_slice(data)).await
     }
 
-    /// Flushes and fsyncs the file. The blob is durable content; it becomes referenced only
-    /// when a metadata transaction adds it.
+    /// Appends `data`, without copying it.
+    ///
+    /// # Errors
+    /// I/O errors (e.g. a full disk).
+    pub async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        if self.file.is_none() {
+            return Err(io::Error::other("blob already finished"));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.pending_len += data.len();
+        self.pending.push(data);
+        if self.pending_len >= WRITE_BUFFER || self.pending.len() >= WRITE_CHUNKS {
+            self.flush_pending(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered chunks (and fsyncs the file if `sync`) on a blocking thread.
+    async fn flush_pending(&mut self, sync: bool) -> io::Result<()> {
+        let Some(mut file) = self.file.take() else { return Err(io::Error::other("blob already finished")) };
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let mut r = write_all_vectored(&mut file, &chunks);
+            if sync && r.is_ok() {
+                r = file.sync_all();
+            }
+            (file, r)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        written
+    }
+
+    /// Writes what is gathered and fsyncs the file. The blob is durable content; it becomes
+    /// referenced only when a metadata transaction adds it.
     ///
     /// # Errors
     /// I/O errors.
     pub async fn finish(&mut self) -> io::Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().await?;
-            f.get_mut().sync_all().await?;
+        if self.file.is_some() {
+            self.flush_pending(true).await?;
+            self.file = None;
         }
         Ok(())
     }
@@ -250,6 +293,22 @@ impl Drop for StagedBlob {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// `write_all` for a list of buffers (the standard library's is not stable yet).
+fn write_all_vectored(file: &mut std::fs::File, chunks: &[Bytes]) -> io::Result<()> {
+    use std::io::{IoSlice, Write as _};
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + Sync>>;

@@ -184,12 +184,12 @@ impl Store {
                 return Err(Error::EntityTooLarge);
             }
             match &mut staged {
-                Some(blob) => blob.write(&chunk).await?,
+                Some(blob) => blob.write_bytes(chunk).await?,
                 None if digest.len() <= inline_max => buffer.extend_from_slice(&chunk),
                 None => {
                     let mut blob = self.blobs.create().await?;
-                    blob.write(&buffer).await?;
-                    blob.write(&chunk).await?;
+                    blob.write_bytes(Bytes::from(std::mem::take(&mut buffer))).await?;
+                    blob.write_bytes(chunk).await?;
                     buffer = Vec::new();
                     staged = Some(blob);
                 }
@@ -200,9 +200,8 @@ impl Store {
         }
         if staged.is_none() && !allow_inline {
             let mut blob = self.blobs.create().await?;
-            blob.write(&buffer).await?;
+            blob.write_bytes(Bytes::from(std::mem::take(&mut buffer))).await?;
             staged = Some(blob);
-            buffer = Vec::new();
         }
         let body = match staged {
             Some(mut blob) => {
