@@ -347,7 +347,9 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
     let v = loop {
+        let asked = std::time::Instant::now();
         let v = client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
+        let took = asked.elapsed();
         let rules = v["rules"].as_array().cloned().unwrap_or_default();
         let pending: u64 =
             rules.iter().filter(|r| r["enabled"].as_bool() == Some(true)).map(|r| r["pending_ops"].as_u64().unwrap_or(0)).sum();
@@ -358,8 +360,9 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
             break v;
         }
         spinner.set_message(format!("{pending} operation(s) pending, {active} backfill(s) running"));
-        // Often enough that the time --wait returns measures the drain (a status is one cheap read).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every 50 ms, so the moment --wait returns measures the drain, but never more than a
+        // sixth of the time: a status reads the bucket's whole backlog, which grows with it.
+        tokio::time::sleep((took * 5).max(Duration::from_millis(50))).await;
     };
     spinner.finish_and_clear();
     if json {
