@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -73,6 +74,11 @@ pub struct PeerConfig {
     /// for an S3 peer.
     #[serde(default)]
     pub region: Option<String>,
+    /// `kind = "s3"` only: the accounts (access keys or user ids of `[[credential]]`s) whose
+    /// buckets may replicate to this service. The service sees one credential, the one above,
+    /// so Ferry decides who may use it; default: nobody.
+    #[serde(default)]
+    pub accounts: Vec<String>,
 }
 
 impl PeerConfig {
@@ -137,6 +143,33 @@ pub struct ReplicationSettings {
     /// Versions a backfill scans per second, at most. Default 20000.
     #[serde(default = "default_backfill_rate")]
     pub backfill_rate: u64,
+    /// A replica whose time is further ahead of this region's clock is refused (a transient
+    /// error for its source, with the reason in its status). Default `5m`, at most `15m`.
+    #[serde(default = "default_max_clock_skew", with = "duration_text")]
+    pub max_clock_skew: Duration,
+    /// A job that has failed with transient errors (peer unreachable, 5xx) for this long
+    /// becomes FAILED with its last error, until `ferry replication retry`. Default `24h`.
+    #[serde(default = "default_give_up_after", with = "duration_text")]
+    pub give_up_after: Duration,
+}
+
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_give_up_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Durations written as text: `90s`, `5m`, `24h`, `7d`.
+mod duration_text {
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like 90s, 5m or 24h: {e}")))
+    }
 }
 
 fn default_backfill_rate() -> u64 {
@@ -164,6 +197,8 @@ impl Default for ReplicationSettings {
             part_size: default_part_size(),
             part_concurrency: default_part_concurrency(),
             backfill_rate: default_backfill_rate(),
+            max_clock_skew: default_max_clock_skew(),
+            give_up_after: default_give_up_after(),
         }
     }
 }
@@ -185,6 +220,12 @@ pub struct CredentialConfig {
     /// E-mail address of the owner (for ACL grants by e-mail).
     #[serde(default)]
     pub email: Option<String>,
+    /// A replication credential: what other Ferry regions sign replica writes with (the
+    /// `access_key`/`secret_key` of their `[[peer]]` entry for this region). It is not an
+    /// account: it owns nothing and may only write replicas into buckets that accept the
+    /// account each replica comes from (see docs/REPLICATION.md, "Security model").
+    #[serde(default)]
+    pub replication: bool,
 }
 
 /// One region served by this process.
@@ -372,6 +413,12 @@ impl Config {
             if !names.insert(p.name.clone()) {
                 return Err(Error::Config(format!("peer `{}`: key `name`: already used by a region or peer", p.name)));
             }
+            if p.kind == PeerKind::Ferry && !p.accounts.is_empty() {
+                return Err(Error::Config(format!(
+                    "peer `{}`: key `accounts` is for kind = \"s3\" peers (a Ferry peer decides itself whom it accepts)",
+                    p.name
+                )));
+            }
             if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
                 return Err(Error::Config(format!(
                     "peer `{}`: key `endpoint`: `{}` must start with http:// or https://",
@@ -396,10 +443,10 @@ impl Config {
                 )));
             }
             if let Some(o) = &b.owner
-                && !self.credential.iter().any(|c| &c.access_key == o)
+                && !self.credential.iter().any(|c| &c.access_key == o && !c.replication)
             {
                 return Err(Error::Config(format!(
-                    "bucket `{}`: key `owner`: `{o}` is not a [[credential]] access_key",
+                    "bucket `{}`: key `owner`: `{o}` is not the access_key of a [[credential]] that is an account",
                     b.name
                 )));
             }
@@ -413,6 +460,13 @@ impl Config {
         if r.part_size < 5 << 20 || r.part_size > 5 << 30 {
             return Err(Error::Config("[replication]: key `part_size` must be between 5 MiB and 5 GiB".into()));
         }
+        let max_skew = Duration::from_micros(crate::time::MAX_OBSERVED_AHEAD_US.unsigned_abs());
+        if r.max_clock_skew > max_skew {
+            return Err(Error::Config("[replication]: key `max_clock_skew` must be at most 15m".into()));
+        }
+        if r.give_up_after < Duration::from_secs(1) || r.give_up_after > Duration::from_secs(30 * 24 * 3600) {
+            return Err(Error::Config("[replication]: key `give_up_after` must be between 1s and 30d".into()));
+        }
         let mut keys = HashSet::new();
         for c in &self.credential {
             if c.access_key.is_empty() || c.secret_key.is_empty() {
@@ -420,6 +474,12 @@ impl Config {
             }
             if !keys.insert(c.access_key.clone()) {
                 return Err(Error::Config(format!("[[credential]]: access_key `{}` declared twice", c.access_key)));
+            }
+            if c.replication && (c.user_id.is_some() || c.email.is_some()) {
+                return Err(Error::Config(format!(
+                    "[[credential]] `{}`: a replication credential is not an account: drop `user_id` and `email`",
+                    c.access_key
+                )));
             }
         }
         Ok(())

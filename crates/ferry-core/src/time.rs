@@ -5,8 +5,18 @@
 //! before it, even if the wall clock steps back, so "later commit" always means "larger timestamp"
 //! within a region. The clock's high-water mark is persisted by the writer, so this also holds
 //! across restarts.
+//!
+//! The clock is a hybrid logical clock: it also moves past times observed in replicas from other
+//! regions, so a write made after seeing a change orders after it. What it observes is bounded:
+//! never more than [`MAX_OBSERVED_AHEAD_US`] past the wall clock, so no input, however forged,
+//! can push the region's clock (and with it every later Last-Modified) into the future. The
+//! S3 layer refuses replicas further ahead than its configured skew, which is at most this.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How far past the wall clock an observed time may move the commit clock (15 minutes, the
+/// clock skew SigV4 tolerates).
+pub const MAX_OBSERVED_AHEAD_US: i64 = 15 * 60 * 1_000_000;
 
 /// Wall-clock time in microseconds since the Unix epoch.
 #[must_use]
@@ -49,9 +59,11 @@ impl CommitClock {
     }
 
     /// Moves the clock past `seen` (a timestamp observed from elsewhere, e.g. a replica), so the
-    /// next local change orders after it.
+    /// next local change orders after it; but never more than [`MAX_OBSERVED_AHEAD_US`] past
+    /// the wall clock.
     pub fn observe(&mut self, seen: i64) {
-        self.last = self.last.max(seen);
+        let bound = now_micros().saturating_add(MAX_OBSERVED_AHEAD_US);
+        self.last = self.last.max(seen.min(bound));
     }
 
     /// The last value returned by [`tick`](Self::tick) (or the starting high-water mark).
@@ -75,6 +87,16 @@ mod tests {
         assert_eq!(b, future + 2);
         c.observe(future + 100);
         assert_eq!(c.tick(), future + 101);
+    }
+
+    #[test]
+    fn observed_times_cannot_push_the_clock_into_the_future() {
+        let mut c = CommitClock::new(0);
+        c.observe(i64::MAX);
+        let t = c.tick();
+        assert!(t <= now_micros() + MAX_OBSERVED_AHEAD_US + 1_000_000, "clock moved to {t}");
+        c.observe(now_micros() + 1_000_000);
+        assert!(c.tick() > now_micros());
     }
 
     #[test]

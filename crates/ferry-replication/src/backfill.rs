@@ -5,8 +5,10 @@
 //! order, and its counters. The worker counts the versions in scope once (for the percentage),
 //! then scans in batches; each batch records its jobs and advances the cursor in one
 //! transaction, so a restart continues where it stopped. Backfill jobs run after live ones
-//! (lower priority in the outbox query), at most `window` of them wait at a time, and the scan
-//! is rate-limited, so memory and the live replication lag stay flat whatever the bucket size.
+//! (lower priority in the outbox query, with a minimum share), at most `window` of them wait at
+//! a time, and the scan is rate-limited, so memory and the live replication lag stay flat
+//! whatever the bucket size. Active backfills take turns (round robin): one whose window is
+//! full (its peer is down, say) never holds back the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +29,17 @@ pub struct BackfillWorker {
     /// Versions scanned per second at most.
     rate: u64,
     status: String,
+    /// Whose turn it is among the active backfills.
+    turn: usize,
+    /// Active backfills stepped in a row without progress (all waiting: then sleep a little).
+    idle_turns: usize,
 }
 
 impl BackfillWorker {
     /// A worker scanning at most `rate` versions per second.
     #[must_use]
     pub fn new(store: Arc<Store>, rate: u64) -> Self {
-        Self { store, rate: rate.max(1), status: String::new() }
+        Self { store, rate: rate.max(1), status: String::new(), turn: 0, idle_turns: 0 }
     }
 }
 
@@ -48,18 +54,13 @@ impl Worker for BackfillWorker {
     }
 
     async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
-        let active: Vec<_> = self
-            .store
-            .meta
-            .read(|r| r.list_backfills(None))
-            .await?
-            .into_iter()
-            .filter(|b| b.state == "counting" || b.state == "running")
-            .collect();
-        let Some(b) = active.last().cloned() else {
+        let active = self.store.meta.read(|r| r.active_backfills()).await?;
+        if active.is_empty() {
             self.status = "idle".to_owned();
             return Ok(WorkerState::Idle);
-        };
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let b = active[self.turn % active.len()].clone();
         if b.state == "counting" {
             let (bucket, (from, to)) = (b.bucket.clone(), backfill_range(&b));
             let total = self.store.meta.read(move |r| r.count_versions(&bucket, &from, to.as_deref())).await?;
@@ -69,10 +70,20 @@ impl Worker for BackfillWorker {
         let id = b.id;
         let step = self.store.meta.write(move |tx| backfill_step(tx, id, BATCH, WINDOW)).await?;
         self.status = format!("backfill {id} of {}: {:.1}%", b.bucket, b.ratio() * 100.0);
+        if step == BackfillStep::Throttle {
+            self.idle_turns += 1;
+        } else {
+            self.idle_turns = 0;
+        }
         Ok(match step {
             #[allow(clippy::cast_precision_loss)] // a delay, not a count
             BackfillStep::Progress(n) => WorkerState::Throttled(Duration::from_secs_f64(n as f64 / self.rate as f64)),
-            BackfillStep::Throttle => WorkerState::Throttled(Duration::from_millis(100)),
+            // Waiting for its jobs: the next backfill's turn, unless every one is waiting.
+            BackfillStep::Throttle if self.idle_turns < active.len() => WorkerState::Busy,
+            BackfillStep::Throttle => {
+                self.idle_turns = 0;
+                WorkerState::Throttled(Duration::from_millis(100))
+            }
             BackfillStep::Finished => {
                 tracing::info!(backfill = id, bucket = %b.bucket, "backfill finished");
                 WorkerState::Busy

@@ -42,5 +42,5 @@ pub fn start(
         runner.spawn(PeerWorker::new(&p.name, ctx.clone(), settings.concurrency));
     }
     runner.spawn(backfill::BackfillWorker::new(store.clone(), settings.backfill_rate));
-    runner.spawn(monitor::Monitor::new(store, peers.local().to_owned(), metrics));
+    runner.spawn(monitor::Monitor::new(store, peers, metrics));
 }

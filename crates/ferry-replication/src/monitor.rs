@@ -13,6 +13,9 @@ use ferry_core::background::{Worker, WorkerError, WorkerState};
 use ferry_core::metrics::{RegionMetrics, RuleLabels};
 use ferry_store::Store;
 use ferry_store::progress::bucket_progress;
+use ferry_store::replication::{PeerDirectory as _, fail};
+
+use crate::peers::PeerSet;
 use tokio_util::sync::CancellationToken;
 
 /// How often progress is computed.
@@ -23,9 +26,13 @@ pub const MISSED: &str = "OperationMissedThreshold";
 /// Event kind recorded when it comes back under.
 pub const RECOVERED: &str = "OperationReplicatedAfterThreshold";
 
-/// Updates gauges and RPO events of a region.
+/// Jobs of an unconfigured peer failed per transaction.
+const ORPHAN_BATCH: usize = 500;
+
+/// Updates gauges and RPO events of a region, and fails the jobs of peers no longer configured.
 pub struct Monitor {
     store: Arc<Store>,
+    peers: Arc<PeerSet>,
     region: String,
     metrics: Arc<RegionMetrics>,
     /// (bucket, rule) currently over their RPO.
@@ -36,8 +43,37 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor of `store`.
     #[must_use]
-    pub fn new(store: Arc<Store>, region: String, metrics: Arc<RegionMetrics>) -> Self {
-        Self { store, region, metrics, over: HashSet::new(), loaded: false }
+    pub fn new(store: Arc<Store>, peers: Arc<PeerSet>, metrics: Arc<RegionMetrics>) -> Self {
+        let region = peers.local().to_owned();
+        Self { store, peers, region, metrics, over: HashSet::new(), loaded: false }
+    }
+
+    /// Jobs for a peer removed from the configuration would wait for ever: they fail, with the
+    /// reason, a batch per transaction.
+    async fn fail_orphans(&self) -> Result<(), WorkerError> {
+        let peers = self.store.meta.read(|r| r.peers_with_jobs()).await?;
+        for peer in peers.into_iter().filter(|p| !self.peers.knows(p)) {
+            tracing::warn!(%peer, "jobs for a peer that is not configured: failing them");
+            loop {
+                let p = peer.clone();
+                let n = self
+                    .store
+                    .meta
+                    .write(move |tx| {
+                        let jobs = tx.pending_jobs_of_peer(&p, ORPHAN_BATCH)?;
+                        let why = format!("peer {p} is not configured (any more): add it back and run `ferry replication retry`");
+                        for j in &jobs {
+                            fail(tx, j, &why)?;
+                        }
+                        Ok(jobs.len())
+                    })
+                    .await?;
+                if n < ORPHAN_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rules that were over their RPO when the process stopped (their last event says so).
@@ -72,6 +108,7 @@ impl Worker for Monitor {
         if !self.loaded {
             self.load_state().await?;
         }
+        self.fail_orphans().await?;
         let buckets = self.store.meta.read(|r| r.list_buckets()).await?;
         for b in buckets.into_iter().filter(|b| b.replication.is_some()) {
             let p = bucket_progress(&self.store, &b.name, &self.region).await?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use ferry_core::config::PeerKind;
-use ferry_store::replication::{PeerDirectory, RemoteHead, RemoteVersion};
+use ferry_store::replication::{PeerDirectory, RemoteHead, RemoteVersion, SOURCE_HEADER, SourceRef};
 
 use crate::client::{ClientSettings, build};
 
@@ -22,6 +22,16 @@ pub struct Peer {
     pub url: String,
     /// The client, signed with the peer's credentials.
     pub client: Client,
+    /// S3 peers: the accounts (user ids) whose buckets may replicate there.
+    pub accounts: Vec<String>,
+}
+
+impl Peer {
+    /// True for another Ferry region (which decides itself whom it accepts).
+    #[must_use]
+    pub fn is_ferry(&self) -> bool {
+        self.kind == PeerKind::Ferry
+    }
 }
 
 /// A peer to set up.
@@ -30,6 +40,19 @@ pub struct PeerSpec {
     pub name: String,
     pub kind: PeerKind,
     pub settings: ClientSettings,
+    /// S3 peers: the accounts (user ids) whose buckets may replicate there.
+    pub accounts: Vec<String>,
+}
+
+/// A request customizer that adds the [`SOURCE_HEADER`] naming `source` (for Ferry peers;
+/// signed with the rest of the request).
+pub fn source_header(source: &SourceRef) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Send + Sync + 'static {
+    let value = source.encode().ok();
+    move |r| {
+        if let Some(v) = &value {
+            r.headers_mut().insert(SOURCE_HEADER, v.clone());
+        }
+    }
 }
 
 /// The peers of one region, by name.
@@ -49,7 +72,13 @@ impl PeerSet {
             let client = build(&s.settings).map_err(|e| format!("peer `{}`: {e}", s.name))?;
             peers.insert(
                 s.name.clone(),
-                Arc::new(Peer { name: s.name.clone(), kind: s.kind, url: s.settings.url.clone(), client }),
+                Arc::new(Peer {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    url: s.settings.url.clone(),
+                    client,
+                    accounts: s.accounts.clone(),
+                }),
             );
         }
         Ok(Self { local: local.to_owned(), peers })
@@ -98,38 +127,70 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(e
     }
 }
 
+/// A service error's HTTP status.
+pub fn http_status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    match e {
+        SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerDirectory for PeerSet {
-    async fn locate_bucket(&self, bucket: &str) -> Vec<String> {
+    async fn locate_bucket(&self, source: &SourceRef, bucket: &str) -> Vec<String> {
         let mut found = Vec::new();
         for p in self.peers.values() {
-            if p.client.head_bucket().bucket(bucket).send().await.is_ok() {
+            let out = if p.is_ferry() {
+                p.client.head_bucket().bucket(bucket).customize().mutate_request(source_header(source)).send().await
+            } else {
+                p.client.head_bucket().bucket(bucket).send().await
+            };
+            // 403: the bucket exists there but does not accept this source (said precisely later).
+            if out.is_ok() || out.as_ref().err().and_then(http_status) == Some(403) {
                 found.push(p.name.clone());
             }
         }
         found
     }
 
-    async fn check_destination(&self, peer: &str, bucket: &str) -> Result<(), String> {
-        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
-        let enabled = match p.client.get_bucket_versioning().bucket(bucket).send().await {
+    async fn check_destination(&self, source: &SourceRef, peer: &str, bucket: &str) -> Result<(), (bool, String)> {
+        let p = self.get(peer).ok_or_else(|| (false, format!("unknown peer {peer}")))?;
+        if !p.is_ferry() && !p.accounts.contains(&source.account) {
+            return Err((
+                true,
+                format!(
+                    "account {} may not replicate to the S3 service `{peer}`: list it in that [[peer]]'s `accounts`",
+                    source.account
+                ),
+            ));
+        }
+        let out = if p.is_ferry() {
+            p.client.get_bucket_versioning().bucket(bucket).customize().mutate_request(source_header(source)).send().await
+        } else {
+            p.client.get_bucket_versioning().bucket(bucket).send().await
+        };
+        let enabled = match out {
             Ok(v) => v.status().map(aws_sdk_s3::types::BucketVersioningStatus::as_str) == Some("Enabled"),
             // A 200 the SDK could not parse (some S3 servers name the XML root differently):
             // read the status from the body itself.
             Err(SdkError::ServiceError(s)) if s.raw().status().is_success() => {
                 s.raw().body().bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("<Status>Enabled</Status>"))
             }
-            Err(e) => return Err(describe(&e)),
+            Err(e) => return Err((http_status(&e) == Some(403), describe(&e))),
         };
-        if enabled { Ok(()) } else { Err("versioning is not enabled on the destination bucket".to_owned()) }
+        if enabled { Ok(()) } else { Err((false, "versioning is not enabled on the destination bucket".to_owned())) }
     }
 
-    async fn destinations_of(&self, peer: &str, bucket: &str) -> Vec<(String, String)> {
+    async fn destinations_of(&self, source: &SourceRef, peer: &str, bucket: &str) -> Vec<(String, String)> {
         let Some(p) = self.get(peer) else { return Vec::new() };
-        if p.kind != PeerKind::Ferry {
+        if !p.is_ferry() {
             return Vec::new();
         }
-        let Ok(out) = p.client.get_bucket_replication().bucket(bucket).send().await else { return Vec::new() };
+        let Ok(out) =
+            p.client.get_bucket_replication().bucket(bucket).customize().mutate_request(source_header(source)).send().await
+        else {
+            return Vec::new();
+        };
         out.replication_configuration()
             .map(|c| {
                 c.rules()
@@ -157,6 +218,7 @@ impl PeerDirectory for PeerSet {
 
     async fn list_versions(
         &self,
+        source: &SourceRef,
         peer: &str,
         bucket: &str,
         prefix: &str,
@@ -172,6 +234,8 @@ impl PeerDirectory for PeerSet {
             .set_key_marker(km)
             .set_version_id_marker(vm)
             .max_keys(1000)
+            .customize()
+            .mutate_request(source_header(source))
             .send()
             .await
             .map_err(|e| describe(&e))?;
@@ -206,16 +270,42 @@ impl PeerDirectory for PeerSet {
         Ok((out, next))
     }
 
-    async fn head(&self, peer: &str, bucket: &str, key: &str, version_id: Option<&str>) -> Result<Option<RemoteHead>, String> {
+    async fn head(
+        &self,
+        source: &SourceRef,
+        peer: &str,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<RemoteHead>, String> {
         let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
-        let head = match p.client.head_object().bucket(bucket).key(key).set_version_id(version_id.map(str::to_owned)).send().await
+        let vid = version_id.map(str::to_owned);
+        let head = match p
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(vid.clone())
+            .customize()
+            .mutate_request(source_header(source))
+            .send()
+            .await
         {
             Ok(h) => h,
             Err(e) if matches!(&e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404) => return Ok(None),
             Err(e) => return Err(describe(&e)),
         };
         let tags = if head.tag_count().unwrap_or(0) > 0 {
-            match p.client.get_object_tagging().bucket(bucket).key(key).set_version_id(version_id.map(str::to_owned)).send().await
+            match p
+                .client
+                .get_object_tagging()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(vid)
+                .customize()
+                .mutate_request(source_header(source))
+                .send()
+                .await
             {
                 Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
                 Err(e) => return Err(describe(&e)),

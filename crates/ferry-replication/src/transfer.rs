@@ -1,23 +1,29 @@
 //! Delivering one job to its peer.
 //!
-//! To a Ferry peer every request carries the [`REPLICA_HEADER`] (signed): the replica keeps
-//! the source's version id, last-modified, ETag, owner and ACL, and is applied idempotently.
-//! To an S3 peer, plain requests: the target assigns its own version ids (see the fidelity
-//! table in docs/REPLICATION.md).
+//! To a Ferry peer every request carries the [`SOURCE_HEADER`] (the source bucket and its
+//! owner's account, which the destination bucket must accept) and, for writes, the
+//! [`REPLICA_HEADER`], both signed: the replica keeps the source's version id, last-modified,
+//! ETag, owner and ACL (and the times of its last tag and ACL change), and is applied
+//! idempotently. To an S3 peer, plain requests: the target assigns its own version ids and its
+//! current object is the last one written, so a version is sent only if no newer version of its
+//! key has reached that target (see the fidelity table in docs/REPLICATION.md).
 //!
 //! Large objects (above `multipart_threshold`, or uploaded in parts) go as multipart uploads:
 //! a source uploaded in parts keeps its part layout (so the ETag is the same computation),
 //! other objects are cut into `part_size` pieces. Parts upload `part_concurrency` at a time,
-//! each retried a few times. The destination upload id is saved in the job before the first
-//! part, so after a crash the transfer lists the parts already there and sends only the rest.
+//! each retried a few times. The destination upload id and the part size of the plan are saved
+//! in the job before the first part, so after a crash (even with another `part_size`) the
+//! transfer lists the parts already there, keeps those whose size and checksum match the plan,
+//! and sends only the rest. Before a large upload to a Ferry peer, a HEAD asks whether the
+//! version is there already (a duplicate delivery costs one request).
 //!
-//! Integrity: every body is checked by the destination against something the source knows.
-//! To a Ferry peer that is a checksum, and the peer skips MD5 (at about 0.6 GB/s per core the
-//! most expensive step of receiving a replica): a single PUT carries the object's stored
-//! full-object checksum and its ETag in the replica header; a part carries the source part's
-//! stored checksum, or a CRC64NVME the source computes just before sending, plus the part's MD5
-//! when the source knows it ([`REPLICA_PART_HEADER`]). Without a checksum, and to other S3 services,
-//! the body carries `Content-MD5` whenever the source's MD5 is known.
+//! Integrity, end to end: every body is checked by the destination against something the source
+//! stored. A single PUT carries the object's stored full-object checksum. A part carries the
+//! source part's stored checksum, or a CRC the source computes just before sending, in the
+//! algorithm of the object's full-object CRC; the destination then combines the parts' CRCs at
+//! Complete and refuses (BadDigest) an object whose parts do not make up the checksum the source
+//! stored (a wrong part reused, bit rot at the source). Without a checksum, and to other S3
+//! services, bodies carry `Content-MD5` whenever the source's MD5 is known.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,24 +32,31 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, StorageClass, Tag, Tagging};
 use base64::Engine as _;
-use ferry_core::config::{PeerKind, ReplicationSettings};
+use ferry_core::config::ReplicationSettings;
 use ferry_store::Store;
 use ferry_store::checksum::{Algorithm, Checksum};
 use ferry_store::model::{BodyLayout, PartRef, VersionRecord};
-use ferry_store::replication::{Job, JobOp, REPLICA_HEADER, REPLICA_PART_HEADER, ReplicaMeta, ReplicationConfig, Rule};
+use ferry_store::replication::{Job, JobOp, REPLICA_HEADER, REPLICA_PART_HEADER, ReplicaMeta, SOURCE_HEADER, SourceRef};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::peers::{Peer, PeerSet, describe};
+use crate::peers::{Peer, PeerSet, describe, http_status};
 
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered (or nothing left to deliver).
+    /// Delivered.
     Done,
-    /// Try again later (peer unreachable, 5xx, throttled, not there yet).
+    /// Nothing to send (the version is gone, superseded at an S3 target, the configuration
+    /// removed): finished without a delivery.
+    Skipped(String),
+    /// Try again later (peer unreachable, 5xx, throttled).
     Transient(String),
-    /// Will not succeed by retrying (access denied, no such bucket, versioning off).
+    /// What the change applies to is not at the destination (yet): try again a bounded number
+    /// of times, then fail.
+    Missing(String),
+    /// Will not succeed by retrying (access denied, no such bucket, versioning off, corrupt
+    /// source data).
     Permanent(String),
 }
 
@@ -62,6 +75,10 @@ pub struct Progress {
     pub format: u32,
     /// Destination upload id.
     pub upload_id: Option<String>,
+    /// The part size of the plan (an object not uploaded in parts, cut into pieces): kept when
+    /// the transfer resumes, whatever `part_size` is then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
 }
 
 /// S3 error codes that mean "try again later".
@@ -79,7 +96,10 @@ where
         SdkError::ServiceError(s) => {
             let code = s.err().code().unwrap_or("");
             let status = status.unwrap_or(0);
-            if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code) {
+            // 501: the target lacks the feature; retrying will not add it.
+            if status == 501 || code == "NotImplemented" {
+                Outcome::Permanent(why)
+            } else if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code) {
                 Outcome::Transient(why)
             } else {
                 Outcome::Permanent(why)
@@ -90,37 +110,20 @@ where
     }
 }
 
+fn classify_sdk<E: ProvideErrorMetadata + std::fmt::Debug>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Outcome {
+    classify(e, http_status(e))
+}
+
+/// True for the errors that mean "the key or version is not there".
+fn is_missing<E: ProvideErrorMetadata>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    matches!(e.code(), Some("NoSuchKey" | "NoSuchVersion")) || http_status(e) == Some(404)
+}
+
 macro_rules! check {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(err) => {
-                let status = match &err {
-                    SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
-                    _ => None,
-                };
-                return classify(&err, status);
-            }
-        }
-    };
-}
-
-/// Like `check!`, but a missing key/version/upload on the peer is transient (the change it
-/// depends on has not arrived yet).
-macro_rules! check_ordered {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(err) => {
-                let status = match &err {
-                    SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
-                    _ => None,
-                };
-                if matches!(err.code(), Some("NoSuchKey" | "NoSuchVersion")) {
-                    return Outcome::Transient(describe(&err));
-                }
-                return classify(&err, status);
-            }
+            Err(err) => return classify_sdk(&err),
         }
     };
 }
@@ -158,43 +161,52 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::Transient(format!("reading the source: {e}")),
     };
-    let rule = bucket
-        .and_then(|b| b.replication)
-        .and_then(|s| ReplicationConfig::from_stored(&s).ok())
-        .and_then(|c| c.rules.into_iter().find(|r| r.id == job.rule_id));
-    let t = Transfer { ctx, peer: &peer, job, rule: rule.as_ref() };
-    match job.op {
-        JobOp::Put => match version {
-            Some(v) if !v.delete_marker => t.put(&v).await,
-            // Deleted locally before it could be sent: nothing to replicate.
-            _ => Outcome::Done,
-        },
-        JobOp::DeleteMarker => match version {
-            Some(v) if v.delete_marker => t.delete_marker(&v).await,
-            _ => Outcome::Done,
-        },
-        JobOp::DeleteVersion => t.delete_version().await,
-        JobOp::Metadata => match version {
-            Some(v) if !v.delete_marker => t.metadata(&v).await,
-            _ => Outcome::Done,
-        },
+    let Some(bucket) = bucket.filter(|b| b.replication.is_some()) else {
+        return Outcome::Skipped("the bucket's replication configuration was removed".to_owned());
+    };
+    let source = SourceRef::new(ctx.peers.local(), &job.bucket, &bucket.owner.id);
+    let t = Transfer { ctx, peer: &peer, job, source };
+    let out = match (job.op, version) {
+        (JobOp::Put, Some(v)) if !v.delete_marker => t.put(&v).await,
+        (JobOp::DeleteMarker, Some(v)) if v.delete_marker => t.delete_marker(&v).await,
+        (JobOp::Metadata, Some(v)) if !v.delete_marker => t.metadata(&v).await,
+        (JobOp::DeleteVersion, _) => t.delete_version().await,
+        // Deleted locally before it could be sent: nothing to replicate.
+        _ => Outcome::Skipped("the version no longer exists at the source".to_owned()),
+    };
+    if matches!(out, Outcome::Skipped(_)) {
+        t.abandon_upload().await;
     }
+    out
 }
 
 struct Transfer<'a> {
     ctx: &'a Ctx,
     peer: &'a Peer,
     job: &'a Job,
-    rule: Option<&'a Rule>,
+    source: SourceRef,
 }
 
 impl Transfer<'_> {
     fn ferry(&self) -> bool {
-        self.peer.kind == PeerKind::Ferry
+        self.peer.is_ferry()
     }
 
-    fn owner_override(&self) -> bool {
-        self.rule.is_some_and(|r| r.destination.owner_override)
+    /// A request customizer adding what a Ferry peer needs: the source, and the replica header
+    /// when given. Other peers get plain requests.
+    fn headers(
+        &self,
+        replica: Option<String>,
+    ) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Clone + Send + Sync + 'static {
+        let source = if self.ferry() { self.source.encode().ok() } else { None };
+        move |r| {
+            if let Some(s) = &source {
+                r.headers_mut().insert(SOURCE_HEADER, s.clone());
+            }
+            if let Some(v) = &replica {
+                r.headers_mut().insert(REPLICA_HEADER, v.clone());
+            }
+        }
     }
 
     /// The replica header value for `v` (Ferry peers only).
@@ -202,7 +214,7 @@ impl Transfer<'_> {
         if !self.ferry() {
             return None;
         }
-        let keep_owner = !self.owner_override();
+        let keep_owner = !self.job.opts.owner_override;
         ReplicaMeta {
             format: 1,
             source_region: self.ctx.peers.local().to_owned(),
@@ -212,26 +224,69 @@ impl Transfer<'_> {
             owner: keep_owner.then(|| v.owner.clone()),
             acl: keep_owner.then(|| v.attrs.acl.clone()),
             checksums: (!v.delete_marker && !v.attrs.checksums.values.is_empty()).then(|| v.attrs.checksums.clone()),
+            tags_us: v.attrs.tags_us,
+            acl_us: v.attrs.acl_us,
         }
         .encode()
         .ok()
     }
 
     fn storage_class(&self, v: &VersionRecord) -> Option<StorageClass> {
-        self.rule
-            .and_then(|r| r.destination.storage_class.clone())
-            .or_else(|| v.storage_class.clone())
-            .map(|s| StorageClass::from(s.as_str()))
+        self.job.opts.storage_class.clone().or_else(|| v.storage_class.clone()).map(|s| StorageClass::from(s.as_str()))
+    }
+
+    /// For an S3 target, whose current object is the last one written: the reason not to send
+    /// `v` when a newer version of its key has reached the target already.
+    async fn superseded(&self, v: &VersionRecord) -> Result<Option<String>, Outcome> {
+        if self.ferry() {
+            return Ok(None);
+        }
+        let (b, k, m, vid, d) = (v.bucket.clone(), v.key.clone(), v.mtime_us, v.version_id.clone(), self.job.dest());
+        let newer = self.ctx.store.meta.read(move |r| r.newer_delivered(&b, &k, m, &vid, &d)).await;
+        match newer {
+            Ok(true) => Ok(Some("a newer version of the key is at the S3 target already".to_owned())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Outcome::Transient(format!("reading the source: {e}"))),
+        }
     }
 
     async fn put(&self, v: &VersionRecord) -> Outcome {
+        match self.superseded(v).await {
+            Ok(Some(why)) => return Outcome::Skipped(why),
+            Ok(None) => {}
+            Err(o) => return o,
+        }
         let multipart = match &v.layout {
             BodyLayout::Inline(_) => false,
             BodyLayout::Parts { parts, multipart } => {
                 *multipart || parts.len() > 1 || v.size > self.ctx.settings.multipart_threshold
             }
         };
-        if multipart { self.put_multipart(v).await } else { self.put_single(v).await }
+        if !multipart {
+            return self.put_single(v).await;
+        }
+        // A large upload to a Ferry peer that has the version already (a duplicate delivery)
+        // costs one HEAD instead.
+        if self.ferry() {
+            let head = self
+                .peer
+                .client
+                .head_object()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .version_id(&v.version_id)
+                .customize()
+                .mutate_request(self.headers(None))
+                .send()
+                .await;
+            match head {
+                Ok(h) if h.e_tag().map(|e| e.trim_matches('"')) == Some(v.etag.as_str()) => return Outcome::Done,
+                Ok(_) => {}
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return classify_sdk(&e),
+            }
+        }
+        self.put_multipart(v).await
     }
 
     async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
@@ -245,13 +300,7 @@ impl Transfer<'_> {
                         None => return Ok(ByteStream::from(Vec::new())),
                     },
                 };
-                let file = self
-                    .ctx
-                    .store
-                    .blobs
-                    .open_read(&p.blob)
-                    .await
-                    .map_err(|e| Outcome::Transient(format!("opening blob {}: {e}", p.blob)))?;
+                let file = self.ctx.store.blobs.open_read(&p.blob).await.map_err(|e| blob_error(&p.blob, &e))?;
                 ByteStream::read_from()
                     .file(file)
                     .offset(offset)
@@ -314,28 +363,31 @@ impl Transfer<'_> {
         if !a.tags.is_empty() {
             req = req.tagging(tagging_header(&a.tags));
         }
-        let header = self.replica_header(v);
-        check!(req.customize().mutate_request(move |r| add_header(r, header.as_deref())).send().await);
-        Outcome::Done
+        match req.customize().mutate_request(self.headers(self.replica_header(v))).send().await {
+            Ok(_) => Outcome::Done,
+            Err(e) => corrupt_or(classify_sdk(&e)),
+        }
     }
 
     async fn put_multipart(&self, v: &VersionRecord) -> Outcome {
         let BodyLayout::Parts { parts, multipart } = &v.layout else { return self.put_single(v).await };
-        let plan = plan_parts(parts, *multipart, v.size, self.ctx.settings.part_size);
         let client = &self.peer.client;
         let dest = self.job.dest_bucket.as_str();
         let mut progress: Progress = self.job.progress.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
-        // Parts the destination already has (a transfer resumed after a restart).
+        // A plan made before a restart keeps its part size: parts already sent are of that size.
+        let part_size = *progress.part_size.get_or_insert(self.ctx.settings.part_size);
+        let plan = plan_parts(parts, *multipart, v.size, part_size);
+        let alg = part_algorithm(v);
+        // Parts the destination already has (a transfer resumed after a restart): kept only
+        // when their size and checksum are those of the planned part.
         let mut done: std::collections::BTreeMap<i32, String> = std::collections::BTreeMap::new();
         if let Some(id) = &progress.upload_id {
-            match list_all_parts(client, dest, &v.key, id).await {
+            match list_all_parts(client, dest, &v.key, id, self.headers(None)).await {
                 Ok(listed) => {
                     for p in &plan {
-                        if let Some((etag, size)) = listed.get(&p.number)
-                            && *size == p.len
-                            && p.md5.as_deref().is_none_or(|m| m == etag)
-                        {
-                            done.insert(p.number, etag.clone());
+                        let Some(there) = listed.get(&p.number).filter(|l| l.size == p.len) else { continue };
+                        if self.part_matches(p, there).await {
+                            done.insert(p.number, there.etag.clone());
                         }
                     }
                     tracing::info!(key = %v.key, upload = %id, parts_already_there = done.len(), parts = plan.len(), "resuming multipart replication");
@@ -346,46 +398,22 @@ impl Transfer<'_> {
         }
         let upload_id = match progress.upload_id.clone() {
             Some(id) => id,
-            None => {
-                let a = &v.attrs;
-                let mut req = client
-                    .create_multipart_upload()
-                    .bucket(dest)
-                    .key(&v.key)
-                    .set_content_type(a.content_type.clone())
-                    .set_content_encoding(a.content_encoding.clone())
-                    .set_content_disposition(a.content_disposition.clone())
-                    .set_content_language(a.content_language.clone())
-                    .set_cache_control(a.cache_control.clone())
-                    .set_website_redirect_location(a.website_redirect.clone())
-                    .set_metadata((!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()))
-                    .set_storage_class(self.storage_class(v));
-                if let Some(exp) = a
-                    .expires
-                    .as_deref()
-                    .and_then(|e| aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok())
-                {
-                    req = req.expires(exp);
+            None => match self.create_upload(v).await {
+                Ok(id) => {
+                    // Saved before any part is sent: a crash from here on resumes this upload.
+                    progress = Progress { format: 1, upload_id: Some(id.clone()), part_size: Some(part_size) };
+                    if let Err(e) = self.save_progress(&progress).await {
+                        return Outcome::Transient(format!("saving transfer progress: {e}"));
+                    }
+                    id
                 }
-                if !a.tags.is_empty() {
-                    req = req.tagging(tagging_header(&a.tags));
-                }
-                let out = check!(req.send().await);
-                let Some(id) = out.upload_id().map(str::to_owned) else {
-                    return Outcome::Transient("CreateMultipartUpload returned no upload id".to_owned());
-                };
-                // Saved before any part is sent: a crash from here on resumes this upload.
-                progress = Progress { format: 1, upload_id: Some(id.clone()) };
-                if let Err(e) = self.save_progress(&progress).await {
-                    return Outcome::Transient(format!("saving transfer progress: {e}"));
-                }
-                id
-            }
+                Err(o) => return o,
+            },
         };
         // The futures are built first (a closure held across the await below would not be Send).
         let mut uploads = Vec::new();
         for p in plan.iter().filter(|p| !done.contains_key(&p.number)) {
-            uploads.push(self.upload_part(v, &upload_id, p));
+            uploads.push(self.upload_part(v, &upload_id, p, alg));
         }
         let results: Vec<Result<(i32, String), Outcome>> =
             futures::stream::iter(uploads).buffer_unordered(self.ctx.settings.part_concurrency.max(1)).collect().await;
@@ -395,8 +423,7 @@ impl Transfer<'_> {
                     done.insert(n, etag);
                 }
                 Err(Outcome::Permanent(why)) => {
-                    let _ = client.abort_multipart_upload().bucket(dest).key(&v.key).upload_id(&upload_id).send().await;
-                    let _ = self.save_progress(&Progress::default()).await;
+                    self.abort(&v.key, &upload_id).await;
                     return Outcome::Permanent(why);
                 }
                 Err(other) => return other,
@@ -407,7 +434,6 @@ impl Transfer<'_> {
                 done.iter().map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(format!("\"{e}\"")).build()).collect(),
             ))
             .build();
-        let header = self.replica_header(v);
         let out = client
             .complete_multipart_upload()
             .bucket(dest)
@@ -415,7 +441,7 @@ impl Transfer<'_> {
             .upload_id(&upload_id)
             .multipart_upload(completed)
             .customize()
-            .mutate_request(move |r| add_header(r, header.as_deref()))
+            .mutate_request(self.headers(self.replica_header(v)))
             .send()
             .await;
         match out {
@@ -426,21 +452,96 @@ impl Transfer<'_> {
                 let _ = self.save_progress(&Progress::default()).await;
                 Outcome::Transient(describe(&e))
             }
-            Err(e) => {
-                let status = match &e {
-                    SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
-                    _ => None,
-                };
-                classify(&e, status)
-            }
+            Err(e) => match corrupt_or(classify_sdk(&e)) {
+                Outcome::Permanent(why) => {
+                    self.abort(&v.key, &upload_id).await;
+                    Outcome::Permanent(why)
+                }
+                other => other,
+            },
         }
     }
 
-    async fn upload_part(&self, v: &VersionRecord, upload_id: &str, p: &PartPlan) -> Result<(i32, String), Outcome> {
+    /// Opens the destination upload; returns its id.
+    async fn create_upload(&self, v: &VersionRecord) -> Result<String, Outcome> {
+        let a = &v.attrs;
+        let mut req = self
+            .peer
+            .client
+            .create_multipart_upload()
+            .bucket(&self.job.dest_bucket)
+            .key(&v.key)
+            .set_content_type(a.content_type.clone())
+            .set_content_encoding(a.content_encoding.clone())
+            .set_content_disposition(a.content_disposition.clone())
+            .set_content_language(a.content_language.clone())
+            .set_cache_control(a.cache_control.clone())
+            .set_website_redirect_location(a.website_redirect.clone())
+            .set_metadata((!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()))
+            .set_storage_class(self.storage_class(v));
+        if let Some(exp) = a
+            .expires
+            .as_deref()
+            .and_then(|e| aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok())
+        {
+            req = req.expires(exp);
+        }
+        if !a.tags.is_empty() {
+            req = req.tagging(tagging_header(&a.tags));
+        }
+        let out = req.customize().mutate_request(self.headers(None)).send().await.map_err(|e| classify_sdk(&e))?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Outcome::Transient("CreateMultipartUpload returned no upload id".to_owned()))
+    }
+
+    /// Best effort: aborts a destination upload and forgets it.
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let _ = self
+            .peer
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.job.dest_bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .customize()
+            .mutate_request(self.headers(None))
+            .send()
+            .await;
+        let _ = self.save_progress(&Progress::default()).await;
+    }
+
+    /// A job that ends without sending aborts the upload an earlier attempt left open.
+    async fn abandon_upload(&self) {
+        let saved: Option<Progress> = self.job.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        if let Some(id) = saved.and_then(|p| p.upload_id) {
+            self.abort(&self.job.key, &id).await;
+        }
+    }
+
+    /// True when a part already at the destination is the planned part: same size (checked by
+    /// the caller) and the same checksum (or, to an S3 service without checksums, the same MD5).
+    async fn part_matches(&self, p: &PartPlan, there: &ListedPart) -> bool {
+        if let Some((a, value)) = &there.checksum {
+            return match self.part_checksum(p, *a).await {
+                Ok((used, expected)) => used == *a && expected == *value,
+                Err(_) => false,
+            };
+        }
+        p.md5.as_deref().is_some_and(|m| m == there.etag)
+    }
+
+    async fn upload_part(
+        &self,
+        v: &VersionRecord,
+        upload_id: &str,
+        p: &PartPlan,
+        alg: Algorithm,
+    ) -> Result<(i32, String), Outcome> {
         let md5 = p.md5.as_deref().filter(|m| content_md5(m).is_some());
         // To a Ferry peer a part travels with a checksum and the part's MD5 when known, and the
         // peer computes no MD5 (the slowest hash). Other services get Content-MD5 when known.
-        let checksum = if self.ferry() { Some(self.part_checksum(p).await?) } else { None };
+        let checksum = if self.ferry() { Some(self.part_checksum(p, alg).await?) } else { None };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -471,9 +572,11 @@ impl Transfer<'_> {
                     None
                 }
             };
+            let headers = self.headers(None);
             let sent = req
                 .customize()
                 .mutate_request(move |r| {
+                    headers(r);
                     if let Some(v) = &part_header {
                         r.headers_mut().insert(REPLICA_PART_HEADER, v.clone());
                     }
@@ -484,11 +587,7 @@ impl Transfer<'_> {
                 Ok(out) => return Ok((p.number, out.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
                 Err(e) => e,
             };
-            let status = match &err {
-                SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
-                _ => None,
-            };
-            match classify(&err, status) {
+            match classify_sdk(&err) {
                 Outcome::Transient(why) if attempt < 3 => {
                     tracing::debug!(part = p.number, %why, "part upload failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
@@ -500,22 +599,23 @@ impl Transfer<'_> {
 
     /// The checksum a part travels with to a Ferry peer: the source part's stored one when the
     /// destination part is that whole part (so the bytes are checked against what the source
-    /// wrote), else CRC64NVME of the bytes, read once ahead of sending. That second read comes
-    /// from the page cache and costs far less than a streamed checksum would: the SDK sends a
-    /// computed checksum as a trailer, and over plain http it then signs every chunk (SHA-256).
-    async fn part_checksum(&self, p: &PartPlan) -> Result<(Algorithm, String), Outcome> {
+    /// wrote), else a CRC of the bytes in `alg` (the object's full-object CRC algorithm, so the
+    /// destination can combine the parts into it), read once ahead of sending. That second read
+    /// comes from the page cache and costs far less than a streamed checksum would: the SDK
+    /// sends a computed checksum as a trailer, and over plain http it then signs every chunk.
+    async fn part_checksum(&self, p: &PartPlan, alg: Algorithm) -> Result<(Algorithm, String), Outcome> {
         if p.offset == 0 && p.len == p.source.size {
             let stored = p.source.checksums.iter().flat_map(|c| &c.values);
-            if let Some((alg, value)) = stored.filter_map(|(a, v)| Some((Algorithm::parse(a)?, v))).next() {
-                return Ok((alg, value.clone()));
+            if let Some((a, value)) = stored.filter_map(|(a, v)| Some((Algorithm::parse(a)?, v))).next() {
+                return Ok((a, value.clone()));
             }
         }
-        let mut crc = Checksum::new(Algorithm::Crc64Nvme);
+        let mut crc = Checksum::new(alg);
         let mut reader = self.ctx.store.blobs.read_parts(vec![p.source.clone()], p.offset..p.offset + p.len);
         while let Some(chunk) = reader.next().await {
-            crc.update(&chunk.map_err(|e| Outcome::Transient(format!("reading blob {}: {e}", p.source.blob)))?);
+            crc.update(&chunk.map_err(|e| blob_error(&p.source.blob, &e))?);
         }
-        Ok((Algorithm::Crc64Nvme, crc.finish()))
+        Ok((alg, crc.finish()))
     }
 
     async fn save_progress(&self, p: &Progress) -> ferry_store::Result<()> {
@@ -525,14 +625,21 @@ impl Transfer<'_> {
             .store
             .meta
             .write(move |tx| match tx.get_job(id)? {
-                Some(j) => tx.update_job(id, j.state, j.attempts, j.next_attempt_us, j.last_error.as_deref(), text.as_deref()),
+                Some(mut j) => {
+                    j.progress = text;
+                    tx.update_job(&j)
+                }
                 None => Ok(()),
             })
             .await
     }
 
     async fn delete_marker(&self, v: &VersionRecord) -> Outcome {
-        let header = self.replica_header(v);
+        match self.superseded(v).await {
+            Ok(Some(why)) => return Outcome::Skipped(why),
+            Ok(None) => {}
+            Err(o) => return o,
+        }
         check!(
             self.peer
                 .client
@@ -540,7 +647,7 @@ impl Transfer<'_> {
                 .bucket(&self.job.dest_bucket)
                 .key(&v.key)
                 .customize()
-                .mutate_request(move |r| add_header(r, header.as_deref()))
+                .mutate_request(self.headers(self.replica_header(v)))
                 .send()
                 .await
         );
@@ -550,7 +657,7 @@ impl Transfer<'_> {
     async fn delete_version(&self) -> Outcome {
         if !self.ferry() {
             // Version ids differ on an S3 peer: there is no version to name.
-            return Outcome::Done;
+            return Outcome::Skipped("an S3 target has its own version ids".to_owned());
         }
         let meta = ReplicaMeta {
             format: 1,
@@ -561,8 +668,9 @@ impl Transfer<'_> {
             owner: None,
             acl: None,
             checksums: None,
+            tags_us: None,
+            acl_us: None,
         };
-        let header = meta.encode().ok();
         check!(
             self.peer
                 .client
@@ -571,7 +679,7 @@ impl Transfer<'_> {
                 .key(&self.job.key)
                 .version_id(&self.job.version_id)
                 .customize()
-                .mutate_request(move |r| add_header(r, header.as_deref()))
+                .mutate_request(self.headers(meta.encode().ok()))
                 .send()
                 .await
         );
@@ -579,44 +687,126 @@ impl Transfer<'_> {
     }
 
     async fn metadata(&self, v: &VersionRecord) -> Outcome {
-        let tagging = Tagging::builder()
-            .set_tag_set(Some(
-                v.attrs.tags.iter().filter_map(|(k, val)| Tag::builder().key(k).value(val).build().ok()).collect(),
-            ))
-            .build();
-        let Ok(tagging) = tagging else { return Outcome::Permanent("invalid tag set".to_owned()) };
-        let header = self.replica_header(v);
-        let h2 = header.clone();
-        let mut req = self.peer.client.put_object_tagging().bucket(&self.job.dest_bucket).key(&v.key).tagging(tagging);
-        if self.ferry() {
-            req = req.version_id(&v.version_id);
+        if !self.ferry() {
+            return self.metadata_to_s3(v).await;
         }
-        check_ordered!(req.customize().mutate_request(move |r| add_header(r, h2.as_deref())).send().await);
-        if self.ferry() && !self.owner_override() {
+        let tagging = match tag_set(v) {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        let header = self.replica_header(v);
+        let sent = self
+            .peer
+            .client
+            .put_object_tagging()
+            .bucket(&self.job.dest_bucket)
+            .key(&v.key)
+            .version_id(&v.version_id)
+            .tagging(tagging)
+            .customize()
+            .mutate_request(self.headers(header.clone()))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            return self.metadata_failed(v, &e).await;
+        }
+        if !self.job.opts.owner_override {
             // The ACL travels in the replica header; the canned ACL only makes the request valid.
-            check_ordered!(
-                self.peer
-                    .client
-                    .put_object_acl()
-                    .bucket(&self.job.dest_bucket)
-                    .key(&v.key)
-                    .version_id(&v.version_id)
-                    .acl(ObjectCannedAcl::Private)
-                    .customize()
-                    .mutate_request(move |r| add_header(r, header.as_deref()))
-                    .send()
-                    .await
-            );
+            let sent = self
+                .peer
+                .client
+                .put_object_acl()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .version_id(&v.version_id)
+                .acl(ObjectCannedAcl::Private)
+                .customize()
+                .mutate_request(self.headers(header))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                return self.metadata_failed(v, &e).await;
+            }
         }
         Outcome::Done
     }
+
+    /// A tag or ACL update a Ferry peer refused. When the version is not there, an original
+    /// version is sent whole (its tags and ACL go with it); a replica's change has nothing left
+    /// to update where the version came from.
+    async fn metadata_failed<E: ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        v: &VersionRecord,
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Outcome {
+        if !is_missing(e) {
+            return classify_sdk(e);
+        }
+        if v.attrs.origin.is_some() {
+            return Outcome::Skipped("the version no longer exists where it came from".to_owned());
+        }
+        self.put(v).await
+    }
+
+    /// To an S3 target, tags go on its current object, which stands for the source's latest
+    /// version; a change to an older version has nothing to land on.
+    async fn metadata_to_s3(&self, v: &VersionRecord) -> Outcome {
+        if !v.is_latest {
+            return Outcome::Skipped("not the current version: an S3 target holds only the current object".to_owned());
+        }
+        let tagging = match tag_set(v) {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        match self.peer.client.put_object_tagging().bucket(&self.job.dest_bucket).key(&v.key).tagging(tagging).send().await {
+            Ok(_) => Outcome::Done,
+            Err(e) if is_missing(&e) => Outcome::Missing(describe(&e)),
+            Err(e) => classify_sdk(&e),
+        }
+    }
 }
 
-/// Adds the replica header before the request is signed (so it is part of the signature).
-fn add_header(r: &mut aws_sdk_s3::config::http::HttpRequest, value: Option<&str>) {
-    if let Some(v) = value {
-        r.headers_mut().insert(REPLICA_HEADER, v.to_owned());
+fn tag_set(v: &VersionRecord) -> Result<Tagging, Outcome> {
+    Tagging::builder()
+        .set_tag_set(Some(
+            v.attrs.tags.iter().filter_map(|(k, val)| Tag::builder().key(k).value(val).build().ok()).collect(),
+        ))
+        .build()
+        .map_err(|_| Outcome::Permanent("invalid tag set".to_owned()))
+}
+
+/// A blob that cannot be read: gone for good (permanent: nothing to send), or a passing error.
+fn blob_error(blob: &str, e: &std::io::Error) -> Outcome {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Outcome::Permanent(format!("source data missing: blob {blob} is not on disk"))
+    } else {
+        Outcome::Transient(format!("reading blob {blob}: {e}"))
     }
+}
+
+/// A destination that refuses the body as not matching its checksum names a source whose bytes
+/// no longer match what it stored (or a part reused wrongly, which the plan rules out).
+fn corrupt_or(o: Outcome) -> Outcome {
+    match o {
+        Outcome::Permanent(why) if why.starts_with("BadDigest") => {
+            Outcome::Permanent(format!("source data does not match its stored checksum (corrupt?): {why}"))
+        }
+        other => other,
+    }
+}
+
+/// The algorithm of the CRCs computed for parts cut from one body: the object's full-object
+/// CRC algorithm when it has one (the destination combines the parts into it), else CRC64NVME.
+fn part_algorithm(v: &VersionRecord) -> Algorithm {
+    let c = &v.attrs.checksums;
+    if c.kind.as_deref() == Some("FULL_OBJECT") {
+        for a in [Algorithm::Crc64Nvme, Algorithm::Crc32c, Algorithm::Crc32] {
+            if c.values.contains_key(a.name()) {
+                return a;
+            }
+        }
+    }
+    Algorithm::Crc64Nvme
 }
 
 /// One destination part.
@@ -664,37 +854,51 @@ fn plan_parts(parts: &[PartRef], multipart: bool, size: u64, part_size: u64) -> 
     out
 }
 
-/// Every part of an upload on the peer: number → (ETag without quotes, size).
+/// A part as the destination lists it.
+#[derive(Debug, Clone)]
+struct ListedPart {
+    /// ETag without quotes.
+    etag: String,
+    size: u64,
+    /// The part's checksum, when the destination reports one.
+    checksum: Option<(Algorithm, String)>,
+}
+
+/// Every part of an upload on the peer, by number.
 async fn list_all_parts(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
     upload_id: &str,
-) -> Result<std::collections::BTreeMap<i32, (String, u64)>, Outcome> {
+    headers: impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Send + Sync + Clone + 'static,
+) -> Result<std::collections::BTreeMap<i32, ListedPart>, Outcome> {
     let mut out = std::collections::BTreeMap::new();
     let mut marker: Option<String> = None;
     loop {
-        let page = match client
+        let page = client
             .list_parts()
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
             .set_part_number_marker(marker.clone())
+            .customize()
+            .mutate_request(headers.clone())
             .send()
             .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let status = match &e {
-                    SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
-                    _ => None,
-                };
-                return Err(classify(&e, status));
-            }
-        };
+            .map_err(|e| classify_sdk(&e))?;
         for p in page.parts() {
+            let checksum = [
+                (Algorithm::Crc64Nvme, p.checksum_crc64_nvme()),
+                (Algorithm::Crc32c, p.checksum_crc32_c()),
+                (Algorithm::Crc32, p.checksum_crc32()),
+                (Algorithm::Sha256, p.checksum_sha256()),
+                (Algorithm::Sha1, p.checksum_sha1()),
+            ]
+            .into_iter()
+            .find_map(|(a, v)| v.map(|v| (a, v.to_owned())));
             if let (Some(n), Some(e)) = (p.part_number(), p.e_tag()) {
-                out.insert(n, (e.trim_matches('"').to_owned(), u64::try_from(p.size().unwrap_or(0)).unwrap_or(0)));
+                let size = u64::try_from(p.size().unwrap_or(0)).unwrap_or(0);
+                out.insert(n, ListedPart { etag: e.trim_matches('"').to_owned(), size, checksum });
             }
         }
         if page.is_truncated() != Some(true) {

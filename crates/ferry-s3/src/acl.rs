@@ -1,7 +1,7 @@
 //! Bucket and object ACLs: canned ACLs, grant headers, and AccessControlPolicy documents.
 
 use ferry_store::model::{Acl, Grant, Grantee, Owner};
-use ferry_store::objects::update_attrs;
+use ferry_store::objects::{AttrChange, update_attrs};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -139,8 +139,8 @@ impl FerryS3 {
     pub(crate) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
         let bucket = self.load_bucket(&req.input.bucket).await?;
         let replica = self.replica_of(&req, &bucket)?;
-        let perm = if replica.is_some() { None } else { Some(Perm::WriteAcp) };
-        let src = self.resolve_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), perm).await?;
+        let src =
+            self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Perm::WriteAcp).await?;
         let v = src.record;
         let i = req.input;
         let headers = GrantHeaders {
@@ -152,7 +152,7 @@ impl FerryS3 {
         };
         // A replica's ACL travels in the replica header (grantees are the source's users).
         let acl = match &replica {
-            Some(r) => r.acl.clone().unwrap_or_else(|| Acl::private(&v.owner)),
+            Some(r) => r.meta.acl.clone().unwrap_or_else(|| Acl::private(&v.owner)),
             None => acl_from_request(
                 self,
                 i.access_control_policy,
@@ -163,8 +163,12 @@ impl FerryS3 {
             )?,
         };
         let (b, k, vid) = (i.bucket, i.key, v.version_id.clone());
-        let from_peer = replica.is_some();
-        self.store.meta.write(move |tx| update_attrs(tx, &b, &k, &vid, from_peer, |a| a.acl = acl).map(|_| ())).await.s3()?;
+        let from = replica.map(|r| r.change(false));
+        self.store
+            .meta
+            .write(move |tx| update_attrs(tx, &b, &k, &vid, AttrChange::Acl(acl), from.as_ref()).map(|_| ()))
+            .await
+            .s3()?;
         Ok(S3Response::new(PutObjectAclOutput::default()))
     }
 }

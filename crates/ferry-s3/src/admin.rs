@@ -11,12 +11,17 @@
 //! | `POST /BUCKET?ferry-backfill` + JSON `{rule, prefix, status, older_than_secs}` | JSON `{"id": N}`: starts a backfill |
 //! | `POST /BUCKET?ferry-backfill-control&id=N&action=pause\|resume\|cancel` | JSON: the backfill |
 //! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `verify` |
+//! | `GET /BUCKET?ferry-replication-sources` | JSON `{"sources": [...]}`: the other accounts this bucket accepts replicas from |
+//! | `PUT /BUCKET?ferry-replication-sources` + JSON `{"sources": [{account, region?, bucket?}]}` | replaces that list |
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_store::Store;
-use ferry_store::replication::{JobOp, ReplicationConfig, start_backfill};
+use ferry_store::model::ReplicaSourceGrant;
+use ferry_store::replication::{JobOp, ReplicationConfig, retry_failed, start_backfill};
+
+use crate::replication_config::JOB_BATCH;
 use http::{HeaderMap, Method, Uri};
 use s3s::route::S3Route;
 use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
@@ -25,6 +30,9 @@ use crate::Users;
 use crate::error::StoreResultExt;
 use crate::progress::{bucket_progress, progress_xml, rfc3339_us};
 use crate::util::access_denied;
+
+/// Most replica-source grants on one bucket.
+const MAX_SOURCES: usize = 100;
 
 /// The admin routes of one region.
 pub(crate) struct AdminRoute {
@@ -43,6 +51,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "ferry-backfill"),
     ("POST", "ferry-backfill-control"),
     ("GET", "ferry-replication-verify"),
+    ("GET", "ferry-replication-sources"),
+    ("PUT", "ferry-replication-sources"),
 ];
 
 /// A channel receiver as a byte stream (for streamed answers).
@@ -92,7 +102,7 @@ impl AdminRoute {
     /// The bucket named in the request, checked to be owned by the caller.
     async fn owned_bucket(&self, req: &S3Request<Body>) -> S3Result<ferry_store::model::BucketRecord> {
         let name = bucket_of(&req.uri)?;
-        let user = req.credentials.as_ref().and_then(|c| self.users.get(&c.access_key)).ok_or_else(access_denied)?;
+        let user = req.credentials.as_ref().and_then(|c| self.users.account(&c.access_key)).ok_or_else(access_denied)?;
         let bucket = self.store.meta.read(move |r| r.get_bucket(&name)).await.s3()?;
         let bucket = bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
         if bucket.owner.id != user.owner.id {
@@ -227,6 +237,46 @@ impl AdminRoute {
         Ok(serde_json::json!({ "id": id }))
     }
 
+    /// Replaces the list of other accounts the bucket accepts replicas from. An entry names an
+    /// account by user id (or the access key of an account configured here), optionally only
+    /// its buckets in one region, or one bucket.
+    async fn put_sources(&self, bucket: &str, body: &[u8]) -> S3Result<serde_json::Value> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            sources: Vec<ReplicaSourceGrant>,
+        }
+        let parsed: Body = serde_json::from_slice(body)
+            .map_err(|e| s3_error!(MalformedPOSTRequest, "the body must be JSON {{\"sources\": [...]}}: {e}"))?;
+        if parsed.sources.len() > MAX_SOURCES {
+            return Err(s3_error!(InvalidArgument, "at most {MAX_SOURCES} replica sources"));
+        }
+        let mut sources = Vec::with_capacity(parsed.sources.len());
+        for mut g in parsed.sources {
+            if g.account.is_empty() || g.region.as_deref() == Some("") || g.bucket.as_deref() == Some("") {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "a replica source names an account, and optionally a region and a bucket"
+                ));
+            }
+            if let Some(id) = self.users.account_id(&g.account) {
+                g.account = id;
+            }
+            sources.push(g);
+        }
+        let name = bucket.to_owned();
+        let stored = sources.clone();
+        self.store
+            .meta
+            .write(move |tx| {
+                let mut b = tx.get_bucket(&name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
+                b.replica_sources = stored;
+                tx.put_bucket(&b)
+            })
+            .await
+            .s3()?;
+        Ok(serde_json::json!({ "sources": sources }))
+    }
+
     async fn control_backfill(&self, bucket: &str, q: &HashMap<String, String>) -> S3Result<serde_json::Value> {
         let id: i64 = q.get("id").and_then(|v| v.parse().ok()).ok_or_else(|| s3_error!(InvalidArgument, "id= is required"))?;
         let action = q.get("action").cloned().unwrap_or_default();
@@ -292,8 +342,17 @@ impl S3Route for AdminRoute {
             }
             Some("ferry-replication-explain") => Ok(json_response(&self.explain(&bucket, &q).await?)),
             Some("ferry-replication-retry") => {
-                let name = bucket.name.clone();
-                let n = self.store.meta.write(move |tx| tx.retry_failed_jobs(&name)).await.s3()?;
+                // A batch per transaction, so a large backlog never holds the writer.
+                let mut n = 0;
+                loop {
+                    let name = bucket.name.clone();
+                    let batch = JOB_BATCH;
+                    let retried = self.store.meta.write(move |tx| retry_failed(tx, &name, batch)).await.s3()?;
+                    n += retried;
+                    if retried < batch as u64 {
+                        break;
+                    }
+                }
                 Ok(json_response(&serde_json::json!({ "retried": n })))
             }
             Some("ferry-backfill") => {
@@ -301,10 +360,23 @@ impl S3Route for AdminRoute {
                 Ok(json_response(&self.start_backfill(&bucket.name, &body).await?))
             }
             Some("ferry-backfill-control") => Ok(json_response(&self.control_backfill(&bucket.name, &q).await?)),
+            Some("ferry-replication-sources") if req.method == Method::GET => {
+                Ok(json_response(&serde_json::json!({ "sources": bucket.replica_sources })))
+            }
+            Some("ferry-replication-sources") => {
+                let body = req.input.store_all_limited(256 * 1024).await.map_err(|_| s3_error!(MaxMessageLengthExceeded))?;
+                Ok(json_response(&self.put_sources(&bucket.name, &body).await?))
+            }
             Some("ferry-replication-verify") => {
                 let peers =
                     self.peers.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
-                let rx = crate::verify::start(self.store.clone(), peers, bucket.name.clone(), q.get("rule-id").cloned());
+                let rx = crate::verify::start(
+                    self.store.clone(),
+                    peers,
+                    self.region.clone(),
+                    bucket.name.clone(),
+                    q.get("rule-id").cloned(),
+                );
                 let mut resp = S3Response::new(Body::from(s3s::dto::StreamingBlob::wrap(Lines(rx))));
                 resp.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
                 Ok(resp)

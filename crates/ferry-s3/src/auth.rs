@@ -20,6 +20,8 @@ pub struct User {
     pub owner: Owner,
     /// E-mail address, for ACL grants by e-mail.
     pub email: Option<String>,
+    /// A replication credential: writes replicas for peers, is not an account.
+    pub replication: bool,
 }
 
 impl User {
@@ -33,7 +35,15 @@ impl User {
             secret_key: secret_key.to_owned(),
             owner: Owner { id, display_name: display_name.unwrap_or(access_key).to_owned() },
             email: None,
+            replication: false,
         }
+    }
+
+    /// Makes this a replication credential (see `replica.rs`).
+    #[must_use]
+    pub fn replicator(mut self) -> Self {
+        self.replication = true;
+        self
     }
 
     /// Sets the e-mail address.
@@ -63,16 +73,29 @@ impl Users {
         self.by_key.get(access_key)
     }
 
-    /// Finds an owner by canonical id.
+    /// The account signing with this access key: `None` for unknown keys and for replication
+    /// credentials, which are not accounts.
+    #[must_use]
+    pub fn account(&self, access_key: &str) -> Option<&User> {
+        self.get(access_key).filter(|u| !u.replication)
+    }
+
+    /// Finds an owner (an account) by canonical id.
     #[must_use]
     pub fn find_owner(&self, id: &str) -> Option<&Owner> {
-        self.by_key.values().map(|u| &u.owner).find(|o| o.id == id)
+        self.by_key.values().filter(|u| !u.replication).map(|u| &u.owner).find(|o| o.id == id)
     }
 
     /// Finds an owner by e-mail address.
     #[must_use]
     pub fn find_email(&self, email: &str) -> Option<&Owner> {
         self.by_key.values().find(|u| u.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email))).map(|u| &u.owner)
+    }
+
+    /// The id of the account an access key or user id names, if it is an account here.
+    #[must_use]
+    pub fn account_id(&self, key_or_id: &str) -> Option<String> {
+        self.account(key_or_id).map(|u| u.owner.id.clone()).or_else(|| self.find_owner(key_or_id).map(|o| o.id.clone()))
     }
 }
 
@@ -95,9 +118,11 @@ impl S3Auth for Auth {
 
 /// Accepts requests signed for this region, or for `us-east-1` (the region S3 clients default to
 /// and sign global operations with). Anonymous requests pass on to the handlers, which allow only
-/// what ACLs grant to everyone.
+/// what ACLs grant to everyone. Requests with Ferry's replication headers, and requests from
+/// replication credentials, are checked here first (`replica::check_request`).
 pub(crate) struct Access {
     pub(crate) region: String,
+    pub(crate) users: std::sync::Arc<Users>,
 }
 
 /// The region of a SigV4 credential scope `AK/DATE/REGION/SERVICE/aws4_request`.
@@ -153,6 +178,11 @@ impl S3Access for Access {
                 "the region '{region}' is wrong; expecting '{}'",
                 self.region
             ));
+        }
+        let replicator = cx.credentials().and_then(|c| self.users.get(&c.access_key)).is_some_and(|u| u.replication);
+        let op = cx.s3_op().name();
+        if let Some(r) = crate::replica::check_request(replicator, op, cx.method(), cx.uri(), cx.headers())? {
+            cx.extensions_mut().insert(r);
         }
         Ok(())
     }

@@ -57,6 +57,7 @@ impl FerryS3 {
                     acl,
                     tagging: None,
                     replication: None,
+                    replica_sources: Vec::new(),
                 })?;
                 Ok(None)
             })

@@ -3,12 +3,12 @@
 use ferry_core::ids::is_valid_version_id;
 use ferry_store::model::Owner;
 use ferry_store::objects::{delete_current, delete_version, put_replica_delete_marker};
-use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::error::StoreResultExt;
+use crate::replica::ReplicaWrite;
 use crate::util::{MAX_KEY_LEN, Perm, check_key};
 
 /// Most keys in one DeleteObjects request.
@@ -29,22 +29,16 @@ fn delete_one(
     key: &str,
     version_id: Option<&str>,
     owner: &Owner,
-    replica: Option<&ReplicaMeta>,
+    replica: Option<&ReplicaWrite>,
 ) -> ferry_store::Result<Deleted> {
     if let (Some(r), None) = (replica, version_id) {
-        let m = put_replica_delete_marker(
-            tx,
-            bucket,
-            key,
-            &r.version_id,
-            r.mtime_us,
-            r.owner.clone().unwrap_or_else(|| owner.clone()),
-        )?;
+        let marker_owner = r.meta.owner.clone().unwrap_or_else(|| owner.clone());
+        let m = put_replica_delete_marker(tx, bucket, key, &r.identity(), marker_owner)?;
         return Ok(Deleted { delete_marker: true, version_id: Some(m.version_id) });
     }
     match version_id {
         Some(v) => {
-            let removed = delete_version(tx, bucket, key, v, replica.is_some())?;
+            let removed = delete_version(tx, bucket, key, v, replica.map(|r| &r.authority))?;
             Ok(Deleted { delete_marker: removed.is_some_and(|r| r.delete_marker), version_id: Some(v.to_owned()) })
         }
         None => {

@@ -132,7 +132,8 @@ fn marker_version(marker: &VersionRecord) -> S3Error {
 
 impl FerryS3 {
     /// Resolves (bucket, key, version), with S3's answers for missing keys, missing versions
-    /// and delete markers, and checks `perm` against the version's ACL.
+    /// and delete markers, and checks `perm` against the version's ACL. A replication request
+    /// is checked against the bucket's accepted sources instead.
     pub(crate) async fn source_version<T>(
         &self,
         req: &S3Request<T>,
@@ -140,19 +141,6 @@ impl FerryS3 {
         key: &str,
         version_id: Option<&str>,
         perm: Perm,
-    ) -> S3Result<SourceVersion> {
-        self.resolve_version(req, bucket, key, version_id, Some(perm)).await
-    }
-
-    /// [`source_version`](Self::source_version), with the permission check optional (replica
-    /// writes: the bucket owner was checked instead).
-    pub(crate) async fn resolve_version<T>(
-        &self,
-        req: &S3Request<T>,
-        bucket: &str,
-        key: &str,
-        version_id: Option<&str>,
-        perm: Option<Perm>,
     ) -> S3Result<SourceVersion> {
         check_key(key)?;
         if let Some(v) = version_id
@@ -176,7 +164,15 @@ impl FerryS3 {
             .await
             .s3()?;
         let bucket_rec = bucket_rec.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        // A replication request reads and writes for its source: the bucket must accept it.
+        let replication = match self.replication(req) {
+            Some(r) => Some(r.authorize(&bucket_rec)?),
+            None => None,
+        };
         let user = self.user(req).map(|u| &u.owner);
+        let check_perm = |user, owner: &ferry_store::model::Owner, acl: &ferry_store::model::Acl, p| {
+            if replication.is_some() { Ok(()) } else { check_perm(user, owner, acl, p) }
+        };
         let Some(record) = version else {
             // Without READ on the bucket the requester may not learn whether the key exists.
             check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
@@ -190,9 +186,7 @@ impl FerryS3 {
             check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
             return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
         }
-        if let Some(perm) = perm {
-            check_perm(user, &record.owner, &record.attrs.acl, perm)?;
-        }
+        check_perm(user, &record.owner, &record.attrs.acl, perm)?;
         // A version whose data file is gone (damaged disk, files removed behind Ferry's back)
         // answers an error instead of a truncated body.
         if let BodyLayout::Parts { parts, .. } = &record.layout {

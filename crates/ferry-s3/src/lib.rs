@@ -46,6 +46,8 @@ pub struct FerryS3 {
     pub(crate) users: Arc<Users>,
     /// Validates replication configurations against the peers; `None`: replication off.
     pub(crate) peers: Option<Arc<dyn PeerDirectory>>,
+    /// Replicas further ahead of this region's clock are refused.
+    pub(crate) max_clock_skew: std::time::Duration,
 }
 
 /// Settings of one region's S3 endpoint.
@@ -55,6 +57,8 @@ pub struct EndpointConfig {
     pub region: String,
     /// Base domains of virtual-host-style requests.
     pub domains: Vec<String>,
+    /// Replicas whose times are further ahead of this region's clock are refused.
+    pub max_clock_skew: std::time::Duration,
 }
 
 /// Builds the S3 service of one region.
@@ -66,10 +70,16 @@ pub fn service(
     peers: Option<Arc<dyn PeerDirectory>>,
     metrics: Arc<ferry_core::metrics::RegionMetrics>,
 ) -> FerryService {
-    let s3 = FerryS3 { store: store.clone(), region: cfg.region.clone(), users: users.clone(), peers: peers.clone() };
+    let s3 = FerryS3 {
+        store: store.clone(),
+        region: cfg.region.clone(),
+        users: users.clone(),
+        peers: peers.clone(),
+        max_clock_skew: cfg.max_clock_skew,
+    };
     let mut b = S3ServiceBuilder::new(s3);
     b.set_auth(auth::Auth { users: users.clone() });
-    b.set_access(auth::Access { region: cfg.region.clone() });
+    b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
     b.set_validation(auth::BucketNames);
     b.set_route(admin::AdminRoute { store, users, region: cfg.region.clone(), peers });

@@ -3,9 +3,8 @@
 
 use ferry_store::Error as StoreError;
 use ferry_store::checksum::{Algorithm, composite_checksum, multipart_etag};
-use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, PartRecord, PartRef, UploadRecord, Versioning};
+use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Origin, PartRecord, PartRef, UploadRecord, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
-use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -13,6 +12,7 @@ use crate::FerryS3;
 use crate::error::StoreResultExt;
 use crate::get::Conditions;
 use crate::put::{ChecksumRequest, checksum_fields, http_date, refuse_sse, require_length, storage_class, trailers};
+use crate::replica::ReplicaWrite;
 use crate::util::{
     GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, owner_dto, parse_tagging_header, requested_acl, ts, user_metadata,
 };
@@ -77,6 +77,7 @@ impl FerryS3 {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let grant_write = crate::util::raw_header(&req, "x-amz-grant-write").map(str::to_owned);
+        let origin = self.replication(&req).map(|r| Origin { region: r.source.region.clone(), bucket: r.source.bucket.clone() });
         let i = req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         let checksum_algorithm = match &i.checksum_algorithm {
@@ -116,7 +117,11 @@ impl FerryS3 {
                 Some(&bucket.owner),
                 &self.users,
             )?,
+            ..ObjectAttrs::default()
         };
+        let mut attrs = attrs;
+        // A peer's upload remembers its source, so an abandoned one can be recognised and expired.
+        attrs.origin = origin;
         let upload = UploadRecord {
             upload_id: ferry_core::ids::new_upload_id(),
             bucket: i.bucket.clone(),
@@ -457,7 +462,7 @@ fn complete_in_tx(
     upload_id: &str,
     wanted: &[(u32, String)],
     cond: &WriteConditions,
-    replica: Option<&ReplicaMeta>,
+    replica: Option<&ReplicaWrite>,
     bucket_owner: &ferry_store::model::Owner,
 ) -> ferry_store::Result<S3Result<ferry_store::model::VersionRecord>> {
     let Some(upload) = tx.get_upload(upload_id)?.filter(|u| u.bucket == bucket && u.key == key) else {
@@ -502,22 +507,27 @@ fn complete_in_tx(
     let size = chosen.iter().map(|p| p.size).sum();
     let mut owner = upload.owner.clone();
     if let Some(r) = replica {
-        owner = r.owner.clone().unwrap_or_else(|| bucket_owner.clone());
-        attrs.acl = r.acl.clone().unwrap_or_else(|| ferry_store::model::Acl::private(&owner));
-        if let Some(c) = &r.checksums {
+        let m = &r.meta;
+        owner = m.owner.clone().unwrap_or_else(|| bucket_owner.clone());
+        attrs.acl = m.acl.clone().unwrap_or_else(|| ferry_store::model::Acl::private(&owner));
+        (attrs.tags_us, attrs.acl_us) = (m.tags_us, m.acl_us);
+        if let Some(c) = &m.checksums {
+            if let Err(why) = parts_make_up(&chosen, c) {
+                return Ok(Err(s3_error!(BadDigest, "{why}")));
+            }
             attrs.checksums = c.clone();
         }
     }
     let new = NewVersion {
         key: key.to_owned(),
         size,
-        etag: replica.and_then(|r| r.etag.clone()).unwrap_or(etag),
+        etag: replica.and_then(|r| r.meta.etag.clone()).unwrap_or(etag),
         storage_class: upload.storage_class.clone(),
         owner,
         layout: BodyLayout::Parts { parts: chosen.clone(), multipart: true },
         attrs,
         repl_status: replica.map(|_| ferry_store::model::ReplStatus::Replica),
-        identity: replica.map(|r| (r.version_id.clone(), r.mtime_us)),
+        replica: replica.map(ReplicaWrite::identity),
     };
     let record = match put_version(tx, bucket, new, cond) {
         Ok(r) => r,
@@ -525,13 +535,39 @@ fn complete_in_tx(
         Err(StoreError::NoSuchKey) => return Ok(Err(crate::error::to_s3(StoreError::NoSuchKey))),
         Err(e) => return Err(e),
     };
+    // Every part the version does not reference is released: the ones not chosen, and all of
+    // them when the version was already there (a replica delivered twice).
+    let kept = record.layout.blobs();
     for p in tx.take_parts(upload_id)? {
-        if !chosen.iter().any(|c| c.blob == p.part.blob) {
+        if !kept.contains(&p.part.blob) {
             tx.release_blob(&p.part.blob)?;
         }
     }
     tx.delete_upload(upload_id)?;
     Ok(Ok(record))
+}
+
+/// Checks that the parts of a multipart replica make up the source object: its full-object CRC
+/// (combined from the parts' CRCs of the same algorithm) or its composite checksum (recomputed
+/// from the parts' checksums) must equal the one the source stored. Parts without a checksum
+/// of that algorithm cannot be checked this way (the source sends one whenever it can).
+fn parts_make_up(parts: &[PartRef], source: &Checksums) -> Result<(), String> {
+    for (name, expected) in &source.values {
+        let Some(alg) = Algorithm::parse(name) else { continue };
+        let values: Option<Vec<(&str, u64)>> =
+            parts.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(name)).map(|v| (v.as_str(), p.size))).collect();
+        let Some(values) = values else { continue };
+        let got = match source.kind.as_deref() {
+            Some("COMPOSITE") => composite_checksum(alg, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>()),
+            _ => ferry_store::checksum::combine_crcs(alg, &values),
+        };
+        if got.is_some_and(|g| g != *expected) {
+            return Err(format!(
+                "The parts do not make up the source object: its {name} is {expected}, the parts give another"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `x-amz-copy-source-range: bytes=first-last` against the source size.

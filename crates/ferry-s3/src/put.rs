@@ -5,13 +5,13 @@ use ferry_store::Ingested;
 use ferry_store::checksum::{Algorithm, DigestResult, is_valid_checksum_value};
 use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
-use ferry_store::replication::ReplicaMeta;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::error::{StoreResultExt, internal};
 use crate::get::Conditions;
+use crate::replica::ReplicaWrite;
 use crate::util::{GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, parse_tagging_header, requested_acl, ts, user_metadata};
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
@@ -187,7 +187,7 @@ impl FerryS3 {
         let replica = self.replica_of(&req, &bucket)?;
         let user = self.require_user(&req).map(|u| u.owner.clone()).unwrap_or_default();
         let owner = match &replica {
-            Some(r) => r.owner.clone().unwrap_or_else(|| bucket.owner.clone()),
+            Some(r) => r.meta.owner.clone().unwrap_or_else(|| bucket.owner.clone()),
             None if user.id.is_empty() => bucket.owner.clone(),
             None => user,
         };
@@ -219,7 +219,7 @@ impl FerryS3 {
             write: crate::util::raw_header(&req, "x-amz-grant-write"),
             write_acp: i.grant_write_acp.as_deref(),
         };
-        let acl = match replica.as_ref().and_then(|r| r.acl.clone()) {
+        let acl = match replica.as_ref().and_then(|r| r.meta.acl.clone()) {
             Some(acl) => acl,
             None if replica.is_some() => ferry_store::model::Acl::private(&owner),
             None => requested_acl(
@@ -242,6 +242,7 @@ impl FerryS3 {
             checksums: Checksums::default(),
             tags,
             acl,
+            ..ObjectAttrs::default()
         };
         let cond = WriteConditions {
             if_match: i.if_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
@@ -258,8 +259,9 @@ impl FerryS3 {
             .unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         // A replica whose ETag the source sent and whose body a full-object checksum verifies
         // needs no MD5 (the slowest hash by far): the checksum guards the bytes.
-        let md5 =
-            !(replica.as_ref().is_some_and(|r| r.etag.is_some()) && !checks.given.is_empty() && checks.content_md5.is_none());
+        let md5 = !(replica.as_ref().is_some_and(|r| r.meta.etag.is_some())
+            && !checks.given.is_empty()
+            && checks.content_md5.is_none());
         let digest = ferry_store::checksum::BodyDigest::with_md5(&checks.algorithms, md5);
         let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, true).await.s3()?;
         checks.verify(&digest, trailers(&req).as_ref())?;
@@ -305,13 +307,16 @@ impl FerryS3 {
         storage_class: Option<String>,
         owner: ferry_store::model::Owner,
         cond: WriteConditions,
-        replica: Option<ReplicaMeta>,
+        replica: Option<ReplicaWrite>,
     ) -> S3Result<ferry_store::model::VersionRecord> {
-        attrs.checksums = match replica.as_ref().and_then(|r| r.checksums.clone()) {
+        attrs.checksums = match replica.as_ref().and_then(|r| r.meta.checksums.clone()) {
             Some(c) => c,
             None => stored_checksums(digest),
         };
-        let etag = replica.as_ref().and_then(|r| r.etag.clone()).unwrap_or_else(|| digest.md5_hex());
+        if let Some(r) = &replica {
+            (attrs.tags_us, attrs.acl_us) = (r.meta.tags_us, r.meta.acl_us);
+        }
+        let etag = replica.as_ref().and_then(|r| r.meta.etag.clone()).unwrap_or_else(|| digest.md5_hex());
         // The body's own MD5 (a single part's ETag); the replica's ETag when it was not computed.
         let md5 = if digest.md5.is_empty() { etag.clone() } else { digest.md5_hex() };
         let new = NewVersion {
@@ -323,7 +328,7 @@ impl FerryS3 {
             owner,
             attrs,
             repl_status: replica.as_ref().map(|_| ferry_store::model::ReplStatus::Replica),
-            identity: replica.map(|r| (r.version_id, r.mtime_us)),
+            replica: replica.as_ref().map(ReplicaWrite::identity),
         };
         self.store.write_with_body(ingested, move |tx| put_version(tx, &bucket, new, &cond)).await.s3()
     }

@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use ferry_store::Error as StoreError;
 use ferry_store::model::Versioning;
-use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, start_backfill};
+use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, SourceRef, drop_jobs, start_backfill};
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::error::StoreResultExt;
@@ -24,6 +24,8 @@ use crate::util::{Perm, tags_from_dto, tags_to_dto};
 const MAX_RULES: usize = 1000;
 /// How deep the cycle check follows other buckets' replication.
 const MAX_CYCLE_DEPTH: usize = 16;
+/// Jobs dropped or retried per transaction.
+pub(crate) const JOB_BATCH: usize = 1000;
 
 /// A destination ARN: `arn:aws:s3:::bucket` or `arn:aws:s3:REGION:ACCOUNT:bucket`.
 pub(crate) fn parse_arn(arn: &str) -> S3Result<(Option<String>, String)> {
@@ -220,7 +222,9 @@ impl FerryS3 {
                 }
             }
         }
-        // Resolve every destination to one region and check it can take replicas.
+        // Resolve every destination to one region and check it takes replicas from this bucket
+        // (owned by the caller, who is its owner).
+        let source = SourceRef::new(&self.region, &bucket.name, &bucket.owner.id);
         let mut same_region = false;
         for rule in &mut rules {
             let (pinned, name) = parse_arn(&rule.destination.bucket)?;
@@ -236,7 +240,7 @@ impl FerryS3 {
                     region
                 }
                 None => {
-                    let found = peers.locate_bucket(&name).await;
+                    let found = peers.locate_bucket(&source, &name).await;
                     match found.as_slice() {
                         [one] => one.clone(),
                         [] => return Err(s3_error!(InvalidRequest, "Rule {}: no region holds a bucket named {name}", rule.id)),
@@ -255,14 +259,18 @@ impl FerryS3 {
                 return Err(s3_error!(InvalidRequest, "Rule {}: a bucket cannot replicate to itself", rule.id));
             }
             same_region |= peer == self.region;
-            peers
-                .check_destination(&peer, &name)
-                .await
-                .map_err(|why| s3_error!(InvalidRequest, "Rule {}: destination {name} in {peer}: {why}", rule.id))?;
+            peers.check_destination(&source, &peer, &name).await.map_err(|(denied, why)| {
+                let msg = format!("Rule {}: destination {name} in {peer}: {why}", rule.id);
+                if denied {
+                    S3Error::with_message(S3ErrorCode::AccessDenied, msg)
+                } else {
+                    S3Error::with_message(S3ErrorCode::InvalidRequest, msg)
+                }
+            })?;
             rule.destination.peer = peer;
             rule.destination.bucket = name;
         }
-        self.refuse_cycles(peers.as_ref(), &bucket.name, &rules).await?;
+        self.refuse_cycles(peers.as_ref(), &source, &rules).await?;
         let backfill_rules: Vec<String> =
             rules.iter().filter(|r| r.enabled && r.existing_objects).map(|r| r.id.clone()).collect();
         let stored = ReplicationConfig { role: cfg.role, rules }.to_stored().s3()?;
@@ -304,10 +312,10 @@ impl FerryS3 {
     async fn refuse_cycles(
         &self,
         peers: &dyn ferry_store::replication::PeerDirectory,
-        bucket: &str,
+        source: &SourceRef,
         rules: &[Rule],
     ) -> S3Result<()> {
-        let origin = (self.region.clone(), bucket.to_owned());
+        let origin = (self.region.clone(), source.bucket.clone());
         for rule in rules.iter().filter(|r| r.enabled) {
             let start = (rule.destination.peer.clone(), rule.destination.bucket.clone());
             let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
@@ -317,7 +325,7 @@ impl FerryS3 {
                 if depth > MAX_CYCLE_DEPTH || !seen.insert(node.clone()) {
                     continue;
                 }
-                for next in peers.destinations_of(&node.0, &node.1).await {
+                for next in peers.destinations_of(source, &node.0, &node.1).await {
                     if next == origin {
                         if path.len() >= 2 {
                             let chain: Vec<String> = std::iter::once(&origin)
@@ -369,21 +377,28 @@ impl FerryS3 {
     ) -> S3Result<S3Response<DeleteBucketReplicationOutput>> {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
         let name = bucket.name;
-        self.store
+        let n = name.clone();
+        let last_job = self
+            .store
             .meta
             .write(move |tx| {
-                let mut b = tx.get_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
+                let mut b = tx.get_bucket(&n)?.ok_or(StoreError::NoSuchBucket)?;
                 b.replication = None;
                 tx.put_bucket(&b)?;
-                // Jobs of the removed rules are dropped; their versions no longer claim a
-                // replication status they will not reach.
-                for j in tx.delete_bucket_jobs(&name)? {
-                    tx.set_repl_status(&j.bucket, &j.key, &j.version_id, None)?;
-                }
-                Ok(())
+                tx.max_job_id()
             })
             .await
             .s3()?;
+        // Jobs of the removed rules are dropped, a batch per transaction (a backlog of millions
+        // never holds the writer); their versions no longer claim a status they will not reach.
+        // Only jobs recorded before the removal: a configuration put meanwhile keeps its own.
+        loop {
+            let n = name.clone();
+            let dropped = self.store.meta.write(move |tx| drop_jobs(tx, &n, last_job, JOB_BATCH)).await.s3()?;
+            if dropped == 0 {
+                break;
+            }
+        }
         let mut resp = S3Response::new(DeleteBucketReplicationOutput::default());
         resp.status = Some(http::StatusCode::NO_CONTENT);
         Ok(resp)

@@ -2,7 +2,7 @@
 //! place: no new version is created.
 
 use ferry_store::model::VersionRecord;
-use ferry_store::objects::update_attrs;
+use ferry_store::objects::{AttrChange, update_attrs};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
@@ -53,12 +53,11 @@ impl FerryS3 {
     ) -> S3Result<VersionRecord> {
         // Resolves the version with S3's answers for missing keys and delete markers; changing
         // tags takes the object's owner or a WRITE_ACP grant, like changing its ACL (a replica
-        // write from a peer: the bucket's owner).
+        // from a peer: a bucket that accepts its source).
         let replica = self.replica_of(req, &self.load_bucket(bucket).await?)?;
-        let perm = if replica.is_some() { None } else { Some(Perm::WriteAcp) };
-        let src = self.resolve_version(req, bucket, key, version_id, perm).await?;
+        let src = self.source_version(req, bucket, key, version_id, Perm::WriteAcp).await?;
         let (b, k, v) = (bucket.to_owned(), key.to_owned(), src.record.version_id.clone());
-        let from_peer = replica.is_some();
-        self.store.meta.write(move |tx| update_attrs(tx, &b, &k, &v, from_peer, |a| a.tags = tags)).await.s3()
+        let from = replica.map(|r| r.change(true));
+        self.store.meta.write(move |tx| update_attrs(tx, &b, &k, &v, AttrChange::Tags(tags), from.as_ref())).await.s3()
     }
 }

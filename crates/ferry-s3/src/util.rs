@@ -54,9 +54,10 @@ pub fn access_denied() -> S3Error {
 }
 
 impl FerryS3 {
-    /// The user who signed the request; `None` for anonymous requests.
+    /// The account that signed the request; `None` for anonymous requests and for replication
+    /// credentials (not accounts: their rights come from [`crate::replica::ReplicationRequest`]).
     pub(crate) fn user<T>(&self, req: &S3Request<T>) -> Option<&User> {
-        req.credentials.as_ref().and_then(|c| self.users.get(&c.access_key))
+        req.credentials.as_ref().and_then(|c| self.users.account(&c.access_key))
     }
 
     /// The signed-in user or AccessDenied.
@@ -71,10 +72,17 @@ impl FerryS3 {
         bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))
     }
 
-    /// Loads a bucket and checks that the requester has `perm` on it.
+    /// Loads a bucket and checks that the requester has `perm` on it. A replication request
+    /// (confined to the operations replication needs by the access check) is allowed when the
+    /// bucket accepts its source.
     pub(crate) async fn bucket_for<T>(&self, req: &S3Request<T>, name: &str, perm: Perm) -> S3Result<BucketRecord> {
         let bucket = self.load_bucket(name).await?;
-        check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &bucket.acl, perm)?;
+        match self.replication(req) {
+            Some(r) => {
+                r.authorize(&bucket)?;
+            }
+            None => check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &bucket.acl, perm)?,
+        }
         Ok(bucket)
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use ferry_store::Store;
 use ferry_store::meta::{VersionCursor, prefix_end};
 use ferry_store::model::{ListEntry, ReplStatus, VersionRecord};
-use ferry_store::replication::{PeerDirectory, RemoteVersion, ReplicationConfig, Rule};
+use ferry_store::replication::{PeerDirectory, RemoteVersion, ReplicationConfig, Rule, SourceRef};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -43,20 +43,28 @@ impl Out {
 pub(crate) fn start(
     store: Arc<Store>,
     peers: Arc<dyn PeerDirectory>,
+    region: String,
     bucket: String,
     rule_id: Option<String>,
 ) -> mpsc::Receiver<Line> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
         let out = Out { tx };
-        if let Err(e) = run(&store, peers.as_ref(), &bucket, rule_id.as_deref(), &out).await {
+        if let Err(e) = run(&store, peers.as_ref(), &region, &bucket, rule_id.as_deref(), &out).await {
             out.send(json!({"type": "error", "error": e})).await;
         }
     });
     rx
 }
 
-async fn run(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rule_id: Option<&str>, out: &Out) -> Result<(), String> {
+async fn run(
+    store: &Store,
+    peers: &dyn PeerDirectory,
+    region: &str,
+    bucket: &str,
+    rule_id: Option<&str>,
+    out: &Out,
+) -> Result<(), String> {
     let name = bucket.to_owned();
     let b = store.meta.read(move |r| r.get_bucket(&name)).await.map_err(|e| e.to_string())?.ok_or("no such bucket")?;
     let cfg = match &b.replication {
@@ -72,7 +80,7 @@ async fn run(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rule_id: Op
     }
     let mut all_clean = true;
     for rule in rules {
-        let clean = verify_rule(store, peers, bucket, rule, out).await?;
+        let clean = verify_rule(store, peers, (region, bucket, &b.owner.id), rule, out).await?;
         all_clean &= clean;
     }
     let _ = all_clean;
@@ -168,6 +176,7 @@ impl Pages for LocalPages<'_> {
 /// A peer's versions of `bucket` under `prefix`.
 struct RemotePages<'a> {
     peers: &'a dyn PeerDirectory,
+    source: SourceRef,
     peer: String,
     bucket: String,
     prefix: String,
@@ -185,7 +194,7 @@ impl Pages for RemotePages<'_> {
     async fn next_page(&mut self) -> Result<Vec<RemoteVersion>, String> {
         // An empty page that is not the last one (possible in S3) must not end the walk.
         while let Some(marker) = self.next.take() {
-            let (mut page, next) = self.peers.list_versions(&self.peer, &self.bucket, &self.prefix, marker).await?;
+            let (mut page, next) = self.peers.list_versions(&self.source, &self.peer, &self.bucket, &self.prefix, marker).await?;
             self.next = next.map(Some);
             if !page.is_empty() {
                 // Versions and delete markers come in two lists: put them back in S3 order.
@@ -207,7 +216,13 @@ struct Counts {
     mismatched: u64,
 }
 
-async fn verify_rule(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rule: &Rule, out: &Out) -> Result<bool, String> {
+async fn verify_rule(
+    store: &Store,
+    peers: &dyn PeerDirectory,
+    (region, bucket, owner): (&str, &str, &str),
+    rule: &Rule,
+    out: &Out,
+) -> Result<bool, String> {
     let (peer, dest) = (rule.destination.peer.clone(), rule.destination.bucket.clone());
     let ferry = peers.is_ferry(&peer);
     let prefix = rule.filter.prefix.clone();
@@ -218,8 +233,15 @@ async fn verify_rule(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rul
         to: prefix_end(prefix.as_bytes()),
         cursor: Some(VersionCursor::default()),
     });
-    let mut remote =
-        ByKey::new(RemotePages { peers, peer: peer.clone(), bucket: dest.clone(), prefix: prefix.clone(), next: Some(None) });
+    let source = SourceRef::new(region, bucket, owner);
+    let mut remote = ByKey::new(RemotePages {
+        peers,
+        source: source.clone(),
+        peer: peer.clone(),
+        bucket: dest.clone(),
+        prefix: prefix.clone(),
+        next: Some(None),
+    });
     let mut c = Counts::default();
     let label = json!({"rule": rule.id, "destination": format!("{peer}/{dest}")});
     loop {
@@ -246,7 +268,7 @@ async fn verify_rule(store: &Store, peers: &dyn PeerDirectory, bucket: &str, rul
             }
         }
         if ferry {
-            compare_versions(peers, &peer, &dest, rule, &key, &records, &r, &mut c, out).await?;
+            compare_versions(peers, &source, &peer, &dest, rule, &key, &records, &r, &mut c, out).await?;
         } else {
             compare_latest(rule, &key, &records, &r, &mut c, out).await;
         }
@@ -288,6 +310,7 @@ fn in_scope(rule: &Rule, v: &VersionRecord) -> bool {
 #[allow(clippy::too_many_arguments)] // one comparison, many inputs
 async fn compare_versions(
     peers: &dyn PeerDirectory,
+    source: &SourceRef,
     peer: &str,
     dest: &str,
     rule: &Rule,
@@ -324,7 +347,7 @@ async fn compare_versions(
             diffs.push(("last_modified_ms", json!(v.mtime_us / 1000), json!(r.mtime_ms)));
         }
         if diffs.is_empty() && !v.delete_marker {
-            match peers.head(peer, dest, key, Some(&v.version_id)).await {
+            match peers.head(source, peer, dest, key, Some(&v.version_id)).await {
                 Ok(Some(h)) => {
                     if h.content_type != v.attrs.content_type {
                         diffs.push(("content_type", json!(v.attrs.content_type), json!(h.content_type)));

@@ -113,6 +113,21 @@ pub enum ReplicationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the other accounts whose buckets may replicate into this bucket (its
+    /// owner's own buckets always may). A replica from such an account may only add versions:
+    /// it never replaces, removes or re-tags what it did not bring.
+    Sources {
+        #[command(flatten)]
+        b: BucketArgs,
+        /// Accept replicas from this account (its user id, or the access key of an account
+        /// configured in this region); `ACCOUNT@REGION` only from its buckets in that region,
+        /// `ACCOUNT@REGION/BUCKET` only from that bucket.
+        #[arg(long, value_name = "ACCOUNT[@REGION[/BUCKET]]")]
+        add: Vec<String>,
+        /// No longer accept replicas from this entry (written as for --add).
+        #[arg(long, value_name = "ACCOUNT[@REGION[/BUCKET]]")]
+        remove: Vec<String>,
+    },
     /// Pause a running backfill.
     Pause(BackfillArgs),
     /// Resume a paused backfill.
@@ -225,10 +240,61 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ReplicationCommand::Verify { b, rule, json } => verify(&b, rule.as_deref(), json).await,
+        ReplicationCommand::Sources { b, add, remove } => sources(&b, &add, &remove).await,
         ReplicationCommand::Pause(a) => control(&a, "pause").await,
         ReplicationCommand::Resume(a) => control(&a, "resume").await,
         ReplicationCommand::Cancel(a) => control(&a, "cancel").await,
     }
+}
+
+/// `ACCOUNT[@REGION[/BUCKET]]` as a replica-source grant.
+fn source_entry(text: &str) -> anyhow::Result<Value> {
+    let (account, rest) = text.split_once('@').map_or((text, None), |(a, r)| (a, Some(r)));
+    let (region, bucket) = match rest {
+        None => (None, None),
+        Some(r) => r.split_once('/').map_or((Some(r), None), |(r, b)| (Some(r), Some(b))),
+    };
+    if account.is_empty() || region == Some("") || bucket == Some("") {
+        anyhow::bail!("`{text}`: write ACCOUNT, ACCOUNT@REGION or ACCOUNT@REGION/BUCKET");
+    }
+    Ok(serde_json::json!({ "account": account, "region": region, "bucket": bucket }))
+}
+
+async fn sources(b: &BucketArgs, add: &[String], remove: &[String]) -> anyhow::Result<()> {
+    let client = admin_client(&b.conn)?;
+    let path = format!("/{}?ferry-replication-sources", b.bucket);
+    let mut current =
+        client.request("GET", &path, bytes::Bytes::new()).await?.json()?["sources"].as_array().cloned().unwrap_or_default();
+    if !add.is_empty() || !remove.is_empty() {
+        let same = |a: &Value, b: &Value| ["account", "region", "bucket"].iter().all(|k| a[k] == b[k]);
+        for r in remove {
+            let e = source_entry(r)?;
+            current.retain(|c| !same(c, &e));
+        }
+        for a in add {
+            let e = source_entry(a)?;
+            if !current.iter().any(|c| same(c, &e)) {
+                current.push(e);
+            }
+        }
+        let body = serde_json::json!({ "sources": current });
+        current = client.request("PUT", &path, bytes::Bytes::from(body.to_string())).await?.json()?["sources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+    }
+    if current.is_empty() {
+        println!("bucket {} accepts replicas only from its owner's buckets", b.bucket);
+    }
+    for c in current {
+        println!(
+            "account {}: {} in {}",
+            c["account"].as_str().unwrap_or("?"),
+            c["bucket"].as_str().map_or_else(|| "any bucket".to_owned(), |b| format!("bucket {b}")),
+            c["region"].as_str().unwrap_or("any region")
+        );
+    }
+    Ok(())
 }
 
 /// Exit status of `verify` when differences were found.

@@ -178,8 +178,9 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn user_from(c: &ferry_core::config::CredentialConfig) -> ferry_s3::User {
-    ferry_s3::User::new(&c.access_key, &c.secret_key, c.display_name.as_deref(), c.user_id.as_deref())
-        .with_email(c.email.as_deref())
+    let u = ferry_s3::User::new(&c.access_key, &c.secret_key, c.display_name.as_deref(), c.user_id.as_deref())
+        .with_email(c.email.as_deref());
+    if c.replication { u.replicator() } else { u }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -203,7 +204,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(u) = env_user {
         users.push(u);
     }
-    if users.is_empty() {
+    if !users.iter().any(|u| !u.replication) {
         let dir = &regions[0].data_dir;
         let (creds, created) = ferry_server::credentials::load_or_create(dir)?;
         if created {

@@ -33,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub struct ServerOptions {
     /// The regions.
     pub regions: Vec<RegionConfig>,
-    /// The accepted credentials. The first one is also the one regions of this process use to
-    /// write replicas into each other.
+    /// The accepted credentials: accounts, and replication credentials for peers in other
+    /// processes. The regions of this process write replicas into each other with a
+    /// replication credential generated at start (known to this process only).
     pub users: Vec<ferry_s3::User>,
     /// Peers outside this process.
     pub peers: Vec<PeerConfig>,
@@ -106,9 +107,10 @@ impl Server {
         for cfg in &opts.regions {
             opened.push(open_region(cfg).await.with_context(|| format!("region `{}`", cfg.name))?);
         }
-        let specs = peer_specs(&opts, &opened)?;
+        let internal = internal_replicator();
+        let specs = peer_specs(&opts, &opened, &internal)?;
         let stop = CancellationToken::new();
-        let users = Arc::new(Users::new(opts.users.clone()));
+        let users = Arc::new(Users::new(opts.users.iter().cloned().chain([internal])));
         let mut regions = Vec::new();
         for o in opened {
             let name = o.cfg.name.clone();
@@ -177,11 +179,24 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
     Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr, admin })
 }
 
+/// The replication credential the regions of this process write replicas into each other
+/// with: random, never stored, accepted by these regions only.
+fn internal_replicator() -> ferry_s3::User {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    let mut text = |n: usize| -> String {
+        (0..n).map(|_| char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..36)])).collect()
+    };
+    let (ak, sk) = (format!("FERRYREPL{}", text(11)), text(40));
+    ferry_s3::User::new(&ak, &sk, Some("ferry-replication"), None).replicator()
+}
+
 /// The peers every region of this process knows: the regions themselves (written to with the
-/// first credential) and the `[[peer]]` entries.
-fn peer_specs(opts: &ServerOptions, opened: &[Opened]) -> anyhow::Result<Vec<PeerSpec>> {
+/// process's own replication credential) and the `[[peer]]` entries.
+fn peer_specs(opts: &ServerOptions, opened: &[Opened], internal: &ferry_s3::User) -> anyhow::Result<Vec<PeerSpec>> {
     let mut specs = Vec::new();
-    if let Some(u) = opts.users.first() {
+    {
+        let u = internal;
         for o in opened {
             let ca_pem = match &o.cfg.tls_ca {
                 Some(p) => Some(
@@ -199,6 +214,7 @@ fn peer_specs(opts: &ServerOptions, opened: &[Opened]) -> anyhow::Result<Vec<Pee
                     region: o.cfg.name.clone(),
                     ca_pem,
                 },
+                accounts: Vec::new(),
             });
         }
     }
@@ -222,9 +238,15 @@ fn peer_specs(opts: &ServerOptions, opened: &[Opened]) -> anyhow::Result<Vec<Pee
                 region: p.signing_region(),
                 ca_pem,
             },
+            accounts: p.accounts.iter().map(|a| account_id(&opts.users, a)).collect(),
         });
     }
     Ok(specs)
+}
+
+/// The user id an `accounts` entry names: a configured account's access key, or a user id.
+fn account_id(users: &[ferry_s3::User], entry: &str) -> String {
+    users.iter().find(|u| !u.replication && u.access_key == entry).map_or_else(|| entry.to_owned(), |u| u.owner.id.clone())
 }
 
 fn is_loopback_url(url: &str) -> bool {
@@ -239,9 +261,10 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
     use ferry_store::model::{Acl, BucketRecord, Versioning};
     use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter};
     for b in opts.buckets.iter().filter(|b| b.region == region) {
+        let mut accounts = opts.users.iter().filter(|u| !u.replication);
         let owner_user = match &b.owner {
-            Some(k) => opts.users.iter().find(|u| &u.access_key == k),
-            None => opts.users.first(),
+            Some(k) => accounts.find(|u| &u.access_key == k),
+            None => accounts.next(),
         };
         let Some(owner) = owner_user.map(|u| u.owner.clone()) else {
             anyhow::bail!("bucket `{}`: no credential to own it", b.name)
@@ -314,6 +337,7 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
                     versioning,
                     tagging: None,
                     replication,
+                    replica_sources: Vec::new(),
                 })?;
                 Ok(true)
             })
@@ -334,7 +358,11 @@ fn serve_region(
 ) -> RegionHandle {
     let Opened { cfg, store, listener, addr, url, admin } = o;
     let metrics = Arc::new(ferry_core::metrics::RegionMetrics::new(&cfg.name));
-    let endpoint = EndpointConfig { region: cfg.name.clone(), domains: cfg.domains.clone() };
+    let endpoint = EndpointConfig {
+        region: cfg.name.clone(),
+        domains: cfg.domains.clone(),
+        max_clock_skew: opts.replication.max_clock_skew,
+    };
     let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone()));

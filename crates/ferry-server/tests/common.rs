@@ -19,6 +19,9 @@ pub const MAIN_AK: &str = "AKIAMAINTESTKEY";
 pub const MAIN_SK: &str = "main-secret-key";
 pub const ALT_AK: &str = "AKIAALTTESTKEY00";
 pub const ALT_SK: &str = "alt-secret-key";
+/// A replication credential (what peers in other processes sign replicas with).
+pub const REPL_AK: &str = "AKIAREPLTESTKEY0";
+pub const REPL_SK: &str = "repl-secret-key";
 
 /// Resolves every name to 127.0.0.1 (virtual-host-style requests to `BUCKET.localhost`).
 #[derive(Debug, Clone)]
@@ -34,7 +37,19 @@ pub fn users() -> Vec<ferry_s3::User> {
     vec![
         ferry_s3::User::new(MAIN_AK, MAIN_SK, Some("main"), None).with_email(Some("main@example.com")),
         ferry_s3::User::new(ALT_AK, ALT_SK, Some("alt"), None).with_email(Some("alt@example.com")),
+        ferry_s3::User::new(REPL_AK, REPL_SK, Some("replication"), None).replicator(),
     ]
+}
+
+/// The account (user id) of an access key of [`users`].
+pub fn account_of(access_key: &str) -> String {
+    users().into_iter().find(|u| u.access_key == access_key).expect("a test user").owner.id
+}
+
+/// The `x-ferry-source` header of a replication request from `bucket` in `region`, owned by
+/// the account of `owner_ak`.
+pub fn source_header(region: &str, bucket: &str, owner_ak: &str) -> String {
+    ferry_store::replication::SourceRef::new(region, bucket, &account_of(owner_ak)).encode().unwrap()
 }
 
 /// Server logs in test output, filtered by RUST_LOG (default: warnings).
@@ -268,10 +283,23 @@ impl RawResponse {
 
 /// Sends a request presigned by the SDK with a raw client.
 pub async fn send_presigned(req: &aws_sdk_s3::presigning::PresignedRequest, body: &[u8]) -> RawResponse {
+    send_presigned_with(req, &[], body).await
+}
+
+/// [`send_presigned`] with extra headers that the signature does not cover (what the holder of a
+/// presigned URL can add).
+pub async fn send_presigned_with(
+    req: &aws_sdk_s3::presigning::PresignedRequest,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let uri: http::Uri = req.uri().parse().expect("uri");
     let addr: SocketAddr = format!("{}:{}", "127.0.0.1", uri.port_u16().unwrap_or(80)).parse().expect("addr");
     let mut text = format!("{} {} HTTP/1.1\r\n", req.method(), uri.path_and_query().map_or("/", |p| p.as_str()));
     for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    for (k, v) in extra {
         text.push_str(&format!("{k}: {v}\r\n"));
     }
     if !req.headers().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -414,6 +442,11 @@ impl TestCluster {
 
     pub fn client(&self, region: &str) -> Client {
         client_for(&self.url(region), MAIN_AK, MAIN_SK, region, Mode::Default)
+    }
+
+    /// A client signing as the second user (another account).
+    pub fn client_alt(&self, region: &str) -> Client {
+        client_for(&self.url(region), ALT_AK, ALT_SK, region, Mode::Default)
     }
 
     pub fn store(&self, region: &str) -> std::sync::Arc<ferry_store::Store> {
@@ -561,6 +594,18 @@ pub async fn compare_buckets(src: &Client, sb: &str, dst: &Client, db: &str) -> 
     diffs
 }
 
+/// A `x-ferry-replica` header value as a peer would send it, built from JSON (base64url, no
+/// padding), so tests can forge any field.
+pub fn replica_header(json: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()).unwrap()
+}
+
 /// The replication status header of a version.
 pub async fn repl_status(c: &Client, bucket: &str, key: &str, version: Option<&str>) -> Option<String> {
     c.head_object()
@@ -697,11 +742,12 @@ pub fn free_port() -> u16 {
 pub fn process_config(dir: &std::path::Path, region: &str, port: u16, peers: &[(&str, String, &str)], extra: &str) -> PathBuf {
     let mut text = format!(
         "[[credential]]\naccess_key = \"{MAIN_AK}\"\nsecret_key = \"{MAIN_SK}\"\ndisplay_name = \"main\"\n\n\
+         [[credential]]\naccess_key = \"{REPL_AK}\"\nsecret_key = \"{REPL_SK}\"\nreplication = true\n\n\
          [[region]]\nname = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{region}\"\n\n"
     );
     for (name, url, kind) in peers {
         text.push_str(&format!(
-            "[[peer]]\nname = \"{name}\"\nendpoint = \"{url}\"\naccess_key = \"{MAIN_AK}\"\nsecret_key = \"{MAIN_SK}\"\nkind = \"{kind}\"\n\n"
+            "[[peer]]\nname = \"{name}\"\nendpoint = \"{url}\"\naccess_key = \"{REPL_AK}\"\nsecret_key = \"{REPL_SK}\"\nkind = \"{kind}\"\n\n"
         ));
     }
     text.push_str(extra);
@@ -740,6 +786,20 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+/// A `[[peer]]` of kind `s3` named `moto` for a moto server at `url`.
+pub fn moto_peer(url: &str) -> ferry_core::config::PeerConfig {
+    ferry_core::config::PeerConfig {
+        name: "moto".into(),
+        endpoint: url.to_owned(),
+        access_key: "testing".into(),
+        secret_key: "testing".into(),
+        ca_file: None,
+        kind: ferry_core::config::PeerKind::S3,
+        region: None,
+        accounts: vec![MAIN_AK.to_owned()],
     }
 }
 

@@ -16,3 +16,4 @@ mod s3_listing;
 mod s3_multipart;
 mod s3_objects;
 mod s3_versioning;
+mod trust;

@@ -536,58 +536,84 @@ async fn every_rule_element_round_trips() {
     assert!(eu.head_object().bucket("dst").key("p/no").send().await.is_err());
 }
 
+/// Replica headers set identity (version ids, times, owners, ACLs): only a replication
+/// credential may send them, and only into a bucket that accepts the source it names. Bucket
+/// owners, writers granted by ACLs, and replication credentials elsewhere are refused.
 #[tokio::test]
-async fn only_the_bucket_owner_may_write_replicas() {
+async fn only_replication_credentials_may_write_replicas() {
     let c = TestCluster::start(&[US], |_, _| {}).await;
     let us = c.client(US);
     create_versioned_bucket(&us, "open").await;
     us.put_bucket_acl().bucket("open").acl(aws_sdk_s3::types::BucketCannedAcl::PublicReadWrite).send().await.unwrap();
-    let alt = client_for(&c.url(US), ALT_AK, ALT_SK, US, Mode::Default);
-    let meta = ferry_store::replication::ReplicaMeta {
-        format: 1,
-        source_region: "elsewhere".into(),
-        version_id: "forged-version".into(),
-        mtime_us: 1,
-        etag: None,
-        owner: None,
-        acl: None,
-        checksums: None,
-    }
-    .encode()
-    .unwrap();
-    let m2 = meta.clone();
-    let e = alt
-        .put_object()
-        .bucket("open")
-        .key("k")
-        .body(b"x".to_vec().into())
-        .customize()
-        .mutate_request(move |r| {
-            r.headers_mut().insert("x-ferry-replica", m2.clone());
-        })
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "AccessDenied", "a writer who is not the owner cannot forge version ids");
-    // The owner can, and a second delivery changes nothing.
-    for _ in 0..2 {
-        let m = meta.clone();
-        let out = us
+    create_versioned_bucket(&c.client_alt(US), "theirs").await;
+    let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::Default);
+    let meta = replica_header(&serde_json::json!({
+        "format": 1, "source_region": "elsewhere", "version_id": "forged-version", "mtime_us": 1,
+    }));
+    let source = source_header("elsewhere", "src", MAIN_AK);
+    let send = |client: &aws_sdk_s3::Client, bucket: &str, with_source: bool| {
+        let (m, src) = (meta.clone(), source.clone());
+        client
             .put_object()
-            .bucket("open")
+            .bucket(bucket)
             .key("k")
             .body(b"x".to_vec().into())
             .customize()
             .mutate_request(move |r| {
                 r.headers_mut().insert("x-ferry-replica", m.clone());
+                if with_source {
+                    r.headers_mut().insert("x-ferry-source", src.clone());
+                }
             })
             .send()
-            .await
-            .unwrap();
+    };
+    let alt = c.client_alt(US);
+    for (who, client) in [("a writer granted by the ACL", &alt), ("the bucket owner", &us)] {
+        let e = send(client, "open", true).await.unwrap_err();
+        assert_eq!(code(&e), "AccessDenied", "{who} cannot forge version ids");
+    }
+    let e = send(&repl, "open", false).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "a replication request names its source");
+    let e = send(&repl, "theirs", true).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "a bucket of another account does not accept the source");
+    // A replication credential writing for the bucket owner's account: accepted, and a second
+    // delivery changes nothing.
+    for _ in 0..2 {
+        let out = send(&repl, "open", true).await.unwrap();
         assert_eq!(out.version_id(), Some("forged-version"));
     }
     assert_eq!(all_versions(&us, "open").await.len(), 1);
     assert_eq!(repl_status(&us, "open", "k", None).await.as_deref(), Some("REPLICA"));
+    // It may do nothing else: no reads of data, no plain writes, no buckets.
+    let src = source.clone();
+    let e = repl
+        .get_object()
+        .bucket("open")
+        .key("k")
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-source", src.clone());
+        })
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let src = source.clone();
+    let e = repl
+        .put_object()
+        .bucket("open")
+        .key("plain")
+        .body(b"x".to_vec().into())
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-source", src.clone());
+        })
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    assert_eq!(code(&repl.create_bucket().bucket("mine").send().await.unwrap_err()), "AccessDenied");
+    assert_eq!(code(&repl.list_buckets().send().await.unwrap_err()), "AccessDenied");
 }
 
 /// A replica that brings its ETag and a full-object checksum is verified by the checksum (the
@@ -606,22 +632,16 @@ async fn replica_bodies_are_verified_by_their_checksum() {
         d.finish().checksum(Algorithm::Crc64Nvme).unwrap().to_owned()
     };
     let header = |vid: &str| {
-        ferry_store::replication::ReplicaMeta {
-            format: 1,
-            source_region: "elsewhere".into(),
-            version_id: vid.into(),
-            mtime_us: 1_700_000_000_000_000,
-            etag: Some("0123456789abcdef0123456789abcdef".into()),
-            owner: None,
-            acl: None,
-            checksums: None,
-        }
-        .encode()
-        .unwrap()
+        replica_header(&serde_json::json!({
+            "format": 1, "source_region": "elsewhere", "version_id": vid, "mtime_us": 1_700_000_000_000_000i64,
+            "etag": "0123456789abcdef0123456789abcdef",
+        }))
     };
+    let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::Default);
+    let source = source_header("elsewhere", "src", MAIN_AK);
     let send = |vid: &'static str, data: Vec<u8>| {
-        let (h, crc) = (header(vid), crc.clone());
-        us.put_object()
+        let (h, crc, src) = (header(vid), crc.clone(), source.clone());
+        repl.put_object()
             .bucket("dst")
             .key("k")
             .checksum_crc64_nvme(crc)
@@ -629,6 +649,7 @@ async fn replica_bodies_are_verified_by_their_checksum() {
             .customize()
             .mutate_request(move |r| {
                 r.headers_mut().insert("x-ferry-replica", h.clone());
+                r.headers_mut().insert("x-ferry-source", src.clone());
             })
             .send()
     };
@@ -666,19 +687,34 @@ async fn replica_parts_are_verified_by_their_checksum() {
         let r = d.finish();
         (r.md5_hex(), r.checksum(Algorithm::Crc32).unwrap().to_owned())
     };
-    let up = us.create_multipart_upload().bucket("dst").key("k").send().await.unwrap();
+    let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::Default);
+    let source = source_header("elsewhere", "src", MAIN_AK);
+    let src = source.clone();
+    let up = repl
+        .create_multipart_upload()
+        .bucket("dst")
+        .key("k")
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-source", src.clone());
+        })
+        .send()
+        .await
+        .unwrap();
     let id = up.upload_id().unwrap().to_owned();
     // `crc32`: a stored checksum sent as a header; `None`: a CRC64NVME trailer computed while
     // sending (what a source does for a part whose checksum it does not have).
     let part = |n: i32, data: Vec<u8>, header: String, crc32: Option<String>| {
-        let req = us.upload_part().bucket("dst").key("k").upload_id(&id).part_number(n).body(data.into());
+        let req = repl.upload_part().bucket("dst").key("k").upload_id(&id).part_number(n).body(data.into());
         let req = match crc32 {
             Some(c) => req.checksum_crc32(c),
             None => req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme),
         };
+        let src = source.clone();
         req.customize()
             .mutate_request(move |r| {
                 r.headers_mut().insert("x-ferry-replica-part", header.clone());
+                r.headers_mut().insert("x-ferry-source", src.clone());
             })
             .send()
     };
@@ -695,23 +731,15 @@ async fn replica_parts_are_verified_by_their_checksum() {
     let p2 = part(2, two.clone(), String::new(), None).await.unwrap();
     let etag2 = p2.e_tag().unwrap().trim_matches('"').to_owned();
     assert_eq!(etag2.len(), 16, "hex of the 8-byte CRC64NVME, not an MD5: {etag2}");
-    let header = ferry_store::replication::ReplicaMeta {
-        format: 1,
-        source_region: "elsewhere".into(),
-        version_id: "v-mp".into(),
-        mtime_us: 1_700_000_000_000_000,
-        etag: Some("00112233445566778899aabbccddeeff-2".into()),
-        owner: None,
-        acl: None,
-        checksums: None,
-    }
-    .encode()
-    .unwrap();
+    let header = replica_header(&serde_json::json!({
+        "format": 1, "source_region": "elsewhere", "version_id": "v-mp", "mtime_us": 1_700_000_000_000_000i64,
+        "etag": "00112233445566778899aabbccddeeff-2",
+    }));
     let parts = vec![
         CompletedPart::builder().part_number(1).e_tag(p1.e_tag().unwrap()).build(),
         CompletedPart::builder().part_number(2).e_tag(p2.e_tag().unwrap()).build(),
     ];
-    us.complete_multipart_upload()
+    repl.complete_multipart_upload()
         .bucket("dst")
         .key("k")
         .upload_id(&id)
@@ -719,6 +747,7 @@ async fn replica_parts_are_verified_by_their_checksum() {
         .customize()
         .mutate_request(move |r| {
             r.headers_mut().insert("x-ferry-replica", header.clone());
+            r.headers_mut().insert("x-ferry-source", source.clone());
         })
         .send()
         .await

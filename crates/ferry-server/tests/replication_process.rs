@@ -146,7 +146,7 @@ async fn replicates_to_a_third_party_s3_service() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let peer = format!(
-        "[[peer]]\nname = \"moto\"\nendpoint = \"{}\"\naccess_key = \"testing\"\nsecret_key = \"testing\"\nkind = \"s3\"\n",
+        "[[peer]]\nname = \"moto\"\nendpoint = \"{}\"\naccess_key = \"testing\"\nsecret_key = \"testing\"\nkind = \"s3\"\naccounts = [\"{MAIN_AK}\"]\n",
         moto.url
     );
     let cfg = process_config(dir.path(), US, port, &[], &peer);

@@ -22,6 +22,10 @@ pub enum Error {
     PreconditionFailed,
     #[error("invalid bucket state: {0}")]
     InvalidBucketState(String),
+    /// A replica tried to change something its source has no right to (a version another
+    /// source or the bucket's owner wrote).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     /// Reading the request body failed (client went away, bad chunk signature...).
     #[error("reading the request body failed: {0}")]
     Body(Box<dyn std::error::Error + Send + Sync>),

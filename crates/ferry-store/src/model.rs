@@ -150,6 +150,38 @@ impl Acl {
     }
 }
 
+/// A source a bucket accepts replicas from although its account does not own the bucket
+/// (cross-account replication): the account, and optionally only its buckets in one region, or
+/// only one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSourceGrant {
+    /// The source account (user id).
+    pub account: String,
+    /// Only replicas from this region (`None`: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Only replicas from this bucket (`None`: any of the account's buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+}
+
+impl ReplicaSourceGrant {
+    /// True when this grant covers replicas of `account`'s bucket `bucket` in `region`.
+    #[must_use]
+    pub fn covers(&self, account: &str, region: &str, bucket: &str) -> bool {
+        self.account == account
+            && self.region.as_deref().is_none_or(|r| r == region)
+            && self.bucket.as_deref().is_none_or(|b| b == bucket)
+    }
+}
+
+/// Where a replica came from: the region and bucket that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub region: String,
+    pub bucket: String,
+}
+
 /// A bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketRecord {
@@ -167,6 +199,8 @@ pub struct BucketRecord {
     pub tagging: Option<Vec<(String, String)>>,
     /// Replication configuration (opaque to the store), if any.
     pub replication: Option<String>,
+    /// Other accounts whose buckets may replicate into this one (the owner's always may).
+    pub replica_sources: Vec<ReplicaSourceGrant>,
 }
 
 /// Checksums of an object, by algorithm name (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`),
@@ -196,6 +230,16 @@ pub struct ObjectAttrs {
     /// Object tags, in the order given.
     pub tags: Vec<(String, String)>,
     pub acl: Acl,
+    /// When the tags were last changed (µs, commit clock); `None`: with the version itself.
+    /// Mutual replication keeps the newest change on both sides (last writer wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags_us: Option<i64>,
+    /// When the ACL was last changed, as `tags_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_us: Option<i64>,
+    /// For a replica (and a multipart upload a peer opened): the region and bucket it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 /// One piece of an object's body stored in a blob file.

@@ -5,18 +5,65 @@
 //!
 //! Replication: each function records the replication jobs its change needs (per the bucket's
 //! rules) in the same transaction ([`crate::replication::enqueue`]). Changes that arrive from a
-//! peer (replicas: `identity` set, or `from_peer`) record none.
+//! peer (replicas, with a [`ReplicaAuthority`]) record none.
+//!
+//! Replica authority: a replica from a source whose account owns this bucket may do what that
+//! account could do here (replace the `null` version, remove any version). A replica from
+//! another account, accepted by a grant of this bucket, may only add: it may not replace,
+//! remove or re-tag a version it did not bring (AccessDenied). Every replica records where it
+//! came from (`attrs.origin`).
 //!
 //! Ordering: a key's versions order by (last-modified, version id), newest first. Local writes get
 //! their last-modified from the region's commit clock, which is strictly increasing, so a later
 //! write is always newer. A version written with a given id and time (a replica) takes its place
 //! in that order, whatever its arrival time.
+//!
+//! Tags and ACLs change in place and carry the time of their last change (`tags_us`, `acl_us`,
+//! the commit clock's): a replicated change is applied only if it is newer (ties broken by the
+//! value), so concurrent edits in two regions end the same on both sides.
 
 use crate::error::{Error, Result};
 use crate::meta::WriteTx;
-use crate::model::{BodyLayout, BucketRecord, ObjectAttrs, Owner, ReplStatus, VersionRecord, Versioning};
+use crate::model::{Acl, BodyLayout, BucketRecord, ObjectAttrs, Origin, Owner, ReplStatus, VersionRecord, Versioning};
 use crate::replication::{JobOp, enqueue};
 use ferry_core::ids::{NULL_VERSION_ID, new_version_id};
+
+/// Who sends a replica, and what it may change here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaAuthority {
+    /// The region and bucket it comes from.
+    pub origin: Origin,
+    /// The source's account owns this bucket: the replica may replace or remove any version.
+    /// Otherwise (a grant to another account) only the versions that came from `origin`.
+    pub owner: bool,
+}
+
+impl ReplicaAuthority {
+    /// True when this source may replace, remove or re-tag `v`.
+    #[must_use]
+    pub fn may_change(&self, v: &VersionRecord) -> bool {
+        self.owner || v.attrs.origin.as_ref() == Some(&self.origin)
+    }
+
+    fn check(&self, v: &VersionRecord) -> Result<()> {
+        if self.may_change(v) {
+            Ok(())
+        } else {
+            Err(Error::AccessDenied(format!(
+                "version {} of {} was not replicated from {}/{}: a source of another account may only add versions",
+                v.version_id, v.key, self.origin.region, self.origin.bucket
+            )))
+        }
+    }
+}
+
+/// A version arriving from a peer: it keeps its version id and last-modified.
+#[derive(Debug, Clone)]
+pub struct ReplicaIdentity {
+    pub version_id: String,
+    pub mtime_us: i64,
+    pub authority: ReplicaAuthority,
+}
 
 /// A version about to be written.
 #[derive(Debug, Clone)]
@@ -30,7 +77,7 @@ pub struct NewVersion {
     pub attrs: ObjectAttrs,
     pub repl_status: Option<ReplStatus>,
     /// For replicas: keep this version id and last-modified instead of minting new ones.
-    pub identity: Option<(String, i64)>,
+    pub replica: Option<ReplicaIdentity>,
 }
 
 /// Conditions checked against the current version inside the transaction (conditional writes).
@@ -104,21 +151,25 @@ fn remove_null(tx: &mut dyn WriteTx, bucket: &str, key: &str) -> Result<()> {
 pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, cond: &WriteConditions) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
     check_conditions(tx, bucket_name, &new.key, cond)?;
-    let (version_id, mtime_us) = match &new.identity {
-        Some((vid, mtime)) => {
+    let mut attrs = new.attrs;
+    let (version_id, mtime_us) = match &new.replica {
+        Some(r) => {
+            let (vid, mtime) = (&r.version_id, r.mtime_us);
             if let Some(existing) = tx.get_version(bucket_name, &new.key, vid)? {
                 // The same version again: nothing to do. Two different `null` versions (written
                 // on both sides while versioning was off): the later one wins, on both sides.
-                if vid != NULL_VERSION_ID || existing.mtime_us >= *mtime {
+                if vid != NULL_VERSION_ID || existing.mtime_us >= mtime {
                     return Ok(existing);
                 }
+                r.authority.check(&existing)?;
             }
             check_replica_target(&b)?;
-            tx.observe_time(*mtime);
+            tx.observe_time(mtime);
             if vid == NULL_VERSION_ID {
                 remove_null(tx, bucket_name, &new.key)?;
             }
-            (vid.clone(), *mtime)
+            attrs.origin = Some(r.authority.origin.clone());
+            (vid.clone(), mtime)
         }
         None => {
             let now = tx.now();
@@ -146,11 +197,11 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
         owner: new.owner,
         repl_status: new.repl_status,
         layout: new.layout,
-        attrs: new.attrs,
+        attrs,
     };
     tx.put_version(&record)?;
     tx.refresh_latest(bucket_name, &record.key)?;
-    if new.identity.is_none() {
+    if new.replica.is_none() {
         enqueue(tx, &b, &record, JobOp::Put)?;
     }
     let stored = tx.get_version(bucket_name, &record.key, &record.version_id)?.unwrap_or(record);
@@ -178,20 +229,21 @@ pub fn put_replica_delete_marker(
     tx: &mut dyn WriteTx,
     bucket_name: &str,
     key: &str,
-    version_id: &str,
-    mtime_us: i64,
+    r: &ReplicaIdentity,
     owner: Owner,
 ) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
-    if let Some(existing) = tx.get_version(bucket_name, key, version_id)? {
+    if let Some(existing) = tx.get_version(bucket_name, key, &r.version_id)? {
         return Ok(existing);
     }
     check_replica_target(&b)?;
-    tx.observe_time(mtime_us);
-    let marker = VersionRecord {
+    tx.observe_time(r.mtime_us);
+    let mut marker = VersionRecord {
         repl_status: Some(ReplStatus::Replica),
-        ..delete_marker(bucket_name, key, version_id.to_owned(), mtime_us, owner)
+        ..delete_marker(bucket_name, key, r.version_id.clone(), r.mtime_us, owner)
     };
+    marker.attrs.origin = Some(r.authority.origin.clone());
+    let version_id = &r.version_id;
     tx.put_version(&marker)?;
     tx.refresh_latest(bucket_name, key)?;
     Ok(tx.get_version(bucket_name, key, version_id)?.unwrap_or(marker))
@@ -253,47 +305,95 @@ pub fn delete_marker(bucket: &str, key: &str, version_id: String, mtime_us: i64,
 
 /// DeleteObject with a version id: removes that version (or delete marker) for good.
 /// Returns the removed record; `None` when it did not exist (S3 answers success anyway).
-/// `from_peer`: the deletion was replicated here, so it is not replicated further.
+/// `from`: the deletion was replicated here (it is not replicated further), by this source.
 ///
 /// # Errors
-/// NoSuchBucket, database errors.
+/// NoSuchBucket, AccessDenied (a replica removing a version its source may not change),
+/// database errors.
 pub fn delete_version(
     tx: &mut dyn WriteTx,
     bucket_name: &str,
     key: &str,
     version_id: &str,
-    from_peer: bool,
+    from: Option<&ReplicaAuthority>,
 ) -> Result<Option<VersionRecord>> {
     let b = bucket(tx, bucket_name)?;
+    if let (Some(a), Some(v)) = (from, tx.get_version(bucket_name, key, version_id)?) {
+        a.check(&v)?;
+    }
     let removed = tx.remove_version(bucket_name, key, version_id)?;
     if let Some(v) = &removed {
         release_layout(tx, &v.layout)?;
         tx.refresh_latest(bucket_name, key)?;
-        if !from_peer {
+        if from.is_none() {
             enqueue(tx, &b, v, JobOp::DeleteVersion)?;
         }
     }
     Ok(removed)
 }
 
-/// Changes a version's attributes in place (tags, ACL) and records the metadata replication
-/// jobs the change needs. `from_peer`: the change was replicated here.
+/// A change of a version's attributes in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrChange {
+    Tags(Vec<(String, String)>),
+    Acl(Acl),
+}
+
+/// A tag or ACL change that arrived from a peer: who sent it, and when it was made there.
+#[derive(Debug, Clone)]
+pub struct ReplicaChange {
+    pub authority: ReplicaAuthority,
+    pub changed_us: i64,
+}
+
+/// Changes a version's tags or ACL in place. A local change is stamped with a fresh commit
+/// time and records the replication jobs it needs. A change from a peer (`from`) is applied
+/// only if it is newer than what is here (last writer wins, ties broken by the value), and is
+/// not replicated further. Returns the version as it now is.
 ///
 /// # Errors
-/// NoSuchBucket, NoSuchVersion, database errors.
+/// NoSuchBucket, NoSuchVersion, AccessDenied (a replica changing a version its source may not
+/// change), database errors.
 pub fn update_attrs(
     tx: &mut dyn WriteTx,
     bucket_name: &str,
     key: &str,
     version_id: &str,
-    from_peer: bool,
-    change: impl FnOnce(&mut ObjectAttrs),
+    change: AttrChange,
+    from: Option<&ReplicaChange>,
 ) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
     let mut v = tx.get_version(bucket_name, key, version_id)?.ok_or(Error::NoSuchVersion)?;
-    change(&mut v.attrs);
+    let stamp = match from {
+        Some(r) => {
+            r.authority.check(&v)?;
+            tx.observe_time(r.changed_us);
+            r.changed_us
+        }
+        None => tx.now(),
+    };
+    let newer = match &change {
+        AttrChange::Tags(tags) => (stamp, tags) > (v.attrs.tags_us.unwrap_or(v.mtime_us), &v.attrs.tags),
+        AttrChange::Acl(acl) => {
+            let text = |a: &Acl| serde_json::to_string(a).unwrap_or_default();
+            (stamp, text(acl)) > (v.attrs.acl_us.unwrap_or(v.mtime_us), text(&v.attrs.acl))
+        }
+    };
+    if from.is_some() && !newer {
+        return Ok(v);
+    }
+    match change {
+        AttrChange::Tags(tags) => {
+            v.attrs.tags = tags;
+            v.attrs.tags_us = Some(stamp);
+        }
+        AttrChange::Acl(acl) => {
+            v.attrs.acl = acl;
+            v.attrs.acl_us = Some(stamp);
+        }
+    }
     tx.set_version_attrs(bucket_name, key, version_id, &v.attrs)?;
-    if !from_peer {
+    if from.is_none() {
         enqueue(tx, &b, &v, JobOp::Metadata)?;
     }
     Ok(v)
@@ -319,6 +419,7 @@ mod tests {
             acl: Acl::private(&owner()),
             tagging: None,
             replication: None,
+            replica_sources: Vec::new(),
         }
     }
 
@@ -332,7 +433,15 @@ mod tests {
             layout: BodyLayout::Inline(body.to_vec()),
             attrs: ObjectAttrs::default(),
             repl_status: None,
-            identity: None,
+            replica: None,
+        }
+    }
+
+    pub(super) fn replica_identity(version_id: &str, mtime_us: i64) -> ReplicaIdentity {
+        ReplicaIdentity {
+            version_id: version_id.into(),
+            mtime_us,
+            authority: ReplicaAuthority { origin: Origin { region: "eu".into(), bucket: "o".into() }, owner: true },
         }
     }
 
@@ -403,7 +512,7 @@ mod tests {
         );
         // Removing the delete marker brings v2 back.
         let dmid = dm.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "b", "k", &dmid, false)).await.unwrap();
+        meta.write(move |tx| delete_version(tx, "b", "k", &dmid, None)).await.unwrap();
         let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
         assert_eq!(latest.version_id, v2.version_id);
         assert!(latest.is_latest);
@@ -481,7 +590,7 @@ mod tests {
         let local = meta.write(|tx| put_version(tx, "b", obj("k", b"local"), &WriteConditions::default())).await.unwrap();
         // An older replica arrives later: it must not become the latest.
         let mut old = obj("k", b"old");
-        old.identity = Some(("0000aaaa".into(), local.mtime_us - 1000));
+        old.replica = Some(replica_identity("0000aaaa", local.mtime_us - 1000));
         let o2 = old.clone();
         let r1 = meta.write(move |tx| put_version(tx, "b", o2, &WriteConditions::default())).await.unwrap();
         assert!(!r1.is_latest);
@@ -492,7 +601,7 @@ mod tests {
         // A newer replica becomes the latest, and the clock moves past it.
         let mut newer = obj("k", b"new");
         let future = local.mtime_us + 60_000_000;
-        newer.identity = Some(("ffff0000".into(), future));
+        newer.replica = Some(replica_identity("ffff0000", future));
         meta.write(move |tx| put_version(tx, "b", newer, &WriteConditions::default())).await.unwrap();
         let after = meta.write(|tx| put_version(tx, "b", obj("z", b"z"), &WriteConditions::default())).await.unwrap();
         assert!(after.mtime_us > future);
@@ -579,6 +688,7 @@ mod replication_tests {
                 acl: Acl::private(&owner()),
                 tagging: None,
                 replication,
+                replica_sources: Vec::new(),
             })
         })
         .await
@@ -596,7 +706,7 @@ mod replication_tests {
             layout: BodyLayout::Inline(vec![1]),
             attrs: ObjectAttrs::default(),
             repl_status: None,
-            identity: None,
+            replica: None,
         }
     }
 
@@ -616,22 +726,46 @@ mod replication_tests {
         let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
         let jobs = meta.read(move |r| r.jobs_for_version(&b, &k, &vid)).await.unwrap();
         assert_eq!(jobs.len(), 2, "one job per destination");
-        let runnable = meta.read(|r| r.runnable_jobs("eu", i64::MAX, &[], 10)).await.unwrap();
-        assert_eq!(runnable.len(), 1, "per-key order: the second job waits for the first");
+        let runnable = |dest: &'static str| meta.read(move |r| r.runnable_jobs("eu", dest, 0, i64::MAX, &[], 10));
+        assert_eq!(runnable("d1").await.unwrap().len(), 1, "each destination has its own queue");
+        assert_eq!(runnable("d2").await.unwrap().len(), 1);
+        let v2 = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        assert_eq!(
+            runnable("d1").await.unwrap().len(),
+            1,
+            "per-key order: the second job waits for the first"
+        );
         let (j1, j2) = (jobs[0].clone(), jobs[1].clone());
-        meta.write(move |tx| complete(tx, &j1)).await.unwrap();
+        meta.write(move |tx| complete(tx, &j1, true)).await.unwrap();
+        let next = runnable("d1").await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].version_id, v2.version_id, "delivering the head unblocks the next job of the key");
+        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
+        let delivered = meta.read(move |r| r.delivered_to(&b, &k, &vid)).await.unwrap();
+        assert_eq!(delivered, vec!["eu/d1".to_owned()], "delivery is recorded per destination");
 
         assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Pending));
         meta.write(move |tx| fail(tx, &j2, "AccessDenied")).await.unwrap();
         assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
-        let n = meta.write(|tx| tx.retry_failed_jobs("src")).await.unwrap();
+        let n = meta.write(|tx| crate::replication::retry_failed(tx, "src", 100)).await.unwrap();
         assert_eq!(n, 1);
-        let again = meta.read(|r| r.runnable_jobs("eu", i64::MAX, &[], 10)).await.unwrap();
+        // A failed job did not hold the key: the later job became the head, and the retried one
+        // queues behind it.
+        let head = runnable("d2").await.unwrap();
+        assert_eq!(head.len(), 1);
+        assert_eq!(head[0].version_id, v2.version_id);
+        let h = head[0].clone();
+        meta.write(move |tx| complete(tx, &h, true)).await.unwrap();
+        let again = runnable("d2").await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].state, JobState::Pending);
+        assert_eq!(again[0].version_id, v.version_id);
         let j = again[0].clone();
-        meta.write(move |tx| complete(tx, &j)).await.unwrap();
+        meta.write(move |tx| complete(tx, &j, true)).await.unwrap();
         assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Completed));
+        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
+        let figures: Vec<_> = stats.iter().map(|s| (s.dest_bucket.as_str(), s.pending_ops, s.failed_ops)).collect();
+        assert_eq!(figures, vec![("d1", 1, 0), ("d2", 0, 0)], "counters follow the jobs");
     }
 
     #[tokio::test]
@@ -640,23 +774,27 @@ mod replication_tests {
         let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
         meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
         let vid = v.version_id.clone();
-        meta.write(move |tx| update_attrs(tx, "src", "k", &vid, false, |a| a.tags = vec![("t".into(), "1".into())]).map(|_| ()))
-            .await
-            .unwrap();
+        meta.write(move |tx| {
+            update_attrs(tx, "src", "k", &vid, AttrChange::Tags(vec![("t".into(), "1".into())]), None).map(|_| ())
+        })
+        .await
+        .unwrap();
         let vid = v.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "src", "k", &vid, false).map(|_| ())).await.unwrap();
+        meta.write(move |tx| delete_version(tx, "src", "k", &vid, None).map(|_| ())).await.unwrap();
         let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
         assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
         // A replica records nothing, and a second delivery of it is a no-op.
         let mut r = obj("r");
-        r.identity = Some(("abc".into(), 5));
+        r.replica = Some(super::tests::replica_identity("abc", 5));
         r.repl_status = Some(ReplStatus::Replica);
         let r2 = r.clone();
         meta.write(move |tx| put_version(tx, "src", r, &WriteConditions::default())).await.unwrap();
         meta.write(move |tx| put_version(tx, "src", r2, &WriteConditions::default())).await.unwrap();
         assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
-        meta.write(|tx| put_replica_delete_marker(tx, "src", "r", "dm1", 10, owner()).map(|_| ())).await.unwrap();
-        meta.write(|tx| put_replica_delete_marker(tx, "src", "r", "dm1", 10, owner()).map(|_| ())).await.unwrap();
+        for _ in 0..2 {
+            let dm = super::tests::replica_identity("dm1", 10);
+            meta.write(move |tx| put_replica_delete_marker(tx, "src", "r", &dm, owner()).map(|_| ())).await.unwrap();
+        }
         let versions =
             meta.read(|r| r.scan_versions("src", b"r", &crate::meta::VersionCursor::default(), None, 10)).await.unwrap();
         assert_eq!(versions.len(), 2, "one replica version, one replica marker");

@@ -1,15 +1,19 @@
 //! Replication progress of a bucket, per rule: what is pending or failed, and the exact point
 //! in time up to which every change has been replicated.
 //!
-//! "Replicated up to T" means every change committed before T has reached the destination.
-//! T is the commit time of the oldest live job for the rule's destination that is not yet
-//! delivered (pending, or failed: a failed change is not replicated); with none, T is just past
-//! the commit clock's value at the last committed transaction, which every future commit
+//! Figures are per **destination** (peer and bucket), over every rule that sends there: a rule
+//! shows its destination's. "Replicated up to T" means every change committed before T has
+//! reached the destination. T is the commit time of the oldest live job to that destination
+//! that is not yet delivered (pending, or failed: a failed change is not replicated), whatever
+//! rule recorded it (two rules to one destination, renumbered rule ids); with none, T is just
+//! past the commit clock's value at the last committed transaction, which every future commit
 //! exceeds. Both come from the same database snapshot, so T is never ahead of the truth.
 //! Backfill jobs (changes made before the rule) are reported as historical progress instead.
+//! Everything here reads per-destination counters and one index probe per destination: the
+//! cost does not grow with the backlog.
 
 use crate::Store;
-use crate::replication::{Backfill, Event, ReplicationConfig, Rule, RuleStats};
+use crate::replication::{Backfill, DestStats, Event, ReplicationConfig, Rule};
 use ferry_core::time::{micros_to_datetime, now_micros};
 use serde::Serialize;
 
@@ -77,10 +81,9 @@ pub fn rfc3339_us(us: i64) -> String {
 /// Default recovery point objective.
 pub const DEFAULT_RPO_SECONDS: u64 = 15 * 60;
 
-fn rule_progress(rule: &Rule, stats: &[RuleStats], committed: i64, now: i64, backfills: &[Backfill]) -> RuleProgress {
+fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, backfills: &[Backfill]) -> RuleProgress {
     let d = &rule.destination;
-    let s =
-        stats.iter().find(|s| s.rule_id == rule.id && s.peer == d.peer && s.dest_bucket == d.bucket).cloned().unwrap_or_default();
+    let s = stats.iter().find(|s| s.peer == d.peer && s.dest_bucket == d.bucket).cloned().unwrap_or_default();
     let caught_up_at = committed.saturating_add(1).min(now);
     let t = s.oldest_undelivered_us.map_or(caught_up_at, |o| o.min(caught_up_at));
     let state = if !rule.enabled {
@@ -140,7 +143,7 @@ pub async fn bucket_progress(store: &Store, bucket: &str, region: &str) -> crate
             }
             Ok((
                 b,
-                r.rule_stats(&name)?,
+                r.dest_stats(&name)?,
                 r.committed_clock()?,
                 r.list_backfills(Some(&name))?,
                 events,

@@ -27,7 +27,7 @@ mod sqlite_repl;
 
 use crate::error::Result;
 use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
-use crate::replication::{Backfill, Event, Job, JobState, NewJob, RuleStats};
+use crate::replication::{Backfill, DestStats, Event, Job, NewJob};
 
 /// Where a version scan starts.
 #[derive(Debug, Clone, Default)]
@@ -80,17 +80,42 @@ pub trait ReadTx {
     /// Blobs released more than their grace period ago (to be unlinked).
     fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>>;
     fn get_setting(&self, key: &str) -> Result<Option<String>>;
-    /// Pending jobs for `peer` that are due at `now_us` and not held back by an earlier pending
-    /// job for the same key (per-key order), in enqueue order, skipping ids in `exclude`.
-    fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>>;
+    /// Pending jobs to destination `peer`/`dest_bucket` at `priority` (0: live, 1: backfill)
+    /// that are due at `now_us` and head of their key's queue (per-key order), in the order they
+    /// became due, skipping ids in `exclude`. Costs O(`limit` + `exclude`), whatever the backlog.
+    fn runnable_jobs(
+        &self,
+        peer: &str,
+        dest_bucket: &str,
+        priority: i64,
+        now_us: i64,
+        exclude: &[i64],
+        limit: usize,
+    ) -> Result<Vec<Job>>;
+    /// Destination buckets on `peer` with pending jobs.
+    fn due_destinations(&self, peer: &str) -> Result<Vec<String>>;
+    /// Peers with pending jobs.
+    fn peers_with_jobs(&self) -> Result<Vec<String>>;
+    /// Up to `limit` pending jobs to `peer`, in enqueue order.
+    fn pending_jobs_of_peer(&self, peer: &str, limit: usize) -> Result<Vec<Job>>;
     /// All jobs (pending or failed) of a version.
     fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>>;
     /// A job by id.
     fn get_job(&self, id: i64) -> Result<Option<Job>>;
     /// Jobs of a source bucket, in enqueue order, after `after_id`.
     fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>>;
-    /// Replication figures of a bucket, per (rule, destination) that has jobs.
-    fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>>;
+    /// Up to `limit` failed jobs of a source bucket.
+    fn failed_jobs(&self, bucket: &str, limit: usize) -> Result<Vec<Job>>;
+    /// The highest job id recorded so far (0 when none).
+    fn max_job_id(&self) -> Result<i64>;
+    /// Replication figures of a bucket, per destination that has had jobs. Costs
+    /// O(destinations), whatever the backlog.
+    fn dest_stats(&self, bucket: &str) -> Result<Vec<DestStats>>;
+    /// The destinations (`peer/bucket`) a version has been delivered to.
+    fn delivered_to(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<String>>;
+    /// True when a version of `key` newer than (`mtime_us`, `version_id`) has been delivered to
+    /// `dest` (an S3 target's current object is then newer than this version).
+    fn newer_delivered(&self, bucket: &str, key: &str, mtime_us: i64, version_id: &str, dest: &str) -> Result<bool>;
     /// The commit clock's value at the last committed transaction: every change with a time at
     /// or below it is visible in this snapshot, every later commit gets a larger time.
     fn committed_clock(&self) -> Result<i64>;
@@ -99,6 +124,8 @@ pub trait ReadTx {
     fn get_backfill(&self, id: i64) -> Result<Option<Backfill>>;
     /// Backfills of a bucket (or of every bucket), newest first.
     fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>>;
+    /// Backfills counting or running, of every bucket, oldest first.
+    fn active_backfills(&self) -> Result<Vec<Backfill>>;
     /// Pending jobs of a backfill.
     fn backfill_pending(&self, id: i64) -> Result<u64>;
     /// Events of a bucket after `after_id`, oldest first.
@@ -141,23 +168,17 @@ pub trait WriteTx: ReadTx {
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
     /// Runs `hook` after the transaction commits (not if it rolls back).
     fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>);
-    /// Records a replication job; replication workers are woken when the transaction commits.
+    /// Records a replication job (blocked behind an earlier pending job of its destination and
+    /// key, which it promotes to live priority if it is live); replication workers are woken
+    /// when the transaction commits.
     fn insert_job(&mut self, job: &NewJob<'_>) -> Result<i64>;
+    /// Removes a job (unblocking the next one of its destination and key).
     fn delete_job(&mut self, id: i64) -> Result<()>;
-    /// Rewrites a job's state, attempt count, due time, error and transfer progress.
-    fn update_job(
-        &mut self,
-        id: i64,
-        state: JobState,
-        attempts: u32,
-        next_attempt_us: i64,
-        last_error: Option<&str>,
-        progress: Option<&str>,
-    ) -> Result<()>;
-    /// Makes the failed jobs of a bucket pending again; returns how many.
-    fn retry_failed_jobs(&mut self, bucket: &str) -> Result<u64>;
-    /// Drops every job of a bucket (its replication configuration was removed); returns them.
-    fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>>;
+    /// Rewrites a job's state, attempts, due time, failure time, error, transfer progress and
+    /// backfill as given.
+    fn update_job(&mut self, job: &Job) -> Result<()>;
+    /// Records that a version reached a destination (`peer/bucket`).
+    fn mark_delivered(&mut self, bucket: &str, key: &str, version_id: &str, dest: &str) -> Result<()>;
     /// Inserts (id 0) or updates a backfill; returns its id.
     fn put_backfill(&mut self, b: &Backfill) -> Result<i64>;
     /// Adds to a backfill's done / failed counters.

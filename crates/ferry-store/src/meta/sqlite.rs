@@ -33,7 +33,7 @@ use super::sqlite_repl as repl;
 use super::{ReadTx, VersionCursor, WriteTx};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::replication::{Backfill, Event, Job, JobOp, JobState, NewJob, RuleStats};
+use crate::replication::{Backfill, DestStats, Event, Job, JobState, NewJob};
 
 /// Most closures committed together in one transaction.
 const MAX_BATCH: usize = 256;
@@ -140,17 +140,7 @@ impl SqliteMeta {
         }
         drop(conn);
         let conn = open_connection(path, false)?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(repl::SCHEMA)?;
-        let schema: Option<String> = conn.query_row("SELECT v FROM settings WHERE k = 'schema'", [], |r| r.get(0)).optional()?;
-        match schema.as_deref().map(str::parse::<i64>) {
-            None => {
-                conn.execute("INSERT INTO settings (k, v) VALUES ('schema', ?1)", [FORMAT_VERSION.to_string()])?;
-            }
-            Some(Ok(v)) if v <= FORMAT_VERSION => {}
-            Some(Ok(v)) => return Err(Error::UnknownFormat(v)),
-            Some(Err(_)) => return Err(Error::Other("settings.schema is not a number".into())),
-        }
+        migrate(&conn)?;
         let high_water: i64 = conn
             .query_row("SELECT v FROM settings WHERE k = 'clock'", [], |r| r.get::<_, String>(0))
             .optional()?
@@ -273,6 +263,42 @@ impl ReadPool {
         end?;
         out
     }
+}
+
+/// The schema this build writes. A database is created at version 1 and migrated step by
+/// step, each step in one transaction (a crash in between leaves the previous version).
+pub const SCHEMA_VERSION: i64 = 2;
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(repl::SCHEMA)?;
+    let schema: Option<String> = conn.query_row("SELECT v FROM settings WHERE k = 'schema'", [], |r| r.get(0)).optional()?;
+    let mut version = match schema.as_deref().map(str::parse::<i64>) {
+        None => {
+            conn.execute("INSERT INTO settings (k, v) VALUES ('schema', '1')", [])?;
+            1
+        }
+        Some(Ok(v)) if v <= SCHEMA_VERSION => v,
+        Some(Ok(v)) => return Err(Error::UnknownFormat(v)),
+        Some(Err(_)) => return Err(Error::Other("settings.schema is not a number".into())),
+    };
+    while version < SCHEMA_VERSION {
+        let step = match version {
+            1 => repl::MIGRATE_TO_2,
+            _ => return Err(Error::Other(format!("no migration from schema {version}"))),
+        };
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {step} UPDATE settings SET v = '{next}' WHERE k = 'schema'; COMMIT;",
+            next = version + 1
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+        version += 1;
+        tracing::info!(schema = version, "metadata database migrated");
+    }
+    conn.execute_batch(repl::INDEXES)?;
+    Ok(())
 }
 
 fn writer_loop(
@@ -433,6 +459,7 @@ fn bucket_from_row(r: &Row<'_>) -> Result<BucketRecord> {
         acl: json(&r.get::<_, String>(5)?)?,
         tagging: r.get::<_, Option<String>>(6)?.map(|s| json(&s)).transpose()?,
         replication: r.get(7)?,
+        replica_sources: r.get::<_, Option<String>>(8)?.map(|s| json(&s)).transpose()?.unwrap_or_default(),
     })
 }
 
@@ -460,39 +487,7 @@ fn part_from_row(r: &Row<'_>) -> Result<PartRecord> {
     })
 }
 
-const JOB_COLS: &str = "id, fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, attempts, \
-                        next_attempt_us, last_error, progress, backfill_id";
-
-fn job_from_row(r: &Row<'_>) -> Result<Job> {
-    check_fmt(r.get(1)?)?;
-    Ok(Job {
-        id: r.get(0)?,
-        bucket: r.get(2)?,
-        key: key_string(r.get(3)?),
-        version_id: r.get(4)?,
-        op: JobOp::from_i64(r.get(5)?),
-        peer: r.get(6)?,
-        dest_bucket: r.get(7)?,
-        rule_id: r.get(8)?,
-        created_us: r.get(9)?,
-        size: to_u64(r.get(10)?),
-        state: if r.get::<_, i64>(11)? == 1 { JobState::Failed } else { JobState::Pending },
-        attempts: u32::try_from(r.get::<_, i64>(12)?).unwrap_or(u32::MAX),
-        next_attempt_us: r.get(13)?,
-        last_error: r.get(14)?,
-        progress: r.get(15)?,
-        backfill_id: r.get(16)?,
-    })
-}
-
-fn state_i64(s: JobState) -> i64 {
-    match s {
-        JobState::Pending => 0,
-        JobState::Failed => 1,
-    }
-}
-
-const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication";
+const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication, replica_sources";
 const UPLOAD_COLS: &str = "upload_id, fmt, bucket, key, initiated_us, owner, storage_class, checksum_algorithm, attrs";
 
 pub(super) fn collect<T>(
@@ -525,17 +520,28 @@ pub(super) fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// The read queries, shared by read snapshots and write transactions.
-fn read_ops(conn: &Connection) -> Reads<'_> {
-    Reads(conn)
+/// A transaction that reads through one connection: a read snapshot, or the write transaction
+/// (which sees its own uncommitted changes). Every such transaction gets the read queries.
+trait HasConn {
+    fn conn(&self) -> &Connection;
 }
 
-struct Reads<'a>(&'a Connection);
+impl HasConn for SqliteReadTx<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn
+    }
+}
 
-impl ReadTx for Reads<'_> {
+impl HasConn for SqliteWriteTx<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl<T: HasConn> ReadTx for T {
     fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
         first(
-            self.0,
+            self.conn(),
             &format!("SELECT {BUCKET_COLS} FROM buckets WHERE name = ?1"),
             &[&name],
             bucket_from_row,
@@ -543,12 +549,17 @@ impl ReadTx for Reads<'_> {
     }
 
     fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
-        collect(self.0, &format!("SELECT {BUCKET_COLS} FROM buckets ORDER BY name"), &[], bucket_from_row)
+        collect(
+            self.conn(),
+            &format!("SELECT {BUCKET_COLS} FROM buckets ORDER BY name"),
+            &[],
+            bucket_from_row,
+        )
     }
 
     fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
         first(
-            self.0,
+            self.conn(),
             &format!("SELECT {VERSION_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"),
             &[&bucket, &key.as_bytes(), &version_id],
             version_from_row,
@@ -557,7 +568,7 @@ impl ReadTx for Reads<'_> {
 
     fn get_latest(&self, bucket: &str, key: &str) -> Result<Option<VersionRecord>> {
         first(
-            self.0,
+            self.conn(),
             &format!(
                 "SELECT {VERSION_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
                  ORDER BY mtime_us DESC, version_id DESC LIMIT 1"
@@ -572,7 +583,7 @@ impl ReadTx for Reads<'_> {
         let lim = limit_i64(limit);
         match to {
             Some(to) => collect(
-                self.0,
+                self.conn(),
                 &format!(
                     "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND is_latest = 1 AND is_dm = 0 \
                      AND key {op} ?2 AND key < ?3 ORDER BY key LIMIT ?4"
@@ -581,7 +592,7 @@ impl ReadTx for Reads<'_> {
                 list_entry_from_row,
             ),
             None => collect(
-                self.0,
+                self.conn(),
                 &format!(
                     "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND is_latest = 1 AND is_dm = 0 \
                      AND key {op} ?2 ORDER BY key LIMIT ?3"
@@ -604,7 +615,7 @@ impl ReadTx for Reads<'_> {
         let lim = limit_i64(limit);
         if let (Some(k), Some((m, v))) = (&cursor.after_key, &cursor.after_version) {
             out = collect(
-                self.0,
+                self.conn(),
                 &format!(
                     "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
                      AND (mtime_us < ?3 OR (mtime_us = ?3 AND version_id < ?4)) \
@@ -625,7 +636,7 @@ impl ReadTx for Reads<'_> {
         let op = if exclusive { ">" } else { ">=" };
         let more = match to {
             Some(to) => collect(
-                self.0,
+                self.conn(),
                 &format!(
                     "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
                      ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?4"
@@ -634,7 +645,7 @@ impl ReadTx for Reads<'_> {
                 list_entry_from_row,
             )?,
             None => collect(
-                self.0,
+                self.conn(),
                 &format!(
                     "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 \
                      ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?3"
@@ -649,7 +660,7 @@ impl ReadTx for Reads<'_> {
 
     fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {
         Ok(self
-            .0
+            .conn()
             .prepare_cached("SELECT 1 FROM versions WHERE bucket = ?1 LIMIT 1")?
             .query_row([bucket], |_| Ok(()))
             .optional()?
@@ -658,7 +669,7 @@ impl ReadTx for Reads<'_> {
 
     fn get_upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
         first(
-            self.0,
+            self.conn(),
             &format!("SELECT {UPLOAD_COLS} FROM uploads WHERE upload_id = ?1"),
             &[&upload_id],
             upload_from_row,
@@ -684,7 +695,7 @@ impl ReadTx for Reads<'_> {
                 let marker = self.get_upload(up)?;
                 if let Some(m) = marker.filter(|m| m.bucket == bucket && m.key == k) {
                     out = collect(
-                        self.0,
+                        self.conn(),
                         &format!(
                             "SELECT {UPLOAD_COLS} FROM uploads WHERE bucket = ?1 AND key = ?2 \
                              AND (initiated_us > ?3 OR (initiated_us = ?3 AND upload_id > ?4)) \
@@ -706,7 +717,7 @@ impl ReadTx for Reads<'_> {
         let op = if exclusive { ">" } else { ">=" };
         let rest = limit_i64(limit - out.len());
         out.extend(collect(
-            self.0,
+            self.conn(),
             &format!(
                 "SELECT {UPLOAD_COLS} FROM uploads WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
                  ORDER BY key, initiated_us, upload_id LIMIT ?4"
@@ -719,7 +730,7 @@ impl ReadTx for Reads<'_> {
 
     fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>> {
         collect(
-            self.0,
+            self.conn(),
             "SELECT upload_id, part_number, fmt, mtime_us, part FROM parts WHERE upload_id = ?1 AND part_number > ?2 \
              ORDER BY part_number LIMIT ?3",
             &[&upload_id, &i64::from(after), &limit_i64(limit)],
@@ -728,203 +739,107 @@ impl ReadTx for Reads<'_> {
     }
 
     fn blob_is_live(&self, blob: &str) -> Result<bool> {
-        Ok(self.0.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?.query_row([blob], |_| Ok(())).optional()?.is_some())
+        Ok(self.conn().prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?.query_row([blob], |_| Ok(())).optional()?.is_some())
     }
 
     fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>> {
-        let mut stmt = self.0.prepare_cached("SELECT id FROM garbage WHERE due_us <= ?1 ORDER BY due_us LIMIT ?2")?;
+        let mut stmt = self.conn().prepare_cached("SELECT id FROM garbage WHERE due_us <= ?1 ORDER BY due_us LIMIT ?2")?;
         let rows = stmt.query_map(params![now_us, limit_i64(limit)], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn get_setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.0.prepare_cached("SELECT v FROM settings WHERE k = ?1")?.query_row([key], |r| r.get(0)).optional()?)
+        Ok(self.conn().prepare_cached("SELECT v FROM settings WHERE k = ?1")?.query_row([key], |r| r.get(0)).optional()?)
     }
 
-    fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>> {
-        // Over-fetch by the number of excluded (in-flight) ids, then drop them here: keeps the
-        // statement cacheable.
-        let want = limit_i64(limit.saturating_add(exclude.len()));
-        let jobs = collect(
-            self.0,
-            &format!(
-                "SELECT {JOB_COLS} FROM repl_jobs j WHERE peer = ?1 AND state = 0 AND next_attempt_us <= ?2 \
-                 AND NOT EXISTS (SELECT 1 FROM repl_jobs e WHERE e.peer = j.peer AND e.bucket = j.bucket \
-                                                                  AND e.key = j.key AND e.state = 0 AND e.id < j.id) \
-                 ORDER BY priority, id LIMIT ?3"
-            ),
-            &[&peer, &now_us, &want],
-            job_from_row,
-        )?;
-        Ok(jobs.into_iter().filter(|j| !exclude.contains(&j.id)).take(limit).collect())
+    fn runnable_jobs(
+        &self,
+        peer: &str,
+        dest_bucket: &str,
+        priority: i64,
+        now_us: i64,
+        exclude: &[i64],
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        repl::runnable_jobs(self.conn(), peer, dest_bucket, priority, now_us, exclude, limit)
+    }
+
+    fn due_destinations(&self, peer: &str) -> Result<Vec<String>> {
+        repl::due_destinations(self.conn(), peer)
+    }
+
+    fn peers_with_jobs(&self) -> Result<Vec<String>> {
+        repl::peers_with_jobs(self.conn())
+    }
+
+    fn pending_jobs_of_peer(&self, peer: &str, limit: usize) -> Result<Vec<Job>> {
+        repl::pending_jobs_of_peer(self.conn(), peer, limit)
     }
 
     fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>> {
-        collect(
-            self.0,
-            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND key = ?2 AND version_id = ?3 ORDER BY id"),
-            &[&bucket, &key.as_bytes(), &version_id],
-            job_from_row,
-        )
+        repl::jobs_for_version(self.conn(), bucket, key, version_id)
     }
 
     fn get_job(&self, id: i64) -> Result<Option<Job>> {
-        first(self.0, &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE id = ?1"), &[&id], job_from_row)
-    }
-
-    fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>> {
-        repl::rule_stats(self.0, bucket)
-    }
-
-    fn committed_clock(&self) -> Result<i64> {
-        repl::committed_clock(self.0)
-    }
-
-    fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)> {
-        repl::count_versions(self.0, bucket, from, to)
-    }
-
-    fn get_backfill(&self, id: i64) -> Result<Option<Backfill>> {
-        repl::get_backfill(self.0, id)
-    }
-
-    fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>> {
-        repl::list_backfills(self.0, bucket)
-    }
-
-    fn backfill_pending(&self, id: i64) -> Result<u64> {
-        repl::backfill_pending(self.0, id)
-    }
-
-    fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>> {
-        repl::events(self.0, bucket, after_id, limit)
-    }
-
-    fn latest_events(&self, bucket: &str, rule_id: Option<&str>, kind_prefix: Option<&str>, limit: usize) -> Result<Vec<Event>> {
-        repl::latest_events(self.0, bucket, rule_id, kind_prefix, limit)
+        repl::get_job(self.conn(), id)
     }
 
     fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
-        collect(
-            self.0,
-            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
-            &[&bucket, &after_id, &limit_i64(limit)],
-            job_from_row,
-        )
+        repl::bucket_jobs(self.conn(), bucket, after_id, limit)
+    }
+
+    fn failed_jobs(&self, bucket: &str, limit: usize) -> Result<Vec<Job>> {
+        repl::failed_jobs(self.conn(), bucket, limit)
+    }
+
+    fn max_job_id(&self) -> Result<i64> {
+        repl::max_job_id(self.conn())
+    }
+
+    fn dest_stats(&self, bucket: &str) -> Result<Vec<DestStats>> {
+        repl::dest_stats(self.conn(), bucket)
+    }
+
+    fn delivered_to(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<String>> {
+        repl::delivered_to(self.conn(), bucket, key, version_id)
+    }
+
+    fn newer_delivered(&self, bucket: &str, key: &str, mtime_us: i64, version_id: &str, dest: &str) -> Result<bool> {
+        repl::newer_delivered(self.conn(), bucket, key, mtime_us, version_id, dest)
+    }
+
+    fn committed_clock(&self) -> Result<i64> {
+        repl::committed_clock(self.conn())
+    }
+
+    fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)> {
+        repl::count_versions(self.conn(), bucket, from, to)
+    }
+
+    fn get_backfill(&self, id: i64) -> Result<Option<Backfill>> {
+        repl::get_backfill(self.conn(), id)
+    }
+
+    fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>> {
+        repl::list_backfills(self.conn(), bucket)
+    }
+
+    fn active_backfills(&self) -> Result<Vec<Backfill>> {
+        repl::active_backfills(self.conn())
+    }
+
+    fn backfill_pending(&self, id: i64) -> Result<u64> {
+        repl::backfill_pending(self.conn(), id)
+    }
+
+    fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>> {
+        repl::events(self.conn(), bucket, after_id, limit)
+    }
+
+    fn latest_events(&self, bucket: &str, rule_id: Option<&str>, kind_prefix: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+        repl::latest_events(self.conn(), bucket, rule_id, kind_prefix, limit)
     }
 }
-
-macro_rules! delegate_reads {
-    ($t:ty) => {
-        impl ReadTx for $t {
-            fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
-                read_ops(self.conn).get_bucket(name)
-            }
-            fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
-                read_ops(self.conn).list_buckets()
-            }
-            fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
-                read_ops(self.conn).get_version(bucket, key, version_id)
-            }
-            fn get_latest(&self, bucket: &str, key: &str) -> Result<Option<VersionRecord>> {
-                read_ops(self.conn).get_latest(bucket, key)
-            }
-            fn scan_latest(
-                &self,
-                bucket: &str,
-                from: &[u8],
-                exclusive: bool,
-                to: Option<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<ListEntry>> {
-                read_ops(self.conn).scan_latest(bucket, from, exclusive, to, limit)
-            }
-            fn scan_versions(
-                &self,
-                bucket: &str,
-                from: &[u8],
-                cursor: &VersionCursor,
-                to: Option<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<ListEntry>> {
-                read_ops(self.conn).scan_versions(bucket, from, cursor, to, limit)
-            }
-            fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {
-                read_ops(self.conn).bucket_has_versions(bucket)
-            }
-            fn get_upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
-                read_ops(self.conn).get_upload(upload_id)
-            }
-            fn scan_uploads(
-                &self,
-                bucket: &str,
-                from: &[u8],
-                after: Option<(&str, Option<&str>)>,
-                to: Option<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<UploadRecord>> {
-                read_ops(self.conn).scan_uploads(bucket, from, after, to, limit)
-            }
-            fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>> {
-                read_ops(self.conn).list_parts(upload_id, after, limit)
-            }
-            fn blob_is_live(&self, blob: &str) -> Result<bool> {
-                read_ops(self.conn).blob_is_live(blob)
-            }
-            fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>> {
-                read_ops(self.conn).due_garbage(now_us, limit)
-            }
-            fn get_setting(&self, key: &str) -> Result<Option<String>> {
-                read_ops(self.conn).get_setting(key)
-            }
-            fn runnable_jobs(&self, peer: &str, now_us: i64, exclude: &[i64], limit: usize) -> Result<Vec<Job>> {
-                read_ops(self.conn).runnable_jobs(peer, now_us, exclude, limit)
-            }
-            fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>> {
-                read_ops(self.conn).jobs_for_version(bucket, key, version_id)
-            }
-            fn get_job(&self, id: i64) -> Result<Option<Job>> {
-                read_ops(self.conn).get_job(id)
-            }
-            fn bucket_jobs(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Job>> {
-                read_ops(self.conn).bucket_jobs(bucket, after_id, limit)
-            }
-            fn rule_stats(&self, bucket: &str) -> Result<Vec<RuleStats>> {
-                read_ops(self.conn).rule_stats(bucket)
-            }
-            fn committed_clock(&self) -> Result<i64> {
-                read_ops(self.conn).committed_clock()
-            }
-            fn count_versions(&self, bucket: &str, from: &[u8], to: Option<&[u8]>) -> Result<(u64, u64)> {
-                read_ops(self.conn).count_versions(bucket, from, to)
-            }
-            fn get_backfill(&self, id: i64) -> Result<Option<Backfill>> {
-                read_ops(self.conn).get_backfill(id)
-            }
-            fn list_backfills(&self, bucket: Option<&str>) -> Result<Vec<Backfill>> {
-                read_ops(self.conn).list_backfills(bucket)
-            }
-            fn backfill_pending(&self, id: i64) -> Result<u64> {
-                read_ops(self.conn).backfill_pending(id)
-            }
-            fn events(&self, bucket: &str, after_id: i64, limit: usize) -> Result<Vec<Event>> {
-                read_ops(self.conn).events(bucket, after_id, limit)
-            }
-            fn latest_events(
-                &self,
-                bucket: &str,
-                rule_id: Option<&str>,
-                kind_prefix: Option<&str>,
-                limit: usize,
-            ) -> Result<Vec<Event>> {
-                read_ops(self.conn).latest_events(bucket, rule_id, kind_prefix, limit)
-            }
-        }
-    };
-}
-
-delegate_reads!(SqliteReadTx<'_>);
-delegate_reads!(SqliteWriteTx<'_>);
 
 impl WriteTx for SqliteWriteTx<'_> {
     fn now(&mut self) -> i64 {
@@ -938,7 +853,7 @@ impl WriteTx for SqliteWriteTx<'_> {
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.conn
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
             ))?
             .execute(params![
                 b.name,
@@ -949,6 +864,7 @@ impl WriteTx for SqliteWriteTx<'_> {
                 serde_json::to_string(&b.acl)?,
                 b.tagging.as_ref().map(serde_json::to_string).transpose()?,
                 b.replication,
+                (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
             ])?;
         Ok(())
     }
@@ -963,6 +879,8 @@ impl WriteTx for SqliteWriteTx<'_> {
             BodyLayout::Inline(data) => (None, false, Some(data.as_slice())),
             BodyLayout::Parts { parts, multipart } => (Some(serde_json::to_string(parts)?), *multipart, None),
         };
+        // A replaced row gets a new row id: its delivery records go with it.
+        repl::forget_delivered(self.conn, &v.bucket, &v.key, &v.version_id)?;
         self.conn
             .prepare_cached(&format!(
                 "INSERT OR REPLACE INTO versions ({VERSION_COLS}) \
@@ -992,6 +910,7 @@ impl WriteTx for SqliteWriteTx<'_> {
     fn remove_version(&mut self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {
         let existing = self.get_version(bucket, key, version_id)?;
         if existing.is_some() {
+            repl::forget_delivered(self.conn, bucket, key, version_id)?;
             self.conn
                 .prepare_cached("DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
                 .execute(params![bucket, key.as_bytes(), version_id])?;
@@ -1084,7 +1003,9 @@ impl WriteTx for SqliteWriteTx<'_> {
     }
 
     fn release_blob(&mut self, blob: &str) -> Result<()> {
-        let due = self.clock.last() + GARBAGE_GRACE_US;
+        // The grace period is wall-clock time: readers that looked the blob up just before
+        // need real time to finish, whatever the commit clock says.
+        let due = ferry_core::time::now_micros().saturating_add(GARBAGE_GRACE_US);
         self.conn.prepare_cached("DELETE FROM blobs WHERE id = ?1")?.execute([blob])?;
         self.conn.prepare_cached("INSERT OR REPLACE INTO garbage (id, due_us) VALUES (?1, ?2)")?.execute(params![blob, due])?;
         Ok(())
@@ -1109,70 +1030,24 @@ impl WriteTx for SqliteWriteTx<'_> {
 
     fn insert_job(&mut self, j: &NewJob<'_>) -> Result<i64> {
         self.new_jobs = true;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
-                 attempts, next_attempt_us, last_error, progress, backfill_id, priority) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL, ?11, ?12)",
-            )?
-            .execute(params![
-                FORMAT_VERSION,
-                j.bucket,
-                j.key.as_bytes(),
-                j.version_id,
-                j.op.to_i64(),
-                j.peer,
-                j.dest_bucket,
-                j.rule_id,
-                j.created_us,
-                to_i64(j.size),
-                j.backfill_id,
-                i64::from(j.backfill_id.is_some()),
-            ])?;
-        Ok(self.conn.last_insert_rowid())
+        repl::insert_job(self.conn, j)
     }
 
     fn delete_job(&mut self, id: i64) -> Result<()> {
-        self.conn.prepare_cached("DELETE FROM repl_jobs WHERE id = ?1")?.execute([id])?;
-        Ok(())
+        // The next job of the key may have become runnable.
+        self.new_jobs = true;
+        repl::delete_job(self.conn, id)
     }
 
-    fn update_job(
-        &mut self,
-        id: i64,
-        state: JobState,
-        attempts: u32,
-        next_attempt_us: i64,
-        last_error: Option<&str>,
-        progress: Option<&str>,
-    ) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE repl_jobs SET state = ?2, attempts = ?3, next_attempt_us = ?4, last_error = ?5, progress = ?6 WHERE id = ?1")?
-            .execute(params![id, state_i64(state), i64::from(attempts), next_attempt_us, last_error, progress])?;
-        if state == JobState::Pending {
+    fn update_job(&mut self, job: &Job) -> Result<()> {
+        if job.state == JobState::Pending {
             self.new_jobs = true;
         }
-        Ok(())
+        repl::update_job(self.conn, job)
     }
 
-    fn retry_failed_jobs(&mut self, bucket: &str) -> Result<u64> {
-        let failed = collect(
-            self.conn,
-            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1 AND state = 1"),
-            &[&bucket],
-            job_from_row,
-        )?;
-        let n = self
-            .conn
-            .prepare_cached("UPDATE repl_jobs SET state = 0, next_attempt_us = 0 WHERE bucket = ?1 AND state = 1")?
-            .execute([bucket])?;
-        for j in &failed {
-            self.set_repl_status(&j.bucket, &j.key, &j.version_id, Some(ReplStatus::Pending))?;
-        }
-        if n > 0 {
-            self.new_jobs = true;
-        }
-        Ok(n as u64)
+    fn mark_delivered(&mut self, bucket: &str, key: &str, version_id: &str, dest: &str) -> Result<()> {
+        repl::mark_delivered(self.conn, bucket, key, version_id, dest)
     }
 
     fn put_backfill(&mut self, b: &Backfill) -> Result<i64> {
@@ -1186,16 +1061,5 @@ impl WriteTx for SqliteWriteTx<'_> {
     fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64> {
         let now = self.clock.last().max(ferry_core::time::now_micros());
         repl::add_event(self.conn, now, bucket, rule_id, kind, detail)
-    }
-
-    fn delete_bucket_jobs(&mut self, bucket: &str) -> Result<Vec<Job>> {
-        let jobs = collect(
-            self.conn,
-            &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE bucket = ?1"),
-            &[&bucket],
-            job_from_row,
-        )?;
-        self.conn.prepare_cached("DELETE FROM repl_jobs WHERE bucket = ?1")?.execute([bucket])?;
-        Ok(jobs)
     }
 }

@@ -1,0 +1,242 @@
+//! Replication an operator can trust: who may write replicas and where, clock bounds, delivery
+//! tracked per destination, keys that never wedge, and S3 targets that end in the source's
+//! state. Each test reproduces something a user could do to break that promise.
+
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::{Tag, Tagging};
+use serde_json::json;
+
+use crate::common::*;
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+
+/// 900 years from now, in microseconds.
+fn far_future_us() -> i64 {
+    now_us() + 900 * 365 * 24 * 3600 * 1_000_000
+}
+
+/// Last-Modified of the latest version of `key`, µs.
+async fn last_modified_us(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> i64 {
+    let h = c.head_object().bucket(bucket).key(key).send().await.unwrap();
+    h.last_modified().unwrap().to_millis().unwrap() * 1000
+}
+
+/// The holder of a presigned PUT URL adds an `x-ferry-replica` header the signature does not
+/// cover, naming the key's pre-versioning `null` version and a time 900 years ahead. It must be
+/// refused, change nothing, and leave the region's clock alone.
+#[tokio::test]
+async fn a_presigned_put_cannot_rewrite_history_with_a_replica_header() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_bucket(&us, "docs").await;
+    put(&us, "docs", "report.pdf", b"the original report").await;
+    us.put_bucket_versioning()
+        .bucket("docs")
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let presigned = us
+        .put_object()
+        .bucket("docs")
+        .key("report.pdf")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+        .await
+        .unwrap();
+    let forged = replica_header(&json!({
+        "format": 1, "source_region": "elsewhere", "version_id": "null", "mtime_us": far_future_us(),
+    }));
+    let r = send_presigned_with(&presigned, &[("x-ferry-replica", &forged)], b"forged bytes").await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
+    let null = us.get_object().bucket("docs").key("report.pdf").version_id("null").send().await.unwrap();
+    assert_eq!(null.body.collect().await.unwrap().into_bytes().as_ref(), b"the original report");
+    // The same URL without the header still works: it adds a version.
+    let r = send_presigned(&presigned, b"a new version").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    put(&us, "docs", "later.txt", b"x").await;
+    let t = last_modified_us(&us, "docs", "later.txt").await;
+    assert!(t < now_us() + 3_600_000_000, "the region's clock moved: Last-Modified {t}");
+}
+
+/// A bucket owner signs a PutObject carrying a replica header with a far-future time: bucket
+/// owners are not replication principals, and nothing a client sends can move the clock.
+#[tokio::test]
+async fn a_bucket_owner_cannot_forge_replicas_or_move_the_clock() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "mine").await;
+    let forged = replica_header(&json!({
+        "format": 1, "source_region": "elsewhere", "version_id": "0193aaaa-forged", "mtime_us": far_future_us(),
+    }));
+    let e = us
+        .put_object()
+        .bucket("mine")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-replica", forged.clone());
+        })
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    assert!(all_versions(&us, "mine").await.is_empty(), "nothing was written");
+    create_versioned_bucket(&c.client_alt(US), "theirs").await;
+    put(&c.client_alt(US), "theirs", "k", b"x").await;
+    let t = last_modified_us(&c.client_alt(US), "theirs", "k").await;
+    assert!(t < now_us() + 3_600_000_000, "another tenant's object got Last-Modified {t}");
+}
+
+/// With two credentials in one file, user B puts a rule whose destination is a bucket user A
+/// owns in another region. It must be refused: B may not write there.
+#[tokio::test]
+async fn a_tenant_cannot_replicate_into_another_tenants_bucket() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (a_eu, b_us) = (c.client(EU), c.client_alt(US));
+    create_versioned_bucket(&a_eu, "admin-data").await;
+    put(&a_eu, "admin-data", "payroll.csv", b"name,salary\n").await;
+    create_versioned_bucket(&b_us, "x-src").await;
+    let e = b_us
+        .put_bucket_replication()
+        .bucket("x-src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::admin-data"]))
+        .send()
+        .await
+        .expect_err("a rule into another tenant's bucket must be refused");
+    assert_eq!(code(&e), "AccessDenied");
+    // Pinned to the region, the answer is the same.
+    let e = b_us
+        .put_bucket_replication()
+        .bucket("x-src")
+        .replication_configuration(simple_rules(&["arn:aws:s3:eu-west-1::admin-data"]))
+        .send()
+        .await
+        .expect_err("a rule into another tenant's bucket must be refused");
+    assert_eq!(code(&e), "AccessDenied");
+    assert_eq!(all_versions(&a_eu, "admin-data").await.len(), 1);
+}
+
+/// `photos` replicates to `dr-one`; a second rule to `dr-two` with ExistingObjectReplication
+/// must copy the 50 objects `dr-one` already has, and status must not claim 100 % before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_destination_receives_the_existing_objects() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    replicated_pair(&us, "photos", &eu, "dr-one").await;
+    create_versioned_bucket(&eu, "dr-two").await;
+    for i in 0..50 {
+        put(&us, "photos", &format!("img/{i:03}.jpg"), format!("photo {i}").as_bytes()).await;
+    }
+    wait_until("50 objects at dr-one", 30, || async { all_versions(&eu, "dr-one").await.len() == 50 }).await;
+    let xml = "<ReplicationConfiguration><Role></Role>\
+        <Rule><ID>one</ID><Priority>1</Priority><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+        <DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
+        <Destination><Bucket>arn:aws:s3:::dr-one</Bucket></Destination></Rule>\
+        <Rule><ID>two</ID><Priority>2</Priority><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+        <DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
+        <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>\
+        <Destination><Bucket>arn:aws:s3:::dr-two</Bucket></Destination></Rule></ReplicationConfiguration>";
+    put_replication_xml(&us, "photos", xml).await.unwrap();
+    let store = c.store(US);
+    wait_until("the backfill for dr-two finishes", 30, || async {
+        let p = ferry_store::progress::bucket_progress(&store, "photos", US).await.unwrap();
+        p.backfills.first().is_some_and(|b| b.state == "done")
+    })
+    .await;
+    let p = ferry_store::progress::bucket_progress(&store, "photos", US).await.unwrap();
+    let two = p.rules.iter().find(|r| r.id == "two").unwrap();
+    assert_eq!(two.historical_ratio, Some(1.0));
+    assert_eq!(all_versions(&eu, "dr-two").await.len(), 50, "a finished backfill has copied every object");
+    assert!(compare_buckets(&us, "photos", &eu, "dr-two").await.is_empty());
+}
+
+/// An object written before its rule is tagged, then overwritten: the tag change must not wedge
+/// the key, and the new version must replicate.
+#[tokio::test]
+async fn tagging_an_old_object_does_not_wedge_its_key() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    create_versioned_bucket(&us, "docs").await;
+    create_versioned_bucket(&eu, "docs-dr").await;
+    let old = put(&us, "docs", "docs/old.txt", b"written before the rule").await;
+    us.put_bucket_replication()
+        .bucket("docs")
+        .replication_configuration(simple_rules(&["arn:aws:s3:::docs-dr"]))
+        .send()
+        .await
+        .unwrap();
+    let tagging = Tagging::builder().tag_set(Tag::builder().key("class").value("old").build().unwrap()).build().unwrap();
+    us.put_object_tagging().bucket("docs").key("docs/old.txt").tagging(tagging).send().await.unwrap();
+    let new = put(&us, "docs", "docs/old.txt", b"the new version").await;
+    let new_vid = new.version_id().unwrap().to_owned();
+    wait_until("the new version replicates", 20, || async {
+        eu.head_object().bucket("docs-dr").key("docs/old.txt").version_id(&new_vid).send().await.is_ok()
+    })
+    .await;
+    // The tagged version went as a whole: the destination has it, with its tag.
+    let old_vid = old.version_id().unwrap().to_owned();
+    wait_until("the tagged old version replicates whole", 20, || async {
+        eu.get_object_tagging()
+            .bucket("docs-dr")
+            .key("docs/old.txt")
+            .version_id(&old_vid)
+            .send()
+            .await
+            .is_ok_and(|t| t.tag_set().len() == 1)
+    })
+    .await;
+    wait_until("nothing pending", 20, || async {
+        repl_status(&us, "docs", "docs/old.txt", Some(&old_vid)).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+}
+
+/// A backfill to a third-party S3 target (its own version ids, arrival order decides the
+/// current object) must end with the source's current state: v3 current, a deleted key deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_to_an_s3_target_ends_with_the_current_version() {
+    let moto = Moto::start();
+    let target = client_for(&moto.url, "testing", "testing", US, Mode::WhenRequired);
+    create_versioned_bucket(&target, "archive").await;
+    let url = moto.url.clone();
+    let c = TestCluster::start(&[US], move |o, _| {
+        o.peers.push(moto_peer(&url));
+    })
+    .await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "src").await;
+    for v in ["v1", "v2", "v3"] {
+        put(&us, "src", "k", v.as_bytes()).await;
+    }
+    put(&us, "src", "d", b"d1").await;
+    put(&us, "src", "d", b"d2").await;
+    us.delete_object().bucket("src").key("d").send().await.unwrap();
+    let xml = "<ReplicationConfiguration><Role></Role><Rule><ID>all</ID><Priority>1</Priority><Status>Enabled</Status>\
+        <Filter><Prefix></Prefix></Filter><DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
+        <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>\
+        <Destination><Bucket>arn:aws:s3:moto::archive</Bucket></Destination></Rule></ReplicationConfiguration>";
+    put_replication_xml(&us, "src", xml).await.unwrap();
+    let store = c.store(US);
+    wait_until("the backfill finishes", 30, || async {
+        let p = ferry_store::progress::bucket_progress(&store, "src", US).await.unwrap();
+        p.backfills.first().is_some_and(|b| b.state == "done")
+    })
+    .await;
+    assert_eq!(
+        get_bytes(&target, "archive", "k").await,
+        b"v3",
+        "the target's current object is the source's"
+    );
+    assert!(
+        target.get_object().bucket("archive").key("d").send().await.is_err(),
+        "a deleted key stays deleted"
+    );
+}
