@@ -151,6 +151,10 @@ pub struct ReplicationSettings {
     /// becomes FAILED with its last error, until `ferry replication retry`. Default `24h`.
     #[serde(default = "default_give_up_after", with = "duration_text")]
     pub give_up_after: Duration,
+    /// A multipart upload a peer opened here and left without a new part for this long is
+    /// aborted (its parts released): a transfer that will not come back. Default `24h`.
+    #[serde(default = "default_give_up_after", with = "duration_text")]
+    pub abandoned_upload_after: Duration,
 }
 
 fn default_max_clock_skew() -> Duration {
@@ -199,6 +203,7 @@ impl Default for ReplicationSettings {
             backfill_rate: default_backfill_rate(),
             max_clock_skew: default_max_clock_skew(),
             give_up_after: default_give_up_after(),
+            abandoned_upload_after: default_give_up_after(),
         }
     }
 }

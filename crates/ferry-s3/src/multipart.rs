@@ -4,7 +4,7 @@
 use ferry_store::Error as StoreError;
 use ferry_store::checksum::{Algorithm, composite_checksum, multipart_etag};
 use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Origin, PartRecord, PartRef, UploadRecord, Versioning};
-use ferry_store::objects::{NewVersion, WriteConditions, put_version};
+use ferry_store::objects::{NewVersion, WriteConditions, abort_upload, put_version};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -376,19 +376,7 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
-        self.store
-            .meta
-            .write(move |tx| {
-                if tx.get_upload(&upload.upload_id)?.is_none() {
-                    return Err(StoreError::NoSuchUpload);
-                }
-                for p in tx.take_parts(&upload.upload_id)? {
-                    tx.release_blob(&p.part.blob)?;
-                }
-                tx.delete_upload(&upload.upload_id)
-            })
-            .await
-            .s3()?;
+        self.store.meta.write(move |tx| abort_upload(tx, &upload.upload_id)).await.s3()?;
         let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
         resp.status = Some(http::StatusCode::NO_CONTENT);
         Ok(resp)

@@ -365,7 +365,7 @@ fn serve_region(
     };
     let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
-    runner.spawn(GcWorker::new(store.clone()));
+    runner.spawn(GcWorker::new(store.clone(), opts.replication.abandoned_upload_after));
     ferry_replication::start(&runner, store.clone(), peers, &opts.replication, metrics.clone());
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     if let Some(admin) = admin {

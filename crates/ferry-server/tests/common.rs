@@ -444,6 +444,22 @@ impl TestCluster {
         client_for(&self.url(region), MAIN_AK, MAIN_SK, region, Mode::Default)
     }
 
+    /// Runs `ferry replication COMMAND --endpoint <region> ... ARGS` as the main user.
+    pub async fn ferry_replication(&self, region: &str, args: &[&str]) -> (i32, String) {
+        let url = self.url(region);
+        let mut all = vec!["replication"];
+        all.extend_from_slice(&args[..1]);
+        all.extend_from_slice(&["--endpoint", &url, "--access-key", MAIN_AK, "--secret-key", MAIN_SK]);
+        all.extend_from_slice(&args[1..]);
+        run_ferry_async(&all).await
+    }
+
+    /// The replication figures of each destination of a source bucket.
+    pub async fn dest_stats(&self, region: &str, bucket: &str) -> Vec<ferry_store::replication::DestStats> {
+        let b = bucket.to_owned();
+        self.store(region).meta.read(move |r| r.dest_stats(&b)).await.unwrap()
+    }
+
     /// A client signing as the second user (another account).
     pub fn client_alt(&self, region: &str) -> Client {
         client_for(&self.url(region), ALT_AK, ALT_SK, region, Mode::Default)
@@ -820,6 +836,8 @@ pub struct TwoProcesses {
     pub us_port: u16,
     pub eu_port: u16,
     pub link: Option<Netem>,
+    /// The link from EU back to US, when configured.
+    pub back: Option<Netem>,
 }
 
 /// The link between the US and EU processes of [`TwoProcesses`].
@@ -833,17 +851,27 @@ impl TwoProcesses {
     /// Writes both configurations (`extra_us` is appended to the US one); starts nothing but the
     /// link.
     pub async fn configure(link: Link, extra_us: &str) -> Self {
+        Self::configure_links(link, Link::Direct, extra_us, "").await
+    }
+
+    /// Like [`configure`](Self::configure), with a link from EU back to US too (mutual setups)
+    /// and extra configuration for each side.
+    pub async fn configure_links(link: Link, back: Link, extra_us: &str, extra_eu: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (us_port, eu_port) = (free_port(), free_port());
+        let wan = |spec: LinkSpec, port: u16| async move {
+            Netem::start("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{port}").parse().unwrap(), spec).await.unwrap()
+        };
         let link = match link {
             Link::Direct => None,
-            Link::Wan(spec) => Some(
-                Netem::start("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{eu_port}").parse().unwrap(), spec)
-                    .await
-                    .unwrap(),
-            ),
+            Link::Wan(spec) => Some(wan(spec, eu_port).await),
+        };
+        let back = match back {
+            Link::Direct => None,
+            Link::Wan(spec) => Some(wan(spec, us_port).await),
         };
         let eu_port_for_us = link.as_ref().map_or(eu_port, |p| p.addr().port());
+        let us_port_for_eu = back.as_ref().map_or(us_port, |p| p.addr().port());
         let us_cfg = process_config(
             dir.path(),
             "us-east-1",
@@ -855,10 +883,10 @@ impl TwoProcesses {
             dir.path(),
             "eu-west-1",
             eu_port,
-            &[("us-east-1", format!("http://127.0.0.1:{us_port}"), "ferry")],
-            "",
+            &[("us-east-1", format!("http://127.0.0.1:{us_port_for_eu}"), "ferry")],
+            extra_eu,
         );
-        Self { dir, us_cfg, eu_cfg, us_port, eu_port, link }
+        Self { dir, us_cfg, eu_cfg, us_port, eu_port, link, back }
     }
 
     pub fn spawn_us(&self) -> FerryProcess {
@@ -890,6 +918,26 @@ impl TwoProcesses {
     /// The emulated link between the regions.
     pub fn link(&self) -> &Netem {
         self.link.as_ref().expect("configured with Link::Wan")
+    }
+
+    /// The emulated link from EU back to US.
+    pub fn back(&self) -> &Netem {
+        self.back.as_ref().expect("configured with a Link::Wan back")
+    }
+
+    /// A client signing as the main user at the US region.
+    pub fn us_client(&self) -> Client {
+        self.us()
+    }
+
+    /// Runs `ferry replication ARGS --endpoint <region> --bucket BUCKET` as the main user.
+    pub async fn ferry_replication(&self, region: &str, args: &[&str]) -> (i32, String) {
+        let url = if region == "us-east-1" { self.us_url() } else { format!("http://127.0.0.1:{}", self.eu_port) };
+        let mut all = vec!["replication"];
+        all.extend_from_slice(&args[..1]);
+        all.extend_from_slice(&["--endpoint", &url, "--access-key", MAIN_AK, "--secret-key", MAIN_SK]);
+        all.extend_from_slice(&args[1..]);
+        run_ferry_async(&all).await
     }
 }
 
@@ -935,5 +983,72 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+type ProxyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An HTTP proxy in front of an S3 endpoint that answers `503 SlowDown` to every request for
+/// the buckets in its refusal list, and forwards the rest unchanged (headers included, so
+/// signatures stay valid): one destination bucket throttling while the others work.
+pub struct SlowDownProxy {
+    pub addr: SocketAddr,
+    refused: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowDownProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use http_body_util::BodyExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let client: hyper_util::client::legacy::Client<_, hyper::body::Incoming> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let r = refused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (client, refused) = (client.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                        let (client, refused) = (client.clone(), refused.clone());
+                        async move {
+                            let bucket = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or("").to_owned();
+                            if refused.lock().unwrap().contains(&bucket) {
+                                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                                let full = http_body_util::Full::new(bytes::Bytes::from(body));
+                                let resp =
+                                    http::Response::builder().status(503).body(full.map_err(|e| match e {}).boxed()).unwrap();
+                                return Ok::<_, hyper_util::client::legacy::Error>(resp);
+                            }
+                            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                            *req.uri_mut() = format!("http://{upstream}{pq}").parse().unwrap();
+                            let resp = client.request(req).await?;
+                            Ok(resp.map(|b| b.map_err(|e| -> ProxyError { Box::new(e) }).boxed()))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, refused, task }
+    }
+
+    /// Answers 503 SlowDown to every request for `bucket` from now on.
+    pub fn refuse(&self, bucket: &str) {
+        self.refused.lock().unwrap().push(bucket.to_owned());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SlowDownProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -240,3 +240,112 @@ async fn a_backfill_to_an_s3_target_ends_with_the_current_version() {
         "a deleted key stays deleted"
     );
 }
+
+/// A replica whose time is further ahead of this region's clock than `max_clock_skew` is
+/// refused with RequestTimeTooSkewed (a transient error for its source); within the bound it is
+/// accepted, and the region's next write orders after it.
+#[tokio::test]
+async fn replica_times_beyond_the_clock_skew_are_refused() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "dst").await;
+    let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::WhenRequired);
+    let send = |vid: &str, mtime_us: i64| {
+        let h = replica_header(&json!({"format": 1, "source_region": "elsewhere", "version_id": vid, "mtime_us": mtime_us}));
+        let src = source_header("elsewhere", "src", MAIN_AK);
+        repl.put_object()
+            .bucket("dst")
+            .key("k")
+            .body(b"x".to_vec().into())
+            .customize()
+            .mutate_request(move |r| {
+                r.headers_mut().insert("x-ferry-replica", h.clone());
+                r.headers_mut().insert("x-ferry-source", src.clone());
+            })
+            .send()
+    };
+    let e = send("v-ahead", now_us() + 3_600_000_000).await.unwrap_err();
+    assert_eq!(code(&e), "RequestTimeTooSkewed");
+    assert!(all_versions(&us, "dst").await.is_empty());
+    let ahead = now_us() + 60_000_000;
+    send("v-near", ahead).await.unwrap();
+    put(&us, "dst", "later", b"y").await;
+    let t = last_modified_us(&us, "dst", "later").await;
+    // Last-Modified has second precision.
+    assert!(
+        t >= ahead / 1_000_000 * 1_000_000 && t < ahead + 3_600_000_000,
+        "the clock observed the replica, within bounds: {t}"
+    );
+}
+
+/// Another account may replicate into a bucket whose owner allows it (`ferry replication
+/// sources`), but only adds: its replicas never replace what the owner wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_account_may_only_add_versions() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (a_eu, b_us) = (c.client(EU), c.client_alt(US));
+    create_bucket(&a_eu, "shared").await;
+    put(&a_eu, "shared", "report", b"written by the owner").await;
+    a_eu.put_bucket_versioning()
+        .bucket("shared")
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    create_bucket(&b_us, "b-src").await;
+    put(&b_us, "b-src", "report", b"written by the other account").await;
+    b_us.put_bucket_versioning()
+        .bucket("b-src")
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let xml = "<ReplicationConfiguration><Role></Role><Rule><ID>in</ID><Priority>1</Priority><Status>Enabled</Status>\
+        <Filter><Prefix></Prefix></Filter><DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
+        <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>\
+        <Destination><Bucket>arn:aws:s3:::shared</Bucket></Destination></Rule></ReplicationConfiguration>";
+    assert_eq!(put_replication_xml(&b_us, "b-src", xml).await, Err("AccessDenied".to_owned()));
+    let (code, out) = c.ferry_replication(EU, &["sources", "--bucket", "shared", "--add", &format!("{ALT_AK}@{US}")]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&account_of(ALT_AK)), "{out}");
+    put_replication_xml(&b_us, "b-src", xml).await.unwrap();
+    put(&b_us, "b-src", "planted.txt", b"new").await;
+    // (The replica belongs to the other account, as at its source: the owner sees it listed.)
+    let listed = |key: &'static str| {
+        let a_eu = a_eu.clone();
+        async move { all_versions(&a_eu, "shared").await.iter().any(|v| v.key == key) }
+    };
+    wait_until("the new object arrives", 20, || listed("planted.txt")).await;
+    // The other account's `null` version of `report` may not replace the owner's.
+    wait_until("the backfill's null version fails", 30, || async {
+        c.dest_stats(US, "b-src").await.iter().any(|s| s.failed_ops == 1)
+    })
+    .await;
+    let s = c.dest_stats(US, "b-src").await;
+    assert!(s[0].last_error.as_deref().is_some_and(|e| e.contains("AccessDenied")), "{s:?}");
+    let null = a_eu.get_object().bucket("shared").key("report").version_id("null").send().await.unwrap();
+    assert_eq!(null.body.collect().await.unwrap().into_bytes().as_ref(), b"written by the owner");
+    // Removing the grant stops it.
+    let (code, out) = c
+        .ferry_replication(
+            EU,
+            &["sources", "--bucket", "shared", "--remove", &format!("{}@{US}", account_of(ALT_AK))],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("only from its owner"), "{out}");
+    put(&b_us, "b-src", "after.txt", b"refused").await;
+    wait_until("refused at the destination", 30, || async {
+        c.dest_stats(US, "b-src").await.iter().any(|s| s.failed_ops == 2)
+    })
+    .await;
+    assert!(!listed("after.txt").await);
+}

@@ -251,17 +251,48 @@ impl Store {
     }
 }
 
-/// Unlinks released blob files once their grace period has passed.
+/// Unlinks released blob files once their grace period has passed, and aborts the multipart
+/// uploads peers opened here and left idle (a transfer whose job was dropped, or whose source
+/// version vanished, or a source that never came back): their parts are released.
 pub struct GcWorker {
     store: Arc<Store>,
     collected: u64,
+    /// Replica uploads idle this long are aborted.
+    replica_upload_expiry: Duration,
+    expired: u64,
 }
 
 impl GcWorker {
-    /// A collector for `store`.
+    /// A collector for `store`; replica uploads idle for `replica_upload_expiry` are aborted.
     #[must_use]
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store, collected: 0 }
+    pub fn new(store: Arc<Store>, replica_upload_expiry: Duration) -> Self {
+        Self { store, collected: 0, replica_upload_expiry, expired: 0 }
+    }
+
+    /// Aborts idle replica uploads; returns how many.
+    async fn expire_replica_uploads(&mut self) -> Result<u64> {
+        let expiry = i64::try_from(self.replica_upload_expiry.as_micros()).unwrap_or(i64::MAX);
+        let before = ferry_core::time::now_micros().saturating_sub(expiry);
+        let idle = self.store.meta.read(move |r| r.idle_uploads(before, 100)).await?;
+        let ids: Vec<String> = idle.into_iter().filter(|u| u.attrs.origin.is_some()).map(|u| u.upload_id).collect();
+        let n = ids.len() as u64;
+        if n > 0 {
+            tracing::info!(uploads = n, "aborting replica uploads left idle");
+            self.store
+                .meta
+                .write(move |tx| {
+                    for id in &ids {
+                        match objects::abort_upload(tx, id) {
+                            Ok(()) | Err(Error::NoSuchUpload) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        self.expired += n;
+        Ok(n)
     }
 }
 
@@ -272,10 +303,17 @@ impl Worker for GcWorker {
     }
 
     fn status(&self) -> WorkerStatus {
-        WorkerStatus { progress: Some(format!("{} blobs collected", self.collected)), ..WorkerStatus::default() }
+        WorkerStatus {
+            progress: Some(format!(
+                "{} blobs collected, {} idle replica uploads aborted",
+                self.collected, self.expired
+            )),
+            ..WorkerStatus::default()
+        }
     }
 
     async fn work(&mut self, _stop: &CancellationToken) -> std::result::Result<WorkerState, WorkerError> {
+        self.expire_replica_uploads().await?;
         let now = ferry_core::time::now_micros();
         let due = self.store.meta.read(move |r| r.due_garbage(now, 500)).await?;
         if due.is_empty() {

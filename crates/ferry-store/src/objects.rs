@@ -332,6 +332,20 @@ pub fn delete_version(
     Ok(removed)
 }
 
+/// Aborts a multipart upload: its parts are released, the upload forgotten.
+///
+/// # Errors
+/// NoSuchUpload, database errors.
+pub fn abort_upload(tx: &mut dyn WriteTx, upload_id: &str) -> Result<()> {
+    if tx.get_upload(upload_id)?.is_none() {
+        return Err(Error::NoSuchUpload);
+    }
+    for p in tx.take_parts(upload_id)? {
+        tx.release_blob(&p.part.blob)?;
+    }
+    tx.delete_upload(upload_id)
+}
+
 /// A change of a version's attributes in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrChange {
@@ -799,5 +813,90 @@ mod replication_tests {
             meta.read(|r| r.scan_versions("src", b"r", &crate::meta::VersionCursor::default(), None, 10)).await.unwrap();
         assert_eq!(versions.len(), 2, "one replica version, one replica marker");
         assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
+    }
+
+    /// A live change recorded behind a waiting backfill job of its key promotes that job: it
+    /// runs among live jobs, in order, instead of after every one of them (priority inversion).
+    #[tokio::test]
+    async fn a_live_change_promotes_the_backfill_job_it_waits_behind() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let backfilled = v.clone();
+        meta.write(move |tx| {
+            // What the backfill records for an old version (the live job is delivered).
+            for j in tx.jobs_for_version("src", "k", &backfilled.version_id)? {
+                tx.delete_job(j.id)?;
+            }
+            tx.insert_job(&crate::replication::NewJob {
+                bucket: "src",
+                key: "k",
+                version_id: &backfilled.version_id,
+                op: JobOp::Put,
+                peer: "eu",
+                dest_bucket: "d1",
+                rule_id: "r0",
+                opts: &crate::replication::JobOptions::default(),
+                created_us: backfilled.mtime_us,
+                size: 1,
+                backfill_id: Some(7),
+            })
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+        // Live traffic on other keys, then a live overwrite of `k`.
+        for i in 0..5 {
+            meta.write(move |tx| put_version(tx, "src", obj(&format!("other{i}")), &WriteConditions::default())).await.unwrap();
+        }
+        meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let live = meta.read(|r| r.runnable_jobs("eu", "d1", 0, i64::MAX, &[], 100)).await.unwrap();
+        assert_eq!(live.first().map(|j| (j.key.as_str(), j.backfill_id)), Some(("k", Some(7))), "{live:?}");
+        assert!(
+            !live.iter().any(|j| j.key == "k" && j.backfill_id.is_none()),
+            "the live job still waits its turn"
+        );
+        assert!(meta.read(|r| r.runnable_jobs("eu", "d1", 1, i64::MAX, &[], 100)).await.unwrap().is_empty());
+    }
+
+    /// Completing or failing a job that was dropped meanwhile (its configuration removed) must
+    /// not invent a status: COMPLETED is only for versions every destination acknowledged.
+    #[tokio::test]
+    async fn results_of_dropped_jobs_change_nothing() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let vid = v.version_id.clone();
+        let jobs = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap();
+        let last = meta.read(|r| r.max_job_id()).await.unwrap();
+        assert_eq!(meta.write(move |tx| crate::replication::drop_jobs(tx, "src", last, 10)).await.unwrap(), 1);
+        assert_eq!(status(&meta, &v.version_id).await, None, "dropped: no status it will not reach");
+        let (j1, j2) = (jobs[0].clone(), jobs[0].clone());
+        meta.write(move |tx| fail(tx, &j1, "AccessDenied")).await.unwrap();
+        meta.write(move |tx| complete(tx, &j2, true)).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, None);
+        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
+        assert_eq!((stats[0].pending_ops, stats[0].failed_ops), (0, 0));
+    }
+
+    /// A job failing with transient errors for longer than the give-up time becomes FAILED
+    /// with the reason; until then it waits for its next attempt.
+    #[tokio::test]
+    async fn transient_failures_give_up_with_a_reason() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let vid = v.version_id.clone();
+        let job = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap().remove(0);
+        let (j, t0) = (job.clone(), 1_000_000_000);
+        let gave_up =
+            meta.write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 5, t0, 60_000_000)).await;
+        assert!(!gave_up.unwrap());
+        let j = job.clone();
+        let gave_up = meta
+            .write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 9, t0 + 61_000_000, 60_000_000));
+        assert!(gave_up.await.unwrap());
+        let id = job.id;
+        let failed = meta.read(move |r| r.get_job(id)).await.unwrap().unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(failed.last_error.unwrap().contains("gave up after 61 s of transient errors; last: connection refused"));
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
     }
 }

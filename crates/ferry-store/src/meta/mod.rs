@@ -73,6 +73,8 @@ pub trait ReadTx {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<UploadRecord>>;
+    /// Uploads with no activity (initiation or part) since `before_us`, oldest first.
+    fn idle_uploads(&self, before_us: i64, limit: usize) -> Result<Vec<UploadRecord>>;
     /// Parts with number greater than `after`, in order.
     fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>>;
     /// True when a committed record references the blob.

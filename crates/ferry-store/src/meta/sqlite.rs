@@ -728,6 +728,19 @@ impl<T: HasConn> ReadTx for T {
         Ok(out)
     }
 
+    fn idle_uploads(&self, before_us: i64, limit: usize) -> Result<Vec<UploadRecord>> {
+        collect(
+            self.conn(),
+            &format!(
+                "SELECT {UPLOAD_COLS} FROM uploads u WHERE initiated_us < ?1 AND \
+                 coalesce((SELECT max(mtime_us) FROM parts p WHERE p.upload_id = u.upload_id), 0) < ?1 \
+                 ORDER BY initiated_us LIMIT ?2"
+            ),
+            &[&before_us, &limit_i64(limit)],
+            upload_from_row,
+        )
+    }
+
     fn list_parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<PartRecord>> {
         collect(
             self.conn(),
@@ -1061,5 +1074,68 @@ impl WriteTx for SqliteWriteTx<'_> {
     fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64> {
         let now = self.clock.last().max(ferry_core::time::now_micros());
         repl::add_event(self.conn, now, bucket, rule_id, kind, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A released blob is kept for the grace period of wall-clock time from its release, even
+    /// in a region whose commit clock last ticked long before (an idle region).
+    #[tokio::test]
+    async fn the_garbage_grace_period_runs_on_the_wall_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
+        meta.write(|tx| {
+            tx.now();
+            tx.add_blob("b1")
+        })
+        .await
+        .unwrap();
+        // Time passes without a commit that ticks the clock.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let released_at = ferry_core::time::now_micros();
+        meta.write(|tx| tx.release_blob("b1")).await.unwrap();
+        let early = meta.read(move |r| r.due_garbage(released_at + GARBAGE_GRACE_US - 1, 10)).await.unwrap();
+        assert!(early.is_empty(), "unlinked before its grace period: {early:?}");
+        let due = meta.read(move |r| r.due_garbage(ferry_core::time::now_micros() + GARBAGE_GRACE_US, 10)).await.unwrap();
+        assert_eq!(due, vec!["b1".to_owned()]);
+    }
+
+    /// A version-1 database with jobs is migrated in place: per-key order, counters and the
+    /// live flag are derived from the jobs it holds.
+    #[tokio::test]
+    async fn a_schema_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(repl::SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO settings (k, v) VALUES ('schema', '1');
+                 INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state,
+                     attempts, next_attempt_us, last_error, progress, backfill_id, priority) VALUES
+                 (1, 'b', X'6b', 'v1', 0, 'eu', 'd', 'r', 10, 100, 0, 0, 0, NULL, NULL, NULL, 0),
+                 (1, 'b', X'6b', 'v2', 0, 'eu', 'd', 'r', 20, 50, 0, 0, 0, NULL, NULL, 3, 1),
+                 (1, 'b', X'6c', 'v3', 0, 'eu', 'd', 'r', 30, 7, 1, 2, 0, 'AccessDenied', NULL, NULL, 0);",
+            )
+            .unwrap();
+        }
+        let meta = SqliteMeta::open(&path, None).unwrap();
+        let runnable = meta.read(|r| r.runnable_jobs("eu", "d", 0, i64::MAX, &[], 10)).await.unwrap();
+        assert_eq!(
+            runnable.iter().map(|j| j.version_id.as_str()).collect::<Vec<_>>(),
+            vec!["v1"],
+            "v2 waits behind v1"
+        );
+        let all = meta.read(|r| r.bucket_jobs("b", 0, 10)).await.unwrap();
+        assert_eq!(all.iter().map(|j| j.live).collect::<Vec<_>>(), vec![true, false, true]);
+        let stats = meta.read(|r| r.dest_stats("b")).await.unwrap();
+        assert_eq!((stats[0].pending_ops, stats[0].pending_bytes, stats[0].failed_ops), (2, 150, 1));
+        assert_eq!(stats[0].oldest_undelivered_us, Some(10));
+        let schema = meta.read(|r| r.get_setting("schema")).await.unwrap();
+        assert_eq!(schema.as_deref(), Some("2"));
     }
 }
