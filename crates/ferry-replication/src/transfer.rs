@@ -280,7 +280,10 @@ impl Transfer<'_> {
                 .send()
                 .await;
             match head {
-                Ok(h) if h.e_tag().map(|e| e.trim_matches('"')) == Some(v.etag.as_str()) => return Outcome::Done,
+                // There already: only its tags and ACL may be behind.
+                Ok(h) if h.e_tag().map(|e| e.trim_matches('"')) == Some(v.etag.as_str()) => {
+                    return self.send_metadata(v).await.err().unwrap_or(Outcome::Done);
+                }
                 Ok(_) => {}
                 Err(e) if is_missing(&e) => {}
                 Err(e) => return classify_sdk(&e),
@@ -690,30 +693,39 @@ impl Transfer<'_> {
         if !self.ferry() {
             return self.metadata_to_s3(v).await;
         }
-        let tagging = match tag_set(v) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        match self.send_metadata(v).await {
+            Ok(()) => Outcome::Done,
+            // Not at the destination: an original version is sent whole (its tags and ACL go
+            // with it); a replica's change has nothing left to update where it came from.
+            Err(Outcome::Missing(_)) if v.attrs.origin.is_some() => {
+                Outcome::Skipped("the version no longer exists where it came from".to_owned())
+            }
+            Err(Outcome::Missing(_)) => self.put(v).await,
+            Err(other) => other,
+        }
+    }
+
+    /// Sends a version's tags and ACL (unless the rule gives replicas to the destination owner)
+    /// to a Ferry peer, with their change times: the peer keeps the newer. `Missing` when the
+    /// version is not there.
+    async fn send_metadata(&self, v: &VersionRecord) -> Result<(), Outcome> {
+        let fail = |e: &dyn MetaError| if e.missing() { Outcome::Missing(e.describe()) } else { e.classify() };
         let header = self.replica_header(v);
-        let sent = self
-            .peer
+        self.peer
             .client
             .put_object_tagging()
             .bucket(&self.job.dest_bucket)
             .key(&v.key)
             .version_id(&v.version_id)
-            .tagging(tagging)
+            .tagging(tag_set(v)?)
             .customize()
             .mutate_request(self.headers(header.clone()))
             .send()
-            .await;
-        if let Err(e) = sent {
-            return self.metadata_failed(v, &e).await;
-        }
+            .await
+            .map_err(|e| fail(&e))?;
         if !self.job.opts.owner_override {
             // The ACL travels in the replica header; the canned ACL only makes the request valid.
-            let sent = self
-                .peer
+            self.peer
                 .client
                 .put_object_acl()
                 .bucket(&self.job.dest_bucket)
@@ -723,29 +735,10 @@ impl Transfer<'_> {
                 .customize()
                 .mutate_request(self.headers(header))
                 .send()
-                .await;
-            if let Err(e) = sent {
-                return self.metadata_failed(v, &e).await;
-            }
+                .await
+                .map_err(|e| fail(&e))?;
         }
-        Outcome::Done
-    }
-
-    /// A tag or ACL update a Ferry peer refused. When the version is not there, an original
-    /// version is sent whole (its tags and ACL go with it); a replica's change has nothing left
-    /// to update where the version came from.
-    async fn metadata_failed<E: ProvideErrorMetadata + std::fmt::Debug>(
-        &self,
-        v: &VersionRecord,
-        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    ) -> Outcome {
-        if !is_missing(e) {
-            return classify_sdk(e);
-        }
-        if v.attrs.origin.is_some() {
-            return Outcome::Skipped("the version no longer exists where it came from".to_owned());
-        }
-        self.put(v).await
+        Ok(())
     }
 
     /// To an S3 target, tags go on its current object, which stands for the source's latest
@@ -763,6 +756,25 @@ impl Transfer<'_> {
             Err(e) if is_missing(&e) => Outcome::Missing(describe(&e)),
             Err(e) => classify_sdk(&e),
         }
+    }
+}
+
+/// The errors of the two metadata requests, seen alike.
+trait MetaError {
+    fn missing(&self) -> bool;
+    fn describe(&self) -> String;
+    fn classify(&self) -> Outcome;
+}
+
+impl<E: ProvideErrorMetadata + std::fmt::Debug> MetaError for SdkError<E, aws_sdk_s3::config::http::HttpResponse> {
+    fn missing(&self) -> bool {
+        is_missing(self)
+    }
+    fn describe(&self) -> String {
+        describe(self)
+    }
+    fn classify(&self) -> Outcome {
+        classify_sdk(self)
     }
 }
 

@@ -261,6 +261,7 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome) {
         }
         Outcome::Skipped(_) | Outcome::Transient(_) | Outcome::Missing(_) => {}
     }
+    tracing::debug!(job = job.id, op = job.op.name(), bucket = %job.bucket, key = %job.key, version = %job.version_id, destination = %job.dest(), ?outcome, "transfer");
     let j = job.clone();
     let give_up_us = i64::try_from(ctx.settings.give_up_after.as_micros()).unwrap_or(i64::MAX);
     let result = match outcome.clone() {

@@ -385,6 +385,14 @@ impl FerryS3 {
                 let mut b = tx.get_bucket(&n)?.ok_or(StoreError::NoSuchBucket)?;
                 b.replication = None;
                 tx.put_bucket(&b)?;
+                // Nothing is left to replicate to: the bucket's backfills end here.
+                let now = tx.now();
+                for mut bf in tx.list_backfills(Some(&n))?.into_iter().filter(|bf| bf.is_active() || bf.state == "paused") {
+                    bf.state = "cancelled".to_owned();
+                    bf.updated_us = now;
+                    bf.finished_us = Some(now);
+                    tx.put_backfill(&bf)?;
+                }
                 tx.max_job_id()
             })
             .await

@@ -416,9 +416,9 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
         let asked = std::time::Instant::now();
         let v = client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
         let took = asked.elapsed();
-        let rules = v["rules"].as_array().cloned().unwrap_or_default();
-        let pending: u64 =
-            rules.iter().filter(|r| r["enabled"].as_bool() == Some(true)).map(|r| r["pending_ops"].as_u64().unwrap_or(0)).sum();
+        // Per destination: every job counts, whatever rule (current or removed) recorded it.
+        let dests = v["destinations"].as_array().cloned().unwrap_or_default();
+        let pending: u64 = dests.iter().map(|d| d["pending_ops"].as_u64().unwrap_or(0)).sum();
         let active = v["backfills"].as_array().map_or(0, |a| {
             a.iter().filter(|b| matches!(b["state"].as_str(), Some("counting" | "running"))).count()
         });
@@ -427,7 +427,7 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
         }
         spinner.set_message(format!("{pending} operation(s) pending, {active} backfill(s) running"));
         // Every 50 ms, so the moment --wait returns measures the drain, but never more than a
-        // sixth of the time: a status reads the bucket's whole backlog, which grows with it.
+        // sixth of the time (a status is cheap, but the region may be busy).
         tokio::time::sleep((took * 5).max(Duration::from_millis(50))).await;
     };
     spinner.finish_and_clear();
@@ -436,7 +436,7 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
     } else {
         print!("{}", render_status(&v));
     }
-    let failed: u64 = v["rules"].as_array().map_or(0, |a| a.iter().map(|r| r["failed_ops"].as_u64().unwrap_or(0)).sum());
+    let failed: u64 = v["destinations"].as_array().map_or(0, |a| a.iter().map(|d| d["failed_ops"].as_u64().unwrap_or(0)).sum());
     if failed > 0 {
         anyhow::bail!("{failed} operation(s) failed: see the last error above, fix the cause, then `ferry replication retry`");
     }
@@ -501,6 +501,9 @@ fn render_status(v: &Value) -> String {
     if rules.is_empty() {
         out.push_str("  no replication configuration\n");
     }
+    if !rules.is_empty() {
+        out.push_str("  (figures are per destination, over every rule that sends there)\n");
+    }
     for r in &rules {
         out.push_str(&format!(
             "\nrule {} -> {}/{}  [{}]\n",
@@ -543,6 +546,29 @@ fn render_status(v: &Value) -> String {
             )),
             None => out.push_str("  last verify       never (ferry replication verify compares the buckets)\n"),
         }
+    }
+    // Jobs recorded by rules that were removed or changed since are still delivered.
+    let orphans: Vec<&Value> = v["destinations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| d["pending_ops"].as_u64().unwrap_or(0) + d["failed_ops"].as_u64().unwrap_or(0) > 0)
+                .filter(|d| {
+                    !rules.iter().any(|r| r["destination_region"] == d["region"] && r["destination_bucket"] == d["bucket"])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for d in orphans {
+        out.push_str(&format!(
+            "\nno rule -> {}/{} (jobs of an earlier configuration)\n  replicated up to  {}\n  pending           {} ops, failed {}{}\n",
+            d["region"].as_str().unwrap_or("?"),
+            d["bucket"].as_str().unwrap_or("?"),
+            d["replicated_up_to"].as_str().unwrap_or("?"),
+            d["pending_ops"].as_u64().unwrap_or(0),
+            d["failed_ops"].as_u64().unwrap_or(0),
+            d["last_error"].as_str().map(|e| format!("  (last error: {e})")).unwrap_or_default()
+        ));
     }
     let backfills = v["backfills"].as_array().cloned().unwrap_or_default();
     if !backfills.is_empty() {

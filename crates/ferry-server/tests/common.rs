@@ -324,7 +324,8 @@ impl FerryProcess {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)], regions: usize) -> Self {
         use std::io::BufRead as _;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).env("RUST_LOG", "warn");
+        let log = std::env::var("FERRY_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned());
+        cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).env("RUST_LOG", log);
         for (k, v) in envs {
             cmd.env(k, v);
         }

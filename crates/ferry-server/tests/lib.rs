@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod crash;
 mod faults;
+mod model;
 mod outbox;
 mod progress;
 mod replication;

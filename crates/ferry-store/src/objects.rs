@@ -151,15 +151,15 @@ fn remove_null(tx: &mut dyn WriteTx, bucket: &str, key: &str) -> Result<()> {
 pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, cond: &WriteConditions) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
     check_conditions(tx, bucket_name, &new.key, cond)?;
-    let mut attrs = new.attrs;
     let (version_id, mtime_us) = match &new.replica {
         Some(r) => {
             let (vid, mtime) = (&r.version_id, r.mtime_us);
             if let Some(existing) = tx.get_version(bucket_name, &new.key, vid)? {
-                // The same version again: nothing to do. Two different `null` versions (written
-                // on both sides while versioning was off): the later one wins, on both sides.
+                // The same version again: only its tags and ACL may be newer. Two different
+                // `null` versions (written on both sides while versioning was off): the later
+                // one wins, on both sides.
                 if vid != NULL_VERSION_ID || existing.mtime_us >= mtime {
-                    return Ok(existing);
+                    return merge_replica_attrs(tx, existing, &new, r);
                 }
                 r.authority.check(&existing)?;
             }
@@ -168,7 +168,6 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
             if vid == NULL_VERSION_ID {
                 remove_null(tx, bucket_name, &new.key)?;
             }
-            attrs.origin = Some(r.authority.origin.clone());
             (vid.clone(), mtime)
         }
         None => {
@@ -183,6 +182,10 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     };
     for blob in new.layout.blobs() {
         tx.add_blob(&blob)?;
+    }
+    let mut attrs = new.attrs;
+    if let Some(r) = &new.replica {
+        attrs.origin = Some(r.authority.origin.clone());
     }
     let record = VersionRecord {
         bucket: bucket_name.to_owned(),
@@ -386,6 +389,19 @@ pub fn update_attrs(
         }
         None => tx.now(),
     };
+    if !apply_change(&mut v, change, stamp, from.is_none()) {
+        return Ok(v);
+    }
+    tx.set_version_attrs(bucket_name, key, version_id, &v.attrs)?;
+    if from.is_none() {
+        enqueue(tx, &b, &v, JobOp::Metadata)?;
+    }
+    Ok(v)
+}
+
+/// Applies a tag or ACL change made at `stamp` to `v`, if it is newer than what `v` holds (ties
+/// broken by the value) or `always`. Returns whether `v` changed.
+fn apply_change(v: &mut VersionRecord, change: AttrChange, stamp: i64, always: bool) -> bool {
     let newer = match &change {
         AttrChange::Tags(tags) => (stamp, tags) > (v.attrs.tags_us.unwrap_or(v.mtime_us), &v.attrs.tags),
         AttrChange::Acl(acl) => {
@@ -393,8 +409,8 @@ pub fn update_attrs(
             (stamp, text(acl)) > (v.attrs.acl_us.unwrap_or(v.mtime_us), text(&v.attrs.acl))
         }
     };
-    if from.is_some() && !newer {
-        return Ok(v);
+    if !always && !newer {
+        return false;
     }
     match change {
         AttrChange::Tags(tags) => {
@@ -406,9 +422,28 @@ pub fn update_attrs(
             v.attrs.acl_us = Some(stamp);
         }
     }
-    tx.set_version_attrs(bucket_name, key, version_id, &v.attrs)?;
-    if from.is_none() {
-        enqueue(tx, &b, &v, JobOp::Metadata)?;
+    true
+}
+
+/// A replica of a version that is here already (a duplicate delivery, or a whole version sent
+/// again for a tag or ACL change): its tags and ACL are the source's current ones, applied if
+/// newer, as a metadata replica would be.
+fn merge_replica_attrs(
+    tx: &mut dyn WriteTx,
+    existing: VersionRecord,
+    new: &NewVersion,
+    r: &ReplicaIdentity,
+) -> Result<VersionRecord> {
+    if existing.delete_marker || !r.authority.may_change(&existing) {
+        return Ok(existing);
+    }
+    let mut v = existing;
+    let (tags_at, acl_at) = (new.attrs.tags_us.unwrap_or(r.mtime_us), new.attrs.acl_us.unwrap_or(r.mtime_us));
+    tx.observe_time(tags_at.max(acl_at));
+    let tags = apply_change(&mut v, AttrChange::Tags(new.attrs.tags.clone()), tags_at, false);
+    let acl = apply_change(&mut v, AttrChange::Acl(new.attrs.acl.clone()), acl_at, false);
+    if tags || acl {
+        tx.set_version_attrs(&v.bucket, &v.key, &v.version_id, &v.attrs)?;
     }
     Ok(v)
 }

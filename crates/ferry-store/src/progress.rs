@@ -51,6 +51,22 @@ pub struct RuleProgress {
     pub last_verify: Option<Event>,
 }
 
+/// Progress of one destination, over every rule that sends there (and jobs of rules removed
+/// since, which are still delivered).
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationProgress {
+    pub region: String,
+    pub bucket: String,
+    pub pending_ops: u64,
+    pub pending_bytes: u64,
+    pub failed_ops: u64,
+    /// Every change committed before this time (µs since epoch) has reached this destination.
+    pub replicated_up_to_us: i64,
+    pub replicated_up_to: String,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+}
+
 /// Everything the status command shows for a bucket.
 #[derive(Debug, Clone, Serialize)]
 pub struct BucketProgress {
@@ -58,6 +74,8 @@ pub struct BucketProgress {
     pub region: String,
     pub now_us: i64,
     pub rules: Vec<RuleProgress>,
+    /// Every destination with jobs, recorded by the current rules or earlier ones.
+    pub destinations: Vec<DestinationProgress>,
     pub backfills: Vec<Backfill>,
     pub events: Vec<Event>,
 }
@@ -84,8 +102,7 @@ pub const DEFAULT_RPO_SECONDS: u64 = 15 * 60;
 fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, backfills: &[Backfill]) -> RuleProgress {
     let d = &rule.destination;
     let s = stats.iter().find(|s| s.peer == d.peer && s.dest_bucket == d.bucket).cloned().unwrap_or_default();
-    let caught_up_at = committed.saturating_add(1).min(now);
-    let t = s.oldest_undelivered_us.map_or(caught_up_at, |o| o.min(caught_up_at));
+    let (t, lag_seconds) = watermark(&s, committed, now);
     let state = if !rule.enabled {
         "disabled"
     } else if s.failed_ops > 0 {
@@ -96,8 +113,6 @@ fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, bac
         "caught-up"
     };
     let historical_ratio = backfills.iter().find(|b| b.rule_id.as_deref().is_none_or(|r| r == rule.id)).map(Backfill::ratio);
-    #[allow(clippy::cast_precision_loss)] // seconds for display
-    let lag_seconds = if s.oldest_undelivered_us.is_some() { (now - t).max(0) as f64 / 1e6 } else { 0.0 };
     RuleProgress {
         id: rule.id.clone(),
         enabled: rule.enabled,
@@ -120,6 +135,15 @@ fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, bac
         historical_ratio,
         last_verify: None,
     }
+}
+
+/// "Replicated up to T" of a destination, and the lag (now − T, 0 when nothing is undelivered).
+fn watermark(s: &DestStats, committed: i64, now: i64) -> (i64, f64) {
+    let caught_up_at = committed.saturating_add(1).min(now);
+    let t = s.oldest_undelivered_us.map_or(caught_up_at, |o| o.min(caught_up_at));
+    #[allow(clippy::cast_precision_loss)] // seconds for display
+    let lag = if s.oldest_undelivered_us.is_some() { (now - t).max(0) as f64 / 1e6 } else { 0.0 };
+    (t, lag)
 }
 
 /// The progress of `bucket`'s replication, read from one snapshot.
@@ -161,7 +185,32 @@ pub async fn bucket_progress(store: &Store, bucket: &str, region: &str) -> crate
         .iter()
         .map(|r| RuleProgress { last_verify: verifies.remove(&r.id), ..rule_progress(r, &stats, committed, now, &backfills) })
         .collect();
-    Ok(BucketProgress { bucket: bucket.to_owned(), region: region.to_owned(), now_us: now, rules, backfills, events })
+    let destinations = stats
+        .iter()
+        .map(|s| {
+            let (t, lag_seconds) = watermark(s, committed, now);
+            DestinationProgress {
+                region: s.peer.clone(),
+                bucket: s.dest_bucket.clone(),
+                pending_ops: s.pending_ops,
+                pending_bytes: s.pending_bytes,
+                failed_ops: s.failed_ops,
+                replicated_up_to_us: t,
+                replicated_up_to: rfc3339_us(t),
+                lag_seconds,
+                last_error: s.last_error.clone(),
+            }
+        })
+        .collect();
+    Ok(BucketProgress {
+        bucket: bucket.to_owned(),
+        region: region.to_owned(),
+        now_us: now,
+        rules,
+        destinations,
+        backfills,
+        events,
+    })
 }
 
 #[cfg(test)]
