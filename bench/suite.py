@@ -28,6 +28,7 @@ RESULTS = ROOT / "target" / "bench-results"
 PLOTS = ROOT / "docs" / "bench"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 AK, SK = "AKIAFERRYBENCH", "bench-secret-key"
+REPL_AK, REPL_SK = "AKIAFERRYREPLICA", "bench-replication-secret"
 ENV = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_REGION")}
 # No outside AWS settings: a CA bundle set for other tools, for one, breaks rclone over http.
 ENV.update(AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_DEFAULT_REGION="us-east-1", RUST_LOG="warn",
@@ -146,14 +147,17 @@ class Region:
         self.dir = Path(work) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg = self.dir / "ferry.toml"
-        text = f'[[credential]]\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n[[region]]\nname = "{name}"\n' \
+        # Peers write replicas with a replication credential (REPL_AK), not an account.
+        text = f'[[credential]]\naccess_key = "{AK}"\nsecret_key = "{SK}"\n\n' \
+               f'[[credential]]\naccess_key = "{REPL_AK}"\nsecret_key = "{REPL_SK}"\nreplication = true\n\n' \
+               f'[[region]]\nname = "{name}"\n' \
                f'listen = "127.0.0.1:{self.port}"\ndata_dir = "data"\n'
         if tls:
             text += f'tls_cert = "{tls[1]}"\ntls_key = "{tls[2]}"\n'
         text += "\n"
         for peer in peers:
             pname, url = peer[0], peer[1]
-            text += f'[[peer]]\nname = "{pname}"\nendpoint = "{url}"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n'
+            text += f'[[peer]]\nname = "{pname}"\nendpoint = "{url}"\naccess_key = "{REPL_AK}"\nsecret_key = "{REPL_SK}"\n'
             if len(peer) > 2:
                 text += f'ca_file = "{peer[2]}"\n'
             text += "\n"
@@ -597,16 +601,50 @@ def drain(region, bucket, n, from_now=False):
     while True:
         peak = max(peak, region.proc.rss_mib())
         asked = time.time()
-        p = sum(r["pending_ops"] for r in status(region, bucket)["rules"])
+        p = sum(d["pending_ops"] for d in status(region, bucket)["destinations"])
         now = time.time()
         if first is None and p < n:
             first = now
         if p == 0:
             last = now
             break
-        # A status reads the whole backlog: poll at most a sixth of the time.
         time.sleep(max(0.05, 5 * (now - asked)))
     return max(peak, region.proc.peak_rss_mib()), max(last - (first or last), 1e-3)
+
+
+def status_latency(region, bucket, samples=50):
+    """Times the replication status request itself (`GET /BUCKET?ferry-replication-status`,
+    SigV4-signed, one keep-alive connection): (min, median, max) milliseconds."""
+    import http.client
+    import hashlib
+    import hmac
+    from datetime import datetime, timezone
+    host = region.url.split("://")[1]
+    conn = http.client.HTTPConnection(host)
+    times = []
+    for _ in range(samples):
+        now = datetime.now(timezone.utc)
+        amz, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        empty = hashlib.sha256(b"").hexdigest()
+        canon = f"GET\n/{bucket}\nferry-replication-status=\nhost:{host}\nx-amz-content-sha256:{empty}\nx-amz-date:{amz}\n\n" \
+                f"host;x-amz-content-sha256;x-amz-date\n{empty}"
+        scope = f"{day}/us-east-1/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canon.encode()).hexdigest()}"
+        key = ("AWS4" + SK).encode()
+        for part in (day, "us-east-1", "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers = {"x-amz-date": amz, "x-amz-content-sha256": empty,
+                   "Authorization": f"AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={sig}"}
+        t = time.perf_counter()
+        conn.request("GET", f"/{bucket}?ferry-replication-status", headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        times.append((time.perf_counter() - t) * 1000)
+        if r.status != 200:
+            sys.exit(f"status request failed: {r.status} {body[:200]}")
+    times.sort()
+    return times[0], times[len(times) // 2], times[-1]
 
 
 def bench_memory():
@@ -623,13 +661,15 @@ def bench_memory():
                 load = bench_json("--mode", "put", "--endpoint", us.url, "--bucket", b, "--size", "1KiB", "--count", str(n),
                                   "--concurrency", "32", "--duration", "10h")
                 enqueue_s = time.time() - t
+                st_min, st_med, st_max = status_latency(us, b)
                 link.partition("none")
                 peak, drain_s = drain(us, b, n)
             finally:
                 for p in (us, eu, link):
                     p.stop()
             d = {"backlog": n, "enqueue_us_per_object": enqueue_s / load["ops"] * 1e6, "drain_us_per_object": drain_s / n * 1e6,
-                 "put_ops_per_sec": load["ops_per_sec"], "drain_objects_per_sec": n / drain_s, "source_peak_rss_mib": peak}
+                 "put_ops_per_sec": load["ops_per_sec"], "drain_objects_per_sec": n / drain_s, "source_peak_rss_mib": peak,
+                 "status_ms": [st_min, st_med, st_max]}
             data.append(d)
             log("memory/cost", d)
         # A 5 GiB object replicating.
@@ -645,7 +685,8 @@ def bench_memory():
                 p.stop()
     save("memory", {"backlogs": data, "large_object": big})
     rows = [[f"{d['backlog']:,}", f"{d['enqueue_us_per_object']:.0f}", f"{d['put_ops_per_sec']:.0f}",
-             f"{d['drain_us_per_object']:.0f}", f"{d['drain_objects_per_sec']:.0f}", f"{d['source_peak_rss_mib']:.0f}"]
+             f"{d['drain_us_per_object']:.0f}", f"{d['drain_objects_per_sec']:.0f}", f"{d['source_peak_rss_mib']:.0f}",
+             "{:.2f} / {:.2f} / {:.2f}".format(*d["status_ms"])]
             for d in data]
     plot("memory", "linear", "Source region peak RSS while a backlog drains (MiB)",
          [f"{d['backlog']:,} objects" for d in data] + ["5 GiB object"],
@@ -658,10 +699,13 @@ def bench_memory():
 
 The link is cut, N objects of 1 KiB are written (each PUT records its replication job in the same
 transaction: "enqueue"), then the link is healed and the backlog drains, timed from the first
-delivery to the last (the pending count and the source's RSS are read every 50 ms, or less often
-when a status takes longer than 10 ms: it reads the whole backlog; VmHWM is read at the end).
+delivery to the last (the pending count and the source's RSS are read every 50 ms; VmHWM is read
+at the end). Before the link heals, with the whole backlog pending, the replication status
+request (`GET /BUCKET?ferry-replication-status`, what `ferry replication status` asks) is timed
+50 times over one keep-alive connection: min / median / max milliseconds, goal < 10 ms.
 
-{table(["backlog", "enqueue µs/object", "PUT/s", "drain µs/object", "drained objects/s", "source peak RSS MiB"], rows)}
+{table(["backlog", "enqueue µs/object", "PUT/s", "drain µs/object", "drained objects/s", "source peak RSS MiB",
+        "status ms (min / median / max)"], rows)}
 A {'1' if QUICK else '5'} GiB object replicating (multipart, 16 MiB parts; timed from its PUT's
 answer): {big['seconds']:.1f} s, peak RSS source
 {big['source_peak_rss_mib']:.0f} MiB, destination {big['destination_peak_rss_mib']:.0f} MiB.

@@ -119,7 +119,7 @@ impl AdminRoute {
         let key = q.get("key").cloned().ok_or_else(|| s3_error!(InvalidArgument, "key= is required"))?;
         let vid = q.get("version-id").cloned().filter(|v| !v.is_empty());
         let (b, k) = (bucket.name.clone(), key.clone());
-        let (version, jobs) = self
+        let (version, jobs, delivered) = self
             .store
             .meta
             .read(move |r| {
@@ -127,11 +127,11 @@ impl AdminRoute {
                     Some(v) => r.get_version(&b, &k, v)?,
                     None => r.get_latest(&b, &k)?,
                 };
-                let jobs = match &v {
-                    Some(v) => r.jobs_for_version(&b, &k, &v.version_id)?,
-                    None => Vec::new(),
+                let (jobs, delivered) = match &v {
+                    Some(v) => (r.jobs_for_version(&b, &k, &v.version_id)?, r.delivered_to(&b, &k, &v.version_id)?),
+                    None => (Vec::new(), Vec::new()),
                 };
-                Ok((v, jobs))
+                Ok((v, jobs, delivered))
             })
             .await
             .s3()?;
@@ -194,7 +194,7 @@ impl AdminRoute {
             "version_id": version.as_ref().map(|v| v.version_id.clone()),
             "delete_marker": dm,
             "status": version.as_ref().and_then(|v| v.repl_status).map(|s| s.as_str()),
-            "summary": note, "rules": rules, "jobs": jobs,
+            "summary": note, "rules": rules, "jobs": jobs, "delivered_to": delivered,
         }))
     }
 

@@ -8,7 +8,9 @@
 //!
 //! Authorization: requests are signed by a configured credential, each acting as an owner
 //! (canonical id + display name). Bucket and object ACLs decide what other credentials and
-//! anonymous requests may do; the owner may do everything.
+//! anonymous requests may do; the owner may do everything. Replication credentials are not
+//! accounts: what they may do, and where, is decided in [`replica`] (the access check confines
+//! them and Ferry's replication headers before any operation runs).
 
 mod acl;
 mod admin;

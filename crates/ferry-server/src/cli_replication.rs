@@ -637,6 +637,11 @@ fn render_explain(v: &Value) -> String {
             r["why"].as_str().unwrap_or("")
         ));
     }
+    let delivered: Vec<&str> =
+        v["delivered_to"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    if !delivered.is_empty() {
+        out.push_str(&format!("\ndelivered to\n  {}\n", delivered.join("\n  ")));
+    }
     let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
     if !jobs.is_empty() {
         out.push_str("\njobs\n");

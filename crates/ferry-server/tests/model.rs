@@ -15,7 +15,7 @@
 //! running, nothing failed), and each destination is compared with the model: versions, delete
 //! markers, ETags, and the tags and ACL of every version whose last change a rule carried.
 //!
-//! `FERRY_MODEL_SEQUENCES` (default 6) and `FERRY_MODEL_SEED` (default: from the clock) choose
+//! `FERRY_MODEL_SEQUENCES` (default 10) and `FERRY_MODEL_SEED` (default: from the clock) choose
 //! the run; a failure prints the seed of its sequence, and `FERRY_MODEL_SEED=<seed>
 //! FERRY_MODEL_SEQUENCES=1` replays it.
 
@@ -557,7 +557,7 @@ async fn check(rig: &Rig, model: &Model, src: &str, dests: &[String], log: &[Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sequences_match_the_model() {
-    let sequences: usize = std::env::var("FERRY_MODEL_SEQUENCES").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let sequences: usize = std::env::var("FERRY_MODEL_SEQUENCES").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let base: u64 = std::env::var("FERRY_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_007)
             .unwrap()

@@ -370,11 +370,14 @@ async fn concurrent_tag_edits_in_mutual_replication_converge() {
         eu.head_object().bucket("right").key("k").version_id(&v).send().await.is_ok()
     })
     .await;
-    t.link().set_partition(Partition::Reset);
-    t.back().set_partition(Partition::Reset);
+    // Both links hold what is sent (a blackhole): each side's change is on its way, carrying
+    // that side's tags, before the other side's arrives.
+    t.link().set_partition(Partition::Blackhole);
+    t.back().set_partition(Partition::Blackhole);
     us.put_object_tagging().bucket("left").key("k").version_id(&v).tagging(tagging("edit", "us")).send().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     eu.put_object_tagging().bucket("right").key("k").version_id(&v).tagging(tagging("edit", "eu")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     t.link().set_partition(Partition::None);
     t.back().set_partition(Partition::None);
     let want = vec![("edit".to_owned(), "eu".to_owned())];

@@ -307,25 +307,11 @@ fn blocked_of(conn: &Connection, id: i64) -> Result<bool> {
 pub(super) fn insert_job(conn: &Connection, n: &NewJob<'_>) -> Result<i64> {
     let live = n.backfill_id.is_none();
     let probe = Job {
-        id: 0,
         bucket: n.bucket.to_owned(),
         key: n.key.to_owned(),
-        version_id: n.version_id.to_owned(),
-        op: n.op,
         peer: n.peer.to_owned(),
         dest_bucket: n.dest_bucket.to_owned(),
-        rule_id: n.rule_id.to_owned(),
-        opts: n.opts.clone(),
-        created_us: n.created_us,
-        size: n.size,
-        state: JobState::Pending,
-        live,
-        attempts: 0,
-        next_attempt_us: 0,
-        since_us: None,
-        last_error: None,
-        progress: None,
-        backfill_id: n.backfill_id,
+        ..blank_job()
     };
     let blocked = key_has_pending(conn, &probe, 0)?;
     if blocked && live {
@@ -365,17 +351,56 @@ pub(super) fn insert_job(conn: &Connection, n: &NewJob<'_>) -> Result<i64> {
 }
 
 pub(super) fn delete_job(conn: &Connection, id: i64) -> Result<()> {
-    let Some(j) = get_job(conn, id)? else { return Ok(()) };
-    let was_head = j.state == JobState::Pending && !blocked_of(conn, id)?;
-    conn.prepare_cached("DELETE FROM repl_jobs WHERE id = ?1")?.execute([id])?;
-    match j.state {
-        JobState::Pending => count(conn, &j, -1, -to_i64(j.size), 0, None)?,
-        JobState::Failed => count(conn, &j, 0, 0, -1, None)?,
-    }
-    if was_head {
-        unblock_next(conn, &j)?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM repl_jobs WHERE id = ?1 RETURNING bucket, key, peer, dest_bucket, state, size, blocked")?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((bucket, key, peer, dest_bucket, state, size, blocked)) = deleted else { return Ok(()) };
+    // Only what the counters and the key's queue need.
+    let j = Job { bucket, key: key_string(key), peer, dest_bucket, ..blank_job() };
+    if state == 0 {
+        count(conn, &j, -1, -size, 0, None)?;
+        if blocked == 0 {
+            unblock_next(conn, &j)?;
+        }
+    } else {
+        count(conn, &j, 0, 0, -1, None)?;
     }
     Ok(())
+}
+
+fn blank_job() -> Job {
+    Job {
+        id: 0,
+        bucket: String::new(),
+        key: String::new(),
+        version_id: String::new(),
+        op: JobOp::Put,
+        peer: String::new(),
+        dest_bucket: String::new(),
+        rule_id: String::new(),
+        opts: JobOptions::default(),
+        created_us: 0,
+        size: 0,
+        state: JobState::Pending,
+        live: true,
+        attempts: 0,
+        next_attempt_us: 0,
+        since_us: None,
+        last_error: None,
+        progress: None,
+        backfill_id: None,
+    }
 }
 
 pub(super) fn update_job(conn: &Connection, j: &Job) -> Result<()> {
