@@ -168,41 +168,12 @@ impl PeerWorker {
         if free == 0 || (free < (self.concurrency / 4).max(1) && !self.inflight.is_empty()) {
             return Ok(0);
         }
-        let peer = self.peer.clone();
-        let mut dests = self.ctx.store.meta.read(move |r| r.due_destinations(&peer)).await?;
-        if dests.is_empty() {
-            return Ok(0);
-        }
-        let start = self.next_dest % dests.len();
-        dests.rotate_left(start);
+        // One read: the destinations with work, in turn, each up to its fair share of `free`
+        // and its own room (a destination that is down takes one probe at a time).
+        let rooms: HashMap<String, usize> =
+            self.dests.iter().map(|(d, s)| (d.clone(), s.capacity(self.concurrency).saturating_sub(s.inflight))).collect();
+        let (peer, concurrency, start) = (self.peer.clone(), self.concurrency, self.next_dest);
         self.next_dest = self.next_dest.wrapping_add(1);
-        let mut budget = free;
-        let mut started = 0;
-        let n = dests.len();
-        for (i, dest) in dests.into_iter().enumerate() {
-            if budget == 0 {
-                break;
-            }
-            let state = self.dests.entry(dest.clone()).or_default();
-            let room = state.capacity(self.concurrency).saturating_sub(state.inflight);
-            let share = budget.div_ceil(n - i).min(room);
-            if share == 0 {
-                continue;
-            }
-            let jobs = self.runnable(&dest, share).await?;
-            budget = budget.saturating_sub(jobs.len());
-            for job in jobs {
-                self.start(job);
-                started += 1;
-            }
-        }
-        Ok(started)
-    }
-
-    /// Up to `limit` runnable jobs of one destination: live ones first, and at least an eighth
-    /// of the share for backfill jobs when there are some.
-    async fn runnable(&self, dest: &str, limit: usize) -> Result<Vec<Job>, WorkerError> {
-        let (peer, dest) = (self.peer.clone(), dest.to_owned());
         let exclude: Vec<i64> = self.tasks.values().map(|(id, _)| *id).collect();
         let now = now_micros();
         let jobs = self
@@ -210,23 +181,41 @@ impl PeerWorker {
             .store
             .meta
             .read(move |r| {
-                let mut jobs = r.runnable_jobs(&peer, &dest, 1, now, &exclude, limit / 8)?;
-                jobs.extend(r.runnable_jobs(&peer, &dest, 0, now, &exclude, limit - jobs.len())?);
-                if jobs.len() < limit {
-                    let mut taken = exclude;
-                    taken.extend(jobs.iter().map(|j| j.id));
-                    jobs.extend(r.runnable_jobs(&peer, &dest, 1, now, &taken, limit - jobs.len())?);
+                let mut dests = r.due_destinations(&peer)?;
+                if dests.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let first = start % dests.len();
+                dests.rotate_left(first);
+                let (mut budget, n, mut jobs) = (free, dests.len(), Vec::new());
+                for (i, dest) in dests.iter().enumerate() {
+                    let room = rooms.get(dest).copied().unwrap_or(concurrency);
+                    let share = budget.div_ceil(n - i).min(room);
+                    if share == 0 {
+                        continue;
+                    }
+                    let got = runnable(r, &peer, dest, now, &exclude, share)?;
+                    budget = budget.saturating_sub(got.len());
+                    jobs.extend(got);
+                    if budget == 0 {
+                        break;
+                    }
                 }
                 Ok(jobs)
             })
             .await?;
-        Ok(jobs)
+        let mut started = 0;
+        for job in jobs {
+            started += usize::from(self.start(job));
+        }
+        Ok(started)
     }
 
-    fn start(&mut self, job: Job) {
+    /// Starts a transfer, unless one for the same destination and key runs; returns whether.
+    fn start(&mut self, job: Job) -> bool {
         let key = (job.dest_bucket.clone(), job.bucket.clone(), job.key.clone());
         if self.tasks.values().any(|(_, k)| *k == key) {
-            return;
+            return false;
         }
         self.dests.entry(key.0.clone()).or_default().inflight += 1;
         let (id, ctx, claim) = (job.id, self.ctx.clone(), key.clone());
@@ -236,7 +225,28 @@ impl PeerWorker {
             (job.id, claim, outcome)
         });
         self.tasks.insert(handle.id(), (id, key));
+        true
     }
+}
+
+/// Up to `limit` runnable jobs of one destination: live ones first, and at least an eighth of
+/// the share for backfill jobs when there are some.
+fn runnable(
+    r: &dyn ferry_store::meta::ReadTx,
+    peer: &str,
+    dest: &str,
+    now: i64,
+    exclude: &[i64],
+    limit: usize,
+) -> ferry_store::Result<Vec<Job>> {
+    let mut jobs = r.runnable_jobs(peer, dest, 1, now, exclude, limit / 8)?;
+    jobs.extend(r.runnable_jobs(peer, dest, 0, now, exclude, limit - jobs.len())?);
+    if jobs.len() < limit {
+        let mut taken = exclude.to_vec();
+        taken.extend(jobs.iter().map(|j| j.id));
+        jobs.extend(r.runnable_jobs(peer, dest, 1, now, &taken, limit - jobs.len())?);
+    }
+    Ok(jobs)
 }
 
 /// Stores a transfer's result: completion (and the version's status), a retry time, or the

@@ -465,8 +465,7 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
 /// # Errors
 /// Database errors.
 pub fn complete(tx: &mut dyn WriteTx, job: &Job, delivered: bool) -> Result<()> {
-    let Some(current) = tx.get_job(job.id)? else { return Ok(()) };
-    tx.delete_job(current.id)?;
+    let Some(current) = tx.delete_job(job.id)? else { return Ok(()) };
     if delivered && current.op.sends_version() {
         tx.mark_delivered(&current.bucket, &current.key, &current.version_id, &current.dest())?;
     }
@@ -562,11 +561,9 @@ pub fn drop_jobs(tx: &mut dyn WriteTx, bucket: &str, up_to_id: i64, limit: usize
 }
 
 /// Derives a version's replication status from its remaining jobs.
+/// A replica keeps REPLICA (`set_repl_status` never overwrites it); a version that is gone has
+/// no row to update.
 fn refresh_status(tx: &mut dyn WriteTx, bucket: &str, key: &str, version_id: &str) -> Result<()> {
-    let Some(v) = tx.get_version(bucket, key, version_id)? else { return Ok(()) };
-    if v.repl_status == Some(ReplStatus::Replica) {
-        return Ok(());
-    }
     let jobs = tx.jobs_for_version(bucket, key, version_id)?;
     let status = if jobs.iter().any(|j| j.state == JobState::Pending) {
         ReplStatus::Pending
@@ -575,10 +572,7 @@ fn refresh_status(tx: &mut dyn WriteTx, bucket: &str, key: &str, version_id: &st
     } else {
         ReplStatus::Completed
     };
-    if v.repl_status != Some(status) {
-        tx.set_repl_status(bucket, key, version_id, Some(status))?;
-    }
-    Ok(())
+    tx.set_repl_status(bucket, key, version_id, Some(status))
 }
 /// Header that marks a request as a replica write from a Ferry peer. Its value is the
 /// base64url (no padding) of the JSON [`ReplicaMeta`]. The destination honours it only from a

@@ -145,13 +145,17 @@ pub trait WriteTx: ReadTx {
     fn observe_time(&mut self, us: i64);
     fn put_bucket(&mut self, bucket: &BucketRecord) -> Result<()>;
     fn delete_bucket(&mut self, name: &str) -> Result<()>;
-    /// Inserts or replaces a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]).
+    /// Inserts a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]). A
+    /// row with the same identity must have been removed first ([`Self::remove_version`]), which
+    /// also forgets where it was delivered.
     fn put_version(&mut self, version: &VersionRecord) -> Result<()>;
     /// Removes a version row, returning it.
     fn remove_version(&mut self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>>;
     /// Recomputes which version of the key is the latest.
     fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()>;
     fn set_version_attrs(&mut self, bucket: &str, key: &str, version_id: &str, attrs: &ObjectAttrs) -> Result<()>;
+    /// Sets a version's replication status; a replica keeps REPLICA (it says where the version
+    /// came from), and a status that is already there is not written again.
     fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()>;
     fn put_upload(&mut self, upload: &UploadRecord) -> Result<()>;
     fn delete_upload(&mut self, upload_id: &str) -> Result<()>;
@@ -174,8 +178,8 @@ pub trait WriteTx: ReadTx {
     /// key, which it promotes to live priority if it is live); replication workers are woken
     /// when the transaction commits.
     fn insert_job(&mut self, job: &NewJob<'_>) -> Result<i64>;
-    /// Removes a job (unblocking the next one of its destination and key).
-    fn delete_job(&mut self, id: i64) -> Result<()>;
+    /// Removes a job (unblocking the next one of its destination and key); returns it as it was.
+    fn delete_job(&mut self, id: i64) -> Result<Option<Job>>;
     /// Rewrites a job's state, attempts, due time, failure time, error, transfer progress and
     /// backfill as given.
     fn update_job(&mut self, job: &Job) -> Result<()>;

@@ -268,13 +268,21 @@ pub(super) fn forget_delivered(conn: &Connection, bucket: &str, key: &str, versi
 
 /// Adds to a destination's counters (creating its row).
 fn count(conn: &Connection, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (bucket, peer, dest_bucket) DO UPDATE SET \
-         pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, failed_ops = failed_ops + ?6, \
-         last_error = coalesce(?7, last_error)",
-    )?
-    .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
+    // The row exists but for a destination's first job: update first, insert only then.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE repl_dests SET pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, \
+             failed_ops = failed_ops + ?6, last_error = coalesce(?7, last_error) \
+             WHERE bucket = ?1 AND peer = ?2 AND dest_bucket = ?3",
+        )?
+        .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
+    }
     Ok(())
 }
 
@@ -350,33 +358,24 @@ pub(super) fn insert_job(conn: &Connection, n: &NewJob<'_>) -> Result<i64> {
     Ok(id)
 }
 
-pub(super) fn delete_job(conn: &Connection, id: i64) -> Result<()> {
-    let deleted = conn
-        .prepare_cached("DELETE FROM repl_jobs WHERE id = ?1 RETURNING bucket, key, peer, dest_bucket, state, size, blocked")?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
-        })
-        .optional()?;
-    let Some((bucket, key, peer, dest_bucket, state, size, blocked)) = deleted else { return Ok(()) };
-    // Only what the counters and the key's queue need.
-    let j = Job { bucket, key: key_string(key), peer, dest_bucket, ..blank_job() };
-    if state == 0 {
-        count(conn, &j, -1, -size, 0, None)?;
-        if blocked == 0 {
-            unblock_next(conn, &j)?;
+pub(super) fn delete_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
+    let deleted = first(
+        conn,
+        &format!("DELETE FROM repl_jobs WHERE id = ?1 RETURNING {JOB_COLS}, blocked"),
+        &[&id],
+        |r| Ok((job_from_row(r)?, r.get::<_, i64>(20)? != 0)),
+    )?;
+    let Some((j, blocked)) = deleted else { return Ok(None) };
+    match j.state {
+        JobState::Pending => {
+            count(conn, &j, -1, -to_i64(j.size), 0, None)?;
+            if !blocked {
+                unblock_next(conn, &j)?;
+            }
         }
-    } else {
-        count(conn, &j, 0, 0, -1, None)?;
+        JobState::Failed => count(conn, &j, 0, 0, -1, None)?,
     }
-    Ok(())
+    Ok(Some(j))
 }
 
 fn blank_job() -> Job {
