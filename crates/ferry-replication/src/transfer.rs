@@ -132,8 +132,16 @@ fn url_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn tagging_header(tags: &[(String, String)]) -> String {
-    tags.iter().map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v))).collect::<Vec<_>>().join("&")
+/// The `x-amz-tagging` header of a version's tags; none when it has no tags.
+fn tagging_header(tags: &[(String, String)]) -> Option<String> {
+    (!tags.is_empty())
+        .then(|| tags.iter().map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v))).collect::<Vec<_>>().join("&"))
+}
+
+/// The `Expires` header of a version, when it has a valid one.
+fn expires(a: &ferry_store::model::ObjectAttrs) -> Option<aws_smithy_types::DateTime> {
+    let e = a.expires.as_deref()?;
+    aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok()
 }
 
 /// `Content-MD5` for a plain MD5 ETag.
@@ -356,16 +364,7 @@ impl Transfer<'_> {
                 };
             }
         }
-        if let Some(exp) = a
-            .expires
-            .as_deref()
-            .and_then(|e| aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok())
-        {
-            req = req.expires(exp);
-        }
-        if !a.tags.is_empty() {
-            req = req.tagging(tagging_header(&a.tags));
-        }
+        req = req.set_expires(expires(a)).set_tagging(tagging_header(&a.tags));
         match req.customize().mutate_request(self.headers(self.replica_header(v))).send().await {
             Ok(_) => Outcome::Done,
             Err(e) => corrupt_or(classify_sdk(&e)),
@@ -482,16 +481,7 @@ impl Transfer<'_> {
             .set_website_redirect_location(a.website_redirect.clone())
             .set_metadata((!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()))
             .set_storage_class(self.storage_class(v));
-        if let Some(exp) = a
-            .expires
-            .as_deref()
-            .and_then(|e| aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok())
-        {
-            req = req.expires(exp);
-        }
-        if !a.tags.is_empty() {
-            req = req.tagging(tagging_header(&a.tags));
-        }
+        req = req.set_expires(expires(a)).set_tagging(tagging_header(&a.tags));
         let out = req.customize().mutate_request(self.headers(None)).send().await.map_err(|e| classify_sdk(&e))?;
         out.upload_id()
             .map(str::to_owned)
@@ -948,6 +938,7 @@ mod tests {
             Some("JfnnlDI7RTiF9RgfG2JNCw==")
         );
         assert_eq!(content_md5("abc-2"), None);
-        assert_eq!(tagging_header(&[("a b".into(), "x&y".into())]), "a%20b=x%26y");
+        assert_eq!(tagging_header(&[("a b".into(), "x&y".into())]).as_deref(), Some("a%20b=x%26y"));
+        assert_eq!(tagging_header(&[]), None);
     }
 }

@@ -52,6 +52,14 @@ pub fn source_header(region: &str, bucket: &str, owner_ak: &str) -> String {
     ferry_store::replication::SourceRef::new(region, bucket, &account_of(owner_ak)).encode().unwrap()
 }
 
+/// A request mutation that adds the `x-ferry-source` header `src` (what a source region sends
+/// with every replica request).
+pub fn with_source(src: String) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Send + Sync + 'static {
+    move |r| {
+        r.headers_mut().insert("x-ferry-source", src.clone());
+    }
+}
+
 /// Server logs in test output, filtered by RUST_LOG (default: warnings).
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
@@ -168,6 +176,11 @@ pub async fn create_bucket(c: &Client, name: &str) {
 
 pub async fn create_versioned_bucket(c: &Client, name: &str) {
     create_bucket(c, name).await;
+    enable_versioning(c, name).await;
+}
+
+/// Turns versioning on for an existing bucket.
+pub async fn enable_versioning(c: &Client, name: &str) {
     c.put_bucket_versioning()
         .bucket(name)
         .versioning_configuration(
@@ -504,6 +517,14 @@ pub struct Listed {
     pub etag: String,
     pub size: i64,
     pub last_modified: String,
+}
+
+/// Waits (up to `secs`) until `version` of `key` is in `bucket` at `c`.
+pub async fn wait_for_version(what: &str, secs: u64, c: &Client, bucket: &str, key: &str, version: &str) {
+    wait_until(what, secs, || async {
+        c.head_object().bucket(bucket).key(key).version_id(version).send().await.is_ok()
+    })
+    .await;
 }
 
 /// Every version and delete marker of a bucket.

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::Client;
 use aws_sdk_s3::types::{Tag, Tagging};
 
 use crate::common::*;
@@ -334,16 +335,9 @@ async fn a_retried_old_version_does_not_overwrite_a_newer_change_at_an_s3_target
 async fn mutual_version_deletes_propagate_from_either_side() {
     let c = TestCluster::start(&[US, EU], |_, _| {}).await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "left").await;
-    create_versioned_bucket(&eu, "right").await;
-    let deletes = "<DeleteReplication><Status>Enabled</Status></DeleteReplication>";
-    put_replication_xml(&us, "left", &rules_xml(&[(Some("ab"), 1, "", "arn:aws:s3:::right", deletes)])).await.unwrap();
-    put_replication_xml(&eu, "right", &rules_xml(&[(Some("ba"), 1, "", "arn:aws:s3:::left", deletes)])).await.unwrap();
+    mutual_pair(&us, &eu, ("arn:aws:s3:::right", "arn:aws:s3:::left"), DELETE_REPLICATION).await;
     let v = put(&us, "left", "k", b"from a").await.version_id().unwrap().to_owned();
-    wait_until("replicated to b", 20, || async {
-        eu.head_object().bucket("right").key("k").version_id(&v).send().await.is_ok()
-    })
-    .await;
+    wait_for_version("replicated to b", 20, &eu, "right", "k", &v).await;
     eu.delete_object().bucket("right").key("k").version_id(&v).send().await.unwrap();
     wait_until("deleted at a too", 20, || async {
         us.head_object().bucket("left").key("k").version_id(&v).send().await.is_err()
@@ -360,16 +354,15 @@ async fn concurrent_tag_edits_in_mutual_replication_converge() {
     let _us_p = t.spawn_us();
     let _eu_p = t.spawn_eu();
     let (us, eu) = (t.us(), t.eu());
-    create_versioned_bucket(&us, "left").await;
-    create_versioned_bucket(&eu, "right").await;
-    let back = "<SourceSelectionCriteria><ReplicaModifications><Status>Enabled</Status></ReplicaModifications></SourceSelectionCriteria>";
-    put_replication_xml(&us, "left", &rules_xml(&[(Some("ab"), 1, "", "arn:aws:s3:eu-west-1::right", back)])).await.unwrap();
-    put_replication_xml(&eu, "right", &rules_xml(&[(Some("ba"), 1, "", "arn:aws:s3:us-east-1::left", back)])).await.unwrap();
-    let v = put(&us, "left", "k", b"x").await.version_id().unwrap().to_owned();
-    wait_until("replicated", 20, || async {
-        eu.head_object().bucket("right").key("k").version_id(&v).send().await.is_ok()
-    })
+    mutual_pair(
+        &us,
+        &eu,
+        ("arn:aws:s3:eu-west-1::right", "arn:aws:s3:us-east-1::left"),
+        REPLICA_MODIFICATIONS,
+    )
     .await;
+    let v = put(&us, "left", "k", b"x").await.version_id().unwrap().to_owned();
+    wait_for_version("replicated", 20, &eu, "right", "k", &v).await;
     // Both links hold what is sent (a blackhole): each side's change is on its way, carrying
     // that side's tags, before the other side's arrives.
     t.link().set_partition(Partition::Blackhole);
@@ -479,16 +472,9 @@ async fn corrupt_source_data_is_not_replicated() {
 async fn a_replica_change_for_a_version_gone_at_its_origin_does_not_wait_for_ever() {
     let c = TestCluster::start(&[US, EU], |_, _| {}).await;
     let (us, eu) = (c.client(US), c.client(EU));
-    create_versioned_bucket(&us, "left").await;
-    create_versioned_bucket(&eu, "right").await;
-    let back = "<SourceSelectionCriteria><ReplicaModifications><Status>Enabled</Status></ReplicaModifications></SourceSelectionCriteria>";
-    put_replication_xml(&us, "left", &rules_xml(&[(Some("lr"), 1, "", "arn:aws:s3:::right", back)])).await.unwrap();
-    put_replication_xml(&eu, "right", &rules_xml(&[(Some("rl"), 1, "", "arn:aws:s3:::left", back)])).await.unwrap();
+    mutual_pair(&us, &eu, ("arn:aws:s3:::right", "arn:aws:s3:::left"), REPLICA_MODIFICATIONS).await;
     let v = put(&us, "left", "k", b"x").await.version_id().unwrap().to_owned();
-    wait_until("replicated", 20, || async {
-        eu.head_object().bucket("right").key("k").version_id(&v).send().await.is_ok()
-    })
-    .await;
+    wait_for_version("replicated", 20, &eu, "right", "k", &v).await;
     us.delete_object().bucket("left").key("k").version_id(&v).send().await.unwrap();
     eu.put_object_tagging().bucket("right").key("k").version_id(&v).tagging(tagging("late", "edit")).send().await.unwrap();
     wait_until("nothing pending or failed", 20, || async {
@@ -524,9 +510,7 @@ async fn a_duplicate_multipart_replica_releases_its_parts() {
             .bucket("dst")
             .key("k")
             .customize()
-            .mutate_request(move |r| {
-                r.headers_mut().insert("x-ferry-source", src.clone());
-            })
+            .mutate_request(with_source(src))
             .send()
             .await
             .unwrap();
@@ -592,16 +576,7 @@ async fn an_abandoned_replica_upload_is_aborted() {
     let mine = us.create_multipart_upload().bucket("dst").key("mine").send().await.unwrap();
     let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::WhenRequired);
     let src = source_header("elsewhere", "src", MAIN_AK);
-    repl.create_multipart_upload()
-        .bucket("dst")
-        .key("k")
-        .customize()
-        .mutate_request(move |r| {
-            r.headers_mut().insert("x-ferry-source", src.clone());
-        })
-        .send()
-        .await
-        .unwrap();
+    repl.create_multipart_upload().bucket("dst").key("k").customize().mutate_request(with_source(src)).send().await.unwrap();
     wait_until("the abandoned upload is aborted", 30, || async {
         let ups = us.list_multipart_uploads().bucket("dst").send().await.unwrap();
         ups.uploads().len() == 1
@@ -619,16 +594,15 @@ async fn a_replica_stays_a_replica_through_retry_and_removed_rules() {
     let us_p = t.spawn_us();
     let _eu_p = t.spawn_eu();
     let (us, eu) = (t.us(), t.eu());
-    create_versioned_bucket(&us, "left").await;
-    create_versioned_bucket(&eu, "right").await;
-    let back = "<SourceSelectionCriteria><ReplicaModifications><Status>Enabled</Status></ReplicaModifications></SourceSelectionCriteria>";
-    put_replication_xml(&us, "left", &rules_xml(&[(Some("lr"), 1, "", "arn:aws:s3:eu-west-1::right", back)])).await.unwrap();
-    put_replication_xml(&eu, "right", &rules_xml(&[(Some("rl"), 1, "", "arn:aws:s3:us-east-1::left", back)])).await.unwrap();
-    let v = put(&us, "left", "k", b"x").await.version_id().unwrap().to_owned();
-    wait_until("replicated", 20, || async {
-        eu.head_object().bucket("right").key("k").version_id(&v).send().await.is_ok()
-    })
+    mutual_pair(
+        &us,
+        &eu,
+        ("arn:aws:s3:eu-west-1::right", "arn:aws:s3:us-east-1::left"),
+        REPLICA_MODIFICATIONS,
+    )
     .await;
+    let v = put(&us, "left", "k", b"x").await.version_id().unwrap().to_owned();
+    wait_for_version("replicated", 20, &eu, "right", "k", &v).await;
     us_p.kill9();
     eu.put_object_tagging().bucket("right").key("k").version_id(&v).tagging(tagging("x", "1")).send().await.unwrap();
     let (code, out) = t.ferry_replication(EU, &["status", "--bucket", "right", "--json"]).await;
@@ -679,4 +653,18 @@ async fn jobs_that_cannot_succeed_fail_with_a_reason() {
     .await;
     let (_, out) = t.ferry_replication(US, &["explain", "--bucket", "src", "--key", "k2", "--json"]).await;
     assert!(out.contains("is not configured"), "{out}");
+}
+
+const REPLICA_MODIFICATIONS: &str =
+    "<SourceSelectionCriteria><ReplicaModifications><Status>Enabled</Status></ReplicaModifications></SourceSelectionCriteria>";
+const DELETE_REPLICATION: &str = "<DeleteReplication><Status>Enabled</Status></DeleteReplication>";
+
+/// Creates `left` at `us` and `right` at `eu` (versioned), replicating to each other under rules
+/// with `extra` XML (ReplicaModifications, DeleteReplication, ...): `arns` are the destination
+/// ARNs of `left`'s rule and of `right`'s.
+async fn mutual_pair(us: &Client, eu: &Client, arns: (&str, &str), extra: &str) {
+    create_versioned_bucket(us, "left").await;
+    create_versioned_bucket(eu, "right").await;
+    put_replication_xml(us, "left", &rules_xml(&[(Some("lr"), 1, "", arns.0, extra)])).await.unwrap();
+    put_replication_xml(eu, "right", &rules_xml(&[(Some("rl"), 1, "", arns.1, extra)])).await.unwrap();
 }

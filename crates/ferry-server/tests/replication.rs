@@ -586,17 +586,7 @@ async fn only_replication_credentials_may_write_replicas() {
     assert_eq!(repl_status(&us, "open", "k", None).await.as_deref(), Some("REPLICA"));
     // It may do nothing else: no reads of data, no plain writes, no buckets.
     let src = source.clone();
-    let e = repl
-        .get_object()
-        .bucket("open")
-        .key("k")
-        .customize()
-        .mutate_request(move |r| {
-            r.headers_mut().insert("x-ferry-source", src.clone());
-        })
-        .send()
-        .await
-        .unwrap_err();
+    let e = repl.get_object().bucket("open").key("k").customize().mutate_request(with_source(src)).send().await.unwrap_err();
     assert_eq!(code(&e), "AccessDenied");
     let src = source.clone();
     let e = repl
@@ -605,9 +595,7 @@ async fn only_replication_credentials_may_write_replicas() {
         .key("plain")
         .body(b"x".to_vec().into())
         .customize()
-        .mutate_request(move |r| {
-            r.headers_mut().insert("x-ferry-source", src.clone());
-        })
+        .mutate_request(with_source(src))
         .send()
         .await
         .unwrap_err();
@@ -690,17 +678,8 @@ async fn replica_parts_are_verified_by_their_checksum() {
     let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::Default);
     let source = source_header("elsewhere", "src", MAIN_AK);
     let src = source.clone();
-    let up = repl
-        .create_multipart_upload()
-        .bucket("dst")
-        .key("k")
-        .customize()
-        .mutate_request(move |r| {
-            r.headers_mut().insert("x-ferry-source", src.clone());
-        })
-        .send()
-        .await
-        .unwrap();
+    let up =
+        repl.create_multipart_upload().bucket("dst").key("k").customize().mutate_request(with_source(src)).send().await.unwrap();
     let id = up.upload_id().unwrap().to_owned();
     // `crc32`: a stored checksum sent as a header; `None`: a CRC64NVME trailer computed while
     // sending (what a source does for a part whose checksum it does not have).

@@ -33,16 +33,7 @@ async fn a_presigned_put_cannot_rewrite_history_with_a_replica_header() {
     let us = c.client(US);
     create_bucket(&us, "docs").await;
     put(&us, "docs", "report.pdf", b"the original report").await;
-    us.put_bucket_versioning()
-        .bucket("docs")
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    enable_versioning(&us, "docs").await;
     let presigned = us
         .put_object()
         .bucket("docs")
@@ -177,10 +168,7 @@ async fn tagging_an_old_object_does_not_wedge_its_key() {
     us.put_object_tagging().bucket("docs").key("docs/old.txt").tagging(tagging).send().await.unwrap();
     let new = put(&us, "docs", "docs/old.txt", b"the new version").await;
     let new_vid = new.version_id().unwrap().to_owned();
-    wait_until("the new version replicates", 20, || async {
-        eu.head_object().bucket("docs-dr").key("docs/old.txt").version_id(&new_vid).send().await.is_ok()
-    })
-    .await;
+    wait_for_version("the new version replicates", 20, &eu, "docs-dr", "docs/old.txt", &new_vid).await;
     // The tagged version went as a whole: the destination has it, with its tag.
     let old_vid = old.version_id().unwrap().to_owned();
     wait_until("the tagged old version replicates whole", 20, || async {
@@ -286,28 +274,10 @@ async fn an_allowed_account_may_only_add_versions() {
     let (a_eu, b_us) = (c.client(EU), c.client_alt(US));
     create_bucket(&a_eu, "shared").await;
     put(&a_eu, "shared", "report", b"written by the owner").await;
-    a_eu.put_bucket_versioning()
-        .bucket("shared")
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    enable_versioning(&a_eu, "shared").await;
     create_bucket(&b_us, "b-src").await;
     put(&b_us, "b-src", "report", b"written by the other account").await;
-    b_us.put_bucket_versioning()
-        .bucket("b-src")
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    enable_versioning(&b_us, "b-src").await;
     let xml = "<ReplicationConfiguration><Role></Role><Rule><ID>in</ID><Priority>1</Priority><Status>Enabled</Status>\
         <Filter><Prefix></Prefix></Filter><DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
         <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>\
