@@ -268,21 +268,13 @@ pub(super) fn forget_delivered(conn: &Connection, bucket: &str, key: &str, versi
 
 /// Adds to a destination's counters (creating its row).
 fn count(conn: &Connection, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) -> Result<()> {
-    // The row exists but for a destination's first job: update first, insert only then.
-    let updated = conn
-        .prepare_cached(
-            "UPDATE repl_dests SET pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, \
-             failed_ops = failed_ops + ?6, last_error = coalesce(?7, last_error) \
-             WHERE bucket = ?1 AND peer = ?2 AND dest_bucket = ?3",
-        )?
-        .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
-    if updated == 0 {
-        conn.prepare_cached(
-            "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
-    }
+    conn.prepare_cached(
+        "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (bucket, peer, dest_bucket) DO UPDATE SET \
+         pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, failed_ops = failed_ops + ?6, \
+         last_error = coalesce(?7, last_error)",
+    )?
+    .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
     Ok(())
 }
 
