@@ -32,6 +32,22 @@ pub fn micros_to_datetime(us: i64) -> ::time::OffsetDateTime {
     ::time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH)
 }
 
+/// RFC 3339 UTC with microseconds (`2023-11-14T22:13:20.123456Z`).
+#[must_use]
+pub fn rfc3339_us(us: i64) -> String {
+    let t = micros_to_datetime(us);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
 /// Converts an `OffsetDateTime` to microseconds since the epoch (saturating).
 #[must_use]
 pub fn datetime_to_micros(t: ::time::OffsetDateTime) -> i64 {
@@ -75,6 +91,11 @@ impl CommitClock {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_with_microseconds() {
+        assert_eq!(super::rfc3339_us(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
+    }
+
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferry_core::background::{Worker, WorkerError, WorkerState, WorkerStatus};
 use ferry_store::Store;
-use ferry_store::replication::{BackfillStep, backfill_counted, backfill_range, backfill_step};
+use ferry_store::replication::backfill::{self as store_backfill, BackfillState, BackfillStep};
 use tokio_util::sync::CancellationToken;
 
 /// Versions scanned per transaction.
@@ -61,14 +61,14 @@ impl Worker for BackfillWorker {
         }
         self.turn = self.turn.wrapping_add(1);
         let b = active[self.turn % active.len()].clone();
-        if b.state == "counting" {
-            let (bucket, (from, to)) = (b.bucket.clone(), backfill_range(&b));
+        if b.state == BackfillState::Counting {
+            let (bucket, (from, to)) = (b.bucket.clone(), store_backfill::range(&b));
             let total = self.store.meta.read(move |r| r.count_versions(&bucket, &from, to.as_deref())).await?;
-            self.store.meta.write(move |tx| backfill_counted(tx, b.id, total)).await?;
+            self.store.meta.write(move |tx| store_backfill::counted(tx, b.id, total)).await?;
             return Ok(WorkerState::Busy);
         }
         let id = b.id;
-        let step = self.store.meta.write(move |tx| backfill_step(tx, id, BATCH, WINDOW)).await?;
+        let step = self.store.meta.write(move |tx| store_backfill::step(tx, id, BATCH, WINDOW)).await?;
         self.status = format!("backfill {id} of {}: {:.1}%", b.bucket, b.ratio() * 100.0);
         if step == BackfillStep::Throttle {
             self.idle_turns += 1;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_core::background::{Worker, WorkerError, WorkerState};
 use ferry_core::metrics::{RegionMetrics, RuleLabels};
 use ferry_store::Store;
-use ferry_store::progress::bucket_progress;
+use ferry_store::replication::progress::{bucket_progress, record_event};
 use ferry_store::replication::{PeerDirectory as _, fail};
 
 use crate::peers::PeerSet;
@@ -141,7 +141,7 @@ impl Worker for Monitor {
                     tracing::warn!(bucket = %b.name, rule = %r.id, %detail, "replication missed its RPO");
                     self.metrics.replication_rpo_missed.get_or_create(&labels).inc();
                     let (bn, rid) = key.clone();
-                    self.store.meta.write(move |tx| tx.add_event(&bn, &rid, MISSED, &detail)).await?;
+                    self.store.meta.write(move |tx| record_event(tx, &bn, &rid, MISSED, &detail)).await?;
                     self.over.insert(key);
                 } else if !over && self.over.contains(&key) {
                     let detail = format!(
@@ -150,7 +150,7 @@ impl Worker for Monitor {
                     );
                     tracing::info!(bucket = %b.name, rule = %r.id, %detail, "replication back within its RPO");
                     let (bn, rid) = key.clone();
-                    self.store.meta.write(move |tx| tx.add_event(&bn, &rid, RECOVERED, &detail)).await?;
+                    self.store.meta.write(move |tx| record_event(tx, &bn, &rid, RECOVERED, &detail)).await?;
                     self.over.remove(&key);
                 }
             }

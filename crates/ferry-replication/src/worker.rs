@@ -101,7 +101,7 @@ pub struct PeerWorker {
 impl PeerWorker {
     /// A worker for `peer`.
     pub fn new(peer: &str, ctx: Arc<Ctx>, concurrency: usize) -> Self {
-        let signal = ctx.store.meta.subscribe_jobs();
+        let signal = ctx.store.meta.signals().outbox.subscribe();
         Self {
             peer: peer.to_owned(),
             ctx,

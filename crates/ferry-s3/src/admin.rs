@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use ferry_store::Store;
 use ferry_store::model::ReplicaSourceGrant;
-use ferry_store::replication::{JobOp, ReplicationConfig, retry_failed, start_backfill};
+use ferry_store::replication::backfill::{self, BackfillAction, BackfillRequest};
+use ferry_store::replication::{JobOp, ReplicationConfig, retry_failed};
 
 use crate::replication_config::JOB_BATCH;
 use http::{HeaderMap, Method, Uri};
@@ -204,36 +205,10 @@ impl AdminRoute {
         } else {
             serde_json::from_slice(body).map_err(|e| s3_error!(MalformedPOSTRequest, "the body must be JSON: {e}"))?
         };
-        let rule = params["rule"].as_str().map(str::to_owned);
-        let prefix = params["prefix"].as_str().unwrap_or("").to_owned();
-        let status = params["status"].as_str().unwrap_or("none").to_owned();
-        if !["none", "failed", "all"].contains(&status.as_str()) {
-            return Err(s3_error!(InvalidArgument, "status must be none, failed or all"));
-        }
-        let older = params["older_than_secs"].as_i64().map(|s| s.saturating_mul(1_000_000));
+        let req: BackfillRequest =
+            serde_json::from_value(params).map_err(|e| s3_error!(InvalidArgument, "bad backfill request: {e}"))?;
         let name = bucket.to_owned();
-        let id = self
-            .store
-            .meta
-            .write(move |tx| {
-                let b = tx.get_bucket(&name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
-                let cfg = match &b.replication {
-                    Some(s) => ReplicationConfig::from_stored(s)?,
-                    None => {
-                        return Err(ferry_store::Error::InvalidBucketState(
-                            "the bucket has no replication configuration".into(),
-                        ));
-                    }
-                };
-                if let Some(r) = &rule
-                    && !cfg.rules.iter().any(|x| &x.id == r)
-                {
-                    return Err(ferry_store::Error::InvalidBucketState(format!("no rule {r}")));
-                }
-                start_backfill(tx, &name, rule.as_deref(), &prefix, &status, older)
-            })
-            .await
-            .s3()?;
+        let id = self.store.meta.write(move |tx| backfill::request(tx, &name, &req)).await.s3()?;
         Ok(serde_json::json!({ "id": id }))
     }
 
@@ -279,43 +254,9 @@ impl AdminRoute {
 
     async fn control_backfill(&self, bucket: &str, q: &HashMap<String, String>) -> S3Result<serde_json::Value> {
         let id: i64 = q.get("id").and_then(|v| v.parse().ok()).ok_or_else(|| s3_error!(InvalidArgument, "id= is required"))?;
-        let action = q.get("action").cloned().unwrap_or_default();
+        let action: BackfillAction = q.get("action").map_or("", String::as_str).parse().s3()?;
         let name = bucket.to_owned();
-        let b = self
-            .store
-            .meta
-            .write(move |tx| {
-                let mut b = tx.get_backfill(id)?.filter(|b| b.bucket == name).ok_or(ferry_store::Error::NoSuchBackfill(id))?;
-                let next = match (action.as_str(), b.state.as_str()) {
-                    ("pause", "running" | "counting") => "paused",
-                    ("resume", "paused") => {
-                        if b.total_versions == 0 && b.scanned_versions == 0 {
-                            "counting"
-                        } else {
-                            "running"
-                        }
-                    }
-                    ("cancel", "running" | "counting" | "paused") => "cancelled",
-                    (a @ ("pause" | "resume" | "cancel"), s) => {
-                        return Err(ferry_store::Error::InvalidBucketState(format!("cannot {a} a backfill that is {s}")));
-                    }
-                    (a, _) => {
-                        return Err(ferry_store::Error::Other(format!("unknown action `{a}`: use pause, resume or cancel")));
-                    }
-                };
-                b.state = next.to_owned();
-                b.updated_us = tx.now();
-                if next == "cancelled" {
-                    b.finished_us = Some(b.updated_us);
-                }
-                tx.put_backfill(&b)?;
-                Ok(b)
-            })
-            .await
-            .map_err(|e| match e {
-                ferry_store::Error::Other(m) => s3_error!(InvalidArgument, "{m}"),
-                other => crate::error::to_s3(other),
-            })?;
+        let b = self.store.meta.write(move |tx| backfill::control(tx, &name, id, action)).await.s3()?;
         Ok(serde_json::to_value(b).unwrap_or_default())
     }
 }

@@ -97,7 +97,7 @@ impl FerryS3 {
                     }
                     for u in uploads {
                         for p in tx.take_parts(&u.upload_id)? {
-                            tx.release_blob(&p.part.blob)?;
+                            ferry_store::gc::release_blob(tx, &p.part.blob)?;
                         }
                         tx.delete_upload(&u.upload_id)?;
                     }

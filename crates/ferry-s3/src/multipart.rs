@@ -228,7 +228,7 @@ impl FerryS3 {
                 tx.add_blob(&part.part.blob)?;
                 let now = tx.now();
                 if let Some(old) = tx.put_part(&PartRecord { mtime_us: now, ..part })? {
-                    tx.release_blob(&old.part.blob)?;
+                    ferry_store::gc::release_blob(tx, &old.part.blob)?;
                 }
                 Ok(())
             })
@@ -528,7 +528,7 @@ fn complete_in_tx(
     let kept = record.layout.blobs();
     for p in tx.take_parts(upload_id)? {
         if !kept.contains(&p.part.blob) {
-            tx.release_blob(&p.part.blob)?;
+            ferry_store::gc::release_blob(tx, &p.part.blob)?;
         }
     }
     tx.delete_upload(upload_id)?;

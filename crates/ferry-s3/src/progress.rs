@@ -1,6 +1,7 @@
-//! The `GET /BUCKET?replicationProgress` answer (computation in `ferry_store::progress`).
+//! The `GET /BUCKET?replicationProgress` answer (computation in `ferry_store::replication::progress`).
 
-pub use ferry_store::progress::{BucketProgress, RuleProgress, bucket_progress, rfc3339_us};
+pub use ferry_core::time::rfc3339_us;
+pub use ferry_store::replication::progress::{BucketProgress, RuleProgress, bucket_progress};
 
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -35,7 +36,7 @@ pub fn progress_xml(p: &BucketProgress, rule_id: Option<&str>) -> String {
         x.push_str(&format!(
             "<FerryState>{}</FerryState><FerryPendingOperations>{}</FerryPendingOperations><FerryPendingBytes>{}</FerryPendingBytes>\
              <FerryFailedOperations>{}</FerryFailedOperations><FerryLagSeconds>{:.3}</FerryLagSeconds>",
-            r.state, r.pending_ops, r.pending_bytes, r.failed_ops, r.lag_seconds
+            r.state.as_str(), r.pending_ops, r.pending_bytes, r.failed_ops, r.lag_seconds
         ));
         if let Some(e) = &r.last_error {
             x.push_str(&format!("<FerryLastError>{}</FerryLastError>", xml_escape(e)));

@@ -11,7 +11,8 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use ferry_store::Error as StoreError;
 use ferry_store::model::Versioning;
-use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, SourceRef, drop_jobs, start_backfill};
+use ferry_store::replication::backfill::{self, StatusFilter};
+use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, SourceRef, drop_jobs};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
@@ -292,7 +293,7 @@ impl FerryS3 {
                 // again when the same rule is put again).
                 for id in backfill_rules {
                     if !before.rules.iter().any(|r| r.id == id && r.enabled && r.existing_objects) {
-                        start_backfill(tx, &name, Some(&id), "", "none", None)?;
+                        backfill::start(tx, &name, Some(&id), "", StatusFilter::None, None)?;
                     }
                 }
                 Ok(())
@@ -386,13 +387,7 @@ impl FerryS3 {
                 b.replication = None;
                 tx.put_bucket(&b)?;
                 // Nothing is left to replicate to: the bucket's backfills end here.
-                let now = tx.now();
-                for mut bf in tx.list_backfills(Some(&n))?.into_iter().filter(|bf| bf.is_active() || bf.state == "paused") {
-                    bf.state = "cancelled".to_owned();
-                    bf.updated_us = now;
-                    bf.finished_us = Some(now);
-                    tx.put_backfill(&bf)?;
-                }
+                backfill::cancel_all(tx, &n)?;
                 tx.max_job_id()
             })
             .await

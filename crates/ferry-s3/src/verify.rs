@@ -290,7 +290,7 @@ async fn verify_rule(
         c.checked, c.missing, c.extra, c.mismatched
     );
     let kind = if clean { "VerifyClean" } else { "VerifyFoundDifferences" };
-    let _ = store.meta.write(move |tx| tx.add_event(&b, &rid, kind, &detail)).await;
+    let _ = store.meta.write(move |tx| ferry_store::replication::progress::record_event(tx, &b, &rid, kind, &detail)).await;
     Ok(clean)
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::admin_client::AdminClient;
 use crate::client::Endpoint;
+use ferry_store::replication::BackfillRequest;
 
 /// Where to connect, and as whom.
 #[derive(clap::Args, Debug)]
@@ -227,9 +228,18 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
         }
         ReplicationCommand::Resync { b, rule, prefix, status, older_than, wait } => {
             let client = admin_client(&b.conn)?;
-            let body = serde_json::json!({ "rule": rule, "prefix": prefix, "status": status, "older_than_secs": older_than.map(|d| d.as_secs()) });
+            let body = BackfillRequest {
+                rule,
+                prefix,
+                status: status.parse()?,
+                older_than_secs: older_than.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            };
             let out = client
-                .request("POST", &format!("/{}?ferry-backfill", b.bucket), bytes::Bytes::from(body.to_string()))
+                .request(
+                    "POST",
+                    &format!("/{}?ferry-backfill", b.bucket),
+                    bytes::Bytes::from(serde_json::to_vec(&body)?),
+                )
                 .await?
                 .json()?;
             let id = out["id"].as_i64().unwrap_or(0);

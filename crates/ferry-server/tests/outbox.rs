@@ -110,10 +110,15 @@ async fn replicated_up_to_covers_every_rule_to_a_destination() {
     })
     .await;
     let written = store.meta.read(|r| r.get_latest("src", "logs/x")).await.unwrap().unwrap().mtime_us;
-    let p = ferry_store::progress::bucket_progress(&store, "src", US).await.unwrap();
+    let p = ferry_store::replication::progress::bucket_progress(&store, "src", US).await.unwrap();
     assert_eq!(p.rules.len(), 2);
     for r in &p.rules {
-        assert_ne!(r.state, "caught-up", "rule {} claims to be caught up with logs/x undelivered", r.id);
+        assert_ne!(
+            r.state,
+            ferry_store::replication::progress::RuleState::CaughtUp,
+            "rule {} claims to be caught up with logs/x undelivered",
+            r.id
+        );
         assert!(r.replicated_up_to_us <= written, "rule {}: T is after the undelivered change", r.id);
     }
 }
@@ -260,8 +265,8 @@ async fn resync_of_failed_versions_clears_the_failure() {
         repl_status(&us, "src", "k", None).await.as_deref() == Some("COMPLETED")
     })
     .await;
-    let p = ferry_store::progress::bucket_progress(&c.store(US), "src", US).await.unwrap();
-    assert_eq!(p.rules[0].state, "caught-up");
+    let p = ferry_store::replication::progress::bucket_progress(&c.store(US), "src", US).await.unwrap();
+    assert_eq!(p.rules[0].state, ferry_store::replication::progress::RuleState::CaughtUp);
     assert_eq!(p.rules[0].failed_ops, 0);
 }
 

@@ -31,11 +31,11 @@ async fn put_many(c: &aws_sdk_s3::Client, bucket: &str, n: usize, size: usize) {
 }
 
 async fn historical(store: &ferry_store::Store, bucket: &str) -> (f64, String) {
-    let p = ferry_store::progress::bucket_progress(store, bucket, US).await.unwrap();
+    let p = ferry_store::replication::progress::bucket_progress(store, bucket, US).await.unwrap();
     let b = p.backfills.first().cloned();
     (
         b.as_ref().map_or(0.0, ferry_store::replication::Backfill::ratio),
-        b.map(|b| b.state).unwrap_or_default(),
+        b.map(|b| b.state.as_str().to_owned()).unwrap_or_default(),
     )
 }
 
@@ -72,10 +72,11 @@ async fn backfill_of_ten_thousand_objects_survives_a_restart() {
     // 2,048): only the transfers already in flight (and those finishing while this test polls)
     // complete before it; in recording order it would wait for all of them.
     let done_versions = |s: std::sync::Arc<ferry_store::Store>| async move {
-        ferry_store::progress::bucket_progress(&s, "history", US).await.unwrap().backfills[0].done_versions
+        ferry_store::replication::progress::bucket_progress(&s, "history", US).await.unwrap().backfills[0].done_versions
     };
-    let pending =
-        || async { ferry_store::progress::bucket_progress(&c.store(US), "history", US).await.unwrap().rules[0].pending_ops };
+    let pending = || async {
+        ferry_store::replication::progress::bucket_progress(&c.store(US), "history", US).await.unwrap().rules[0].pending_ops
+    };
     wait_until("the backfill's window of waiting jobs refilled", 30, || async { pending().await > 1500 }).await;
     let waiting = pending().await;
     let before = done_versions(c.store(US)).await;
@@ -413,8 +414,8 @@ async fn status_explain_resync_pause_and_metrics() {
     assert_eq!(v["backfills"][0]["state"], "done", "{out}");
     assert_eq!(v["rules"][0]["pending_ops"], 0, "{out}");
     wait_until("resync done", 60, || async {
-        let p = ferry_store::progress::bucket_progress(&c.store(US), "src", US).await.unwrap();
-        p.backfills.iter().any(|b| b.id.to_string() == id && b.state == "done")
+        let p = ferry_store::replication::progress::bucket_progress(&c.store(US), "src", US).await.unwrap();
+        p.backfills.iter().any(|b| b.id.to_string() == id && b.state == ferry_store::replication::BackfillState::Done)
     })
     .await;
     wait_until("old objects replicated", 20, || async { all_versions(&eu, "dst").await.len() == 21 }).await;

@@ -138,11 +138,11 @@ async fn a_second_destination_receives_the_existing_objects() {
     put_replication_xml(&us, "photos", xml).await.unwrap();
     let store = c.store(US);
     wait_until("the backfill for dr-two finishes", 30, || async {
-        let p = ferry_store::progress::bucket_progress(&store, "photos", US).await.unwrap();
-        p.backfills.first().is_some_and(|b| b.state == "done")
+        let p = ferry_store::replication::progress::bucket_progress(&store, "photos", US).await.unwrap();
+        p.backfills.first().is_some_and(|b| b.state == ferry_store::replication::BackfillState::Done)
     })
     .await;
-    let p = ferry_store::progress::bucket_progress(&store, "photos", US).await.unwrap();
+    let p = ferry_store::replication::progress::bucket_progress(&store, "photos", US).await.unwrap();
     let two = p.rules.iter().find(|r| r.id == "two").unwrap();
     assert_eq!(two.historical_ratio, Some(1.0));
     assert_eq!(all_versions(&eu, "dr-two").await.len(), 50, "a finished backfill has copied every object");
@@ -214,8 +214,8 @@ async fn a_backfill_to_an_s3_target_ends_with_the_current_version() {
     put_replication_xml(&us, "src", xml).await.unwrap();
     let store = c.store(US);
     wait_until("the backfill finishes", 30, || async {
-        let p = ferry_store::progress::bucket_progress(&store, "src", US).await.unwrap();
-        p.backfills.first().is_some_and(|b| b.state == "done")
+        let p = ferry_store::replication::progress::bucket_progress(&store, "src", US).await.unwrap();
+        p.backfills.first().is_some_and(|b| b.state == ferry_store::replication::BackfillState::Done)
     })
     .await;
     assert_eq!(

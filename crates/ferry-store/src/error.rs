@@ -20,6 +20,9 @@ pub enum Error {
     NoSuchBackfill(i64),
     #[error("precondition failed")]
     PreconditionFailed,
+    /// A request that makes no sense whatever the state (an unknown action or value).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("invalid bucket state: {0}")]
     InvalidBucketState(String),
     /// A replica tried to change something its source has no right to (a version another
@@ -35,8 +38,10 @@ pub enum Error {
     /// The body is longer than allowed or than its declared length.
     #[error("the body is too large")]
     EntityTooLarge,
-    #[error("record has format version {0}, newer than this build understands")]
-    UnknownFormat(i64),
+    /// A stored or received value this build does not know (a record format, an enum code):
+    /// written by a newer build. Refused, never guessed.
+    #[error("{what} {value} is unknown to this build (written by a newer one?)")]
+    UnknownFormat { what: &'static str, value: String },
     #[error("metadata store is shut down")]
     Closed,
     /// No space left for the database or a blob (the cause, as text: a failed commit is
@@ -57,6 +62,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// [`Error::UnknownFormat`] for `what` with `value`.
+    pub fn unknown(what: &'static str, value: impl std::fmt::Display) -> Self {
+        Self::UnknownFormat { what, value: value.to_string() }
+    }
+
     /// True when the disk (blob files or the database) has no space left.
     #[must_use]
     pub fn is_storage_full(&self) -> bool {

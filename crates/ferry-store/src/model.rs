@@ -23,18 +23,13 @@ pub enum Versioning {
 }
 
 impl Versioning {
-    pub(crate) fn to_i64(self) -> i64 {
+    /// The stored code.
+    #[must_use]
+    pub fn code(self) -> i64 {
         match self {
             Self::Unversioned => 0,
             Self::Enabled => 1,
             Self::Suspended => 2,
-        }
-    }
-    pub(crate) fn from_i64(v: i64) -> Self {
-        match v {
-            1 => Self::Enabled,
-            2 => Self::Suspended,
-            _ => Self::Unversioned,
         }
     }
     /// True when new writes get a fresh version id.
@@ -277,8 +272,21 @@ impl BodyLayout {
     }
 }
 
+impl TryFrom<i64> for Versioning {
+    type Error = crate::Error;
+    fn try_from(code: i64) -> crate::Result<Self> {
+        Ok(match code {
+            0 => Self::Unversioned,
+            1 => Self::Enabled,
+            2 => Self::Suspended,
+            _ => return Err(crate::Error::unknown("versioning state", code)),
+        })
+    }
+}
+
 /// Replication status of a version, as `x-amz-replication-status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum ReplStatus {
     Pending,
     Completed,

@@ -127,7 +127,7 @@ pub fn etag_matches(header: &str, stored: &str) -> bool {
 /// Releases the blobs of a version that is being removed.
 fn release_layout(tx: &mut dyn WriteTx, layout: &BodyLayout) -> Result<()> {
     for b in layout.blobs() {
-        tx.release_blob(&b)?;
+        crate::gc::release_blob(tx, &b)?;
     }
     Ok(())
 }
@@ -344,7 +344,7 @@ pub fn abort_upload(tx: &mut dyn WriteTx, upload_id: &str) -> Result<()> {
         return Err(Error::NoSuchUpload);
     }
     for p in tx.take_parts(upload_id)? {
-        tx.release_blob(&p.part.blob)?;
+        crate::gc::release_blob(tx, &p.part.blob)?;
     }
     tx.delete_upload(upload_id)
 }
@@ -449,7 +449,7 @@ fn merge_replica_attrs(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::meta::VersionCursor;
     use crate::meta::sqlite::SqliteMeta;
@@ -486,7 +486,7 @@ mod tests {
         }
     }
 
-    pub(super) fn replica_identity(version_id: &str, mtime_us: i64) -> ReplicaIdentity {
+    pub(crate) fn replica_identity(version_id: &str, mtime_us: i64) -> ReplicaIdentity {
         ReplicaIdentity {
             version_id: version_id.into(),
             mtime_us,
@@ -682,256 +682,5 @@ mod tests {
         assert_eq!(all.len(), 50);
         let v = meta.write(|tx| put_version(tx, "b", obj("later", b"x"), &WriteConditions::default())).await.unwrap();
         assert!(v.mtime_us > last);
-    }
-}
-
-#[cfg(test)]
-mod replication_tests {
-    use super::*;
-    use crate::meta::sqlite::SqliteMeta;
-    use crate::model::Acl;
-    use crate::replication::{JobState, ReplicationConfig, Rule, RuleDestination, RuleFilter, complete, fail};
-
-    fn owner() -> Owner {
-        Owner { id: "u".into(), display_name: "u".into() }
-    }
-
-    fn cfg(dests: &[&str], deletes: bool) -> String {
-        let rules = dests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Rule {
-                id: format!("r{i}"),
-                priority: i32::try_from(i).unwrap(),
-                enabled: true,
-                v2: true,
-                filter: RuleFilter::default(),
-                delete_markers: true,
-                deletes,
-                existing_objects: false,
-                replica_modifications: false,
-                destination: RuleDestination {
-                    peer: "eu".into(),
-                    bucket: (*d).into(),
-                    storage_class: None,
-                    account: None,
-                    owner_override: false,
-                    rpo_minutes: None,
-                    metrics: false,
-                },
-            })
-            .collect();
-        ReplicationConfig { role: String::new(), rules }.to_stored().unwrap()
-    }
-
-    async fn setup(dests: &[&str], deletes: bool) -> (tempfile::TempDir, SqliteMeta) {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
-        let replication = Some(cfg(dests, deletes));
-        meta.write(move |tx| {
-            tx.put_bucket(&BucketRecord {
-                name: "src".into(),
-                created_us: 1,
-                owner: owner(),
-                versioning: Versioning::Enabled,
-                acl: Acl::private(&owner()),
-                tagging: None,
-                replication,
-                replica_sources: Vec::new(),
-            })
-        })
-        .await
-        .unwrap();
-        (dir, meta)
-    }
-
-    fn obj(key: &str) -> NewVersion {
-        NewVersion {
-            key: key.into(),
-            size: 1,
-            etag: "e".into(),
-            storage_class: None,
-            owner: owner(),
-            layout: BodyLayout::Inline(vec![1]),
-            attrs: ObjectAttrs::default(),
-            repl_status: None,
-            replica: None,
-        }
-    }
-
-    async fn status(meta: &SqliteMeta, vid: &str) -> Option<ReplStatus> {
-        let vid = vid.to_owned();
-        meta.read(move |r| r.get_version("src", "k", &vid)).await.unwrap().and_then(|v| v.repl_status)
-    }
-
-    #[tokio::test]
-    async fn jobs_are_recorded_with_the_write_and_drive_the_status() {
-        let (_d, meta) = setup(&["d1", "d2"], true).await;
-        let mut signal = meta.subscribe_jobs();
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        assert_eq!(v.repl_status, Some(ReplStatus::Pending));
-        assert!(signal.has_changed().unwrap(), "workers are woken on commit");
-        signal.borrow_and_update();
-        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
-        let jobs = meta.read(move |r| r.jobs_for_version(&b, &k, &vid)).await.unwrap();
-        assert_eq!(jobs.len(), 2, "one job per destination");
-        let runnable = |dest: &'static str| meta.read(move |r| r.runnable_jobs("eu", dest, 0, i64::MAX, &[], 10));
-        assert_eq!(runnable("d1").await.unwrap().len(), 1, "each destination has its own queue");
-        assert_eq!(runnable("d2").await.unwrap().len(), 1);
-        let v2 = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        assert_eq!(
-            runnable("d1").await.unwrap().len(),
-            1,
-            "per-key order: the second job waits for the first"
-        );
-        let (j1, j2) = (jobs[0].clone(), jobs[1].clone());
-        meta.write(move |tx| complete(tx, &j1, true)).await.unwrap();
-        let next = runnable("d1").await.unwrap();
-        assert_eq!(next.len(), 1);
-        assert_eq!(next[0].version_id, v2.version_id, "delivering the head unblocks the next job of the key");
-        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
-        let delivered = meta.read(move |r| r.delivered_to(&b, &k, &vid)).await.unwrap();
-        assert_eq!(delivered, vec!["eu/d1".to_owned()], "delivery is recorded per destination");
-
-        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Pending));
-        meta.write(move |tx| fail(tx, &j2, "AccessDenied")).await.unwrap();
-        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
-        let n = meta.write(|tx| crate::replication::retry_failed(tx, "src", 100)).await.unwrap();
-        assert_eq!(n, 1);
-        // A failed job did not hold the key: the later job became the head, and the retried one
-        // queues behind it.
-        let head = runnable("d2").await.unwrap();
-        assert_eq!(head.len(), 1);
-        assert_eq!(head[0].version_id, v2.version_id);
-        let h = head[0].clone();
-        meta.write(move |tx| complete(tx, &h, true)).await.unwrap();
-        let again = runnable("d2").await.unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].state, JobState::Pending);
-        assert_eq!(again[0].version_id, v.version_id);
-        let j = again[0].clone();
-        meta.write(move |tx| complete(tx, &j, true)).await.unwrap();
-        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Completed));
-        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
-        let figures: Vec<_> = stats.iter().map(|s| (s.dest_bucket.as_str(), s.pending_ops, s.failed_ops)).collect();
-        assert_eq!(figures, vec![("d1", 1, 0), ("d2", 0, 0)], "counters follow the jobs");
-    }
-
-    #[tokio::test]
-    async fn deletes_markers_metadata_and_replicas() {
-        let (_d, meta) = setup(&["d1"], true).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
-        let vid = v.version_id.clone();
-        meta.write(move |tx| {
-            update_attrs(tx, "src", "k", &vid, AttrChange::Tags(vec![("t".into(), "1".into())]), None).map(|_| ())
-        })
-        .await
-        .unwrap();
-        let vid = v.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "src", "k", &vid, None).map(|_| ())).await.unwrap();
-        let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
-        assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
-        // A replica records nothing, and a second delivery of it is a no-op.
-        let mut r = obj("r");
-        r.replica = Some(super::tests::replica_identity("abc", 5));
-        r.repl_status = Some(ReplStatus::Replica);
-        let r2 = r.clone();
-        meta.write(move |tx| put_version(tx, "src", r, &WriteConditions::default())).await.unwrap();
-        meta.write(move |tx| put_version(tx, "src", r2, &WriteConditions::default())).await.unwrap();
-        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
-        for _ in 0..2 {
-            let dm = super::tests::replica_identity("dm1", 10);
-            meta.write(move |tx| put_replica_delete_marker(tx, "src", "r", &dm, owner()).map(|_| ())).await.unwrap();
-        }
-        let versions =
-            meta.read(|r| r.scan_versions("src", b"r", &crate::meta::VersionCursor::default(), None, 10)).await.unwrap();
-        assert_eq!(versions.len(), 2, "one replica version, one replica marker");
-        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
-    }
-
-    /// A live change recorded behind a waiting backfill job of its key promotes that job: it
-    /// runs among live jobs, in order, instead of after every one of them (priority inversion).
-    #[tokio::test]
-    async fn a_live_change_promotes_the_backfill_job_it_waits_behind() {
-        let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        let backfilled = v.clone();
-        meta.write(move |tx| {
-            // What the backfill records for an old version (the live job is delivered).
-            for j in tx.jobs_for_version("src", "k", &backfilled.version_id)? {
-                tx.delete_job(j.id)?;
-            }
-            tx.insert_job(&crate::replication::NewJob {
-                bucket: "src",
-                key: "k",
-                version_id: &backfilled.version_id,
-                op: JobOp::Put,
-                peer: "eu",
-                dest_bucket: "d1",
-                rule_id: "r0",
-                opts: &crate::replication::JobOptions::default(),
-                created_us: backfilled.mtime_us,
-                size: 1,
-                backfill_id: Some(7),
-            })
-            .map(|_| ())
-        })
-        .await
-        .unwrap();
-        // Live traffic on other keys, then a live overwrite of `k`.
-        for i in 0..5 {
-            meta.write(move |tx| put_version(tx, "src", obj(&format!("other{i}")), &WriteConditions::default())).await.unwrap();
-        }
-        meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        let live = meta.read(|r| r.runnable_jobs("eu", "d1", 0, i64::MAX, &[], 100)).await.unwrap();
-        assert_eq!(live.first().map(|j| (j.key.as_str(), j.backfill_id)), Some(("k", Some(7))), "{live:?}");
-        assert!(
-            !live.iter().any(|j| j.key == "k" && j.backfill_id.is_none()),
-            "the live job still waits its turn"
-        );
-        assert!(meta.read(|r| r.runnable_jobs("eu", "d1", 1, i64::MAX, &[], 100)).await.unwrap().is_empty());
-    }
-
-    /// Completing or failing a job that was dropped meanwhile (its configuration removed) must
-    /// not invent a status: COMPLETED is only for versions every destination acknowledged.
-    #[tokio::test]
-    async fn results_of_dropped_jobs_change_nothing() {
-        let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        let vid = v.version_id.clone();
-        let jobs = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap();
-        let last = meta.read(|r| r.max_job_id()).await.unwrap();
-        assert_eq!(meta.write(move |tx| crate::replication::drop_jobs(tx, "src", last, 10)).await.unwrap(), 1);
-        assert_eq!(status(&meta, &v.version_id).await, None, "dropped: no status it will not reach");
-        let (j1, j2) = (jobs[0].clone(), jobs[0].clone());
-        meta.write(move |tx| fail(tx, &j1, "AccessDenied")).await.unwrap();
-        meta.write(move |tx| complete(tx, &j2, true)).await.unwrap();
-        assert_eq!(status(&meta, &v.version_id).await, None);
-        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
-        assert_eq!((stats[0].pending_ops, stats[0].failed_ops), (0, 0));
-    }
-
-    /// A job failing with transient errors for longer than the give-up time becomes FAILED
-    /// with the reason; until then it waits for its next attempt.
-    #[tokio::test]
-    async fn transient_failures_give_up_with_a_reason() {
-        let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
-        let vid = v.version_id.clone();
-        let job = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap().remove(0);
-        let (j, t0) = (job.clone(), 1_000_000_000);
-        let gave_up =
-            meta.write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 5, t0, 60_000_000)).await;
-        assert!(!gave_up.unwrap());
-        let j = job.clone();
-        let gave_up = meta
-            .write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 9, t0 + 61_000_000, 60_000_000));
-        assert!(gave_up.await.unwrap());
-        let id = job.id;
-        let failed = meta.read(move |r| r.get_job(id)).await.unwrap().unwrap();
-        assert_eq!(failed.state, JobState::Failed);
-        assert!(failed.last_error.unwrap().contains("gave up after 61 s of transient errors; last: connection refused"));
-        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
     }
 }

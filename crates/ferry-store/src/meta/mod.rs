@@ -1,5 +1,5 @@
-//! The metadata store: buckets, versions, multipart uploads, blob references, and (later) the
-//! replication outbox, all in one transactional database.
+//! The metadata store: buckets, versions, multipart uploads, blob references and the
+//! replication tables, all in one transactional database.
 //!
 //! # Writes
 //! Every write is a closure run inside a transaction by a single writer thread
@@ -8,8 +8,10 @@
 //! closure's error rolls back only its own changes, then the batch commits with one fsync and only
 //! then is each caller answered. A caller that got `Ok` has a durable change.
 //!
-//! The closure receives a [`WriteTx`]: the caller can add rows of its own (e.g. a replication
-//! job) next to the object version, and they commit or roll back together.
+//! The closure receives a [`WriteTx`]: the domain modules ([`crate::objects`],
+//! [`crate::replication`]) add their rows to it (an object version and its replication jobs),
+//! and they commit or roll back together. Hooks registered with [`WriteTx::on_commit`] run
+//! after the commit (cache promotion of blob files, waking replication workers).
 //!
 //! Each closure gets commit timestamps from the region's [`CommitClock`](ferry_core::time::CommitClock)
 //! via [`WriteTx::now`]: strictly increasing in commit order, persisted with every batch.
@@ -19,11 +21,14 @@
 //! snapshot ([`ReadTx`]); a read started after a write was acknowledged sees that write.
 //!
 //! # Backends
-//! SQLite is the embedded backend. The traits hold no SQLite types, so a PostgreSQL backend can
-//! implement them with the same schema.
+//! SQLite ([`sqlite`]) is the embedded backend. The traits hold no SQLite types and backends
+//! hold no domain decisions (when to wake workers, what a status becomes, which clock an event
+//! takes, how long garbage waits): those live in the domain modules, so a second backend
+//! implements storage only. The conformance suite (`conformance.rs`) pins the contract.
 
+#[cfg(test)]
+mod conformance;
 pub mod sqlite;
-mod sqlite_repl;
 
 use crate::error::Result;
 use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
@@ -39,8 +44,35 @@ pub struct VersionCursor {
     pub after_version: Option<(i64, String)>,
 }
 
-/// Read operations, available in read snapshots and inside write transactions.
-pub trait ReadTx {
+/// Signals the domain modules fire from on-commit hooks. A store holds one set and hands it to
+/// every write transaction; the backend never decides when they fire.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// Replication workers wait on it ([`crate::replication::outbox::Wakeup`]).
+    pub outbox: crate::replication::outbox::Wakeup,
+}
+
+/// A metadata backend: write closures committed in groups, read closures on snapshots. Every
+/// backend passes the conformance suite (`meta::conformance`, run by `cargo test`).
+pub trait MetaStore: Send + Sync + 'static {
+    /// Runs `f` in a write transaction; returns its result once the transaction is durably
+    /// committed. If `f` fails, its changes (and its on-commit hooks) are dropped.
+    fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static;
+    /// Runs `f` on a consistent snapshot that includes every write acknowledged before.
+    fn read<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static;
+    /// The signals on-commit hooks fire.
+    fn signals(&self) -> &Signals;
+}
+
+/// Read operations, available in read snapshots and inside write transactions. The
+/// replication tables' reads are [`OutboxReads`], a supertrait.
+pub trait ReadTx: OutboxReads {
     fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
     fn list_buckets(&self) -> Result<Vec<BucketRecord>>;
     /// A specific version (including delete markers).
@@ -82,6 +114,11 @@ pub trait ReadTx {
     /// Blobs released more than their grace period ago (to be unlinked).
     fn due_garbage(&self, now_us: i64, limit: usize) -> Result<Vec<String>>;
     fn get_setting(&self, key: &str) -> Result<Option<String>>;
+}
+
+/// Reads of the replication tables (jobs, deliveries, per-destination counters, backfills,
+/// events). What the rows mean is [`crate::replication`]'s; a backend only stores them.
+pub trait OutboxReads {
     /// Pending jobs to destination `peer`/`dest_bucket` at `priority` (0: live, 1: backfill)
     /// that are due at `now_us` and head of their key's queue (per-key order), in the order they
     /// became due, skipping ids in `exclude`. Costs O(`limit` + `exclude`), whatever the backlog.
@@ -137,8 +174,9 @@ pub trait ReadTx {
     fn latest_events(&self, bucket: &str, rule_id: Option<&str>, kind_prefix: Option<&str>, limit: usize) -> Result<Vec<Event>>;
 }
 
-/// Write operations; all of them are part of the enclosing transaction.
-pub trait WriteTx: ReadTx {
+/// Write operations; all of them are part of the enclosing transaction. The replication
+/// tables' writes are [`OutboxWrites`], a supertrait.
+pub trait WriteTx: ReadTx + OutboxWrites {
     /// A commit timestamp, strictly greater than every one handed out before (µs since epoch).
     fn now(&mut self) -> i64;
     /// Moves the clock past a timestamp seen elsewhere (a replica's last-modified).
@@ -146,10 +184,10 @@ pub trait WriteTx: ReadTx {
     fn put_bucket(&mut self, bucket: &BucketRecord) -> Result<()>;
     fn delete_bucket(&mut self, name: &str) -> Result<()>;
     /// Inserts a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]). A
-    /// row with the same identity must have been removed first ([`Self::remove_version`]), which
-    /// also forgets where it was delivered.
+    /// row with the same identity must have been removed first ([`Self::remove_version`]).
     fn put_version(&mut self, version: &VersionRecord) -> Result<()>;
-    /// Removes a version row, returning it.
+    /// Removes a version row, returning it; its delivery records go with it (a version written
+    /// again with the same identity is sent again).
     fn remove_version(&mut self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>>;
     /// Recomputes which version of the key is the latest.
     fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()>;
@@ -166,17 +204,28 @@ pub trait WriteTx: ReadTx {
     /// Records that a committed record now references `blob`. The blob file must already be
     /// written and fsynced; the writer fsyncs the blob staging directory before committing.
     fn add_blob(&mut self, blob: &str) -> Result<()>;
-    /// Records that nothing references `blob` any more; it is unlinked after a grace period (so
-    /// reads that already looked it up can finish).
-    fn release_blob(&mut self, blob: &str) -> Result<()>;
+    /// Records that nothing references `blob` any more; it may be unlinked from `due_us` on
+    /// (wall clock; [`crate::gc::release_blob`] chooses the grace period).
+    fn release_blob(&mut self, blob: &str, due_us: i64) -> Result<()>;
     /// Forgets collected blobs.
     fn forget_garbage(&mut self, blobs: &[String]) -> Result<()>;
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
-    /// Runs `hook` after the transaction commits (not if it rolls back).
+    /// Runs `hook` after the transaction commits (not if it rolls back, nor if the closure
+    /// that registered it fails), before the writer answers the callers of the batch.
     fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>);
-    /// Records a replication job (blocked behind an earlier pending job of its destination and
-    /// key, which it promotes to live priority if it is live); replication workers are woken
-    /// when the transaction commits.
+    /// The signals of this store, for hooks to fire ([`Signals`]).
+    fn signals(&self) -> &Signals;
+}
+
+/// Writes of the replication tables. The backend keeps two derived facts in the same
+/// transaction, as indexes a query could compute: per (destination, source bucket, key) only
+/// the oldest pending job is runnable (see [`OutboxReads::runnable_jobs`]), and the counters
+/// [`OutboxReads::dest_stats`] returns. Which jobs exist, their states and times, and when
+/// workers wake are decided by [`crate::replication`].
+pub trait OutboxWrites {
+    /// Records a replication job, pending, runnable only once the earlier pending jobs of its
+    /// destination and key are gone; a live job promotes those waiting at backfill priority
+    /// to live priority.
     fn insert_job(&mut self, job: &NewJob<'_>) -> Result<i64>;
     /// Removes a job (unblocking the next one of its destination and key); returns it as it was.
     fn delete_job(&mut self, id: i64) -> Result<Option<Job>>;
@@ -189,7 +238,8 @@ pub trait WriteTx: ReadTx {
     fn put_backfill(&mut self, b: &Backfill) -> Result<i64>;
     /// Adds to a backfill's done / failed counters.
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()>;
-    fn add_event(&mut self, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64>;
+    /// Records an event at `time_us`; returns its id.
+    fn add_event(&mut self, time_us: i64, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64>;
 }
 
 /// The smallest byte string greater than every string starting with `prefix` (the end of a key

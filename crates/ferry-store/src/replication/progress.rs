@@ -12,13 +12,66 @@
 //! Everything here reads per-destination counters and one index probe per destination: the
 //! cost does not grow with the backlog.
 
+use serde::{Deserialize, Serialize};
+
 use crate::Store;
-use crate::replication::{Backfill, DestStats, Event, ReplicationConfig, Rule};
-use ferry_core::time::{micros_to_datetime, now_micros};
-use serde::Serialize;
+use crate::error::Result;
+use crate::meta::WriteTx;
+use crate::replication::backfill::Backfill;
+use crate::replication::outbox::DestStats;
+use crate::replication::rules::{ReplicationConfig, Rule};
+use ferry_core::time::{now_micros, rfc3339_us};
+
+/// An event worth showing operators (RPO misses and recoveries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub time_us: i64,
+    pub bucket: String,
+    pub rule_id: String,
+    /// e.g. `OperationMissedThreshold`, `OperationReplicatedAfterThreshold`.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Records an event, at the commit clock's time.
+///
+/// # Errors
+/// Database errors.
+pub fn record_event(tx: &mut dyn WriteTx, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64> {
+    let now = tx.now();
+    tx.add_event(now, bucket, rule_id, kind, detail)
+}
+
+/// What a rule is doing, as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleState {
+    /// The rule is disabled: it records nothing.
+    Disabled,
+    /// Its destination has failed changes.
+    Failing,
+    /// Changes are on their way.
+    Replicating,
+    /// Nothing is pending or failed at its destination.
+    CaughtUp,
+}
+
+impl RuleState {
+    /// The displayed name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Failing => "failing",
+            Self::Replicating => "replicating",
+            Self::CaughtUp => "caught-up",
+        }
+    }
+}
 
 /// Progress of one rule.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleProgress {
     pub id: String,
     pub enabled: bool,
@@ -28,8 +81,7 @@ pub struct RuleProgress {
     pub delete_markers: bool,
     pub destination_region: String,
     pub destination_bucket: String,
-    /// `disabled`, `failing`, `replicating` or `caught-up`.
-    pub state: String,
+    pub state: RuleState,
     /// Every change committed before this time (µs since epoch) is replicated.
     pub replicated_up_to_us: i64,
     /// The same, as RFC 3339 with microseconds.
@@ -53,7 +105,7 @@ pub struct RuleProgress {
 
 /// Progress of one destination, over every rule that sends there (and jobs of rules removed
 /// since, which are still delivered).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DestinationProgress {
     pub region: String,
     pub bucket: String,
@@ -68,7 +120,7 @@ pub struct DestinationProgress {
 }
 
 /// Everything the status command shows for a bucket.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketProgress {
     pub bucket: String,
     pub region: String,
@@ -80,22 +132,6 @@ pub struct BucketProgress {
     pub events: Vec<Event>,
 }
 
-/// RFC 3339 UTC with microseconds.
-#[must_use]
-pub fn rfc3339_us(us: i64) -> String {
-    let t = micros_to_datetime(us);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
-}
-
 /// Default recovery point objective.
 pub const DEFAULT_RPO_SECONDS: u64 = 15 * 60;
 
@@ -104,13 +140,13 @@ fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, bac
     let s = stats.iter().find(|s| s.peer == d.peer && s.dest_bucket == d.bucket).cloned().unwrap_or_default();
     let (t, lag_seconds) = watermark(&s, committed, now);
     let state = if !rule.enabled {
-        "disabled"
+        RuleState::Disabled
     } else if s.failed_ops > 0 {
-        "failing"
+        RuleState::Failing
     } else if s.pending_ops > 0 {
-        "replicating"
+        RuleState::Replicating
     } else {
-        "caught-up"
+        RuleState::CaughtUp
     };
     let historical_ratio = backfills.iter().find(|b| b.rule_id.as_deref().is_none_or(|r| r == rule.id)).map(Backfill::ratio);
     RuleProgress {
@@ -122,7 +158,7 @@ fn rule_progress(rule: &Rule, stats: &[DestStats], committed: i64, now: i64, bac
         delete_markers: rule.delete_markers,
         destination_region: d.peer.clone(),
         destination_bucket: d.bucket.clone(),
-        state: state.to_owned(),
+        state,
         replicated_up_to_us: t,
         replicated_up_to: rfc3339_us(t),
         lag_seconds,
@@ -150,7 +186,7 @@ fn watermark(s: &DestStats, committed: i64, now: i64) -> (i64, f64) {
 ///
 /// # Errors
 /// Database errors; NoSuchBucket.
-pub async fn bucket_progress(store: &Store, bucket: &str, region: &str) -> crate::Result<BucketProgress> {
+pub async fn bucket_progress(store: &Store, bucket: &str, region: &str) -> Result<BucketProgress> {
     let name = bucket.to_owned();
     let (b, stats, committed, backfills, events, mut verifies) = store
         .meta
@@ -211,14 +247,4 @@ pub async fn bucket_progress(store: &Store, bucket: &str, region: &str) -> crate
         backfills,
         events,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339_us(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
-    }
 }

@@ -1,0 +1,706 @@
+//! The outbox: the replication jobs a change records in its own transaction, and their life
+//! until delivery. See the invariants in the [module above](super).
+//!
+//! A job is born in [`enqueue`] (a live change) or in a backfill step, is attempted by a
+//! worker, and ends in [`complete`] (deleted, its delivery recorded), [`fail`] (kept FAILED with
+//! its reason until [`retry_failed`]) or [`drop_jobs`] (its configuration was removed).
+//! [`retry_later`] reschedules a transient failure and gives up after `give_up_after`. Every
+//! function here that makes a job runnable wakes the workers after the commit, through an
+//! on-commit hook of the transaction ([`Wakeup`]).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::meta::WriteTx;
+use crate::model::{BucketRecord, ReplStatus, VersionRecord};
+use crate::replication::rules::{ReplicationConfig, Rule, dest_key};
+
+/// What a job replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobOp {
+    /// A new version (body, metadata, tags, ACL).
+    Put,
+    /// A delete marker.
+    DeleteMarker,
+    /// The permanent deletion of a version.
+    DeleteVersion,
+    /// Tags or ACL of an existing version changed.
+    Metadata,
+}
+
+impl JobOp {
+    /// The stored code.
+    #[must_use]
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Put => 0,
+            Self::DeleteMarker => 1,
+            Self::DeleteVersion => 2,
+            Self::Metadata => 3,
+        }
+    }
+    /// Lowercase name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::DeleteMarker => "delete-marker",
+            Self::DeleteVersion => "delete-version",
+            Self::Metadata => "metadata",
+        }
+    }
+    /// True for jobs that send a version itself (its delivery is recorded).
+    #[must_use]
+    pub fn sends_version(self) -> bool {
+        matches!(self, Self::Put | Self::DeleteMarker)
+    }
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be sent (or being sent, or waiting for a retry).
+    Pending,
+    /// Failed permanently; waits for `ferry replication retry`.
+    Failed,
+}
+
+impl TryFrom<i64> for JobOp {
+    type Error = Error;
+    fn try_from(code: i64) -> Result<Self> {
+        Ok(match code {
+            0 => Self::Put,
+            1 => Self::DeleteMarker,
+            2 => Self::DeleteVersion,
+            3 => Self::Metadata,
+            _ => return Err(Error::unknown("job operation", code)),
+        })
+    }
+}
+
+impl JobState {
+    /// The stored code.
+    #[must_use]
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Pending => 0,
+            Self::Failed => 1,
+        }
+    }
+}
+
+impl TryFrom<i64> for JobState {
+    type Error = Error;
+    fn try_from(code: i64) -> Result<Self> {
+        match code {
+            0 => Ok(Self::Pending),
+            1 => Ok(Self::Failed),
+            _ => Err(Error::unknown("job state", code)),
+        }
+    }
+}
+
+/// What a job's transfer takes from its rule, fixed when the job is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobOptions {
+    /// Replicas are owned by the destination bucket's owner, with its private ACL.
+    #[serde(default)]
+    pub owner_override: bool,
+    /// Storage class of the replica (else the source version's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+impl JobOptions {
+    /// The options `rule` gives its jobs.
+    #[must_use]
+    pub fn of(rule: &Rule) -> Self {
+        Self { owner_override: rule.destination.owner_override, storage_class: rule.destination.storage_class.clone() }
+    }
+}
+
+/// A replication job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub op: JobOp,
+    pub peer: String,
+    pub dest_bucket: String,
+    /// The rule that recorded it (a label: the transfer uses `opts`).
+    pub rule_id: String,
+    pub opts: JobOptions,
+    pub created_us: i64,
+    pub size: u64,
+    pub state: JobState,
+    /// A live change ("replicated up to T" waits for it), not a backfill's.
+    pub live: bool,
+    pub attempts: u32,
+    pub next_attempt_us: i64,
+    /// When the current run of transient failures started.
+    pub since_us: Option<i64>,
+    pub last_error: Option<String>,
+    pub progress: Option<String>,
+    /// The backfill that recorded (or re-drove) it, if any.
+    pub backfill_id: Option<i64>,
+}
+
+impl Job {
+    /// The destination's name, `peer/bucket`.
+    #[must_use]
+    pub fn dest(&self) -> String {
+        dest_key(&self.peer, &self.dest_bucket)
+    }
+}
+
+/// Replication figures of one destination of a bucket (every rule that sends there).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DestStats {
+    pub peer: String,
+    pub dest_bucket: String,
+    pub pending_ops: u64,
+    pub pending_bytes: u64,
+    pub failed_ops: u64,
+    /// Commit time of the oldest live (not backfill) job not yet delivered, pending or failed.
+    pub oldest_undelivered_us: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A job about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub version_id: &'a str,
+    pub op: JobOp,
+    pub peer: &'a str,
+    pub dest_bucket: &'a str,
+    pub rule_id: &'a str,
+    pub opts: &'a JobOptions,
+    pub created_us: i64,
+    pub size: u64,
+    /// The backfill this job belongs to (`None`: a live change). Backfill jobs run after live ones.
+    pub backfill_id: Option<i64>,
+}
+
+/// True when a change made on a replica goes back along `rule`: only to where the replica came
+/// from, and only the changes the rule asks for (tag and ACL changes with
+/// `ReplicaModifications`, version deletions with `DeleteReplication`).
+fn replica_change_goes_back(rule: &Rule, version: &VersionRecord, op: JobOp) -> bool {
+    let to_origin =
+        version.attrs.origin.as_ref().is_none_or(|o| o.region == rule.destination.peer && o.bucket == rule.destination.bucket);
+    to_origin
+        && match op {
+            JobOp::Metadata => rule.replica_modifications,
+            JobOp::DeleteVersion => rule.deletes,
+            JobOp::Put | JobOp::DeleteMarker => false,
+        }
+}
+
+/// Records the jobs `version`'s change needs, per the bucket's rules, inside the caller's
+/// transaction, and marks the version PENDING when there are any. A replica's changes go back
+/// only where it came from (see [`replica_change_goes_back`]). A tag or ACL change of a version
+/// a destination never received (nor has a pending job for) sends the whole version there: a
+/// metadata update alone would have nothing to apply to. Returns the number of jobs.
+///
+/// # Errors
+/// Database errors, or a stored configuration that does not parse.
+pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRecord, op: JobOp) -> Result<usize> {
+    let Some(stored) = &bucket.replication else { return Ok(0) };
+    let cfg = ReplicationConfig::from_stored(stored)?;
+    let is_replica = version.repl_status == Some(ReplStatus::Replica);
+    let tags: &[(String, String)] = if version.delete_marker { &[] } else { &version.attrs.tags };
+    let rules: Vec<&Rule> = cfg
+        .select(&version.key, tags, op)
+        .into_iter()
+        .filter(|r| !is_replica || replica_change_goes_back(r, version, op))
+        .collect();
+    if rules.is_empty() {
+        return Ok(0);
+    }
+    let (delivered, jobs) = if op == JobOp::Metadata && !is_replica {
+        (
+            tx.delivered_to(&bucket.name, &version.key, &version.version_id)?,
+            tx.jobs_for_version(&bucket.name, &version.key, &version.version_id)?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    // The job's time is the change's commit time: the version's own for new versions and
+    // markers (so "replicated up to T" compares with last-modified times), a fresh tick for
+    // changes that have none.
+    let tick = match op {
+        JobOp::Put | JobOp::DeleteMarker => version.mtime_us,
+        JobOp::DeleteVersion | JobOp::Metadata => tx.now(),
+    };
+    for rule in &rules {
+        let dest = rule.destination.key();
+        let will_arrive = delivered.contains(&dest)
+            || jobs.iter().any(|j| j.op == JobOp::Put && j.state == JobState::Pending && j.dest() == dest);
+        let job_op = if op == JobOp::Metadata && !is_replica && !will_arrive { JobOp::Put } else { op };
+        record(tx, version, rule, job_op, tick, None)?;
+    }
+    if op != JobOp::DeleteVersion && !is_replica {
+        tx.set_repl_status(&bucket.name, &version.key, &version.version_id, Some(ReplStatus::Pending))?;
+    }
+    Ok(rules.len())
+}
+
+/// Finishes a job: removes it, records the delivery when it sent its version (`delivered`:
+/// false when there was nothing to send, e.g. the version is gone or superseded at an S3
+/// target) and recomputes the source version's status. A job that no longer exists (its
+/// configuration was removed meanwhile) changes nothing.
+///
+/// # Errors
+/// Database errors.
+pub fn complete(tx: &mut dyn WriteTx, job: &Job, delivered: bool) -> Result<()> {
+    let Some(current) = tx.delete_job(job.id)? else { return Ok(()) };
+    if delivered && current.op.sends_version() {
+        tx.mark_delivered(&current.bucket, &current.key, &current.version_id, &current.dest())?;
+    }
+    if let Some(b) = current.backfill_id {
+        tx.backfill_progress(b, 1, current.size, 0)?;
+    }
+    refresh_status(tx, &current.bucket, &current.key, &current.version_id)
+}
+
+/// Marks a job failed for good (permanent error), keeping the reason. A job that no longer
+/// exists changes nothing.
+///
+/// # Errors
+/// Database errors.
+pub fn fail(tx: &mut dyn WriteTx, job: &Job, error: &str) -> Result<()> {
+    let Some(mut current) = tx.get_job(job.id)? else { return Ok(()) };
+    current.state = JobState::Failed;
+    current.attempts = current.attempts.saturating_add(1);
+    current.last_error = Some(error.to_owned());
+    tx.update_job(&current)?;
+    if let Some(b) = current.backfill_id {
+        tx.backfill_progress(b, 0, 0, 1)?;
+    }
+    refresh_status(tx, &current.bucket, &current.key, &current.version_id)
+}
+
+/// Schedules another attempt of a job that failed with a transient error, keeping the transfer
+/// progress the attempt may have saved. A job that has been failing for longer than
+/// `give_up_us` becomes FAILED instead, with the reason; returns true then.
+///
+/// # Errors
+/// Database errors.
+pub fn retry_later(
+    tx: &mut dyn WriteTx,
+    job: &Job,
+    error: &str,
+    next_attempt_us: i64,
+    now_us: i64,
+    give_up_us: i64,
+) -> Result<bool> {
+    let Some(mut current) = tx.get_job(job.id)? else { return Ok(false) };
+    let since = *current.since_us.get_or_insert(now_us);
+    if now_us.saturating_sub(since) >= give_up_us {
+        let secs = now_us.saturating_sub(since) / 1_000_000;
+        fail(tx, &current, &format!("gave up after {secs} s of transient errors; last: {error}"))?;
+        return Ok(true);
+    }
+    current.attempts = current.attempts.saturating_add(1);
+    current.next_attempt_us = next_attempt_us;
+    current.last_error = Some(error.to_owned());
+    tx.update_job(&current)?;
+    wake_on_commit(tx);
+    Ok(false)
+}
+
+/// Makes up to `limit` failed jobs of a bucket pending again (`ferry replication retry`);
+/// returns how many. Called in batches, so a large backlog never holds the writer for long.
+///
+/// # Errors
+/// Database errors.
+pub fn retry_failed(tx: &mut dyn WriteTx, bucket: &str, limit: usize) -> Result<u64> {
+    let failed = tx.failed_jobs(bucket, limit)?;
+    for j in &failed {
+        rearm(tx, j, j.backfill_id)?;
+        refresh_status(tx, &j.bucket, &j.key, &j.version_id)?;
+    }
+    Ok(failed.len() as u64)
+}
+
+/// Drops up to `limit` jobs of a bucket with ids up to `up_to_id` (its replication
+/// configuration was removed when the last id was `up_to_id`); versions left without a job no
+/// longer claim PENDING or FAILED. Returns how many were dropped.
+///
+/// # Errors
+/// Database errors.
+pub fn drop_jobs(tx: &mut dyn WriteTx, bucket: &str, up_to_id: i64, limit: usize) -> Result<u64> {
+    let jobs: Vec<Job> = tx.bucket_jobs(bucket, 0, limit)?.into_iter().filter(|j| j.id <= up_to_id).collect();
+    for j in &jobs {
+        tx.delete_job(j.id)?;
+    }
+    for j in &jobs {
+        if let Some(v) = tx.get_version(&j.bucket, &j.key, &j.version_id)?
+            && matches!(v.repl_status, Some(ReplStatus::Pending | ReplStatus::Failed))
+            && tx.jobs_for_version(&j.bucket, &j.key, &j.version_id)?.is_empty()
+        {
+            tx.set_repl_status(&j.bucket, &j.key, &j.version_id, None)?;
+        }
+    }
+    Ok(jobs.len() as u64)
+}
+
+/// Saves a running transfer's progress with its job (a multipart upload's id and part plan),
+/// so an attempt after a restart resumes it. A job that no longer exists changes nothing.
+///
+/// # Errors
+/// Database errors.
+pub fn save_progress(tx: &mut dyn WriteTx, id: i64, progress: Option<String>) -> Result<()> {
+    let Some(mut j) = tx.get_job(id)? else { return Ok(()) };
+    j.progress = progress;
+    tx.update_job(&j)
+}
+
+/// Records one job for `version` to `rule`'s destination, and wakes the workers when the
+/// transaction commits.
+pub(super) fn record(
+    tx: &mut dyn WriteTx,
+    version: &VersionRecord,
+    rule: &Rule,
+    op: JobOp,
+    created_us: i64,
+    backfill_id: Option<i64>,
+) -> Result<i64> {
+    let id = tx.insert_job(&NewJob {
+        bucket: &version.bucket,
+        key: &version.key,
+        version_id: &version.version_id,
+        op,
+        peer: &rule.destination.peer,
+        dest_bucket: &rule.destination.bucket,
+        rule_id: &rule.id,
+        opts: &JobOptions::of(rule),
+        created_us,
+        size: if op == JobOp::Put { version.size } else { 0 },
+        backfill_id,
+    })?;
+    wake_on_commit(tx);
+    Ok(id)
+}
+
+/// Makes a failed job pending again from scratch (attempts, due time and failure time reset),
+/// counted by `backfill_id`, and wakes the workers when the transaction commits.
+pub(super) fn rearm(tx: &mut dyn WriteTx, failed: &Job, backfill_id: Option<i64>) -> Result<()> {
+    let mut j = failed.clone();
+    j.state = JobState::Pending;
+    j.attempts = 0;
+    j.next_attempt_us = 0;
+    j.since_us = None;
+    j.backfill_id = backfill_id;
+    tx.update_job(&j)?;
+    wake_on_commit(tx);
+    Ok(())
+}
+
+/// Wakes the replication workers once the enclosing transaction commits (never if it rolls
+/// back): the hook runs before the writer answers the caller, so a write that returned has
+/// woken its workers.
+fn wake_on_commit(tx: &mut dyn WriteTx) {
+    let wakeup = tx.signals().outbox.clone();
+    tx.on_commit(Box::new(move || wakeup.wake()));
+}
+
+/// The outbox's wake-up: a counter that changes after every commit that made a job runnable.
+/// Workers wait on it ([`Wakeup::subscribe`]), with a timeout as a backstop.
+#[derive(Debug, Clone)]
+pub struct Wakeup(Arc<watch::Sender<u64>>);
+
+impl Default for Wakeup {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Wakeup {
+    /// A receiver that changes at every wake-up.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+
+    /// Wakes every subscriber.
+    pub fn wake(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Derives a version's replication status from its remaining jobs.
+/// A replica keeps REPLICA (`set_repl_status` never overwrites it); a version that is gone has
+/// no row to update.
+fn refresh_status(tx: &mut dyn WriteTx, bucket: &str, key: &str, version_id: &str) -> Result<()> {
+    let jobs = tx.jobs_for_version(bucket, key, version_id)?;
+    let status = if jobs.iter().any(|j| j.state == JobState::Pending) {
+        ReplStatus::Pending
+    } else if jobs.iter().any(|j| j.state == JobState::Failed) {
+        ReplStatus::Failed
+    } else {
+        ReplStatus::Completed
+    };
+    tx.set_repl_status(bucket, key, version_id, Some(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::model::Acl;
+    use crate::model::*;
+    use crate::objects::*;
+    use crate::replication::{RuleDestination, RuleFilter};
+
+    fn owner() -> Owner {
+        Owner { id: "u".into(), display_name: "u".into() }
+    }
+
+    fn cfg(dests: &[&str], deletes: bool) -> String {
+        let rules = dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Rule {
+                id: format!("r{i}"),
+                priority: i32::try_from(i).unwrap(),
+                enabled: true,
+                v2: true,
+                filter: RuleFilter::default(),
+                delete_markers: true,
+                deletes,
+                existing_objects: false,
+                replica_modifications: false,
+                destination: RuleDestination {
+                    peer: "eu".into(),
+                    bucket: (*d).into(),
+                    storage_class: None,
+                    account: None,
+                    owner_override: false,
+                    rpo_minutes: None,
+                    metrics: false,
+                },
+            })
+            .collect();
+        ReplicationConfig { role: String::new(), rules }.to_stored().unwrap()
+    }
+
+    async fn setup(dests: &[&str], deletes: bool) -> (tempfile::TempDir, SqliteMeta) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
+        let replication = Some(cfg(dests, deletes));
+        meta.write(move |tx| {
+            tx.put_bucket(&BucketRecord {
+                name: "src".into(),
+                created_us: 1,
+                owner: owner(),
+                versioning: Versioning::Enabled,
+                acl: Acl::private(&owner()),
+                tagging: None,
+                replication,
+                replica_sources: Vec::new(),
+            })
+        })
+        .await
+        .unwrap();
+        (dir, meta)
+    }
+
+    fn obj(key: &str) -> NewVersion {
+        NewVersion {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            storage_class: None,
+            owner: owner(),
+            layout: BodyLayout::Inline(vec![1]),
+            attrs: ObjectAttrs::default(),
+            repl_status: None,
+            replica: None,
+        }
+    }
+
+    async fn status(meta: &SqliteMeta, vid: &str) -> Option<ReplStatus> {
+        let vid = vid.to_owned();
+        meta.read(move |r| r.get_version("src", "k", &vid)).await.unwrap().and_then(|v| v.repl_status)
+    }
+
+    #[tokio::test]
+    async fn jobs_are_recorded_with_the_write_and_drive_the_status() {
+        let (_d, meta) = setup(&["d1", "d2"], true).await;
+        let mut signal = meta.signals().outbox.subscribe();
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        assert_eq!(v.repl_status, Some(ReplStatus::Pending));
+        assert!(signal.has_changed().unwrap(), "workers are woken on commit");
+        signal.borrow_and_update();
+        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
+        let jobs = meta.read(move |r| r.jobs_for_version(&b, &k, &vid)).await.unwrap();
+        assert_eq!(jobs.len(), 2, "one job per destination");
+        let runnable = |dest: &'static str| meta.read(move |r| r.runnable_jobs("eu", dest, 0, i64::MAX, &[], 10));
+        assert_eq!(runnable("d1").await.unwrap().len(), 1, "each destination has its own queue");
+        assert_eq!(runnable("d2").await.unwrap().len(), 1);
+        let v2 = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        assert_eq!(
+            runnable("d1").await.unwrap().len(),
+            1,
+            "per-key order: the second job waits for the first"
+        );
+        let (j1, j2) = (jobs[0].clone(), jobs[1].clone());
+        meta.write(move |tx| complete(tx, &j1, true)).await.unwrap();
+        let next = runnable("d1").await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].version_id, v2.version_id, "delivering the head unblocks the next job of the key");
+        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), v.version_id.clone());
+        let delivered = meta.read(move |r| r.delivered_to(&b, &k, &vid)).await.unwrap();
+        assert_eq!(delivered, vec!["eu/d1".to_owned()], "delivery is recorded per destination");
+
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Pending));
+        meta.write(move |tx| fail(tx, &j2, "AccessDenied")).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
+        let n = meta.write(|tx| crate::replication::retry_failed(tx, "src", 100)).await.unwrap();
+        assert_eq!(n, 1);
+        // A failed job did not hold the key: the later job became the head, and the retried one
+        // queues behind it.
+        let head = runnable("d2").await.unwrap();
+        assert_eq!(head.len(), 1);
+        assert_eq!(head[0].version_id, v2.version_id);
+        let h = head[0].clone();
+        meta.write(move |tx| complete(tx, &h, true)).await.unwrap();
+        let again = runnable("d2").await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].state, JobState::Pending);
+        assert_eq!(again[0].version_id, v.version_id);
+        let j = again[0].clone();
+        meta.write(move |tx| complete(tx, &j, true)).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Completed));
+        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
+        let figures: Vec<_> = stats.iter().map(|s| (s.dest_bucket.as_str(), s.pending_ops, s.failed_ops)).collect();
+        assert_eq!(figures, vec![("d1", 1, 0), ("d2", 0, 0)], "counters follow the jobs");
+    }
+
+    #[tokio::test]
+    async fn deletes_markers_metadata_and_replicas() {
+        let (_d, meta) = setup(&["d1"], true).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
+        let vid = v.version_id.clone();
+        meta.write(move |tx| {
+            update_attrs(tx, "src", "k", &vid, AttrChange::Tags(vec![("t".into(), "1".into())]), None).map(|_| ())
+        })
+        .await
+        .unwrap();
+        let vid = v.version_id.clone();
+        meta.write(move |tx| delete_version(tx, "src", "k", &vid, None).map(|_| ())).await.unwrap();
+        let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
+        assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
+        // A replica records nothing, and a second delivery of it is a no-op.
+        let mut r = obj("r");
+        r.replica = Some(crate::objects::tests::replica_identity("abc", 5));
+        r.repl_status = Some(ReplStatus::Replica);
+        let r2 = r.clone();
+        meta.write(move |tx| put_version(tx, "src", r, &WriteConditions::default())).await.unwrap();
+        meta.write(move |tx| put_version(tx, "src", r2, &WriteConditions::default())).await.unwrap();
+        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
+        for _ in 0..2 {
+            let dm = crate::objects::tests::replica_identity("dm1", 10);
+            meta.write(move |tx| put_replica_delete_marker(tx, "src", "r", &dm, owner()).map(|_| ())).await.unwrap();
+        }
+        let versions =
+            meta.read(|r| r.scan_versions("src", b"r", &crate::meta::VersionCursor::default(), None, 10)).await.unwrap();
+        assert_eq!(versions.len(), 2, "one replica version, one replica marker");
+        assert_eq!(meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().len(), 4);
+    }
+
+    /// A live change recorded behind a waiting backfill job of its key promotes that job: it
+    /// runs among live jobs, in order, instead of after every one of them (priority inversion).
+    #[tokio::test]
+    async fn a_live_change_promotes_the_backfill_job_it_waits_behind() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let backfilled = v.clone();
+        meta.write(move |tx| {
+            // What the backfill records for an old version (the live job is delivered).
+            for j in tx.jobs_for_version("src", "k", &backfilled.version_id)? {
+                tx.delete_job(j.id)?;
+            }
+            tx.insert_job(&crate::replication::NewJob {
+                bucket: "src",
+                key: "k",
+                version_id: &backfilled.version_id,
+                op: JobOp::Put,
+                peer: "eu",
+                dest_bucket: "d1",
+                rule_id: "r0",
+                opts: &crate::replication::JobOptions::default(),
+                created_us: backfilled.mtime_us,
+                size: 1,
+                backfill_id: Some(7),
+            })
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+        // Live traffic on other keys, then a live overwrite of `k`.
+        for i in 0..5 {
+            meta.write(move |tx| put_version(tx, "src", obj(&format!("other{i}")), &WriteConditions::default())).await.unwrap();
+        }
+        meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let live = meta.read(|r| r.runnable_jobs("eu", "d1", 0, i64::MAX, &[], 100)).await.unwrap();
+        assert_eq!(live.first().map(|j| (j.key.as_str(), j.backfill_id)), Some(("k", Some(7))), "{live:?}");
+        assert!(
+            !live.iter().any(|j| j.key == "k" && j.backfill_id.is_none()),
+            "the live job still waits its turn"
+        );
+        assert!(meta.read(|r| r.runnable_jobs("eu", "d1", 1, i64::MAX, &[], 100)).await.unwrap().is_empty());
+    }
+
+    /// Completing or failing a job that was dropped meanwhile (its configuration removed) must
+    /// not invent a status: COMPLETED is only for versions every destination acknowledged.
+    #[tokio::test]
+    async fn results_of_dropped_jobs_change_nothing() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let vid = v.version_id.clone();
+        let jobs = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap();
+        let last = meta.read(|r| r.max_job_id()).await.unwrap();
+        assert_eq!(meta.write(move |tx| crate::replication::drop_jobs(tx, "src", last, 10)).await.unwrap(), 1);
+        assert_eq!(status(&meta, &v.version_id).await, None, "dropped: no status it will not reach");
+        let (j1, j2) = (jobs[0].clone(), jobs[0].clone());
+        meta.write(move |tx| fail(tx, &j1, "AccessDenied")).await.unwrap();
+        meta.write(move |tx| complete(tx, &j2, true)).await.unwrap();
+        assert_eq!(status(&meta, &v.version_id).await, None);
+        let stats = meta.read(|r| r.dest_stats("src")).await.unwrap();
+        assert_eq!((stats[0].pending_ops, stats[0].failed_ops), (0, 0));
+    }
+
+    /// A job failing with transient errors for longer than the give-up time becomes FAILED
+    /// with the reason; until then it waits for its next attempt.
+    #[tokio::test]
+    async fn transient_failures_give_up_with_a_reason() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let vid = v.version_id.clone();
+        let job = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap().remove(0);
+        let (j, t0) = (job.clone(), 1_000_000_000);
+        let gave_up =
+            meta.write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 5, t0, 60_000_000)).await;
+        assert!(!gave_up.unwrap());
+        let j = job.clone();
+        let gave_up = meta
+            .write(move |tx| crate::replication::retry_later(tx, &j, "connection refused", t0 + 9, t0 + 61_000_000, 60_000_000));
+        assert!(gave_up.await.unwrap());
+        let id = job.id;
+        let failed = meta.read(move |r| r.get_job(id)).await.unwrap().unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(failed.last_error.unwrap().contains("gave up after 61 s of transient errors; last: connection refused"));
+        assert_eq!(status(&meta, &v.version_id).await, Some(ReplStatus::Failed));
+    }
+}
