@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Ferry's benchmark suite: starts regions, WAN links and reference tools, runs every benchmark,
 and writes the tables and plots of docs/BENCHMARKS.md (between `<!-- bench:NAME -->` markers,
 PNGs in docs/bench/). Run it with `scripts/bench-all [NAME...]`; raw results go to
@@ -34,6 +33,8 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "AWS_PR
 ENV.update(AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_DEFAULT_REGION="us-east-1", RUST_LOG="warn",
            AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
 QUICK = os.environ.get("FERRY_BENCH_QUICK") == "1"  # smaller runs, for trying the suite out
+# Extra configuration for the regions of `pair` (TOML, "\n" for new lines).
+EXTRA = os.environ.get("FERRY_BENCH_EXTRA", "").replace("\\n", "\n")
 
 
 def log(*a):
@@ -76,7 +77,7 @@ RUNNING = []
 
 
 def stop_all():
-    for p in list(RUNNING):
+    for p in list(RUNNING):  # noqa: PERF101 (stop() removes p from RUNNING)
         p.stop()
 
 
@@ -86,24 +87,26 @@ class Proc:
 
     def __init__(self, args, log_path, env=ENV):
         self.log_path = log_path
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "w")  # noqa: SIM115 (open while the process runs, closed by stop())
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         RUNNING.append(self)
 
     def peak_rss_mib(self):
         try:
-            for line in open(f"/proc/{self.p.pid}/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+            with open(f"/proc/{self.p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
         except OSError:
             pass
         return 0.0
 
     def rss_mib(self):
         try:
-            for line in open(f"/proc/{self.p.pid}/status"):
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+            with open(f"/proc/{self.p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
         except OSError:
             pass
         return 0.0
@@ -193,7 +196,7 @@ class Netem:
         self.proc.stop()
 
 
-def pair(work, delay="0ms", rate=None, extra=os.environ.get("FERRY_BENCH_EXTRA", "").replace("\\n", "\n"), tls=False):
+def pair(work, delay="0ms", rate=None, extra=EXTRA, tls=False):
     """us-east-1 replicating to eu-west-1 through a netem link (both directions of the peer
     traffic go through it); with `tls`, eu-west-1 serves HTTPS with a private CA that us-east-1
     trusts (the link carries TLS through). Returns (us, eu, link)."""
@@ -207,7 +210,7 @@ def pair(work, delay="0ms", rate=None, extra=os.environ.get("FERRY_BENCH_EXTRA",
 
 
 def ferry(*args, check=True, timeout=7200):
-    out = subprocess.run([str(FERRY), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([str(FERRY), *args], check=False, env=ENV, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise RuntimeError(f"ferry {' '.join(args)}: {out.returncode}\n{out.stdout}\n{out.stderr}")
     return out.stdout
@@ -222,7 +225,8 @@ def s3(region, *args):
     """An AWS CLI call (from the bench venv) against a region, for set-up."""
     aws = Path(sys.executable).parent / "aws"
     ca = ["--ca-bundle", str(region.ca)] if region.ca else []
-    out = subprocess.run([str(aws), "--endpoint-url", region.url, *ca, *args], env=ENV, capture_output=True, text=True)
+    out = subprocess.run([str(aws), "--endpoint-url", region.url, *ca, *args], check=False, env=ENV, capture_output=True,
+                         text=True)
     if out.returncode != 0:
         raise RuntimeError(f"aws {' '.join(args)}: {out.stderr}")
     return out.stdout
@@ -256,9 +260,11 @@ def status(region, bucket):
 
 
 def machine():
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in meminfo if l.startswith("MemTotal")), 0)
+    rustc = subprocess.run(["rustc", "--version"], check=False, capture_output=True, text=True).stdout.strip()
     return f"{os.cpu_count()} vCPU ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, {rustc}, " \
            f"release build; load generators run on the same cores"
 
@@ -304,7 +310,7 @@ def write_section(name, body):
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.rstrip()}\n\n![{name}](bench/{name}.png)\n{end}"
     if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
@@ -480,7 +486,7 @@ def bench_backfill():
 {n} objects, sizes log-uniform between 4 KiB and 4 MiB, in a versioned bucket of `us-east-1`,
 copied to `eu-west-1` (both `ferry serve` processes on loopback, no delay): by a rule with
 `ExistingObjectReplication` (the backfill, timed from its creation to its last delivery), by
-`rclone copy` ({subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0]},
+`rclone copy` ({subprocess.run(["rclone", "version"], check=False, capture_output=True, text=True).stdout.splitlines()[0]},
 Debian), and by the AWS CLI's `aws s3 sync` (PyPI), which cannot copy between two endpoints and so
 goes through a local directory. "time vs Ferry" is each tool's time over Ferry's.
 
@@ -518,10 +524,12 @@ def machine_limits(work):
     """fsync'd 4 KiB writes per second, fsync'd sequential MiB/s, and a trivial HTTP server's
     requests per second over loopback (nginx + wrk, Debian)."""
     f = Path(work) / "dd"
-    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=4k", "count=2000", "oflag=dsync"], capture_output=True, text=True)
+    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=4k", "count=2000", "oflag=dsync"], check=False, capture_output=True,
+                         text=True)
     secs = float(re.search(r"([\d.]+) s,", out.stderr).group(1))
     fsyncs = 2000 / secs
-    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M", "count=1024", "conv=fsync"], capture_output=True, text=True)
+    out = subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M", "count=1024", "conv=fsync"], check=False, capture_output=True,
+                         text=True)
     secs = float(re.search(r"([\d.]+) s,", out.stderr).group(1))
     seq = 1024 / secs
     f.unlink()
@@ -535,7 +543,8 @@ def machine_limits(work):
                     f"root {root}; }} }}\n")
     ng = Proc(["nginx", "-c", str(conf)], Path(work) / "nginx.log")
     wait_port(port)
-    out = subprocess.run(["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{port}/4k"], capture_output=True, text=True)
+    out = subprocess.run(["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{port}/4k"], check=False, capture_output=True,
+                         text=True)
     ng.stop()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
     return {"fsync_4k_writes_per_sec": fsyncs, "fsync_seq_mib_per_sec": seq, "nginx_4k_get_per_sec": rps}
@@ -615,15 +624,15 @@ def drain(region, bucket, n, from_now=False):
 def status_latency(region, bucket, samples=50):
     """Times the replication status request itself (`GET /BUCKET?ferry-replication-status`,
     SigV4-signed, one keep-alive connection): (min, median, max) milliseconds."""
-    import http.client
     import hashlib
     import hmac
+    import http.client
     from datetime import datetime, timezone
     host = region.url.split("://")[1]
     conn = http.client.HTTPConnection(host)
     times = []
     for _ in range(samples):
-        now = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)  # noqa: UP017 (datetime.UTC needs Python 3.11)
         amz, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         empty = hashlib.sha256(b"").hexdigest()
         canon = f"GET\n/{bucket}\nferry-replication-status=\nhost:{host}\nx-amz-content-sha256:{empty}\nx-amz-date:{amz}\n\n" \

@@ -1,4 +1,4 @@
 #![no_main]
-//! `ferry_s3::fuzz::config`: see crates/ferry-s3/src/fuzz.rs.
+//! `ferry_core::fuzz::config`: see crates/ferry-core/src/fuzz.rs.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry_s3::fuzz::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry_core::fuzz::config(data));

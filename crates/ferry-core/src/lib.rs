@@ -10,6 +10,8 @@
 pub mod background;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 pub mod metrics;
 pub mod time;
