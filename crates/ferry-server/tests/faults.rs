@@ -285,15 +285,12 @@ async fn schedule(seed: u64, seconds: u64) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // 3. Nothing FAILED (every fault was transient), and verify agrees.
-    let base = ["--endpoint", &t.us_url(), "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", "src"];
-    let args: Vec<&str> = ["replication", "status", "--json"].iter().chain(base.iter()).copied().collect();
-    let (code, out) = run_ferry_async(&args).await;
+    let (code, out) = t.ferry_replication("us-east-1", "status", "src", &["--json"]).await;
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["rules"][0]["failed_ops"], 0, "a transient fault made a job FAILED: {out}\n{context}");
     assert_eq!(v["rules"][0]["pending_ops"], 0, "{out}");
-    let args: Vec<&str> = ["replication", "verify"].iter().chain(base.iter()).copied().collect();
-    let (code, out) = run_ferry_async(&args).await;
+    let (code, out) = t.ferry_replication("us-east-1", "verify", "src", &[]).await;
     assert_eq!(code, 0, "verify: {out}\n{context}");
     // 4. No panic, bounded memory.
     us.finish();

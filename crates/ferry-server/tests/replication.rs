@@ -111,19 +111,7 @@ async fn status_is_pending_until_delivered() {
         .send()
         .await
         .unwrap();
-    let (code, out) = run_ferry_async(&[
-        "replication",
-        "retry",
-        "--endpoint",
-        &c.url(US),
-        "--access-key",
-        MAIN_AK,
-        "--secret-key",
-        MAIN_SK,
-        "--bucket",
-        "src",
-    ])
-    .await;
+    let (code, out) = c.ferry_replication(US, "retry", "src", &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 failed job(s)"), "{out}");
     wait_until("status COMPLETED after retry", 20, || async {

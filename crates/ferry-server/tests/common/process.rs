@@ -93,8 +93,8 @@ impl Drop for FerryProcess {
     }
 }
 
-/// Runs `ferry ARGS` to completion: (exit code, stderr).
-pub fn run_ferry(args: &[&str]) -> (i32, String) {
+/// Runs `ferry ARGS` to completion: (exit code, stderr then stdout).
+pub fn run_ferry<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let out =
         std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env("RUST_LOG", "warn").output().expect("run ferry");
     (
@@ -104,9 +104,16 @@ pub fn run_ferry(args: &[&str]) -> (i32, String) {
 }
 
 /// [`run_ferry`] without blocking the async runtime (the child may talk to in-process servers).
-pub async fn run_ferry_async(args: &[&str]) -> (i32, String) {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || run_ferry(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.expect("join")
+pub async fn run_ferry_async<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let args: Vec<std::ffi::OsString> = args.iter().map(|s| s.as_ref().to_owned()).collect();
+    tokio::task::spawn_blocking(move || run_ferry(&args)).await.expect("join")
+}
+
+/// The arguments of `ferry COMMAND` against the region at `endpoint`, signed as the main user,
+/// for `bucket`, then `extra`: `ferry_cli(&["replication", "status"], &url, "src", &["--json"])`.
+pub fn ferry_cli(command: &[&str], endpoint: &str, bucket: &str, extra: &[&str]) -> Vec<String> {
+    let common = ["--endpoint", endpoint, "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", bucket];
+    command.iter().chain(&common).chain(extra).map(|s| (*s).to_owned()).collect()
 }
 
 /// A port for a process a test starts (and may restart) on a fixed address. Taken below the
@@ -220,18 +227,17 @@ impl TwoProcesses {
         format!("http://127.0.0.1:{}", self.us_port)
     }
 
+    /// The URL of the EU region.
+    pub fn eu_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.eu_port)
+    }
+
     pub fn us(&self) -> Client {
         client_for(&self.us_url(), MAIN_AK, MAIN_SK, "us-east-1", Mode::WhenRequired)
     }
 
     pub fn eu(&self) -> Client {
-        client_for(
-            &format!("http://127.0.0.1:{}", self.eu_port),
-            MAIN_AK,
-            MAIN_SK,
-            "eu-west-1",
-            Mode::WhenRequired,
-        )
+        client_for(&self.eu_url(), MAIN_AK, MAIN_SK, "eu-west-1", Mode::WhenRequired)
     }
 
     /// The emulated link between the regions.
@@ -244,13 +250,10 @@ impl TwoProcesses {
         self.back.as_ref().expect("configured with a Link::Wan back")
     }
 
-    /// Runs `ferry replication ARGS --endpoint <region> --bucket BUCKET` as the main user.
-    pub async fn ferry_replication(&self, region: &str, args: &[&str]) -> (i32, String) {
-        let url = if region == "us-east-1" { self.us_url() } else { format!("http://127.0.0.1:{}", self.eu_port) };
-        let mut all = vec!["replication"];
-        all.extend_from_slice(&args[..1]);
-        all.extend_from_slice(&["--endpoint", &url, "--access-key", MAIN_AK, "--secret-key", MAIN_SK]);
-        all.extend_from_slice(&args[1..]);
-        run_ferry_async(&all).await
+    /// Runs `ferry replication SUBCOMMAND` against `region` (`us-east-1` or `eu-west-1`) for
+    /// `bucket`, then `extra`, as the main user: (exit code, output).
+    pub async fn ferry_replication(&self, region: &str, subcommand: &str, bucket: &str, extra: &[&str]) -> (i32, String) {
+        let url = if region == "us-east-1" { self.us_url() } else { self.eu_url() };
+        run_ferry_async(&ferry_cli(&["replication", subcommand], &url, bucket, extra)).await
     }
 }

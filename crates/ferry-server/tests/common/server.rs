@@ -9,7 +9,7 @@ use aws_sdk_s3::Client;
 use ferry_core::config::RegionConfig;
 use ferry_server::server::{Server, ServerOptions};
 
-use super::{ALT_AK, ALT_SK, MAIN_AK, MAIN_SK, Mode, client_for, run_ferry_async, users};
+use super::{ALT_AK, ALT_SK, MAIN_AK, MAIN_SK, Mode, client_for, ferry_cli, run_ferry_async, users};
 
 /// Server logs in test output, filtered by RUST_LOG (default: warnings).
 pub fn init_logs() {
@@ -114,14 +114,10 @@ impl TestCluster {
         client_for(&self.url(region), MAIN_AK, MAIN_SK, region, Mode::Default)
     }
 
-    /// Runs `ferry replication COMMAND --endpoint <region> ... ARGS` as the main user.
-    pub async fn ferry_replication(&self, region: &str, args: &[&str]) -> (i32, String) {
-        let url = self.url(region);
-        let mut all = vec!["replication"];
-        all.extend_from_slice(&args[..1]);
-        all.extend_from_slice(&["--endpoint", &url, "--access-key", MAIN_AK, "--secret-key", MAIN_SK]);
-        all.extend_from_slice(&args[1..]);
-        run_ferry_async(&all).await
+    /// Runs `ferry replication SUBCOMMAND` against `region` for `bucket`, then `extra`, as the
+    /// main user: (exit code, output).
+    pub async fn ferry_replication(&self, region: &str, subcommand: &str, bucket: &str, extra: &[&str]) -> (i32, String) {
+        run_ferry_async(&ferry_cli(&["replication", subcommand], &self.url(region), bucket, extra)).await
     }
 
     /// The replication figures of each destination of a source bucket.
