@@ -281,8 +281,32 @@ async fn mutual_replication_converges_under_concurrent_writers() {
         us.get_object_tagging().bucket("mod-a").key("doc").version_id(&vid).send().await.is_ok_and(|t| t.tag_set().len() == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(all_versions(&us, "mod-a").await.len(), 1, "no loop, no new versions");
+    // Barriers on `doc`, one each way: jobs of one destination and key are delivered in the
+    // order they were recorded. Once A's barrier is at B, whatever A recorded for B when the tag
+    // change arrived has been delivered; once B's barrier (written after that) is at A, so has
+    // whatever B recorded in turn.
+    let to_b = barrier(&us, "mod-a", "doc", None, &[(&eu, "mod-b")]).await;
+    let to_a = barrier(&eu, "mod-b", "doc", None, &[(&us, "mod-a")]).await;
+    // Their jobs complete after the delivery is counted.
+    wait_until("both barriers COMPLETED", 20, || async {
+        repl_status(&us, "mod-a", "doc", Some(&to_b)).await.as_deref() == Some("COMPLETED")
+            && repl_status(&eu, "mod-b", "doc", Some(&to_a)).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+    let ids: std::collections::BTreeSet<String> = all_versions(&us, "mod-a").await.into_iter().map(|v| v.version_id).collect();
+    assert_eq!(ids, [vid, to_b, to_a].into_iter().collect(), "no loop, no new versions");
+    // Each side sent the other its own changes only: the tag change that came from B did not go
+    // back to B.
+    assert_eq!(
+        c.delivered(US, "mod-a", "m", "eu-west-1/mod-b"),
+        2,
+        "A sent B its version and its barrier"
+    );
+    assert_eq!(
+        c.delivered(EU, "mod-b", "m", "us-east-1/mod-a"),
+        2,
+        "B sent A its tag change and its barrier"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

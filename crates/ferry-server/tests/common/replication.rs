@@ -42,6 +42,32 @@ pub async fn wait_for_version(what: &str, secs: u64, c: &Client, bucket: &str, k
     .await;
 }
 
+/// A barrier for checks that something was *not* replicated: writes a new version of `key` in
+/// `bucket` at `src` (tagged `tagging`, if given, to choose the rules that carry it) and waits
+/// until it has arrived in each of `dests`; returns its version id.
+///
+/// Ferry delivers the jobs of one destination and key in the order they were recorded: a later
+/// job waits until the earlier ones are delivered or failed. Once the barrier is at a
+/// destination, every change of `key` recorded for that destination before it has been carried
+/// out there, so a check made then cannot pass merely because a bug is slow. The barrier proves
+/// this only for the destinations it was sent to, through a rule of the same source bucket.
+pub async fn barrier(src: &Client, bucket: &str, key: &str, tagging: Option<&str>, dests: &[(&Client, &str)]) -> String {
+    let out = src
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .set_tagging(tagging.map(str::to_owned))
+        .body(b"barrier".to_vec().into())
+        .send()
+        .await
+        .expect("put the barrier");
+    let vid = out.version_id().expect("a versioned bucket").to_owned();
+    for (c, b) in dests {
+        wait_for_version(&format!("the barrier {key} {vid} in {b}"), 30, c, b, key, &vid).await;
+    }
+    vid
+}
+
 /// Compares two buckets version by version: ids, latest flags, ETags, sizes, times, and for
 /// each object version its content headers, user metadata and tags. Returns the differences.
 pub async fn compare_buckets(src: &Client, sb: &str, dst: &Client, db: &str) -> Vec<String> {

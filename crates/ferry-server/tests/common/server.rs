@@ -126,6 +126,16 @@ impl TestCluster {
         self.store(region).meta.read(move |r| r.dest_stats(&b)).await.unwrap()
     }
 
+    /// How many live changes `region` has delivered for rule `rule` of `bucket` to `destination`
+    /// (`peer/bucket`): the count of its replication latency histogram.
+    pub fn delivered(&self, region: &str, bucket: &str, rule: &str, destination: &str) -> u64 {
+        let metrics = self.server.as_ref().and_then(|s| s.region(region)).map(|r| r.metrics.encode()).expect("region");
+        let series = format!(
+            "ferry_replication_latency_seconds_count{{region=\"{region}\",bucket=\"{bucket}\",rule=\"{rule}\",destination=\"{destination}\"}} "
+        );
+        metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+
     /// A client signing as the second user (another account).
     pub fn client_alt(&self, region: &str) -> Client {
         client_for(&self.url(region), ALT_AK, ALT_SK, region, Mode::Default)
