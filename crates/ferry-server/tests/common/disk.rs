@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// A tmpfs for a data directory (unmounted on drop) that a test can make full: remounted with
-/// its size set to what it holds, then back. Needs root (`mount`); `mount` returns `None` without.
+/// its size set to what it holds, then back. Needs root (`mount`).
 pub struct SmallDisk {
     dir: PathBuf,
 }
@@ -12,32 +12,38 @@ pub struct SmallDisk {
 const ROOMY: &str = "size=64g";
 
 impl SmallDisk {
-    pub fn mount(dir: &std::path::Path) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let d = Self { dir: dir.to_owned() };
-        d.mount_cmd(&["-t", "tmpfs", "-o", ROOMY, "tmpfs"]).then_some(d)
-    }
-
-    fn mount_cmd(&self, args: &[&str]) -> bool {
-        std::process::Command::new("mount")
-            .args(args)
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    /// Mounts a tmpfs on `dir` (created if needed); the error says why it could not.
+    pub fn mount(dir: &std::path::Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        mount(dir, &["-t", "tmpfs", "-o", ROOMY, "tmpfs"])?;
+        Ok(Self { dir: dir.to_owned() })
     }
 
     /// No free space left: the size becomes what is used, plus a few pages.
     pub fn fill(&self) {
-        let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.dir).output();
-        let used: Option<u64> = out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1)?.trim().parse().ok());
-        if let Some(used) = used {
-            self.mount_cmd(&["-o", &format!("remount,size={}", used + 16 * 1024)]);
-        }
+        let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.dir).output().expect("run df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let used: u64 = text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("df: {text}"));
+        mount(&self.dir, &["-o", &format!("remount,size={}", used + 16 * 1024)]).expect("shrink the tmpfs");
     }
 
     pub fn free(&self) {
-        self.mount_cmd(&["-o", &format!("remount,{ROOMY}")]);
+        mount(&self.dir, &["-o", &format!("remount,{ROOMY}")]).expect("grow the tmpfs");
+    }
+}
+
+/// `mount ARGS DIR`; the error is what `mount` said.
+fn mount(dir: &std::path::Path, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("mount").args(args).arg(dir).output().map_err(|e| format!("running mount: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {} {}: {}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
