@@ -19,12 +19,21 @@ impl SmallDisk {
         Ok(Self { dir: dir.to_owned() })
     }
 
-    /// No free space left: the size becomes what is used, plus a few pages.
+    /// No free space left: the size becomes what is used, plus a few pages. A tmpfs cannot
+    /// shrink below what it holds, so when writes grow it between the reading and the remount,
+    /// this reads again and retries.
     pub fn fill(&self) {
-        let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.dir).output().expect("run df");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let used: u64 = text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("df: {text}"));
-        mount(&self.dir, &["-o", &format!("remount,size={}", used + 16 * 1024)]).expect("shrink the tmpfs");
+        let mut tries = 0;
+        loop {
+            let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.dir).output().expect("run df");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let used: u64 = text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("df: {text}"));
+            match mount(&self.dir, &["-o", &format!("remount,size={}", used + 16 * 1024)]) {
+                Ok(()) => return,
+                Err(e) if tries >= 20 => panic!("shrink the tmpfs: {e}"),
+                Err(_) => tries += 1,
+            }
+        }
     }
 
     pub fn free(&self) {
