@@ -221,28 +221,12 @@ async fn bench_modes_report_json() {
     let endpoint = region.endpoint();
     for mode in ["put", "get", "stat", "delete", "list", "mixed"] {
         let bucket = format!("bench-{mode}");
-        let args = [
-            "bench",
-            "--endpoint",
+        let args = ferry_cli(
+            &["bench"],
             &endpoint,
-            "--access-key",
-            MAIN_AK,
-            "--secret-key",
-            MAIN_SK,
-            "--bucket",
             &bucket,
-            "--mode",
-            mode,
-            "--size",
-            "1KiB-64KiB",
-            "--concurrency",
-            "4",
-            "--objects",
-            "40",
-            "--count",
-            "60",
-            "--json",
-        ];
+            &["--mode", mode, "--size", "1KiB-64KiB", "--concurrency", "4", "--objects", "40", "--count", "60", "--json"],
+        );
         let (code, out) = run_ferry_async(&args).await;
         assert_eq!(code, 0, "{mode}: {out}");
         let start = out.find('{').unwrap();

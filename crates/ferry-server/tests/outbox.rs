@@ -146,7 +146,7 @@ async fn pending_jobs_keep_the_options_of_the_rule_that_recorded_them() {
     create_versioned_bucket(&eu, "dst-one").await;
     // Same rules, other order: rule-1 is now the plain one.
     put_replication_xml(&us, "src", &rules_xml(&[plain_rule, owner_rule])).await.unwrap();
-    let (code, out) = c.ferry_replication(US, &["retry", "--bucket", "src"]).await;
+    let (code, out) = c.ferry_replication(US, "retry", "src", &[]).await;
     assert_eq!(code, 0, "{out}");
     wait_until("the replica arrives", 20, || async {
         eu.head_object().bucket("dst-one").key("a/x").send().await.is_ok()
@@ -259,7 +259,7 @@ async fn resync_of_failed_versions_clears_the_failure() {
     })
     .await;
     create_versioned_bucket(&eu, "dst").await;
-    let (code, out) = c.ferry_replication(US, &["resync", "--bucket", "src", "--status", "failed", "--wait"]).await;
+    let (code, out) = c.ferry_replication(US, "resync", "src", &["--status", "failed", "--wait"]).await;
     assert_eq!(code, 0, "{out}");
     wait_until("COMPLETED", 20, || async {
         repl_status(&us, "src", "k", None).await.as_deref() == Some("COMPLETED")
@@ -322,7 +322,7 @@ async fn a_retried_old_version_does_not_overwrite_a_newer_change_at_an_s3_target
         c.dest_stats(US, "src").await.iter().all(|s| s.pending_ops == 0)
     })
     .await;
-    let (code, out) = c.ferry_replication(US, &["retry", "--bucket", "src"]).await;
+    let (code, out) = c.ferry_replication(US, "retry", "src", &[]).await;
     assert_eq!(code, 0, "{out}");
     wait_until("the retry handled", 30, || async {
         c.dest_stats(US, "src").await.iter().all(|s| s.pending_ops == 0 && s.failed_ops == 0)
@@ -610,14 +610,14 @@ async fn a_replica_stays_a_replica_through_retry_and_removed_rules() {
     wait_for_version("replicated", 20, &eu, "right", "k", &v).await;
     us_p.kill9();
     eu.put_object_tagging().bucket("right").key("k").version_id(&v).tagging(tagging("x", "1")).send().await.unwrap();
-    let (code, out) = t.ferry_replication(EU, &["status", "--bucket", "right", "--json"]).await;
+    let (code, out) = t.ferry_replication(EU, "status", "right", &["--json"]).await;
     assert_eq!(code, 0, "{out}");
     wait_until("the change gives up (the origin is down)", 30, || async {
-        let (_, out) = t.ferry_replication(EU, &["status", "--bucket", "right", "--json"]).await;
+        let (_, out) = t.ferry_replication(EU, "status", "right", &["--json"]).await;
         serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["rules"][0]["failed_ops"] == 1)
     })
     .await;
-    let (code, out) = t.ferry_replication(EU, &["retry", "--bucket", "right"]).await;
+    let (code, out) = t.ferry_replication(EU, "retry", "right", &[]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(repl_status(&eu, "right", "k", Some(&v)).await.as_deref(), Some("REPLICA"), "after retry");
     eu.delete_bucket_replication().bucket("right").send().await.unwrap();
@@ -644,7 +644,7 @@ async fn jobs_that_cannot_succeed_fail_with_a_reason() {
         repl_status(&us, "src", "k", None).await.as_deref() == Some("FAILED")
     })
     .await;
-    let (_, out) = t.ferry_replication(US, &["explain", "--bucket", "src", "--key", "k", "--json"]).await;
+    let (_, out) = t.ferry_replication(US, "explain", "src", &["--key", "k", "--json"]).await;
     assert!(out.contains("gave up after"), "{out}");
     // The peer is removed from the configuration: its jobs fail with that reason.
     us_p.kill9();
@@ -656,7 +656,7 @@ async fn jobs_that_cannot_succeed_fail_with_a_reason() {
         repl_status(&us, "src", "k2", None).await.as_deref() == Some("FAILED")
     })
     .await;
-    let (_, out) = t.ferry_replication(US, &["explain", "--bucket", "src", "--key", "k2", "--json"]).await;
+    let (_, out) = t.ferry_replication(US, "explain", "src", &["--key", "k2", "--json"]).await;
     assert!(out.contains("is not configured"), "{out}");
 }
 

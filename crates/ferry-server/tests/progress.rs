@@ -107,19 +107,7 @@ async fn backfill_of_ten_thousand_objects_survives_a_restart() {
     assert!((last - 1.0).abs() < 1e-9, "ends at 100% ({last})");
     let (us, eu) = (c.client(US), c.client(EU));
     assert_eq!(all_versions(&eu, "history-dr").await.len(), 10_001);
-    let (code, out) = run_ferry_async(&[
-        "replication",
-        "verify",
-        "--endpoint",
-        &c.url(US),
-        "--access-key",
-        MAIN_AK,
-        "--secret-key",
-        MAIN_SK,
-        "--bucket",
-        "history",
-    ])
-    .await;
+    let (code, out) = c.ferry_replication(US, "verify", "history", &[]).await;
     assert_eq!(code, 0, "verify is clean: {out}");
     assert!(out.contains("10001 versions checked") && out.contains("in sync"), "{out}");
     drop(us);
@@ -294,8 +282,32 @@ async fn mutual_replication_converges_under_concurrent_writers() {
         us.get_object_tagging().bucket("mod-a").key("doc").version_id(&vid).send().await.is_ok_and(|t| t.tag_set().len() == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(all_versions(&us, "mod-a").await.len(), 1, "no loop, no new versions");
+    // Barriers on `doc`, one each way: jobs of one destination and key are delivered in the
+    // order they were recorded. Once A's barrier is at B, whatever A recorded for B when the tag
+    // change arrived has been delivered; once B's barrier (written after that) is at A, so has
+    // whatever B recorded in turn.
+    let to_b = barrier(&us, "mod-a", "doc", None, &[(&eu, "mod-b")]).await;
+    let to_a = barrier(&eu, "mod-b", "doc", None, &[(&us, "mod-a")]).await;
+    // Their jobs complete after the delivery is counted.
+    wait_until("both barriers COMPLETED", 20, || async {
+        repl_status(&us, "mod-a", "doc", Some(&to_b)).await.as_deref() == Some("COMPLETED")
+            && repl_status(&eu, "mod-b", "doc", Some(&to_a)).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+    let ids: std::collections::BTreeSet<String> = all_versions(&us, "mod-a").await.into_iter().map(|v| v.version_id).collect();
+    assert_eq!(ids, [vid, to_b, to_a].into_iter().collect(), "no loop, no new versions");
+    // Each side sent the other its own changes only: the tag change that came from B did not go
+    // back to B.
+    assert_eq!(
+        c.delivered(US, "mod-a", "m", "eu-west-1/mod-b"),
+        2,
+        "A sent B its version and its barrier"
+    );
+    assert_eq!(
+        c.delivered(EU, "mod-b", "m", "us-east-1/mod-a"),
+        2,
+        "B sent A its tag change and its barrier"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,10 +319,8 @@ async fn verify_finds_differences_made_behind_ferrys_back() {
     let big_vid = put(&us, "src", "big", &vec![3u8; 100_000]).await.version_id().unwrap().to_owned();
     put(&us, "src", "other", b"x").await;
     wait_until("replicated", 20, || async { compare_buckets(&us, "src", &eu, "dst").await.is_empty() }).await;
-    let args =
-        ["replication", "verify", "--endpoint", &c.url(US), "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", "src"];
-    let status =
-        ["replication", "status", "--endpoint", &c.url(US), "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", "src"];
+    let args = ferry_cli(&["replication", "verify"], &c.url(US), "src", &[]);
+    let status = ferry_cli(&["replication", "status"], &c.url(US), "src", &[]);
     let (code, out) = run_ferry_async(&status).await;
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -376,39 +386,34 @@ async fn status_explain_resync_pause_and_metrics() {
         eu.head_object().bucket("dst").key("logs/new").send().await.is_ok()
     })
     .await;
-    let base = ["--endpoint", &c.url(US), "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", "src"];
-    let with = |cmd: &[&str], extra: &[&str]| -> Vec<String> {
-        ["replication"].iter().chain(cmd).chain(base.iter()).chain(extra).map(|s| (*s).to_owned()).collect()
-    };
-    let run = |args: Vec<String>| async move { run_ferry_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await };
-    let (code, out) = run(with(&["status"], &["--json"])).await;
+    let (code, out) = c.ferry_replication(US, "status", "src", &["--json"]).await;
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["rules"][0]["id"], "logs");
     assert_eq!(v["rules"][0]["state"], "caught-up");
-    let (code, out) = run(with(&["status"], &[])).await;
+    let (code, out) = c.ferry_replication(US, "status", "src", &[]).await;
     assert_eq!(code, 0);
     assert!(out.contains("rule logs -> eu-west-1/dst") && out.contains("replicated up to"), "{out}");
     // Explain: one object the rule takes, one it does not.
-    let (code, out) = run(with(&["explain"], &["--key", "images/cat"])).await;
+    let (code, out) = c.ferry_replication(US, "explain", "src", &["--key", "images/cat"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("does not start with the rule's prefix `logs/`"), "{out}");
-    let (_, out) = run(with(&["explain"], &["--key", "logs/new"])).await;
+    let (_, out) = c.ferry_replication(US, "explain", "src", &["--key", "logs/new"]).await;
     assert!(out.contains("+ logs") && out.contains("delivered to every destination"), "{out}");
     // Resync the old objects, pause and resume it, then wait for it with the progress bar.
-    let (code, out) = run(with(&["resync"], &["--prefix", "logs/"])).await;
+    let (code, out) = c.ferry_replication(US, "resync", "src", &["--prefix", "logs/"]).await;
     assert_eq!(code, 0, "{out}");
     let id: String = out.split_whitespace().nth(1).unwrap().to_owned();
-    let (code, out) = run(with(&["pause"], &["--id", &id])).await;
+    let (code, out) = c.ferry_replication(US, "pause", "src", &["--id", &id]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("paused"), "{out}");
-    let (code, out) = run(with(&["cancel"], &["--id", "999999"])).await;
+    let (code, out) = c.ferry_replication(US, "cancel", "src", &["--id", "999999"]).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("NoSuchBackfill") && out.contains("999999"), "{out}");
-    let (code, out) = run(with(&["resume"], &["--id", &id])).await;
+    let (code, out) = c.ferry_replication(US, "resume", "src", &["--id", &id]).await;
     assert_eq!(code, 0, "{out}");
     // `status --wait` returns once the backfill is over and nothing is pending.
-    let (code, out) = run(with(&["status"], &["--wait", "--json"])).await;
+    let (code, out) = c.ferry_replication(US, "status", "src", &["--wait", "--json"]).await;
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["backfills"][0]["state"], "done", "{out}");
@@ -474,8 +479,7 @@ async fn rpo_missed_and_recovered_events() {
     )
     .await
     .unwrap();
-    let status =
-        ["replication", "status", "--endpoint", &us_url, "--access-key", MAIN_AK, "--secret-key", MAIN_SK, "--bucket", "src"];
+    let status = ferry_cli(&["replication", "status"], &us_url, "src", &[]);
     let (code, out) = run_ferry_async(&status).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("RPO 60 s") && !out.contains("OperationMissedThreshold"), "{out}");

@@ -111,19 +111,7 @@ async fn status_is_pending_until_delivered() {
         .send()
         .await
         .unwrap();
-    let (code, out) = run_ferry_async(&[
-        "replication",
-        "retry",
-        "--endpoint",
-        &c.url(US),
-        "--access-key",
-        MAIN_AK,
-        "--secret-key",
-        MAIN_SK,
-        "--bucket",
-        "src",
-    ])
-    .await;
+    let (code, out) = c.ferry_replication(US, "retry", "src", &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 failed job(s)"), "{out}");
     wait_until("status COMPLETED after retry", 20, || async {
@@ -144,7 +132,9 @@ async fn delete_markers_replicate_and_version_deletes_only_with_the_extension() 
     assert_eq!(code(&e), "NoSuchKey");
     // Deleting a specific version is not replicated by default (AWS semantics)...
     us.delete_object().bucket("src").key("k").version_id(&v1).send().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A new version of `k` through the same rule to `dst` arrives after any job recorded for `k`
+    // before it, a deletion of v1 included.
+    barrier(&us, "src", "k", None, &[(&eu, "dst")]).await;
     assert!(
         all_versions(&eu, "dst").await.iter().any(|v| v.version_id == v1),
         "version delete not replicated"
@@ -194,6 +184,8 @@ async fn filters_priorities_disabled_rules_and_fan_out() {
             .build()
             .unwrap()
     };
+    let barrier_tag =
+        || ReplicationRuleFilter::builder().tag(Tag::builder().key("barrier").value("yes").build().unwrap()).build();
     let gold = ReplicationRuleFilter::builder()
         .and(
             ReplicationRuleAndOperator::builder()
@@ -219,21 +211,49 @@ async fn filters_priorities_disabled_rules_and_fan_out() {
             "arn:aws:s3:::off-dst",
             false,
         ))
+        // Barrier rules: objects tagged barrier=yes go to each destination. They take none of
+        // the objects under test (untagged, or tagged class=...).
+        .rules(rule("barrier-eu", 4, barrier_tag(), "arn:aws:s3:::logs-dst", true))
+        .rules(rule("barrier-gold", 5, barrier_tag(), "arn:aws:s3:ap-south-1::gold-dst", true))
+        .rules(rule("barrier-off", 6, barrier_tag(), "arn:aws:s3:::off-dst", true))
         .build()
         .unwrap();
     us.put_bucket_replication().bucket("src").replication_configuration(cfg).send().await.unwrap();
     put(&us, "src", "logs/1", b"l").await;
-    put(&us, "src", "other/1", b"o").await;
+    let other = put(&us, "src", "other/1", b"o").await.version_id().unwrap().to_owned();
     us.put_object().bucket("src").key("data/g").tagging("class=gold").body(b"g".to_vec().into()).send().await.unwrap();
-    us.put_object().bucket("src").key("data/s").tagging("class=silver").body(b"s".to_vec().into()).send().await.unwrap();
+    let silver = us
+        .put_object()
+        .bucket("src")
+        .key("data/s")
+        .tagging("class=silver")
+        .body(b"s".to_vec().into())
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
     wait_until("logs/1 in EU", 20, || async { all_versions(&eu, "logs-dst").await.len() == 1 }).await;
     wait_until("data/g in AP", 20, || async { all_versions(&ap, "gold-dst").await.len() == 1 }).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(all_versions(&eu, "logs-dst").await[0].key, "logs/1");
-    assert_eq!(all_versions(&ap, "gold-dst").await[0].key, "data/g");
-    assert!(all_versions(&ap, "off-dst").await.is_empty(), "disabled rule");
-    assert_eq!(repl_status(&us, "src", "other/1", None).await, None, "no rule matched: no status");
-    assert_eq!(repl_status(&us, "src", "data/s", None).await, None);
+    // A barrier version of every key goes to all three destinations. Jobs of one destination
+    // and key are delivered in the order they were recorded, so once the barriers are there,
+    // any job recorded for the objects above (by the disabled rule, or by a filter that should
+    // not have matched) has been delivered too.
+    let mut barriers = Vec::new();
+    for key in ["logs/1", "other/1", "data/g", "data/s"] {
+        let dests = [(&eu, "logs-dst"), (&ap, "gold-dst"), (&ap, "off-dst")];
+        barriers.push(barrier(&us, "src", key, Some("barrier=yes"), &dests).await);
+    }
+    let keys = |listed: Vec<Listed>| -> Vec<String> {
+        listed.into_iter().filter(|v| !barriers.contains(&v.version_id)).map(|v| v.key).collect()
+    };
+    assert_eq!(keys(all_versions(&eu, "logs-dst").await), ["logs/1"]);
+    assert_eq!(keys(all_versions(&ap, "gold-dst").await), ["data/g"]);
+    assert!(keys(all_versions(&ap, "off-dst").await).is_empty(), "disabled rule");
+    // A version's status is set in the transaction that records its jobs: no job, no status.
+    assert_eq!(repl_status(&us, "src", "other/1", Some(&other)).await, None, "no rule matched: no status");
+    assert_eq!(repl_status(&us, "src", "data/s", Some(&silver)).await, None);
 
     // Fan-out: one object, two destinations, COMPLETED only when both are done.
     create_versioned_bucket(&us, "fan").await;

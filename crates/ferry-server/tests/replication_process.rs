@@ -36,7 +36,25 @@ async fn destination_stopped_mid_stream_then_restarted() {
     for i in 0..30 {
         put(&us, "src", &format!("during/{i:03}"), &vec![2u8; 20_000]).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A version is PENDING before its first attempt too: wait until an attempt has failed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (explained, job) = loop {
+        let (code, out) = t.ferry_replication(US, "explain", "src", &["--key", "during/000", "--json"]).await;
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let failed_attempt = v["jobs"].as_array().and_then(|jobs| {
+            jobs.iter().find(|j| j["attempts"].as_u64().is_some_and(|n| n > 0) && j["last_error"].is_string()).cloned()
+        });
+        if let Some(job) = failed_attempt {
+            break (v, job);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed attempt to deliver during/000 in 60 s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job["state"], "pending", "not failed: the outage is transient: {explained}");
     assert_eq!(
         repl_status(&us, "src", "during/000", None).await.as_deref(),
         Some("PENDING"),

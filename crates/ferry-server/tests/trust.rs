@@ -283,7 +283,7 @@ async fn an_allowed_account_may_only_add_versions() {
         <ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>\
         <Destination><Bucket>arn:aws:s3:::shared</Bucket></Destination></Rule></ReplicationConfiguration>";
     assert_eq!(put_replication_xml(&b_us, "b-src", xml).await, Err("AccessDenied".to_owned()));
-    let (code, out) = c.ferry_replication(EU, &["sources", "--bucket", "shared", "--add", &format!("{ALT_AK}@{US}")]).await;
+    let (code, out) = c.ferry_replication(EU, "sources", "shared", &["--add", &format!("{ALT_AK}@{US}")]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&account_of(ALT_AK)), "{out}");
     put_replication_xml(&b_us, "b-src", xml).await.unwrap();
@@ -304,12 +304,7 @@ async fn an_allowed_account_may_only_add_versions() {
     let null = a_eu.get_object().bucket("shared").key("report").version_id("null").send().await.unwrap();
     assert_eq!(null.body.collect().await.unwrap().into_bytes().as_ref(), b"written by the owner");
     // Removing the grant stops it.
-    let (code, out) = c
-        .ferry_replication(
-            EU,
-            &["sources", "--bucket", "shared", "--remove", &format!("{}@{US}", account_of(ALT_AK))],
-        )
-        .await;
+    let (code, out) = c.ferry_replication(EU, "sources", "shared", &["--remove", &format!("{}@{US}", account_of(ALT_AK))]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("only from its owner"), "{out}");
     put(&b_us, "b-src", "after.txt", b"refused").await;
