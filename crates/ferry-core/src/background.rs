@@ -11,6 +11,7 @@
 //! must therefore be safe to interrupt at any `.await`: durable state lives in the metadata
 //! store, never only in a worker's memory.
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,11 +139,6 @@ impl BackgroundRunner {
             tasks.shutdown().await;
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep going with it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn drive<W: Worker>(mut worker: W, stop: CancellationToken, info: Arc<Mutex<WorkerInfo>>) {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzz;
 pub mod ids;
 pub mod metrics;
+pub mod sync;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -117,7 +117,7 @@ impl RegionMetrics {
             "Fraction of the latest backfill done",
             m.backfill_progress.clone(),
         );
-        *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
+        *crate::sync::lock(&m.registry) = registry;
         m
     }
 
@@ -125,7 +125,7 @@ impl RegionMetrics {
     #[must_use]
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let reg = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reg = crate::sync::lock(&self.registry);
         if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
             out.clear();
         }

@@ -112,12 +112,12 @@ impl Netem {
     /// The current link.
     #[must_use]
     pub fn spec(&self) -> LinkSpec {
-        *self.shared.spec.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.shared.spec)
     }
 
     /// Changes the link; chunks already scheduled keep their delivery time.
     pub fn set_spec(&self, spec: LinkSpec) {
-        *self.shared.spec.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = spec;
+        *lock(&self.shared.spec) = spec;
         for pipe in [&self.shared.up, &self.shared.down] {
             pipe.set_rate(spec.rate);
         }
@@ -146,7 +146,7 @@ impl Netem {
     /// Nothing moves for `d` (from now), then everything resumes.
     pub fn stall(&self, d: Duration) {
         let until = Instant::now() + d;
-        let mut s = self.shared.stall_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = lock(&self.shared.stall_until);
         *s = Some(s.map_or(until, |old| old.max(until)));
     }
 
@@ -211,7 +211,7 @@ impl Shared {
     }
 
     fn spec(&self) -> LinkSpec {
-        *self.spec.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.spec)
     }
 
     /// Waits while the link is stalled or blackholed; false when the connection must close.
@@ -221,7 +221,7 @@ impl Shared {
                 return false;
             }
             let notified = self.changed.notified();
-            let stall = *self.stall_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stall = *lock(&self.stall_until);
             match (self.partition(), stall) {
                 (Partition::Reset | Partition::ServiceUnavailable, _) => return false,
                 (Partition::Blackhole, _) => {
@@ -248,13 +248,13 @@ impl Pipe {
     }
 
     fn set_rate(&self, rate: Option<u64>) {
-        self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = rate;
+        lock(&self.bucket).0 = rate;
     }
 
     /// Reserves `n` bytes of the link: how long until they have gone through it.
     fn reserve(&self, n: usize) -> Duration {
         // Short section, no await: a std mutex.
-        let mut b = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = lock(&self.bucket);
         let Some(rate) = b.0.filter(|r| *r > 0) else { return Duration::ZERO };
         #[allow(clippy::cast_precision_loss)] // rates and chunk sizes are far below 2^52
         let (rate, n) = (rate as f64, n as f64);
@@ -429,6 +429,12 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked just above
     Ok(v as u64)
+}
+
+/// Locks `m`, taking it over if a holder panicked (every section is a short, complete update
+/// of plain data).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

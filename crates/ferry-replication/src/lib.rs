@@ -7,16 +7,24 @@
 //! a crash or restart at any point leaves every undelivered job pending on disk, and
 //! re-delivering is harmless (replicas are applied idempotently by version id).
 //!
-//! - [`peers`]: the peer set of a region, which also answers the S3 layer's questions when a
-//!   configuration is put (where is this bucket, can it take replicas, cycles).
+//! - [`peers`]: the peer set of a region, and listings of a peer's versions.
+//! - [`engine`]: the answers to the S3 layer's questions through the store's
+//!   `ReplicationEngine` port: where is this bucket, can it take replicas, cycles, and verify
+//!   (`verify.rs`: both listings walked key by key, bounded memory).
 //! - [`client`]: aws-sdk-s3 clients for peers (TLS with private CAs, SDK retries off).
 
 pub mod backfill;
 pub mod client;
+pub mod engine;
+pub mod error;
 pub mod monitor;
 pub mod peers;
 pub mod transfer;
+mod verify;
 pub mod worker;
+
+pub use crate::engine::Engine;
+pub use crate::error::{Error, Result};
 
 use std::sync::Arc;
 

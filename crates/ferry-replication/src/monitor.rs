@@ -12,8 +12,8 @@ use std::time::Duration;
 use ferry_core::background::{Worker, WorkerError, WorkerState};
 use ferry_core::metrics::{RegionMetrics, RuleLabels};
 use ferry_store::Store;
+use ferry_store::replication::fail;
 use ferry_store::replication::progress::{bucket_progress, record_event};
-use ferry_store::replication::{PeerDirectory as _, fail};
 
 use crate::peers::PeerSet;
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,7 @@
 //! The peers a region replicates to: the other regions of the same process, `[[peer]]`
 //! entries, and the region itself (same-region replication). Each region has its own set, as
-//! if it ran alone; they reach each other only over HTTP(S).
+//! if it ran alone; they reach each other only over HTTP(S). Listings and HEADs of a peer's
+//! versions (for verify) are here too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use ferry_core::config::PeerKind;
-use ferry_store::replication::{PeerDirectory, RemoteHead, RemoteVersion, SOURCE_HEADER, SourceRef};
+use ferry_store::replication::{SOURCE_HEADER, SourceRef};
 
 use crate::client::{ClientSettings, build};
+use crate::error::{Error, Result};
 
 /// One peer.
 pub struct Peer {
@@ -32,6 +34,29 @@ impl Peer {
     pub fn is_ferry(&self) -> bool {
         self.kind == PeerKind::Ferry
     }
+}
+
+/// A version as a peer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteVersion {
+    pub key: String,
+    pub version_id: String,
+    pub is_latest: bool,
+    pub delete_marker: bool,
+    pub etag: String,
+    pub size: u64,
+    /// Last-modified, milliseconds since the epoch (listings have millisecond precision).
+    pub mtime_ms: i64,
+}
+
+/// What a HEAD on a peer tells.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteHead {
+    pub etag: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub user_metadata: std::collections::BTreeMap<String, String>,
+    pub tags: Vec<(String, String)>,
 }
 
 /// A peer to set up.
@@ -66,10 +91,10 @@ impl PeerSet {
     ///
     /// # Errors
     /// When a client cannot be built (bad CA file).
-    pub fn new(local: &str, specs: &[PeerSpec]) -> Result<Self, String> {
+    pub fn new(local: &str, specs: &[PeerSpec]) -> Result<Self> {
         let mut peers = BTreeMap::new();
         for s in specs {
-            let client = build(&s.settings).map_err(|e| format!("peer `{}`: {e}", s.name))?;
+            let client = build(&s.settings).map_err(|e| Error::Client(format!("peer `{}`: {e}", s.name)))?;
             peers.insert(
                 s.name.clone(),
                 Arc::new(Peer {
@@ -99,6 +124,133 @@ impl PeerSet {
     /// Every peer (the local region included).
     pub fn all(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.peers.values()
+    }
+
+    /// True when `name` is this region or a known peer.
+    #[must_use]
+    pub fn knows(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
+    }
+
+    /// True when `name` is a Ferry peer (version ids are kept there).
+    #[must_use]
+    pub fn is_ferry(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|p| p.kind == PeerKind::Ferry)
+    }
+
+    /// One page of the versions of `bucket` on `peer` under `prefix`, after the marker; and the
+    /// marker of the next page.
+    ///
+    /// # Errors
+    /// An unknown peer, or the peer's error.
+    pub async fn list_versions(
+        &self,
+        source: &SourceRef,
+        peer: &str,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(String, String)>,
+    ) -> Result<(Vec<RemoteVersion>, Option<(String, String)>)> {
+        let p = self.get(peer).ok_or_else(|| Error::UnknownPeer(peer.to_owned()))?;
+        let (km, vm) = after.unzip();
+        let page = p
+            .client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(km)
+            .set_version_id_marker(vm)
+            .max_keys(1000)
+            .customize()
+            .mutate_request(source_header(source))
+            .send()
+            .await
+            .map_err(|e| Error::peer(peer, &e))?;
+        let ms = |t: Option<&aws_sdk_s3::primitives::DateTime>| t.and_then(|t| t.to_millis().ok()).unwrap_or(0);
+        let mut out: Vec<RemoteVersion> = page
+            .versions()
+            .iter()
+            .map(|v| RemoteVersion {
+                key: v.key().unwrap_or_default().to_owned(),
+                version_id: v.version_id().unwrap_or_default().to_owned(),
+                is_latest: v.is_latest().unwrap_or(false),
+                delete_marker: false,
+                etag: v.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+                size: u64::try_from(v.size().unwrap_or(0)).unwrap_or(0),
+                mtime_ms: ms(v.last_modified()),
+            })
+            .collect();
+        out.extend(page.delete_markers().iter().map(|d| RemoteVersion {
+            key: d.key().unwrap_or_default().to_owned(),
+            version_id: d.version_id().unwrap_or_default().to_owned(),
+            is_latest: d.is_latest().unwrap_or(false),
+            delete_marker: true,
+            etag: String::new(),
+            size: 0,
+            mtime_ms: ms(d.last_modified()),
+        }));
+        let next = if page.is_truncated() == Some(true) {
+            page.next_key_marker().map(|k| (k.to_owned(), page.next_version_id_marker().unwrap_or_default().to_owned()))
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// Metadata of one version on `peer` (`version_id` `None`: the latest), `None` if absent.
+    ///
+    /// # Errors
+    /// An unknown peer, or the peer's error.
+    pub async fn head(
+        &self,
+        source: &SourceRef,
+        peer: &str,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<RemoteHead>> {
+        let p = self.get(peer).ok_or_else(|| Error::UnknownPeer(peer.to_owned()))?;
+        let vid = version_id.map(str::to_owned);
+        let head = match p
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(vid.clone())
+            .customize()
+            .mutate_request(source_header(source))
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if matches!(&e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404) => return Ok(None),
+            Err(e) => return Err(Error::peer(peer, &e)),
+        };
+        let tags = if head.tag_count().unwrap_or(0) > 0 {
+            match p
+                .client
+                .get_object_tagging()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(vid)
+                .customize()
+                .mutate_request(source_header(source))
+                .send()
+                .await
+            {
+                Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
+                Err(e) => return Err(Error::peer(peer, &e)),
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(Some(RemoteHead {
+            etag: head.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+            size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+            content_type: head.content_type().map(str::to_owned),
+            user_metadata: head.metadata().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+            tags,
+        }))
     }
 }
 
@@ -132,193 +284,5 @@ pub fn http_status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -
     match e {
         SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
         _ => None,
-    }
-}
-
-#[async_trait::async_trait]
-impl PeerDirectory for PeerSet {
-    async fn locate_bucket(&self, source: &SourceRef, bucket: &str) -> Vec<String> {
-        let mut found = Vec::new();
-        for p in self.peers.values() {
-            let out = if p.is_ferry() {
-                p.client.head_bucket().bucket(bucket).customize().mutate_request(source_header(source)).send().await
-            } else {
-                p.client.head_bucket().bucket(bucket).send().await
-            };
-            // 403: the bucket exists there but does not accept this source (said precisely later).
-            if out.is_ok() || out.as_ref().err().and_then(http_status) == Some(403) {
-                found.push(p.name.clone());
-            }
-        }
-        found
-    }
-
-    async fn check_destination(&self, source: &SourceRef, peer: &str, bucket: &str) -> Result<(), (bool, String)> {
-        let p = self.get(peer).ok_or_else(|| (false, format!("unknown peer {peer}")))?;
-        if !p.is_ferry() && !p.accounts.contains(&source.account) {
-            return Err((
-                true,
-                format!(
-                    "account {} may not replicate to the S3 service `{peer}`: list it in that [[peer]]'s `accounts`",
-                    source.account
-                ),
-            ));
-        }
-        let out = if p.is_ferry() {
-            p.client.get_bucket_versioning().bucket(bucket).customize().mutate_request(source_header(source)).send().await
-        } else {
-            p.client.get_bucket_versioning().bucket(bucket).send().await
-        };
-        let enabled = match out {
-            Ok(v) => v.status().map(aws_sdk_s3::types::BucketVersioningStatus::as_str) == Some("Enabled"),
-            // A 200 the SDK could not parse (some S3 servers name the XML root differently):
-            // read the status from the body itself.
-            Err(SdkError::ServiceError(s)) if s.raw().status().is_success() => {
-                s.raw().body().bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("<Status>Enabled</Status>"))
-            }
-            Err(e) => return Err((http_status(&e) == Some(403), describe(&e))),
-        };
-        if enabled { Ok(()) } else { Err((false, "versioning is not enabled on the destination bucket".to_owned())) }
-    }
-
-    async fn destinations_of(&self, source: &SourceRef, peer: &str, bucket: &str) -> Vec<(String, String)> {
-        let Some(p) = self.get(peer) else { return Vec::new() };
-        if !p.is_ferry() {
-            return Vec::new();
-        }
-        let Ok(out) =
-            p.client.get_bucket_replication().bucket(bucket).customize().mutate_request(source_header(source)).send().await
-        else {
-            return Vec::new();
-        };
-        out.replication_configuration()
-            .map(|c| {
-                c.rules()
-                    .iter()
-                    .filter_map(|r| {
-                        let d = r.destination()?.bucket();
-                        let rest = d.strip_prefix("arn:aws:s3:")?;
-                        let mut parts = rest.splitn(3, ':');
-                        let region = parts.next().filter(|r| !r.is_empty())?;
-                        let _account = parts.next()?;
-                        Some((region.to_owned(), parts.next()?.to_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn knows(&self, name: &str) -> bool {
-        self.peers.contains_key(name)
-    }
-
-    fn is_ferry(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|p| p.kind == PeerKind::Ferry)
-    }
-
-    async fn list_versions(
-        &self,
-        source: &SourceRef,
-        peer: &str,
-        bucket: &str,
-        prefix: &str,
-        after: Option<(String, String)>,
-    ) -> Result<(Vec<RemoteVersion>, Option<(String, String)>), String> {
-        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
-        let (km, vm) = after.unzip();
-        let page = p
-            .client
-            .list_object_versions()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_key_marker(km)
-            .set_version_id_marker(vm)
-            .max_keys(1000)
-            .customize()
-            .mutate_request(source_header(source))
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        let ms = |t: Option<&aws_sdk_s3::primitives::DateTime>| t.and_then(|t| t.to_millis().ok()).unwrap_or(0);
-        let mut out: Vec<RemoteVersion> = page
-            .versions()
-            .iter()
-            .map(|v| RemoteVersion {
-                key: v.key().unwrap_or_default().to_owned(),
-                version_id: v.version_id().unwrap_or_default().to_owned(),
-                is_latest: v.is_latest().unwrap_or(false),
-                delete_marker: false,
-                etag: v.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
-                size: u64::try_from(v.size().unwrap_or(0)).unwrap_or(0),
-                mtime_ms: ms(v.last_modified()),
-            })
-            .collect();
-        out.extend(page.delete_markers().iter().map(|d| RemoteVersion {
-            key: d.key().unwrap_or_default().to_owned(),
-            version_id: d.version_id().unwrap_or_default().to_owned(),
-            is_latest: d.is_latest().unwrap_or(false),
-            delete_marker: true,
-            etag: String::new(),
-            size: 0,
-            mtime_ms: ms(d.last_modified()),
-        }));
-        let next = if page.is_truncated() == Some(true) {
-            page.next_key_marker().map(|k| (k.to_owned(), page.next_version_id_marker().unwrap_or_default().to_owned()))
-        } else {
-            None
-        };
-        Ok((out, next))
-    }
-
-    async fn head(
-        &self,
-        source: &SourceRef,
-        peer: &str,
-        bucket: &str,
-        key: &str,
-        version_id: Option<&str>,
-    ) -> Result<Option<RemoteHead>, String> {
-        let p = self.get(peer).ok_or_else(|| format!("unknown peer {peer}"))?;
-        let vid = version_id.map(str::to_owned);
-        let head = match p
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .set_version_id(vid.clone())
-            .customize()
-            .mutate_request(source_header(source))
-            .send()
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if matches!(&e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 404) => return Ok(None),
-            Err(e) => return Err(describe(&e)),
-        };
-        let tags = if head.tag_count().unwrap_or(0) > 0 {
-            match p
-                .client
-                .get_object_tagging()
-                .bucket(bucket)
-                .key(key)
-                .set_version_id(vid)
-                .customize()
-                .mutate_request(source_header(source))
-                .send()
-                .await
-            {
-                Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
-                Err(e) => return Err(describe(&e)),
-            }
-        } else {
-            Vec::new()
-        };
-        Ok(Some(RemoteHead {
-            etag: head.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
-            size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
-            content_type: head.content_type().map(str::to_owned),
-            user_metadata: head.metadata().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
-            tags,
-        }))
     }
 }

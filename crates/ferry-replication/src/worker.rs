@@ -20,18 +20,46 @@
 //! - A transfer task that panics releases only its own claim; the job stays pending.
 //! - Memory: at most `concurrency` jobs in memory; bodies stream from blob files (inline
 //!   bodies are at most the inline threshold).
+//!
+//! # Crash behaviour
+//! The worker holds nothing durable: jobs, their attempts, due times and multipart progress are
+//! in the store. A crash mid-transfer leaves the job pending; it runs again after the restart
+//! (a multipart transfer resumes its saved upload), and the replica is applied idempotently.
+//! The per-destination outage state is memory only: after a restart a down destination is
+//! found down again by its first failures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_core::background::{Worker, WorkerError, WorkerState, WorkerStatus, error_backoff};
 use ferry_core::time::now_micros;
 use ferry_store::replication::{Job, complete, fail, retry_later};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::transfer::{Ctx, Outcome, run};
+
+/// One delivery attempt of a job: the transfer to its peer ([`transfer::run`](run)). The
+/// worker only schedules attempts and records their outcomes; tests drive it with their own.
+#[async_trait::async_trait]
+pub trait Deliver: Send + Sync + 'static {
+    async fn deliver(&self, job: &Job) -> Outcome;
+}
+
+/// The wall clock, µs since the epoch, as job due times are stored.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The real delivery: a transfer to the peer.
+struct Transfers(Arc<Ctx>);
+
+#[async_trait::async_trait]
+impl Deliver for Transfers {
+    async fn deliver(&self, job: &Job) -> Outcome {
+        run(&self.0, job).await
+    }
+}
 
 /// Consecutive transient failures after which a destination is treated as down.
 const DOWN_AFTER: u32 = 3;
@@ -87,6 +115,9 @@ type Key = (String, String, String);
 pub struct PeerWorker {
     peer: String,
     ctx: Arc<Ctx>,
+    deliver: Arc<dyn Deliver>,
+    /// When jobs are due (the wall clock; tests give a clock that follows a paused one).
+    now: Clock,
     concurrency: usize,
     signal: tokio::sync::watch::Receiver<u64>,
     inflight: JoinSet<(i64, Key, Outcome)>,
@@ -101,10 +132,17 @@ pub struct PeerWorker {
 impl PeerWorker {
     /// A worker for `peer`.
     pub fn new(peer: &str, ctx: Arc<Ctx>, concurrency: usize) -> Self {
+        Self::with_delivery(peer, ctx.clone(), concurrency, Arc::new(Transfers(ctx)), Arc::new(now_micros))
+    }
+
+    /// A worker for `peer` whose attempts are made by `deliver`, on `now`'s time.
+    pub fn with_delivery(peer: &str, ctx: Arc<Ctx>, concurrency: usize, deliver: Arc<dyn Deliver>, now: Clock) -> Self {
         let signal = ctx.store.meta.signals().outbox.subscribe();
         Self {
             peer: peer.to_owned(),
             ctx,
+            deliver,
+            now,
             concurrency: concurrency.max(1),
             signal,
             inflight: JoinSet::new(),
@@ -175,7 +213,7 @@ impl PeerWorker {
         let (peer, concurrency, start) = (self.peer.clone(), self.concurrency, self.next_dest);
         self.next_dest = self.next_dest.wrapping_add(1);
         let exclude: Vec<i64> = self.tasks.values().map(|(id, _)| *id).collect();
-        let now = now_micros();
+        let now = (self.now)();
         let jobs = self
             .ctx
             .store
@@ -218,10 +256,10 @@ impl PeerWorker {
             return false;
         }
         self.dests.entry(key.0.clone()).or_default().inflight += 1;
-        let (id, ctx, claim) = (job.id, self.ctx.clone(), key.clone());
+        let (id, ctx, deliver, now, claim) = (job.id, self.ctx.clone(), self.deliver.clone(), self.now.clone(), key.clone());
         let handle = self.inflight.spawn(async move {
-            let outcome = run(&ctx, &job).await;
-            record(&ctx, &job, &outcome).await;
+            let outcome = deliver.deliver(&job).await;
+            record(&ctx, &job, &outcome, now()).await;
             (job.id, claim, outcome)
         });
         self.tasks.insert(handle.id(), (id, key));
@@ -251,7 +289,7 @@ fn runnable(
 
 /// Stores a transfer's result: completion (and the version's status), a retry time, or the
 /// permanent failure. A failure to record is logged; the job stays pending and runs again.
-async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome) {
+async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) {
     let labels = ferry_core::metrics::RuleLabels {
         bucket: job.bucket.clone(),
         rule: job.rule_id.clone(),
@@ -261,7 +299,7 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome) {
         Outcome::Done => {
             if job.live {
                 #[allow(clippy::cast_precision_loss)] // seconds
-                let secs = (now_micros() - job.created_us).max(0) as f64 / 1e6;
+                let secs = (now - job.created_us).max(0) as f64 / 1e6;
                 ctx.metrics.replication_latency.get_or_create(&labels).observe(secs);
             }
             ctx.metrics.replication_sent_bytes.get_or_create(&labels).inc_by(job.size);
@@ -286,7 +324,6 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome) {
             ctx.store.meta.write(move |tx| fail(tx, &j, &why)).await
         }
         Outcome::Transient(why) | Outcome::Missing(why) => {
-            let now = now_micros();
             let next = now + job_backoff_us(j.attempts);
             ctx.store.meta.write(move |tx| retry_later(tx, &j, &why, next, now, give_up_us).map(|_| ())).await
         }
@@ -360,5 +397,181 @@ impl Worker for PeerWorker {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         WorkerState::Busy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ferry_core::config::ReplicationSettings;
+    use ferry_store::Store;
+    use ferry_store::replication::{JobOp, JobOptions, NewJob};
+
+    use super::*;
+    use crate::peers::PeerSet;
+
+    /// A peer whose bucket `down` refuses connections while `down` is set; every attempt takes
+    /// 20 ms. Records, per attempt to `down`, when it started and how many attempts to `down`
+    /// were in flight then (itself included).
+    #[derive(Default)]
+    struct FlakyPeer {
+        down: AtomicBool,
+        // std Mutex: short sections, never held across an await.
+        state: Mutex<FlakyState>,
+    }
+
+    #[derive(Default)]
+    struct FlakyState {
+        inflight_down: usize,
+        down_starts: Vec<(Instant, usize)>,
+        delivered: HashMap<String, usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Deliver for FlakyPeer {
+        async fn deliver(&self, job: &Job) -> Outcome {
+            let to_down = job.dest_bucket == "down";
+            if to_down {
+                let mut s = self.state.lock().unwrap();
+                s.inflight_down += 1;
+                let n = s.inflight_down;
+                s.down_starts.push((Instant::now(), n));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut s = self.state.lock().unwrap();
+            if to_down {
+                s.inflight_down -= 1;
+                if self.down.load(Ordering::SeqCst) {
+                    return Outcome::Transient("connection refused".into());
+                }
+            }
+            *s.delivered.entry(job.dest_bucket.clone()).or_default() += 1;
+            Outcome::Done
+        }
+    }
+
+    async fn worker_with_jobs(dir: &std::path::Path, flaky: Arc<FlakyPeer>, per_dest: usize) -> PeerWorker {
+        let store = Store::open(dir, 0).unwrap();
+        let opts = JobOptions::default();
+        store
+            .meta
+            .write(move |tx| {
+                for dest in ["down", "up"] {
+                    for i in 0..per_dest {
+                        let key = format!("k{i}");
+                        tx.insert_job(&NewJob {
+                            bucket: "src",
+                            key: &key,
+                            version_id: "v",
+                            op: JobOp::Put,
+                            peer: "eu",
+                            dest_bucket: dest,
+                            rule_id: "r",
+                            opts: &opts,
+                            created_us: 1,
+                            size: 1,
+                            backfill_id: None,
+                        })?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let ctx = Arc::new(Ctx {
+            store,
+            peers: Arc::new(PeerSet::new("us", &[]).unwrap()),
+            settings: ReplicationSettings::default(),
+            metrics: Arc::new(ferry_core::metrics::RegionMetrics::new("us")),
+        });
+        // Job due times follow the paused clock, so waiting for a retry takes no real time.
+        let (base, start) = (now_micros(), Instant::now());
+        let now: Clock = Arc::new(move || base + i64::try_from((Instant::now() - start).as_micros()).unwrap_or(i64::MAX));
+        PeerWorker::with_delivery("eu", ctx, 4, flaky, now)
+    }
+
+    /// Runs the worker until `done` holds, or fails after a virtual hour.
+    async fn run_until(w: &mut PeerWorker, mut done: impl FnMut() -> bool) {
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while !done() {
+            assert!(Instant::now() < deadline, "the worker made no progress");
+            match w.work(&stop).await.unwrap() {
+                WorkerState::Busy => {}
+                WorkerState::Throttled(d) => tokio::time::sleep(d).await,
+                WorkerState::Idle | WorkerState::Done => {
+                    w.wait_for_work().await;
+                }
+            }
+        }
+    }
+
+    /// A destination that keeps failing is probed with one transfer at a time while the peer's
+    /// other destination drains at full concurrency; once a probe succeeds, the destination
+    /// gets its full share again. (The store's blocking I/O lets a paused clock jump, so the
+    /// spacing of probes is checked on the destination state below, not here.)
+    #[tokio::test(start_paused = true)]
+    async fn a_down_destination_is_probed_alone_while_the_others_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(FlakyPeer::default());
+        flaky.down.store(true, Ordering::SeqCst);
+        let mut w = worker_with_jobs(dir.path(), flaky.clone(), 12).await;
+
+        // Down: until `up` is drained and `down` has been probed a few times.
+        let probes = DOWN_AFTER as usize + 4;
+        run_until(&mut w, || {
+            let s = flaky.state.lock().unwrap();
+            s.delivered.get("up").copied().unwrap_or(0) == 12 && s.down_starts.len() >= probes
+        })
+        .await;
+        assert!(
+            w.dests.get("down").is_some_and(DestState::down),
+            "three transient failures in a row mark it down"
+        );
+        assert!(!w.dests.get("up").is_some_and(DestState::down), "the other destination is unaffected");
+        let starts = flaky.state.lock().unwrap().down_starts.clone();
+        // The attempts in flight when it went down may overlap; every later one is alone.
+        let late = &starts[DOWN_AFTER as usize + 1..];
+        assert!(late.iter().all(|(_, inflight)| *inflight == 1), "probes overlap: {starts:?}");
+
+        // Back up: the next probe succeeds and the rest drains, several at a time.
+        flaky.down.store(false, Ordering::SeqCst);
+        run_until(&mut w, || flaky.state.lock().unwrap().delivered.get("down").copied().unwrap_or(0) == 12).await;
+        assert!(!w.dests.get("down").is_some_and(DestState::down));
+        let s = flaky.state.lock().unwrap();
+        let recovered = &s.down_starts[starts.len()..];
+        assert!(
+            recovered.iter().any(|(_, inflight)| *inflight > 1),
+            "full share after recovery: {recovered:?}"
+        );
+    }
+
+    /// After three transient failures in a row a destination takes no transfer until its
+    /// backoff has passed, then one probe; each further failure backs off longer; a success
+    /// gives it its full share at once.
+    #[tokio::test(start_paused = true)]
+    async fn probes_back_off_and_a_success_restores_the_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = worker_with_jobs(dir.path(), Arc::new(FlakyPeer::default()), 0).await;
+        let refused = Outcome::Transient("connection refused".into());
+        let wait = |w: &PeerWorker| w.next_probe().map(|t| t - Instant::now());
+        for _ in 0..DOWN_AFTER - 1 {
+            w.settle("down", &refused);
+        }
+        assert_eq!(w.dests["down"].capacity(4), 4, "two failures are not an outage");
+        w.settle("down", &refused);
+        assert_eq!(w.dests["down"].capacity(4), 0, "down: no transfer during the backoff");
+        let first = wait(&w).expect("a probe is scheduled");
+        assert!((Duration::from_millis(800)..=Duration::from_millis(1200)).contains(&first), "{first:?}");
+        tokio::time::advance(first).await;
+        assert_eq!(w.dests["down"].capacity(4), 1, "after the backoff: one probe");
+        w.settle("down", &refused);
+        w.settle("down", &refused);
+        let third = wait(&w).expect("a probe is scheduled");
+        assert!(third >= Duration::from_millis(1800), "the backoff grows: {first:?} then {third:?}");
+        w.settle("down", &Outcome::Done);
+        assert_eq!((w.dests["down"].capacity(4), wait(&w)), (4, None), "a success ends the outage");
     }
 }

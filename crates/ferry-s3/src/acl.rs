@@ -6,8 +6,9 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::dto::owner_dto;
 use crate::error::StoreResultExt;
-use crate::util::{GrantHeaders, Perm, owner_dto, requested_acl};
+use crate::perm::{GrantHeaders, Perm, grant_headers, requested_acl};
 
 fn grants_dto(acl: &Acl) -> Vec<s3s::dto::Grant> {
     acl.grants
@@ -106,13 +107,7 @@ impl FerryS3 {
     pub(crate) async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
         let b = self.bucket_for(&req, &req.input.bucket, Perm::WriteAcp).await?;
         let i = req.input;
-        let headers = GrantHeaders {
-            full_control: i.grant_full_control.as_deref(),
-            read: i.grant_read.as_deref(),
-            read_acp: i.grant_read_acp.as_deref(),
-            write: i.grant_write.as_deref(),
-            write_acp: i.grant_write_acp.as_deref(),
-        };
+        let headers = grant_headers!(i);
         let acl = acl_from_request(
             self,
             i.access_control_policy,
@@ -143,13 +138,7 @@ impl FerryS3 {
             self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Perm::WriteAcp).await?;
         let v = src.record;
         let i = req.input;
-        let headers = GrantHeaders {
-            full_control: i.grant_full_control.as_deref(),
-            read: i.grant_read.as_deref(),
-            read_acp: i.grant_read_acp.as_deref(),
-            write: i.grant_write.as_deref(),
-            write_acp: i.grant_write_acp.as_deref(),
-        };
+        let headers = grant_headers!(i);
         // A replica's ACL travels in the replica header (grantees are the source's users).
         let acl = match &replica {
             Some(r) => r.meta.acl.clone().unwrap_or_else(|| Acl::private(&v.owner)),

@@ -181,7 +181,7 @@ impl S3Access for Access {
         }
         let replicator = cx.credentials().and_then(|c| self.users.get(&c.access_key)).is_some_and(|u| u.replication);
         let op = cx.s3_op().name();
-        if let Some(r) = crate::replica::check_request(replicator, op, cx.method(), cx.uri(), cx.headers())? {
+        if let Some(r) = crate::replication::replica::check_request(replicator, op, cx.method(), cx.uri(), cx.headers())? {
             cx.extensions_mut().insert(r);
         }
         Ok(())

@@ -6,8 +6,9 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::dto::{owner_dto, tags_from_dto, tags_to_dto, ts, validate_tags};
 use crate::error::StoreResultExt;
-use crate::util::{GrantHeaders, Perm, owner_dto, requested_acl, tags_from_dto, tags_to_dto, ts, validate_tags};
+use crate::perm::{Perm, grant_headers, requested_acl};
 
 /// Most tags on a bucket.
 const MAX_BUCKET_TAGS: usize = 50;
@@ -31,13 +32,7 @@ impl FerryS3 {
         if input.object_lock_enabled_for_bucket == Some(true) {
             return Err(s3_error!(NotImplemented, "Object Lock is not supported"));
         }
-        let grants = GrantHeaders {
-            full_control: input.grant_full_control.as_deref(),
-            read: input.grant_read.as_deref(),
-            read_acp: input.grant_read_acp.as_deref(),
-            write: input.grant_write.as_deref(),
-            write_acp: input.grant_write_acp.as_deref(),
-        };
+        let grants = grant_headers!(input);
         let acl = requested_acl(input.acl.as_ref().map(BucketCannedACL::as_str), &grants, &user.owner, None, &self.users)?;
         let name = input.bucket;
         let owner = user.owner.clone();

@@ -7,9 +7,10 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::dto::{MAX_KEY_LEN, check_key};
 use crate::error::StoreResultExt;
-use crate::replica::ReplicaWrite;
-use crate::util::{MAX_KEY_LEN, Perm, check_key};
+use crate::perm::Perm;
+use crate::replication::replica::ReplicaWrite;
 
 /// Most keys in one DeleteObjects request.
 const MAX_DELETE_KEYS: usize = 1000;

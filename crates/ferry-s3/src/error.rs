@@ -17,7 +17,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         E::NoSuchVersion => s3_error!(NoSuchVersion, "The specified version does not exist."),
         E::NoSuchUpload => s3_error!(NoSuchUpload, "The specified multipart upload does not exist."),
         E::PreconditionFailed => s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"),
-        E::NoSuchBackfill(id) => crate::util::custom_error(
+        E::NoSuchBackfill(id) => crate::dto::custom_error(
             "NoSuchBackfill",
             http::StatusCode::NOT_FOUND,
             &format!("There is no backfill {id} in this bucket."),
@@ -40,7 +40,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         },
         other if other.is_storage_full() => {
             tracing::error!(error = %other, "the disk is full");
-            crate::util::custom_error(
+            crate::dto::custom_error(
                 "StorageFull",
                 http::StatusCode::INSUFFICIENT_STORAGE,
                 "The region's disk is full; nothing was stored. Free space (or add it) and retry.",

@@ -9,7 +9,7 @@ use s3s::dto::{ETagCondition, Range, ReplicationConfiguration, Timestamp};
 use s3s::xml::Deserialize as _;
 
 use crate::get::{Conditions, ReadPlan};
-use crate::replication_config::{parse_arn, rule_from_dto, rule_to_dto};
+use crate::replication::config::{parse_arn, rule_from_dto, rule_to_dto};
 
 /// A `PutBucketReplication` body: parsed as s3s parses it, then turned into Ferry's rules. A
 /// rule Ferry accepts must survive its own XML form (`GetBucketReplication`) unchanged.

@@ -7,9 +7,10 @@ use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::checksums::{ChecksumFields, with_checksums};
+use crate::dto::{check_key, custom_error, etag, secs, ts, ts_secs};
 use crate::error::StoreResultExt;
-use crate::put::checksum_fields;
-use crate::util::{Perm, check_key, check_perm, custom_error, etag, secs, ts, ts_secs};
+use crate::perm::{Perm, check_perm};
 
 /// A version resolved for reading, with whether its bucket is versioned (to decide whether
 /// `x-amz-version-id` is returned).
@@ -130,7 +131,108 @@ fn marker_version(marker: &VersionRecord) -> S3Error {
     e
 }
 
+/// The `x-amz-copy-source-if-*` [`Conditions`] of a CopyObject or UploadPartCopy input.
+macro_rules! copy_conditions {
+    ($i:expr) => {
+        $crate::get::Conditions {
+            if_match: $i.copy_source_if_match.as_ref(),
+            if_none_match: $i.copy_source_if_none_match.as_ref(),
+            if_modified_since: $i.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $i.copy_source_if_unmodified_since.as_ref(),
+        }
+    };
+}
+pub(crate) use copy_conditions;
+
+/// What a GET or HEAD asks for ([`read_request!`] takes it from either input).
+struct ReadRequest<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    version_id: Option<&'a str>,
+    sse_customer_algorithm: Option<&'a str>,
+    conditions: Conditions<'a>,
+    range: Option<&'a Range>,
+    part_number: Option<i32>,
+}
+
+/// The [`ReadRequest`] of a GetObject or HeadObject input.
+macro_rules! read_request {
+    ($i:expr) => {
+        ReadRequest {
+            bucket: &$i.bucket,
+            key: &$i.key,
+            version_id: $i.version_id.as_deref(),
+            sse_customer_algorithm: $i.sse_customer_algorithm.as_deref(),
+            conditions: Conditions {
+                if_match: $i.if_match.as_ref(),
+                if_none_match: $i.if_none_match.as_ref(),
+                if_modified_since: $i.if_modified_since.as_ref(),
+                if_unmodified_since: $i.if_unmodified_since.as_ref(),
+            },
+            range: $i.range.as_ref(),
+            part_number: $i.part_number,
+        }
+    };
+}
+
+/// A GetObject or HeadObject output with the headers both send for the version read: content
+/// headers, length and range, ETag, times, metadata, version id, storage class, replication
+/// status, and the checksums when asked for (`x-amz-checksum-mode: ENABLED`) on a full read.
+macro_rules! object_headers {
+    ($ty:ident { $($field:ident: $value:expr),* $(,)? }, $src:expr, $plan:expr, $mode:expr) => {{
+        let (src, plan): (&SourceVersion, &ReadPlan) = ($src, $plan);
+        let (v, a) = (&src.record, &src.record.attrs);
+        let asked = $mode.is_some_and(|m: &ChecksumMode| m.as_str() == ChecksumMode::ENABLED);
+        let checksums =
+            if plan.content_range.is_none() && asked { ChecksumFields::of(&a.checksums) } else { ChecksumFields::default() };
+        let has_checksum = checksums.any();
+        with_checksums!(
+            $ty {
+                $($field: $value,)*
+                accept_ranges: Some("bytes".to_owned()),
+                content_length: i64::try_from(plan.range.end - plan.range.start).ok(),
+                content_range: plan.content_range.clone(),
+                parts_count: plan.parts_count,
+                e_tag: Some(etag(&v.etag)),
+                last_modified: Some(ts(v.mtime_us)),
+                content_type: a.content_type.clone(),
+                content_encoding: a.content_encoding.clone(),
+                content_disposition: a.content_disposition.clone(),
+                content_language: a.content_language.clone(),
+                cache_control: a.cache_control.clone(),
+                expires: a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok()),
+                website_redirect_location: a.website_redirect.clone(),
+                metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
+                version_id: src.versioned.then(|| v.version_id.clone()),
+                storage_class: v.storage_class.clone().map(StorageClass::from),
+                replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
+                checksum_type: if has_checksum { a.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())) } else { None },
+            },
+            checksums,
+            ..Default::default()
+        )
+    }};
+}
+
 impl FerryS3 {
+    /// The source of a CopyObject or UploadPartCopy, resolved (read permission) and checked
+    /// against its `x-amz-copy-source-if-*` conditions ([`copy_conditions!`]); with the
+    /// (bucket, key, version) it names.
+    pub(crate) async fn copy_source<T>(
+        &self,
+        req: &S3Request<T>,
+        source: &CopySource,
+        conditions: Conditions<'_>,
+    ) -> S3Result<(SourceVersion, (String, String, Option<String>))> {
+        let CopySource::Bucket { bucket, key, version_id } = source else {
+            return Err(s3_error!(NotImplemented, "Access points are not supported"));
+        };
+        let (b, k, v) = (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_owned));
+        let src = self.source_version(req, &b, &k, v.as_deref(), Perm::Read).await?;
+        conditions.check_copy(&src.record)?;
+        Ok((src, (b, k, v)))
+    }
+
     /// Resolves (bucket, key, version), with S3's answers for missing keys, missing versions
     /// and delete markers, and checks `perm` against the version's ACL. A replication request
     /// is checked against the bucket's accepted sources instead.
@@ -200,20 +302,21 @@ impl FerryS3 {
         Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
     }
 
-    pub(crate) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        let i = &req.input;
-        if i.sse_customer_algorithm.is_some() {
+    /// Resolves a GET or HEAD: the version (read permission), its conditional headers, and the
+    /// range or part to send.
+    async fn read_target<T>(&self, req: &S3Request<T>, t: ReadRequest<'_>) -> S3Result<(SourceVersion, ReadPlan)> {
+        if t.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
         }
-        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::Read).await?;
-        Conditions {
-            if_match: i.if_match.as_ref(),
-            if_none_match: i.if_none_match.as_ref(),
-            if_modified_since: i.if_modified_since.as_ref(),
-            if_unmodified_since: i.if_unmodified_since.as_ref(),
-        }
-        .check_read(&src.record)?;
-        let plan = ReadPlan::new(&src.record, i.range.as_ref(), i.part_number)?;
+        let src = self.source_version(req, t.bucket, t.key, t.version_id, Perm::Read).await?;
+        t.conditions.check_read(&src.record)?;
+        let plan = ReadPlan::new(&src.record, t.range, t.part_number)?;
+        Ok((src, plan))
+    }
+
+    pub(crate) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let i = &req.input;
+        let (src, plan) = self.read_target(&req, read_request!(i)).await?;
         let v = &src.record;
         let body = match &v.layout {
             BodyLayout::Inline(data) => {
@@ -225,43 +328,16 @@ impl FerryS3 {
                 StreamingBlob::wrap(self.store.blobs.read_parts(parts.clone(), plan.range.clone()))
             }
         };
-        let full_read = plan.content_range.is_none();
-        let checksums = if full_read && i.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED) {
-            checksum_fields(&v.attrs.checksums)
-        } else {
-            Default::default()
-        };
-        let [c32, c32c, c64, s1, s256] = checksums;
-        let has_checksum = [&c32, &c32c, &c64, &s1, &s256].iter().any(|c| c.is_some());
-        let a = &v.attrs;
-        let out = GetObjectOutput {
-            body: Some(body),
-            accept_ranges: Some("bytes".to_owned()),
-            content_length: i64::try_from(plan.range.end - plan.range.start).ok(),
-            content_range: plan.content_range.clone(),
-            parts_count: plan.parts_count,
-            e_tag: Some(etag(&v.etag)),
-            last_modified: Some(ts(v.mtime_us)),
-            content_type: a.content_type.clone(),
-            content_encoding: a.content_encoding.clone(),
-            content_disposition: a.content_disposition.clone(),
-            content_language: a.content_language.clone(),
-            cache_control: a.cache_control.clone(),
-            expires: a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok()),
-            website_redirect_location: a.website_redirect.clone(),
-            metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
-            version_id: src.versioned.then(|| v.version_id.clone()),
-            storage_class: v.storage_class.clone().map(StorageClass::from),
-            replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
-            tag_count: (!a.tags.is_empty()).then(|| i32::try_from(a.tags.len()).unwrap_or(i32::MAX)),
-            checksum_type: if has_checksum { a.checksums.kind.clone().map(ChecksumType::from) } else { None },
-            checksum_crc32: c32,
-            checksum_crc32c: c32c,
-            checksum_crc64nvme: c64,
-            checksum_sha1: s1,
-            checksum_sha256: s256,
-            ..Default::default()
-        };
+        let tags = &v.attrs.tags;
+        let out = object_headers!(
+            GetObjectOutput {
+                body: Some(body),
+                tag_count: (!tags.is_empty()).then(|| i32::try_from(tags.len()).unwrap_or(i32::MAX)),
+            },
+            &src,
+            &plan,
+            i.checksum_mode.as_ref()
+        );
         let mut resp = S3Response::new(out);
         if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
@@ -271,61 +347,16 @@ impl FerryS3 {
 
     pub(crate) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let i = &req.input;
-        if i.sse_customer_algorithm.is_some() {
-            return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
-        }
-        let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::Read).await?;
-        Conditions {
-            if_match: i.if_match.as_ref(),
-            if_none_match: i.if_none_match.as_ref(),
-            if_modified_since: i.if_modified_since.as_ref(),
-            if_unmodified_since: i.if_unmodified_since.as_ref(),
-        }
-        .check_read(&src.record)?;
-        let plan = ReadPlan::new(&src.record, i.range.as_ref(), i.part_number)?;
-        let v = &src.record;
-        let a = &v.attrs;
-        let checksums =
-            if plan.content_range.is_none() && i.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED) {
-                checksum_fields(&a.checksums)
-            } else {
-                Default::default()
-            };
-        let [c32, c32c, c64, s1, s256] = checksums;
-        let has_checksum = [&c32, &c32c, &c64, &s1, &s256].iter().any(|c| c.is_some());
-        let out = HeadObjectOutput {
-            accept_ranges: Some("bytes".to_owned()),
-            content_length: i64::try_from(plan.range.end - plan.range.start).ok(),
-            content_range: plan.content_range.clone(),
-            parts_count: plan.parts_count,
-            e_tag: Some(etag(&v.etag)),
-            last_modified: Some(ts(v.mtime_us)),
-            content_type: a.content_type.clone(),
-            content_encoding: a.content_encoding.clone(),
-            content_disposition: a.content_disposition.clone(),
-            content_language: a.content_language.clone(),
-            cache_control: a.cache_control.clone(),
-            expires: a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok()),
-            website_redirect_location: a.website_redirect.clone(),
-            metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
-            version_id: src.versioned.then(|| v.version_id.clone()),
-            storage_class: v.storage_class.clone().map(StorageClass::from),
-            replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
-            checksum_type: if has_checksum { a.checksums.kind.clone().map(ChecksumType::from) } else { None },
-            checksum_crc32: c32,
-            checksum_crc32c: c32c,
-            checksum_crc64nvme: c64,
-            checksum_sha1: s1,
-            checksum_sha256: s256,
-            ..Default::default()
-        };
+        let (src, plan) = self.read_target(&req, read_request!(i)).await?;
+        let out = object_headers!(HeadObjectOutput {}, &src, &plan, i.checksum_mode.as_ref());
         let mut resp = S3Response::new(out);
         if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
         }
         // HeadObjectOutput has no tag count field; S3 sends the header on HEAD too.
-        if !a.tags.is_empty() {
-            resp.headers.insert("x-amz-tagging-count", http::HeaderValue::from(a.tags.len()));
+        let tags = &src.record.attrs.tags;
+        if !tags.is_empty() {
+            resp.headers.insert("x-amz-tagging-count", http::HeaderValue::from(tags.len()));
         }
         Ok(resp)
     }

@@ -3,38 +3,37 @@
 //! s3s parses requests, verifies SigV4 (header, presigned, streaming chunks with trailers) and
 //! serializes responses; this crate implements the semantics. One file per operation family:
 //! [`bucket`], [`put`] (PutObject, CopyObject), [`get`] (GetObject, HeadObject), [`delete`],
-//! [`list`], [`multipart`], [`tagging`] and [`acl`]. S3 error codes for store errors are chosen in
-//! one place, [`error`]. s3s types stay inside this crate.
+//! [`list`], [`multipart`], [`tagging`] and [`acl`]; everything about replication is in the
+//! [`replication`] folder. S3 error codes for store errors are chosen in one place, [`error`].
+//! s3s types stay inside this crate.
 //!
 //! Authorization: requests are signed by a configured credential, each acting as an owner
 //! (canonical id + display name). Bucket and object ACLs decide what other credentials and
 //! anonymous requests may do; the owner may do everything. Replication credentials are not
-//! accounts: what they may do, and where, is decided in [`replica`] (the access check confines
-//! them and Ferry's replication headers before any operation runs).
+//! accounts: what they may do, and where, is decided in `replication/replica.rs` (the access
+//! check confines them and Ferry's replication headers before any operation runs).
 
 mod acl;
-mod admin;
 mod auth;
 mod bucket;
+mod checksums;
 mod delete;
+mod dto;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod get;
 mod list;
 mod multipart;
-pub mod progress;
+mod perm;
 mod put;
-mod replica;
-mod replication_config;
+pub mod replication;
 mod tagging;
-mod util;
-mod verify;
 
 use std::sync::Arc;
 
 use ferry_store::Store;
-use ferry_store::replication::PeerDirectory;
+use ferry_store::replication::ReplicationEngine;
 use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Request, S3Response, S3Result};
@@ -47,7 +46,7 @@ pub struct FerryS3 {
     pub(crate) region: String,
     pub(crate) users: Arc<Users>,
     /// Validates replication configurations against the peers; `None`: replication off.
-    pub(crate) peers: Option<Arc<dyn PeerDirectory>>,
+    pub(crate) engine: Option<Arc<dyn ReplicationEngine>>,
     /// Replicas further ahead of this region's clock are refused.
     pub(crate) max_clock_skew: std::time::Duration,
 }
@@ -69,14 +68,14 @@ pub fn service(
     store: Arc<Store>,
     users: Arc<Users>,
     cfg: &EndpointConfig,
-    peers: Option<Arc<dyn PeerDirectory>>,
+    engine: Option<Arc<dyn ReplicationEngine>>,
     metrics: Arc<ferry_core::metrics::RegionMetrics>,
 ) -> FerryService {
     let s3 = FerryS3 {
         store: store.clone(),
         region: cfg.region.clone(),
         users: users.clone(),
-        peers: peers.clone(),
+        engine: engine.clone(),
         max_clock_skew: cfg.max_clock_skew,
     };
     let mut b = S3ServiceBuilder::new(s3);
@@ -84,7 +83,7 @@ pub fn service(
     b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
     b.set_validation(auth::BucketNames);
-    b.set_route(admin::AdminRoute { store, users, region: cfg.region.clone(), peers });
+    b.set_route(replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine });
     FerryService { inner: b.build(), metrics }
 }
 
@@ -179,7 +178,7 @@ ops! {
     put_object_tagging(PutObjectTaggingInput) -> PutObjectTaggingOutput;
     delete_object_tagging(DeleteObjectTaggingInput) -> DeleteObjectTaggingOutput;
     get_object_acl(GetObjectAclInput) -> GetObjectAclOutput;
-        put_object_acl(PutObjectAclInput) -> PutObjectAclOutput;
+    put_object_acl(PutObjectAclInput) -> PutObjectAclOutput;
     put_bucket_replication(PutBucketReplicationInput) -> PutBucketReplicationOutput;
     get_bucket_replication(GetBucketReplicationInput) -> GetBucketReplicationOutput;
     delete_bucket_replication(DeleteBucketReplicationInput) -> DeleteBucketReplicationOutput;

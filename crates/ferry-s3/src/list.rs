@@ -14,8 +14,9 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::dto::{etag, owner_dto, prefix_end, ts, url_encode};
 use crate::error::StoreResultExt;
-use crate::util::{Perm, etag, owner_dto, prefix_end, ts, url_encode};
+use crate::perm::Perm;
 
 /// Default and largest page size.
 const MAX_PAGE: usize = 1000;
@@ -167,7 +168,7 @@ fn object_dto(e: &ListEntry, with_owner: bool, url: bool) -> Object {
         storage_class: Some(ObjectStorageClass::from(e.storage_class.clone().unwrap_or_else(|| "STANDARD".to_owned()))),
         owner: with_owner.then(|| owner_dto(&e.owner)),
         checksum_algorithm: (!e.checksum_algorithms.is_empty())
-            .then(|| e.checksum_algorithms.iter().map(|a| ChecksumAlgorithm::from(a.clone())).collect()),
+            .then(|| e.checksum_algorithms.iter().map(|a| ChecksumAlgorithm::from(a.name().to_owned())).collect()),
         ..Default::default()
     }
 }
@@ -356,7 +357,7 @@ impl FerryS3 {
                     )),
                     version_id: Some(e.version_id.clone()),
                     checksum_algorithm: (!e.checksum_algorithms.is_empty())
-                        .then(|| e.checksum_algorithms.iter().map(|a| ChecksumAlgorithm::from(a.clone())).collect()),
+                        .then(|| e.checksum_algorithms.iter().map(|a| ChecksumAlgorithm::from(a.name().to_owned())).collect()),
                     ..Default::default()
                 });
             }
@@ -429,7 +430,7 @@ impl FerryS3 {
                 initiator: Some(Initiator { id: Some(u.owner.id.clone()), display_name: Some(u.owner.display_name.clone()) }),
                 owner: Some(owner_dto(&u.owner)),
                 storage_class: Some(StorageClass::from(u.storage_class.clone().unwrap_or_else(|| "STANDARD".to_owned()))),
-                checksum_algorithm: u.checksum_algorithm.clone().map(ChecksumAlgorithm::from),
+                checksum_algorithm: u.checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.name().to_owned())),
                 ..Default::default()
             })
             .collect();

@@ -3,19 +3,21 @@
 
 use ferry_store::Error as StoreError;
 use ferry_store::checksum::{Algorithm, composite_checksum, multipart_etag};
-use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Origin, PartRecord, PartRef, UploadRecord, Versioning};
+use ferry_store::model::{BodyLayout, ChecksumKind, Checksums, Origin, PartRecord, PartRef, UploadRecord, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, abort_upload, put_version};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, stored_checksums, with_checksums};
+use crate::dto::{MAX_PUT_SIZE, check_key, etag, owner_dto, parse_tagging_header, ts};
+use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
-use crate::get::Conditions;
-use crate::put::{ChecksumRequest, checksum_fields, http_date, refuse_sse, require_length, storage_class, trailers};
-use crate::replica::ReplicaWrite;
-use crate::util::{
-    GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, owner_dto, parse_tagging_header, requested_acl, ts, user_metadata,
-};
+use crate::get::copy_conditions;
+use crate::perm::grant_headers;
+use crate::perm::{Perm, requested_acl};
+use crate::put::{refuse_sse, require_length, storage_class, trailers};
+use crate::replication::replica::ReplicaWrite;
 
 /// Smallest size of every part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -49,8 +51,8 @@ fn replica_part_etag(md5: String, digest: &ferry_store::checksum::DigestResult) 
 /// only computed to check the transfer).
 fn given_checksums(checks: &ChecksumRequest) -> Checksums {
     Checksums {
-        values: checks.given.iter().map(|(a, v)| (a.name().to_owned(), v.clone())).collect(),
-        kind: (!checks.given.is_empty()).then(|| "FULL_OBJECT".to_owned()),
+        values: checks.given.iter().map(|(a, v)| (*a, v.clone())).collect(),
+        kind: (!checks.given.is_empty()).then_some(ChecksumKind::FullObject),
     }
 }
 
@@ -76,50 +78,28 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
-        let grant_write = crate::util::raw_header(&req, "x-amz-grant-write").map(str::to_owned);
+        let grant_write = raw_header(&req, "x-amz-grant-write").map(str::to_owned);
         let origin = self.replication(&req).map(|r| Origin { region: r.source.region.clone(), bucket: r.source.bucket.clone() });
         let i = req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         let checksum_algorithm = match &i.checksum_algorithm {
-            Some(a) => Some(
-                Algorithm::parse(a.as_str())
-                    .ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm not supported"))?
-                    .name()
-                    .to_owned(),
-            ),
+            Some(a) => {
+                Some(Algorithm::parse(a.as_str()).ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm not supported"))?)
+            }
             None => None,
         };
         if i.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT) {
             return Err(s3_error!(NotImplemented, "Full-object checksums for multipart uploads are not supported"));
         }
-        let grants = GrantHeaders {
-            full_control: i.grant_full_control.as_deref(),
-            read: i.grant_read.as_deref(),
-            read_acp: i.grant_read_acp.as_deref(),
-            write: grant_write.as_deref(),
-            write_acp: i.grant_write_acp.as_deref(),
-        };
-        let attrs = ObjectAttrs {
-            content_type: Some(i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
-            content_encoding: i.content_encoding.clone(),
-            content_disposition: i.content_disposition.clone(),
-            content_language: i.content_language.clone(),
-            cache_control: i.cache_control.clone(),
-            expires: i.expires.as_ref().map(http_date).transpose()?,
-            website_redirect: i.website_redirect_location.clone(),
-            user_metadata: user_metadata(i.metadata.clone())?,
-            checksums: Checksums::default(),
-            tags: i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default(),
-            acl: requested_acl(
-                i.acl.as_ref().map(ObjectCannedACL::as_str),
-                &grants,
-                &owner,
-                Some(&bucket.owner),
-                &self.users,
-            )?,
-            ..ObjectAttrs::default()
-        };
-        let mut attrs = attrs;
+        let acl = requested_acl(
+            i.acl.as_ref().map(ObjectCannedACL::as_str),
+            &grant_headers!(i, grant_write.as_deref()),
+            &owner,
+            Some(&bucket.owner),
+            &self.users,
+        )?;
+        let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
+        let mut attrs = request_attrs!(i, tags, acl);
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.
         attrs.origin = origin;
         let upload = UploadRecord {
@@ -130,7 +110,7 @@ impl FerryS3 {
             owner,
             storage_class: storage_class(i.storage_class.as_ref().map(StorageClass::as_str))?,
             attrs,
-            checksum_algorithm: checksum_algorithm.clone(),
+            checksum_algorithm,
         };
         let upload_id = upload.upload_id.clone();
         self.store
@@ -148,7 +128,7 @@ impl FerryS3 {
             bucket: Some(i.bucket),
             key: Some(i.key),
             upload_id: Some(upload_id),
-            checksum_algorithm: checksum_algorithm.map(ChecksumAlgorithm::from),
+            checksum_algorithm: checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.name().to_owned())),
             checksum_type: i.checksum_algorithm.as_ref().map(|_| ChecksumType::from_static(ChecksumType::COMPOSITE)),
             ..Default::default()
         }))
@@ -165,17 +145,11 @@ impl FerryS3 {
         let mut checks = ChecksumRequest::new(
             &req.headers,
             i.checksum_algorithm.as_ref(),
-            [
-                i.checksum_crc32.as_ref(),
-                i.checksum_crc32c.as_ref(),
-                i.checksum_crc64nvme.as_ref(),
-                i.checksum_sha1.as_ref(),
-                i.checksum_sha256.as_ref(),
-            ],
+            checksum_values!(i),
             i.content_md5.as_deref(),
             false,
         )?;
-        if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+        if let Some(a) = upload.checksum_algorithm {
             checks.algorithms.push(a);
         }
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
@@ -186,7 +160,7 @@ impl FerryS3 {
         let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, false).await.s3()?;
         let checked = checks.verify(&digest, trailers(&req).as_ref())?;
         let (part_etag, checksums) = match replica_part {
-            None => (digest.md5_hex(), crate::put::stored_checksums(&digest)),
+            None => (digest.md5_hex(), stored_checksums(&digest)),
             Some(_) if checked == 0 => {
                 return Err(s3_error!(BadDigest, "A replica part must carry the checksum it declares"));
             }
@@ -204,19 +178,13 @@ impl FerryS3 {
             },
         };
         self.commit_part(part, ingested).await?;
-        let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&part_etag)),
-            checksum_crc32: c32,
-            checksum_crc32c: c32c,
-            checksum_crc64nvme: c64,
-            checksum_sha1: s1,
-            checksum_sha256: s256,
+        Ok(S3Response::new(with_checksums!(
+            UploadPartOutput { e_tag: Some(etag(&part_etag)) },
+            ChecksumFields::of(&checksums),
             ..Default::default()
-        }))
+        )))
     }
 
-    /// Records a part (replacing any earlier part with the same number).
     /// Records an uploaded part (replacing a previous upload of the same number), its body
     /// settled by the transaction.
     async fn commit_part(&self, part: PartRecord, body: ferry_store::Ingested) -> S3Result<()> {
@@ -245,20 +213,7 @@ impl FerryS3 {
         let part_number = check_part_number(req.input.part_number)?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
         let i = &req.input;
-        let (src_bucket, src_key, src_vid) = match &i.copy_source {
-            CopySource::Bucket { bucket, key, version_id } => {
-                (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_owned))
-            }
-            _ => return Err(s3_error!(NotImplemented, "Access points are not supported")),
-        };
-        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref(), Perm::Read).await?;
-        Conditions {
-            if_match: i.copy_source_if_match.as_ref(),
-            if_none_match: i.copy_source_if_none_match.as_ref(),
-            if_modified_since: i.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: i.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check_copy(&src.record)?;
+        let (src, _) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
         let size = src.record.size;
         let range = match &i.copy_source_range {
             None => 0..size,
@@ -266,7 +221,7 @@ impl FerryS3 {
         };
         let len = range.end - range.start;
         let mut algorithms = Vec::new();
-        if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+        if let Some(a) = upload.checksum_algorithm {
             algorithms.push(a);
         }
         let (ingested, digest) = match &src.record.layout {
@@ -282,7 +237,7 @@ impl FerryS3 {
                 self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false).await.s3()?
             }
         };
-        let checksums = crate::put::stored_checksums(&digest);
+        let checksums = stored_checksums(&digest);
         let part = PartRecord {
             upload_id: upload.upload_id.clone(),
             part_number,
@@ -295,17 +250,11 @@ impl FerryS3 {
             },
         };
         self.commit_part(part, ingested).await?;
-        let [c32, c32c, c64, s1, s256] = checksum_fields(&checksums);
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                e_tag: Some(etag(&digest.md5_hex())),
-                last_modified: Some(ts(ferry_core::time::now_micros())),
-                checksum_crc32: c32,
-                checksum_crc32c: c32c,
-                checksum_crc64nvme: c64,
-                checksum_sha1: s1,
-                checksum_sha256: s256,
-            }),
+            copy_part_result: Some(with_checksums!(
+                CopyPartResult { e_tag: Some(etag(&digest.md5_hex())), last_modified: Some(ts(ferry_core::time::now_micros())) },
+                ChecksumFields::of(&checksums)
+            )),
             copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),
             ..Default::default()
         }))
@@ -336,10 +285,7 @@ impl FerryS3 {
             }
             wanted.push((n, p.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default()));
         }
-        let cond = WriteConditions {
-            if_match: i.if_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
-            if_none_match: i.if_none_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
-        };
+        let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let (bucket_name, key, upload_id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let outcome = self
             .store
@@ -351,22 +297,19 @@ impl FerryS3 {
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(crate::error::to_s3(e)),
         };
-        let [c32, c32c, c64, s1, s256] = checksum_fields(&record.attrs.checksums);
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(i.bucket.clone()),
-            key: Some(i.key.clone()),
-            e_tag: Some(etag(&record.etag)),
-            // Writes report a version id only while versioning is enabled (not for the null version).
-            version_id: (bucket.versioning == Versioning::Enabled).then(|| record.version_id.clone()),
-            location: Some(format!("/{}/{}", i.bucket, i.key)),
-            checksum_crc32: c32,
-            checksum_crc32c: c32c,
-            checksum_crc64nvme: c64,
-            checksum_sha1: s1,
-            checksum_sha256: s256,
-            checksum_type: record.attrs.checksums.kind.clone().map(ChecksumType::from),
+        Ok(S3Response::new(with_checksums!(
+            CompleteMultipartUploadOutput {
+                bucket: Some(i.bucket.clone()),
+                key: Some(i.key.clone()),
+                e_tag: Some(etag(&record.etag)),
+                // Writes report a version id only while versioning is enabled (not for the null version).
+                version_id: (bucket.versioning == Versioning::Enabled).then(|| record.version_id.clone()),
+                location: Some(format!("/{}/{}", i.bucket, i.key)),
+                checksum_type: record.attrs.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())),
+            },
+            ChecksumFields::of(&record.attrs.checksums),
             ..Default::default()
-        }))
+        )))
     }
 
     pub(crate) async fn abort_multipart_upload(
@@ -403,18 +346,15 @@ impl FerryS3 {
         let dto_parts = parts
             .iter()
             .map(|p| {
-                let [c32, c32c, c64, s1, s256] = checksum_fields(&p.part.checksums.clone().unwrap_or_default());
-                Part {
-                    part_number: i32::try_from(p.part_number).ok(),
-                    e_tag: Some(etag(&p.part.etag)),
-                    size: i64::try_from(p.part.size).ok(),
-                    last_modified: Some(ts(p.mtime_us)),
-                    checksum_crc32: c32,
-                    checksum_crc32c: c32c,
-                    checksum_crc64nvme: c64,
-                    checksum_sha1: s1,
-                    checksum_sha256: s256,
-                }
+                with_checksums!(
+                    Part {
+                        part_number: i32::try_from(p.part_number).ok(),
+                        e_tag: Some(etag(&p.part.etag)),
+                        size: i64::try_from(p.part.size).ok(),
+                        last_modified: Some(ts(p.mtime_us)),
+                    },
+                    ChecksumFields::of(&p.part.checksums.clone().unwrap_or_default())
+                )
             })
             .collect();
         Ok(S3Response::new(ListPartsOutput {
@@ -432,7 +372,7 @@ impl FerryS3 {
             }),
             owner: Some(owner_dto(&upload.owner)),
             storage_class: Some(StorageClass::from(upload.storage_class.unwrap_or_else(|| "STANDARD".to_owned()))),
-            checksum_algorithm: upload.checksum_algorithm.map(ChecksumAlgorithm::from),
+            checksum_algorithm: upload.checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.name().to_owned())),
             ..Default::default()
         }))
     }
@@ -484,12 +424,11 @@ fn complete_in_tx(
         return Ok(Err(s3_error!(InvalidPart, "A part has an invalid ETag")));
     };
     let mut attrs = upload.attrs.clone();
-    if let Some(a) = upload.checksum_algorithm.as_deref().and_then(Algorithm::parse) {
+    if let Some(a) = upload.checksum_algorithm {
         let values: Option<Vec<&str>> =
-            chosen.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(a.name())).map(String::as_str)).collect();
+            chosen.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(&a)).map(String::as_str)).collect();
         if let Some(c) = values.and_then(|v| composite_checksum(a, &v)) {
-            attrs.checksums =
-                Checksums { values: [(a.name().to_owned(), c)].into_iter().collect(), kind: Some("COMPOSITE".to_owned()) };
+            attrs.checksums = Checksums { values: [(a, c)].into_iter().collect(), kind: Some(ChecksumKind::Composite) };
         }
     }
     let size = chosen.iter().map(|p| p.size).sum();
@@ -540,16 +479,16 @@ fn complete_in_tx(
 /// from the parts' checksums) must equal the one the source stored. Parts without a checksum
 /// of that algorithm cannot be checked this way (the source sends one whenever it can).
 fn parts_make_up(parts: &[PartRef], source: &Checksums) -> Result<(), String> {
-    for (name, expected) in &source.values {
-        let Some(alg) = Algorithm::parse(name) else { continue };
+    for (&alg, expected) in &source.values {
         let values: Option<Vec<(&str, u64)>> =
-            parts.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(name)).map(|v| (v.as_str(), p.size))).collect();
+            parts.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(&alg)).map(|v| (v.as_str(), p.size))).collect();
         let Some(values) = values else { continue };
-        let got = match source.kind.as_deref() {
-            Some("COMPOSITE") => composite_checksum(alg, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>()),
+        let got = match source.kind {
+            Some(ChecksumKind::Composite) => composite_checksum(alg, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>()),
             _ => ferry_store::checksum::combine_crcs(alg, &values),
         };
         if got.is_some_and(|g| g != *expected) {
+            let name = alg.name();
             return Err(format!(
                 "The parts do not make up the source object: its {name} is {expected}, the parts give another"
             ));

@@ -2,17 +2,21 @@
 //! flexible checksums (header or trailer), storage classes.
 
 use ferry_store::Ingested;
-use ferry_store::checksum::{Algorithm, DigestResult, is_valid_checksum_value};
-use ferry_store::model::{BodyLayout, Checksums, ObjectAttrs, Versioning};
+use ferry_store::checksum::{Algorithm, DigestResult};
+use ferry_store::model::{BodyLayout, ObjectAttrs, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
-use crate::error::{StoreResultExt, internal};
-use crate::get::Conditions;
-use crate::replica::ReplicaWrite;
-use crate::util::{GrantHeaders, MAX_PUT_SIZE, Perm, check_key, etag, parse_tagging_header, requested_acl, ts, user_metadata};
+use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, stored_checksums, with_checksums};
+use crate::dto::{MAX_PUT_SIZE, check_key, etag, parse_tagging_header, ts};
+use crate::dto::{raw_header, request_attrs, write_conditions};
+use crate::error::StoreResultExt;
+use crate::get::copy_conditions;
+use crate::perm::grant_headers;
+use crate::perm::{Perm, requested_acl};
+use crate::replication::replica::ReplicaWrite;
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
 const STORAGE_CLASSES: &[&str] = &[
@@ -45,122 +49,6 @@ pub(crate) fn refuse_sse(sse: Option<&ServerSideEncryption>, sse_c: Option<&str>
         return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
     }
     Ok(())
-}
-
-/// The checksums a request carries or asks for.
-#[derive(Debug, Default)]
-pub(crate) struct ChecksumRequest {
-    /// Values given in headers.
-    pub given: Vec<(Algorithm, String)>,
-    /// Algorithms to compute (given ones, the SDK's declared algorithm, trailer ones).
-    pub algorithms: Vec<Algorithm>,
-    /// Content-MD5, raw.
-    pub content_md5: Option<Vec<u8>>,
-}
-
-impl ChecksumRequest {
-    /// Collects checksum headers; `default_full` adds CRC64NVME when nothing else is asked for
-    /// (AWS's default for new objects).
-    pub(crate) fn new(
-        headers: &http::HeaderMap,
-        declared: Option<&ChecksumAlgorithm>,
-        values: [Option<&String>; 5],
-        content_md5: Option<&str>,
-        default_full: bool,
-    ) -> S3Result<Self> {
-        let mut r = Self::default();
-        let algs = [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme, Algorithm::Sha1, Algorithm::Sha256];
-        for (a, v) in algs.into_iter().zip(values) {
-            if let Some(v) = v {
-                if !is_valid_checksum_value(a, v) {
-                    return Err(s3_error!(
-                        InvalidRequest,
-                        "Value for x-amz-checksum-{} header is invalid.",
-                        a.name().to_ascii_lowercase()
-                    ));
-                }
-                r.given.push((a, v.clone()));
-                r.algorithms.push(a);
-            }
-        }
-        if let Some(d) = declared {
-            let a = Algorithm::parse(d.as_str())
-                .ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm {} is not supported", d.as_str()))?;
-            r.algorithms.push(a);
-        }
-        if let Some(trailer) = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
-            for name in trailer.split(',').map(str::trim) {
-                if let Some(a) = name.strip_prefix("x-amz-checksum-").and_then(Algorithm::parse) {
-                    r.algorithms.push(a);
-                }
-            }
-        }
-        if r.algorithms.is_empty() && default_full {
-            r.algorithms.push(Algorithm::Crc64Nvme);
-        }
-        let content_md5 = content_md5.or_else(|| headers.get("content-md5").and_then(|v| v.to_str().ok()));
-        if let Some(md5) = content_md5 {
-            r.content_md5 = Some(
-                ferry_store::checksum::decode_content_md5(md5)
-                    .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid."))?,
-            );
-        }
-        Ok(r)
-    }
-
-    /// Checks the computed digest against everything the request claimed (headers and, once the
-    /// body is read, trailers). Returns how many claims it checked (Content-MD5 included).
-    pub(crate) fn verify(&self, digest: &DigestResult, trailers: Option<&http::HeaderMap>) -> S3Result<usize> {
-        if let Some(md5) = &self.content_md5
-            && *md5 != digest.md5
-        {
-            return Err(s3_error!(BadDigest, "The Content-MD5 you specified did not match what we received."));
-        }
-        let mut claims = self.given.clone();
-        if let Some(t) = trailers {
-            for a in Algorithm::ALL {
-                if let Some(v) = t.get(a.header()).and_then(|v| v.to_str().ok()) {
-                    claims.push((a, v.to_owned()));
-                }
-            }
-        }
-        for (a, v) in &claims {
-            if digest.checksum(*a) != Some(v.as_str()) {
-                return Err(s3_error!(
-                    BadDigest,
-                    "The {} you specified did not match the calculated checksum.",
-                    a.name()
-                ));
-            }
-        }
-        Ok(claims.len() + usize::from(self.content_md5.is_some()))
-    }
-
-    /// Whether the body will be checked against a checksum (a header value, or a declared
-    /// trailer, which [`ChecksumRequest::verify`] must then find).
-    pub(crate) fn has_checksum(&self, headers: &http::HeaderMap) -> bool {
-        !self.given.is_empty() || headers.contains_key("x-amz-trailer")
-    }
-}
-
-/// The stored checksums of a body.
-pub(crate) fn stored_checksums(digest: &DigestResult) -> Checksums {
-    Checksums {
-        values: digest.checksums.iter().map(|(a, v)| (a.name().to_owned(), v.clone())).collect(),
-        kind: if digest.checksums.is_empty() { None } else { Some("FULL_OBJECT".to_owned()) },
-    }
-}
-
-/// Fills the five checksum fields of an output struct.
-pub(crate) fn checksum_fields(c: &Checksums) -> [Option<String>; 5] {
-    ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"].map(|n| c.values.get(n).cloned())
-}
-
-/// `Expires` as stored (HTTP date text).
-pub(crate) fn http_date(t: &Timestamp) -> S3Result<String> {
-    let mut buf = Vec::new();
-    t.format(TimestampFormat::HttpDate, &mut buf).map_err(internal)?;
-    String::from_utf8(buf).map_err(internal)
 }
 
 /// A body-carrying request must say how long its body is: Content-Length, or chunked transfer
@@ -201,24 +89,12 @@ impl FerryS3 {
         let checks = ChecksumRequest::new(
             &req.headers,
             i.checksum_algorithm.as_ref(),
-            [
-                i.checksum_crc32.as_ref(),
-                i.checksum_crc32c.as_ref(),
-                i.checksum_crc64nvme.as_ref(),
-                i.checksum_sha1.as_ref(),
-                i.checksum_sha256.as_ref(),
-            ],
+            checksum_values!(i),
             i.content_md5.as_deref(),
             true,
         )?;
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
-        let grants = GrantHeaders {
-            full_control: i.grant_full_control.as_deref(),
-            read: i.grant_read.as_deref(),
-            read_acp: i.grant_read_acp.as_deref(),
-            write: crate::util::raw_header(&req, "x-amz-grant-write"),
-            write_acp: i.grant_write_acp.as_deref(),
-        };
+        let grants = grant_headers!(i, raw_header(&req, "x-amz-grant-write"));
         let acl = match replica.as_ref().and_then(|r| r.meta.acl.clone()) {
             Some(acl) => acl,
             None if replica.is_some() => ferry_store::model::Acl::private(&owner),
@@ -230,24 +106,8 @@ impl FerryS3 {
                 &self.users,
             )?,
         };
-        let attrs = ObjectAttrs {
-            content_type: Some(i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
-            content_encoding: i.content_encoding.clone(),
-            content_disposition: i.content_disposition.clone(),
-            content_language: i.content_language.clone(),
-            cache_control: i.cache_control.clone(),
-            expires: i.expires.as_ref().map(http_date).transpose()?,
-            website_redirect: i.website_redirect_location.clone(),
-            user_metadata: user_metadata(i.metadata.clone())?,
-            checksums: Checksums::default(),
-            tags,
-            acl,
-            ..ObjectAttrs::default()
-        };
-        let cond = WriteConditions {
-            if_match: i.if_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
-            if_none_match: i.if_none_match.as_ref().map(|c| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())),
-        };
+        let attrs = request_attrs!(i, tags, acl);
+        let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
         if expected_len.is_some_and(|n| n > MAX_PUT_SIZE) {
             return Err(s3_error!(EntityTooLarge, "Your proposed upload exceeds the maximum allowed object size."));
@@ -278,20 +138,17 @@ impl FerryS3 {
                 replica,
             )
             .await?;
-        let [c32, c32c, c64, s1, s256] = checksum_fields(&out.attrs.checksums);
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(etag(&out.etag)),
-            // Writes report a version id only while versioning is enabled (not for the null version).
-            version_id: (bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
-            checksum_crc32: c32,
-            checksum_crc32c: c32c,
-            checksum_crc64nvme: c64,
-            checksum_sha1: s1,
-            checksum_sha256: s256,
-            checksum_type: out.attrs.checksums.kind.clone().map(ChecksumType::from),
-            size: i64::try_from(out.size).ok(),
+        Ok(S3Response::new(with_checksums!(
+            PutObjectOutput {
+                e_tag: Some(etag(&out.etag)),
+                // Writes report a version id only while versioning is enabled (not for the null version).
+                version_id: (bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
+                checksum_type: out.attrs.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())),
+                size: i64::try_from(out.size).ok(),
+            },
+            ChecksumFields::of(&out.attrs.checksums),
             ..Default::default()
-        }))
+        )))
     }
 
     /// Commits a received body as a new version of `key`, then moves its blob into place.
@@ -339,22 +196,7 @@ impl FerryS3 {
         let owner = self.require_user(&req)?.owner.clone();
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
-        let (src_bucket, src_key, src_vid) = match &i.copy_source {
-            CopySource::Bucket { bucket, key, version_id } => {
-                (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_owned))
-            }
-            CopySource::AccessPoint { .. } | CopySource::Outpost { .. } => {
-                return Err(s3_error!(NotImplemented, "Access points are not supported"));
-            }
-        };
-        let src = self.source_version(&req, &src_bucket, &src_key, src_vid.as_deref(), Perm::Read).await?;
-        Conditions {
-            if_match: i.copy_source_if_match.as_ref(),
-            if_none_match: i.copy_source_if_none_match.as_ref(),
-            if_modified_since: i.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: i.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check_copy(&src.record)?;
+        let (src, (src_bucket, src_key, src_vid)) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
         let replace_meta = i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let replace_tags = i.tagging_directive.as_ref().is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
         if let Some(d) = &i.metadata_directive
@@ -378,46 +220,30 @@ impl FerryS3 {
                 "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120"
             ));
         }
-        let mut attrs = if replace_meta {
-            ObjectAttrs {
-                content_type: Some(i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
-                content_encoding: i.content_encoding.clone(),
-                content_disposition: i.content_disposition.clone(),
-                content_language: i.content_language.clone(),
-                cache_control: i.cache_control.clone(),
-                expires: i.expires.as_ref().map(http_date).transpose()?,
-                website_redirect: i.website_redirect_location.clone(),
-                user_metadata: user_metadata(i.metadata.clone())?,
-                ..ObjectAttrs::default()
-            }
-        } else {
-            ObjectAttrs {
-                website_redirect: i.website_redirect_location.clone().or(src.record.attrs.website_redirect.clone()),
-                ..src.record.attrs.clone()
-            }
-        };
-        attrs.tags = if replace_tags {
+        let tags = if replace_tags {
             i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default()
         } else {
             src.record.attrs.tags.clone()
         };
-        let grants = GrantHeaders {
-            full_control: i.grant_full_control.as_deref(),
-            read: i.grant_read.as_deref(),
-            read_acp: i.grant_read_acp.as_deref(),
-            write: crate::util::raw_header(&req, "x-amz-grant-write"),
-            write_acp: i.grant_write_acp.as_deref(),
-        };
-        attrs.acl = requested_acl(
+        let acl = requested_acl(
             i.acl.as_ref().map(ObjectCannedACL::as_str),
-            &grants,
+            &grant_headers!(i, raw_header(&req, "x-amz-grant-write")),
             &owner,
             Some(&dest_bucket.owner),
             &self.users,
         )?;
+        let attrs = if replace_meta {
+            request_attrs!(i, tags, acl)
+        } else {
+            ObjectAttrs {
+                website_redirect: i.website_redirect_location.clone().or(src.record.attrs.website_redirect.clone()),
+                tags,
+                acl,
+                ..src.record.attrs.clone()
+            }
+        };
         // The copy keeps the source's checksum algorithms unless the request names one.
-        let mut algorithms: Vec<Algorithm> =
-            src.record.attrs.checksums.values.keys().filter_map(|k| Algorithm::parse(k)).collect();
+        let mut algorithms: Vec<Algorithm> = src.record.attrs.checksums.values.keys().copied().collect();
         if let Some(a) = &i.checksum_algorithm {
             algorithms =
                 vec![Algorithm::parse(a.as_str()).ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm not supported"))?];
@@ -438,18 +264,11 @@ impl FerryS3 {
         };
         let cond = WriteConditions::default();
         let out = self.write_new_object(i.bucket.clone(), i.key.clone(), ingested, &digest, attrs, sc, owner, cond, None).await?;
-        let [c32, c32c, c64, s1, s256] = checksum_fields(&out.attrs.checksums);
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&out.etag)),
-                last_modified: Some(ts(out.mtime_us)),
-                checksum_crc32: c32,
-                checksum_crc32c: c32c,
-                checksum_crc64nvme: c64,
-                checksum_sha1: s1,
-                checksum_sha256: s256,
-                checksum_type: None,
-            }),
+            copy_object_result: Some(with_checksums!(
+                CopyObjectResult { e_tag: Some(etag(&out.etag)), last_modified: Some(ts(out.mtime_us)), checksum_type: None },
+                ChecksumFields::of(&out.attrs.checksums)
+            )),
             // Writes report a version id only while versioning is enabled (not for the null version).
             version_id: (dest_bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
             copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),

@@ -7,8 +7,9 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
 use crate::FerryS3;
+use crate::dto::{MAX_OBJECT_TAGS, tags_from_dto, tags_to_dto, validate_tags};
 use crate::error::StoreResultExt;
-use crate::util::{MAX_OBJECT_TAGS, Perm, tags_from_dto, tags_to_dto, validate_tags};
+use crate::perm::Perm;
 
 impl FerryS3 {
     pub(crate) async fn get_object_tagging(

@@ -3,13 +3,14 @@
 //! [`server::Server::start`] brings up every configured region in this process. Regions share
 //! nothing but the process: each has its own listener, data directory, metadata writer and
 //! background workers, exactly as if it ran alone.
+//!
+//! - [`server`]: configuration to running regions (S3 listener, replication engine, workers);
+//! - [`metrics_listener`]: `/metrics` and `/health` on their own listener;
+//! - [`credentials`], [`tls`]: loading keys and certificates;
+//! - [`cli`]: the subcommands that talk to a running region.
 
-pub mod admin_client;
-pub mod admin_http;
-pub mod bench;
-pub mod cli_replication;
-pub mod client;
+pub mod cli;
 pub mod credentials;
-pub mod netem_cli;
+pub mod metrics_listener;
 pub mod server;
 pub mod tls;

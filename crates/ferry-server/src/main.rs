@@ -57,10 +57,10 @@ enum Command {
     ///   curl -X POST '127.0.0.1:9201/link?delay=100ms&rate=none'
     ///   curl 127.0.0.1:9201/                                       # spec, partition, byte counts
     #[command(verbatim_doc_comment)]
-    Netem(ferry_server::netem_cli::NetemArgs),
+    Netem(ferry_server::cli::netem::NetemArgs),
     /// Inspect and drive replication of a bucket on a running region.
     #[command(subcommand)]
-    Replication(ferry_server::cli_replication::ReplicationCommand),
+    Replication(ferry_server::cli::replication::ReplicationCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,10 +82,10 @@ struct BenchArgs {
     bucket: String,
     /// What to measure.
     #[arg(long, value_enum, default_value = "put")]
-    mode: ferry_server::bench::Mode,
+    mode: ferry_server::cli::bench::Mode,
     /// Object size (4096, 4KiB, 64MiB...), or a range drawn log-uniformly (4KiB-4MiB).
-    #[arg(long, default_value = "4KiB", value_parser = ferry_server::bench::parse_sizes)]
-    size: ferry_server::bench::Sizes,
+    #[arg(long, default_value = "4KiB", value_parser = ferry_server::cli::bench::parse_sizes)]
+    size: ferry_server::cli::bench::Sizes,
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -159,8 +159,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench(args).await,
-            Command::Replication(cmd) => ferry_server::cli_replication::run(cmd).await,
-            Command::Netem(args) => ferry_server::netem_cli::run(args, wait_for_signal()).await,
+            Command::Replication(cmd) => ferry_server::cli::replication::run(cmd).await,
+            Command::Netem(args) => ferry_server::cli::netem::run(args, wait_for_signal()).await,
         }
     });
     match result {
@@ -239,9 +239,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    use ferry_server::bench::{BenchOptions, run};
+    use ferry_server::cli::bench::{BenchOptions, run};
     let dest = a.dest_endpoint.map(|url| {
-        let ep = ferry_server::client::Endpoint {
+        let ep = ferry_server::cli::client::Endpoint {
             url,
             access_key: a.access_key.clone(),
             secret_key: a.secret_key.clone(),
@@ -250,7 +250,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         (ep, a.dest_bucket.clone().unwrap_or_else(|| format!("{}-replica", a.bucket)))
     });
     let report = run(BenchOptions {
-        endpoint: ferry_server::client::Endpoint {
+        endpoint: ferry_server::cli::client::Endpoint {
             url: a.endpoint,
             access_key: a.access_key,
             secret_key: a.secret_key,

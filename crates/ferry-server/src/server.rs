@@ -259,7 +259,7 @@ fn is_loopback_url(url: &str) -> bool {
 /// versioning and replication rules (destinations are other `[[bucket]]`s or peers).
 async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOptions) -> anyhow::Result<()> {
     use ferry_store::model::{Acl, BucketRecord, Versioning};
-    use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter};
+    use ferry_store::replication::{DestinationArn, ReplicationConfig, Rule, RuleDestination, RuleFilter};
     for b in opts.buckets.iter().filter(|b| b.region == region) {
         let mut accounts = opts.users.iter().filter(|u| !u.replication);
         let owner_user = match &b.owner {
@@ -271,14 +271,11 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
         };
         let mut rules = Vec::new();
         for (i, arn) in b.replicate_to.iter().enumerate() {
-            let rest = arn
-                .strip_prefix("arn:aws:s3:")
-                .ok_or_else(|| anyhow::anyhow!("bucket `{}`: key `replicate_to`: `{arn}` is not an arn:aws:s3 ARN", b.name))?;
-            let mut parts = rest.splitn(3, ':');
-            let pinned = parts.next().unwrap_or("");
-            let _account = parts.next();
-            let dest = parts.next().unwrap_or("").to_owned();
-            let peer = if pinned.is_empty() {
+            let DestinationArn { region: pinned, bucket: dest } =
+                DestinationArn::parse(arn).map_err(|why| anyhow::anyhow!("bucket `{}`: key `replicate_to`: {why}", b.name))?;
+            let peer = if let Some(pinned) = pinned {
+                pinned
+            } else {
                 let holders: Vec<_> = opts.buckets.iter().filter(|o| o.name == dest).collect();
                 match holders.as_slice() {
                     [one] => one.region.clone(),
@@ -287,8 +284,6 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
                         b.name
                     ),
                 }
-            } else {
-                pinned.to_owned()
             };
             rules.push(Rule {
                 id: format!("{}-to-{}", b.name, dest),
@@ -363,13 +358,15 @@ fn serve_region(
         domains: cfg.domains.clone(),
         max_clock_skew: opts.replication.max_clock_skew,
     };
-    let service = ferry_s3::service(store.clone(), users, &endpoint, Some(peers.clone()), metrics.clone());
+    let engine: Arc<dyn ferry_store::replication::ReplicationEngine> =
+        Arc::new(ferry_replication::Engine::new(store.clone(), peers.clone()));
+    let service = ferry_s3::service(store.clone(), users, &endpoint, Some(engine), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone(), opts.replication.abandoned_upload_after));
     ferry_replication::start(&runner, store.clone(), peers, &opts.replication, metrics.clone());
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin_http::serve(admin, metrics.clone(), stop.clone()));
+        tokio::spawn(crate::metrics_listener::serve(admin, metrics.clone(), stop.clone()));
     }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         // Checked in open_region; a failure here would be a file changed in between.

@@ -2,6 +2,8 @@
 
 // A panic is how a test fails; helpers outside #[test] functions unwrap too.
 #![allow(clippy::unwrap_used)]
+// Test data: byte patterns cut to u8 on purpose, small counts and sizes.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 
 mod cli;
 mod common;

@@ -226,8 +226,8 @@ impl Rig {
     }
 
     async fn status(&self, bucket: &str) -> serde_json::Value {
-        let admin = ferry_server::admin_client::AdminClient::new(
-            ferry_server::client::Endpoint {
+        let admin = ferry_server::cli::admin_client::AdminClient::new(
+            ferry_server::cli::client::Endpoint {
                 url: self.t.us_url(),
                 access_key: MAIN_AK.into(),
                 secret_key: MAIN_SK.into(),

@@ -115,13 +115,13 @@ async fn backfill_of_ten_thousand_objects_survives_a_restart() {
 
 /// The XML progress answer's NewObject time for the first rule, in µs.
 async fn new_object_time(url: &str, bucket: &str) -> i64 {
-    let ep = ferry_server::client::Endpoint {
+    let ep = ferry_server::cli::client::Endpoint {
         url: url.to_owned(),
         access_key: MAIN_AK.into(),
         secret_key: MAIN_SK.into(),
         region: US.into(),
     };
-    let client = ferry_server::admin_client::AdminClient::new(ep, None).unwrap();
+    let client = ferry_server::cli::admin_client::AdminClient::new(ep, None).unwrap();
     let resp = client.request("GET", &format!("/{bucket}?replicationProgress"), bytes::Bytes::new()).await.unwrap();
     assert!(resp.status.is_success(), "{:?}", resp);
     let text = String::from_utf8_lossy(&resp.body).into_owned();

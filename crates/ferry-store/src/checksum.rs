@@ -5,8 +5,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5::Digest as _;
 
-/// A flexible-checksum algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A flexible-checksum algorithm. Stored by its S3 name; a name this build does not know is
+/// refused when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Algorithm {
     Crc32,
     Crc32c,

@@ -24,7 +24,8 @@
 //! body → staging file → fsync file → (writer) fsync staging dir → commit metadata → acknowledge
 //! → promote file. A crash before the commit leaves the old state plus an unreferenced staging
 //! file, deleted at the next start; after the commit the new state is complete. Small bodies
-//! (up to the inline threshold) skip the files and live in the database row.
+//! (up to the inline threshold) skip the files and live in the database row. The whole story,
+//! step by step: docs/ARCHITECTURE.md, "Why a crash loses nothing".
 
 pub mod blobs;
 pub mod checksum;

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::Algorithm;
+
 /// Format version of every record written by this build.
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -203,9 +205,30 @@ pub struct BucketRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Checksums {
     /// Algorithm → base64 value.
-    pub values: BTreeMap<String, String>,
-    /// `FULL_OBJECT` or `COMPOSITE` (multipart checksum of checksums).
-    pub kind: Option<String>,
+    pub values: BTreeMap<Algorithm, String>,
+    /// What the values are a checksum of (none when there are none).
+    pub kind: Option<ChecksumKind>,
+}
+
+/// What stored checksums cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChecksumKind {
+    /// The whole body's bytes.
+    FullObject,
+    /// The parts' checksums, of a multipart upload (`value-N`).
+    Composite,
+}
+
+impl ChecksumKind {
+    /// The S3 name (`FULL_OBJECT`, `COMPOSITE`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FullObject => "FULL_OBJECT",
+            Self::Composite => "COMPOSITE",
+        }
+    }
 }
 
 /// Everything about an object version that is not needed for listing.
@@ -354,7 +377,7 @@ pub struct ListEntry {
     pub storage_class: Option<String>,
     pub owner: Owner,
     /// Algorithms of the stored checksums.
-    pub checksum_algorithms: Vec<String>,
+    pub checksum_algorithms: Vec<Algorithm>,
 }
 
 /// An in-progress multipart upload.
@@ -369,7 +392,7 @@ pub struct UploadRecord {
     /// Attributes the completed object will get (headers, metadata, tags, ACL, checksum algorithm).
     pub attrs: ObjectAttrs,
     /// Checksum algorithm chosen at creation, if any.
-    pub checksum_algorithm: Option<String>,
+    pub checksum_algorithm: Option<Algorithm>,
 }
 
 /// One uploaded part.
@@ -379,4 +402,34 @@ pub struct PartRecord {
     pub part_number: u32,
     pub mtime_us: i64,
     pub part: PartRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored checksums keep their JSON form (algorithm names as keys, the S3 kind name), and
+    /// a name this build does not know is refused, not dropped.
+    #[test]
+    fn checksums_keep_their_stored_form() {
+        let stored = r#"{"values":{"CRC32":"AAAAAA==","SHA256":"x"},"kind":"FULL_OBJECT"}"#;
+        let c: Checksums = serde_json::from_str(stored).unwrap();
+        assert_eq!(c.values.keys().copied().collect::<Vec<_>>(), vec![Algorithm::Crc32, Algorithm::Sha256]);
+        assert_eq!(c.kind, Some(ChecksumKind::FullObject));
+        assert_eq!(serde_json::to_string(&c).unwrap(), stored);
+        assert!(serde_json::from_str::<Checksums>(r#"{"values":{"CRC128":"x"},"kind":null}"#).is_err());
+        assert!(serde_json::from_str::<Checksums>(r#"{"values":{},"kind":"PARTIAL"}"#).is_err());
+    }
+
+    /// Enum codes read back from the database are refused when unknown.
+    #[test]
+    fn unknown_codes_are_refused() {
+        assert_eq!(Versioning::try_from(2).ok(), Some(Versioning::Suspended));
+        assert!(matches!(Versioning::try_from(3), Err(crate::Error::UnknownFormat { .. })));
+        assert!(crate::replication::JobOp::try_from(4).is_err());
+        assert!(crate::replication::JobState::try_from(-1).is_err());
+        assert!("paused".parse::<crate::replication::BackfillState>().is_ok());
+        assert!("stalled".parse::<crate::replication::BackfillState>().is_err());
+        assert!("some".parse::<crate::replication::StatusFilter>().is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! S3 versioning semantics on top of a [`WriteTx`]: which version id a write gets, what happens
 //! to the `null` version, delete markers, and which version is the latest. These functions run
-//! inside the caller's transaction, so the caller can add rows of its own (a replication job)
-//! that commit atomically with the change.
+//! inside the caller's transaction, so everything they write commits atomically with the
+//! change.
 //!
 //! Replication: each function records the replication jobs its change needs (per the bucket's
 //! rules) in the same transaction ([`crate::replication::enqueue`]). Changes that arrive from a

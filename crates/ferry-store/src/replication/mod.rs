@@ -10,6 +10,7 @@
 //! | [`backfill`] | replication of versions that existed before a rule, as a resumable scan |
 //! | [`progress`] | "replicated up to T", backlog, lag per destination; operator events |
 //! | [`wire`] | the headers a replica carries between Ferry regions |
+//! | [`api`] | the admin API's answers, shared by the server, the CLI and the console |
 //! | [`engine`] | the port through which the S3 layer asks the engine about peers |
 //!
 //! # Invariants
@@ -58,6 +59,7 @@
 //! change in the transactions of the changes they describe: a crash at any point leaves them
 //! consistent with the data. A job whose transfer was under way is attempted again.
 
+pub mod api;
 pub mod backfill;
 pub mod engine;
 pub mod outbox;
@@ -66,7 +68,7 @@ pub mod rules;
 pub mod wire;
 
 pub use backfill::{Backfill, BackfillAction, BackfillRequest, BackfillState, BackfillStep, StatusFilter};
-pub use engine::{PeerDirectory, RemoteHead, RemoteVersion};
+pub use engine::{DestinationRefused, ReplicationEngine};
 pub use outbox::{
     DestStats, Job, JobOp, JobOptions, JobState, NewJob, complete, drop_jobs, enqueue, fail, retry_failed, retry_later,
 };

@@ -5,6 +5,7 @@
 
 use rusqlite::{Connection, Row};
 
+use crate::checksum::Algorithm;
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::replication::{Backfill, DestStats, Event, Job, JobOp, JobState};
@@ -109,7 +110,8 @@ pub(super) fn bucket(r: &Row<'_>) -> Result<BucketRecord> {
 }
 
 pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
-    check_fmt(r)?;
+    let attrs: ObjectAttrs = json(r, "attrs")?;
+    let e = entry(r, &attrs)?;
     let layout = match json_opt(r, "parts")? {
         Some(parts) => BodyLayout::Parts { parts, multipart: flag(r, "multipart")? },
         None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>("inline_data")?.unwrap_or_default()),
@@ -120,24 +122,28 @@ pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
     };
     Ok(VersionRecord {
         bucket: r.get("bucket")?,
-        key: key_string(r.get("key")?),
-        version_id: r.get("version_id")?,
-        mtime_us: r.get("mtime_us")?,
-        is_latest: flag(r, "is_latest")?,
-        delete_marker: flag(r, "is_dm")?,
-        size: count(r, "size")?,
-        etag: r.get("etag")?,
-        storage_class: r.get("storage_class")?,
-        owner: json(r, "owner")?,
+        key: e.key,
+        version_id: e.version_id,
+        mtime_us: e.mtime_us,
+        is_latest: e.is_latest,
+        delete_marker: e.delete_marker,
+        size: e.size,
+        etag: e.etag,
+        storage_class: e.storage_class,
+        owner: e.owner,
         repl_status,
         layout,
-        attrs: json(r, "attrs")?,
+        attrs,
     })
 }
 
+/// What listings read of a version ([`LIST_COLS`]).
 pub(super) fn list_entry(r: &Row<'_>) -> Result<ListEntry> {
+    entry(r, &json(r, "attrs")?)
+}
+
+fn entry(r: &Row<'_>, attrs: &ObjectAttrs) -> Result<ListEntry> {
     check_fmt(r)?;
-    let attrs: ObjectAttrs = json(r, "attrs")?;
     Ok(ListEntry {
         key: key_string(r.get("key")?),
         version_id: r.get("version_id")?,
@@ -148,7 +154,7 @@ pub(super) fn list_entry(r: &Row<'_>) -> Result<ListEntry> {
         etag: r.get("etag")?,
         storage_class: r.get("storage_class")?,
         owner: json(r, "owner")?,
-        checksum_algorithms: attrs.checksums.values.into_keys().collect(),
+        checksum_algorithms: attrs.checksums.values.keys().copied().collect(),
     })
 }
 
@@ -161,7 +167,10 @@ pub(super) fn upload(r: &Row<'_>) -> Result<UploadRecord> {
         initiated_us: r.get("initiated_us")?,
         owner: json(r, "owner")?,
         storage_class: r.get("storage_class")?,
-        checksum_algorithm: r.get("checksum_algorithm")?,
+        checksum_algorithm: match r.get::<_, Option<String>>("checksum_algorithm")? {
+            Some(a) => Some(Algorithm::parse(&a).ok_or_else(|| Error::unknown("checksum algorithm", a))?),
+            None => None,
+        },
         attrs: json(r, "attrs")?,
     })
 }

@@ -5,6 +5,7 @@ use rusqlite::params;
 use super::reads::HasConn;
 use super::rows::{self, BUCKET_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, first, to_i64};
 use super::writer::SqliteWriteTx;
+use crate::checksum::Algorithm;
 use crate::error::Result;
 use crate::meta::{ReadTx as _, Signals, WriteTx};
 use crate::model::*;
@@ -139,7 +140,7 @@ impl WriteTx for SqliteWriteTx<'_> {
                 u.initiated_us,
                 serde_json::to_string(&u.owner)?,
                 u.storage_class,
-                u.checksum_algorithm,
+                u.checksum_algorithm.map(Algorithm::name),
                 serde_json::to_string(&u.attrs)?,
             ])?;
         Ok(())

@@ -1,4 +1,5 @@
-//! A client for Ferry's admin API (see `ferry_s3::admin`): requests signed with SigV4 like any
+//! A client for Ferry's admin API (served by `ferry-s3`'s `replication/admin.rs`; the answers
+//! are the types of `ferry_store::replication::api`): requests signed with SigV4 like any
 //! S3 request, over HTTP or HTTPS (system roots plus an optional private CA).
 
 use std::time::SystemTime;
@@ -13,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::client::Endpoint;
+use crate::cli::client::Endpoint;
 
 /// A signed-request client for one endpoint.
 pub struct AdminClient {
@@ -29,18 +30,19 @@ pub struct Response {
 }
 
 impl Response {
-    /// The body as JSON, or an error carrying the S3 error text.
+    /// The body decoded from JSON (an admin API answer type, or any JSON value), or an error
+    /// carrying the S3 error text.
     ///
     /// # Errors
-    /// On a non-2xx status or a body that is not JSON.
-    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+    /// On a non-2xx status or a body that is not the expected JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         if !self.status.is_success() {
             let text = String::from_utf8_lossy(&self.body);
             let code = between(&text, "<Code>", "</Code>").unwrap_or("");
             let msg = between(&text, "<Message>", "</Message>").unwrap_or("");
             anyhow::bail!("{} {code} {msg}", self.status);
         }
-        serde_json::from_slice(&self.body).context("the server's answer is not JSON")
+        serde_json::from_slice(&self.body).context("the server's answer is not the expected JSON")
     }
 }
 
@@ -97,7 +99,7 @@ impl AdminClient {
         let mut body = resp.into_body();
         if !status.is_success() {
             let bytes = body.collect().await.context("reading the answer")?.to_bytes();
-            Response { status, body: bytes }.json()?;
+            Response { status, body: bytes }.json::<serde_json::Value>()?;
             anyhow::bail!("{status}");
         }
         let mut pending: Vec<u8> = Vec::new();

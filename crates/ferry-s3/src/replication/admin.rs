@@ -1,6 +1,8 @@
 //! Ferry's own API beside S3, on the same endpoint and signed the same way (SigV4, checked by
 //! s3s before a route runs). Used by the `ferry replication ...` commands. Only the bucket's
-//! owner may call these.
+//! owner may call these. This file is the HTTP adapter only: the answers are the types of
+//! `ferry_store::replication::api`, computed in the store (explain, backfills, retry) and by
+//! the engine (verify).
 //!
 //! | request | answer |
 //! |---|---|
@@ -10,7 +12,7 @@
 //! | `POST /BUCKET?ferry-replication-retry` | JSON `{"retried": N}`: failed jobs become pending |
 //! | `POST /BUCKET?ferry-backfill` + JSON `{rule, prefix, status, older_than_secs}` | JSON `{"id": N}`: starts a backfill |
 //! | `POST /BUCKET?ferry-backfill-control&id=N&action=pause\|resume\|cancel` | JSON: the backfill |
-//! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `verify` |
+//! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `ferry_store::replication::api::VerifyLine` |
 //! | `GET /BUCKET?ferry-replication-sources` | JSON `{"sources": [...]}`: the other accounts this bucket accepts replicas from |
 //! | `PUT /BUCKET?ferry-replication-sources` + JSON `{"sources": [{account, region?, bucket?}]}` | replaces that list |
 
@@ -18,19 +20,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_store::Store;
-use ferry_store::model::ReplicaSourceGrant;
+use ferry_store::replication::api::{self, BackfillStarted, Retried, Sources, VerifyLine};
 use ferry_store::replication::backfill::{self, BackfillAction, BackfillRequest};
-use ferry_store::replication::{JobOp, ReplicationConfig, retry_failed};
-
-use crate::replication_config::JOB_BATCH;
+use ferry_store::replication::{ReplicationEngine, retry_failed};
 use http::{HeaderMap, Method, Uri};
 use s3s::route::S3Route;
 use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
+use serde::Serialize;
 
 use crate::Users;
 use crate::error::StoreResultExt;
-use crate::progress::{bucket_progress, progress_xml, rfc3339_us};
-use crate::util::access_denied;
+use crate::perm::access_denied;
+use crate::replication::config::JOB_BATCH;
+use crate::replication::progress::{bucket_progress, progress_xml};
 
 /// Most replica-source grants on one bucket.
 const MAX_SOURCES: usize = 100;
@@ -40,7 +42,7 @@ pub(crate) struct AdminRoute {
     pub(crate) store: Arc<Store>,
     pub(crate) users: Arc<Users>,
     pub(crate) region: String,
-    pub(crate) peers: Option<Arc<dyn ferry_store::replication::PeerDirectory>>,
+    pub(crate) engine: Option<Arc<dyn ReplicationEngine>>,
 }
 
 /// The routes, by (method, marker query parameter).
@@ -56,13 +58,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "ferry-replication-sources"),
 ];
 
-/// A channel receiver as a byte stream (for streamed answers).
-struct Lines(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+/// Verify's lines as a byte stream of JSON lines.
+struct Lines(tokio::sync::mpsc::Receiver<VerifyLine>);
 
 impl futures::Stream for Lines {
     type Item = Result<bytes::Bytes, std::io::Error>;
     fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+        self.0.poll_recv(cx).map(|line| {
+            line.map(|l| {
+                let mut text = serde_json::to_vec(&l).map_err(std::io::Error::other)?;
+                text.push(b'\n');
+                Ok(bytes::Bytes::from(text))
+            })
+        })
     }
 }
 
@@ -93,10 +101,11 @@ fn bucket_of(uri: &Uri) -> S3Result<String> {
     Ok(b.to_owned())
 }
 
-fn json_response(value: &serde_json::Value) -> S3Response<Body> {
-    let mut resp = S3Response::new(Body::from(value.to_string()));
+fn json_response<T: Serialize>(value: &T) -> S3Result<S3Response<Body>> {
+    let text = serde_json::to_string(value).map_err(|e| s3_error!(InternalError, "encoding the answer: {e}"))?;
+    let mut resp = S3Response::new(Body::from(text));
     resp.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
+    Ok(resp)
 }
 
 impl AdminRoute {
@@ -112,94 +121,7 @@ impl AdminRoute {
         Ok(bucket)
     }
 
-    async fn explain(
-        &self,
-        bucket: &ferry_store::model::BucketRecord,
-        q: &HashMap<String, String>,
-    ) -> S3Result<serde_json::Value> {
-        let key = q.get("key").cloned().ok_or_else(|| s3_error!(InvalidArgument, "key= is required"))?;
-        let vid = q.get("version-id").cloned().filter(|v| !v.is_empty());
-        let (b, k) = (bucket.name.clone(), key.clone());
-        let (version, jobs, delivered) = self
-            .store
-            .meta
-            .read(move |r| {
-                let v = match &vid {
-                    Some(v) => r.get_version(&b, &k, v)?,
-                    None => r.get_latest(&b, &k)?,
-                };
-                let (jobs, delivered) = match &v {
-                    Some(v) => (r.jobs_for_version(&b, &k, &v.version_id)?, r.delivered_to(&b, &k, &v.version_id)?),
-                    None => (Vec::new(), Vec::new()),
-                };
-                Ok((v, jobs, delivered))
-            })
-            .await
-            .s3()?;
-        let cfg = match &bucket.replication {
-            Some(s) => ReplicationConfig::from_stored(s).s3()?,
-            None => ReplicationConfig::default(),
-        };
-        let (tags, dm) = version.as_ref().map_or((Vec::new(), false), |v| (v.attrs.tags.clone(), v.delete_marker));
-        let op = if dm { JobOp::DeleteMarker } else { JobOp::Put };
-        let selected: Vec<String> = cfg.select(&key, &tags, op).iter().map(|r| r.id.clone()).collect();
-        let rules: Vec<serde_json::Value> = cfg
-            .rules
-            .iter()
-            .map(|r| {
-                let why = if !r.enabled {
-                    "the rule is disabled".to_owned()
-                } else if !key.starts_with(&r.filter.prefix) {
-                    format!("the key does not start with the rule's prefix `{}`", r.filter.prefix)
-                } else if let Some((tk, tv)) = r.filter.tags.iter().find(|t| !tags.contains(t)) {
-                    format!("the object lacks the tag {tk}={tv}")
-                } else if dm && !r.delete_markers {
-                    "the rule does not replicate delete markers".to_owned()
-                } else if dm && !r.filter.tags.is_empty() {
-                    "rules with tag filters do not replicate delete markers".to_owned()
-                } else if !selected.contains(&r.id) {
-                    "another matching rule for the same destination has a higher priority".to_owned()
-                } else {
-                    "matches".to_owned()
-                };
-                serde_json::json!({
-                    "rule": r.id, "matches": selected.contains(&r.id), "why": why,
-                    "destination": format!("{}/{}", r.destination.peer, r.destination.bucket),
-                })
-            })
-            .collect();
-        let jobs: Vec<serde_json::Value> = jobs
-            .iter()
-            .map(|j| {
-                serde_json::json!({
-                    "destination": format!("{}/{}", j.peer, j.dest_bucket), "rule": j.rule_id, "op": j.op.name(),
-                    "state": match j.state { ferry_store::replication::JobState::Pending => "pending", ferry_store::replication::JobState::Failed => "failed" },
-                    "attempts": j.attempts, "last_error": j.last_error, "recorded": rfc3339_us(j.created_us),
-                    "next_attempt": (j.next_attempt_us > 0).then(|| rfc3339_us(j.next_attempt_us)),
-                    "backfill": j.backfill_id,
-                })
-            })
-            .collect();
-        let note = match (&version, bucket.replication.is_some()) {
-            (None, _) => "no such key or version",
-            (Some(_), false) => "the bucket has no replication configuration",
-            (Some(v), true) if v.repl_status == Some(ferry_store::model::ReplStatus::Replica) => {
-                "this version is a replica: it arrived by replication and is not replicated further"
-            }
-            (Some(_), true) if jobs.is_empty() && selected.is_empty() => "no rule selects this version",
-            (Some(_), true) if jobs.is_empty() => "delivered to every destination (no job left)",
-            _ => "jobs pending or failed: see jobs",
-        };
-        Ok(serde_json::json!({
-            "bucket": bucket.name, "key": key,
-            "version_id": version.as_ref().map(|v| v.version_id.clone()),
-            "delete_marker": dm,
-            "status": version.as_ref().and_then(|v| v.repl_status).map(|s| s.as_str()),
-            "summary": note, "rules": rules, "jobs": jobs, "delivered_to": delivered,
-        }))
-    }
-
-    async fn start_backfill(&self, bucket: &str, body: &[u8]) -> S3Result<serde_json::Value> {
+    async fn start_backfill(&self, bucket: &str, body: &[u8]) -> S3Result<BackfillStarted> {
         let params: serde_json::Value = if body.is_empty() {
             serde_json::json!({})
         } else {
@@ -209,18 +131,14 @@ impl AdminRoute {
             serde_json::from_value(params).map_err(|e| s3_error!(InvalidArgument, "bad backfill request: {e}"))?;
         let name = bucket.to_owned();
         let id = self.store.meta.write(move |tx| backfill::request(tx, &name, &req)).await.s3()?;
-        Ok(serde_json::json!({ "id": id }))
+        Ok(BackfillStarted { id })
     }
 
     /// Replaces the list of other accounts the bucket accepts replicas from. An entry names an
     /// account by user id (or the access key of an account configured here), optionally only
     /// its buckets in one region, or one bucket.
-    async fn put_sources(&self, bucket: &str, body: &[u8]) -> S3Result<serde_json::Value> {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            sources: Vec<ReplicaSourceGrant>,
-        }
-        let parsed: Body = serde_json::from_slice(body)
+    async fn put_sources(&self, bucket: &str, body: &[u8]) -> S3Result<Sources> {
+        let parsed: Sources = serde_json::from_slice(body)
             .map_err(|e| s3_error!(MalformedPOSTRequest, "the body must be JSON {{\"sources\": [...]}}: {e}"))?;
         if parsed.sources.len() > MAX_SOURCES {
             return Err(s3_error!(InvalidArgument, "at most {MAX_SOURCES} replica sources"));
@@ -249,15 +167,14 @@ impl AdminRoute {
             })
             .await
             .s3()?;
-        Ok(serde_json::json!({ "sources": sources }))
+        Ok(Sources { sources })
     }
 
-    async fn control_backfill(&self, bucket: &str, q: &HashMap<String, String>) -> S3Result<serde_json::Value> {
+    async fn control_backfill(&self, bucket: &str, q: &HashMap<String, String>) -> S3Result<backfill::Backfill> {
         let id: i64 = q.get("id").and_then(|v| v.parse().ok()).ok_or_else(|| s3_error!(InvalidArgument, "id= is required"))?;
         let action: BackfillAction = q.get("action").map_or("", String::as_str).parse().s3()?;
         let name = bucket.to_owned();
-        let b = self.store.meta.write(move |tx| backfill::control(tx, &name, id, action)).await.s3()?;
-        Ok(serde_json::to_value(b).unwrap_or_default())
+        self.store.meta.write(move |tx| backfill::control(tx, &name, id, action)).await.s3()
     }
 }
 
@@ -278,10 +195,13 @@ impl S3Route for AdminRoute {
                 Ok(resp)
             }
             Some("ferry-replication-status") => {
-                let p = bucket_progress(&self.store, &bucket.name, &self.region).await.s3()?;
-                Ok(json_response(&serde_json::to_value(p).unwrap_or_default()))
+                json_response(&bucket_progress(&self.store, &bucket.name, &self.region).await.s3()?)
             }
-            Some("ferry-replication-explain") => Ok(json_response(&self.explain(&bucket, &q).await?)),
+            Some("ferry-replication-explain") => {
+                let key = q.get("key").cloned().ok_or_else(|| s3_error!(InvalidArgument, "key= is required"))?;
+                let vid = q.get("version-id").cloned().filter(|v| !v.is_empty());
+                json_response(&self.store.meta.read(move |r| api::explain(r, &bucket, &key, vid.as_deref())).await.s3()?)
+            }
             Some("ferry-replication-retry") => {
                 // A batch per transaction, so a large backlog never holds the writer.
                 let mut n = 0;
@@ -294,30 +214,24 @@ impl S3Route for AdminRoute {
                         break;
                     }
                 }
-                Ok(json_response(&serde_json::json!({ "retried": n })))
+                json_response(&Retried { retried: n })
             }
             Some("ferry-backfill") => {
                 let body = req.input.store_all_limited(64 * 1024).await.map_err(|_| s3_error!(MaxMessageLengthExceeded))?;
-                Ok(json_response(&self.start_backfill(&bucket.name, &body).await?))
+                json_response(&self.start_backfill(&bucket.name, &body).await?)
             }
-            Some("ferry-backfill-control") => Ok(json_response(&self.control_backfill(&bucket.name, &q).await?)),
+            Some("ferry-backfill-control") => json_response(&self.control_backfill(&bucket.name, &q).await?),
             Some("ferry-replication-sources") if req.method == Method::GET => {
-                Ok(json_response(&serde_json::json!({ "sources": bucket.replica_sources })))
+                json_response(&Sources { sources: bucket.replica_sources })
             }
             Some("ferry-replication-sources") => {
                 let body = req.input.store_all_limited(256 * 1024).await.map_err(|_| s3_error!(MaxMessageLengthExceeded))?;
-                Ok(json_response(&self.put_sources(&bucket.name, &body).await?))
+                json_response(&self.put_sources(&bucket.name, &body).await?)
             }
             Some("ferry-replication-verify") => {
-                let peers =
-                    self.peers.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
-                let rx = crate::verify::start(
-                    self.store.clone(),
-                    peers,
-                    self.region.clone(),
-                    bucket.name.clone(),
-                    q.get("rule-id").cloned(),
-                );
+                let engine =
+                    self.engine.as_ref().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
+                let rx = engine.verify(&bucket.name, q.get("rule-id").map(String::as_str));
                 let mut resp = S3Response::new(Body::from(s3s::dto::StreamingBlob::wrap(Lines(rx))));
                 resp.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
                 Ok(resp)

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use serde_json::Value;
 
-use crate::admin_client::AdminClient;
-use crate::client::Endpoint;
-use ferry_store::replication::BackfillRequest;
+use crate::cli::admin_client::AdminClient;
+use crate::cli::client::Endpoint;
+use ferry_core::time::rfc3339_us as rfc3339;
+use ferry_store::model::ReplicaSourceGrant;
+use ferry_store::replication::api::{BackfillStarted, Explain, Retried, Sources, VerifyLine};
+use ferry_store::replication::progress::BucketProgress;
+use ferry_store::replication::{Backfill, BackfillRequest, BackfillState, StatusFilter};
 
 /// Where to connect, and as whom.
 #[derive(clap::Args, Debug)]
@@ -183,7 +186,7 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
                 return wait_caught_up(&client, &b.bucket, json).await;
             }
             loop {
-                let v = client
+                let v: BucketProgress = client
                     .request("GET", &format!("/{}?ferry-replication-status", b.bucket), bytes::Bytes::new())
                     .await?
                     .json()?;
@@ -211,7 +214,7 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
             if let Some(v) = version_id {
                 q.push_str(&format!("&version-id={}", enc(&v)));
             }
-            let v = client.request("GET", &q, bytes::Bytes::new()).await?.json()?;
+            let v: Explain = client.request("GET", &q, bytes::Bytes::new()).await?.json()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -221,9 +224,9 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
         }
         ReplicationCommand::Retry(b) => {
             let client = admin_client(&b.conn)?;
-            let out =
+            let out: Retried =
                 client.request("POST", &format!("/{}?ferry-replication-retry", b.bucket), bytes::Bytes::new()).await?.json()?;
-            println!("{} failed job(s) of bucket {} will be retried", out["retried"], b.bucket);
+            println!("{} failed job(s) of bucket {} will be retried", out.retried, b.bucket);
             Ok(())
         }
         ReplicationCommand::Resync { b, rule, prefix, status, older_than, wait } => {
@@ -231,10 +234,10 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
             let body = BackfillRequest {
                 rule,
                 prefix,
-                status: status.parse()?,
+                status: status.parse::<StatusFilter>()?,
                 older_than_secs: older_than.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
             };
-            let out = client
+            let BackfillStarted { id } = client
                 .request(
                     "POST",
                     &format!("/{}?ferry-backfill", b.bucket),
@@ -242,7 +245,6 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
                 )
                 .await?
                 .json()?;
-            let id = out["id"].as_i64().unwrap_or(0);
             println!("backfill {id} of bucket {} started", b.bucket);
             if wait {
                 wait_backfill(&client, &b.bucket, id).await?;
@@ -258,7 +260,7 @@ pub async fn run(cmd: ReplicationCommand) -> anyhow::Result<()> {
 }
 
 /// `ACCOUNT[@REGION[/BUCKET]]` as a replica-source grant.
-fn source_entry(text: &str) -> anyhow::Result<Value> {
+fn source_entry(text: &str) -> anyhow::Result<ReplicaSourceGrant> {
     let (account, rest) = text.split_once('@').map_or((text, None), |(a, r)| (a, Some(r)));
     let (region, bucket) = match rest {
         None => (None, None),
@@ -267,31 +269,26 @@ fn source_entry(text: &str) -> anyhow::Result<Value> {
     if account.is_empty() || region == Some("") || bucket == Some("") {
         anyhow::bail!("`{text}`: write ACCOUNT, ACCOUNT@REGION or ACCOUNT@REGION/BUCKET");
     }
-    Ok(serde_json::json!({ "account": account, "region": region, "bucket": bucket }))
+    Ok(ReplicaSourceGrant { account: account.to_owned(), region: region.map(str::to_owned), bucket: bucket.map(str::to_owned) })
 }
 
 async fn sources(b: &BucketArgs, add: &[String], remove: &[String]) -> anyhow::Result<()> {
     let client = admin_client(&b.conn)?;
     let path = format!("/{}?ferry-replication-sources", b.bucket);
-    let mut current =
-        client.request("GET", &path, bytes::Bytes::new()).await?.json()?["sources"].as_array().cloned().unwrap_or_default();
+    let Sources { sources: mut current } = client.request("GET", &path, bytes::Bytes::new()).await?.json()?;
     if !add.is_empty() || !remove.is_empty() {
-        let same = |a: &Value, b: &Value| ["account", "region", "bucket"].iter().all(|k| a[k] == b[k]);
         for r in remove {
             let e = source_entry(r)?;
-            current.retain(|c| !same(c, &e));
+            current.retain(|c| *c != e);
         }
         for a in add {
             let e = source_entry(a)?;
-            if !current.iter().any(|c| same(c, &e)) {
+            if !current.contains(&e) {
                 current.push(e);
             }
         }
-        let body = serde_json::json!({ "sources": current });
-        current = client.request("PUT", &path, bytes::Bytes::from(body.to_string())).await?.json()?["sources"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&Sources { sources: current })?;
+        current = client.request("PUT", &path, bytes::Bytes::from(body)).await?.json::<Sources>()?.sources;
     }
     if current.is_empty() {
         println!("bucket {} accepts replicas only from its owner's buckets", b.bucket);
@@ -299,9 +296,9 @@ async fn sources(b: &BucketArgs, add: &[String], remove: &[String]) -> anyhow::R
     for c in current {
         println!(
             "account {}: {} in {}",
-            c["account"].as_str().unwrap_or("?"),
-            c["bucket"].as_str().map_or_else(|| "any bucket".to_owned(), |b| format!("bucket {b}")),
-            c["region"].as_str().unwrap_or("any region")
+            c.account,
+            c.bucket.map_or_else(|| "any bucket".to_owned(), |b| format!("bucket {b}")),
+            c.region.as_deref().unwrap_or("any region")
         );
     }
     Ok(())
@@ -341,55 +338,48 @@ async fn verify(b: &BucketArgs, rule: Option<&str>, json: bool) -> anyhow::Resul
             if json {
                 spinner.suspend(|| println!("{line}"));
             }
-            let v: Value = serde_json::from_str(line).context("a line of the answer is not JSON")?;
-            match v["type"].as_str() {
-                Some("progress") => spinner.set_message(format!(
-                    "rule {}: {} versions checked, {} missing, {} extra, {} mismatched",
-                    v["rule"].as_str().unwrap_or("?"),
-                    v["checked"],
-                    v["missing"],
-                    v["extra"],
-                    v["mismatched"]
-                )),
-                Some("missing" | "extra" | "mismatch") => {
-                    differences += 1;
-                    if !json {
-                        let what = match v["type"].as_str() {
-                            Some("mismatch") => format!(
-                                "{} differs (source {}, destination {})",
-                                v["field"].as_str().unwrap_or("?"),
-                                v["source"],
-                                v["destination"]
-                            ),
-                            Some("missing") => "missing at the destination".to_owned(),
-                            _ => "at the destination only (extra)".to_owned(),
-                        };
-                        spinner.suspend(|| {
-                            println!(
-                                "{} {} (version {}): {what}",
-                                v["rule"].as_str().unwrap_or("?"),
-                                v["key"].as_str().unwrap_or("?"),
-                                v["version_id"].as_str().unwrap_or("-")
-                            )
-                        });
-                    }
+            let v: VerifyLine = serde_json::from_str(line).context("a line of the answer is not a verify line")?;
+            let difference = |text: String| {
+                if !json {
+                    spinner.suspend(|| println!("{text}"));
                 }
-                Some("summary") if !json => {
+            };
+            match v {
+                VerifyLine::Progress { rule, counts: c, .. } => spinner.set_message(format!(
+                    "rule {rule}: {} versions checked, {} missing, {} extra, {} mismatched",
+                    c.checked, c.missing, c.extra, c.mismatched
+                )),
+                VerifyLine::Missing { rule, key, version_id, .. } => {
+                    differences += 1;
+                    let vid = version_id.unwrap_or_else(|| "-".into());
+                    difference(format!("{rule} {key} (version {vid}): missing at the destination"));
+                }
+                VerifyLine::Extra { rule, key, version_id, .. } => {
+                    differences += 1;
+                    let vid = version_id.unwrap_or_else(|| "-".into());
+                    difference(format!("{rule} {key} (version {vid}): at the destination only (extra)"));
+                }
+                VerifyLine::Mismatch { rule, key, version_id, field, source, destination } => {
+                    differences += 1;
+                    let vid = version_id.unwrap_or_else(|| "-".into());
+                    difference(format!(
+                        "{rule} {key} (version {vid}): {field} differs (source {source}, destination {destination})"
+                    ));
+                }
+                VerifyLine::Summary { rule, destination, counts: c, clean } if !json => {
                     spinner.suspend(|| {
                         println!(
-                            "rule {} -> {}: {} versions checked, {} missing, {} extra, {} mismatched: {}",
-                            v["rule"].as_str().unwrap_or("?"),
-                            v["destination"].as_str().unwrap_or("?"),
-                            v["checked"],
-                            v["missing"],
-                            v["extra"],
-                            v["mismatched"],
-                            if v["clean"].as_bool() == Some(true) { "in sync" } else { "DIFFERENCES" }
+                            "rule {rule} -> {destination}: {} versions checked, {} missing, {} extra, {} mismatched: {}",
+                            c.checked,
+                            c.missing,
+                            c.extra,
+                            c.mismatched,
+                            if clean { "in sync" } else { "DIFFERENCES" }
                         );
                     });
                 }
-                Some("error") => error = Some(v["error"].as_str().unwrap_or("?").to_owned()),
-                _ => {}
+                VerifyLine::Summary { .. } => {}
+                VerifyLine::Error { error: e } => error = Some(e),
             }
             Ok(())
         })
@@ -406,7 +396,7 @@ async fn verify(b: &BucketArgs, rule: Option<&str>, json: bool) -> anyhow::Resul
 
 async fn control(a: &BackfillArgs, action: &str) -> anyhow::Result<()> {
     let client = admin_client(&a.b.conn)?;
-    let v = client
+    let v: Backfill = client
         .request(
             "POST",
             &format!("/{}?ferry-backfill-control&id={}&action={action}", a.b.bucket, a.id),
@@ -414,7 +404,7 @@ async fn control(a: &BackfillArgs, action: &str) -> anyhow::Result<()> {
         )
         .await?
         .json()?;
-    println!("backfill {} of bucket {} is {}", a.id, a.b.bucket, v["state"].as_str().unwrap_or("?"));
+    println!("backfill {} of bucket {} is {}", a.id, a.b.bucket, v.state.as_str());
     Ok(())
 }
 
@@ -424,14 +414,12 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
     spinner.enable_steady_tick(Duration::from_millis(120));
     let v = loop {
         let asked = std::time::Instant::now();
-        let v = client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
+        let v: BucketProgress =
+            client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
         let took = asked.elapsed();
         // Per destination: every job counts, whatever rule (current or removed) recorded it.
-        let dests = v["destinations"].as_array().cloned().unwrap_or_default();
-        let pending: u64 = dests.iter().map(|d| d["pending_ops"].as_u64().unwrap_or(0)).sum();
-        let active = v["backfills"].as_array().map_or(0, |a| {
-            a.iter().filter(|b| matches!(b["state"].as_str(), Some("counting" | "running"))).count()
-        });
+        let pending: u64 = v.destinations.iter().map(|d| d.pending_ops).sum();
+        let active = v.backfills.iter().filter(|b| b.is_active()).count();
         if pending == 0 && active == 0 {
             break v;
         }
@@ -446,7 +434,7 @@ async fn wait_caught_up(client: &AdminClient, bucket: &str, json: bool) -> anyho
     } else {
         print!("{}", render_status(&v));
     }
-    let failed: u64 = v["destinations"].as_array().map_or(0, |a| a.iter().map(|d| d["failed_ops"].as_u64().unwrap_or(0)).sum());
+    let failed: u64 = v.destinations.iter().map(|d| d.failed_ops).sum();
     if failed > 0 {
         anyhow::bail!("{failed} operation(s) failed: see the last error above, fix the cause, then `ferry replication retry`");
     }
@@ -462,22 +450,26 @@ async fn wait_backfill(client: &AdminClient, bucket: &str, id: i64) -> anyhow::R
             .progress_chars("=> "),
     );
     loop {
-        let v = client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
-        let b = v["backfills"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["id"].as_i64() == Some(id)))
-            .cloned()
-            .unwrap_or(Value::Null);
-        bar.set_length(b["total_versions"].as_u64().unwrap_or(0));
-        bar.set_position(b["done_versions"].as_u64().unwrap_or(0));
-        bar.set_message(format!("({})", b["state"].as_str().unwrap_or("?")));
-        match b["state"].as_str() {
-            Some("done" | "cancelled") | None => {
+        let v: BucketProgress =
+            client.request("GET", &format!("/{bucket}?ferry-replication-status"), bytes::Bytes::new()).await?.json()?;
+        let b = v.backfills.into_iter().find(|x| x.id == id);
+        if let Some(b) = &b {
+            bar.set_length(b.total_versions);
+            bar.set_position(b.done_versions);
+            bar.set_message(format!("({})", b.state.as_str()));
+        }
+        match b.map(|b| b.state) {
+            Some(s @ (BackfillState::Done | BackfillState::Cancelled)) => {
                 bar.finish();
-                println!("backfill {id}: {}", b["state"].as_str().unwrap_or("gone"));
+                println!("backfill {id}: {}", s.as_str());
                 return Ok(());
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            None => {
+                bar.finish();
+                println!("backfill {id}: gone");
+                return Ok(());
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -501,169 +493,130 @@ fn bar(ratio: f64, width: usize) -> String {
 }
 
 /// The status table.
-fn render_status(v: &Value) -> String {
-    let mut out = format!(
-        "bucket {} in {}\n",
-        v["bucket"].as_str().unwrap_or("?"),
-        v["region"].as_str().unwrap_or("?")
-    );
-    let rules = v["rules"].as_array().cloned().unwrap_or_default();
-    if rules.is_empty() {
+fn render_status(v: &BucketProgress) -> String {
+    let mut out = format!("bucket {} in {}\n", v.bucket, v.region);
+    if v.rules.is_empty() {
         out.push_str("  no replication configuration\n");
-    }
-    if !rules.is_empty() {
+    } else {
         out.push_str("  (figures are per destination, over every rule that sends there)\n");
     }
-    for r in &rules {
+    for r in &v.rules {
         out.push_str(&format!(
             "\nrule {} -> {}/{}  [{}]\n",
-            r["id"].as_str().unwrap_or("?"),
-            r["destination_region"].as_str().unwrap_or("?"),
-            r["destination_bucket"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?")
+            r.id,
+            r.destination_region,
+            r.destination_bucket,
+            r.state.as_str()
         ));
-        out.push_str(&format!("  replicated up to  {}\n", r["replicated_up_to"].as_str().unwrap_or("?")));
-        let lag = r["lag_seconds"].as_f64().unwrap_or(0.0);
-        let rpo = r["rpo_seconds"].as_u64().unwrap_or(0);
+        out.push_str(&format!("  replicated up to  {}\n", r.replicated_up_to));
+        let (lag, rpo) = (r.lag_seconds, r.rpo_seconds);
         #[allow(clippy::cast_precision_loss)] // display
         let over = if lag > rpo as f64 { "  (over the RPO!)" } else { "" };
         out.push_str(&format!("  lag               {lag:.3} s (RPO {rpo} s){over}\n"));
-        out.push_str(&format!(
-            "  pending           {} ops, {}\n",
-            r["pending_ops"].as_u64().unwrap_or(0),
-            human_bytes(r["pending_bytes"].as_u64().unwrap_or(0))
-        ));
-        let failed = r["failed_ops"].as_u64().unwrap_or(0);
-        out.push_str(&format!("  failed            {failed}"));
-        if let Some(e) = r["last_error"].as_str() {
+        out.push_str(&format!("  pending           {} ops, {}\n", r.pending_ops, human_bytes(r.pending_bytes)));
+        out.push_str(&format!("  failed            {}", r.failed_ops));
+        if let Some(e) = &r.last_error {
             out.push_str(&format!("  (last error: {e})"));
         }
         out.push('\n');
-        if let Some(h) = r["historical_ratio"].as_f64() {
+        if let Some(h) = r.historical_ratio {
             out.push_str(&format!("  historical        {}\n", bar(h, 30)));
         }
         // "In sync" is only ever said of a verify's result, with its time.
-        let v = &r["last_verify"];
-        let when = rfc3339(v["time_us"].as_i64().unwrap_or(0));
-        match v["kind"].as_str() {
-            Some("VerifyClean") => out.push_str(&format!(
-                "  last verify       in sync at {when} ({})\n",
-                v["detail"].as_str().unwrap_or("")
-            )),
-            Some(_) => out.push_str(&format!(
-                "  last verify       DIFFERENCES at {when} ({})\n",
-                v["detail"].as_str().unwrap_or("")
-            )),
+        match &r.last_verify {
+            Some(e) if e.kind == "VerifyClean" => {
+                out.push_str(&format!("  last verify       in sync at {} ({})\n", rfc3339(e.time_us), e.detail));
+            }
+            Some(e) => out.push_str(&format!("  last verify       DIFFERENCES at {} ({})\n", rfc3339(e.time_us), e.detail)),
             None => out.push_str("  last verify       never (ferry replication verify compares the buckets)\n"),
         }
     }
     // Jobs recorded by rules that were removed or changed since are still delivered.
-    let orphans: Vec<&Value> = v["destinations"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|d| d["pending_ops"].as_u64().unwrap_or(0) + d["failed_ops"].as_u64().unwrap_or(0) > 0)
-                .filter(|d| {
-                    !rules.iter().any(|r| r["destination_region"] == d["region"] && r["destination_bucket"] == d["bucket"])
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let orphans = v
+        .destinations
+        .iter()
+        .filter(|d| d.pending_ops + d.failed_ops > 0)
+        .filter(|d| !v.rules.iter().any(|r| r.destination_region == d.region && r.destination_bucket == d.bucket));
     for d in orphans {
         out.push_str(&format!(
             "\nno rule -> {}/{} (jobs of an earlier configuration)\n  replicated up to  {}\n  pending           {} ops, failed {}{}\n",
-            d["region"].as_str().unwrap_or("?"),
-            d["bucket"].as_str().unwrap_or("?"),
-            d["replicated_up_to"].as_str().unwrap_or("?"),
-            d["pending_ops"].as_u64().unwrap_or(0),
-            d["failed_ops"].as_u64().unwrap_or(0),
-            d["last_error"].as_str().map(|e| format!("  (last error: {e})")).unwrap_or_default()
+            d.region,
+            d.bucket,
+            d.replicated_up_to,
+            d.pending_ops,
+            d.failed_ops,
+            d.last_error.as_ref().map(|e| format!("  (last error: {e})")).unwrap_or_default()
         ));
     }
-    let backfills = v["backfills"].as_array().cloned().unwrap_or_default();
-    if !backfills.is_empty() {
+    if !v.backfills.is_empty() {
         out.push_str("\nbackfills\n");
-        let now = v["now_us"].as_i64().unwrap_or(0);
-        for b in backfills.iter().take(5) {
-            let (done, total) = (b["done_versions"].as_u64().unwrap_or(0), b["total_versions"].as_u64().unwrap_or(0));
-            let created = b["created_us"].as_i64().unwrap_or(now);
-            #[allow(clippy::cast_precision_loss)] // display
-            let secs = ((b["finished_us"].as_i64().unwrap_or(now) - created) as f64 / 1e6).max(0.001);
-            #[allow(clippy::cast_precision_loss)] // display
-            let rate = done as f64 / secs;
-            #[allow(clippy::cast_precision_loss)] // display
-            let eta = if rate > 0.0 && done < total { format!("{:.0} s", (total - done) as f64 / rate) } else { "-".to_owned() };
-            #[allow(clippy::cast_precision_loss)] // display
-            let ratio = if total == 0 { 0.0 } else { done as f64 / total as f64 };
-            out.push_str(&format!(
-                "  #{} {:<9} {} {done}/{total} objects, {} of {}, {rate:.0} obj/s, ETA {eta}, {} failed, scanned {}/{}\n",
-                b["id"],
-                b["state"].as_str().unwrap_or("?"),
-                bar(ratio, 20),
-                human_bytes(b["done_bytes"].as_u64().unwrap_or(0)),
-                human_bytes(b["total_bytes"].as_u64().unwrap_or(0)),
-                b["failed_versions"].as_u64().unwrap_or(0),
-                b["scanned_versions"].as_u64().unwrap_or(0),
-                total,
-            ));
+        for b in v.backfills.iter().take(5) {
+            out.push_str(&backfill_line(b, v.now_us));
         }
     }
-    let events = v["events"].as_array().cloned().unwrap_or_default();
-    if !events.is_empty() {
+    if !v.events.is_empty() {
         out.push_str("\nrecent events\n");
-        for e in events.iter().take(10) {
-            out.push_str(&format!(
-                "  {} {} rule {}: {}\n",
-                crate::cli_replication::rfc3339(e["time_us"].as_i64().unwrap_or(0)),
-                e["kind"].as_str().unwrap_or("?"),
-                e["rule_id"].as_str().unwrap_or("?"),
-                e["detail"].as_str().unwrap_or("")
-            ));
+        for e in v.events.iter().take(10) {
+            out.push_str(&format!("  {} {} rule {}: {}\n", rfc3339(e.time_us), e.kind, e.rule_id, e.detail));
         }
     }
     out
 }
 
-pub(crate) fn rfc3339(us: i64) -> String {
-    ferry_s3::progress::rfc3339_us(us)
+/// One backfill of the status table: progress, rate and ETA.
+#[allow(clippy::cast_precision_loss)] // display
+fn backfill_line(b: &Backfill, now_us: i64) -> String {
+    let (done, total) = (b.done_versions, b.total_versions);
+    let secs = ((b.finished_us.unwrap_or(now_us) - b.created_us) as f64 / 1e6).max(0.001);
+    let rate = done as f64 / secs;
+    let eta = if rate > 0.0 && done < total { format!("{:.0} s", (total - done) as f64 / rate) } else { "-".to_owned() };
+    let ratio = if total == 0 { 0.0 } else { done as f64 / total as f64 };
+    format!(
+        "  #{} {:<9} {} {done}/{total} objects, {} of {}, {rate:.0} obj/s, ETA {eta}, {} failed, scanned {}/{}\n",
+        b.id,
+        b.state.as_str(),
+        bar(ratio, 20),
+        human_bytes(b.done_bytes),
+        human_bytes(b.total_bytes),
+        b.failed_versions,
+        b.scanned_versions,
+        total,
+    )
 }
 
-fn render_explain(v: &Value) -> String {
+fn render_explain(v: &Explain) -> String {
     let mut out = format!(
         "{}/{} version {} ({})\n  status: {}\n  {}\n\nrules\n",
-        v["bucket"].as_str().unwrap_or("?"),
-        v["key"].as_str().unwrap_or("?"),
-        v["version_id"].as_str().unwrap_or("-"),
-        if v["delete_marker"].as_bool() == Some(true) { "delete marker" } else { "object" },
-        v["status"].as_str().unwrap_or("none"),
-        v["summary"].as_str().unwrap_or(""),
+        v.bucket,
+        v.key,
+        v.version_id.as_deref().unwrap_or("-"),
+        if v.delete_marker { "delete marker" } else { "object" },
+        v.status.map_or("none", |s| s.as_str()),
+        v.summary,
     );
-    for r in v["rules"].as_array().cloned().unwrap_or_default() {
+    for r in &v.rules {
         out.push_str(&format!(
             "  {} {} -> {}: {}\n",
-            if r["matches"].as_bool() == Some(true) { "+" } else { "-" },
-            r["rule"].as_str().unwrap_or("?"),
-            r["destination"].as_str().unwrap_or("?"),
-            r["why"].as_str().unwrap_or("")
+            if r.matches { "+" } else { "-" },
+            r.rule,
+            r.destination,
+            r.why
         ));
     }
-    let delivered: Vec<&str> =
-        v["delivered_to"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    if !delivered.is_empty() {
-        out.push_str(&format!("\ndelivered to\n  {}\n", delivered.join("\n  ")));
+    if !v.delivered_to.is_empty() {
+        out.push_str(&format!("\ndelivered to\n  {}\n", v.delivered_to.join("\n  ")));
     }
-    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
-    if !jobs.is_empty() {
+    if !v.jobs.is_empty() {
         out.push_str("\njobs\n");
-        for j in jobs {
+        for j in &v.jobs {
             out.push_str(&format!(
                 "  {} {} to {}: {} after {} attempt(s){}\n",
-                j["op"].as_str().unwrap_or("?"),
-                j["rule"].as_str().unwrap_or("?"),
-                j["destination"].as_str().unwrap_or("?"),
-                j["state"].as_str().unwrap_or("?"),
-                j["attempts"],
-                j["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                j.op.name(),
+                j.rule,
+                j.destination,
+                if j.state == ferry_store::replication::JobState::Pending { "pending" } else { "failed" },
+                j.attempts,
+                j.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
             ));
         }
     }

@@ -1,16 +1,15 @@
-//! Helpers shared by the operation files: identities and permissions, conversions between store
-//! records and s3s DTOs, and input validation.
+//! Conversions between store records and s3s DTOs, request validation (keys, metadata, tags),
+//! and the attributes and conditions of a write taken from its request.
 
 use std::collections::BTreeMap;
 
 use ferry_core::time::micros_to_datetime;
-use ferry_store::model::{Acl, BucketRecord, Grant, Grantee, Owner};
-use s3s::dto::{ETag, Timestamp};
+use ferry_store::model::Owner;
+use ferry_store::objects::WriteConditions;
+use s3s::dto::{ETag, ETagCondition, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Result, s3_error};
 
-use crate::FerryS3;
-use crate::auth::User;
-use crate::error::StoreResultExt;
+use crate::error::internal;
 
 /// The raw value of a header that s3s does not model for an operation.
 pub fn raw_header<'a, T>(req: &'a S3Request<T>, name: &str) -> Option<&'a str> {
@@ -25,80 +24,6 @@ pub const MAX_METADATA_SIZE: usize = 2048;
 pub const MAX_PUT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Most tags on an object.
 pub const MAX_OBJECT_TAGS: usize = 10;
-
-/// A permission checked against ACLs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Perm {
-    Read,
-    Write,
-    ReadAcp,
-    WriteAcp,
-    /// Only the owner (bucket configuration, deleting the bucket).
-    Owner,
-}
-
-impl Perm {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Read => "READ",
-            Self::Write => "WRITE",
-            Self::ReadAcp => "READ_ACP",
-            Self::WriteAcp => "WRITE_ACP",
-            Self::Owner => "FULL_CONTROL",
-        }
-    }
-}
-
-pub fn access_denied() -> S3Error {
-    s3_error!(AccessDenied, "Access Denied")
-}
-
-impl FerryS3 {
-    /// The account that signed the request; `None` for anonymous requests and for replication
-    /// credentials (not accounts: their rights come from [`crate::replica::ReplicationRequest`]).
-    pub(crate) fn user<T>(&self, req: &S3Request<T>) -> Option<&User> {
-        req.credentials.as_ref().and_then(|c| self.users.account(&c.access_key))
-    }
-
-    /// The signed-in user or AccessDenied.
-    pub(crate) fn require_user<T>(&self, req: &S3Request<T>) -> S3Result<&User> {
-        self.user(req).ok_or_else(access_denied)
-    }
-
-    /// Loads a bucket (no permission check).
-    pub(crate) async fn load_bucket(&self, name: &str) -> S3Result<BucketRecord> {
-        let n = name.to_owned();
-        let bucket = self.store.meta.read(move |r| r.get_bucket(&n)).await.s3()?;
-        bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))
-    }
-
-    /// Loads a bucket and checks that the requester has `perm` on it. A replication request
-    /// (confined to the operations replication needs by the access check) is allowed when the
-    /// bucket accepts its source.
-    pub(crate) async fn bucket_for<T>(&self, req: &S3Request<T>, name: &str, perm: Perm) -> S3Result<BucketRecord> {
-        let bucket = self.load_bucket(name).await?;
-        match self.replication(req) {
-            Some(r) => {
-                r.authorize(&bucket)?;
-            }
-            None => check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &bucket.acl, perm)?,
-        }
-        Ok(bucket)
-    }
-}
-
-/// Checks `perm` for `user` on a resource owned by `owner` with `acl`. As in S3, the owner
-/// always keeps READ_ACP and WRITE_ACP (and the owner-only operations); READ and WRITE come
-/// from the ACL's grants, which give the owner FULL_CONTROL unless the owner removed it.
-pub fn check_perm(user: Option<&Owner>, owner: &Owner, acl: &Acl, perm: Perm) -> S3Result<()> {
-    if user.is_some_and(|u| u.id == owner.id) && matches!(perm, Perm::ReadAcp | Perm::WriteAcp | Perm::Owner) {
-        return Ok(());
-    }
-    if perm != Perm::Owner && acl.allows(user.map(|u| u.id.as_str()), perm.name()) {
-        return Ok(());
-    }
-    Err(access_denied())
-}
 
 /// Microseconds since the epoch → s3s timestamp.
 pub fn ts(us: i64) -> Timestamp {
@@ -199,77 +124,6 @@ pub fn tags_to_dto(tags: &[(String, String)]) -> Vec<s3s::dto::Tag> {
     tags.iter().map(|(k, v)| s3s::dto::Tag { key: Some(k.clone()), value: Some(v.clone()) }).collect()
 }
 
-/// Grant headers (`x-amz-grant-read: id="..", uri="..", emailAddress=".."`) of a request.
-pub struct GrantHeaders<'a> {
-    pub full_control: Option<&'a str>,
-    pub read: Option<&'a str>,
-    pub read_acp: Option<&'a str>,
-    pub write: Option<&'a str>,
-    pub write_acp: Option<&'a str>,
-}
-
-impl GrantHeaders<'_> {
-    fn is_empty(&self) -> bool {
-        [self.full_control, self.read, self.read_acp, self.write, self.write_acp].iter().all(Option::is_none)
-    }
-}
-
-/// The ACL a request asks for: a canned ACL, explicit grant headers (not both), or the default
-/// private ACL.
-pub fn requested_acl(
-    canned: Option<&str>,
-    grants: &GrantHeaders<'_>,
-    owner: &Owner,
-    bucket_owner: Option<&Owner>,
-    users: &crate::Users,
-) -> S3Result<Acl> {
-    if let Some(c) = canned {
-        if !grants.is_empty() {
-            return Err(s3_error!(InvalidRequest, "Specifying both Canned ACLs and Header Grants is not allowed"));
-        }
-        return Acl::canned(c, owner, bucket_owner).ok_or_else(|| s3_error!(InvalidArgument, "Unknown canned ACL {c}"));
-    }
-    if grants.is_empty() {
-        return Ok(Acl::private(owner));
-    }
-    let mut acl = Acl::default();
-    for (value, perm) in [
-        (grants.read, "READ"),
-        (grants.write, "WRITE"),
-        (grants.read_acp, "READ_ACP"),
-        (grants.write_acp, "WRITE_ACP"),
-        (grants.full_control, "FULL_CONTROL"),
-    ] {
-        let Some(value) = value else { continue };
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (kind, v) = item.split_once('=').ok_or_else(|| s3_error!(InvalidArgument, "Invalid grant header {item}"))?;
-            let v = v.trim().trim_matches('"').to_owned();
-            let grantee = match kind.trim().to_ascii_lowercase().as_str() {
-                "id" => {
-                    let display_name = users.find_owner(&v).map(|o| o.display_name.clone());
-                    if display_name.is_none() {
-                        return Err(s3_error!(InvalidArgument, "Invalid id"));
-                    }
-                    Grantee::User { id: v, display_name }
-                }
-                "uri" => Grantee::Group { uri: v },
-                "emailaddress" => match users.find_email(&v) {
-                    Some(o) => Grantee::User { id: o.id.clone(), display_name: Some(o.display_name.clone()) },
-                    None => {
-                        return Err(s3_error!(
-                            UnresolvableGrantByEmailAddress,
-                            "The e-mail address you provided does not match any account on record."
-                        ));
-                    }
-                },
-                _ => return Err(s3_error!(InvalidArgument, "Invalid grantee type {kind}")),
-            };
-            acl.grants.push(Grant { grantee, permission: perm.to_owned() });
-        }
-    }
-    Ok(acl)
-}
-
 /// URL-encodes a key or prefix for `encoding-type=url` listings (everything but unreserved
 /// characters and `/`).
 pub fn url_encode(s: &str) -> String {
@@ -286,6 +140,41 @@ pub fn custom_error(code: &str, status: http::StatusCode, msg: &str) -> S3Error 
     e.set_status_code(status);
     e
 }
+
+/// `Expires` as stored (HTTP date text).
+pub(crate) fn http_date(t: &Timestamp) -> S3Result<String> {
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::HttpDate, &mut buf).map_err(internal)?;
+    String::from_utf8(buf).map_err(internal)
+}
+
+/// The conditions of a write (`If-Match` / `If-None-Match`; `*` for any).
+pub(crate) fn write_conditions(if_match: Option<&ETagCondition>, if_none_match: Option<&ETagCondition>) -> WriteConditions {
+    let text = |c: &ETagCondition| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned());
+    WriteConditions { if_match: if_match.map(text), if_none_match: if_none_match.map(text) }
+}
+
+/// The object attributes a write request gives (content headers, `Expires`, user metadata),
+/// with the caller's tags and ACL; checksums are filled in once the body is read.
+macro_rules! request_attrs {
+    ($i:expr, $tags:expr, $acl:expr) => {
+        ferry_store::model::ObjectAttrs {
+            content_type: Some($i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
+            content_encoding: $i.content_encoding.clone(),
+            content_disposition: $i.content_disposition.clone(),
+            content_language: $i.content_language.clone(),
+            cache_control: $i.cache_control.clone(),
+            expires: $i.expires.as_ref().map($crate::dto::http_date).transpose()?,
+            website_redirect: $i.website_redirect_location.clone(),
+            user_metadata: $crate::dto::user_metadata($i.metadata.clone())?,
+            checksums: ferry_store::model::Checksums::default(),
+            tags: $tags,
+            acl: $acl,
+            ..ferry_store::model::ObjectAttrs::default()
+        }
+    };
+}
+pub(crate) use request_attrs;
 
 #[cfg(test)]
 mod tests {

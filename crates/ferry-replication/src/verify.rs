@@ -1,6 +1,8 @@
-//! `GET /BUCKET?ferry-replication-verify[&rule-id=ID]`: compares a bucket with each rule's
-//! destination and streams the result as JSON lines (`progress`, `missing`, `extra`,
-//! `mismatch`, and one `summary` per rule).
+//! Verify: compares a bucket with each rule's destination and streams the result as
+//! [`VerifyLine`]s (`progress`, `missing`, `extra`, `mismatch`, and one `summary` per rule;
+//! the S3 layer serves them as JSON lines on `GET /BUCKET?ferry-replication-verify`). Each
+//! rule's result is recorded as an event (`VerifyClean` / `VerifyFoundDifferences`), the only
+//! source of an "in sync" claim in status.
 //!
 //! Both listings are walked key by key in S3 order, one page at a time, so memory stays bounded
 //! whatever the bucket size (one key's versions at a time). To a Ferry peer every version is
@@ -13,13 +15,17 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferry_store::Store;
 use ferry_store::meta::{VersionCursor, prefix_end};
 use ferry_store::model::{ListEntry, ReplStatus, VersionRecord};
-use ferry_store::replication::{PeerDirectory, RemoteVersion, ReplicationConfig, Rule, SourceRef};
+use ferry_store::replication::api::{VerifyCounts, VerifyLine};
+use ferry_store::replication::progress::record_event;
+use ferry_store::replication::{ReplicationConfig, Rule, SourceRef};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::peers::{PeerSet, RemoteVersion};
 
 /// Versions read from the local store per query.
 const PAGE: usize = 1000;
@@ -27,63 +33,54 @@ const PAGE: usize = 1000;
 /// Lines sent before the client reads them.
 const CHANNEL: usize = 64;
 
-type Line = Result<Bytes, std::io::Error>;
-
 struct Out {
-    tx: mpsc::Sender<Line>,
+    tx: mpsc::Sender<VerifyLine>,
 }
 
 impl Out {
-    async fn send(&self, v: Value) -> bool {
-        self.tx.send(Ok(Bytes::from(format!("{v}\n")))).await.is_ok()
+    /// Sends a line; false when the reader went away (the comparison stops).
+    async fn send(&self, line: VerifyLine) -> bool {
+        self.tx.send(line).await.is_ok()
     }
 }
 
-/// Starts the comparison; the returned receiver yields the JSON lines.
+/// Starts the comparison of `bucket` (in the region of `peers`); the returned receiver yields
+/// the lines.
 pub(crate) fn start(
     store: Arc<Store>,
-    peers: Arc<dyn PeerDirectory>,
-    region: String,
+    peers: Arc<PeerSet>,
     bucket: String,
     rule_id: Option<String>,
-) -> mpsc::Receiver<Line> {
+) -> mpsc::Receiver<VerifyLine> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
         let out = Out { tx };
-        if let Err(e) = run(&store, peers.as_ref(), &region, &bucket, rule_id.as_deref(), &out).await {
-            out.send(json!({"type": "error", "error": e})).await;
+        if let Err(e) = run(&store, &peers, &bucket, rule_id.as_deref(), &out).await {
+            out.send(VerifyLine::Error { error: e.to_string() }).await;
         }
     });
     rx
 }
 
-async fn run(
-    store: &Store,
-    peers: &dyn PeerDirectory,
-    region: &str,
-    bucket: &str,
-    rule_id: Option<&str>,
-    out: &Out,
-) -> Result<(), String> {
+async fn run(store: &Store, peers: &PeerSet, bucket: &str, rule_id: Option<&str>, out: &Out) -> Result<()> {
     let name = bucket.to_owned();
-    let b = store.meta.read(move |r| r.get_bucket(&name)).await.map_err(|e| e.to_string())?.ok_or("no such bucket")?;
+    let b = store.meta.read(move |r| r.get_bucket(&name)).await?.ok_or_else(|| Error::Invalid("no such bucket".into()))?;
     let cfg = match &b.replication {
-        Some(s) => ReplicationConfig::from_stored(s).map_err(|e| e.to_string())?,
-        None => return Err("the bucket has no replication configuration".into()),
+        Some(s) => ReplicationConfig::from_stored(s)?,
+        None => return Err(Error::Invalid("the bucket has no replication configuration".into())),
     };
     let rules: Vec<&Rule> = cfg.rules.iter().filter(|r| r.enabled && rule_id.is_none_or(|id| id == r.id)).collect();
     if rules.is_empty() {
-        return Err(match rule_id {
+        return Err(Error::Invalid(match rule_id {
             Some(id) => format!("no enabled rule {id}"),
             None => "no enabled rule".into(),
-        });
+        }));
     }
-    let mut all_clean = true;
     for rule in rules {
-        let clean = verify_rule(store, peers, (region, bucket, &b.owner.id), rule, out).await?;
-        all_clean &= clean;
+        if !verify_rule(store, peers, (peers.local(), bucket, &b.owner.id), rule, out).await? {
+            break;
+        }
     }
-    let _ = all_clean;
     Ok(())
 }
 
@@ -92,7 +89,7 @@ trait Pages {
     type Item;
     fn key(item: &Self::Item) -> &str;
     /// The next page; empty at the end.
-    async fn next_page(&mut self) -> Result<Vec<Self::Item>, String>;
+    async fn next_page(&mut self) -> Result<Vec<Self::Item>>;
 }
 
 /// Groups a [`Pages`] source by key: one key's versions at a time, so memory is one page plus
@@ -108,7 +105,7 @@ impl<P: Pages> ByKey<P> {
         Self { pages, buf: VecDeque::new(), done: false }
     }
 
-    async fn fill(&mut self) -> Result<(), String> {
+    async fn fill(&mut self) -> Result<()> {
         if self.done || !self.buf.is_empty() {
             return Ok(());
         }
@@ -118,13 +115,13 @@ impl<P: Pages> ByKey<P> {
         Ok(())
     }
 
-    async fn peek_key(&mut self) -> Result<Option<String>, String> {
+    async fn peek_key(&mut self) -> Result<Option<String>> {
         self.fill().await?;
         Ok(self.buf.front().map(|e| P::key(e).to_owned()))
     }
 
     /// Every version of the next key.
-    async fn next_key(&mut self) -> Result<Vec<P::Item>, String> {
+    async fn next_key(&mut self) -> Result<Vec<P::Item>> {
         let Some(key) = self.peek_key().await? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         loop {
@@ -153,15 +150,10 @@ impl Pages for LocalPages<'_> {
         &item.key
     }
 
-    async fn next_page(&mut self) -> Result<Vec<ListEntry>, String> {
+    async fn next_page(&mut self) -> Result<Vec<ListEntry>> {
         let Some(cur) = self.cursor.clone() else { return Ok(Vec::new()) };
         let (b, from, to) = (self.bucket.clone(), self.from.clone(), self.to.clone());
-        let page = self
-            .store
-            .meta
-            .read(move |r| r.scan_versions(&b, &from, &cur, to.as_deref(), PAGE))
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = self.store.meta.read(move |r| r.scan_versions(&b, &from, &cur, to.as_deref(), PAGE)).await?;
         self.cursor = match page.last() {
             Some(last) if page.len() == PAGE => Some(VersionCursor {
                 after_key: Some(last.key.clone()),
@@ -175,7 +167,7 @@ impl Pages for LocalPages<'_> {
 
 /// A peer's versions of `bucket` under `prefix`.
 struct RemotePages<'a> {
-    peers: &'a dyn PeerDirectory,
+    peers: &'a PeerSet,
     source: SourceRef,
     peer: String,
     bucket: String,
@@ -191,7 +183,7 @@ impl Pages for RemotePages<'_> {
         &item.key
     }
 
-    async fn next_page(&mut self) -> Result<Vec<RemoteVersion>, String> {
+    async fn next_page(&mut self) -> Result<Vec<RemoteVersion>> {
         // An empty page that is not the last one (possible in S3) must not end the walk.
         while let Some(marker) = self.next.take() {
             let (mut page, next) = self.peers.list_versions(&self.source, &self.peer, &self.bucket, &self.prefix, marker).await?;
@@ -208,21 +200,13 @@ impl Pages for RemotePages<'_> {
     }
 }
 
-#[derive(Default)]
-struct Counts {
-    checked: u64,
-    missing: u64,
-    extra: u64,
-    mismatched: u64,
-}
-
 async fn verify_rule(
     store: &Store,
-    peers: &dyn PeerDirectory,
+    peers: &PeerSet,
     (region, bucket, owner): (&str, &str, &str),
     rule: &Rule,
     out: &Out,
-) -> Result<bool, String> {
+) -> Result<bool> {
     let (peer, dest) = (rule.destination.peer.clone(), rule.destination.bucket.clone());
     let ferry = peers.is_ferry(&peer);
     let prefix = rule.filter.prefix.clone();
@@ -242,8 +226,8 @@ async fn verify_rule(
         prefix: prefix.clone(),
         next: Some(None),
     });
-    let mut c = Counts::default();
-    let label = json!({"rule": rule.id, "destination": format!("{peer}/{dest}")});
+    let mut c = VerifyCounts::default();
+    let destination = rule.destination.key();
     loop {
         let (lk, rk) = (local.peek_key().await?, remote.peek_key().await?);
         let key = match (&lk, &rk) {
@@ -263,7 +247,7 @@ async fn verify_rule(
         let mut records = Vec::with_capacity(l.len());
         for e in &l {
             let (b, k, v) = (bucket.to_owned(), e.key.clone(), e.version_id.clone());
-            if let Some(rec) = store.meta.read(move |rd| rd.get_version(&b, &k, &v)).await.map_err(|e| e.to_string())? {
+            if let Some(rec) = store.meta.read(move |rd| rd.get_version(&b, &k, &v)).await? {
                 records.push(rec);
             }
         }
@@ -273,33 +257,22 @@ async fn verify_rule(
             compare_latest(rule, &key, &records, &r, &mut c, out).await;
         }
         if c.checked % 1000 < u64::try_from(records.len().max(1)).unwrap_or(1) {
-            let mut p = json!({"type": "progress", "checked": c.checked, "missing": c.missing, "extra": c.extra, "mismatched": c.mismatched});
-            merge(&mut p, &label);
-            if !out.send(p).await {
+            let line = VerifyLine::Progress { rule: rule.id.clone(), destination: destination.clone(), counts: c };
+            if !out.send(line).await {
                 return Ok(false);
             }
         }
     }
-    let clean = c.missing == 0 && c.extra == 0 && c.mismatched == 0;
-    let mut s = json!({"type": "summary", "checked": c.checked, "missing": c.missing, "extra": c.extra, "mismatched": c.mismatched, "clean": clean});
-    merge(&mut s, &label);
-    out.send(s).await;
+    let clean = c.clean();
+    let open = out.send(VerifyLine::Summary { rule: rule.id.clone(), destination, counts: c, clean }).await;
     let (b, rid) = (bucket.to_owned(), rule.id.clone());
     let detail = format!(
         "{} versions checked: {} missing, {} extra, {} mismatched",
         c.checked, c.missing, c.extra, c.mismatched
     );
     let kind = if clean { "VerifyClean" } else { "VerifyFoundDifferences" };
-    let _ = store.meta.write(move |tx| ferry_store::replication::progress::record_event(tx, &b, &rid, kind, &detail)).await;
-    Ok(clean)
-}
-
-fn merge(v: &mut Value, extra: &Value) {
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        for (k, val) in e {
-            o.insert(k.clone(), val.clone());
-        }
-    }
+    store.meta.write(move |tx| record_event(tx, &b, &rid, kind, &detail)).await?;
+    Ok(open)
 }
 
 /// In the rule's scope: tags match, and delete markers only when the rule replicates them.
@@ -309,7 +282,7 @@ fn in_scope(rule: &Rule, v: &VersionRecord) -> bool {
 
 #[allow(clippy::too_many_arguments)] // one comparison, many inputs
 async fn compare_versions(
-    peers: &dyn PeerDirectory,
+    peers: &PeerSet,
     source: &SourceRef,
     peer: &str,
     dest: &str,
@@ -317,9 +290,9 @@ async fn compare_versions(
     key: &str,
     local: &[VersionRecord],
     remote: &[RemoteVersion],
-    c: &mut Counts,
+    c: &mut VerifyCounts,
     out: &Out,
-) -> Result<(), String> {
+) -> Result<()> {
     let remote_by_id: BTreeMap<&str, &RemoteVersion> = remote.iter().map(|r| (r.version_id.as_str(), r)).collect();
     for v in local.iter().filter(|v| in_scope(rule, v)) {
         c.checked += 1;
@@ -327,7 +300,13 @@ async fn compare_versions(
             // Replicas from a third region are not sent on (loop prevention).
             if v.repl_status != Some(ReplStatus::Replica) {
                 c.missing += 1;
-                out.send(json!({"type": "missing", "rule": rule.id, "key": key, "version_id": v.version_id, "delete_marker": v.delete_marker})).await;
+                let line = VerifyLine::Missing {
+                    rule: rule.id.clone(),
+                    key: key.to_owned(),
+                    version_id: Some(v.version_id.clone()),
+                    delete_marker: Some(v.delete_marker),
+                };
+                out.send(line).await;
             }
             continue;
         };
@@ -363,28 +342,48 @@ async fn compare_versions(
                     }
                 }
                 Ok(None) => diffs.push(("readable", json!(true), json!(false))),
-                Err(e) => diffs.push(("readable", json!(true), json!(e))),
+                Err(e) => diffs.push(("readable", json!(true), json!(e.to_string()))),
             }
         }
         if !diffs.is_empty() {
             c.mismatched += 1;
             for (field, s, d) in diffs {
-                out.send(json!({"type": "mismatch", "rule": rule.id, "key": key, "version_id": v.version_id, "field": field, "source": s, "destination": d}))
-                    .await;
+                let line = VerifyLine::Mismatch {
+                    rule: rule.id.clone(),
+                    key: key.to_owned(),
+                    version_id: Some(v.version_id.clone()),
+                    field: field.to_owned(),
+                    source: s,
+                    destination: d,
+                };
+                out.send(line).await;
             }
         }
     }
     for r in remote {
         if !local.iter().any(|v| v.version_id == r.version_id) {
             c.extra += 1;
-            out.send(json!({"type": "extra", "rule": rule.id, "key": key, "version_id": r.version_id, "delete_marker": r.delete_marker})).await;
+            let line = VerifyLine::Extra {
+                rule: rule.id.clone(),
+                key: key.to_owned(),
+                version_id: Some(r.version_id.clone()),
+                delete_marker: Some(r.delete_marker),
+            };
+            out.send(line).await;
         }
     }
     Ok(())
 }
 
 /// S3 peers: the current object of each key, compared by size (and ETag for plain MD5s).
-async fn compare_latest(rule: &Rule, key: &str, local: &[VersionRecord], remote: &[RemoteVersion], c: &mut Counts, out: &Out) {
+async fn compare_latest(
+    rule: &Rule,
+    key: &str,
+    local: &[VersionRecord],
+    remote: &[RemoteVersion],
+    c: &mut VerifyCounts,
+    out: &Out,
+) {
     let l = local.iter().find(|v| v.is_latest).filter(|v| !v.delete_marker && in_scope(rule, v));
     let r = remote.iter().find(|v| v.is_latest).filter(|v| !v.delete_marker);
     match (l, r) {
@@ -392,18 +391,38 @@ async fn compare_latest(rule: &Rule, key: &str, local: &[VersionRecord], remote:
         (Some(v), None) => {
             c.checked += 1;
             c.missing += 1;
-            out.send(json!({"type": "missing", "rule": rule.id, "key": key, "version_id": v.version_id})).await;
+            let line = VerifyLine::Missing {
+                rule: rule.id.clone(),
+                key: key.to_owned(),
+                version_id: Some(v.version_id.clone()),
+                delete_marker: None,
+            };
+            out.send(line).await;
         }
         (None, Some(r)) => {
             c.extra += 1;
-            out.send(json!({"type": "extra", "rule": rule.id, "key": key, "version_id": r.version_id})).await;
+            let line = VerifyLine::Extra {
+                rule: rule.id.clone(),
+                key: key.to_owned(),
+                version_id: Some(r.version_id.clone()),
+                delete_marker: None,
+            };
+            out.send(line).await;
         }
         (Some(v), Some(r)) => {
             c.checked += 1;
             let plain = |e: &str| !e.contains('-');
             if v.size != r.size || (plain(&v.etag) && plain(&r.etag) && v.etag != r.etag) {
                 c.mismatched += 1;
-                out.send(json!({"type": "mismatch", "rule": rule.id, "key": key, "field": "content", "source": v.etag, "destination": r.etag})).await;
+                let line = VerifyLine::Mismatch {
+                    rule: rule.id.clone(),
+                    key: key.to_owned(),
+                    version_id: None,
+                    field: "content".to_owned(),
+                    source: json!(v.etag),
+                    destination: json!(r.etag),
+                };
+                out.send(line).await;
             }
         }
     }

@@ -12,14 +12,18 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use ferry_store::Error as StoreError;
 use ferry_store::model::Versioning;
 use ferry_store::replication::backfill::{self, StatusFilter};
-use ferry_store::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter, SourceRef, drop_jobs};
+use ferry_store::replication::{
+    DestinationArn, DestinationRefused, ReplicationConfig, ReplicationEngine, Rule, RuleDestination, RuleFilter, SourceRef,
+    drop_jobs,
+};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
+use crate::dto::{tags_from_dto, tags_to_dto};
 use crate::error::StoreResultExt;
+use crate::perm::Perm;
 use crate::put::storage_class;
-use crate::util::{Perm, tags_from_dto, tags_to_dto};
 
 /// Most rules in one configuration (as in S3).
 const MAX_RULES: usize = 1000;
@@ -28,23 +32,17 @@ const MAX_CYCLE_DEPTH: usize = 16;
 /// Jobs dropped or retried per transaction.
 pub(crate) const JOB_BATCH: usize = 1000;
 
-/// A destination ARN: `arn:aws:s3:::bucket` or `arn:aws:s3:REGION:ACCOUNT:bucket`.
+/// A destination ARN ([`DestinationArn`]) whose bucket is a valid S3 bucket name.
 pub(crate) fn parse_arn(arn: &str) -> S3Result<(Option<String>, String)> {
-    let bad = || {
-        s3_error!(
+    let parsed = DestinationArn::parse(arn).map_err(|why| s3_error!(InvalidArgument, "{why}"))?;
+    if !s3s::path::check_bucket_name(&parsed.bucket) {
+        return Err(s3_error!(
             InvalidArgument,
-            "Invalid destination bucket ARN `{arn}`: use arn:aws:s3:::BUCKET or arn:aws:s3:REGION::BUCKET"
-        )
-    };
-    let rest = arn.strip_prefix("arn:aws:s3:").ok_or_else(bad)?;
-    let mut parts = rest.splitn(3, ':');
-    let region = parts.next().ok_or_else(bad)?;
-    let _account = parts.next().ok_or_else(bad)?;
-    let bucket = parts.next().ok_or_else(bad)?;
-    if bucket.is_empty() || bucket.contains('/') || !s3s::path::check_bucket_name(bucket) {
-        return Err(bad());
+            "Invalid destination bucket ARN `{arn}`: `{}` is not a bucket name",
+            parsed.bucket
+        ));
     }
-    Ok(((!region.is_empty()).then(|| region.to_owned()), bucket.to_owned()))
+    Ok((parsed.region, parsed.bucket))
 }
 
 fn enabled(status: &str) -> bool {
@@ -101,8 +99,11 @@ pub(crate) fn rule_from_dto(r: ReplicationRule, index: usize) -> S3Result<(Rule,
         }
         None => false,
     };
-    let rpo_minutes =
-        d.replication_time.as_ref().filter(|t| enabled(t.status.as_str())).map(|t| t.time.minutes.unwrap_or(15).max(1) as u32);
+    let rpo_minutes = d
+        .replication_time
+        .as_ref()
+        .filter(|t| enabled(t.status.as_str()))
+        .map(|t| t.time.minutes.unwrap_or(15).max(1).unsigned_abs());
     let rule = Rule {
         id,
         priority: r.priority.unwrap_or(0),
@@ -190,7 +191,7 @@ impl FerryS3 {
         req: S3Request<PutBucketReplicationInput>,
     ) -> S3Result<S3Response<PutBucketReplicationOutput>> {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
-        let peers = self.peers.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
+        let peers = self.engine.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
         if bucket.versioning != Versioning::Enabled {
             return Err(s3_error!(
                 InvalidRequest,
@@ -260,12 +261,11 @@ impl FerryS3 {
                 return Err(s3_error!(InvalidRequest, "Rule {}: a bucket cannot replicate to itself", rule.id));
             }
             same_region |= peer == self.region;
-            peers.check_destination(&source, &peer, &name).await.map_err(|(denied, why)| {
-                let msg = format!("Rule {}: destination {name} in {peer}: {why}", rule.id);
-                if denied {
-                    S3Error::with_message(S3ErrorCode::AccessDenied, msg)
-                } else {
-                    S3Error::with_message(S3ErrorCode::InvalidRequest, msg)
+            peers.check_destination(&source, &peer, &name).await.map_err(|refused| {
+                let msg = format!("Rule {}: destination {name} in {peer}: {refused}", rule.id);
+                match refused {
+                    DestinationRefused::AccessDenied(_) => S3Error::with_message(S3ErrorCode::AccessDenied, msg),
+                    DestinationRefused::Invalid(_) => S3Error::with_message(S3ErrorCode::InvalidRequest, msg),
                 }
             })?;
             rule.destination.peer = peer;
@@ -310,12 +310,7 @@ impl FerryS3 {
 
     /// Refuses configurations that close a replication cycle longer than a pair: follows the
     /// destinations' own replication (breadth first, up to [`MAX_CYCLE_DEPTH`] hops).
-    async fn refuse_cycles(
-        &self,
-        peers: &dyn ferry_store::replication::PeerDirectory,
-        source: &SourceRef,
-        rules: &[Rule],
-    ) -> S3Result<()> {
+    async fn refuse_cycles(&self, peers: &dyn ReplicationEngine, source: &SourceRef, rules: &[Rule]) -> S3Result<()> {
         let origin = (self.region.clone(), source.bucket.clone());
         for rule in rules.iter().filter(|r| r.enabled) {
             let start = (rule.destination.peer.clone(), rule.destination.bucket.clone());

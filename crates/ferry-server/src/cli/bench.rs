@@ -26,7 +26,9 @@ use hdrhistogram::Histogram;
 use rand::Rng as _;
 use serde::Serialize;
 
-use crate::client::{Endpoint, s3_client};
+use crate::cli::client::{Endpoint, s3_client};
+use ferry_store::replication::BackfillState;
+use ferry_store::replication::progress::BucketProgress;
 
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -177,7 +179,7 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 /// # Errors
 /// When the bucket cannot be created or prepared.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
-    let client = s3_client(&opts.endpoint);
+    let client = s3_client(&opts.endpoint)?;
     if opts.mode == Mode::Replication {
         return replication(&client, &opts).await;
     }
@@ -287,7 +289,7 @@ async fn one_op(
     match (op, mode) {
         (0, _) => {
             let key = if mode == Mode::Mixed {
-                let mut m = mixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut m = ferry_core::sync::lock(mixed);
                 m.0 += 1;
                 format!("mixed/{}", m.0)
             } else {
@@ -308,7 +310,7 @@ async fn one_op(
         (3, Mode::Mixed) => {
             // Deletes what the mix put, never the objects the reads need.
             let key = {
-                let mut m = mixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut m = ferry_core::sync::lock(mixed);
                 if m.1 >= m.0 {
                     None
                 } else {
@@ -373,7 +375,7 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
             op: OPS[i],
             ops: h.len(),
             errors: all.errors[i],
-            ops_per_sec: h.len() as f64 / seconds,
+            ops_per_sec: as_f64(h.len()) / seconds,
             latency_ms: latency(h),
         });
     }
@@ -385,8 +387,8 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
         ops,
         errors: all.errors.iter().sum(),
         seconds,
-        ops_per_sec: ops as f64 / seconds,
-        mib_per_sec: all.bytes as f64 / seconds / (1024.0 * 1024.0),
+        ops_per_sec: as_f64(ops) / seconds,
+        mib_per_sec: as_f64(all.bytes) / seconds / (1024.0 * 1024.0),
         latency_ms: latency(&total),
         by_op,
         replication: None,
@@ -395,8 +397,8 @@ async fn drive(client: &aws_sdk_s3::Client, o: &Options, mode: Mode, body: bytes
 }
 
 fn latency(h: &Histogram<u64>) -> Latency {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 }
+    let ms = |q: f64| as_f64(h.value_at_quantile(q)) / 1000.0;
+    Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: as_f64(h.max()) / 1000.0 }
 }
 
 async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str, versioned: bool) -> anyhow::Result<()> {
@@ -449,7 +451,7 @@ async fn put_rule(src: &aws_sdk_s3::Client, bucket: &str, dest_bucket: &str, exi
 
 async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode replication needs --dest-endpoint")?;
-    let dst = s3_client(&dest_ep);
+    let dst = s3_client(&dest_ep)?;
     if opts.setup {
         ensure_bucket(src, &opts.bucket, true).await?;
         ensure_bucket(&dst, &dest_bucket, true).await?;
@@ -520,7 +522,7 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |h: &Histogram<u64>, q: f64| as_f64(h.value_at_quantile(q)) / 1000.0;
     Ok(BenchReport {
         mode: Mode::Replication,
         size: opts.size,
@@ -528,12 +530,12 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
         ops: lag.len(),
         errors,
         seconds,
-        ops_per_sec: put_hist.len() as f64 / seconds,
-        mib_per_sec: sent_bytes as f64 / seconds / (1024.0 * 1024.0),
+        ops_per_sec: as_f64(put_hist.len()) / seconds,
+        mib_per_sec: as_f64(sent_bytes) / seconds / (1024.0 * 1024.0),
         latency_ms: latency(&put_hist),
         by_op: Vec::new(),
         replication: Some(ReplicationLag {
-            lag_ms: Latency { p50: ms(&lag, 0.5), p90: ms(&lag, 0.9), p99: ms(&lag, 0.99), max: lag.max() as f64 / 1000.0 },
+            lag_ms: Latency { p50: ms(&lag, 0.5), p90: ms(&lag, 0.9), p99: ms(&lag, 0.99), max: as_f64(lag.max()) / 1000.0 },
             catch_up_ms: last_seen.saturating_duration_since(last_ack).as_secs_f64() * 1000.0,
             target_rate: opts.rate,
         }),
@@ -543,7 +545,7 @@ async fn replication(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::R
 
 async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (dest_ep, dest_bucket) = opts.dest.clone().context("--mode backfill needs --dest-endpoint")?;
-    let dst = s3_client(&dest_ep);
+    let dst = s3_client(&dest_ep)?;
     // A fresh source bucket: the backfill then covers exactly the objects written here.
     if src.head_bucket().bucket(&opts.bucket).send().await.is_ok() {
         anyhow::bail!("bucket {} exists: --mode backfill needs a new source bucket (use --bucket)", opts.bucket);
@@ -558,7 +560,7 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
         anyhow::bail!("{} PUTs failed while loading", loaded.errors);
     }
     put_rule(src, &opts.bucket, &dest_bucket, true).await?;
-    let admin = crate::admin_client::AdminClient::new(opts.endpoint.clone(), None)?;
+    let admin = crate::cli::admin_client::AdminClient::new(opts.endpoint.clone(), None)?;
     let bar = indicatif::ProgressBar::new(opts.objects);
     bar.set_style(
         indicatif::ProgressStyle::with_template("backfill {bar:40} {pos}/{len} versions {per_sec} ETA {eta}")
@@ -573,12 +575,12 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
             resp.status,
             String::from_utf8_lossy(&resp.body)
         );
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).context("status JSON")?;
-        if let Some(b) = v["backfills"].as_array().and_then(|a| a.first()) {
-            bar.set_position(b["done_versions"].as_u64().unwrap_or(0));
-            match b["state"].as_str() {
-                Some("done") => break b.clone(),
-                Some("cancelled") => anyhow::bail!("the backfill was cancelled"),
+        let v: BucketProgress = serde_json::from_slice(&resp.body).context("status JSON")?;
+        if let Some(b) = v.backfills.into_iter().next() {
+            bar.set_position(b.done_versions);
+            match b.state {
+                BackfillState::Done => break b,
+                BackfillState::Cancelled => anyhow::bail!("the backfill was cancelled"),
                 _ => {}
             }
         }
@@ -586,18 +588,18 @@ async fn backfill(src: &aws_sdk_s3::Client, opts: &BenchOptions) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     bar.finish_and_clear();
-    let (versions, bytes) = (b["done_versions"].as_u64().unwrap_or(0), b["done_bytes"].as_u64().unwrap_or(0));
-    let us = b["finished_us"].as_i64().unwrap_or(0) - b["created_us"].as_i64().unwrap_or(0);
-    let seconds = (us as f64 / 1e6).max(1e-6);
+    let (versions, bytes) = (b.done_versions, b.done_bytes);
+    let us = b.finished_us.unwrap_or(b.created_us) - b.created_us;
+    let seconds = (as_f64(u64::try_from(us).unwrap_or(0)) / 1e6).max(1e-6);
     Ok(BenchReport {
         mode: Mode::Backfill,
         size: opts.size,
         concurrency: opts.concurrency,
         ops: versions,
-        errors: b["failed_versions"].as_u64().unwrap_or(0),
+        errors: b.failed_versions,
         seconds,
-        ops_per_sec: versions as f64 / seconds,
-        mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+        ops_per_sec: as_f64(versions) / seconds,
+        mib_per_sec: as_f64(bytes) / seconds / (1024.0 * 1024.0),
         latency_ms: loaded.latency_ms,
         by_op: Vec::new(),
         replication: None,
@@ -662,7 +664,7 @@ impl std::fmt::Display for BenchReport {
                 f,
                 "  (PUTs of the load phase)\n  backfill: {} versions, {:.1} MiB in {:.2} s after {:.1} s of loading",
                 b.versions,
-                b.bytes as f64 / (1024.0 * 1024.0),
+                as_f64(b.bytes) / (1024.0 * 1024.0),
                 self.seconds,
                 b.load_seconds
             )?;
@@ -676,6 +678,13 @@ impl std::fmt::Display for BenchReport {
         }
         Ok(())
     }
+}
+
+/// A count, byte total or duration as a float for reports (all far below 2^52, where `f64`
+/// is exact).
+#[allow(clippy::cast_precision_loss)] // see above
+fn as_f64(n: u64) -> f64 {
+    n as f64
 }
 
 #[cfg(test)]

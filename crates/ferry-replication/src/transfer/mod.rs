@@ -1,0 +1,566 @@
+//! Delivering one job to its peer.
+//!
+//! To a Ferry peer every request carries the [`SOURCE_HEADER`] (the source bucket and its
+//! owner's account, which the destination bucket must accept) and, for writes, the
+//! [`REPLICA_HEADER`], both signed: the replica keeps the source's version id, last-modified,
+//! ETag, owner and ACL (and the times of its last tag and ACL change), and is applied
+//! idempotently. To an S3 peer, plain requests: the target assigns its own version ids and its
+//! current object is the last one written, so a version is sent only if no newer version of its
+//! key has reached that target (see the fidelity table in docs/REPLICATION.md).
+//!
+//! Large objects (above `multipart_threshold`, or uploaded in parts) go as multipart uploads:
+//! a source uploaded in parts keeps its part layout (so the ETag is the same computation),
+//! other objects are cut into `part_size` pieces. Parts upload `part_concurrency` at a time,
+//! each retried a few times. The destination upload id and the part size of the plan are saved
+//! in the job before the first part, so after a crash (even with another `part_size`) the
+//! transfer lists the parts already there, keeps those whose size and checksum match the plan,
+//! and sends only the rest. Before a large upload to a Ferry peer, a HEAD asks whether the
+//! version is there already (a duplicate delivery costs one request).
+//!
+//! Integrity, end to end: every body is checked by the destination against something the source
+//! stored. A single PUT carries the object's stored full-object checksum. A part carries the
+//! source part's stored checksum, or a CRC the source computes just before sending, in the
+//! algorithm of the object's full-object CRC; the destination then combines the parts' CRCs at
+//! Complete and refuses (BadDigest) an object whose parts do not make up the checksum the source
+//! stored (a wrong part reused, bit rot at the source). Without a checksum, and to other S3
+//! services, bodies carry `Content-MD5` whenever the source's MD5 is known.
+
+use std::sync::Arc;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{ObjectCannedAcl, StorageClass, Tag, Tagging};
+use base64::Engine as _;
+use ferry_core::config::ReplicationSettings;
+use ferry_store::Store;
+use ferry_store::checksum::Algorithm;
+use ferry_store::model::{BodyLayout, ChecksumKind, PartRef, VersionRecord};
+use ferry_store::replication::{Job, JobOp, REPLICA_HEADER, ReplicaMeta, SOURCE_HEADER, SourceRef};
+
+use aws_sdk_s3::config::http::HttpResponse;
+
+use crate::peers::{Peer, PeerSet, describe, http_status};
+
+mod multipart;
+
+pub use multipart::Progress;
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered.
+    Done,
+    /// Nothing to send (the version is gone, superseded at an S3 target, the configuration
+    /// removed): finished without a delivery.
+    Skipped(String),
+    /// Try again later (peer unreachable, 5xx, throttled).
+    Transient(String),
+    /// What the change applies to is not at the destination (yet): try again a bounded number
+    /// of times, then fail.
+    Missing(String),
+    /// Will not succeed by retrying (access denied, no such bucket, versioning off, corrupt
+    /// source data).
+    Permanent(String),
+}
+
+/// What a transfer needs.
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub peers: Arc<PeerSet>,
+    pub settings: ReplicationSettings,
+    pub metrics: Arc<ferry_core::metrics::RegionMetrics>,
+}
+
+/// S3 error codes that mean "try again later".
+const TRANSIENT_CODES: &[&str] =
+    &["SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed", "OperationAborted"];
+
+/// Classifies a failed request by the peer's answer (status and S3 code), or its absence.
+pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: &SdkError<E, HttpResponse>) -> Outcome {
+    let why = describe(e);
+    match e {
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("");
+            let status = s.raw().status().as_u16();
+            // 501: the target lacks the feature; retrying will not add it.
+            if status == 501 || code == "NotImplemented" {
+                Outcome::Permanent(why)
+            } else if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code) {
+                Outcome::Transient(why)
+            } else {
+                Outcome::Permanent(why)
+            }
+        }
+        SdkError::ConstructionFailure(_) => Outcome::Permanent(why),
+        _ => Outcome::Transient(why),
+    }
+}
+
+/// True for the errors that mean "the key or version is not there".
+fn is_missing<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    matches!(e.code(), Some("NoSuchKey" | "NoSuchVersion")) || http_status(e) == Some(404)
+}
+
+macro_rules! check {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => return classify(&err),
+        }
+    };
+}
+
+fn url_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The `x-amz-tagging` header of a version's tags; none when it has no tags.
+pub(crate) fn tagging_header(tags: &[(String, String)]) -> Option<String> {
+    (!tags.is_empty())
+        .then(|| tags.iter().map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v))).collect::<Vec<_>>().join("&"))
+}
+
+/// A PutObject or CreateMultipartUpload request with a version's object headers: content
+/// headers, `Expires`, website redirect, user metadata, tags, and the storage class.
+macro_rules! object_headers {
+    ($req:expr, $attrs:expr, $storage_class:expr) => {{
+        let a: &ferry_store::model::ObjectAttrs = $attrs;
+        $req.set_content_type(a.content_type.clone())
+            .set_content_encoding(a.content_encoding.clone())
+            .set_content_disposition(a.content_disposition.clone())
+            .set_content_language(a.content_language.clone())
+            .set_cache_control(a.cache_control.clone())
+            .set_website_redirect_location(a.website_redirect.clone())
+            .set_metadata((!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()))
+            .set_expires($crate::transfer::expires(a))
+            .set_tagging($crate::transfer::tagging_header(&a.tags))
+            .set_storage_class($storage_class)
+    }};
+}
+use object_headers;
+
+/// A PutObject or UploadPart request carrying the checksum `value` in `alg`.
+macro_rules! with_checksum {
+    ($req:expr, $alg:expr, $value:expr) => {
+        match $alg {
+            Algorithm::Crc32 => $req.checksum_crc32($value),
+            Algorithm::Crc32c => $req.checksum_crc32_c($value),
+            Algorithm::Crc64Nvme => $req.checksum_crc64_nvme($value),
+            Algorithm::Sha1 => $req.checksum_sha1($value),
+            Algorithm::Sha256 => $req.checksum_sha256($value),
+        }
+    };
+}
+use with_checksum;
+
+/// The `Expires` header of a version, when it has a valid one.
+pub(crate) fn expires(a: &ferry_store::model::ObjectAttrs) -> Option<aws_smithy_types::DateTime> {
+    let e = a.expires.as_deref()?;
+    aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate).ok()
+}
+
+/// `Content-MD5` for a plain MD5 ETag.
+fn content_md5(etag_hex: &str) -> Option<String> {
+    let raw = hex::decode(etag_hex).ok().filter(|r| r.len() == 16)?;
+    Some(base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// Runs one attempt of `job`.
+pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
+    let Some(peer) = ctx.peers.get(&job.peer) else {
+        return Outcome::Permanent(format!("peer {} is not configured", job.peer));
+    };
+    let (b, k, v) = (job.bucket.clone(), job.key.clone(), job.version_id.clone());
+    let loaded = ctx
+        .store
+        .meta
+        .read(move |r| {
+            let bucket = r.get_bucket(&b)?;
+            let version = r.get_version(&b, &k, &v)?;
+            Ok((bucket, version))
+        })
+        .await;
+    let (bucket, version) = match loaded {
+        Ok(x) => x,
+        Err(e) => return Outcome::Transient(format!("reading the source: {e}")),
+    };
+    let Some(bucket) = bucket.filter(|b| b.replication.is_some()) else {
+        return Outcome::Skipped("the bucket's replication configuration was removed".to_owned());
+    };
+    let source = SourceRef::new(ctx.peers.local(), &job.bucket, &bucket.owner.id);
+    let t = Transfer { ctx, peer: &peer, job, source };
+    let out = match (job.op, version) {
+        (JobOp::Put, Some(v)) if !v.delete_marker => t.put(&v).await,
+        (JobOp::DeleteMarker, Some(v)) if v.delete_marker => t.delete_marker(&v).await,
+        (JobOp::Metadata, Some(v)) if !v.delete_marker => t.metadata(&v).await,
+        (JobOp::DeleteVersion, _) => t.delete_version().await,
+        // Deleted locally before it could be sent: nothing to replicate.
+        _ => Outcome::Skipped("the version no longer exists at the source".to_owned()),
+    };
+    if matches!(out, Outcome::Skipped(_)) {
+        t.abandon_upload().await;
+    }
+    out
+}
+
+struct Transfer<'a> {
+    ctx: &'a Ctx,
+    peer: &'a Peer,
+    job: &'a Job,
+    source: SourceRef,
+}
+
+impl Transfer<'_> {
+    fn ferry(&self) -> bool {
+        self.peer.is_ferry()
+    }
+
+    /// A request customizer adding what a Ferry peer needs: the source, and the replica header
+    /// when given. Other peers get plain requests.
+    fn headers(
+        &self,
+        replica: Option<String>,
+    ) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Clone + Send + Sync + 'static {
+        let source = if self.ferry() { self.source.encode().ok() } else { None };
+        move |r| {
+            if let Some(s) = &source {
+                r.headers_mut().insert(SOURCE_HEADER, s.clone());
+            }
+            if let Some(v) = &replica {
+                r.headers_mut().insert(REPLICA_HEADER, v.clone());
+            }
+        }
+    }
+
+    /// The replica header value for `v` (Ferry peers only).
+    fn replica_header(&self, v: &VersionRecord) -> Option<String> {
+        if !self.ferry() {
+            return None;
+        }
+        let keep_owner = !self.job.opts.owner_override;
+        ReplicaMeta {
+            format: 1,
+            source_region: self.ctx.peers.local().to_owned(),
+            version_id: v.version_id.clone(),
+            mtime_us: v.mtime_us,
+            etag: (!v.delete_marker).then(|| v.etag.clone()),
+            owner: keep_owner.then(|| v.owner.clone()),
+            acl: keep_owner.then(|| v.attrs.acl.clone()),
+            checksums: (!v.delete_marker && !v.attrs.checksums.values.is_empty()).then(|| v.attrs.checksums.clone()),
+            tags_us: v.attrs.tags_us,
+            acl_us: v.attrs.acl_us,
+        }
+        .encode()
+        .ok()
+    }
+
+    fn storage_class(&self, v: &VersionRecord) -> Option<StorageClass> {
+        self.job.opts.storage_class.clone().or_else(|| v.storage_class.clone()).map(|s| StorageClass::from(s.as_str()))
+    }
+
+    /// For an S3 target, whose current object is the last one written: the reason not to send
+    /// `v` when a newer version of its key has reached the target already.
+    async fn superseded(&self, v: &VersionRecord) -> Result<Option<String>, Outcome> {
+        if self.ferry() {
+            return Ok(None);
+        }
+        let (b, k, m, vid, d) = (v.bucket.clone(), v.key.clone(), v.mtime_us, v.version_id.clone(), self.job.dest());
+        let newer = self.ctx.store.meta.read(move |r| r.newer_delivered(&b, &k, m, &vid, &d)).await;
+        match newer {
+            Ok(true) => Ok(Some("a newer version of the key is at the S3 target already".to_owned())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Outcome::Transient(format!("reading the source: {e}"))),
+        }
+    }
+
+    async fn put(&self, v: &VersionRecord) -> Outcome {
+        match self.superseded(v).await {
+            Ok(Some(why)) => return Outcome::Skipped(why),
+            Ok(None) => {}
+            Err(o) => return o,
+        }
+        let multipart = match &v.layout {
+            BodyLayout::Inline(_) => false,
+            BodyLayout::Parts { parts, multipart } => {
+                *multipart || parts.len() > 1 || v.size > self.ctx.settings.multipart_threshold
+            }
+        };
+        if !multipart {
+            return self.put_single(v).await;
+        }
+        // A large upload to a Ferry peer that has the version already (a duplicate delivery)
+        // costs one HEAD instead.
+        if self.ferry() {
+            let head = self
+                .peer
+                .client
+                .head_object()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .version_id(&v.version_id)
+                .customize()
+                .mutate_request(self.headers(None))
+                .send()
+                .await;
+            match head {
+                // There already: only its tags and ACL may be behind.
+                Ok(h) if h.e_tag().map(|e| e.trim_matches('"')) == Some(v.etag.as_str()) => {
+                    return self.send_metadata(v).await.err().unwrap_or(Outcome::Done);
+                }
+                Ok(_) => {}
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return classify(&e),
+            }
+        }
+        self.put_multipart(v).await
+    }
+
+    async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
+        match (&v.layout, part) {
+            (BodyLayout::Inline(data), _) => Ok(ByteStream::from(data.clone())),
+            (BodyLayout::Parts { parts, .. }, sel) => {
+                let (p, offset, len) = match sel {
+                    Some(s) => s,
+                    None => match parts.first() {
+                        Some(p) => (p, 0, p.size),
+                        None => return Ok(ByteStream::from(Vec::new())),
+                    },
+                };
+                let file = self.ctx.store.blobs.open_read(&p.blob).await.map_err(|e| blob_error(&p.blob, &e))?;
+                ByteStream::read_from()
+                    .file(file)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| Outcome::Transient(format!("reading blob {}: {e}", p.blob)))
+            }
+        }
+    }
+
+    async fn put_single(&self, v: &VersionRecord) -> Outcome {
+        let body = match self.body(v, None).await {
+            Ok(b) => b,
+            Err(o) => return o,
+        };
+        let a = &v.attrs;
+        let mut req = object_headers!(
+            self.peer
+                .client
+                .put_object()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .body(body)
+                .content_length(i64::try_from(v.size).unwrap_or(i64::MAX)),
+            a,
+            self.storage_class(v)
+        );
+        // Full-object checksums travel as headers, so the destination verifies the body. A Ferry
+        // destination then skips MD5 (it takes the ETag from the replica header); Content-MD5
+        // is sent only when no such checksum exists, or to another S3 service.
+        let full = a.checksums.kind == Some(ChecksumKind::FullObject) && !a.checksums.values.is_empty();
+        if !full || !self.ferry() {
+            req = req.set_content_md5(content_md5(&v.etag));
+        }
+        if full {
+            for (alg, value) in &a.checksums.values {
+                req = with_checksum!(req, alg, value);
+            }
+        }
+        match req.customize().mutate_request(self.headers(self.replica_header(v))).send().await {
+            Ok(_) => Outcome::Done,
+            Err(e) => corrupt_or(classify(&e)),
+        }
+    }
+
+    async fn save_progress(&self, p: &Progress) -> ferry_store::Result<()> {
+        let id = self.job.id;
+        let text = if p.upload_id.is_some() { Some(serde_json::to_string(p)?) } else { None };
+        self.ctx.store.meta.write(move |tx| ferry_store::replication::outbox::save_progress(tx, id, text)).await
+    }
+
+    async fn delete_marker(&self, v: &VersionRecord) -> Outcome {
+        match self.superseded(v).await {
+            Ok(Some(why)) => return Outcome::Skipped(why),
+            Ok(None) => {}
+            Err(o) => return o,
+        }
+        check!(
+            self.peer
+                .client
+                .delete_object()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .customize()
+                .mutate_request(self.headers(self.replica_header(v)))
+                .send()
+                .await
+        );
+        Outcome::Done
+    }
+
+    async fn delete_version(&self) -> Outcome {
+        if !self.ferry() {
+            // Version ids differ on an S3 peer: there is no version to name.
+            return Outcome::Skipped("an S3 target has its own version ids".to_owned());
+        }
+        let meta = ReplicaMeta {
+            format: 1,
+            source_region: self.ctx.peers.local().to_owned(),
+            version_id: self.job.version_id.clone(),
+            mtime_us: 0,
+            etag: None,
+            owner: None,
+            acl: None,
+            checksums: None,
+            tags_us: None,
+            acl_us: None,
+        };
+        check!(
+            self.peer
+                .client
+                .delete_object()
+                .bucket(&self.job.dest_bucket)
+                .key(&self.job.key)
+                .version_id(&self.job.version_id)
+                .customize()
+                .mutate_request(self.headers(meta.encode().ok()))
+                .send()
+                .await
+        );
+        Outcome::Done
+    }
+
+    async fn metadata(&self, v: &VersionRecord) -> Outcome {
+        if !self.ferry() {
+            return self.metadata_to_s3(v).await;
+        }
+        match self.send_metadata(v).await {
+            Ok(()) => Outcome::Done,
+            // Not at the destination: an original version is sent whole (its tags and ACL go
+            // with it); a replica's change has nothing left to update where it came from.
+            Err(Outcome::Missing(_)) if v.attrs.origin.is_some() => {
+                Outcome::Skipped("the version no longer exists where it came from".to_owned())
+            }
+            Err(Outcome::Missing(_)) => self.put(v).await,
+            Err(other) => other,
+        }
+    }
+
+    /// Sends a version's tags and ACL (unless the rule gives replicas to the destination owner)
+    /// to a Ferry peer, with their change times: the peer keeps the newer. `Missing` when the
+    /// version is not there.
+    async fn send_metadata(&self, v: &VersionRecord) -> Result<(), Outcome> {
+        let fail = |e: &dyn MetaError| if e.missing() { Outcome::Missing(e.describe()) } else { e.classify() };
+        let header = self.replica_header(v);
+        self.peer
+            .client
+            .put_object_tagging()
+            .bucket(&self.job.dest_bucket)
+            .key(&v.key)
+            .version_id(&v.version_id)
+            .tagging(tag_set(v)?)
+            .customize()
+            .mutate_request(self.headers(header.clone()))
+            .send()
+            .await
+            .map_err(|e| fail(&e))?;
+        if !self.job.opts.owner_override {
+            // The ACL travels in the replica header; the canned ACL only makes the request valid.
+            self.peer
+                .client
+                .put_object_acl()
+                .bucket(&self.job.dest_bucket)
+                .key(&v.key)
+                .version_id(&v.version_id)
+                .acl(ObjectCannedAcl::Private)
+                .customize()
+                .mutate_request(self.headers(header))
+                .send()
+                .await
+                .map_err(|e| fail(&e))?;
+        }
+        Ok(())
+    }
+
+    /// To an S3 target, tags go on its current object, which stands for the source's latest
+    /// version; a change to an older version has nothing to land on.
+    async fn metadata_to_s3(&self, v: &VersionRecord) -> Outcome {
+        if !v.is_latest {
+            return Outcome::Skipped("not the current version: an S3 target holds only the current object".to_owned());
+        }
+        let tagging = match tag_set(v) {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        match self.peer.client.put_object_tagging().bucket(&self.job.dest_bucket).key(&v.key).tagging(tagging).send().await {
+            Ok(_) => Outcome::Done,
+            Err(e) if is_missing(&e) => Outcome::Missing(describe(&e)),
+            Err(e) => classify(&e),
+        }
+    }
+}
+
+/// The errors of the two metadata requests, seen alike.
+trait MetaError {
+    fn missing(&self) -> bool;
+    fn describe(&self) -> String;
+    fn classify(&self) -> Outcome;
+}
+
+impl<E: ProvideErrorMetadata + std::fmt::Debug> MetaError for SdkError<E, HttpResponse> {
+    fn missing(&self) -> bool {
+        is_missing(self)
+    }
+    fn describe(&self) -> String {
+        describe(self)
+    }
+    fn classify(&self) -> Outcome {
+        classify(self)
+    }
+}
+
+fn tag_set(v: &VersionRecord) -> Result<Tagging, Outcome> {
+    Tagging::builder()
+        .set_tag_set(Some(
+            v.attrs.tags.iter().filter_map(|(k, val)| Tag::builder().key(k).value(val).build().ok()).collect(),
+        ))
+        .build()
+        .map_err(|_| Outcome::Permanent("invalid tag set".to_owned()))
+}
+
+/// A blob that cannot be read: gone for good (permanent: nothing to send), or a passing error.
+fn blob_error(blob: &str, e: &std::io::Error) -> Outcome {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Outcome::Permanent(format!("source data missing: blob {blob} is not on disk"))
+    } else {
+        Outcome::Transient(format!("reading blob {blob}: {e}"))
+    }
+}
+
+/// A destination that refuses the body as not matching its checksum names a source whose bytes
+/// no longer match what it stored (or a part reused wrongly, which the plan rules out).
+fn corrupt_or(o: Outcome) -> Outcome {
+    match o {
+        Outcome::Permanent(why) if why.starts_with("BadDigest") => {
+            Outcome::Permanent(format!("source data does not match its stored checksum (corrupt?): {why}"))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            content_md5("25f9e794323b453885f5181f1b624d0b").as_deref(),
+            Some("JfnnlDI7RTiF9RgfG2JNCw==")
+        );
+        assert_eq!(content_md5("abc-2"), None);
+        assert_eq!(tagging_header(&[("a b".into(), "x&y".into())]).as_deref(), Some("a%20b=x%26y"));
+        assert_eq!(tagging_header(&[]), None);
+    }
+}

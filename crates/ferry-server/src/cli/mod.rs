@@ -1,0 +1,12 @@
+//! The `ferry` subcommands that talk to a running region (everything but `serve`):
+//!
+//! - [`replication`]: `ferry replication status | explain | retry | resync | verify | sources |
+//!   pause | resume | cancel`, over the admin API ([`admin_client`]);
+//! - [`bench`]: `ferry bench`, load and replication benchmarks with an S3 client ([`client`]);
+//! - [`netem`]: `ferry netem`, a WAN emulator in front of an endpoint.
+
+pub mod admin_client;
+pub mod bench;
+pub mod client;
+pub mod netem;
+pub mod replication;
