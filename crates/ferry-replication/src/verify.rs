@@ -275,6 +275,23 @@ async fn verify_rule(
     Ok(open)
 }
 
+/// A version on one side only.
+#[derive(Clone, Copy)]
+enum Difference {
+    Missing,
+    Extra,
+}
+
+impl Difference {
+    fn line(self, rule: &Rule, key: &str, version_id: &str, delete_marker: Option<bool>) -> VerifyLine {
+        let (rule, key, version_id) = (rule.id.clone(), key.to_owned(), Some(version_id.to_owned()));
+        match self {
+            Self::Missing => VerifyLine::Missing { rule, key, version_id, delete_marker },
+            Self::Extra => VerifyLine::Extra { rule, key, version_id, delete_marker },
+        }
+    }
+}
+
 /// In the rule's scope: tags match, and delete markers only when the rule replicates them.
 fn in_scope(rule: &Rule, v: &VersionRecord) -> bool {
     if v.delete_marker { rule.delete_markers && rule.filter.tags.is_empty() } else { rule.filter.matches(&v.key, &v.attrs.tags) }
@@ -300,13 +317,7 @@ async fn compare_versions(
             // Replicas from a third region are not sent on (loop prevention).
             if v.repl_status != Some(ReplStatus::Replica) {
                 c.missing += 1;
-                let line = VerifyLine::Missing {
-                    rule: rule.id.clone(),
-                    key: key.to_owned(),
-                    version_id: Some(v.version_id.clone()),
-                    delete_marker: Some(v.delete_marker),
-                };
-                out.send(line).await;
+                out.send(Difference::Missing.line(rule, key, &v.version_id, Some(v.delete_marker))).await;
             }
             continue;
         };
@@ -363,13 +374,7 @@ async fn compare_versions(
     for r in remote {
         if !local.iter().any(|v| v.version_id == r.version_id) {
             c.extra += 1;
-            let line = VerifyLine::Extra {
-                rule: rule.id.clone(),
-                key: key.to_owned(),
-                version_id: Some(r.version_id.clone()),
-                delete_marker: Some(r.delete_marker),
-            };
-            out.send(line).await;
+            out.send(Difference::Extra.line(rule, key, &r.version_id, Some(r.delete_marker))).await;
         }
     }
     Ok(())
@@ -391,23 +396,11 @@ async fn compare_latest(
         (Some(v), None) => {
             c.checked += 1;
             c.missing += 1;
-            let line = VerifyLine::Missing {
-                rule: rule.id.clone(),
-                key: key.to_owned(),
-                version_id: Some(v.version_id.clone()),
-                delete_marker: None,
-            };
-            out.send(line).await;
+            out.send(Difference::Missing.line(rule, key, &v.version_id, None)).await;
         }
         (None, Some(r)) => {
             c.extra += 1;
-            let line = VerifyLine::Extra {
-                rule: rule.id.clone(),
-                key: key.to_owned(),
-                version_id: Some(r.version_id.clone()),
-                delete_marker: None,
-            };
-            out.send(line).await;
+            out.send(Difference::Extra.line(rule, key, &r.version_id, None)).await;
         }
         (Some(v), Some(r)) => {
             c.checked += 1;

@@ -129,6 +129,34 @@ pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, 
     let (g, b) = meta.read(|r| Ok((r.get_latest("b", "good")?, r.get_latest("b", "bad")?))).await.unwrap();
     assert!(g.is_some_and(|v| v.is_latest), "an acknowledged write is visible");
     assert!(b.is_none(), "the failed closure's row is gone");
+
+    // A once-hook fires once per transaction; one dropped with its failed closure does not
+    // keep a later closure's from being registered.
+    fired.store(0, std::sync::atomic::Ordering::SeqCst);
+    let hook = |f: &std::sync::Arc<std::sync::atomic::AtomicUsize>| -> Box<dyn FnOnce() + Send> {
+        let f = f.clone();
+        Box::new(move || {
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let (h1, h2, h3) = (hook(&fired), hook(&fired), hook(&fired));
+    let failed = meta.write(move |tx| -> Result<()> {
+        tx.on_commit_once("k", h1);
+        Err(Error::PreconditionFailed)
+    });
+    let twice = meta.write(move |tx| {
+        tx.on_commit_once("k", h2);
+        tx.on_commit_once("k", h3);
+        Ok(())
+    });
+    let (failed, twice) = tokio::join!(failed, twice);
+    assert!(failed.is_err());
+    twice.unwrap();
+    assert_eq!(
+        fired.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "once per transaction, after a failed closure too"
+    );
 }
 
 /// Commit times increase strictly, across batches and across a reopen; observing a later time

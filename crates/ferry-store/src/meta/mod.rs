@@ -213,6 +213,9 @@ pub trait WriteTx: ReadTx + OutboxWrites {
     /// Runs `hook` after the transaction commits (not if it rolls back, nor if the closure
     /// that registered it fails), before the writer answers the callers of the batch.
     fn on_commit(&mut self, hook: Box<dyn FnOnce() + Send>);
+    /// [`Self::on_commit`] once per transaction and `key`: while a hook registered under `key`
+    /// stands (its closure did not fail), further registrations under `key` are dropped.
+    fn on_commit_once(&mut self, key: &'static str, hook: Box<dyn FnOnce() + Send>);
     /// The signals of this store, for hooks to fire ([`Signals`]).
     fn signals(&self) -> &Signals;
 }

@@ -407,10 +407,10 @@ pub(super) fn rearm(tx: &mut dyn WriteTx, failed: &Job, backfill_id: Option<i64>
 
 /// Wakes the replication workers once the enclosing transaction commits (never if it rolls
 /// back): the hook runs before the writer answers the caller, so a write that returned has
-/// woken its workers.
+/// woken its workers. One wake-up per transaction, however many jobs it records.
 fn wake_on_commit(tx: &mut dyn WriteTx) {
     let wakeup = tx.signals().outbox.clone();
-    tx.on_commit(Box::new(move || wakeup.wake()));
+    tx.on_commit_once("outbox-wakeup", Box::new(move || wakeup.wake()));
 }
 
 /// The outbox's wake-up: a counter that changes after every commit that made a job runnable.

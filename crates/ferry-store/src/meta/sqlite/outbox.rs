@@ -307,7 +307,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             conn,
             &format!("DELETE FROM repl_jobs WHERE id = ?1 RETURNING {JOB_COLS}, blocked"),
             &[&id],
-            |r| Ok((rows::job(r)?, r.get::<_, i64>("blocked")? != 0)),
+            |r| Ok((rows::job(r)?, r.get::<_, i64>(rows::col_count(JOB_COLS))? != 0)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
         match j.state {

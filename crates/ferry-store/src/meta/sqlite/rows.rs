@@ -1,5 +1,6 @@
 //! Rows to model types and back: the column list of each table next to the function that
-//! reads a row of it, by column name, so a list and its reader cannot drift apart. A value a
+//! reads a row of it, by column name ([`col!`] finds a name's position in the list when the
+//! crate is built, so a list and its reader cannot drift apart, and reading costs no lookup). A value a
 //! reader does not know (a newer `fmt`, an unknown code, a negative size) is refused with
 //! [`Error::UnknownFormat`], never guessed.
 
@@ -25,26 +26,110 @@ pub(super) const BACKFILL_COLS: &str = "id, fmt, bucket, rule_id, prefix, status
 pub(super) const DEST_COLS: &str = "peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error";
 pub(super) const EVENT_COLS: &str = "id, fmt, time_us, bucket, rule_id, kind, detail";
 
+/// The position of column `name` in the column list `cols`, for [`col!`]: evaluated when
+/// the crate is built, so a name missing from its list fails the build.
+pub(super) const fn col(cols: &str, name: &str) -> usize {
+    let (c, n) = (cols.as_bytes(), name.as_bytes());
+    let (mut i, mut index) = (0, 0);
+    loop {
+        while i < c.len() && c[i] == b' ' {
+            i += 1;
+        }
+        let start = i;
+        while i < c.len() && c[i] != b',' && c[i] != b' ' {
+            i += 1;
+        }
+        if i - start == n.len() {
+            let mut j = 0;
+            while j < n.len() && c[start + j] == n[j] {
+                j += 1;
+            }
+            if j == n.len() {
+                return index;
+            }
+        }
+        while i < c.len() && c[i] == b' ' {
+            i += 1;
+        }
+        assert!(i < c.len(), "no such column in the list");
+        i += 1;
+        index += 1;
+    }
+}
+
+/// How many columns a column list has.
+pub(super) const fn col_count(cols: &str) -> usize {
+    let c = cols.as_bytes();
+    let (mut i, mut n) = (0, 1);
+    while i < c.len() {
+        if c[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The index of column `$name` in the list `$cols`, computed at build time.
+macro_rules! col {
+    ($cols:expr, $name:literal) => {{
+        const I: usize = col($cols, $name);
+        I
+    }};
+}
+
+/// Where a version's listing fields are in a row of [`VERSION_COLS`] or [`LIST_COLS`].
+struct EntryCols {
+    fmt: usize,
+    key: usize,
+    version_id: usize,
+    mtime_us: usize,
+    is_latest: usize,
+    is_dm: usize,
+    size: usize,
+    etag: usize,
+    storage_class: usize,
+    owner: usize,
+}
+
+const fn entry_cols(cols: &str) -> EntryCols {
+    EntryCols {
+        fmt: col(cols, "fmt"),
+        key: col(cols, "key"),
+        version_id: col(cols, "version_id"),
+        mtime_us: col(cols, "mtime_us"),
+        is_latest: col(cols, "is_latest"),
+        is_dm: col(cols, "is_dm"),
+        size: col(cols, "size"),
+        etag: col(cols, "etag"),
+        storage_class: col(cols, "storage_class"),
+        owner: col(cols, "owner"),
+    }
+}
+
+const VERSION_ENTRY: EntryCols = entry_cols(VERSION_COLS);
+const LIST_ENTRY: EntryCols = entry_cols(LIST_COLS);
+
 /// Refuses a row written in a newer format.
-fn check_fmt(r: &Row<'_>) -> Result<()> {
-    let fmt: i64 = r.get("fmt")?;
+fn check_fmt(r: &Row<'_>, fmt: usize) -> Result<()> {
+    let fmt: i64 = r.get(fmt)?;
     if fmt > FORMAT_VERSION { Err(Error::unknown("record format", fmt)) } else { Ok(()) }
 }
 
-fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> Result<T> {
+fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: usize) -> Result<T> {
     Ok(serde_json::from_str(&r.get::<_, String>(col)?)?)
 }
 
-fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> Result<Option<T>> {
+fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: usize) -> Result<Option<T>> {
     r.get::<_, Option<String>>(col)?.map(|s| serde_json::from_str(&s)).transpose().map_err(Into::into)
 }
 
-fn flag(r: &Row<'_>, col: &str) -> Result<bool> {
+fn flag(r: &Row<'_>, col: usize) -> Result<bool> {
     Ok(r.get::<_, i64>(col)? != 0)
 }
 
 /// A count or size column (never negative in a database Ferry wrote).
-fn count(r: &Row<'_>, col: &str) -> Result<u64> {
+fn count(r: &Row<'_>, col: usize) -> Result<u64> {
     to_u64(r.get(col)?)
 }
 
@@ -96,32 +181,42 @@ pub(super) fn first<T>(
 }
 
 pub(super) fn bucket(r: &Row<'_>) -> Result<BucketRecord> {
-    check_fmt(r)?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(BUCKET_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
     Ok(BucketRecord {
-        name: r.get("name")?,
-        created_us: r.get("created_us")?,
-        owner: json(r, "owner")?,
-        versioning: Versioning::try_from(r.get::<_, i64>("versioning")?)?,
-        acl: json(r, "acl")?,
-        tagging: json_opt(r, "tagging")?,
-        replication: r.get("replication")?,
-        replica_sources: json_opt(r, "replica_sources")?.unwrap_or_default(),
+        name: r.get(c!("name"))?,
+        created_us: r.get(c!("created_us"))?,
+        owner: json(r, c!("owner"))?,
+        versioning: Versioning::try_from(r.get::<_, i64>(c!("versioning"))?)?,
+        acl: json(r, c!("acl"))?,
+        tagging: json_opt(r, c!("tagging"))?,
+        replication: r.get(c!("replication"))?,
+        replica_sources: json_opt(r, c!("replica_sources"))?.unwrap_or_default(),
     })
 }
 
 pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
-    let attrs: ObjectAttrs = json(r, "attrs")?;
-    let e = entry(r, &attrs)?;
-    let layout = match json_opt(r, "parts")? {
-        Some(parts) => BodyLayout::Parts { parts, multipart: flag(r, "multipart")? },
-        None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>("inline_data")?.unwrap_or_default()),
+    macro_rules! c {
+        ($name:literal) => {
+            col!(VERSION_COLS, $name)
+        };
+    }
+    let attrs: ObjectAttrs = json(r, c!("attrs"))?;
+    let e = entry(r, &attrs, &VERSION_ENTRY)?;
+    let layout = match json_opt(r, c!("parts"))? {
+        Some(parts) => BodyLayout::Parts { parts, multipart: flag(r, c!("multipart"))? },
+        None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>(c!("inline_data"))?.unwrap_or_default()),
     };
-    let repl_status = match r.get::<_, Option<String>>("repl_status")? {
+    let repl_status = match r.get::<_, Option<String>>(c!("repl_status"))? {
         Some(s) => Some(ReplStatus::parse(&s).ok_or_else(|| Error::unknown("replication status", s))?),
         None => None,
     };
     Ok(VersionRecord {
-        bucket: r.get("bucket")?,
+        bucket: r.get(c!("bucket"))?,
         key: e.key,
         version_id: e.version_id,
         mtime_us: e.mtime_us,
@@ -139,127 +234,157 @@ pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
 
 /// What listings read of a version ([`LIST_COLS`]).
 pub(super) fn list_entry(r: &Row<'_>) -> Result<ListEntry> {
-    entry(r, &json(r, "attrs")?)
+    entry(r, &json(r, col!(LIST_COLS, "attrs"))?, &LIST_ENTRY)
 }
 
-fn entry(r: &Row<'_>, attrs: &ObjectAttrs) -> Result<ListEntry> {
-    check_fmt(r)?;
+fn entry(r: &Row<'_>, attrs: &ObjectAttrs, c: &EntryCols) -> Result<ListEntry> {
+    check_fmt(r, c.fmt)?;
     Ok(ListEntry {
-        key: key_string(r.get("key")?),
-        version_id: r.get("version_id")?,
-        mtime_us: r.get("mtime_us")?,
-        is_latest: flag(r, "is_latest")?,
-        delete_marker: flag(r, "is_dm")?,
-        size: count(r, "size")?,
-        etag: r.get("etag")?,
-        storage_class: r.get("storage_class")?,
-        owner: json(r, "owner")?,
+        key: key_string(r.get(c.key)?),
+        version_id: r.get(c.version_id)?,
+        mtime_us: r.get(c.mtime_us)?,
+        is_latest: flag(r, c.is_latest)?,
+        delete_marker: flag(r, c.is_dm)?,
+        size: count(r, c.size)?,
+        etag: r.get(c.etag)?,
+        storage_class: r.get(c.storage_class)?,
+        owner: json(r, c.owner)?,
         checksum_algorithms: attrs.checksums.values.keys().copied().collect(),
     })
 }
 
 pub(super) fn upload(r: &Row<'_>) -> Result<UploadRecord> {
-    check_fmt(r)?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(UPLOAD_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
     Ok(UploadRecord {
-        upload_id: r.get("upload_id")?,
-        bucket: r.get("bucket")?,
-        key: key_string(r.get("key")?),
-        initiated_us: r.get("initiated_us")?,
-        owner: json(r, "owner")?,
-        storage_class: r.get("storage_class")?,
-        checksum_algorithm: match r.get::<_, Option<String>>("checksum_algorithm")? {
+        upload_id: r.get(c!("upload_id"))?,
+        bucket: r.get(c!("bucket"))?,
+        key: key_string(r.get(c!("key"))?),
+        initiated_us: r.get(c!("initiated_us"))?,
+        owner: json(r, c!("owner"))?,
+        storage_class: r.get(c!("storage_class"))?,
+        checksum_algorithm: match r.get::<_, Option<String>>(c!("checksum_algorithm"))? {
             Some(a) => Some(Algorithm::parse(&a).ok_or_else(|| Error::unknown("checksum algorithm", a))?),
             None => None,
         },
-        attrs: json(r, "attrs")?,
+        attrs: json(r, c!("attrs"))?,
     })
 }
 
 pub(super) fn part(r: &Row<'_>) -> Result<PartRecord> {
-    check_fmt(r)?;
-    let number: i64 = r.get("part_number")?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(PART_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
+    let number: i64 = r.get(c!("part_number"))?;
     Ok(PartRecord {
-        upload_id: r.get("upload_id")?,
+        upload_id: r.get(c!("upload_id"))?,
         part_number: u32::try_from(number).map_err(|_| Error::unknown("part number", number))?,
-        mtime_us: r.get("mtime_us")?,
-        part: json(r, "part")?,
+        mtime_us: r.get(c!("mtime_us"))?,
+        part: json(r, c!("part"))?,
     })
 }
 
 pub(super) fn job(r: &Row<'_>) -> Result<Job> {
-    check_fmt(r)?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(JOB_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
     Ok(Job {
-        id: r.get("id")?,
-        bucket: r.get("bucket")?,
-        key: key_string(r.get("key")?),
-        version_id: r.get("version_id")?,
-        op: JobOp::try_from(r.get::<_, i64>("op")?)?,
-        peer: r.get("peer")?,
-        dest_bucket: r.get("dest_bucket")?,
-        rule_id: r.get("rule_id")?,
-        created_us: r.get("created_us")?,
-        size: count(r, "size")?,
-        state: JobState::try_from(r.get::<_, i64>("state")?)?,
-        attempts: u32::try_from(r.get::<_, i64>("attempts")?).unwrap_or(u32::MAX),
-        next_attempt_us: r.get("next_attempt_us")?,
-        last_error: r.get("last_error")?,
-        progress: r.get("progress")?,
-        backfill_id: r.get("backfill_id")?,
-        live: flag(r, "live")?,
-        since_us: r.get("since_us")?,
-        opts: json_opt(r, "opts")?.unwrap_or_default(),
+        id: r.get(c!("id"))?,
+        bucket: r.get(c!("bucket"))?,
+        key: key_string(r.get(c!("key"))?),
+        version_id: r.get(c!("version_id"))?,
+        op: JobOp::try_from(r.get::<_, i64>(c!("op"))?)?,
+        peer: r.get(c!("peer"))?,
+        dest_bucket: r.get(c!("dest_bucket"))?,
+        rule_id: r.get(c!("rule_id"))?,
+        created_us: r.get(c!("created_us"))?,
+        size: count(r, c!("size"))?,
+        state: JobState::try_from(r.get::<_, i64>(c!("state"))?)?,
+        attempts: u32::try_from(r.get::<_, i64>(c!("attempts"))?).unwrap_or(u32::MAX),
+        next_attempt_us: r.get(c!("next_attempt_us"))?,
+        last_error: r.get(c!("last_error"))?,
+        progress: r.get(c!("progress"))?,
+        backfill_id: r.get(c!("backfill_id"))?,
+        live: flag(r, c!("live"))?,
+        since_us: r.get(c!("since_us"))?,
+        opts: json_opt(r, c!("opts"))?.unwrap_or_default(),
     })
 }
 
 pub(super) fn backfill(r: &Row<'_>) -> Result<Backfill> {
-    check_fmt(r)?;
-    let cursor_mtime: Option<i64> = r.get("cursor_mtime")?;
-    let cursor_vid: Option<String> = r.get("cursor_vid")?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(BACKFILL_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
+    let cursor_mtime: Option<i64> = r.get(c!("cursor_mtime"))?;
+    let cursor_vid: Option<String> = r.get(c!("cursor_vid"))?;
     Ok(Backfill {
-        id: r.get("id")?,
-        bucket: r.get("bucket")?,
-        rule_id: r.get("rule_id")?,
-        prefix: r.get("prefix")?,
-        status_filter: r.get::<_, String>("status_filter")?.parse()?,
-        older_than_us: r.get("older_than_us")?,
-        state: r.get::<_, String>("state")?.parse()?,
-        cursor_key: r.get::<_, Option<Vec<u8>>>("cursor_key")?.map(key_string),
+        id: r.get(c!("id"))?,
+        bucket: r.get(c!("bucket"))?,
+        rule_id: r.get(c!("rule_id"))?,
+        prefix: r.get(c!("prefix"))?,
+        status_filter: r.get::<_, String>(c!("status_filter"))?.parse()?,
+        older_than_us: r.get(c!("older_than_us"))?,
+        state: r.get::<_, String>(c!("state"))?.parse()?,
+        cursor_key: r.get::<_, Option<Vec<u8>>>(c!("cursor_key"))?.map(key_string),
         cursor_version: cursor_mtime.zip(cursor_vid),
-        total_versions: count(r, "total_versions")?,
-        total_bytes: count(r, "total_bytes")?,
-        scanned_versions: count(r, "scanned_versions")?,
-        scanned_bytes: count(r, "scanned_bytes")?,
-        enqueued_versions: count(r, "enqueued_versions")?,
-        done_versions: count(r, "done_versions")?,
-        done_bytes: count(r, "done_bytes")?,
-        failed_versions: count(r, "failed_versions")?,
-        created_us: r.get("created_us")?,
-        updated_us: r.get("updated_us")?,
-        finished_us: r.get("finished_us")?,
+        total_versions: count(r, c!("total_versions"))?,
+        total_bytes: count(r, c!("total_bytes"))?,
+        scanned_versions: count(r, c!("scanned_versions"))?,
+        scanned_bytes: count(r, c!("scanned_bytes"))?,
+        enqueued_versions: count(r, c!("enqueued_versions"))?,
+        done_versions: count(r, c!("done_versions"))?,
+        done_bytes: count(r, c!("done_bytes"))?,
+        failed_versions: count(r, c!("failed_versions"))?,
+        created_us: r.get(c!("created_us"))?,
+        updated_us: r.get(c!("updated_us"))?,
+        finished_us: r.get(c!("finished_us"))?,
     })
 }
 
 pub(super) fn event(r: &Row<'_>) -> Result<Event> {
-    check_fmt(r)?;
+    macro_rules! c {
+        ($name:literal) => {
+            col!(EVENT_COLS, $name)
+        };
+    }
+    check_fmt(r, c!("fmt"))?;
     Ok(Event {
-        id: r.get("id")?,
-        time_us: r.get("time_us")?,
-        bucket: r.get("bucket")?,
-        rule_id: r.get("rule_id")?,
-        kind: r.get("kind")?,
-        detail: r.get("detail")?,
+        id: r.get(c!("id"))?,
+        time_us: r.get(c!("time_us"))?,
+        bucket: r.get(c!("bucket"))?,
+        rule_id: r.get(c!("rule_id"))?,
+        kind: r.get(c!("kind"))?,
+        detail: r.get(c!("detail"))?,
     })
 }
 
 /// A destination's counters (its oldest undelivered job is looked up separately).
 pub(super) fn dest_stats(r: &Row<'_>) -> Result<DestStats> {
+    macro_rules! c {
+        ($name:literal) => {
+            col!(DEST_COLS, $name)
+        };
+    }
     Ok(DestStats {
-        peer: r.get("peer")?,
-        dest_bucket: r.get("dest_bucket")?,
-        pending_ops: count(r, "pending_ops")?,
-        pending_bytes: count(r, "pending_bytes")?,
-        failed_ops: count(r, "failed_ops")?,
+        peer: r.get(c!("peer"))?,
+        dest_bucket: r.get(c!("dest_bucket"))?,
+        pending_ops: count(r, c!("pending_ops"))?,
+        pending_bytes: count(r, c!("pending_bytes"))?,
+        failed_ops: count(r, c!("failed_ops"))?,
         oldest_undelivered_us: None,
-        last_error: r.get("last_error")?,
+        last_error: r.get(c!("last_error"))?,
     })
 }

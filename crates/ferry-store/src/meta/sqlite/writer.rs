@@ -34,6 +34,8 @@ pub(super) struct SqliteWriteTx<'a> {
     pub(super) conn: &'a Connection,
     pub(super) clock: &'a mut CommitClock,
     pub(super) hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// The keys of the hooks registered once per transaction, in registration order.
+    pub(super) once: Vec<&'static str>,
     pub(super) signals: &'a Signals,
     /// A blob was referenced: fsync the staging directory before committing.
     pub(super) new_blobs: bool,
@@ -55,7 +57,7 @@ pub(super) fn writer_loop(
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
-        let mut tx = SqliteWriteTx { conn, clock: &mut clock, hooks: Vec::new(), signals, new_blobs: false };
+        let mut tx = SqliteWriteTx { conn, clock: &mut clock, hooks: Vec::new(), once: Vec::new(), signals, new_blobs: false };
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = begun {
             tracing::error!(error = %e, "could not begin a metadata transaction");
@@ -68,13 +70,14 @@ pub(super) fn writer_loop(
             continue;
         }
         for write in batch {
-            let hooks_before = tx.hooks.len();
+            let (hooks_before, once_before) = (tx.hooks.len(), tx.once.len());
             let savepoint = conn.execute_batch("SAVEPOINT closure");
             let (ok, finish) = write(Some(&mut tx));
             let closed = if ok && savepoint.is_ok() {
                 conn.execute_batch("RELEASE closure")
             } else {
                 tx.hooks.truncate(hooks_before);
+                tx.once.truncate(once_before);
                 conn.execute_batch("ROLLBACK TO closure; RELEASE closure")
             };
             if let Err(e) = savepoint.and(closed) {

@@ -201,6 +201,13 @@ impl WriteTx for SqliteWriteTx<'_> {
         self.hooks.push(hook);
     }
 
+    fn on_commit_once(&mut self, key: &'static str, hook: Box<dyn FnOnce() + Send>) {
+        if !self.once.contains(&key) {
+            self.once.push(key);
+            self.hooks.push(hook);
+        }
+    }
+
     fn signals(&self) -> &Signals {
         self.signals
     }
