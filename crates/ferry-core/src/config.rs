@@ -51,7 +51,23 @@ pub struct Config {
     /// Replication engine settings (apply to every region of this process).
     #[serde(default)]
     pub replication: ReplicationSettings,
+    /// The web console (off unless `listen` is set).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
+
+/// `[console]`: the web console, one per process, covering every region it serves.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `IP:PORT` to serve the console on (plain HTTP: keep it on a private interface or
+    /// loopback). Default: off; `ferry serve` without a configuration file serves it on
+    /// 127.0.0.1:9001.
+    pub listen: Option<String>,
+}
+
+/// Where `ferry serve` without a configuration file serves the console.
+pub const DEFAULT_CONSOLE_LISTEN: &str = "127.0.0.1:9001";
 
 /// A replication peer served by another process.
 #[derive(Debug, Clone, Deserialize)]

@@ -137,6 +137,11 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_SECRET_KEY", hide_env_values = true, value_name = "SECRET")]
     secret_key: Option<String>,
 
+    /// Web console of the single region (ignored with --config, which has `[console]`):
+    /// IP:PORT, or `off`. If the default address is taken, Ferry serves without a console.
+    #[arg(long, default_value = ferry_core::config::DEFAULT_CONSOLE_LISTEN, value_name = "IP:PORT|off", conflicts_with = "config")]
+    console: String,
+
     /// Seconds to wait for in-flight requests when stopping.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     shutdown_timeout: u64,
@@ -197,6 +202,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             peer: Vec::new(),
             bucket: Vec::new(),
             replication: ferry_core::config::ReplicationSettings::default(),
+            console: ferry_core::config::ConsoleConfig { listen: (args.console != "off").then(|| args.console.clone()) },
         },
     };
     let regions = cfg.region.clone();
@@ -222,11 +228,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         buckets: cfg.bucket.clone(),
         replication: cfg.replication.clone(),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        console: cfg.console.listen.clone(),
+        // The single region's default console address may be held by another `ferry serve`.
+        console_required: args.config.is_some() || args.console != ferry_core::config::DEFAULT_CONSOLE_LISTEN,
         ..ServerOptions::new(regions, users)
     };
     let server = Server::start(opts).await.context("cannot start")?;
     for r in server.regions() {
         eprintln!("ferry: region {} serving S3 on {}", r.name, r.url);
+    }
+    if let Some(a) = server.console_addr() {
+        eprintln!("ferry: console: http://{a}/");
     }
     let stop = server.stop_token();
     tokio::spawn(async move {

@@ -45,6 +45,11 @@ pub struct ServerOptions {
     pub replication: ReplicationSettings,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// `IP:PORT` of the web console, if it is served.
+    pub console: Option<String>,
+    /// When the console's address cannot be bound: fail start-up (an explicit `[console]`), or
+    /// go on without a console (`ferry serve`'s default address, which another process may hold).
+    pub console_required: bool,
 }
 
 impl ServerOptions {
@@ -58,6 +63,8 @@ impl ServerOptions {
             buckets: Vec::new(),
             replication: ReplicationSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
+            console: None,
+            console_required: true,
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct RegionHandle {
 pub struct Server {
     regions: Vec<RegionHandle>,
     stop: CancellationToken,
+    /// The console's address and task, if it is served.
+    console: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 /// A region after phase 1: store open, listeners bound.
@@ -111,6 +120,21 @@ impl Server {
         let specs = peer_specs(&opts, &opened, &internal)?;
         let stop = CancellationToken::new();
         let users = Arc::new(Users::new(opts.users.iter().cloned().chain([internal])));
+        let console_listener = match &opts.console {
+            Some(l) => {
+                let addr: SocketAddr =
+                    l.parse().with_context(|| format!("[console] key `listen`: `{l}` is not an IP:PORT address"))?;
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => Some(listener),
+                    Err(e) if !opts.console_required => {
+                        tracing::warn!(%addr, error = %e, "console: cannot listen on its default address; serving without a console");
+                        None
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("[console] key `listen`: cannot listen on {addr}")),
+                }
+            }
+            None => None,
+        };
         let mut regions = Vec::new();
         for o in opened {
             let name = o.cfg.name.clone();
@@ -119,7 +143,25 @@ impl Server {
             bootstrap_buckets(&o.store, &name, &opts).await.with_context(|| format!("region `{name}`: [[bucket]]"))?;
             regions.push(serve_region(o, users.clone(), peers, &opts, stop.clone()));
         }
-        Ok(Self { regions, stop })
+        let console = match console_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let shown = regions
+                    .iter()
+                    .map(|r| crate::console::ConsoleRegion { name: r.name.clone(), store: r.store.clone() })
+                    .collect();
+                let console = Arc::new(crate::console::Console::new(shown, users.clone()));
+                Some((addr, tokio::spawn(console.serve(listener, stop.clone()))))
+            }
+            None => None,
+        };
+        Ok(Self { regions, stop, console })
+    }
+
+    /// The console's address, when it is served.
+    #[must_use]
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|(a, _)| *a)
     }
 
     /// The running regions.
@@ -148,6 +190,11 @@ impl Server {
 
     /// Waits until the server has stopped (after the stop token is cancelled).
     pub async fn wait(self) {
+        if let Some((_, task)) = self.console
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "console task failed");
+        }
         for r in self.regions {
             if let Err(e) = r.task.await {
                 tracing::error!(region = %r.name, error = %e, "region task failed");

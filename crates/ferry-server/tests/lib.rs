@@ -7,6 +7,7 @@
 
 mod cli;
 mod common;
+mod console;
 mod crash;
 mod faults;
 mod model;
