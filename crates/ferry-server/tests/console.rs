@@ -81,7 +81,7 @@ fn hidden(page: &str, name: &str) -> String {
 
 /// Two regions in one process with the console on an ephemeral port; `main` owns `main-a` (us)
 /// and `main-b` (eu), `alt` owns `alt-a` (us).
-async fn console_cluster() -> (Server, SocketAddr, tempfile::TempDir) {
+pub async fn console_cluster() -> (Server, SocketAddr, tempfile::TempDir) {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let regions = ["us-east-1", "eu-west-1"]
@@ -234,4 +234,21 @@ async fn serve_prints_where_the_console_is() {
     assert_eq!(b.get("/sign-in").await.status, 200);
     assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
     p.terminate();
+}
+
+/// Other requests of the same browser (a favicon, a second tab) do not expire the sign-in form
+/// on screen: browsers fetch `/favicon.ico` after every page, and a redirect of it to a new
+/// sign-in form used to replace the form's token, so the first sign-in in a browser failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_requests_keep_the_sign_in_form_valid() {
+    let (server, console, _dir) = console_cluster().await;
+    let mut b = Browser::new(console);
+    let first = hidden(&b.get("/sign-in").await.body, "csrf");
+    let icon = b.get("/favicon.ico").await;
+    assert_eq!((icon.status, icon.header("location")), (404, None), "no redirect to a new form");
+    let second = hidden(&b.get("/sign-in").await.body, "csrf");
+    assert_eq!(first, second, "a second tab shows the same form token");
+    let r = b.post("/sign-in", &[("csrf", &first), ("access_key", MAIN_AK), ("secret_key", MAIN_SK)]).await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/")), "{}", r.body);
+    server.shutdown().await;
 }

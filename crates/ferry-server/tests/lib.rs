@@ -8,6 +8,7 @@
 mod cli;
 mod common;
 mod console;
+mod console_browser;
 mod crash;
 mod faults;
 mod model;

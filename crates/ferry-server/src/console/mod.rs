@@ -18,7 +18,7 @@
 //! | `POST /sign-out` | ends the session |
 //! | `GET /` | the buckets of the signed-in account, in every region |
 //! | `GET /buckets/REGION/BUCKET` | a bucket: versioning, its replication rules and their progress |
-//! | `GET /assets/console.css` | the stylesheet |
+//! | `GET /assets/console.css` | the stylesheet (`/favicon.ico` is a plain 404, never a redirect) |
 //!
 //! Signed out, every page redirects to `/sign-in`. Every response carries
 //! `Content-Security-Policy: default-src 'self'`, `X-Frame-Options: DENY`,
@@ -104,6 +104,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/buckets/{region}/{bucket}", get(bucket))
         .route("/assets/console.css", get(stylesheet))
+        .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
@@ -169,9 +170,12 @@ struct SignIn<'a> {
     error: Option<&'a str>,
 }
 
-/// The form, with a fresh double-submit token in the form and in a cookie.
-fn sign_in_page(c: &Console, status: StatusCode, error: Option<&str>) -> Response {
-    let csrf = token();
+/// The form, with its double-submit token in the form and in a cookie. A token the browser
+/// already holds is kept: another request of the same browser (a second tab, a favicon that
+/// led here) must not invalidate the form on screen.
+fn sign_in_page(c: &Console, headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> Response {
+    let held = cookie(headers, LOGIN_COOKIE).filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let csrf = held.unwrap_or_else(token);
     let mut resp = page(&SignIn { csrf: &csrf, error }, status);
     if let Ok(v) = HeaderValue::from_str(&set_cookie(LOGIN_COOKIE, &csrf, c.secure, Some(3600))) {
         resp.headers_mut().append(header::SET_COOKIE, v);
@@ -183,7 +187,7 @@ async fn sign_in_form(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
     if c.session(&headers).is_some() {
         return Redirect::to("/").into_response();
     }
-    sign_in_page(&c, StatusCode::OK, None)
+    sign_in_page(&c, &headers, StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
@@ -211,12 +215,17 @@ async fn sign_in(
         );
     }
     if !c.sessions.may_try(peer.ip()) {
-        return sign_in_page(&c, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed sign-ins: wait a few minutes."));
+        return sign_in_page(
+            &c,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many failed sign-ins: wait a few minutes."),
+        );
     }
     let ok = c.users.account(&f.access_key).is_some_and(|u| same_secret(&u.secret_key, &f.secret_key));
     if !ok {
         c.sessions.failed(peer.ip());
-        return sign_in_page(&c, StatusCode::UNAUTHORIZED, Some("Unknown access key or wrong secret key."));
+        return sign_in_page(&c, &headers, StatusCode::UNAUTHORIZED, Some("Unknown access key or wrong secret key."));
     }
     c.sessions.succeeded(peer.ip());
     let id = c.sessions.open(&f.access_key);

@@ -99,7 +99,7 @@ pub fn run_ferry<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
         std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).env("RUST_LOG", "warn").output().expect("run ferry");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned() + String::from_utf8_lossy(&out.stdout).as_ref(),
     )
 }
 
