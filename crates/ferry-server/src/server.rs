@@ -146,9 +146,14 @@ impl Server {
         let console = match console_listener {
             Some(listener) => {
                 let addr = listener.local_addr()?;
+                // The console reaches each region's S3 API as the signed-in user, over the same
+                // URL and trust the regions use for each other.
                 let shown = regions
                     .iter()
-                    .map(|r| crate::console::ConsoleRegion { name: r.name.clone(), store: r.store.clone() })
+                    .filter_map(|r| {
+                        let s3 = specs.iter().find(|s| s.name == r.name && s.kind == PeerKind::Ferry)?.settings.clone();
+                        Some(crate::console::ConsoleRegion { name: r.name.clone(), store: r.store.clone(), s3 })
+                    })
                     .collect();
                 let console = Arc::new(crate::console::Console::new(shown, users.clone()));
                 Some((addr, tokio::spawn(console.serve(listener, stop.clone()))))

@@ -252,3 +252,65 @@ async fn other_requests_keep_the_sign_in_form_valid() {
     assert_eq!((r.status, r.header("location")), (303, Some("/")), "{}", r.body);
     server.shutdown().await;
 }
+
+/// Buckets are created, versioned and deleted from the console through the region's S3 API,
+/// signed as the account: the S3 errors are shown, another account's bucket stays out of
+/// reach, and a request without the session's token changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_are_managed_as_the_account_through_s3() {
+    let (server, console, _dir) = console_cluster().await;
+    let eu = client_for(
+        &format!("http://{}", server.regions()[1].addr),
+        MAIN_AK,
+        MAIN_SK,
+        "eu-west-1",
+        Mode::WhenRequired,
+    );
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let csrf = hidden(&b.get("/").await.body, "csrf");
+
+    let forged = b.post("/buckets", &[("csrf", "x"), ("name", "made-here"), ("region", "eu-west-1")]).await;
+    assert_eq!(forged.status, 403);
+    let r = b
+        .post(
+            "/buckets",
+            &[("csrf", &csrf), ("name", "made-here"), ("region", "eu-west-1"), ("versioning", "on")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/buckets/eu-west-1/made-here")),
+        "{}",
+        r.body
+    );
+    let v = eu.get_bucket_versioning().bucket("made-here").send().await.unwrap();
+    assert_eq!(
+        v.status().map(|s| s.as_str().to_owned()),
+        Some("Enabled".to_owned()),
+        "created in eu-west-1, versioned"
+    );
+    let page = b.get("/buckets/eu-west-1/made-here").await;
+    assert!(page.body.contains("Suspend versioning"), "{}", page.body);
+
+    let bad = b.post("/buckets", &[("csrf", &csrf), ("name", "Not_A_Bucket"), ("region", "eu-west-1")]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("InvalidBucketName"), "the S3 error is shown: {}", bad.body);
+    let taken = b.post("/buckets", &[("csrf", &csrf), ("name", "alt-a"), ("region", "us-east-1")]).await;
+    assert!(taken.body.contains("BucketAlreadyExists"), "{}", taken.body);
+
+    let r = b.post("/buckets/eu-west-1/made-here/versioning", &[("csrf", &csrf), ("status", "Suspended")]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let v = eu.get_bucket_versioning().bucket("made-here").send().await.unwrap();
+    assert_eq!(v.status().map(|s| s.as_str().to_owned()), Some("Suspended".to_owned()));
+
+    let other = b.post("/buckets/us-east-1/alt-a/delete", &[("csrf", &csrf)]).await;
+    assert!(other.body.contains("AccessDenied"), "another account's bucket: {}", other.body);
+    let kept = b.post("/buckets/eu-west-1/made-here/delete", &[]).await;
+    assert_eq!(kept.status, 403, "no token, no deletion");
+    let r = b.post("/buckets/eu-west-1/made-here/delete", &[("csrf", &csrf)]).await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/")), "{}", r.body);
+    assert!(eu.head_bucket().bucket("made-here").send().await.is_err(), "deleted");
+    assert!(!b.get("/").await.body.contains("made-here"));
+    server.shutdown().await;
+}

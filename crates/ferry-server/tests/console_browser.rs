@@ -131,7 +131,22 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
     assert_eq!(b.title().await, "Buckets · Ferry console");
     let text = b.d().find(By::Tag("main")).await.unwrap().text().await.unwrap();
     assert!(text.contains("main-a") && text.contains("eu-west-1") && !text.contains("alt-a"), "{text}");
+    assert!(text.contains("main-a us-east-1 Enabled source"), "main-a is a source: {text}");
+    assert!(text.contains("main-b eu-west-1 Enabled destination"), "main-b is its destination: {text}");
     b.screenshot("buckets").await;
+    // A new bucket, in the other region, from the form.
+    b.field("Bucket name").await.send_keys("from-the-console").await.unwrap();
+    let region = b.d().query(By::XPath("//select[@id=//label[normalize-space()='Region']/@for]")).first().await.unwrap();
+    region.find(By::XPath("option[@value='eu-west-1']")).await.unwrap().click().await.unwrap();
+    b.named("Create bucket").await.click().await.unwrap();
+    b.d().query(By::XPath("//h1[normalize-space()='from-the-console']")).first().await.expect("the new bucket's page");
+    let v = eu.get_bucket_versioning().bucket("from-the-console").send().await.unwrap();
+    assert_eq!(
+        v.status().map(|s| s.as_str().to_owned()),
+        Some("Enabled".to_owned()),
+        "created in eu-west-1, versioned"
+    );
+    b.named("Buckets").await.click().await.unwrap();
     b.named("main-a").await.click().await.unwrap();
     b.d().query(By::XPath("//h1[normalize-space()='main-a']")).first().await.expect("the bucket page");
     let text = b.d().find(By::Tag("main")).await.unwrap().text().await.unwrap();

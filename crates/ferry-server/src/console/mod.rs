@@ -17,7 +17,13 @@
 //! | `GET /sign-in`, `POST /sign-in` | the sign-in form (access key, secret key) |
 //! | `POST /sign-out` | ends the session |
 //! | `GET /` | the buckets of the signed-in account, in every region |
+//! | `POST /buckets` | creates a bucket (name, region, versioning) |
 //! | `GET /buckets/REGION/BUCKET` | a bucket: versioning, its replication rules and their progress |
+//! | `POST /buckets/REGION/BUCKET/versioning`, `.../delete` | turns versioning on or off, deletes |
+//!
+//! Actions (creating, changing, deleting) are S3 requests to the region's own endpoint, signed
+//! as the signed-in account ([`Console::s3_as`]): they meet exactly the checks any S3 client
+//! meets, and their errors are the S3 errors, shown on the page.
 //! | `GET /assets/console.css` | the stylesheet (`/favicon.ico` is a plain 404, never a redirect) |
 //!
 //! Signed out, every page redirects to `/sign-in`. Every response carries
@@ -35,6 +41,7 @@ use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use ferry_replication::client::ClientSettings;
 use ferry_s3::Users;
 use ferry_store::Store;
 use ferry_store::model::{BucketRecord, Versioning};
@@ -50,6 +57,8 @@ use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, cookie, sam
 pub struct ConsoleRegion {
     pub name: String,
     pub store: Arc<Store>,
+    /// How to reach the region's S3 API (URL, trust); the console signs as the user.
+    pub s3: ClientSettings,
 }
 
 /// What the console's handlers share.
@@ -94,6 +103,15 @@ impl Console {
     fn owner_id(&self, access_key: &str) -> Option<String> {
         self.users.account(access_key).map(|u| u.owner.id.clone())
     }
+
+    /// An S3 client of `region` signing as the account `access_key`: the console's actions go
+    /// through the S3 API's own authentication, permission and validation, like any client's.
+    fn s3_as(&self, region: &ConsoleRegion, access_key: &str) -> Option<aws_sdk_s3::Client> {
+        let user = self.users.account(access_key)?;
+        let settings =
+            ClientSettings { access_key: user.access_key.clone(), secret_key: user.secret_key.clone(), ..region.s3.clone() };
+        ferry_replication::client::config(&settings).ok().map(|c| aws_sdk_s3::Client::from_conf(c.build()))
+    }
 }
 
 /// The console's routes, with the security headers on every response.
@@ -102,7 +120,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/", get(buckets))
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/sign-out", post(sign_out))
+        .route("/buckets", post(create_bucket))
         .route("/buckets/{region}/{bucket}", get(bucket))
+        .route("/buckets/{region}/{bucket}/versioning", post(set_versioning))
+        .route("/buckets/{region}/{bucket}/delete", post(delete_bucket))
         .route("/assets/console.css", get(stylesheet))
         .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(not_found)
@@ -272,6 +293,8 @@ struct Buckets {
     user: String,
     csrf: String,
     buckets: Vec<BucketRow>,
+    regions: Vec<String>,
+    error: Option<String>,
 }
 
 fn versioning(v: Versioning) -> &'static str {
@@ -282,12 +305,17 @@ fn versioning(v: Versioning) -> &'static str {
     }
 }
 
-/// The replication role of a bucket as far as this region knows: a source (it has rules),
-/// a destination (it holds replicas from accepted sources), both, or none.
-fn role(b: &BucketRecord) -> String {
-    let source =
-        b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).is_some_and(|c| !c.rules.is_empty());
-    let destination = !b.replica_sources.is_empty();
+/// The rules of a bucket's stored configuration (none when it has none or it does not parse).
+fn rules_of(b: &BucketRecord) -> Vec<ferry_store::replication::Rule> {
+    b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).map(|c| c.rules).unwrap_or_default()
+}
+
+/// The replication role of a bucket as far as this process knows: a source (it has rules), a
+/// destination (a rule of a bucket served here sends to it, or it accepts other accounts'
+/// replicas), both, or none. Sources in other processes are not known here.
+fn role(b: &BucketRecord, targeted: bool) -> String {
+    let source = !rules_of(b).is_empty();
+    let destination = targeted || !b.replica_sources.is_empty();
     match (source, destination) {
         (true, true) => "source and destination",
         (true, false) => "source",
@@ -299,8 +327,12 @@ fn role(b: &BucketRecord) -> String {
 
 async fn buckets(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
+    buckets_page(&c, s, StatusCode::OK, None).await
+}
+
+async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option<String>) -> Response {
     let Some(owner) = c.owner_id(&s.access_key) else { return to_sign_in() };
-    let mut rows = Vec::new();
+    let mut all = Vec::new();
     for r in &c.regions {
         let listed = r.store.meta.read(|tx| tx.list_buckets()).await;
         let Ok(list) = listed else {
@@ -310,15 +342,146 @@ async fn buckets(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response 
                 &format!("Region {} cannot be read now.", r.name),
             );
         };
-        rows.extend(list.into_iter().filter(|b| b.owner.id == owner).map(|b| BucketRow {
-            region: r.name.clone(),
+        all.extend(list.into_iter().map(|b| (r.name.clone(), b)));
+    }
+    let targets: std::collections::HashSet<(String, String)> =
+        all.iter().flat_map(|(_, b)| rules_of(b)).map(|r| (r.destination.peer, r.destination.bucket)).collect();
+    let rows = all
+        .into_iter()
+        .filter(|(_, b)| b.owner.id == owner)
+        .map(|(region, b)| BucketRow {
             versioning: versioning(b.versioning),
-            role: role(&b),
+            role: role(&b, targets.contains(&(region.clone(), b.name.clone()))),
             created: ferry_core::time::rfc3339_us(b.created_us),
             name: b.name,
-        }));
+            region,
+        })
+        .collect();
+    let regions = c.regions.iter().map(|r| r.name.clone()).collect();
+    page(&Buckets { user: s.access_key, csrf: s.csrf, buckets: rows, regions, error }, status)
+}
+
+/// The session of a state-changing request whose form carries its CSRF token.
+fn checked(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
+    let Some((_, s)) = c.session(headers) else { return Err(Box::new(to_sign_in())) };
+    if !same_secret(&s.csrf, csrf) {
+        let refused = message(StatusCode::FORBIDDEN, "Forbidden", "The request did not carry this session's token.");
+        return Err(Box::new(refused));
     }
-    page(&Buckets { user: s.access_key, csrf: s.csrf, buckets: rows }, StatusCode::OK)
+    Ok(s)
+}
+
+/// An S3 error as the console shows it: its code and message.
+fn s3_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: &aws_sdk_s3::error::SdkError<E, R>,
+) -> String {
+    ferry_replication::peers::describe(e)
+}
+
+#[derive(Deserialize)]
+struct NewBucketForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    region: String,
+    /// A checkbox: present ("on") when checked.
+    versioning: Option<String>,
+}
+
+async fn create_bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Form(f): Form<NewBucketForm>) -> Response {
+    let s = match checked(&c, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some(r) = c.region(&f.region) else {
+        return buckets_page(&c, s, StatusCode::BAD_REQUEST, Some(format!("There is no region {}.", f.region))).await;
+    };
+    let Some(client) = c.s3_as(r, &s.access_key) else { return to_sign_in() };
+    let constraint = aws_sdk_s3::types::CreateBucketConfiguration::builder()
+        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(r.name.as_str()))
+        .build();
+    if let Err(e) = client.create_bucket().bucket(&f.name).create_bucket_configuration(constraint).send().await {
+        return buckets_page(
+            &c,
+            s,
+            StatusCode::BAD_REQUEST,
+            Some(format!("Bucket {} not created: {}", f.name, s3_error(&e))),
+        )
+        .await;
+    }
+    if f.versioning.is_some()
+        && let Err(e) = put_versioning(&client, &f.name, true).await
+    {
+        let why = format!("Bucket {} created, but versioning not enabled: {}", f.name, s3_error(&e));
+        return buckets_page(&c, s, StatusCode::BAD_REQUEST, Some(why)).await;
+    }
+    Redirect::to(&format!("/buckets/{}/{}", enc(&r.name), enc(&f.name))).into_response()
+}
+
+async fn put_versioning(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    enabled: bool,
+) -> Result<(), aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::put_bucket_versioning::PutBucketVersioningError>> {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let status = if enabled { BucketVersioningStatus::Enabled } else { BucketVersioningStatus::Suspended };
+    let cfg = VersioningConfiguration::builder().status(status).build();
+    client.put_bucket_versioning().bucket(bucket).versioning_configuration(cfg).send().await.map(|_| ())
+}
+
+/// A path segment, percent-encoded (unreserved characters kept).
+fn enc(s: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+#[derive(Deserialize)]
+struct VersioningForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    status: String,
+}
+
+async fn set_versioning(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((region, name)): Path<(String, String)>,
+    Form(f): Form<VersioningForm>,
+) -> Response {
+    let s = match checked(&c, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
+        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+    };
+    match put_versioning(&client, &name, f.status == "Enabled").await {
+        Ok(()) => Redirect::to(&format!("/buckets/{}/{}", enc(&region), enc(&name))).into_response(),
+        Err(e) => message(StatusCode::BAD_REQUEST, "Versioning not changed", &s3_error(&e)),
+    }
+}
+
+async fn delete_bucket(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((region, name)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let s = match checked(&c, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
+        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+    };
+    match client.delete_bucket().bucket(&name).send().await {
+        Ok(_) => Redirect::to("/").into_response(),
+        Err(e) => message(StatusCode::BAD_REQUEST, "Bucket not deleted", &s3_error(&e)),
+    }
 }
 
 /// A rule row of a bucket page.
@@ -340,6 +503,7 @@ struct BucketPage {
     region: String,
     name: String,
     versioning: &'static str,
+    versioned: bool,
     rules: Vec<RuleRow>,
 }
 
@@ -374,7 +538,15 @@ async fn bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region,
         }
     };
     page(
-        &BucketPage { user: s.access_key, csrf: s.csrf, region, name, versioning: versioning(b.versioning), rules },
+        &BucketPage {
+            user: s.access_key,
+            csrf: s.csrf,
+            region,
+            name,
+            versioning: versioning(b.versioning),
+            versioned: b.versioning == Versioning::Enabled,
+            rules,
+        },
         StatusCode::OK,
     )
 }
