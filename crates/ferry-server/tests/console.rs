@@ -314,3 +314,51 @@ async fn buckets_are_managed_as_the_account_through_s3() {
     assert!(!b.get("/").await.body.contains("made-here"));
     server.shutdown().await;
 }
+
+/// The object browser lists through S3 as the account, one page at a time: folders by `/`,
+/// a next-page link with S3's continuation token, and nothing for another account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_browsed_a_page_at_a_time() {
+    let (server, console, _dir) = console_cluster().await;
+    let us = client_for(
+        &format!("http://{}", server.regions()[0].addr),
+        MAIN_AK,
+        MAIN_SK,
+        "us-east-1",
+        Mode::WhenRequired,
+    );
+    for i in 0..230 {
+        put(&us, "main-a", &format!("logs/{i:04}.txt"), b"x").await;
+    }
+    put(&us, "main-a", "readme.md", b"hello").await;
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let root = b.get("/buckets/us-east-1/main-a/objects").await;
+    assert_eq!(root.status, 200, "{}", root.body);
+    assert!(
+        root.body.contains(">logs/</a>") && root.body.contains("<td>readme.md</td>"),
+        "{}",
+        root.body
+    );
+    assert!(!root.body.contains("Next page"), "one page");
+    let mut path = "/buckets/us-east-1/main-a/objects?prefix=logs%2F".to_owned();
+    let mut seen = Vec::new();
+    for page in 0.. {
+        let r = b.get(&path).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let names: Vec<String> = r.body.match_indices("<td>0").map(|(i, _)| r.body[i + 4..i + 12].to_owned()).collect();
+        assert!(names.len() <= 100, "a page holds at most 100: {}", names.len());
+        seen.extend(names);
+        let Some(at) = r.body.find("\">Next page</a>") else { break };
+        let start = r.body[..at].rfind("href=\"").unwrap() + 6;
+        path = r.body[start..at].replace("&amp;", "&");
+        assert!(page < 5, "too many pages: {path}");
+    }
+    let want: Vec<String> = (0..230).map(|i| format!("{i:04}.txt")).collect();
+    assert_eq!(seen, want, "every object once, in order, over three pages");
+    let mut alt = Browser::new(console);
+    assert_eq!(alt.sign_in(ALT_AK, ALT_SK).await.status, 303);
+    let denied = alt.get("/buckets/us-east-1/main-a/objects").await;
+    assert!(denied.body.contains("AccessDenied"), "another account's objects: {}", denied.body);
+    server.shutdown().await;
+}

@@ -155,6 +155,9 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
         "the rule and its destination: {text}"
     );
     b.screenshot("bucket").await;
+    b.named("Objects").await.click().await.unwrap();
+    b.d().query(By::XPath("//td[normalize-space()='hello.txt']")).first().await.expect("the object is listed");
+    b.screenshot("objects").await;
     b.named("Sign out").await.click().await.unwrap();
     b.field("Access key").await;
     b.d().goto(format!("{url}/")).await.unwrap();
