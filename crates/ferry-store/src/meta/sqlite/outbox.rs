@@ -20,6 +20,10 @@ use crate::meta::{OutboxReads, OutboxWrites};
 use crate::model::FORMAT_VERSION;
 use crate::replication::{Backfill, DestStats, Event, Job, JobOp, JobOptions, JobState, NewJob};
 
+/// Where `blocked` is in a row of `RETURNING {JOB_COLS}, blocked` (computed at build time:
+/// completing a job is on every delivery's path).
+const BLOCKED_AFTER_JOB_COLS: usize = rows::col_count(JOB_COLS);
+
 impl<T: HasConn> OutboxReads for T {
     fn runnable_jobs(
         &self,
@@ -307,7 +311,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             conn,
             &format!("DELETE FROM repl_jobs WHERE id = ?1 RETURNING {JOB_COLS}, blocked"),
             &[&id],
-            |r| Ok((rows::job(r)?, r.get::<_, i64>(rows::col_count(JOB_COLS))? != 0)),
+            |r| Ok((rows::job(r)?, r.get::<_, i64>(BLOCKED_AFTER_JOB_COLS)? != 0)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
         match j.state {

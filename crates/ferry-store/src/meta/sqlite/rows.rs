@@ -206,7 +206,7 @@ pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
         };
     }
     let attrs: ObjectAttrs = json(r, c!("attrs"))?;
-    let e = entry(r, &attrs, &VERSION_ENTRY)?;
+    let e = entry(r, None, &VERSION_ENTRY)?;
     let layout = match json_opt(r, c!("parts"))? {
         Some(parts) => BodyLayout::Parts { parts, multipart: flag(r, c!("multipart"))? },
         None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>(c!("inline_data"))?.unwrap_or_default()),
@@ -234,10 +234,12 @@ pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
 
 /// What listings read of a version ([`LIST_COLS`]).
 pub(super) fn list_entry(r: &Row<'_>) -> Result<ListEntry> {
-    entry(r, &json(r, col!(LIST_COLS, "attrs"))?, &LIST_ENTRY)
+    entry(r, Some(&json(r, col!(LIST_COLS, "attrs"))?), &LIST_ENTRY)
 }
 
-fn entry(r: &Row<'_>, attrs: &ObjectAttrs, c: &EntryCols) -> Result<ListEntry> {
+/// The listing fields of a version row; the checksum algorithms only when `attrs` is given (a
+/// whole version record does without them).
+fn entry(r: &Row<'_>, attrs: Option<&ObjectAttrs>, c: &EntryCols) -> Result<ListEntry> {
     check_fmt(r, c.fmt)?;
     Ok(ListEntry {
         key: key_string(r.get(c.key)?),
@@ -249,7 +251,7 @@ fn entry(r: &Row<'_>, attrs: &ObjectAttrs, c: &EntryCols) -> Result<ListEntry> {
         etag: r.get(c.etag)?,
         storage_class: r.get(c.storage_class)?,
         owner: json(r, c.owner)?,
-        checksum_algorithms: attrs.checksums.values.keys().copied().collect(),
+        checksum_algorithms: attrs.map(|a| a.checksums.values.keys().copied().collect()).unwrap_or_default(),
     })
 }
 
