@@ -121,6 +121,12 @@ pub async fn console_cluster() -> (Server, SocketAddr, tempfile::TempDir) {
     (server, console, dir)
 }
 
+/// An S3 client of region `i` of the cluster, signing as the main account.
+pub fn main_client(server: &Server, i: usize) -> aws_sdk_s3::Client {
+    let r = &server.regions()[i];
+    client_for(&format!("http://{}", r.addr), MAIN_AK, MAIN_SK, &r.name, Mode::WhenRequired)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_out_every_console_page_redirects_to_sign_in() {
     let (server, console, _dir) = console_cluster().await;
@@ -259,13 +265,7 @@ async fn other_requests_keep_the_sign_in_form_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_are_managed_as_the_account_through_s3() {
     let (server, console, _dir) = console_cluster().await;
-    let eu = client_for(
-        &format!("http://{}", server.regions()[1].addr),
-        MAIN_AK,
-        MAIN_SK,
-        "eu-west-1",
-        Mode::WhenRequired,
-    );
+    let eu = main_client(&server, 1);
     let mut b = Browser::new(console);
     assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
     let csrf = hidden(&b.get("/").await.body, "csrf");
@@ -320,13 +320,7 @@ async fn buckets_are_managed_as_the_account_through_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_browsed_a_page_at_a_time() {
     let (server, console, _dir) = console_cluster().await;
-    let us = client_for(
-        &format!("http://{}", server.regions()[0].addr),
-        MAIN_AK,
-        MAIN_SK,
-        "us-east-1",
-        Mode::WhenRequired,
-    );
+    let us = main_client(&server, 0);
     for i in 0..230 {
         put(&us, "main-a", &format!("logs/{i:04}.txt"), b"x").await;
     }

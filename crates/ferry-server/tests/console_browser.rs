@@ -97,16 +97,7 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
     let (server, console, _dir) = crate::console::console_cluster().await;
     let url = format!("http://{console}");
     // main-a replicates to main-b in the other region, and has replicated one object.
-    let region_client = |i: usize, name: &str| {
-        client_for(
-            &format!("http://{}", server.regions()[i].addr),
-            MAIN_AK,
-            MAIN_SK,
-            name,
-            Mode::WhenRequired,
-        )
-    };
-    let (us, eu) = (region_client(0, "us-east-1"), region_client(1, "eu-west-1"));
+    let (us, eu) = (crate::console::main_client(&server, 0), crate::console::main_client(&server, 1));
     enable_versioning(&us, "main-a").await;
     enable_versioning(&eu, "main-b").await;
     let rules = simple_rules(&["arn:aws:s3:eu-west-1::main-b"]);

@@ -268,10 +268,10 @@ struct CsrfForm {
 }
 
 async fn sign_out(State(c): State<Arc<Console>>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    let Some((id, s)) = c.session(&headers) else { return to_sign_in() };
-    if !same_secret(&s.csrf, &f.csrf) {
-        return message(StatusCode::FORBIDDEN, "Forbidden", "The request did not carry this session's token.");
-    }
+    let id = match checked(&c, &headers, &f.csrf) {
+        Ok((id, _)) => id,
+        Err(r) => return *r,
+    };
     c.sessions.close(&id);
     let mut resp = to_sign_in();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", c.secure, Some(0))) {
@@ -364,13 +364,27 @@ async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option
 }
 
 /// The session of a state-changing request whose form carries its CSRF token.
-fn checked(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
-    let Some((_, s)) = c.session(headers) else { return Err(Box::new(to_sign_in())) };
+/// Returns the session's id with it.
+fn checked(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<(String, Session), Box<Response>> {
+    let Some((id, s)) = c.session(headers) else { return Err(Box::new(to_sign_in())) };
     if !same_secret(&s.csrf, csrf) {
         let refused = message(StatusCode::FORBIDDEN, "Forbidden", "The request did not carry this session's token.");
         return Err(Box::new(refused));
     }
-    Ok(s)
+    Ok((id, s))
+}
+
+/// For an action on a bucket of `region`: the checked session's S3 client of that region,
+/// signing as its account.
+fn acting_in(c: &Console, headers: &HeaderMap, csrf: &str, region: &str) -> Result<aws_sdk_s3::Client, Box<Response>> {
+    let (_, s) = checked(c, headers, csrf)?;
+    c.region(region).and_then(|r| c.s3_as(r, &s.access_key)).ok_or_else(|| {
+        Box::new(message(
+            StatusCode::NOT_FOUND,
+            "No such bucket",
+            "There is no such bucket in this region.",
+        ))
+    })
 }
 
 /// An S3 error as the console shows it: its code and message.
@@ -394,7 +408,7 @@ struct NewBucketForm {
 
 async fn create_bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Form(f): Form<NewBucketForm>) -> Response {
     let s = match checked(&c, &headers, &f.csrf) {
-        Ok(s) => s,
+        Ok((_, s)) => s,
         Err(r) => return *r,
     };
     let Some(r) = c.region(&f.region) else {
@@ -454,12 +468,9 @@ async fn set_versioning(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<VersioningForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok(s) => s,
+    let client = match acting_in(&c, &headers, &f.csrf, &region) {
+        Ok(client) => client,
         Err(r) => return *r,
-    };
-    let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
     };
     match put_versioning(&client, &name, f.status == "Enabled").await {
         Ok(()) => Redirect::to(&format!("/buckets/{}/{}", enc(&region), enc(&name))).into_response(),
@@ -473,12 +484,9 @@ async fn delete_bucket(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok(s) => s,
+    let client = match acting_in(&c, &headers, &f.csrf, &region) {
+        Ok(client) => client,
         Err(r) => return *r,
-    };
-    let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
     };
     match client.delete_bucket().bucket(&name).send().await {
         Ok(_) => Redirect::to("/").into_response(),
