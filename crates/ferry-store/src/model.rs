@@ -364,6 +364,15 @@ pub struct VersionRecord {
     pub attrs: ObjectAttrs,
 }
 
+/// What a bucket holds: its versions that are not delete markers (every stored version, as
+/// storage is counted), and their bytes. Kept by the write transactions that add and remove
+/// versions, so reading it costs the same whatever the bucket's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketUsage {
+    pub versions: u64,
+    pub bytes: u64,
+}
+
 /// The listing view of a version (no body, no attributes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {

@@ -9,7 +9,7 @@
 //! | `GET /BUCKET?replicationProgress[&rule-id=ID]` | OSS-shaped XML: per rule, historical fraction and "replicated up to" time |
 //! | `GET /BUCKET?ferry-replication-status` | JSON: per rule state, T, lag, pending, failures, backfills, events |
 //! | `GET /BUCKET?ferry-replication-explain&key=K[&version-id=V]` | JSON: which rules match and why, jobs per destination |
-//! | `POST /BUCKET?ferry-replication-retry` | JSON `{"retried": N}`: failed jobs become pending |
+//! | `POST /BUCKET?ferry-replication-retry[&job=ID]` | JSON `{"retried": N}`: failed jobs (or that one) become pending |
 //! | `POST /BUCKET?ferry-backfill` + JSON `{rule, prefix, status, older_than_secs}` | JSON `{"id": N}`: starts a backfill |
 //! | `POST /BUCKET?ferry-backfill-control&id=N&action=pause\|resume\|cancel` | JSON: the backfill |
 //! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `ferry_store::replication::api::VerifyLine` |
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use ferry_store::Store;
 use ferry_store::replication::api::{self, BackfillStarted, Retried, Sources, VerifyLine};
 use ferry_store::replication::backfill::{self, BackfillAction, BackfillRequest};
-use ferry_store::replication::{ReplicationEngine, retry_failed};
+use ferry_store::replication::{ReplicationEngine, retry_failed, retry_job};
 use http::{HeaderMap, Method, Uri};
 use s3s::route::S3Route;
 use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
@@ -203,6 +203,12 @@ impl S3Route for AdminRoute {
                 json_response(&self.store.meta.read(move |r| api::explain(r, &bucket, &key, vid.as_deref())).await.s3()?)
             }
             Some("ferry-replication-retry") => {
+                if let Some(job) = q.get("job") {
+                    let id: i64 = job.parse().map_err(|_| s3_error!(InvalidArgument, "job must be a job id"))?;
+                    let name = bucket.name.clone();
+                    let retried = self.store.meta.write(move |tx| retry_job(tx, &name, id)).await.s3()?;
+                    return json_response(&Retried { retried: u64::from(retried) });
+                }
                 // A batch per transaction, so a large backlog never holds the writer.
                 let mut n = 0;
                 loop {

@@ -23,7 +23,7 @@ macro_rules! conformance_tests {
             versions_order_by_time_then_id, version_scans_resume_after_their_cursor, uploads_and_parts,
             released_blobs_become_garbage_when_due, jobs_of_a_key_run_one_at_a_time, job_counters_follow_their_states,
             a_live_job_promotes_waiting_backfill_jobs, deliveries_go_with_their_version, a_replica_keeps_its_status,
-            backfill_counters_never_go_back, events_filter_by_rule_and_kind);
+            backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions);
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
         $(
@@ -557,4 +557,51 @@ pub(crate) async fn events_filter_by_rule_and_kind<M: MetaStore>(dir: &Path, ope
     assert_eq!(kinds(None, Some("Verify_")).await.unwrap(), vec!["Verify_Found"], "`_` is not a wildcard");
     let after = meta.read(|r| r.events("b", 1, 10)).await.unwrap();
     assert_eq!(after.iter().map(|e| e.time_us).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+/// A bucket's usage counts its versions that are not delete markers, and their bytes, as they
+/// are added and removed (and a rolled-back write changes nothing); a deleted bucket's goes.
+pub(crate) async fn bucket_usage_follows_its_versions<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
+    let meta = open(dir);
+    with_bucket(&meta).await;
+    assert_eq!(meta.read(|r| r.bucket_usage("b")).await.unwrap(), BucketUsage::default());
+    meta.write(|tx| {
+        put(tx, &version("k", "v1", 10))?;
+        put(tx, &VersionRecord { size: 1000, ..version("k", "v2", 20) })?;
+        put(tx, &VersionRecord { delete_marker: true, size: 0, ..version("k", "dm", 30) })?;
+        put(tx, &version("other", "v1", 10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        meta.read(|r| r.bucket_usage("b")).await.unwrap(),
+        BucketUsage { versions: 3, bytes: 1006 }
+    );
+    let failed = meta
+        .write(|tx| {
+            put(tx, &version("k", "v3", 40))?;
+            Err::<(), _>(Error::Other("rolled back".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    meta.write(|tx| {
+        tx.remove_version("b", "k", "v2")?;
+        tx.remove_version("b", "k", "dm")?;
+        tx.remove_version("b", "k", "no-such-version").map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert_eq!(meta.read(|r| r.bucket_usage("b")).await.unwrap(), BucketUsage { versions: 2, bytes: 6 });
+    meta.write(|tx| {
+        tx.remove_version("b", "k", "v1")?;
+        tx.remove_version("b", "other", "v1")?;
+        tx.delete_bucket("b")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        meta.read(|r| r.bucket_usage("b")).await.unwrap(),
+        BucketUsage::default(),
+        "gone with its bucket"
+    );
 }

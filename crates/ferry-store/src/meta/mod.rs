@@ -31,7 +31,7 @@ mod conformance;
 pub mod sqlite;
 
 use crate::error::Result;
-use crate::model::{BucketRecord, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
+use crate::model::{BucketRecord, BucketUsage, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
 use crate::replication::{Backfill, DestStats, Event, Job, NewJob};
 
 /// Where a version scan starts.
@@ -75,6 +75,8 @@ pub trait MetaStore: Send + Sync + 'static {
 pub trait ReadTx: OutboxReads {
     fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
     fn list_buckets(&self) -> Result<Vec<BucketRecord>>;
+    /// The bucket's versions (not delete markers) and their bytes, kept as versions come and go.
+    fn bucket_usage(&self, bucket: &str) -> Result<BucketUsage>;
     /// A specific version (including delete markers).
     fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>>;
     /// The key's newest version (possibly a delete marker).

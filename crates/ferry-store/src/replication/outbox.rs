@@ -331,6 +331,20 @@ pub fn retry_failed(tx: &mut dyn WriteTx, bucket: &str, limit: usize) -> Result<
     Ok(failed.len() as u64)
 }
 
+/// Makes failed job `id` of `bucket` pending again; false when there is no such failed job.
+///
+/// # Errors
+/// Database errors.
+pub fn retry_job(tx: &mut dyn WriteTx, bucket: &str, id: i64) -> Result<bool> {
+    let Some(j) = tx.get_job(id)? else { return Ok(false) };
+    if j.bucket != bucket || j.state != JobState::Failed {
+        return Ok(false);
+    }
+    rearm(tx, &j, j.backfill_id)?;
+    refresh_status(tx, &j.bucket, &j.key, &j.version_id)?;
+    Ok(true)
+}
+
 /// Drops up to `limit` jobs of a bucket with ids up to `up_to_id` (its replication
 /// configuration was removed when the last id was `up_to_id`); versions left without a job no
 /// longer claim PENDING or FAILED. Returns how many were dropped.

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::rows::{self, BUCKET_COLS, LIST_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, collect, first, limit_i64};
 use crate::error::Result;
 use crate::meta::{ReadTx, VersionCursor};
-use crate::model::{BucketRecord, ListEntry, PartRecord, UploadRecord, VersionRecord};
+use crate::model::{BucketRecord, BucketUsage, ListEntry, PartRecord, UploadRecord, VersionRecord};
 
 /// A transaction that reads through one connection: a read snapshot, or the write transaction
 /// (which sees its own uncommitted changes). Every such transaction gets the read queries.
@@ -31,6 +31,16 @@ impl<T: HasConn> ReadTx for T {
             &[],
             rows::bucket,
         )
+    }
+
+    fn bucket_usage(&self, bucket: &str) -> Result<BucketUsage> {
+        let row = self
+            .conn()
+            .prepare_cached("SELECT versions, bytes FROM bucket_usage WHERE bucket = ?1")?
+            .query_row([bucket], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?;
+        let (versions, bytes) = row.unwrap_or((0, 0));
+        Ok(BucketUsage { versions: u64::try_from(versions).unwrap_or(0), bytes: u64::try_from(bytes).unwrap_or(0) })
     }
 
     fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Option<VersionRecord>> {

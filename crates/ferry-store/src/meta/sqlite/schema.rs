@@ -12,6 +12,8 @@
 //! - `uploads(upload_id, ...)` and `parts(upload_id, part_number, ...)`: multipart uploads.
 //! - `blobs(id)`: every blob file a committed record references.
 //! - `garbage(id, due_us)`: released blob files, unlinked once due.
+//! - `bucket_usage(bucket, versions, bytes)`: what each bucket holds (not delete markers),
+//!   kept by the writes that add and remove versions (schema 3).
 //!
 //! Replication (what the rows mean: [`crate::replication`]):
 //! - `repl_jobs`: the outbox, one row per (change, destination); `blocked` and `priority`
@@ -122,6 +124,14 @@ DROP INDEX IF EXISTS repl_jobs_key;
 DROP INDEX IF EXISTS repl_jobs_rule;
 ";
 
+/// Schema version 3: per-bucket usage (versions that are not delete markers, and their bytes),
+/// kept by the writes that add and remove versions; counted once here from the versions held.
+const MIGRATE_TO_3: &str = r"
+CREATE TABLE bucket_usage (bucket TEXT PRIMARY KEY, versions INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO bucket_usage (bucket, versions, bytes)
+    SELECT bucket, count(*), coalesce(sum(size), 0) FROM versions WHERE is_dm = 0 GROUP BY bucket;
+";
+
 /// Indexes of schema version 2 (created after the migration).
 const INDEXES: &str = r"
 CREATE INDEX IF NOT EXISTS repl_jobs_run ON repl_jobs (peer, dest_bucket, state, blocked, priority, next_attempt_us, id);
@@ -130,7 +140,7 @@ CREATE INDEX IF NOT EXISTS repl_jobs_live ON repl_jobs (bucket, peer, dest_bucke
 ";
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Creates the tables of a new database, or migrates an older one to [`SCHEMA_VERSION`].
 ///
@@ -152,6 +162,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
     while version < SCHEMA_VERSION {
         let step = match version {
             1 => MIGRATE_TO_2,
+            2 => MIGRATE_TO_3,
             _ => return Err(Error::Other(format!("no migration from schema {version}"))),
         };
         conn.execute_batch(&format!(
@@ -174,9 +185,10 @@ mod tests {
 
     use super::{REPL_SCHEMA, SCHEMA};
     use crate::meta::sqlite::SqliteMeta;
+    use crate::model::BucketUsage;
 
     /// A version-1 database with jobs is migrated in place: per-key order, counters and the
-    /// live flag are derived from the jobs it holds.
+    /// live flag are derived from the jobs it holds, and each bucket's usage from its versions.
     #[tokio::test]
     async fn a_schema_1_database_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -191,7 +203,12 @@ mod tests {
                      attempts, next_attempt_us, last_error, progress, backfill_id, priority) VALUES
                  (1, 'b', X'6b', 'v1', 0, 'eu', 'd', 'r', 10, 100, 0, 0, 0, NULL, NULL, NULL, 0),
                  (1, 'b', X'6b', 'v2', 0, 'eu', 'd', 'r', 20, 50, 0, 0, 0, NULL, NULL, 3, 1),
-                 (1, 'b', X'6c', 'v3', 0, 'eu', 'd', 'r', 30, 7, 1, 2, 0, 'AccessDenied', NULL, NULL, 0);",
+                 (1, 'b', X'6c', 'v3', 0, 'eu', 'd', 'r', 30, 7, 1, 2, 0, 'AccessDenied', NULL, NULL, 0);
+                 INSERT INTO versions (bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, owner, multipart, attrs)
+                 VALUES ('b', X'6b', 'v1', 1, 10, 0, 0, 100, 'e', '{}', 0, '{}'),
+                        ('b', X'6b', 'v2', 1, 20, 0, 0, 50, 'e', '{}', 0, '{}'),
+                        ('b', X'6b', 'dm', 1, 25, 1, 1, 0, '', '{}', 0, '{}'),
+                        ('c', X'6b', 'v1', 1, 10, 1, 0, 7, 'e', '{}', 0, '{}');",
             )
             .unwrap();
         }
@@ -207,8 +224,14 @@ mod tests {
         let stats = meta.read(|r| r.dest_stats("b")).await.unwrap();
         assert_eq!((stats[0].pending_ops, stats[0].pending_bytes, stats[0].failed_ops), (2, 150, 1));
         assert_eq!(stats[0].oldest_undelivered_us, Some(10));
+        let usage = meta.read(|r| Ok((r.bucket_usage("b")?, r.bucket_usage("c")?))).await.unwrap();
+        assert_eq!(
+            usage,
+            (BucketUsage { versions: 2, bytes: 150 }, BucketUsage { versions: 1, bytes: 7 }),
+            "counted once, delete markers aside"
+        );
         let schema = meta.read(|r| r.get_setting("schema")).await.unwrap();
-        assert_eq!(schema.as_deref(), Some("2"));
+        assert_eq!(schema.as_deref(), Some("3"));
     }
 
     /// A database written by a newer build is refused, not guessed at.

@@ -46,6 +46,7 @@ impl WriteTx for SqliteWriteTx<'_> {
 
     fn delete_bucket(&mut self, name: &str) -> Result<()> {
         self.conn.prepare_cached("DELETE FROM buckets WHERE name = ?1")?.execute([name])?;
+        self.conn.prepare_cached("DELETE FROM bucket_usage WHERE bucket = ?1")?.execute([name])?;
         Ok(())
     }
 
@@ -77,6 +78,14 @@ impl WriteTx for SqliteWriteTx<'_> {
                 serde_json::to_string(&v.attrs)?,
                 inline,
             ])?;
+        if !v.delete_marker {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO bucket_usage (bucket, versions, bytes) VALUES (?1, 1, ?2) \
+                     ON CONFLICT (bucket) DO UPDATE SET versions = versions + 1, bytes = bytes + excluded.bytes",
+                )?
+                .execute(params![v.bucket, to_i64(v.size)])?;
+        }
         Ok(())
     }
 
@@ -93,6 +102,11 @@ impl WriteTx for SqliteWriteTx<'_> {
             self.conn
                 .prepare_cached("DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
                 .execute(params![bucket, key.as_bytes(), version_id])?;
+        }
+        if let Some(v) = existing.as_ref().filter(|v| !v.delete_marker) {
+            self.conn
+                .prepare_cached("UPDATE bucket_usage SET versions = versions - 1, bytes = bytes - ?2 WHERE bucket = ?1")?
+                .execute(params![bucket, to_i64(v.size)])?;
         }
         Ok(existing)
     }
