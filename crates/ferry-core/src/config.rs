@@ -60,10 +60,16 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
-    /// `IP:PORT` to serve the console on (plain HTTP: keep it on a private interface or
-    /// loopback). Default: off; `ferry serve` without a configuration file serves it on
-    /// 127.0.0.1:9001.
+    /// `IP:PORT` to serve the console on. Default: off; `ferry serve` without a configuration
+    /// file serves it on 127.0.0.1:9001.
     pub listen: Option<String>,
+    /// PEM certificate chain: serve the console over HTTPS (its cookies are then `Secure`).
+    /// Without it the console speaks plain HTTP: keep it on loopback or a private interface.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where `ferry serve` without a configuration file serves the console.
@@ -373,6 +379,9 @@ impl Config {
                 rel(ca);
             }
         }
+        for p in [&mut cfg.console.tls_cert, &mut cfg.console.tls_key].into_iter().flatten() {
+            rel(p);
+        }
         Ok(cfg)
     }
 
@@ -418,6 +427,9 @@ impl Config {
                     r.data_dir.display()
                 )));
             }
+        }
+        if self.console.tls_cert.is_some() != self.console.tls_key.is_some() {
+            return Err(Error::Config("[console]: keys `tls_cert` and `tls_key` go together".into()));
         }
         for r in &self.region {
             if r.tls_cert.is_some() != r.tls_key.is_some() {

@@ -202,7 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             peer: Vec::new(),
             bucket: Vec::new(),
             replication: ferry_core::config::ReplicationSettings::default(),
-            console: ferry_core::config::ConsoleConfig { listen: (args.console != "off").then(|| args.console.clone()) },
+            console: ferry_core::config::ConsoleConfig {
+                listen: (args.console != "off").then(|| args.console.clone()),
+                ..ferry_core::config::ConsoleConfig::default()
+            },
         },
     };
     let regions = cfg.region.clone();
@@ -229,6 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         replication: cfg.replication.clone(),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         console: cfg.console.listen.clone(),
+        console_tls: cfg.console.tls_cert.clone().zip(cfg.console.tls_key.clone()),
         // The single region's default console address may be held by another `ferry serve`.
         console_required: args.config.is_some() || args.console != ferry_core::config::DEFAULT_CONSOLE_LISTEN,
         ..ServerOptions::new(regions, users)
@@ -237,8 +241,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for r in server.regions() {
         eprintln!("ferry: region {} serving S3 on {}", r.name, r.url);
     }
-    if let Some(a) = server.console_addr() {
-        eprintln!("ferry: console: http://{a}/");
+    if let Some(url) = server.console_url() {
+        eprintln!("ferry: console: {url}");
     }
     let stop = server.stop_token();
     tokio::spawn(async move {

@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     /// `IP:PORT` of the web console, if it is served.
     pub console: Option<String>,
+    /// The console's certificate chain and key (PEM files): HTTPS instead of HTTP.
+    pub console_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// When the console's address cannot be bound: fail start-up (an explicit `[console]`), or
     /// go on without a console (`ferry serve`'s default address, which another process may hold).
     pub console_required: bool,
@@ -64,6 +66,7 @@ impl ServerOptions {
             replication: ReplicationSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             console: None,
+            console_tls: None,
             console_required: true,
         }
     }
@@ -92,8 +95,8 @@ pub struct RegionHandle {
 pub struct Server {
     regions: Vec<RegionHandle>,
     stop: CancellationToken,
-    /// The console's address and task, if it is served.
-    console: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The console's address, whether it is served over TLS, and its task, if it is served.
+    console: Option<(SocketAddr, bool, JoinHandle<()>)>,
 }
 
 /// A region after phase 1: store open, listeners bound.
@@ -152,11 +155,28 @@ impl Server {
                     .iter()
                     .filter_map(|r| {
                         let s3 = specs.iter().find(|s| s.name == r.name && s.kind == PeerKind::Ferry)?.settings.clone();
-                        Some(crate::console::ConsoleRegion { name: r.name.clone(), store: r.store.clone(), s3 })
+                        Some(crate::console::ConsoleRegion {
+                            name: r.name.clone(),
+                            store: r.store.clone(),
+                            s3,
+                            metrics: r.metrics.clone(),
+                        })
                     })
                     .collect();
-                let console = Arc::new(crate::console::Console::new(shown, users.clone()));
-                Some((addr, tokio::spawn(console.serve(listener, stop.clone()))))
+                let peers = specs
+                    .iter()
+                    .map(|s| crate::console::ConsolePeer {
+                        name: s.name.clone(),
+                        ferry: s.kind == PeerKind::Ferry,
+                        s3: s.settings.clone(),
+                    })
+                    .collect();
+                let tls = match &opts.console_tls {
+                    Some((cert, key)) => Some(crate::tls::acceptor(cert, key).context("[console] keys `tls_cert`, `tls_key`")?),
+                    None => None,
+                };
+                let console = Arc::new(crate::console::Console::new(shown, peers, users.clone()).with_tls(tls.is_some()));
+                Some((addr, tls.is_some(), tokio::spawn(console.serve(listener, tls, stop.clone()))))
             }
             None => None,
         };
@@ -166,7 +186,13 @@ impl Server {
     /// The console's address, when it is served.
     #[must_use]
     pub fn console_addr(&self) -> Option<SocketAddr> {
-        self.console.as_ref().map(|(a, _)| *a)
+        self.console.as_ref().map(|(a, _, _)| *a)
+    }
+
+    /// The console's URL (`https://` when it is served over TLS), when it is served.
+    #[must_use]
+    pub fn console_url(&self) -> Option<String> {
+        self.console.as_ref().map(|(a, tls, _)| format!("{}://{a}/", if *tls { "https" } else { "http" }))
     }
 
     /// The running regions.
@@ -195,7 +221,7 @@ impl Server {
 
     /// Waits until the server has stopped (after the stop token is cancelled).
     pub async fn wait(self) {
-        if let Some((_, task)) = self.console
+        if let Some((_, _, task)) = self.console
             && let Err(e) = task.await
         {
             tracing::error!(error = %e, "console task failed");

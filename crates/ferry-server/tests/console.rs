@@ -22,21 +22,29 @@ impl Browser {
     }
 
     async fn request(&mut self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> RawResponse {
-        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
         let body = form.map(|f| f.iter().map(|(k, v)| format!("{}={}", percent(k), percent(v))).collect::<Vec<_>>().join("&"));
+        let headers: &[(&str, &str)] =
+            if body.is_some() { &[("content-type", "application/x-www-form-urlencoded")] } else { &[] };
+        self.send(method, path, headers, body.as_deref().map(str::as_bytes)).await
+    }
+
+    /// Sends `method path` with `headers`, the jar's cookies and `body` (with its length).
+    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> RawResponse {
         let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", self.addr);
+        let cookie = self.cookie();
         if !cookie.is_empty() {
             text.push_str(&format!("cookie: {cookie}\r\n"));
         }
-        if let Some(b) = &body {
-            text.push_str(&format!(
-                "content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n",
-                b.len()
-            ));
+        for (k, v) in headers {
+            text.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            text.push_str(&format!("content-length: {}\r\n", b.len()));
         }
         text.push_str("\r\n");
-        text.push_str(body.as_deref().unwrap_or(""));
-        let resp = raw_http(self.addr, text.as_bytes()).await;
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        let resp = raw_http(self.addr, &bytes).await;
         for (k, v) in &resp.headers {
             if k == "set-cookie"
                 && let Some((name, rest)) = v.split_once('=')
@@ -50,6 +58,10 @@ impl Browser {
             }
         }
         resp
+    }
+
+    fn cookie(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
     async fn get(&mut self, path: &str) -> RawResponse {
@@ -82,6 +94,13 @@ fn hidden(page: &str, name: &str) -> String {
 /// Two regions in one process with the console on an ephemeral port; `main` owns `main-a` (us)
 /// and `main-b` (eu), `alt` owns `alt-a` (us).
 pub async fn console_cluster() -> (Server, SocketAddr, tempfile::TempDir) {
+    console_cluster_with(|_, _| {}).await
+}
+
+/// [`console_cluster`], with the options changed by `tweak` (given the cluster's directory).
+async fn console_cluster_with(
+    tweak: impl FnOnce(&mut ServerOptions, &std::path::Path),
+) -> (Server, SocketAddr, tempfile::TempDir) {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let regions = ["us-east-1", "eu-west-1"]
@@ -97,6 +116,8 @@ pub async fn console_cluster() -> (Server, SocketAddr, tempfile::TempDir) {
         console: Some("127.0.0.1:0".into()),
         ..ServerOptions::new(regions, users())
     };
+    let mut opts = opts;
+    tweak(&mut opts, dir.path());
     let server = Server::start(opts).await.unwrap();
     let url = |i: usize| format!("http://{}", server.regions()[i].addr);
     let (us, eu) = (url(0), url(1));
@@ -354,5 +375,335 @@ async fn objects_are_browsed_a_page_at_a_time() {
     assert_eq!(alt.sign_in(ALT_AK, ALT_SK).await.status, 303);
     let denied = alt.get("/buckets/us-east-1/main-a/objects").await;
     assert!(denied.body.contains("AccessDenied"), "another account's objects: {}", denied.body);
+    server.shutdown().await;
+}
+
+/// Reads the dashboard's event stream until each of `events` has come (or 15 s pass); returns
+/// what was read.
+async fn read_events(b: &Browser, path: &str, events: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
+        b.addr,
+        b.cookie()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 8192];
+    while !events.iter().all(|e| String::from_utf8_lossy(&seen).contains(&format!("event: {e}\n"))) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Every state change added with the replication view and the object browser refuses a
+/// request without the session's token, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_and_object_actions_need_the_csrf_token() {
+    let (server, console, _dir) = console_cluster().await;
+    let (us, eu) = (main_client(&server, 0), main_client(&server, 1));
+    enable_versioning(&us, "main-a").await;
+    enable_versioning(&eu, "main-b").await;
+    put(&us, "main-a", "keep.txt", b"keep").await;
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let rule = [("id", "r"), ("dest_region", "eu-west-1"), ("dest_bucket", "main-b"), ("enabled", "on")];
+    for (path, form) in [
+        ("/buckets/us-east-1/main-a/replication/rules", &rule[..]),
+        ("/buckets/us-east-1/main-a/replication/preview", &rule[..]),
+        (
+            "/buckets/us-east-1/main-a/replication/rule-action",
+            &[("rule", "r"), ("action", "delete")][..],
+        ),
+        ("/buckets/us-east-1/main-a/replication/retry", &[][..]),
+        ("/buckets/us-east-1/main-a/replication/verify", &[("rule", "r")][..]),
+        ("/buckets/us-east-1/main-a/delete-object", &[("key", "keep.txt")][..]),
+    ] {
+        for csrf in [None, Some("not-the-token")] {
+            let mut f = form.to_vec();
+            if let Some(t) = csrf {
+                f.push(("csrf", t));
+            }
+            let r = b.post(path, &f).await;
+            assert_eq!(r.status, 403, "POST {path} with {csrf:?}: {}", r.body);
+        }
+    }
+    let upload = b
+        .send(
+            "POST",
+            "/buckets/us-east-1/main-a/upload?key=x.txt",
+            &[("x-ferry-csrf", "nope")],
+            Some(b"x"),
+        )
+        .await;
+    assert_eq!(upload.status, 403, "an upload without the token");
+    assert!(us.get_bucket_replication().bucket("main-a").send().await.is_err(), "no rule was saved");
+    assert_eq!(get_bytes(&us, "main-a", "keep.txt").await, b"keep", "nothing deleted");
+    assert!(us.head_object().bucket("main-a").key("x.txt").send().await.is_err(), "nothing uploaded");
+    server.shutdown().await;
+}
+
+/// The wizard: pre-flight failures shown in place, the XML it will send, a rule saved through
+/// PutBucketReplication as the account, a rule of several prefixes and "any" tags stored as
+/// S3 rules and re-opened whole, enable/disable/delete; another account sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wizard_saves_rules_as_the_account() {
+    let (server, console, _dir) = console_cluster().await;
+    let (us, eu) = (main_client(&server, 0), main_client(&server, 1));
+    enable_versioning(&us, "main-a").await;
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let wizard = b.get("/buckets/us-east-1/main-a/replication/rule").await;
+    assert_eq!(wizard.status, 200, "{}", wizard.body);
+    for label in [">Destination bucket</label>", "Replicate existing objects</label>", ">Save</button>", "<pre class=\"xml\">"] {
+        assert!(wizard.body.contains(label), "{label} in {}", wizard.body);
+    }
+    let csrf = hidden(&wizard.body, "csrf");
+    let form = |extra: &[(&'static str, &'static str)]| {
+        let mut f = vec![
+            ("id", "to-eu"),
+            ("enabled", "on"),
+            ("dest_region", "eu-west-1"),
+            ("dest_bucket", "main-b"),
+            ("deletes", "add-delete-change"),
+            ("priority", "1"),
+        ];
+        f.extend_from_slice(extra);
+        f
+    };
+    // main-b is not versioned: the check says so, and Save refuses in place.
+    let mut f = form(&[("existing", "on")]);
+    f.push(("csrf", &csrf));
+    let preview = b.post("/buckets/us-east-1/main-a/replication/preview", &f).await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert!(
+        preview.body.contains("&#60;Bucket&#62;arn:aws:s3:eu-west-1::main-b&#60;/Bucket&#62;"),
+        "{}",
+        preview.body
+    );
+    assert!(
+        preview.body.contains("class=\"failed\"") && preview.body.contains("Versioning on eu-west-1 / main-b"),
+        "{}",
+        preview.body
+    );
+    let refused = b.post("/buckets/us-east-1/main-a/replication/rules", &f).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("A pre-flight check failed") && refused.body.contains("value=\"main-b\""),
+        "fields kept: {}",
+        refused.body
+    );
+    assert!(us.get_bucket_replication().bucket("main-a").send().await.is_err());
+    enable_versioning(&eu, "main-b").await;
+    let saved = b.post("/buckets/us-east-1/main-a/replication/rules", &f).await;
+    assert_eq!(
+        (saved.status, saved.header("location")),
+        (303, Some("/buckets/us-east-1/main-a/replication")),
+        "{}",
+        saved.body
+    );
+    let cfg = us.get_bucket_replication().bucket("main-a").send().await.unwrap().replication_configuration.unwrap();
+    let r = &cfg.rules()[0];
+    assert_eq!((r.id(), r.priority()), (Some("to-eu"), Some(1)));
+    assert_eq!(r.destination().unwrap().bucket(), "arn:aws:s3:eu-west-1::main-b");
+    assert!(r.existing_object_replication().is_some(), "replicate existing objects");
+    // Several prefixes and "any" of two tags: four S3 rules, shown and edited as one.
+    let mut f = form(&[
+        ("prefixes", "x/\ny/"),
+        ("tags", "a=1\nb=2"),
+        ("tag_match", "any"),
+        ("storage_class", "STANDARD_IA"),
+        ("rpo_minutes", "15"),
+        ("owner_override", "on"),
+    ]);
+    f[0] = ("id", "tagged");
+    f[5] = ("priority", "10");
+    f.push(("csrf", &csrf));
+    let saved = b.post("/buckets/us-east-1/main-a/replication/rules", &f).await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let cfg = us.get_bucket_replication().bucket("main-a").send().await.unwrap().replication_configuration.unwrap();
+    let ids: Vec<&str> = cfg.rules().iter().filter_map(|r| r.id()).collect();
+    assert_eq!(ids, ["to-eu", "tagged", "tagged~2", "tagged~3", "tagged~4"]);
+    let edit = b.get("/buckets/us-east-1/main-a/replication/rule?rule=tagged").await;
+    for kept in [
+        ">x/\ny/</textarea>",
+        ">a=1\nb=2</textarea>",
+        "<option value=\"any\" selected>",
+        "<option value=\"STANDARD_IA\" selected>",
+        "name=\"rpo_minutes\" value=\"15\"",
+        "id=\"owner_override\" name=\"owner_override\" checked",
+        "name=\"original\" value=\"tagged\"",
+    ] {
+        assert!(edit.body.contains(kept), "{kept} kept in {}", edit.body);
+    }
+    let view = b.get("/buckets/us-east-1/main-a/replication").await;
+    assert_eq!(
+        view.body.matches("aria-label=\"Edit tagged\"").count(),
+        1,
+        "one row for the group: {}",
+        view.body
+    );
+    let r = b
+        .post(
+            "/buckets/us-east-1/main-a/replication/rule-action",
+            &[("csrf", &csrf), ("rule", "tagged"), ("action", "disable")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cfg = us.get_bucket_replication().bucket("main-a").send().await.unwrap().replication_configuration.unwrap();
+    let disabled: Vec<bool> = cfg.rules().iter().map(|r| r.status().as_str() == "Disabled").collect();
+    assert_eq!(disabled, [false, true, true, true, true]);
+    // Another account: no replication view, no stream, no save.
+    let mut alt = Browser::new(console);
+    assert_eq!(alt.sign_in(ALT_AK, ALT_SK).await.status, 303);
+    for path in
+        ["/buckets/us-east-1/main-a/replication", "/buckets/us-east-1/main-a/live", "/buckets/us-east-1/main-a/replication/rule"]
+    {
+        assert_eq!(alt.get(path).await.status, 404, "{path}");
+    }
+    let alt_csrf = hidden(&alt.get("/").await.body, "csrf");
+    let r = alt
+        .post(
+            "/buckets/us-east-1/main-a/replication/rule-action",
+            &[("csrf", &alt_csrf), ("rule", "to-eu"), ("action", "delete")],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = b
+        .post(
+            "/buckets/us-east-1/main-a/replication/rule-action",
+            &[("csrf", &csrf), ("rule", "tagged"), ("action", "delete")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cfg = us.get_bucket_replication().bucket("main-a").send().await.unwrap().replication_configuration.unwrap();
+    assert_eq!(cfg.rules().iter().filter_map(|r| r.id()).collect::<Vec<_>>(), ["to-eu"]);
+    // The dashboard's stream sends the progress, the failures and the charts.
+    let events = read_events(&b, "/buckets/us-east-1/main-a/live", &["progress", "failures", "charts"]).await;
+    assert!(events.contains("text/event-stream"), "{events}");
+    assert!(events.contains("event: progress\n") && events.contains("to-eu"), "{events}");
+    server.shutdown().await;
+}
+
+/// An upload larger than a part goes up as a multipart upload, streamed; a small one as one
+/// PutObject; both download back byte for byte; a delete from the browser leaves a delete
+/// marker, listed with the versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_to_s3_and_download_back() {
+    let (server, console, _dir) = console_cluster().await;
+    let us = main_client(&server, 0);
+    enable_versioning(&us, "main-a").await;
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let csrf = hidden(&b.get("/buckets/us-east-1/main-a").await.body, "csrf");
+    let big: Vec<u8> = (0..(2 * ferry_server::console::PART + 12_345)).map(|i| b"0123456789abcdef"[i % 16]).collect();
+    for (key, body) in [("dir/big.bin", &big[..]), ("small.txt", &b"small"[..])] {
+        let path = format!("/buckets/us-east-1/main-a/upload?key={}", key.replace('/', "%2F"));
+        let r = b
+            .send(
+                "POST",
+                &path,
+                &[("x-ferry-csrf", &csrf), ("content-type", "application/octet-stream")],
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{key}: {}", r.body);
+        assert_eq!(get_bytes(&us, "main-a", key).await, body, "{key} stored whole");
+        let d = b.get(&format!("/buckets/us-east-1/main-a/download?key={}", key.replace('/', "%2F"))).await;
+        assert_eq!(d.status, 200);
+        assert_eq!(d.body.as_bytes(), body, "{key} downloads back");
+    }
+    let etag = us.head_object().bucket("main-a").key("dir/big.bin").send().await.unwrap().e_tag.unwrap();
+    assert!(etag.ends_with("-3\""), "three parts: {etag}");
+    let etag = us.head_object().bucket("main-a").key("small.txt").send().await.unwrap().e_tag.unwrap();
+    assert!(!etag.contains('-'), "one PutObject: {etag}");
+    let r = b.post("/buckets/us-east-1/main-a/delete-object", &[("csrf", &csrf), ("key", "small.txt")]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let list = b.get("/").await;
+    assert!(
+        list.body.contains("<td>2</td>\n    <td>16.0 MiB</td>"),
+        "two versions (the delete marker is not one), their size: {}",
+        list.body
+    );
+    let versions = b.get("/buckets/us-east-1/main-a/versions?key=small.txt").await;
+    assert!(
+        versions.body.contains("delete marker") && versions.body.contains("small.txt"),
+        "{}",
+        versions.body
+    );
+    assert_eq!(
+        versions.body.matches("aria-label=\"Delete version").count(),
+        2,
+        "the object and its delete marker"
+    );
+    server.shutdown().await;
+}
+
+/// One HTTP/1.1 exchange over TLS (trusting `ca`), read until the server closes.
+async fn tls_http(addr: SocketAddr, ca: &std::path::Path, request: &str) -> RawResponse {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("a TLS handshake with the console");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+    RawResponse::parse_bytes(&buf)
+}
+
+/// Over TLS (`[console] tls_cert`, `tls_key`), the console's cookies are `Secure`, and a
+/// plain-HTTP request gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_cookies_are_secure() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(certs.path());
+    let (server, console, _dir) = console_cluster_with(|o, _| o.console_tls = Some((cert, key))).await;
+    assert_eq!(server.console_url(), Some(format!("https://{console}/")));
+    let head = |cookie: &str| format!("host: localhost\r\nconnection: close\r\ncookie: {cookie}\r\n");
+    let form = tls_http(console, &ca, &format!("GET /sign-in HTTP/1.1\r\n{}\r\n", head(""))).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    let login = form.header("set-cookie").unwrap().to_owned();
+    assert!(
+        login.contains("; Secure") && login.contains("HttpOnly") && login.contains("SameSite=Strict"),
+        "{login}"
+    );
+    let token = login.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let body = format!("csrf={token}&access_key={MAIN_AK}&secret_key={}", percent(MAIN_SK));
+    let signed = tls_http(
+        console,
+        &ca,
+        &format!(
+            "POST /sign-in HTTP/1.1\r\n{}content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+            head(&format!("ferry_login={token}")),
+            body.len()
+        ),
+    )
+    .await;
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    let session = signed.headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("ferry_session=")).unwrap().1.clone();
+    assert!(session.contains("; Secure") && session.contains("HttpOnly"), "{session}");
+    let cookie = session.split(';').next().unwrap().to_owned();
+    let page = tls_http(console, &ca, &format!("GET / HTTP/1.1\r\n{}\r\n", head(&cookie))).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("main-a"), "{}", page.body);
+    let plain = raw_http(console, b"GET /sign-in HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_ne!(plain.status, 200, "no page over plain HTTP");
     server.shutdown().await;
 }

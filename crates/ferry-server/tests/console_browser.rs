@@ -122,8 +122,14 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
     assert_eq!(b.title().await, "Buckets · Ferry console");
     let text = b.d().find(By::Tag("main")).await.unwrap().text().await.unwrap();
     assert!(text.contains("main-a") && text.contains("eu-west-1") && !text.contains("alt-a"), "{text}");
-    assert!(text.contains("main-a us-east-1 Enabled source"), "main-a is a source: {text}");
-    assert!(text.contains("main-b eu-west-1 Enabled destination"), "main-b is its destination: {text}");
+    assert!(
+        text.contains("main-a us-east-1 Enabled 1 5 B source"),
+        "main-a is a source, one object: {text}"
+    );
+    assert!(
+        text.contains("main-b eu-west-1 Enabled 1 5 B destination"),
+        "main-b is its destination, with the replica: {text}"
+    );
     b.screenshot("buckets").await;
     // A new bucket, in the other region, from the form.
     b.field("Bucket name").await.send_keys("from-the-console").await.unwrap();
@@ -155,4 +161,150 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
     assert_eq!(b.title().await, "Sign in · Ferry console", "signed out for good");
     b.quit().await;
     server.shutdown().await;
+}
+
+impl Browser {
+    /// The text of the first element matching `css`, or empty when there is none.
+    async fn text_of(&self, css: &str) -> String {
+        match self.d().find(By::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits (polling the page as it is, never reloading it) until the text of `css` passes
+    /// `ok`; returns that text.
+    async fn wait_text(&self, what: &str, css: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let text = self.text_of(css).await;
+            if ok(&text) {
+                return text;
+            }
+            if std::time::Instant::now() > deadline {
+                let page = self.d().find(By::Tag("main")).await.unwrap().text().await.unwrap_or_default();
+                panic!("{what}: `{css}` reads `{text}` after {secs} s; the page:\n{page}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The whole replication story in a browser, against two `ferry serve` processes: the wizard
+/// on a bucket that already holds objects (with Replicate existing objects, and the
+/// destination created by the wizard), migration to 100 % and "replicated up to" advancing on
+/// the live dashboard without a reload, an upload whose version turns COMPLETED, the
+/// destination stopped (the failure and its reason shown), started again and `Retry`, and
+/// `Verify` reporting the two buckets in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_configured_and_watched_in_a_browser() {
+    let Some(b) = Browser::start().await else { return };
+    let console_port = free_port();
+    let extra = format!("[console]\nlisten = \"127.0.0.1:{console_port}\"\n\n[replication]\ngive_up_after = \"2s\"\n");
+    let two = TwoProcesses::configure(Link::Direct, &extra).await;
+    let mut eu_proc = Some(two.spawn_eu());
+    let _us_proc = two.spawn_us();
+    let url = format!("http://127.0.0.1:{console_port}");
+    let (us, eu) = (two.us(), two.eu());
+    create_versioned_bucket(&us, "photos").await;
+    for i in 0..25 {
+        put(&us, "photos", &format!("album/{i:02}.jpg"), format!("picture {i}").as_bytes()).await;
+    }
+    // Sign in, open the bucket, its replication view, and the wizard.
+    b.d().goto(format!("{url}/")).await.unwrap();
+    b.field("Access key").await.send_keys(MAIN_AK).await.unwrap();
+    b.field("Secret key").await.send_keys(MAIN_SK).await.unwrap();
+    b.named("Sign in").await.click().await.unwrap();
+    b.named("photos").await.click().await.unwrap();
+    b.named("Replication").await.click().await.unwrap();
+    b.named("Add rule").await.click().await.unwrap();
+    b.field("Destination bucket").await.send_keys("photos-eu").await.unwrap();
+    b.field("Create it, with versioning on, if it does not exist").await.click().await.unwrap();
+    b.field("Replicate existing objects").await.click().await.unwrap();
+    // The review shows the XML Save will send, updated as the form changes.
+    let xml = b
+        .wait_text("the review's XML", "pre.xml", 20, |t| {
+            t.contains("arn:aws:s3:eu-west-1::photos-eu") && t.contains("<ExistingObjectReplication>")
+        })
+        .await;
+    assert!(xml.contains("<ReplicationConfiguration>"), "{xml}");
+    b.wait_text("the destination to be created", "ul.checks", 20, |t| t.contains("will be created")).await;
+    b.screenshot("wizard").await;
+    b.named("Save").await.click().await.unwrap();
+    // The dashboard: migration reaches 100 % without a reload.
+    b.d().query(By::XPath("//h1[normalize-space()='Replication of photos']")).first().await.expect("the replication view");
+    b.d().execute("window.ferryNotReloaded = true;", Vec::new()).await.unwrap();
+    b.wait_text("the historical migration", ".migration-text", 60, |t| t.starts_with("100 %")).await;
+    let before = b.text_of(".up-to").await;
+    eprintln!("dashboard at 100 %: {}", b.text_of("main").await);
+    assert_eq!(
+        compare_buckets(&us, "photos", &eu, "photos-eu").await,
+        Vec::<String>::new(),
+        "every existing version copied"
+    );
+    // A change made elsewhere moves "replicated up to" on the open page.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let v = put(&us, "photos", "album/new.jpg", b"new picture").await.version_id.unwrap();
+    wait_for_version("the new version replicated", 30, &eu, "photos-eu", "album/new.jpg", &v).await;
+    b.wait_text("replicated up to advancing", ".up-to", 30, |t| !t.is_empty() && t > before.as_str()).await;
+    let same_page = b.d().execute("return window.ferryNotReloaded === true;", Vec::new()).await.unwrap();
+    assert_eq!(same_page.json(), &serde_json::json!(true), "updated in place, never reloaded");
+    b.screenshot("dashboard").await;
+    // An upload from the browser, then its version's status.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"uploaded from the console").unwrap();
+    b.named("photos").await.click().await.unwrap();
+    b.field("Upload").await.send_keys(file.path().to_str().unwrap()).await.unwrap();
+    let uploaded = file.path().file_name().unwrap().to_str().unwrap().to_owned();
+    let said = b
+        .wait_text("the upload to finish", "#upload-status", 30, |t| {
+            t.starts_with("Uploaded") || t.contains("failed")
+        })
+        .await;
+    assert_eq!(said, "Uploaded 1 file(s).");
+    b.d().query(By::XPath(format!("//td[normalize-space()='{uploaded}']"))).first().await.expect("listed after the upload");
+    let versions = format!("{url}/buckets/us-east-1/photos/versions?key={uploaded}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        b.d().goto(&versions).await.unwrap();
+        if b.text_of("td.status").await == "COMPLETED" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload's version never turned COMPLETED: {}",
+            b.text_of("main").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(get_bytes(&eu, "photos-eu", &uploaded).await, b"uploaded from the console");
+    b.screenshot("versions").await;
+    // The destination stops: the failure and its reason appear on the dashboard.
+    eu_proc.take().unwrap().terminate();
+    let lost = put(&us, "photos", "album/while-down.jpg", b"sent while eu-west-1 was down").await.version_id.unwrap();
+    b.d().goto(format!("{url}/buckets/us-east-1/photos/replication")).await.unwrap();
+    let reason = b.wait_text("the failure", "tr.failure td.reason", 60, |t| !t.is_empty()).await;
+    assert!(b.text_of("tr.failure").await.contains("album/while-down.jpg"), "the failed key is named");
+    assert!(reason.contains("gave up"), "the reason says what happened: {reason}");
+    b.screenshot("failure").await;
+    // Started again, Retry sends it.
+    eu_proc = Some(two.spawn_eu());
+    b.named("Retry").await.click().await.unwrap();
+    b.wait_text("the failure to clear", "#failures", 60, |t| t.contains("No failed operation")).await;
+    wait_for_version("the retried version", 30, &eu, "photos-eu", "album/while-down.jpg", &lost).await;
+    // Verify compares the buckets, with its count shown live, and finds them in sync.
+    b.named("Verify").await.click().await.unwrap();
+    let verdict = b
+        .wait_text("verify's result", ".verify", 60, |t| {
+            // The count while it runs, then the result.
+            !t.is_empty() && !t.starts_with("verifying") && t != "never verified"
+        })
+        .await;
+    assert!(verdict.contains("in sync: 28 versions checked"), "{verdict}");
+    // Signed out, the console's pages lead to the sign-in form.
+    b.named("Sign out").await.click().await.unwrap();
+    b.d().goto(format!("{url}/buckets/us-east-1/photos/replication")).await.unwrap();
+    assert_eq!(b.title().await, "Sign in · Ferry console");
+    b.quit().await;
+    drop(eu_proc);
 }

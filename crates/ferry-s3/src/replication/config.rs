@@ -185,6 +185,54 @@ pub(crate) fn rule_to_dto(r: &Rule) -> ReplicationRule {
     }
 }
 
+/// The `ReplicationConfiguration` XML of a stored configuration, as GetBucketReplication
+/// answers it and PutBucketReplication reads it back (the console shows and sends it), one
+/// element per line.
+#[must_use]
+pub fn replication_xml(cfg: &ReplicationConfig) -> String {
+    use s3s::xml::Serialize as _;
+    let dto = ReplicationConfiguration { role: cfg.role.clone(), rules: cfg.rules.iter().map(rule_to_dto).collect() };
+    let mut out = Vec::new();
+    let mut ser = s3s::xml::Serializer::new(&mut out);
+    if dto.serialize(&mut ser).is_err() {
+        return String::new();
+    }
+    indent(&String::from_utf8_lossy(&out))
+}
+
+/// One element per line, indented by depth (the XML has no mixed content).
+fn indent(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len() * 2);
+    let mut depth = 0usize;
+    let mut rest = xml;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map_or(rest.len(), |e| start + e + 1);
+        let tag = &rest[start..end];
+        let closing = tag.starts_with("</");
+        // An element holding text is written whole on its line.
+        let text_end = rest[end..].find('<').map_or(rest.len(), |e| end + e);
+        if !closing && !tag.ends_with("/>") && rest[text_end..].starts_with("</") {
+            let close_end = rest[text_end..].find('>').map_or(rest.len(), |e| text_end + e + 1);
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(&rest[start..close_end]);
+            out.push('\n');
+            rest = &rest[close_end..];
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+        }
+        out.push_str(&"  ".repeat(depth));
+        out.push_str(tag);
+        out.push('\n');
+        if !closing && !tag.ends_with("/>") {
+            depth += 1;
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
 impl FerryS3 {
     pub(crate) async fn put_bucket_replication(
         &self,

@@ -13,6 +13,6 @@
 //! - [`progress`]: the OSS-shaped `?replicationProgress` XML.
 
 pub(crate) mod admin;
-pub(crate) mod config;
+pub mod config;
 pub mod progress;
 pub(crate) mod replica;

@@ -31,6 +31,10 @@
 //! `Content-Security-Policy: default-src 'self'`, `X-Frame-Options: DENY`,
 //! `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin`; pages are not cached.
 
+pub mod live;
+mod objects;
+pub use objects::PART;
+mod replication;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -60,33 +64,92 @@ pub struct ConsoleRegion {
     pub store: Arc<Store>,
     /// How to reach the region's S3 API (URL, trust); the console signs as the user.
     pub s3: ClientSettings,
+    /// The region's metrics (the dashboard's throughput).
+    pub metrics: Arc<ferry_core::metrics::RegionMetrics>,
+}
+
+/// A region the process replicates to (its own regions too): a wizard's destination choices,
+/// and the health shown on the overview.
+pub struct ConsolePeer {
+    pub name: String,
+    /// A Ferry region (the signed-in account's keys work there too); else another S3 service.
+    pub ferry: bool,
+    /// How the regions reach it, with the replication credentials (health probes only).
+    pub s3: ClientSettings,
 }
 
 /// What the console's handlers share.
 pub struct Console {
     regions: Vec<ConsoleRegion>,
+    peers: Vec<ConsolePeer>,
     users: Arc<Users>,
     sessions: Sessions,
+    live: live::Live,
     /// Served over TLS: cookies are `Secure`.
     secure: bool,
 }
 
 impl Console {
-    /// A console over `regions`, signing in `users`' accounts.
+    /// A console over `regions`, replicating to `peers`, signing in `users`' accounts.
     #[must_use]
-    pub fn new(regions: Vec<ConsoleRegion>, users: Arc<Users>) -> Self {
-        Self { regions, users, sessions: Sessions::default(), secure: false }
+    pub fn new(regions: Vec<ConsoleRegion>, peers: Vec<ConsolePeer>, users: Arc<Users>) -> Self {
+        Self { regions, peers, users, sessions: Sessions::default(), live: live::Live::default(), secure: false }
     }
 
-    /// Serves the console on `listener` until `stop` is cancelled.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    /// Marks the console as served over TLS: its cookies are `Secure`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.secure = tls;
+        self
+    }
+
+    /// Serves the console on `listener` (over TLS with `tls`) until `stop` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, stop: CancellationToken) {
+        tokio::spawn(live::sampler(self.clone(), stop.clone()));
         let app = router(self);
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "console stopped");
+        let Some(acceptor) = tls else {
+            let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "console stopped");
+            }
+            return;
+        };
+        let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "console: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => break,
+            };
+            let (acceptor, builder, watcher, app) = (acceptor.clone(), builder.clone(), graceful.watcher(), app.clone());
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "console: TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "console: TLS handshake timed out"),
+                };
+                // The client's address, for the sign-in limit, as `into_make_service_with_connect_info` gives it.
+                let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "console: connection ended with an error");
+                }
+            });
         }
+        drop(listener);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
     }
 
     /// The signed-in session of a request, if any.
@@ -123,10 +186,22 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/buckets", post(create_bucket))
         .route("/buckets/{region}/{bucket}", get(bucket))
-        .route("/buckets/{region}/{bucket}/objects", get(objects))
+        .route("/buckets/{region}/{bucket}/objects", get(objects_page))
+        .route("/buckets/{region}/{bucket}/versions", get(objects::versions))
+        .route("/buckets/{region}/{bucket}/download", get(objects::download))
+        .route("/buckets/{region}/{bucket}/upload", post(objects::upload))
+        .route("/buckets/{region}/{bucket}/delete-object", post(objects::delete))
         .route("/buckets/{region}/{bucket}/versioning", post(set_versioning))
         .route("/buckets/{region}/{bucket}/delete", post(delete_bucket))
-        .route("/assets/console.css", get(stylesheet))
+        .route("/buckets/{region}/{bucket}/replication", get(replication::view))
+        .route("/buckets/{region}/{bucket}/replication/rule", get(replication::wizard))
+        .route("/buckets/{region}/{bucket}/replication/preview", post(replication::preview))
+        .route("/buckets/{region}/{bucket}/replication/rules", post(replication::save))
+        .route("/buckets/{region}/{bucket}/replication/rule-action", post(replication::rule_action))
+        .route("/buckets/{region}/{bucket}/replication/retry", post(replication::retry))
+        .route("/buckets/{region}/{bucket}/replication/verify", post(replication::verify))
+        .route("/buckets/{region}/{bucket}/live", get(live::stream))
+        .route("/assets/{file}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -178,12 +253,40 @@ async fn not_found(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
     message(StatusCode::NOT_FOUND, "Not found", "There is no such page.")
 }
 
-async fn stylesheet() -> Response {
+/// The embedded files: the stylesheet, the console's script, and the vendored htmx (with its
+/// SSE extension) and uPlot (their licences are in `assets/vendor/`).
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("console.css", "text/css; charset=utf-8", include_str!("../../assets/console.css")),
+    ("console.js", "text/javascript; charset=utf-8", include_str!("../../assets/console.js")),
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")],
-        include_str!("../../assets/console.css"),
-    )
-        .into_response()
+        "htmx.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/vendor/htmx.min.js"),
+    ),
+    (
+        "sse.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/vendor/sse.min.js"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/vendor/uPlot.min.css"),
+    ),
+];
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, mime, body)) => {
+            ([(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "max-age=3600")], *body).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 #[derive(Template)]
@@ -284,6 +387,9 @@ async fn sign_out(State(c): State<Arc<Console>>, headers: HeaderMap, Form(f): Fo
 struct BucketRow {
     name: String,
     region: String,
+    /// Versions held (not delete markers), and their bytes.
+    objects: u64,
+    size: String,
     versioning: &'static str,
     role: String,
     created: String,
@@ -296,6 +402,8 @@ struct Buckets {
     csrf: String,
     buckets: Vec<BucketRow>,
     regions: Vec<String>,
+    /// The regions replicated to, and their health.
+    peers: Vec<(String, &'static str)>,
     error: Option<String>,
 }
 
@@ -336,7 +444,17 @@ async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option
     let Some(owner) = c.owner_id(&s.access_key) else { return to_sign_in() };
     let mut all = Vec::new();
     for r in &c.regions {
-        let listed = r.store.meta.read(|tx| tx.list_buckets()).await;
+        // Each bucket with its usage, from one snapshot (a counter per bucket: no scan).
+        let listed = r
+            .store
+            .meta
+            .read(|tx| {
+                tx.list_buckets()?
+                    .into_iter()
+                    .map(|b| Ok((tx.bucket_usage(&b.name)?, b)))
+                    .collect::<ferry_store::Result<Vec<_>>>()
+            })
+            .await;
         let Ok(list) = listed else {
             return message(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -344,14 +462,16 @@ async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option
                 &format!("Region {} cannot be read now.", r.name),
             );
         };
-        all.extend(list.into_iter().map(|b| (r.name.clone(), b)));
+        all.extend(list.into_iter().map(|(usage, b)| (r.name.clone(), usage, b)));
     }
     let targets: std::collections::HashSet<(String, String)> =
-        all.iter().flat_map(|(_, b)| rules_of(b)).map(|r| (r.destination.peer, r.destination.bucket)).collect();
+        all.iter().flat_map(|(_, _, b)| rules_of(b)).map(|r| (r.destination.peer, r.destination.bucket)).collect();
     let rows = all
         .into_iter()
-        .filter(|(_, b)| b.owner.id == owner)
-        .map(|(region, b)| BucketRow {
+        .filter(|(_, _, b)| b.owner.id == owner)
+        .map(|(region, usage, b)| BucketRow {
+            objects: usage.versions,
+            size: human(i64::try_from(usage.bytes).unwrap_or(i64::MAX)),
             versioning: versioning(b.versioning),
             role: role(&b, targets.contains(&(region.clone(), b.name.clone()))),
             created: ferry_core::time::rfc3339_us(b.created_us),
@@ -360,7 +480,16 @@ async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option
         })
         .collect();
     let regions = c.regions.iter().map(|r| r.name.clone()).collect();
-    page(&Buckets { user: s.access_key, csrf: s.csrf, buckets: rows, regions, error }, status)
+    let mut peers = c.live.health();
+    for p in &c.peers {
+        if !peers.iter().any(|(n, _)| *n == p.name) {
+            peers.push((p.name.clone(), "probing"));
+        }
+    }
+    page(
+        &Buckets { user: s.access_key, csrf: s.csrf, buckets: rows, regions, peers, error },
+        status,
+    )
 }
 
 /// The session of a state-changing request whose form carries its CSRF token.
@@ -515,19 +644,15 @@ struct BucketPage {
     versioning: &'static str,
     versioned: bool,
     rules: Vec<RuleRow>,
+    listing: Result<objects::Listing, String>,
 }
 
 async fn bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region, name)): Path<(String, String)>) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
-    let Some(owner) = c.owner_id(&s.access_key) else { return to_sign_in() };
-    let missing = || message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
-    let Some(r) = c.region(&region) else { return missing() };
-    let n = name.clone();
-    let Ok(Some(b)) = r.store.meta.read(move |tx| tx.get_bucket(&n)).await else { return missing() };
     // Only its owner sees a bucket here, as ListBuckets shows only one's own.
-    if b.owner.id != owner {
-        return missing();
-    }
+    let Some((r, b)) = replication::owned(&c, &s, &region, &name).await else {
+        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+    };
     let rules = match bucket_progress(&r.store, &name, &region).await {
         Ok(p) => p
             .rules
@@ -547,6 +672,10 @@ async fn bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region,
             Vec::new()
         }
     };
+    let listing = match c.s3_as(r, &s.access_key) {
+        Some(client) => objects::listing(&client, &name, &objects::ObjectsQuery { prefix: String::new(), page: None }).await,
+        None => Err("the account is gone".to_owned()),
+    };
     page(
         &BucketPage {
             user: s.access_key,
@@ -556,25 +685,10 @@ async fn bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region,
             versioning: versioning(b.versioning),
             versioned: b.versioning == Versioning::Enabled,
             rules,
+            listing,
         },
         StatusCode::OK,
     )
-}
-
-/// Objects listed per page of the object browser.
-const OBJECTS_PAGE: i32 = 100;
-
-/// A folder (common prefix) of the object browser.
-struct FolderRow {
-    name: String,
-    prefix: String,
-}
-
-/// An object of the object browser.
-struct ObjectRow {
-    name: String,
-    size: String,
-    modified: String,
 }
 
 #[derive(Template)]
@@ -584,20 +698,7 @@ struct ObjectsPage {
     csrf: String,
     region: String,
     name: String,
-    /// The prefix shown, and the prefixes above it as (label, prefix) links.
-    prefix: String,
-    crumbs: Vec<(String, String)>,
-    folders: Vec<FolderRow>,
-    objects: Vec<ObjectRow>,
-    /// The next page's continuation token, when there is one.
-    next: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ObjectsQuery {
-    #[serde(default)]
-    prefix: String,
-    page: Option<String>,
+    listing: objects::Listing,
 }
 
 /// A size for people: bytes, KiB, MiB, GiB.
@@ -612,57 +713,19 @@ fn human(n: i64) -> String {
     }
 }
 
-/// One page of a bucket's objects under a prefix, listed through S3 as the account (one
-/// ListObjectsV2 page with `/` as delimiter and its continuation token: a bucket of a million
-/// objects opens as fast as one of ten, and no listing is held whole).
-async fn objects(
+/// One page of a bucket's objects under a prefix ([`objects::listing`]).
+async fn objects_page(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
     Path((region, name)): Path<(String, String)>,
-    axum::extract::Query(q): axum::extract::Query<ObjectsQuery>,
+    axum::extract::Query(q): axum::extract::Query<objects::ObjectsQuery>,
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
     let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
         return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
     };
-    let listed = client
-        .list_objects_v2()
-        .bucket(&name)
-        .prefix(&q.prefix)
-        .delimiter("/")
-        .max_keys(OBJECTS_PAGE)
-        .set_continuation_token(q.page.clone())
-        .send()
-        .await;
-    let out = match listed {
-        Ok(o) => o,
-        Err(e) => return message(StatusCode::BAD_REQUEST, "Objects not listed", &s3_error(&e)),
-    };
-    let below = |full: &str| full.strip_prefix(q.prefix.as_str()).unwrap_or(full).to_owned();
-    let folders = out
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        .map(|p| FolderRow { name: below(p), prefix: p.to_owned() })
-        .collect();
-    let objects = out
-        .contents()
-        .iter()
-        .map(|o| ObjectRow {
-            name: below(o.key().unwrap_or_default()),
-            size: human(o.size().unwrap_or(0)),
-            modified: o.last_modified().map(ToString::to_string).unwrap_or_default(),
-        })
-        .collect();
-    let next = out.next_continuation_token().filter(|_| out.is_truncated() == Some(true)).map(str::to_owned);
-    let mut crumbs = Vec::new();
-    let mut at = 0;
-    for part in q.prefix.split_inclusive('/') {
-        at += part.len();
-        crumbs.push((part.to_owned(), q.prefix[..at].to_owned()));
+    match objects::listing(&client, &name, &q).await {
+        Ok(listing) => page(&ObjectsPage { user: s.access_key, csrf: s.csrf, region, name, listing }, StatusCode::OK),
+        Err(why) => message(StatusCode::BAD_REQUEST, "Objects not listed", &why),
     }
-    page(
-        &ObjectsPage { user: s.access_key, csrf: s.csrf, region, name, prefix: q.prefix, crumbs, folders, objects, next },
-        StatusCode::OK,
-    )
 }

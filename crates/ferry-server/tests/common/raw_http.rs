@@ -34,6 +34,11 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// Parses a whole HTTP/1.1 response (head and body, not chunked).
+    pub fn parse_bytes(buf: &[u8]) -> Self {
+        Self::parse(buf)
+    }
+
     fn parse(buf: &[u8]) -> Self {
         let text = String::from_utf8_lossy(buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
