@@ -722,8 +722,150 @@ answer): {big['seconds']:.1f} s, peak RSS source
 ![cost](bench/cost.png)""")
 
 
+class Console:
+    """A signed-in console client: one keep-alive connection, the session cookie."""
+
+    def __init__(self, port):
+        import http.client
+        self.conn = http.client.HTTPConnection(f"127.0.0.1:{port}")
+        self.cookie = ""
+        r = self.get("/sign-in")[0]
+        login = [v for k, v in r.getheaders() if k.lower() == "set-cookie" and v.startswith("ferry_login=")][0]
+        token = login.split(";")[0].split("=", 1)[1]
+        self.cookie = f"ferry_login={token}"
+        body = f"csrf={token}&access_key={AK}&secret_key={SK}"
+        r, _ = self.request("POST", "/sign-in", body, {"content-type": "application/x-www-form-urlencoded"})
+        session = [v for k, v in r.getheaders() if k.lower() == "set-cookie" and v.startswith("ferry_session=")][0]
+        self.cookie = session.split(";")[0]
+
+    def request(self, method, path, body=None, headers=None):
+        h = {"cookie": self.cookie, **(headers or {})}
+        self.conn.request(method, path, body=body, headers=h)
+        r = self.conn.getresponse()
+        return r, r.read()
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def time(self, path, samples):
+        """(min, median, max) milliseconds of `samples` GETs of a page, and its size."""
+        times, size = [], 0
+        for _ in range(samples):
+            t = time.perf_counter()
+            r, body = self.get(path)
+            times.append((time.perf_counter() - t) * 1000)
+            if r.status != 200:
+                sys.exit(f"console {path}: {r.status} {body[:300]}")
+            size = len(body)
+        times.sort()
+        return times[0], times[len(times) // 2], times[-1], size
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_dashboards(port, cookie, path, n, seconds):
+    """Holds `n` dashboards' event streams open for `seconds`; returns the bytes each read."""
+    import threading
+    got = [0] * n
+
+    def watch(i):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\naccept: text/event-stream\r\n\r\n".encode())
+        s.settimeout(0.5)
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                got[i] += len(s.recv(65536))
+            except TimeoutError:
+                pass
+        s.close()
+
+    threads = [threading.Thread(target=watch, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+def bench_console():
+    """Console page times on a bucket of 1,000,000 objects and on one of 10, and the CPU and
+    bytes an open dashboard costs."""
+    n = 100_000 if QUICK else 1_000_000
+    samples, window, dashboards = 50, 30, 10
+    with tempfile.TemporaryDirectory() as work:
+        cport = free_port()
+        eu = Region(work, "eu-west-1")
+        us = Region(work, "us-east-1", peers=[("eu-west-1", eu.url)], extra=f'[console]\nlisten = "127.0.0.1:{cport}"\n')
+        wait_port(cport)
+        try:
+            versioned_bucket(us, "ten")
+            bench_json("--mode", "put", "--endpoint", us.url, "--bucket", "ten", "--size", "1", "--count", "10",
+                       "--concurrency", "4", "--duration", "1h")
+            versioned_bucket(us, "million")
+            t = time.time()
+            bench_json("--mode", "put", "--endpoint", us.url, "--bucket", "million", "--size", "1", "--count", str(n),
+                       "--concurrency", "64", "--duration", "10h")
+            log(f"console: {n} objects written in {time.time() - t:.0f} s")
+            replicate(us, eu, "watched", "watched-dr")
+            bench_json("--mode", "put", "--endpoint", us.url, "--bucket", "watched", "--size", "4KiB", "--count", "100",
+                       "--concurrency", "8", "--duration", "1h")
+            wait_caught_up(us, "watched")
+            c = Console(cport)
+            _, listing = c.get("/buckets/us-east-1/million/objects")
+            token = re.search(r"page=([^\"]+)\">Next page", listing.decode())
+            deep = f"/buckets/us-east-1/million/objects?prefix=&page={token.group(1).replace('&amp;', '&')}" if token else None
+            key = re.search(r"versions\?key=([^\"&]+)", listing.decode()).group(1)
+            pages = [("buckets overview", "/")]
+            for b in ("ten", "million"):
+                pages += [(f"bucket page ({b})", f"/buckets/us-east-1/{b}"), (f"objects, first page ({b})", f"/buckets/us-east-1/{b}/objects")]
+            if deep:
+                pages.append(("objects, second page (million)", deep))
+            pages += [("versions of a key (million)", f"/buckets/us-east-1/million/versions?key={key}"),
+                      ("replication view", "/buckets/us-east-1/watched/replication")]
+            rows = [(name, *c.time(path, samples)) for name, path in pages]
+            pid = us.proc.p.pid
+            time.sleep(2)
+            before = cpu_seconds(pid)
+            time.sleep(window)
+            idle = cpu_seconds(pid) - before
+            before = cpu_seconds(pid)
+            got = open_dashboards(cport, c.cookie, "/buckets/us-east-1/watched/live", dashboards, window)
+            busy = cpu_seconds(pid) - before
+        finally:
+            us.stop()
+            eu.stop()
+    per_dashboard_pct = max(busy - idle, 0) / dashboards / window * 100
+    data = {"objects": n, "pages": [{"page": r[0], "ms": list(r[1:4]), "bytes": r[4]} for r in rows],
+            "idle_cpu_s": idle, "dashboards": dashboards, "window_s": window, "busy_cpu_s": busy,
+            "cpu_pct_per_dashboard": per_dashboard_pct, "bytes_per_dashboard_per_s": sum(got) / dashboards / window}
+    save("console", data)
+    log("console", data)
+    table_rows = [[r[0], "{:.1f} / {:.1f} / {:.1f}".format(*r[1:4]), f"{r[4]:,}"] for r in rows]
+    plot("console", "linear", f"Console page time, median of {samples} (ms)", [r[0].replace(" (", "\n(") for r in rows],
+         {"median ms": [r[2] for r in rows]}, "ms", hline=(50, "goal: < 50 ms"))
+    write_section("console", f"""### Console: page times on a bucket of {n:,} objects, and what an open dashboard costs
+
+One `ferry serve` region (release build) with the console, a bucket of {n:,} objects of 1 byte
+(written with `ferry bench --mode put`), one of 10, and a bucket replicating 100 objects to a
+second region. Each page is fetched {samples} times over one keep-alive connection, signed in:
+min / median / max milliseconds as the client sees them on loopback (the console's own S3
+request to the region included). Goal: under 50 ms whatever the bucket's size.
+
+{table(["page", "ms (min / median / max)", "bytes"], table_rows)}
+Dashboards: the region's CPU time over {window} s, idle ({idle:.2f} s), then with {dashboards}
+replication dashboards' event streams open ({busy:.2f} s): **{per_dashboard_pct:.2f} % of one core
+per open dashboard**, {sum(got) / dashboards / window:.0f} bytes/s each (a fragment is sent only
+when it changed; the progress read is once per second per dashboard).""")
+
+
 BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_backfill, "datapath": bench_datapath,
-           "memory": bench_memory}
+           "memory": bench_memory, "console": bench_console}
 
 
 def main():

@@ -500,6 +500,37 @@ async fn the_wizard_saves_rules_as_the_account() {
     );
     assert!(us.get_bucket_replication().bucket("main-a").send().await.is_err());
     enable_versioning(&eu, "main-b").await;
+    let preview = b.post("/buckets/us-east-1/main-a/replication/preview", &f).await;
+    assert!(
+        preview.body.contains("the region accepts this configuration") && !preview.body.contains("class=\"failed\""),
+        "{}",
+        preview.body
+    );
+    assert!(
+        us.get_bucket_replication().bucket("main-a").send().await.is_err(),
+        "a preview stores nothing"
+    );
+    // Another account's versioned bucket: the region's dry run says it does not take these
+    // replicas, before anything is saved.
+    let alt = client_for(
+        &format!("http://{}", server.regions()[0].addr),
+        ALT_AK,
+        ALT_SK,
+        "us-east-1",
+        Mode::WhenRequired,
+    );
+    enable_versioning(&alt, "alt-a").await;
+    let mut to_alt = f.clone();
+    to_alt[2] = ("dest_region", "us-east-1");
+    to_alt[3] = ("dest_bucket", "alt-a");
+    let preview = b.post("/buckets/us-east-1/main-a/replication/preview", &to_alt).await;
+    let refused = preview.body.split("Replication allowed").nth(1).unwrap_or_else(|| panic!("no dry run: {}", preview.body));
+    assert!(
+        preview.body.contains("<li class=\"failed\">✗ <strong>Replication allowed"),
+        "{}",
+        preview.body
+    );
+    assert!(refused.contains("alt-a"), "the reason names the bucket: {refused}");
     let saved = b.post("/buckets/us-east-1/main-a/replication/rules", &f).await;
     assert_eq!(
         (saved.status, saved.header("location")),

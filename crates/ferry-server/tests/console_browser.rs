@@ -155,10 +155,36 @@ async fn sign_in_browse_buckets_and_sign_out_in_a_browser() {
     b.named("Objects").await.click().await.unwrap();
     b.d().query(By::XPath("//td[normalize-space()='hello.txt']")).first().await.expect("the object is listed");
     b.screenshot("objects").await;
+    // A state change sent from the page without the session's token is refused, and does
+    // nothing.
+    let status = b
+        .d()
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/buckets/us-east-1/main-a/delete', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf='})
+               .then(r => done(r.status), e => done(String(e)));",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.json(), &serde_json::json!(403), "refused without the token");
+    assert!(us.head_bucket().bucket("main-a").send().await.is_ok(), "main-a is still there");
     b.named("Sign out").await.click().await.unwrap();
     b.field("Access key").await;
     b.d().goto(format!("{url}/")).await.unwrap();
     assert_eq!(b.title().await, "Sign in · Ferry console", "signed out for good");
+    // Another account signs in on the same browser and sees its own bucket only.
+    b.field("Access key").await.send_keys(ALT_AK).await.unwrap();
+    b.field("Secret key").await.send_keys(ALT_SK).await.unwrap();
+    b.named("Sign in").await.click().await.unwrap();
+    b.named("alt-a").await;
+    let text = b.d().find(By::Tag("main")).await.unwrap().text().await.unwrap();
+    assert!(
+        !text.contains("main-a") && !text.contains("main-b"),
+        "the first account's buckets are not shown: {text}"
+    );
+    b.d().goto(format!("{url}/buckets/us-east-1/main-a/replication")).await.unwrap();
+    assert_eq!(b.title().await, "No such bucket · Ferry console", "nor their pages");
     b.quit().await;
     server.shutdown().await;
 }

@@ -5,7 +5,8 @@
 //! resolved to exactly one region (`arn:aws:s3:::NAME` is looked up on every peer;
 //! `arn:aws:s3:REGION::NAME` pins the region), existing, versioned and writable with Ferry's
 //! credentials there; unique priorities among rules whose filters overlap; no replication
-//! cycle longer than a pair (A→B→C→A is refused, A↔B is allowed).
+//! cycle longer than a pair (A→B→C→A is refused, A↔B is allowed). With [`DRY_RUN_QUERY`]
+//! the checks run and nothing is stored.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
@@ -24,6 +25,12 @@ use crate::dto::{tags_from_dto, tags_to_dto};
 use crate::error::StoreResultExt;
 use crate::perm::Perm;
 use crate::put::storage_class;
+
+/// A PutBucketReplication with this query parameter (`PUT /BUCKET?replication&ferry-dry-run`)
+/// is checked in full (the destinations exist, are versioned and accept the source's replicas;
+/// no cycle; priorities) but not stored: the console's pre-flight check. It changes nothing, so
+/// any caller allowed to put the configuration may ask for it.
+pub const DRY_RUN_QUERY: &str = "ferry-dry-run";
 
 /// Most rules in one configuration (as in S3).
 const MAX_RULES: usize = 1000;
@@ -239,6 +246,7 @@ impl FerryS3 {
         req: S3Request<PutBucketReplicationInput>,
     ) -> S3Result<S3Response<PutBucketReplicationOutput>> {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
+        let dry_run = req.uri.query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some(DRY_RUN_QUERY)));
         let peers = self.engine.clone().ok_or_else(|| s3_error!(NotImplemented, "Replication is not enabled on this server"))?;
         if bucket.versioning != Versioning::Enabled {
             return Err(s3_error!(
@@ -320,6 +328,9 @@ impl FerryS3 {
             rule.destination.bucket = name;
         }
         self.refuse_cycles(peers.as_ref(), &source, &rules).await?;
+        if dry_run {
+            return Ok(S3Response::new(PutBucketReplicationOutput::default()));
+        }
         let backfill_rules: Vec<String> =
             rules.iter().filter(|r| r.enabled && r.existing_objects).map(|r| r.id.clone()).collect();
         let stored = ReplicationConfig { role: cfg.role, rules }.to_stored().s3()?;

@@ -468,16 +468,26 @@ impl Preview {
     }
 }
 
-/// The checks and the XML of a form.
-async fn preview_of(c: &Console, s: &Session, b: &BucketRecord, f: &RuleForm) -> Preview {
-    match f.rules() {
-        Ok(rules) => Preview {
-            checks: preflight(c, s, b, f).await,
-            xml: ferry_s3::replication::config::replication_xml(&replaced(&current(b), &f.original, rules)),
-            error: None,
-        },
-        Err(why) => Preview { checks: Vec::new(), xml: String::new(), error: Some(why) },
+/// The checks and the XML of a form. When the checks made here pass, the region checks the
+/// whole configuration as `Save` would send it (a dry run of PutBucketReplication: the
+/// destination accepts this account's replicas, no cycle, priorities), stores nothing, and
+/// its answer is the last check.
+async fn preview_of(c: &Console, s: &Session, r: &ConsoleRegion, b: &BucketRecord, f: &RuleForm) -> Preview {
+    let rules = match f.rules() {
+        Ok(rules) => rules,
+        Err(why) => return Preview { checks: Vec::new(), xml: String::new(), error: Some(why) },
+    };
+    let cfg = replaced(&current(b), &f.original, rules);
+    let mut checks = preflight(c, s, b, f).await;
+    let creating = f.create_dest.is_some() && checks.iter().any(|c| c.detail.starts_with("will be created"));
+    if checks.iter().all(|c| c.ok) && !creating {
+        let what = "Replication allowed (destination's consent, no cycle, priorities)".to_owned();
+        checks.push(match put_config(c, r, s, &b.name, &cfg, true).await {
+            Ok(()) => pass(what, "the region accepts this configuration"),
+            Err(why) => fail(what, why),
+        });
     }
+    Preview { checks, xml: ferry_s3::replication::config::replication_xml(&cfg), error: None }
 }
 
 /// The account's buckets in every Ferry peer region (for the destination picker); a region
@@ -504,7 +514,10 @@ async fn wizard_page(
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
-    let preview = preview_of(c, &s, b, &form).await.render().unwrap_or_default();
+    let preview = match c.region(&region) {
+        Some(r) => preview_of(c, &s, r, b, &form).await.render().unwrap_or_default(),
+        None => String::new(),
+    };
     let buckets = destination_buckets(c, &s.access_key).await;
     page(
         &Wizard {
@@ -569,8 +582,8 @@ pub(super) async fn preview(
         Ok((_, s)) => s,
         Err(r) => return *r,
     };
-    let Some((_, b)) = owned(&c, &s, &region, &name).await else { return missing() };
-    page(&preview_of(&c, &s, &b, &f).await, StatusCode::OK)
+    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
+    page(&preview_of(&c, &s, r, &b, &f).await, StatusCode::OK)
 }
 
 /// An admin API client of `r` signing as `access_key`.
@@ -585,14 +598,24 @@ fn admin_as(c: &Console, r: &ConsoleRegion, access_key: &str) -> Option<AdminCli
     AdminClient::new(endpoint, r.s3.ca_pem.as_deref()).ok()
 }
 
-/// Sends `cfg` as the bucket's configuration (or deletes it when it has no rule left).
-async fn put_config(c: &Console, r: &ConsoleRegion, s: &Session, bucket: &str, cfg: &ReplicationConfig) -> Result<(), String> {
+/// Sends `cfg` as the bucket's configuration (or deletes it when it has no rule left); with
+/// `dry_run`, the region checks it in full and stores nothing.
+async fn put_config(
+    c: &Console,
+    r: &ConsoleRegion,
+    s: &Session,
+    bucket: &str,
+    cfg: &ReplicationConfig,
+    dry_run: bool,
+) -> Result<(), String> {
+    use ferry_s3::replication::config::{DRY_RUN_QUERY, replication_xml};
     let admin = admin_as(c, r, &s.access_key).ok_or("the account is gone")?;
+    let path = format!("/{}?replication", enc(bucket));
     let resp = if cfg.rules.is_empty() {
-        admin.request("DELETE", &format!("/{}?replication", enc(bucket)), Bytes::new()).await
+        admin.request("DELETE", &path, Bytes::new()).await
     } else {
-        let xml = ferry_s3::replication::config::replication_xml(cfg);
-        admin.request("PUT", &format!("/{}?replication", enc(bucket)), Bytes::from(xml)).await
+        let path = if dry_run { format!("{path}&{DRY_RUN_QUERY}") } else { path };
+        admin.request("PUT", &path, Bytes::from(replication_xml(cfg))).await
     };
     let resp = resp.map_err(|e| format!("{e:#}"))?;
     if resp.status.is_success() {
@@ -646,7 +669,7 @@ pub(super) async fn save(
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
     }
     let cfg = replaced(&current(&b), &f.original, rules);
-    if let Err(why) = put_config(&c, r, &s, &name, &cfg).await {
+    if let Err(why) = put_config(&c, r, &s, &name, &cfg, false).await {
         let why = format!("Not saved: {why}");
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
     }
@@ -688,7 +711,7 @@ pub(super) async fn rule_action(
         "delete" => cfg.rules.retain(|r| group_of(&r.id) != f.rule),
         _ => return message(StatusCode::BAD_REQUEST, "Unknown action", "Use enable, disable or delete."),
     }
-    match put_config(&c, r, &s, &name, &cfg).await {
+    match put_config(&c, r, &s, &name, &cfg, false).await {
         Ok(()) => Redirect::to(&rules_page(&region, &name)).into_response(),
         Err(why) => message(StatusCode::BAD_REQUEST, "Rule not changed", &why),
     }
