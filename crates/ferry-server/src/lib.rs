@@ -6,13 +6,14 @@
 //!
 //! - [`server`]: configuration to running regions (S3 listener, replication engine, workers);
 //! - [`metrics_listener`]: `/metrics` and `/health` on their own listener;
-//! - [`credentials`], [`tls`]: loading keys and certificates;
+//! - [`credentials`], [`tls`]: loading keys and certificates; [`listen`]: the accept loop;
 //! - [`console`]: the web console, one per process;
 //! - [`cli`]: the subcommands that talk to a running region.
 
 pub mod cli;
 pub mod console;
 pub mod credentials;
+pub mod listen;
 pub mod metrics_listener;
 pub mod server;
 pub mod tls;

@@ -23,7 +23,6 @@ use ferry_replication::client::{ClientSettings, read_ca};
 use ferry_replication::peers::{PeerSet, PeerSpec};
 use ferry_s3::{EndpointConfig, Users};
 use ferry_store::{GcWorker, Store};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -455,49 +454,7 @@ fn serve_region(
     tracing::info!(region = %name, %url, data_dir = %cfg.data_dir.display(), "region serving S3");
     let (task_store, task_runner, grace) = (store.clone(), runner.clone(), opts.shutdown_timeout);
     let task = tokio::spawn(async move {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
-            match &tls {
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    tokio::spawn(async move {
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                        };
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-            }
-        }
-        drop(listener);
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if !crate::listen::serve(listener, tls, stop, grace, |_| service.clone()).await {
             tracing::warn!(region = %name, "in-flight requests did not finish before the shutdown deadline");
         }
         task_runner.shutdown(Duration::from_secs(10)).await;

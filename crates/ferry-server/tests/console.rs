@@ -738,3 +738,40 @@ async fn over_tls_the_cookies_are_secure() {
     assert_ne!(plain.status, 200, "no page over plain HTTP");
     server.shutdown().await;
 }
+
+/// Stopping the server ends the open dashboards' streams cleanly (the last chunk of the
+/// response, then the connection closes), so a shutdown does not wait on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_dashboards() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (server, console, _dir) = console_cluster().await;
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let mut s = tokio::net::TcpStream::connect(console).await.unwrap();
+    let req = format!("GET /buckets/us-east-1/main-a/live HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n", b.cookie());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The stream is open: its first event has come.
+    while !String::from_utf8_lossy(&seen).contains("event: progress") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown()).await.expect("shutdown finishes");
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stays open after shutdown");
+    assert!(
+        String::from_utf8_lossy(&seen).ends_with("0\r\n\r\n"),
+        "the stream ended cleanly: {}",
+        String::from_utf8_lossy(&seen)
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! # Invariants
 //! - One stream per open dashboard; at most [`MAX_STREAMS`] open in the process (more are
-//!   answered 503). A stream ends when its session ends.
+//!   answered 503). A stream ends when its session ends, or when the console stops.
 //! - A stream reads the bucket's progress once per [`TICK`] (one read transaction, the same
 //!   figures `ferry replication status` shows) and sends a fragment only when it changed.
 //! - The charts' history is a ring of at most [`RING`] samples per bucket with replication,
@@ -405,11 +405,15 @@ pub async fn stream(State(c): State<Arc<Console>>, headers: HeaderMap, Path((reg
     }
     let state = Sent { open: Open(c.clone()), region, name, session: id, first: true, last: Default::default() };
     let events = futures::stream::unfold(state, |mut st| async move {
+        let c = st.open.0.clone();
         if !st.first {
-            tokio::time::sleep(TICK).await;
+            // A stopping console ends its streams, so its connections close at once.
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = c.closing.cancelled() => return None,
+            }
         }
         st.first = false;
-        let c = st.open.0.clone();
         // A stream lives as long as its session.
         let s = c.sessions.get(&st.session)?;
         let r = c.region(&st.region)?;

@@ -85,6 +85,8 @@ pub struct Console {
     users: Arc<Users>,
     sessions: Sessions,
     live: live::Live,
+    /// Cancelled when the console stops: open dashboards end their streams.
+    closing: CancellationToken,
     /// Served over TLS: cookies are `Secure`.
     secure: bool,
 }
@@ -93,7 +95,15 @@ impl Console {
     /// A console over `regions`, replicating to `peers`, signing in `users`' accounts.
     #[must_use]
     pub fn new(regions: Vec<ConsoleRegion>, peers: Vec<ConsolePeer>, users: Arc<Users>) -> Self {
-        Self { regions, peers, users, sessions: Sessions::default(), live: live::Live::default(), secure: false }
+        Self {
+            regions,
+            peers,
+            users,
+            sessions: Sessions::default(),
+            live: live::Live::default(),
+            closing: CancellationToken::new(),
+            secure: false,
+        }
     }
 
     /// Marks the console as served over TLS: its cookies are `Secure`.
@@ -106,50 +116,23 @@ impl Console {
     /// Serves the console on `listener` (over TLS with `tls`) until `stop` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, stop: CancellationToken) {
         tokio::spawn(live::sampler(self.clone(), stop.clone()));
+        let closing = self.closing.clone();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            closing.cancel();
+        });
         let app = router(self);
-        let Some(acceptor) = tls else {
-            let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "console stopped");
-            }
-            return;
-        };
-        let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "console: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => break,
-            };
-            let (acceptor, builder, watcher, app) = (acceptor.clone(), builder.clone(), graceful.watcher(), app.clone());
-            tokio::spawn(async move {
-                let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "console: TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "console: TLS handshake timed out"),
-                };
-                // The client's address, for the sign-in limit, as `into_make_service_with_connect_info` gives it.
-                let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(app.clone(), req)
-                });
-                let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "console: connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+        let grace = std::time::Duration::from_secs(5);
+        crate::listen::serve(listener, tls, stop, grace, |peer| {
+            let app = app.clone();
+            // The client's address, for the sign-in limit (axum's `ConnectInfo`).
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            })
+        })
+        .await;
     }
 
     /// The signed-in session of a request, if any.

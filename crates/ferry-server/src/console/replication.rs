@@ -57,6 +57,20 @@ fn missing() -> Response {
     message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.")
 }
 
+/// For a state change on a bucket: the session (its CSRF token checked), and the bucket with
+/// its region when the account owns it.
+async fn acting_on<'c>(
+    c: &'c Console,
+    headers: &HeaderMap,
+    csrf: &str,
+    region: &str,
+    name: &str,
+) -> Result<(Session, &'c ConsoleRegion, BucketRecord), Box<Response>> {
+    let (_, s) = checked(c, headers, csrf)?;
+    let (r, b) = owned(c, &s, region, name).await.ok_or_else(|| Box::new(missing()))?;
+    Ok((s, r, b))
+}
+
 fn rules_page(region: &str, name: &str) -> String {
     format!("/buckets/{}/{}/replication", enc(region), enc(name))
 }
@@ -578,11 +592,10 @@ pub(super) async fn preview(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<RuleForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok((_, s)) => s,
-        Err(r) => return *r,
+    let (s, r, b) = match acting_on(&c, &headers, &f.csrf, &region, &name).await {
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
-    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
     page(&preview_of(&c, &s, r, &b, &f).await, StatusCode::OK)
 }
 
@@ -649,11 +662,10 @@ pub(super) async fn save(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<RuleForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok((_, s)) => s,
-        Err(r) => return *r,
+    let (s, r, b) = match acting_on(&c, &headers, &f.csrf, &region, &name).await {
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
-    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
     let rules = match f.rules() {
         Ok(rules) => rules,
         Err(why) => return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await,
@@ -693,11 +705,10 @@ pub(super) async fn rule_action(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<RuleAction>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok((_, s)) => s,
-        Err(r) => return *r,
+    let (s, r, b) = match acting_on(&c, &headers, &f.csrf, &region, &name).await {
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
-    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
     let mut cfg = current(&b);
     if !cfg.rules.iter().any(|r| group_of(&r.id) == f.rule) {
         return message(StatusCode::NOT_FOUND, "No such rule", "This bucket has no such rule.");
@@ -732,11 +743,10 @@ pub(super) async fn retry(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<RetryForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok((_, s)) => s,
-        Err(r) => return *r,
+    let (s, r, _) = match acting_on(&c, &headers, &f.csrf, &region, &name).await {
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
-    let Some((r, _)) = owned(&c, &s, &region, &name).await else { return missing() };
     let Some(admin) = admin_as(&c, r, &s.access_key) else { return to_sign_in() };
     let job = f.job.map(|j| format!("&job={j}")).unwrap_or_default();
     let sent = admin.request("POST", &format!("/{}?ferry-replication-retry{job}", enc(&name)), Bytes::new()).await;
@@ -767,11 +777,10 @@ pub(super) async fn verify(
     Path((region, name)): Path<(String, String)>,
     Form(f): Form<VerifyForm>,
 ) -> Response {
-    let s = match checked(&c, &headers, &f.csrf) {
-        Ok((_, s)) => s,
-        Err(r) => return *r,
+    let (s, r, b) = match acting_on(&c, &headers, &f.csrf, &region, &name).await {
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
-    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
     let members: Vec<String> = current(&b).rules.into_iter().filter(|r| group_of(&r.id) == f.rule).map(|r| r.id).collect();
     if members.is_empty() {
         return message(StatusCode::NOT_FOUND, "No such rule", "This bucket has no such rule.");
