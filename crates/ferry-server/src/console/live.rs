@@ -94,6 +94,17 @@ impl Live {
         lock(&self.verifies).insert((region.to_owned(), bucket.to_owned(), rule.to_owned()), run);
     }
 
+    /// Marks a verify of the rule as running; false when one already is.
+    pub fn start_verify(&self, region: &str, bucket: &str, rule: &str) -> bool {
+        let mut runs = lock(&self.verifies);
+        let run = runs.entry((region.to_owned(), bucket.to_owned(), rule.to_owned())).or_default();
+        if run.running {
+            return false;
+        }
+        *run = VerifyRun { running: true, ..VerifyRun::default() };
+        true
+    }
+
     fn verify_of(&self, region: &str, bucket: &str, rule: &str) -> Option<VerifyRun> {
         lock(&self.verifies).get(&(region.to_owned(), bucket.to_owned(), rule.to_owned())).cloned()
     }
@@ -460,6 +471,21 @@ mod tests {
             updated_us: 10_000_000,
             finished_us: None,
         }
+    }
+
+    #[test]
+    fn one_verify_per_rule_at_a_time() {
+        let live = Live::default();
+        assert!(live.start_verify("r", "b", "rule"));
+        assert!(!live.start_verify("r", "b", "rule"), "already running");
+        assert!(live.start_verify("r", "b", "other"), "another rule's is its own");
+        live.verify(
+            "r",
+            "b",
+            "rule",
+            VerifyRun { running: false, result: Some("in sync".into()), ..VerifyRun::default() },
+        );
+        assert!(live.start_verify("r", "b", "rule"), "finished: may run again");
     }
 
     #[test]

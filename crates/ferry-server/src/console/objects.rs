@@ -33,6 +33,17 @@ const OBJECTS_PAGE: i32 = 100;
 const VERSIONS_PAGE: i32 = 100;
 /// Upload part size (and the largest body sent as one PutObject).
 pub const PART: usize = 8 * 1024 * 1024;
+/// Parts of one upload, at most (S3's limit): a console upload holds up to 78 GiB.
+const MAX_PARTS: i32 = 10_000;
+
+/// How an upload is cut: part size, and most parts.
+#[derive(Clone, Copy)]
+struct Cut {
+    part: usize,
+    max_parts: i32,
+}
+
+const CUT: Cut = Cut { part: PART, max_parts: MAX_PARTS };
 
 /// A folder (common prefix).
 pub(super) struct FolderRow {
@@ -205,15 +216,15 @@ pub(super) async fn upload(
         return (StatusCode::BAD_REQUEST, "the object needs a name").into_response();
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    match store(&client, &name, &q.key, content_type, body).await {
+    match store(&client, &name, &q.key, content_type, body, CUT).await {
         Ok(version) => (StatusCode::CREATED, version.unwrap_or_default()).into_response(),
         Err(why) => (StatusCode::BAD_REQUEST, why).into_response(),
     }
 }
 
-/// Reads `body` into `buf` until it holds [`PART`] bytes or the body ends; true at the end.
-async fn fill(stream: &mut axum::body::BodyDataStream, buf: &mut BytesMut) -> Result<bool, String> {
-    while buf.len() < PART {
+/// Reads `body` into `buf` until it holds `part` bytes or the body ends; true at the end.
+async fn fill(stream: &mut axum::body::BodyDataStream, buf: &mut BytesMut, part: usize) -> Result<bool, String> {
+    while buf.len() < part {
         match stream.next().await {
             Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
             Some(Err(e)) => return Err(format!("the upload was interrupted: {e}")),
@@ -229,19 +240,20 @@ async fn store(
     key: &str,
     content_type: Option<String>,
     body: Body,
+    cut: Cut,
 ) -> Result<Option<String>, String> {
     use aws_sdk_s3::primitives::ByteStream;
     let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::with_capacity(PART);
-    let ended = fill(&mut stream, &mut buf).await?;
-    if ended && buf.len() <= PART {
+    let mut buf = BytesMut::with_capacity(cut.part);
+    let ended = fill(&mut stream, &mut buf, cut.part).await?;
+    if ended {
         let put = client.put_object().bucket(bucket).key(key).set_content_type(content_type);
         let out = put.body(ByteStream::from(buf.freeze())).send().await.map_err(|e| s3_error(&e))?;
         return Ok(out.version_id);
     }
     let created = client.create_multipart_upload().bucket(bucket).key(key).set_content_type(content_type).send().await;
     let upload_id = created.map_err(|e| s3_error(&e))?.upload_id.unwrap_or_default();
-    let sent = parts(client, bucket, key, &upload_id, &mut stream, buf).await;
+    let sent = parts(client, bucket, key, &upload_id, &mut stream, buf, cut).await;
     match sent {
         Ok(done) => {
             let completed = aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(done)).build();
@@ -271,13 +283,14 @@ async fn parts(
     upload_id: &str,
     stream: &mut axum::body::BodyDataStream,
     first: BytesMut,
+    cut: Cut,
 ) -> Result<Vec<aws_sdk_s3::types::CompletedPart>, String> {
     let mut done = Vec::new();
     let mut buf = first;
     let mut ended = false;
-    for number in 1..=10_000 {
-        // Exactly PART bytes per part but the last.
-        let rest = if buf.len() > PART { buf.split_off(PART) } else { BytesMut::new() };
+    for number in 1..=cut.max_parts {
+        // Exactly `cut.part` bytes per part but the last.
+        let rest = if buf.len() > cut.part { buf.split_off(cut.part) } else { BytesMut::new() };
         let part: Bytes = std::mem::replace(&mut buf, rest).freeze();
         if part.is_empty() && number > 1 {
             break;
@@ -297,11 +310,16 @@ async fn parts(
             break;
         }
         if !ended {
-            ended = fill(stream, &mut buf).await?;
+            ended = fill(stream, &mut buf, cut.part).await?;
             if ended && buf.is_empty() {
                 break;
             }
         }
+    }
+    // 10,000 parts sent and bytes still coming: S3 takes no more parts, and completing would
+    // store a truncated object.
+    if !ended || !buf.is_empty() {
+        return Err(format!("the file is larger than {} parts of {} MiB", cut.max_parts, cut.part >> 20));
     }
     Ok(done)
 }
@@ -431,4 +449,45 @@ pub(super) async fn versions(
         &VersionsPage { user: s.access_key, csrf: s.csrf, region, name, key: q.key, versions, next },
         StatusCode::OK,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upload that needs more parts than allowed is refused and aborted, never stored cut
+    /// short; one that fits is stored whole. Against a real region.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_beyond_the_last_part_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = ferry_core::config::RegionConfig::single("127.0.0.1:0", dir.path().join("r"));
+        let user = ferry_s3::User::new("AKIACONSOLETEST0", "console-test-secret", None, None);
+        let opts = crate::server::ServerOptions::new(vec![region], vec![user]);
+        let server = crate::server::Server::start(opts).await.unwrap();
+        let r = &server.regions()[0];
+        let settings = ferry_replication::client::ClientSettings {
+            url: format!("http://{}", r.addr),
+            access_key: "AKIACONSOLETEST0".into(),
+            secret_key: "console-test-secret".into(),
+            region: r.name.clone(),
+            ca_pem: None,
+        };
+        let client = aws_sdk_s3::Client::from_conf(ferry_replication::client::config(&settings).unwrap().build());
+        client.create_bucket().bucket("uploads").send().await.unwrap();
+        let cut = Cut { part: 5 << 20, max_parts: 2 };
+        let body = |n: usize| Body::from(vec![b'x'; n]);
+        let fits = store(&client, "uploads", "fits", None, body((10 << 20) + 1), Cut { max_parts: 3, ..cut }).await;
+        assert!(fits.is_ok(), "{fits:?}");
+        let size = client.head_object().bucket("uploads").key("fits").send().await.unwrap().content_length;
+        assert_eq!(size, Some((10 << 20) + 1));
+        let refused = store(&client, "uploads", "too-big", None, body((10 << 20) + 1), cut).await;
+        assert!(refused.unwrap_err().contains("larger than 2 parts"));
+        assert!(
+            client.head_object().bucket("uploads").key("too-big").send().await.is_err(),
+            "nothing stored"
+        );
+        let uploads = client.list_multipart_uploads().bucket("uploads").send().await.unwrap();
+        assert!(uploads.uploads().is_empty(), "the upload was aborted");
+        server.shutdown().await;
+    }
 }

@@ -788,7 +788,11 @@ pub(super) async fn verify(
     let Some(admin) = admin_as(&c, r, &s.access_key) else { return to_sign_in() };
     let live_c = c.clone();
     let (region2, name2, group) = (region.clone(), name.clone(), f.rule.clone());
-    c.live.verify(&region, &name, &group, VerifyRun { running: true, ..VerifyRun::default() });
+    // One verify per rule at a time: pressing Verify again while it runs starts nothing.
+    if !c.live.start_verify(&region, &name, &group) {
+        let notice = enc(&format!("verify of {group} is already running"));
+        return Redirect::to(&format!("{}?notice={notice}", rules_page(&region, &name))).into_response();
+    }
     tokio::spawn(async move {
         let mut run = VerifyRun { running: true, ..VerifyRun::default() };
         let mut clean = true;
