@@ -89,6 +89,67 @@ impl CommitClock {
     }
 }
 
+/// A node's commit clock in a region of several nodes: [`CommitClock`] plus the commit times
+/// handed out whose transactions have not ended, from which the node's **closed timestamp**
+/// follows: no commit of this node will ever be at or below it. Nodes publish it; the region's
+/// committed clock is the minimum over its live nodes, which makes "replicated up to T" exact
+/// across nodes whatever their clock skew.
+///
+/// Hand out times with [`start_commit`](Self::start_commit) and end them with
+/// [`end_commit`](Self::end_commit) once the transaction's outcome is known (committed, rolled
+/// back, or its node fenced); read [`closed`](Self::closed) under the same lock, so a time being
+/// handed out is never missed.
+#[derive(Debug, Clone)]
+pub struct NodeClock {
+    clock: CommitClock,
+    /// Times in flight (a count per time: a closure may be retried with the same time).
+    in_flight: std::collections::BTreeMap<i64, u32>,
+    /// The highest closed timestamp returned: it never goes back.
+    closed: i64,
+}
+
+impl NodeClock {
+    /// A clock whose times will all be above `floor` (given by the region when the node joins:
+    /// above every closed timestamp published so far).
+    #[must_use]
+    pub fn new(floor: i64) -> Self {
+        Self { clock: CommitClock::new(floor), in_flight: std::collections::BTreeMap::new(), closed: floor }
+    }
+
+    /// A commit time after `after` (the key's latest version time, so a key's versions order
+    /// by time on every node) and after every time this node handed out or observed.
+    pub fn start_commit(&mut self, after: i64) -> i64 {
+        self.clock.observe(after);
+        let t = self.clock.tick();
+        *self.in_flight.entry(t).or_insert(0) += 1;
+        t
+    }
+
+    /// The transaction that took `t` has ended, one way or the other.
+    pub fn end_commit(&mut self, t: i64) {
+        if let Some(n) = self.in_flight.get_mut(&t) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&t);
+            }
+        }
+    }
+
+    /// Moves the clock past a time seen elsewhere (the highest closed timestamp of the other
+    /// nodes: a node whose wall clock lags catches up within one heartbeat).
+    pub fn observe(&mut self, seen: i64) {
+        self.clock.observe(seen);
+    }
+
+    /// No commit of this node will be at or below this: one below the oldest time in flight,
+    /// or the last time handed out when none is. Never goes back.
+    pub fn closed(&mut self) -> i64 {
+        let c = self.in_flight.keys().next().map_or(self.clock.last(), |t| t - 1);
+        self.closed = self.closed.max(c);
+        self.closed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -118,6 +179,31 @@ mod tests {
         assert!(t <= now_micros() + MAX_OBSERVED_AHEAD_US + 1_000_000, "clock moved to {t}");
         c.observe(now_micros() + 1_000_000);
         assert!(c.tick() > now_micros());
+    }
+
+    #[test]
+    fn a_node_closes_only_what_it_will_never_commit_below() {
+        let base = now_micros() + 60_000_000;
+        let mut c = NodeClock::new(base);
+        assert_eq!(c.closed(), base, "nothing handed out: the floor");
+        let a = c.start_commit(0);
+        let b = c.start_commit(0);
+        assert!(base < a && a < b);
+        assert_eq!(c.closed(), a - 1, "a is in flight");
+        c.end_commit(b);
+        assert_eq!(c.closed(), a - 1, "b ended, a has not");
+        c.end_commit(a);
+        assert_eq!(c.closed(), b, "nothing in flight: the last time handed out");
+        let k = c.start_commit(b + 1_000);
+        assert!(k > b + 1_000, "after the key's latest time");
+        assert_eq!(c.closed(), k - 1);
+        c.end_commit(k);
+        // Observing the others' closed time moves this node past it; closed never goes back.
+        c.observe(k + 5_000);
+        assert_eq!(c.closed(), k + 5_000);
+        let next = c.start_commit(0);
+        assert!(next > k + 5_000);
+        assert_eq!(c.closed(), k + 5_000, "never back below what was published");
     }
 
     #[test]

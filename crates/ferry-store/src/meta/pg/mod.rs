@@ -8,8 +8,11 @@
 //!   pages) is refused unless the operator says so: Ferry acknowledges a write only after its
 //!   commit, and that promise is only as good as the database's.
 //!
+//! - [`nodes`]: joining, fencing and closed timestamps (the region's committed clock across
+//!   nodes), with [`ferry_core::time::NodeClock`] on each node.
+//!
 //! Not yet: the `MetaStore` implementation (the conformance suite will run against it as it
-//! runs against SQLite), node membership and fencing, leases, closed timestamps.
+//! runs against SQLite), leases, the blob backend.
 //!
 //! # Schema (PostgreSQL-wire only)
 //! The SQLite tables with PostgreSQL types: keys are `bytea`, whose order is byte order, the
@@ -30,6 +33,7 @@
 //! No advisory locks, no `LISTEN`/`NOTIFY` in write transactions, no `xid8` snapshot
 //! functions: CockroachDB and YugabyteDB speak the same protocol and can follow.
 
+pub mod nodes;
 #[cfg(test)]
 pub(crate) mod test_cluster;
 
@@ -127,7 +131,7 @@ CREATE TABLE IF NOT EXISTS node_clocks (
 ";
 
 /// A PostgreSQL error as a store error.
-fn pg(e: impl std::fmt::Display) -> Error {
+pub(crate) fn pg(e: impl std::fmt::Display) -> Error {
     Error::Other(format!("postgresql: {e}"))
 }
 
@@ -194,6 +198,14 @@ impl PgMeta {
         migrate(&client).await?;
         drop(client);
         Ok(Self { pool, durability })
+    }
+
+    /// A connection of the pool.
+    ///
+    /// # Errors
+    /// The server cannot be reached.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pg)
     }
 
     /// The server's durability settings, as read at open.
