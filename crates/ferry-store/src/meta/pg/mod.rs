@@ -11,8 +11,11 @@
 //! - [`nodes`]: joining, fencing and closed timestamps (the region's committed clock across
 //!   nodes), with [`ferry_core::time::NodeClock`] on each node.
 //!
+//! - [`leases`]: replication jobs claimed by lease (`FOR UPDATE SKIP LOCKED`), renewed, and
+//!   completed only under the claimer's token.
+//!
 //! Not yet: the `MetaStore` implementation (the conformance suite will run against it as it
-//! runs against SQLite), leases, the blob backend.
+//! runs against SQLite), the blob backend, the configuration and CLI.
 //!
 //! # Schema (PostgreSQL-wire only)
 //! The SQLite tables with PostgreSQL types: keys are `bytea`, whose order is byte order, the
@@ -33,6 +36,7 @@
 //! No advisory locks, no `LISTEN`/`NOTIFY` in write transactions, no `xid8` snapshot
 //! functions: CockroachDB and YugabyteDB speak the same protocol and can follow.
 
+pub mod leases;
 pub mod nodes;
 #[cfg(test)]
 pub(crate) mod test_cluster;
