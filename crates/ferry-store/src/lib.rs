@@ -36,6 +36,7 @@ pub mod meta;
 pub mod model;
 pub mod objects;
 pub mod replication;
+pub mod s3_blobs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -36,6 +36,7 @@
 //! No advisory locks, no `LISTEN`/`NOTIFY` in write transactions, no `xid8` snapshot
 //! functions: CockroachDB and YugabyteDB speak the same protocol and can follow.
 
+pub mod intents;
 pub mod leases;
 pub mod nodes;
 #[cfg(test)]
