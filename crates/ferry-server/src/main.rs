@@ -61,6 +61,9 @@ enum Command {
     /// Inspect and drive replication of a bucket on a running region.
     #[command(subcommand)]
     Replication(ferry_server::cli::replication::ReplicationCommand),
+    /// Inspect a region that runs as several nodes on PostgreSQL metadata.
+    #[command(subcommand)]
+    Region(ferry_server::cli::region::RegionCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench(args).await,
             Command::Replication(cmd) => ferry_server::cli::replication::run(cmd).await,
             Command::Netem(args) => ferry_server::cli::netem::run(args, wait_for_signal()).await,
+            Command::Region(cmd) => ferry_server::cli::region::run(cmd).await,
         }
     });
     match result {

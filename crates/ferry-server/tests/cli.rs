@@ -246,3 +246,52 @@ async fn bench_modes_report_json() {
     let listed = c.list_objects_v2().bucket("bench-delete").send().await.unwrap();
     assert_eq!(listed.key_count(), Some(0), "delete mode deleted every object it wrote");
 }
+
+/// `ferry region nodes` lists a PostgreSQL region's nodes with their epochs, states, closed
+/// timestamps and leases, and the region's committed clock; `--json` says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_nodes_lists_the_nodes_of_a_postgresql_region() {
+    use ferry_store::meta::pg::{PgMeta, leases, nodes, test_cluster::TestCluster};
+    let Some(pg) = TestCluster::start(&[]) else { return };
+    let meta = PgMeta::open(&pg.url(), 2, false).await.unwrap();
+    let mut pooled = meta.client().await.unwrap();
+    let c: &mut tokio_postgres::Client = &mut pooled;
+    let now = ferry_core::time::now_micros();
+    let a = nodes::join(c, "node-a", 1, now).await.unwrap();
+    nodes::join(c, "node-b", 1, now).await.unwrap();
+    a.publish(&*c, a.floor + 5, now).await.unwrap();
+    c.execute(
+        "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state,
+                                attempts, next_attempt_us, priority, key_seq)
+         VALUES (1, 'b', 'k'::bytea, 'v', 0, 'eu', 'd', 'r', 10, 5, 0, 0, 0, 0, 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(leases::claim(&*c, "eu", "d", "node-a", now, 600_000_000, 10).await.unwrap().len(), 1);
+    // node-b has stopped: fenced by node-a.
+    assert!(nodes::fence(c, "node-b", now + 1).await.unwrap());
+    let (code, out) = run_ferry_async(&["region", "nodes", "--meta", &pg.url()]).await;
+    assert_eq!(code, 0, "{out}");
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} in {out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let na = row("node-a");
+    assert_eq!((na[1], na[2], *na.last().unwrap()), ("1", "live", "1"), "{out}");
+    let nb = row("node-b");
+    assert_eq!((nb[1], nb[2], nb[3]), ("2", "gone", "-"), "fenced: a new epoch, no clock: {out}");
+    let closed = ferry_core::time::rfc3339_us(a.floor + 5);
+    assert!(out.contains(&format!("region committed clock: {closed}")), "node-a's closed time: {out}");
+    let (code, json) = run_ferry_async(&["region", "nodes", "--meta", &pg.url(), "--json"]).await;
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
+    assert_eq!(v["committed_clock_us"], serde_json::json!(a.floor + 5));
+    assert_eq!(v["nodes"][0]["leases"], serde_json::json!(1));
+    let (code, out) = run_ferry_async(&["region", "nodes", "--meta", "postgres://ferry@127.0.0.1:1/none"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("connecting to the metadata database"), "{out}");
+}

@@ -3,10 +3,12 @@
 //! - [`replication`]: `ferry replication status | explain | retry | resync | verify | sources |
 //!   pause | resume | cancel`, over the admin API ([`admin_client`]);
 //! - [`bench`]: `ferry bench`, load and replication benchmarks with an S3 client ([`client`]);
-//! - [`netem`]: `ferry netem`, a WAN emulator in front of an endpoint.
+//! - [`netem`]: `ferry netem`, a WAN emulator in front of an endpoint;
+//! - [`region`]: `ferry region nodes`, the nodes of a region on PostgreSQL metadata.
 
 pub mod admin_client;
 pub mod bench;
 pub mod client;
 pub mod netem;
+pub mod region;
 pub mod replication;

@@ -39,8 +39,8 @@
 pub mod intents;
 pub mod leases;
 pub mod nodes;
-#[cfg(test)]
-pub(crate) mod test_cluster;
+#[cfg(any(test, feature = "testing"))]
+pub mod test_cluster;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -138,6 +138,21 @@ CREATE TABLE IF NOT EXISTS node_clocks (
 /// A PostgreSQL error as a store error.
 pub(crate) fn pg(e: impl std::fmt::Display) -> Error {
     Error::Other(format!("postgresql: {e}"))
+}
+
+/// One connection to `url`, without the pool, the durability check or migrations: for tools
+/// that only read (`ferry region nodes`).
+///
+/// # Errors
+/// A bad URL or an unreachable server.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgresql connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// The server's durability settings, as `SHOW` reports them.

@@ -169,24 +169,35 @@ pub struct NodeStatus {
     pub state: String,
     pub closed_us: Option<i64>,
     pub heartbeat_us: Option<i64>,
+    /// Replication jobs it holds a live lease on at the time asked.
+    pub leases: i64,
 }
 
-/// Every node the region has known, with its clock when it has one.
+/// Every node the region has known, with its clock when it has one and the job leases it
+/// holds at `now_us`.
 ///
 /// # Errors
 /// Database errors.
-pub async fn list(client: &impl GenericClient) -> Result<Vec<NodeStatus>> {
+pub async fn list(client: &impl GenericClient, now_us: i64) -> Result<Vec<NodeStatus>> {
     let rows = client
         .query(
-            "SELECT n.node_id, n.epoch, n.state, c.closed_us, c.heartbeat_us
+            "SELECT n.node_id, n.epoch, n.state, c.closed_us, c.heartbeat_us,
+                    (SELECT count(*) FROM repl_jobs j WHERE j.lease_owner = n.node_id AND j.lease_until_us >= $1)
              FROM nodes n LEFT JOIN node_clocks c USING (node_id) ORDER BY n.node_id",
-            &[],
+            &[&now_us],
         )
         .await
         .map_err(pg)?;
     Ok(rows
         .iter()
-        .map(|r| NodeStatus { id: r.get(0), epoch: r.get(1), state: r.get(2), closed_us: r.get(3), heartbeat_us: r.get(4) })
+        .map(|r| NodeStatus {
+            id: r.get(0),
+            epoch: r.get(1),
+            state: r.get(2),
+            closed_us: r.get(3),
+            heartbeat_us: r.get(4),
+            leases: r.get(5),
+        })
         .collect())
 }
 
@@ -235,7 +246,7 @@ mod tests {
         a2.check_slot(&tx, 1).await.unwrap();
         drop(tx);
         assert!(a.publish(&*c, 9_000, 3_100).await.is_err(), "and cannot publish");
-        let listed = list(&*c).await.unwrap();
+        let listed = list(&*c, 0).await.unwrap();
         assert_eq!(listed.iter().map(|n| (n.id.as_str(), n.epoch)).collect::<Vec<_>>(), [("a", 2), ("b", 1)]);
     }
 
@@ -296,7 +307,7 @@ mod tests {
         assert!(!fence(c, "b", 5_000).await.unwrap(), "b is alive");
         assert!(fence(c, "a", 5_000).await.unwrap());
         assert_eq!(committed_clock(&*c).await.unwrap(), Some(9_000));
-        let listed = list(&*c).await.unwrap();
+        let listed = list(&*c, 0).await.unwrap();
         assert_eq!(listed[0].state, "gone");
         assert_eq!(listed[0].closed_us, None);
     }
