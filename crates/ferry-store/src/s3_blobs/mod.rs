@@ -174,7 +174,7 @@ mod tests {
         let swept = intents::sweepable(&*c, 1_500, 100).await.unwrap();
         assert_eq!(
             swept,
-            [orphan.clone()],
+            std::slice::from_ref(&orphan),
             "only the restarted life's intent; the live epoch's is in progress"
         );
         for s in &swept {
@@ -187,7 +187,7 @@ mod tests {
         let tx = c.transaction().await.unwrap();
         assert!(intents::commit(&tx, &orphan).await.is_err(), "a swept blob cannot be committed");
         drop(tx);
-        let missing = blobs.read(&orphan, None).await.err().expect("missing");
+        let missing = blobs.read(&orphan, None).await.expect_err("missing");
         assert!(
             matches!(missing, Error::Io(ref e) if e.kind() == std::io::ErrorKind::NotFound),
             "{missing}"
