@@ -141,10 +141,17 @@ impl NodeClock {
         self.clock.observe(seen);
     }
 
-    /// No commit of this node will be at or below this: one below the oldest time in flight,
-    /// or the last time handed out when none is. Never goes back.
+    /// No commit of this node will be at or below this: one below the oldest time in flight;
+    /// when none is, the wall clock (the clock moves there first, so later times are above it),
+    /// so an idle node does not hold the region's clock back. Never goes back.
     pub fn closed(&mut self) -> i64 {
-        let c = self.in_flight.keys().next().map_or(self.clock.last(), |t| t - 1);
+        let c = match self.in_flight.keys().next() {
+            Some(t) => t - 1,
+            None => {
+                self.clock.observe(now_micros());
+                self.clock.last()
+            }
+        };
         self.closed = self.closed.max(c);
         self.closed
     }
@@ -204,6 +211,15 @@ mod tests {
         let next = c.start_commit(0);
         assert!(next > k + 5_000);
         assert_eq!(c.closed(), k + 5_000, "never back below what was published");
+    }
+
+    #[test]
+    fn an_idle_node_closes_up_to_the_wall_clock() {
+        let mut c = NodeClock::new(0);
+        let before = now_micros();
+        let closed = c.closed();
+        assert!(closed >= before, "idle: the wall clock, not the floor");
+        assert!(c.start_commit(0) > closed, "and no later commit at or below it");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`nodes`]: joining, fencing and closed timestamps (the region's committed clock across
 //!   nodes), with [`ferry_core::time::NodeClock`] on each node.
 //!
+//! - [`heartbeat`]: the worker that publishes a node's closed timestamp, moves its clock past
+//!   the region's, and fences the nodes that stopped beating.
 //! - [`leases`]: replication jobs claimed by lease (`FOR UPDATE SKIP LOCKED`), renewed, and
 //!   completed only under the claimer's token.
 //!
@@ -36,6 +38,7 @@
 //! No advisory locks, no `LISTEN`/`NOTIFY` in write transactions, no `xid8` snapshot
 //! functions: CockroachDB and YugabyteDB speak the same protocol and can follow.
 
+pub mod heartbeat;
 pub mod intents;
 pub mod leases;
 pub mod nodes;

@@ -1,0 +1,192 @@
+//! A node's heartbeat in a region on PostgreSQL: a background worker that publishes the node's
+//! closed timestamp every beat, moves the node's clock past the region's highest, and fences
+//! the nodes that stopped beating.
+//!
+//! # Invariants
+//! 1. What it publishes comes from [`NodeClock::closed`] read at the beat: no commit of this
+//!    node is at or below it (the clock's in-flight set says so), so the region's committed
+//!    clock never runs ahead of a commit still to come.
+//! 2. A node is fenced only after its heartbeat is older than `dead_after` (and [`fence`]
+//!    waits for its open transactions); until then it holds the region's clock back, which
+//!    makes "replicated up to T" late, never wrong.
+//! 3. When its own publish is refused, the node has been fenced: the worker stops and
+//!    [`Heartbeat::fenced`] says so; the node must stop writing and rejoin.
+//!
+//! # Crash behaviour
+//! Nothing lives only here: a node that dies stops beating, is fenced by the others after
+//! `dead_after`, and its clock row goes with the fence.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::background::{Worker, WorkerError, WorkerState};
+use ferry_core::sync::lock;
+use ferry_core::time::{NodeClock, now_micros};
+use tokio_util::sync::CancellationToken;
+
+use super::PgMeta;
+use super::nodes::{Node, fence, list};
+
+/// The heartbeat worker of one node.
+pub struct Heartbeat {
+    meta: Arc<PgMeta>,
+    node: Node,
+    clock: Arc<Mutex<NodeClock>>,
+    every: Duration,
+    dead_after: Duration,
+    fenced: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    /// Beats every `every` for `node`, whose commit times `clock` hands out; fences the nodes
+    /// silent for longer than `dead_after`.
+    #[must_use]
+    pub fn new(meta: Arc<PgMeta>, node: Node, clock: Arc<Mutex<NodeClock>>, every: Duration, dead_after: Duration) -> Self {
+        Self { meta, node, clock, every, dead_after, fenced: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Set once this node's publish is refused: another node fenced it.
+    #[must_use]
+    pub fn fenced(&self) -> Arc<AtomicBool> {
+        self.fenced.clone()
+    }
+
+    /// One beat: publish, observe, fence the silent. Returns false when this node is fenced.
+    ///
+    /// # Errors
+    /// Database errors (the next beat tries again).
+    pub async fn beat(&mut self) -> crate::error::Result<bool> {
+        let client = self.meta.client().await?;
+        let closed = lock(&self.clock).closed();
+        let now = now_micros();
+        let highest = match self.node.publish(&**client, closed, now).await {
+            Ok(h) => h,
+            Err(e) if e.to_string().contains("fenced") => {
+                self.fenced.store(true, Ordering::SeqCst);
+                tracing::error!(node = %self.node.id, "this node was fenced by another node: it stops writing");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        lock(&self.clock).observe(highest);
+        let dead_before = now - i64::try_from(self.dead_after.as_micros()).unwrap_or(i64::MAX);
+        let silent: Vec<String> = list(&**client, now)
+            .await?
+            .into_iter()
+            .filter(|n| n.id != self.node.id && n.state == "live" && n.heartbeat_us.is_some_and(|h| h < dead_before))
+            .map(|n| n.id)
+            .collect();
+        drop(client);
+        for id in silent {
+            let mut pooled = self.meta.client().await?;
+            let c: &mut tokio_postgres::Client = &mut pooled;
+            if fence(c, &id, dead_before).await? {
+                tracing::warn!(node = %self.node.id, fenced = %id, "fenced a node that stopped beating");
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for Heartbeat {
+    fn name(&self) -> String {
+        format!("heartbeat:{}", self.node.id)
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        if self.beat().await? { Ok(WorkerState::Throttled(self.every)) } else { Ok(WorkerState::Done) }
+    }
+
+    async fn wait_for_work(&mut self) -> WorkerState {
+        tokio::time::sleep(self.every).await;
+        WorkerState::Busy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::nodes::{committed_clock, join};
+    use super::super::test_cluster::TestCluster;
+    use super::*;
+    use ferry_core::background::BackgroundRunner;
+
+    async fn clock_now(meta: &PgMeta) -> i64 {
+        let c = meta.client().await.unwrap();
+        committed_clock(&**c).await.unwrap().unwrap_or(0)
+    }
+
+    /// Two nodes beating: the region's clock waits for a commit in flight on one of them while
+    /// the other moves on, passes it once it ends; a node that stops beating is fenced by the
+    /// other, the clock moves on without it, and its own next beat finds it fenced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_region_clock_waits_for_commits_in_flight_and_for_nothing_dead() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let meta = Arc::new(PgMeta::open(&pg.url(), 6, false).await.unwrap());
+        let (every, dead_after) = (Duration::from_millis(20), Duration::from_millis(400));
+        let mut pooled = meta.client().await.unwrap();
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        let a = join(c, "a", 1, now_micros()).await.unwrap();
+        let b = join(c, "b", 1, now_micros()).await.unwrap();
+        drop(pooled);
+        let (clock_a, clock_b) = (
+            Arc::new(Mutex::new(NodeClock::new(a.floor))),
+            Arc::new(Mutex::new(NodeClock::new(b.floor))),
+        );
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let runner_a = BackgroundRunner::new(stop_a.clone());
+        let mut beat_a = Heartbeat::new(meta.clone(), a.clone(), clock_a.clone(), every, dead_after);
+        let a_fenced = beat_a.fenced();
+        runner_a.spawn(Heartbeat::new(meta.clone(), a.clone(), clock_a.clone(), every, dead_after));
+        let runner_b = BackgroundRunner::new(stop_b.clone());
+        runner_b.spawn(Heartbeat::new(meta.clone(), b.clone(), clock_b.clone(), every, dead_after));
+        // A commit in flight on a: the clock stays below it, however far b moves.
+        let t = lock(&clock_a).start_commit(0);
+        let past_t = lock(&clock_b).start_commit(t + 1_000);
+        lock(&clock_b).end_commit(past_t);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Barrier: b has published past t.
+            let c = meta.client().await.unwrap();
+            let b_closed = list(&**c, now_micros()).await.unwrap().into_iter().find(|n| n.id == "b").and_then(|n| n.closed_us);
+            if b_closed.is_some_and(|cl| cl > t) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "b never published past t");
+            tokio::time::sleep(every).await;
+        }
+        assert!(clock_now(&meta).await < t, "the region's clock waits for a's commit in flight");
+        lock(&clock_a).end_commit(t);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while clock_now(&meta).await < t {
+            assert!(std::time::Instant::now() < deadline, "the clock never passed t");
+            tokio::time::sleep(every).await;
+        }
+        // a stops beating: b fences it once its heartbeat is old enough.
+        stop_a.cancel();
+        runner_a.shutdown(Duration::from_secs(5)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = meta.client().await.unwrap();
+            let a_row = list(&**c, now_micros()).await.unwrap().into_iter().find(|n| n.id == "a").unwrap();
+            if a_row.state == "gone" {
+                assert_eq!((a_row.epoch, a_row.closed_us), (2, None));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a was never fenced");
+            tokio::time::sleep(every).await;
+        }
+        // The clock moves on with b alone; a's next beat finds it fenced.
+        let before = clock_now(&meta).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while clock_now(&meta).await <= before {
+            assert!(std::time::Instant::now() < deadline, "the clock stopped with a gone");
+            tokio::time::sleep(every).await;
+        }
+        assert!(!beat_a.beat().await.unwrap(), "a's beat is refused");
+        assert!(a_fenced.load(Ordering::SeqCst));
+        stop_b.cancel();
+        runner_b.shutdown(Duration::from_secs(5)).await;
+    }
+}
