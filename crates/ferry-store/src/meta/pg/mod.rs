@@ -13,6 +13,8 @@
 //!
 //! - [`heartbeat`]: the worker that publishes a node's closed timestamp, moves its clock past
 //!   the region's, and fences the nodes that stopped beating.
+//! - [`keys`]: the per-key row a write transaction locks (its sequence number, and the time its
+//!   commit time must follow), so a key's versions order the same way on every node.
 //! - [`leases`]: replication jobs claimed by lease (`FOR UPDATE SKIP LOCKED`), renewed, and
 //!   completed only under the claimer's token.
 //!
@@ -40,6 +42,7 @@
 
 pub mod heartbeat;
 pub mod intents;
+pub mod keys;
 pub mod leases;
 pub mod nodes;
 #[cfg(any(test, feature = "testing"))]
