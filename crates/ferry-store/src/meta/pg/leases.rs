@@ -239,6 +239,39 @@ mod tests {
         assert!(complete(&**c, id, holder.token).await.unwrap());
     }
 
+    /// A node holding a hundred leases stops; once another node fences it, its jobs are
+    /// claimable at once (not after the lease time), and its late completions change nothing.
+    #[tokio::test]
+    async fn a_fenced_nodes_leases_are_taken_over_at_once() {
+        let Some((_pg, meta)) = open().await else { return };
+        let mut pooled = meta.client().await.unwrap();
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        super::super::nodes::join(c, "a", 1, 1_000).await.unwrap();
+        super::super::nodes::join(c, "b", 1, 1_000).await.unwrap();
+        for i in 0..100 {
+            job(&*c, &format!("k{i:03}"), 1).await;
+        }
+        let held = claim(&*c, "eu", "d", "a", 2_000, 600_000_000, 1_000).await.unwrap();
+        assert_eq!(held.len(), 100);
+        assert!(
+            claim(&*c, "eu", "d", "b", 3_000, 600_000_000, 1_000).await.unwrap().is_empty(),
+            "a holds them"
+        );
+        assert!(super::super::nodes::fence(c, "a", 5_000).await.unwrap());
+        let taken = claim(&*c, "eu", "d", "b", 6_000, 600_000_000, 1_000).await.unwrap();
+        assert_eq!(ids(&taken), ids(&held), "every job taken over, long before a's leases would have expired");
+        for j in &held {
+            assert!(
+                !complete(&*c, j.id, j.token).await.unwrap(),
+                "a's late completion of {} changes nothing",
+                j.id
+            );
+        }
+        for j in &taken {
+            assert!(complete(&*c, j.id, j.token).await.unwrap());
+        }
+    }
+
     /// Renewal keeps a lease past its first expiry; a failure gives the job back, due later.
     #[tokio::test]
     async fn renewed_leases_hold_and_failed_jobs_come_back_when_due() {

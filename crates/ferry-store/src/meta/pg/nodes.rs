@@ -17,9 +17,9 @@
 //!    locks the clock rows while it reads them), so no T already reported is undercut.
 //!
 //! # Crash behaviour
-//! A node that dies leaves its rows: its clock row holds the watermark back and its slots stay
-//! at its epoch, until another node fences it ([`fence`], once its heartbeat is older than the
-//! timeout). A node restarted with the same id joins with a new epoch, which fences its
+//! A node that dies leaves its rows: its clock row holds the watermark back, its slots stay
+//! at its epoch and its job leases stand, until another node fences it ([`fence`], once its
+//! heartbeat is older than the timeout), which frees them all. A node restarted with the same id joins with a new epoch, which fences its
 //! previous life.
 
 use tokio_postgres::GenericClient;
@@ -137,8 +137,8 @@ pub async fn committed_clock(client: &impl GenericClient) -> Result<Option<i64>>
 }
 
 /// Fences node `id` if its last heartbeat is older than `stale_before_us`: bumps its epoch and
-/// its slots' (waiting for its open transactions to end), marks it gone and removes its clock
-/// row. Returns whether it was fenced.
+/// its slots' (waiting for its open transactions to end), marks it gone, removes its clock row
+/// and frees its job leases. Returns whether it was fenced.
 ///
 /// # Errors
 /// Database errors.
@@ -157,6 +157,14 @@ pub async fn fence(client: &mut tokio_postgres::Client, id: &str, stale_before_u
     tx.execute("UPDATE node_slots SET epoch = epoch + 1 WHERE node_id = $1", &[&id]).await.map_err(pg)?;
     tx.execute("UPDATE nodes SET epoch = epoch + 1, state = 'gone' WHERE node_id = $1", &[&id]).await.map_err(pg)?;
     tx.execute("DELETE FROM node_clocks WHERE node_id = $1", &[&id]).await.map_err(pg)?;
+    // Its job leases are free at once (failover in one heartbeat timeout, not a lease TTL);
+    // a late completion under its old tokens matches nothing.
+    tx.execute(
+        "UPDATE repl_jobs SET lease_owner = NULL, lease_token = NULL, lease_until_us = NULL WHERE lease_owner = $1",
+        &[&id],
+    )
+    .await
+    .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(true)
 }
