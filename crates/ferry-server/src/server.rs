@@ -174,8 +174,9 @@ impl Server {
                     Some((cert, key)) => Some(crate::tls::acceptor(cert, key).context("[console] keys `tls_cert`, `tls_key`")?),
                     None => None,
                 };
-                let console = Arc::new(crate::console::Console::new(shown, peers, users.clone()).with_tls(tls.is_some()));
-                Some((addr, tls.is_some(), tokio::spawn(console.serve(listener, tls, stop.clone()))))
+                let console =
+                    Arc::new(crate::console::Console::new(shown, peers, users.clone(), stop.clone()).with_tls(tls.is_some()));
+                Some((addr, tls.is_some(), tokio::spawn(console.serve(listener, tls))))
             }
             None => None,
         };

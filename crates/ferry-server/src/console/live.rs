@@ -33,7 +33,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Console, ConsoleRegion, human, message, to_sign_in};
+use super::{Console, ConsoleRegion, human, message, no_such_bucket, to_sign_in};
 
 /// How often an open dashboard is refreshed.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -408,7 +408,7 @@ struct Sent {
 pub async fn stream(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region, name)): Path<(String, String)>) -> Response {
     let Some((id, s)) = c.session(&headers) else { return to_sign_in() };
     if super::replication::owned(&c, &s, &region, &name).await.is_none() {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+        return no_such_bucket();
     }
     if c.live.streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
         c.live.streams.fetch_sub(1, Ordering::Relaxed);
@@ -421,7 +421,7 @@ pub async fn stream(State(c): State<Arc<Console>>, headers: HeaderMap, Path((reg
             // A stopping console ends its streams, so its connections close at once.
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
-                () = c.closing.cancelled() => return None,
+                () = c.stop.cancelled() => return None,
             }
         }
         st.first = false;

@@ -85,25 +85,18 @@ pub struct Console {
     users: Arc<Users>,
     sessions: Sessions,
     live: live::Live,
-    /// Cancelled when the console stops: open dashboards end their streams.
-    closing: CancellationToken,
+    /// Cancelled when the console stops: its listener closes, open dashboards end their streams.
+    stop: CancellationToken,
     /// Served over TLS: cookies are `Secure`.
     secure: bool,
 }
 
 impl Console {
-    /// A console over `regions`, replicating to `peers`, signing in `users`' accounts.
+    /// A console over `regions`, replicating to `peers`, signing in `users`' accounts, until
+    /// `stop` is cancelled.
     #[must_use]
-    pub fn new(regions: Vec<ConsoleRegion>, peers: Vec<ConsolePeer>, users: Arc<Users>) -> Self {
-        Self {
-            regions,
-            peers,
-            users,
-            sessions: Sessions::default(),
-            live: live::Live::default(),
-            closing: CancellationToken::new(),
-            secure: false,
-        }
+    pub fn new(regions: Vec<ConsoleRegion>, peers: Vec<ConsolePeer>, users: Arc<Users>, stop: CancellationToken) -> Self {
+        Self { regions, peers, users, sessions: Sessions::default(), live: live::Live::default(), stop, secure: false }
     }
 
     /// Marks the console as served over TLS: its cookies are `Secure`.
@@ -113,15 +106,10 @@ impl Console {
         self
     }
 
-    /// Serves the console on `listener` (over TLS with `tls`) until `stop` is cancelled.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, stop: CancellationToken) {
+    /// Serves the console on `listener` (over TLS with `tls`) until its stop token is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let stop = self.stop.clone();
         tokio::spawn(live::sampler(self.clone(), stop.clone()));
-        let closing = self.closing.clone();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            stopped.cancelled().await;
-            closing.cancel();
-        });
         let app = router(self);
         let grace = std::time::Duration::from_secs(5);
         crate::listen::serve(listener, tls, stop, grace, |peer| {
@@ -154,9 +142,13 @@ impl Console {
     /// An S3 client of `region` signing as the account `access_key`: the console's actions go
     /// through the S3 API's own authentication, permission and validation, like any client's.
     fn s3_as(&self, region: &ConsoleRegion, access_key: &str) -> Option<aws_sdk_s3::Client> {
+        self.client_as(&region.s3, access_key)
+    }
+
+    /// An S3 client of the endpoint `s` (its URL and trust) signing as the account `access_key`.
+    fn client_as(&self, s: &ClientSettings, access_key: &str) -> Option<aws_sdk_s3::Client> {
         let user = self.users.account(access_key)?;
-        let settings =
-            ClientSettings { access_key: user.access_key.clone(), secret_key: user.secret_key.clone(), ..region.s3.clone() };
+        let settings = ClientSettings { access_key: user.access_key.clone(), secret_key: user.secret_key.clone(), ..s.clone() };
         ferry_replication::client::config(&settings).ok().map(|c| aws_sdk_s3::Client::from_conf(c.build()))
     }
 }
@@ -223,6 +215,12 @@ struct Message<'a> {
 
 fn message(status: StatusCode, title: &str, text: &str) -> Response {
     page(&Message { title, text }, status)
+}
+
+/// The answer for a bucket that is missing or not the account's: the same, so a page does not
+/// tell which buckets exist.
+fn no_such_bucket() -> Response {
+    message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.")
 }
 
 fn to_sign_in() -> Response {
@@ -398,16 +396,16 @@ fn versioning(v: Versioning) -> &'static str {
     }
 }
 
-/// The rules of a bucket's stored configuration (none when it has none or it does not parse).
-fn rules_of(b: &BucketRecord) -> Vec<ferry_store::replication::Rule> {
-    b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).map(|c| c.rules).unwrap_or_default()
+/// A bucket's stored replication configuration (empty when it has none or it does not parse).
+fn stored_config(b: &BucketRecord) -> ReplicationConfig {
+    b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).unwrap_or_default()
 }
 
 /// The replication role of a bucket as far as this process knows: a source (it has rules), a
 /// destination (a rule of a bucket served here sends to it, or it accepts other accounts'
 /// replicas), both, or none. Sources in other processes are not known here.
 fn role(b: &BucketRecord, targeted: bool) -> String {
-    let source = !rules_of(b).is_empty();
+    let source = !stored_config(b).rules.is_empty();
     let destination = targeted || !b.replica_sources.is_empty();
     match (source, destination) {
         (true, true) => "source and destination",
@@ -448,7 +446,7 @@ async fn buckets_page(c: &Console, s: Session, status: StatusCode, error: Option
         all.extend(list.into_iter().map(|(usage, b)| (r.name.clone(), usage, b)));
     }
     let targets: std::collections::HashSet<(String, String)> =
-        all.iter().flat_map(|(_, _, b)| rules_of(b)).map(|r| (r.destination.peer, r.destination.bucket)).collect();
+        all.iter().flat_map(|(_, _, b)| stored_config(b).rules).map(|r| (r.destination.peer, r.destination.bucket)).collect();
     let rows = all
         .into_iter()
         .filter(|(_, _, b)| b.owner.id == owner)
@@ -490,13 +488,7 @@ fn checked(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<(String, Sess
 /// signing as its account.
 fn acting_in(c: &Console, headers: &HeaderMap, csrf: &str, region: &str) -> Result<aws_sdk_s3::Client, Box<Response>> {
     let (_, s) = checked(c, headers, csrf)?;
-    c.region(region).and_then(|r| c.s3_as(r, &s.access_key)).ok_or_else(|| {
-        Box::new(message(
-            StatusCode::NOT_FOUND,
-            "No such bucket",
-            "There is no such bucket in this region.",
-        ))
-    })
+    c.region(region).and_then(|r| c.s3_as(r, &s.access_key)).ok_or_else(|| Box::new(no_such_bucket()))
 }
 
 /// An S3 error as the console shows it: its code and message.
@@ -634,7 +626,7 @@ async fn bucket(State(c): State<Arc<Console>>, headers: HeaderMap, Path((region,
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
     // Only its owner sees a bucket here, as ListBuckets shows only one's own.
     let Some((r, b)) = replication::owned(&c, &s, &region, &name).await else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+        return no_such_bucket();
     };
     let rules = match bucket_progress(&r.store, &name, &region).await {
         Ok(p) => p
@@ -705,7 +697,7 @@ async fn objects_page(
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
     let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+        return no_such_bucket();
     };
     match objects::listing(&client, &name, &q).await {
         Ok(listing) => page(&ObjectsPage { user: s.access_key, csrf: s.csrf, region, name, listing }, StatusCode::OK),

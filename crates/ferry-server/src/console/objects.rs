@@ -25,7 +25,7 @@ use ferry_store::model::ReplStatus;
 use futures::StreamExt as _;
 use serde::Deserialize;
 
-use super::{Console, enc, human, message, page, s3_error, to_sign_in};
+use super::{Console, enc, human, message, no_such_bucket, page, s3_error, to_sign_in};
 
 /// Objects listed per page.
 const OBJECTS_PAGE: i32 = 100;
@@ -135,7 +135,7 @@ pub(super) async fn download(
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
     let Some(client) = c.region(&region).and_then(|r| c.s3_as(r, &s.access_key)) else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+        return no_such_bucket();
     };
     let got = client.get_object().bucket(&name).key(&q.key).set_version_id(q.version.clone()).send().await;
     let out = match got {
@@ -366,7 +366,7 @@ pub(super) async fn versions(
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
     let Some(r) = c.region(&region) else {
-        return message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.");
+        return no_such_bucket();
     };
     let Some(client) = c.s3_as(r, &s.access_key) else { return to_sign_in() };
     let listed = client

@@ -30,7 +30,9 @@ use serde::Deserialize;
 
 use super::live::{self, VerifyRun};
 use super::session::Session;
-use super::{Console, ConsolePeer, ConsoleRegion, checked, enc, message, page, s3_error, to_sign_in};
+use super::{
+    Console, ConsolePeer, ConsoleRegion, checked, enc, message, no_such_bucket, page, s3_error, stored_config, to_sign_in,
+};
 use crate::cli::admin_client::AdminClient;
 use crate::cli::client::Endpoint;
 
@@ -53,10 +55,6 @@ pub(super) async fn owned<'c>(
     (b.owner.id == owner).then_some((r, b))
 }
 
-fn missing() -> Response {
-    message(StatusCode::NOT_FOUND, "No such bucket", "There is no such bucket in this region.")
-}
-
 /// For a state change on a bucket: the session (its CSRF token checked), and the bucket with
 /// its region when the account owns it.
 async fn acting_on<'c>(
@@ -67,7 +65,7 @@ async fn acting_on<'c>(
     name: &str,
 ) -> Result<(Session, &'c ConsoleRegion, BucketRecord), Box<Response>> {
     let (_, s) = checked(c, headers, csrf)?;
-    let (r, b) = owned(c, &s, region, name).await.ok_or_else(|| Box::new(missing()))?;
+    let (r, b) = owned(c, &s, region, name).await.ok_or_else(|| Box::new(no_such_bucket()))?;
     Ok((s, r, b))
 }
 
@@ -249,10 +247,6 @@ fn replaced(current: &ReplicationConfig, original: &str, rules: Vec<Rule>) -> Re
     ReplicationConfig { role: current.role.clone(), rules: out }
 }
 
-fn current(b: &BucketRecord) -> ReplicationConfig {
-    b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).unwrap_or_default()
-}
-
 /// One pre-flight check: what, whether it passed, and what to do when not.
 pub(super) struct Check {
     what: String,
@@ -274,13 +268,7 @@ fn peer_as(c: &Console, p: &ConsolePeer, access_key: &str) -> Option<aws_sdk_s3:
     if !p.ferry {
         return None;
     }
-    let user = c.users.account(access_key)?;
-    let settings = ferry_replication::client::ClientSettings {
-        access_key: user.access_key.clone(),
-        secret_key: user.secret_key.clone(),
-        ..p.s3.clone()
-    };
-    ferry_replication::client::config(&settings).ok().map(|c| aws_sdk_s3::Client::from_conf(c.build()))
+    c.client_as(&p.s3, access_key)
 }
 
 /// The pre-flight checks of a form, before `Save`: the source is versioned; the destination
@@ -433,14 +421,14 @@ pub(super) async fn view(
     Query(q): Query<NoticeQuery>,
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
-    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return missing() };
+    let Some((r, b)) = owned(&c, &s, &region, &name).await else { return no_such_bucket() };
     let (progress, failures, charts) = live::render(&c, r, &name, &s.csrf).await.unwrap_or_default();
     page(
         &ReplicationPage {
             user: s.access_key,
             csrf: s.csrf,
             versioned: b.versioning == Versioning::Enabled,
-            rules: rule_rows(&current(&b)),
+            rules: rule_rows(&stored_config(&b)),
             region,
             name,
             progress,
@@ -491,7 +479,7 @@ async fn preview_of(c: &Console, s: &Session, r: &ConsoleRegion, b: &BucketRecor
         Ok(rules) => rules,
         Err(why) => return Preview { checks: Vec::new(), xml: String::new(), error: Some(why) },
     };
-    let cfg = replaced(&current(b), &f.original, rules);
+    let cfg = replaced(&stored_config(b), &f.original, rules);
     let mut checks = preflight(c, s, b, f).await;
     let creating = f.create_dest.is_some() && checks.iter().any(|c| c.detail.starts_with("will be created"));
     if checks.iter().all(|c| c.ok) && !creating {
@@ -563,8 +551,8 @@ pub(super) async fn wizard(
     Query(q): Query<RuleQuery>,
 ) -> Response {
     let Some((_, s)) = c.session(&headers) else { return to_sign_in() };
-    let Some((_, b)) = owned(&c, &s, &region, &name).await else { return missing() };
-    let cfg = current(&b);
+    let Some((_, b)) = owned(&c, &s, &region, &name).await else { return no_such_bucket() };
+    let cfg = stored_config(&b);
     let form = match q.rule {
         Some(id) => {
             let members: Vec<&Rule> = cfg.rules.iter().filter(|r| group_of(&r.id) == id).collect();
@@ -680,7 +668,7 @@ pub(super) async fn save(
         let why = "A pre-flight check failed: see below.".to_owned();
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
     }
-    let cfg = replaced(&current(&b), &f.original, rules);
+    let cfg = replaced(&stored_config(&b), &f.original, rules);
     if let Err(why) = put_config(&c, r, &s, &name, &cfg, false).await {
         let why = format!("Not saved: {why}");
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
@@ -709,7 +697,7 @@ pub(super) async fn rule_action(
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let mut cfg = current(&b);
+    let mut cfg = stored_config(&b);
     if !cfg.rules.iter().any(|r| group_of(&r.id) == f.rule) {
         return message(StatusCode::NOT_FOUND, "No such rule", "This bucket has no such rule.");
     }
@@ -781,7 +769,7 @@ pub(super) async fn verify(
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let members: Vec<String> = current(&b).rules.into_iter().filter(|r| group_of(&r.id) == f.rule).map(|r| r.id).collect();
+    let members: Vec<String> = stored_config(&b).rules.into_iter().filter(|r| group_of(&r.id) == f.rule).map(|r| r.id).collect();
     if members.is_empty() {
         return message(StatusCode::NOT_FOUND, "No such rule", "This bucket has no such rule.");
     }

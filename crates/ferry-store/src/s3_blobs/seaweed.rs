@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::meta::pg::test_cluster::free_port;
+
 pub const ACCESS_KEY: &str = "AKIASEAWEEDTEST0";
 pub const SECRET_KEY: &str = "seaweed-test-secret";
 
@@ -25,10 +27,6 @@ pub struct Seaweed {
     pub volumes: Vec<(u16, Child)>,
     others: Vec<Child>,
     pub s3_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn weed_binary() -> Option<PathBuf> {
