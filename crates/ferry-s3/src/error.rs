@@ -38,6 +38,10 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
                 s3_error!(IncompleteBody, "The request body could not be read: {other}")
             }
         },
+        E::Busy(m) => {
+            tracing::info!(error = %m, "metadata transaction given up, client asked to retry");
+            s3_error!(SlowDown, "The region is busy with this key; please retry.")
+        }
         other if other.is_storage_full() => {
             tracing::error!(error = %other, "the disk is full");
             crate::dto::custom_error(

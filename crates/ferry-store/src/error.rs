@@ -44,6 +44,10 @@ pub enum Error {
     UnknownFormat { what: &'static str, value: String },
     #[error("metadata store is shut down")]
     Closed,
+    /// The metadata database gave up a transaction that may succeed if tried again (a
+    /// deadlock or a serialization failure between nodes of a region).
+    #[error("busy, try again: {0}")]
+    Busy(String),
     /// No space left for the database or a blob (the cause, as text: a failed commit is
     /// reported to every transaction of its batch).
     #[error("no space left on the disk: {0}")]

@@ -14,23 +14,27 @@ use crate::meta::{MetaStore, VersionCursor, WriteTx};
 use crate::model::*;
 use crate::replication::{Backfill, BackfillState, JobOp, JobOptions, JobState, NewJob, StatusFilter};
 
-/// Expands into the conformance tests for the backend `$open`, an expression of type
-/// `fn(&Path) -> impl MetaStore` (the same path opens the same database again).
+/// Expands into the conformance tests for a backend: `fixture` is made once per test (`None`:
+/// the backend's server is not installed, the test is skipped), and `open(&fixture)` gives an
+/// async closure from a database directory to the store (the same directory opens the same
+/// database again).
 macro_rules! conformance_tests {
-    ($open:expr) => {
-        $crate::meta::conformance::conformance_tests!(@cases $open;
+    (fixture: $fixture:expr, open: $open:expr) => {
+        $crate::meta::conformance::conformance_tests!(@cases $fixture, $open;
             a_failed_closure_rolls_back_alone, the_commit_clock_only_moves_forward, keys_sort_bytewise,
             versions_order_by_time_then_id, version_scans_resume_after_their_cursor, uploads_and_parts,
             released_blobs_become_garbage_when_due, jobs_of_a_key_run_one_at_a_time, job_counters_follow_their_states,
             a_live_job_promotes_waiting_backfill_jobs, deliveries_go_with_their_version, a_replica_keeps_its_status,
             backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions);
     };
-    (@cases $open:expr; $($case:ident),* $(,)?) => {
+    (@cases $fixture:expr, $open:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $case() {
                 let dir = tempfile::tempdir().unwrap();
-                $crate::meta::conformance::$case(dir.path(), $open).await;
+                let Some(fixture) = $fixture else { return };
+                let open = ($open)(&fixture);
+                $crate::meta::conformance::$case(dir.path(), open).await;
             }
         )*
     };
@@ -99,8 +103,8 @@ async fn with_bucket<M: MetaStore>(meta: &M) {
 
 /// Closures queued together commit together, but one that fails leaves no trace: neither its
 /// rows nor its on-commit hooks. A write acknowledged is visible to every later read.
-pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (f1, f2) = (fired.clone(), fired.clone());
@@ -161,8 +165,8 @@ pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, 
 
 /// Commit times increase strictly, across batches and across a reopen; observing a later time
 /// moves the clock past it; the committed clock a snapshot reports covers every commit it sees.
-pub(crate) async fn the_commit_clock_only_moves_forward<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn the_commit_clock_only_moves_forward<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     let a = meta.write(|tx| Ok((tx.now(), tx.now()))).await.unwrap();
     assert!(a.1 > a.0);
     let far = a.1 + 60_000_000;
@@ -176,14 +180,14 @@ pub(crate) async fn the_commit_clock_only_moves_forward<M: MetaStore>(dir: &Path
     assert!(b > far, "observed times are passed");
     assert!(meta.read(|r| r.committed_clock()).await.unwrap() >= b);
     drop(meta);
-    let meta = open(dir);
+    let meta = open(dir).await;
     let c = meta.write(|tx| Ok(tx.now())).await.unwrap();
     assert!(c > b, "the clock survives a reopen");
 }
 
 /// Keys compare as bytes (S3 order), not as text in some collation.
-pub(crate) async fn keys_sort_bytewise<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn keys_sort_bytewise<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     let keys = ["a", "a/b", "a0", "B", "é", "z", "a\u{1}", "\u{10000}"];
     meta.write(move |tx| {
@@ -203,8 +207,8 @@ pub(crate) async fn keys_sort_bytewise<M: MetaStore>(dir: &Path, open: impl Fn(&
 }
 
 /// The latest version of a key is the newest by (time, version id); delete markers count.
-pub(crate) async fn versions_order_by_time_then_id<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn versions_order_by_time_then_id<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     meta.write(|tx| {
         put(tx, &version("k", "v2", 20))?;
@@ -243,8 +247,8 @@ pub(crate) async fn versions_order_by_time_then_id<M: MetaStore>(dir: &Path, ope
 
 /// A version scan lists (key, newest first) and resumes strictly after its cursor, within a
 /// key or after it.
-pub(crate) async fn version_scans_resume_after_their_cursor<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn version_scans_resume_after_their_cursor<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     meta.write(|tx| {
         for (k, v, t) in [("a", "v1", 1), ("a", "v2", 2), ("a", "v3", 3), ("b", "v1", 1), ("c", "v1", 1)] {
@@ -266,8 +270,8 @@ pub(crate) async fn version_scans_resume_after_their_cursor<M: MetaStore>(dir: &
 
 /// Uploads list by (key, initiation); a part put again returns the part it replaced; taking
 /// an upload's parts removes them.
-pub(crate) async fn uploads_and_parts<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn uploads_and_parts<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     let upload = |id: &str, key: &str, t: i64| UploadRecord {
         upload_id: id.into(),
@@ -310,8 +314,8 @@ pub(crate) async fn uploads_and_parts<M: MetaStore>(dir: &Path, open: impl Fn(&P
 }
 
 /// A referenced blob is live; released, it is garbage from its due time on, until forgotten.
-pub(crate) async fn released_blobs_become_garbage_when_due<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn released_blobs_become_garbage_when_due<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     meta.write(|tx| tx.add_blob("b1")).await.unwrap();
     assert!(meta.read(|r| r.blob_is_live("b1")).await.unwrap());
     meta.write(|tx| tx.release_blob("b1", 1_000)).await.unwrap();
@@ -324,8 +328,8 @@ pub(crate) async fn released_blobs_become_garbage_when_due<M: MetaStore>(dir: &P
 
 /// Per destination and key, only the oldest pending job is runnable; deleting or failing it
 /// lets the next one run; a failed job does not hold the key; other keys are independent.
-pub(crate) async fn jobs_of_a_key_run_one_at_a_time<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn jobs_of_a_key_run_one_at_a_time<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     let opts = JobOptions::default();
     let (j1, j2, j3, other) = meta
         .write(move |tx| {
@@ -386,8 +390,8 @@ pub(crate) async fn jobs_of_a_key_run_one_at_a_time<M: MetaStore>(dir: &Path, op
 
 /// Per-destination counters follow every state change, and keep the last error while there
 /// is something pending or failed.
-pub(crate) async fn job_counters_follow_their_states<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn job_counters_follow_their_states<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     let opts = JobOptions::default();
     let (a, b) = meta
         .write(move |tx| Ok((tx.insert_job(&job("k", "v1", &opts, None))?, tx.insert_job(&job("j", "v1", &opts, None))?)))
@@ -423,8 +427,8 @@ pub(crate) async fn job_counters_follow_their_states<M: MetaStore>(dir: &Path, o
 
 /// A live job recorded behind backfill jobs of its key lifts them to live priority, so it is
 /// not held back until every other live job has run.
-pub(crate) async fn a_live_job_promotes_waiting_backfill_jobs<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn a_live_job_promotes_waiting_backfill_jobs<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     let backfill = meta.write(|tx| tx.insert_job(&job("k", "v1", &JobOptions::default(), Some(7)))).await.unwrap();
     let at = |priority| meta.read(move |r| Ok(r.runnable_jobs("eu", "d", priority, i64::MAX, &[], 10)?.len()));
     assert_eq!((at(0).await.unwrap(), at(1).await.unwrap()), (0, 1));
@@ -442,8 +446,8 @@ pub(crate) async fn a_live_job_promotes_waiting_backfill_jobs<M: MetaStore>(dir:
 }
 
 /// Delivery records are per (version, destination) and go when the version's row goes.
-pub(crate) async fn deliveries_go_with_their_version<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn deliveries_go_with_their_version<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     meta.write(|tx| {
         put(tx, &version("k", "v1", 10))?;
@@ -470,8 +474,8 @@ pub(crate) async fn deliveries_go_with_their_version<M: MetaStore>(dir: &Path, o
 }
 
 /// Setting a status never overwrites REPLICA.
-pub(crate) async fn a_replica_keeps_its_status<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn a_replica_keeps_its_status<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     meta.write(|tx| {
         let mut v = version("k", "v1", 10);
@@ -490,8 +494,8 @@ pub(crate) async fn a_replica_keeps_its_status<M: MetaStore>(dir: &Path, open: i
 
 /// A backfill is stored as given, except that its done and failed counters (which
 /// completions add to concurrently) never go back.
-pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     let mut b = Backfill {
         id: 0,
         bucket: "b".into(),
@@ -536,8 +540,8 @@ pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, op
 }
 
 /// Events list newest first, by rule and by kind prefix (taken literally, not as a pattern).
-pub(crate) async fn events_filter_by_rule_and_kind<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn events_filter_by_rule_and_kind<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     meta.write(|tx| {
         tx.add_event(1, "b", "r1", "VerifyClean", "")?;
         tx.add_event(2, "b", "r2", "Verify_Found", "")?;
@@ -561,8 +565,8 @@ pub(crate) async fn events_filter_by_rule_and_kind<M: MetaStore>(dir: &Path, ope
 
 /// A bucket's usage counts its versions that are not delete markers, and their bytes, as they
 /// are added and removed (and a rolled-back write changes nothing); a deleted bucket's goes.
-pub(crate) async fn bucket_usage_follows_its_versions<M: MetaStore>(dir: &Path, open: impl Fn(&Path) -> M) {
-    let meta = open(dir);
+pub(crate) async fn bucket_usage_follows_its_versions<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
     with_bucket(&meta).await;
     assert_eq!(meta.read(|r| r.bucket_usage("b")).await.unwrap(), BucketUsage::default());
     meta.write(|tx| {

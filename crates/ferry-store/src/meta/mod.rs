@@ -21,8 +21,9 @@
 //! snapshot ([`ReadTx`]); a read started after a write was acknowledged sees that write.
 //!
 //! # Backends
-//! SQLite ([`sqlite`]) is the embedded backend; PostgreSQL ([`pg`]), for regions of several
-//! nodes, is being built (connection, durability check and schema so far). The traits hold no SQLite types and backends
+//! SQLite ([`sqlite`]) is the embedded backend; PostgreSQL ([`pg`]) is for regions of several
+//! nodes (one transaction per closure, no group commit: concurrency comes from several
+//! connections and nodes). Row readers are shared (`rows.rs`). The traits hold no SQLite types and backends
 //! hold no domain decisions (when to wake workers, what a status becomes, which clock an event
 //! takes, how long garbage waits): those live in the domain modules, so a second backend
 //! implements storage only. The conformance suite (`conformance.rs`) pins the contract.
@@ -30,6 +31,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod pg;
+mod rows;
 pub mod sqlite;
 
 use crate::error::Result;

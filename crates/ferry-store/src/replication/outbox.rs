@@ -153,6 +153,33 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job with every field empty (backends fill in what a query needs).
+    pub(crate) fn blank() -> Self {
+        Self {
+            id: 0,
+            bucket: String::new(),
+            key: String::new(),
+            version_id: String::new(),
+            op: JobOp::Put,
+            peer: String::new(),
+            dest_bucket: String::new(),
+            rule_id: String::new(),
+            opts: JobOptions::default(),
+            created_us: 0,
+            size: 0,
+            state: JobState::Pending,
+            live: true,
+            attempts: 0,
+            next_attempt_us: 0,
+            since_us: None,
+            last_error: None,
+            progress: None,
+            backfill_id: None,
+        }
+    }
+}
+
+impl Job {
     /// The destination's name, `peer/bucket`.
     #[must_use]
     pub fn dest(&self) -> String {

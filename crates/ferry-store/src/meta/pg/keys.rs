@@ -21,20 +21,21 @@ pub struct KeyHead {
     pub latest_mtime_us: i64,
 }
 
+/// Locks a key's row (`$1` bucket, `$2` key) and takes its next sequence number; returns the
+/// number and the key's latest version time.
+pub(super) const LOCK_KEY_SQL: &str = "INSERT INTO key_heads (bucket, key, seq, latest_mtime_us) VALUES ($1, $2, 1, 0) \
+     ON CONFLICT (bucket, key) DO UPDATE SET seq = key_heads.seq + 1 RETURNING seq, latest_mtime_us";
+
+/// Records the time (`$3`) of the key's new latest version.
+pub(super) const SET_LATEST_SQL: &str =
+    "UPDATE key_heads SET latest_mtime_us = GREATEST(latest_mtime_us, $3) WHERE bucket = $1 AND key = $2";
+
 /// Locks `key` of `bucket` for the enclosing transaction and takes its next sequence number.
 ///
 /// # Errors
 /// Database errors.
 pub async fn lock_key(tx: &impl GenericClient, bucket: &str, key: &[u8]) -> Result<KeyHead> {
-    let row = tx
-        .query_one(
-            "INSERT INTO key_heads (bucket, key, seq, latest_mtime_us) VALUES ($1, $2, 1, 0)
-             ON CONFLICT (bucket, key) DO UPDATE SET seq = key_heads.seq + 1
-             RETURNING seq, latest_mtime_us",
-            &[&bucket, &key],
-        )
-        .await
-        .map_err(pg)?;
+    let row = tx.query_one(LOCK_KEY_SQL, &[&bucket, &key]).await.map_err(pg)?;
     Ok(KeyHead { seq: row.get(0), latest_mtime_us: row.get(1) })
 }
 
@@ -44,12 +45,7 @@ pub async fn lock_key(tx: &impl GenericClient, bucket: &str, key: &[u8]) -> Resu
 /// # Errors
 /// Database errors.
 pub async fn set_latest(tx: &impl GenericClient, bucket: &str, key: &[u8], mtime_us: i64) -> Result<()> {
-    tx.execute(
-        "UPDATE key_heads SET latest_mtime_us = GREATEST(latest_mtime_us, $3) WHERE bucket = $1 AND key = $2",
-        &[&bucket, &key, &mtime_us],
-    )
-    .await
-    .map_err(pg)?;
+    tx.execute(SET_LATEST_SQL, &[&bucket, &key, &mtime_us]).await.map_err(pg)?;
     Ok(())
 }
 

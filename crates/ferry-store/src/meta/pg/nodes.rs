@@ -14,7 +14,10 @@
 //!    nodes that have a row: a node that stopped heartbeating holds it back (late, never
 //!    wrong) until it is fenced and its row removed.
 //! 4. A joining node's times start above every closed timestamp published so far (the join
-//!    locks the clock rows while it reads them), so no T already reported is undercut.
+//!    locks the clock rows while it reads them), so no T already reported is undercut, and
+//!    above every commit time an earlier life of the same node sealed (`node_slots.high_us`,
+//!    written by the last statement of each of its write transactions), so a node's times
+//!    keep increasing across a crash and restart.
 //!
 //! # Crash behaviour
 //! A node that dies leaves its rows: its clock row holds the watermark back, its slots stay
@@ -37,7 +40,7 @@ pub struct Node {
 }
 
 /// The answer to a node whose epoch is no longer current.
-fn fenced(id: &str) -> Error {
+pub(super) fn fenced(id: &str) -> Error {
     Error::Other(format!("node {id} was fenced by another node of the region: it must rejoin"))
 }
 
@@ -52,7 +55,10 @@ pub async fn join(client: &mut tokio_postgres::Client, id: &str, slots: i32, now
     // No node may advance its closed time while the floor is read (invariant 4).
     tx.query("SELECT node_id FROM node_clocks FOR UPDATE", &[]).await.map_err(pg)?;
     let max_closed: Option<i64> = tx.query_one("SELECT max(closed_us) FROM node_clocks", &[]).await.map_err(pg)?.get(0);
-    let floor = max_closed.map_or(now_us, |m| m.saturating_add(2).max(now_us));
+    // And above every time an earlier life of this node handed out (sealed with its commits).
+    let own_high: Option<i64> =
+        tx.query_one("SELECT max(high_us) FROM node_slots WHERE node_id = $1", &[&id]).await.map_err(pg)?.get(0);
+    let floor = max_closed.map_or(now_us, |m| m.saturating_add(2).max(now_us)).max(own_high.map_or(0, |h| h.saturating_add(1)));
     let epoch: i64 = tx
         .query_one(
             "INSERT INTO nodes (node_id, epoch, state, joined_us) VALUES ($1, 1, 'live', $2)

@@ -281,5 +281,8 @@ mod tests {
 
 #[cfg(test)]
 mod conformance {
-    crate::meta::conformance::conformance_tests!(|p: &std::path::Path| super::SqliteMeta::open(&p.join("meta.db"), None).unwrap());
+    crate::meta::conformance::conformance_tests!(
+        fixture: Some(()),
+        open: |_: &()| async |p: &std::path::Path| super::SqliteMeta::open(&p.join("meta.db"), None).unwrap()
+    );
 }

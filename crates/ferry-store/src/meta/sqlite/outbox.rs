@@ -18,7 +18,7 @@ use super::writer::SqliteWriteTx;
 use crate::error::{Error, Result};
 use crate::meta::{OutboxReads, OutboxWrites};
 use crate::model::FORMAT_VERSION;
-use crate::replication::{Backfill, DestStats, Event, Job, JobOp, JobOptions, JobState, NewJob};
+use crate::replication::{Backfill, DestStats, Event, Job, JobOptions, JobState, NewJob};
 
 /// Where `blocked` is in a row of `RETURNING {JOB_COLS}, blocked` (computed at build time:
 /// completing a job is on every delivery's path).
@@ -266,7 +266,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             key: n.key.to_owned(),
             peer: n.peer.to_owned(),
             dest_bucket: n.dest_bucket.to_owned(),
-            ..blank_job()
+            ..Job::blank()
         };
         let blocked = key_has_pending(conn, &probe, 0)?;
         if blocked && live {
@@ -311,7 +311,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             conn,
             &format!("DELETE FROM repl_jobs WHERE id = ?1 RETURNING {JOB_COLS}, blocked"),
             &[&id],
-            |r| Ok((rows::job(r)?, r.get::<_, i64>(BLOCKED_AFTER_JOB_COLS)? != 0)),
+            |r| Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
         match j.state {
@@ -463,28 +463,4 @@ fn unblock_next(conn: &Connection, j: &Job) -> Result<()> {
 
 fn blocked_of(conn: &Connection, id: i64) -> Result<bool> {
     Ok(conn.prepare_cached("SELECT blocked FROM repl_jobs WHERE id = ?1")?.query_row([id], |r| r.get::<_, i64>(0))? != 0)
-}
-
-fn blank_job() -> Job {
-    Job {
-        id: 0,
-        bucket: String::new(),
-        key: String::new(),
-        version_id: String::new(),
-        op: JobOp::Put,
-        peer: String::new(),
-        dest_bucket: String::new(),
-        rule_id: String::new(),
-        opts: JobOptions::default(),
-        created_us: 0,
-        size: 0,
-        state: JobState::Pending,
-        live: true,
-        attempts: 0,
-        next_attempt_us: 0,
-        since_us: None,
-        last_error: None,
-        progress: None,
-        backfill_id: None,
-    }
 }

@@ -1,155 +1,34 @@
-//! Rows to model types and back: the column list of each table next to the function that
-//! reads a row of it, by column name ([`col!`] finds a name's position in the list when the
-//! crate is built, so a list and its reader cannot drift apart, and reading costs no lookup). A value a
-//! reader does not know (a newer `fmt`, an unknown code, a negative size) is refused with
-//! [`Error::UnknownFormat`], never guessed.
+//! SQLite rows as [`Cells`] for the shared row readers ([`crate::meta::rows`]), and the two
+//! query helpers every SQLite read goes through (cached statements).
 
 use rusqlite::{Connection, Row};
 
-use crate::checksum::Algorithm;
-use crate::error::{Error, Result};
-use crate::model::*;
-use crate::replication::{Backfill, DestStats, Event, Job, JobOp, JobState};
+use crate::error::Result;
+pub(super) use crate::meta::rows::*;
 
-pub(super) const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication, replica_sources";
-pub(super) const VERSION_COLS: &str = "bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, \
-                                       owner, repl_status, parts, multipart, attrs, inline_data";
-/// What listings read of a version (never its inline body).
-pub(super) const LIST_COLS: &str = "key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, owner, attrs";
-pub(super) const UPLOAD_COLS: &str = "upload_id, fmt, bucket, key, initiated_us, owner, storage_class, checksum_algorithm, attrs";
-pub(super) const PART_COLS: &str = "upload_id, part_number, fmt, mtime_us, part";
-pub(super) const JOB_COLS: &str = "id, fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
-                                   attempts, next_attempt_us, last_error, progress, backfill_id, live, since_us, opts";
-pub(super) const BACKFILL_COLS: &str = "id, fmt, bucket, rule_id, prefix, status_filter, older_than_us, state, cursor_key, \
-     cursor_mtime, cursor_vid, total_versions, total_bytes, scanned_versions, scanned_bytes, enqueued_versions, done_versions, \
-     done_bytes, failed_versions, created_us, updated_us, finished_us";
-pub(super) const DEST_COLS: &str = "peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error";
-pub(super) const EVENT_COLS: &str = "id, fmt, time_us, bucket, rule_id, kind, detail";
-
-/// The position of column `name` in the column list `cols`, for [`col!`]: evaluated when
-/// the crate is built, so a name missing from its list fails the build.
-pub(super) const fn col(cols: &str, name: &str) -> usize {
-    let (c, n) = (cols.as_bytes(), name.as_bytes());
-    let (mut i, mut index) = (0, 0);
-    loop {
-        while i < c.len() && c[i] == b' ' {
-            i += 1;
-        }
-        let start = i;
-        while i < c.len() && c[i] != b',' && c[i] != b' ' {
-            i += 1;
-        }
-        if i - start == n.len() {
-            let mut j = 0;
-            while j < n.len() && c[start + j] == n[j] {
-                j += 1;
-            }
-            if j == n.len() {
-                return index;
-            }
-        }
-        while i < c.len() && c[i] == b' ' {
-            i += 1;
-        }
-        assert!(i < c.len(), "no such column in the list");
-        i += 1;
-        index += 1;
+impl Cells for Row<'_> {
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?)
     }
-}
-
-/// How many columns a column list has.
-pub(super) const fn col_count(cols: &str) -> usize {
-    let c = cols.as_bytes();
-    let (mut i, mut n) = (0, 1);
-    while i < c.len() {
-        if c[i] == b',' {
-            n += 1;
-        }
-        i += 1;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.get(i)?)
     }
-    n
-}
-
-/// The index of column `$name` in the list `$cols`, computed at build time.
-macro_rules! col {
-    ($cols:expr, $name:literal) => {{
-        const I: usize = col($cols, $name);
-        I
-    }};
-}
-
-/// Where a version's listing fields are in a row of [`VERSION_COLS`] or [`LIST_COLS`].
-struct EntryCols {
-    fmt: usize,
-    key: usize,
-    version_id: usize,
-    mtime_us: usize,
-    is_latest: usize,
-    is_dm: usize,
-    size: usize,
-    etag: usize,
-    storage_class: usize,
-    owner: usize,
-}
-
-const fn entry_cols(cols: &str) -> EntryCols {
-    EntryCols {
-        fmt: col(cols, "fmt"),
-        key: col(cols, "key"),
-        version_id: col(cols, "version_id"),
-        mtime_us: col(cols, "mtime_us"),
-        is_latest: col(cols, "is_latest"),
-        is_dm: col(cols, "is_dm"),
-        size: col(cols, "size"),
-        etag: col(cols, "etag"),
-        storage_class: col(cols, "storage_class"),
-        owner: col(cols, "owner"),
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
     }
-}
-
-const VERSION_ENTRY: EntryCols = entry_cols(VERSION_COLS);
-const LIST_ENTRY: EntryCols = entry_cols(LIST_COLS);
-
-/// Refuses a row written in a newer format.
-fn check_fmt(r: &Row<'_>, fmt: usize) -> Result<()> {
-    let fmt: i64 = r.get(fmt)?;
-    if fmt > FORMAT_VERSION { Err(Error::unknown("record format", fmt)) } else { Ok(()) }
-}
-
-fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: usize) -> Result<T> {
-    Ok(serde_json::from_str(&r.get::<_, String>(col)?)?)
-}
-
-fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: usize) -> Result<Option<T>> {
-    r.get::<_, Option<String>>(col)?.map(|s| serde_json::from_str(&s)).transpose().map_err(Into::into)
-}
-
-fn flag(r: &Row<'_>, col: usize) -> Result<bool> {
-    Ok(r.get::<_, i64>(col)? != 0)
-}
-
-/// A count or size column (never negative in a database Ferry wrote).
-fn count(r: &Row<'_>, col: usize) -> Result<u64> {
-    to_u64(r.get(col)?)
-}
-
-/// A count read back (never negative in a database Ferry wrote).
-pub(super) fn to_u64(v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::unknown("negative count", v))
-}
-
-/// A key column: keys are stored as bytes (S3 order) and were valid UTF-8 when written.
-pub(super) fn key_string(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// A count to store (saturating: no count reaches `i64::MAX`).
-pub(super) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(super) fn limit_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        Ok(self.get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(i)?)
+    }
+    /// SQLite has no booleans: flags are 0 or 1.
+    fn flag(&self, i: usize) -> Result<bool> {
+        Ok(self.get::<_, i64>(i)? != 0)
+    }
 }
 
 /// Runs a cached query and maps every row.
@@ -157,7 +36,7 @@ pub(super) fn collect<T>(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-    f: fn(&Row<'_>) -> Result<T>,
+    f: fn(&dyn Cells) -> Result<T>,
 ) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
@@ -173,220 +52,9 @@ pub(super) fn first<T>(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-    f: fn(&Row<'_>) -> Result<T>,
+    f: fn(&dyn Cells) -> Result<T>,
 ) -> Result<Option<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
-    rows.next()?.map(f).transpose()
-}
-
-pub(super) fn bucket(r: &Row<'_>) -> Result<BucketRecord> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(BUCKET_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    Ok(BucketRecord {
-        name: r.get(c!("name"))?,
-        created_us: r.get(c!("created_us"))?,
-        owner: json(r, c!("owner"))?,
-        versioning: Versioning::try_from(r.get::<_, i64>(c!("versioning"))?)?,
-        acl: json(r, c!("acl"))?,
-        tagging: json_opt(r, c!("tagging"))?,
-        replication: r.get(c!("replication"))?,
-        replica_sources: json_opt(r, c!("replica_sources"))?.unwrap_or_default(),
-    })
-}
-
-pub(super) fn version(r: &Row<'_>) -> Result<VersionRecord> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(VERSION_COLS, $name)
-        };
-    }
-    let attrs: ObjectAttrs = json(r, c!("attrs"))?;
-    let e = entry(r, None, &VERSION_ENTRY)?;
-    let layout = match json_opt(r, c!("parts"))? {
-        Some(parts) => BodyLayout::Parts { parts, multipart: flag(r, c!("multipart"))? },
-        None => BodyLayout::Inline(r.get::<_, Option<Vec<u8>>>(c!("inline_data"))?.unwrap_or_default()),
-    };
-    let repl_status = match r.get::<_, Option<String>>(c!("repl_status"))? {
-        Some(s) => Some(ReplStatus::parse(&s).ok_or_else(|| Error::unknown("replication status", s))?),
-        None => None,
-    };
-    Ok(VersionRecord {
-        bucket: r.get(c!("bucket"))?,
-        key: e.key,
-        version_id: e.version_id,
-        mtime_us: e.mtime_us,
-        is_latest: e.is_latest,
-        delete_marker: e.delete_marker,
-        size: e.size,
-        etag: e.etag,
-        storage_class: e.storage_class,
-        owner: e.owner,
-        repl_status,
-        layout,
-        attrs,
-    })
-}
-
-/// What listings read of a version ([`LIST_COLS`]).
-pub(super) fn list_entry(r: &Row<'_>) -> Result<ListEntry> {
-    entry(r, Some(&json(r, col!(LIST_COLS, "attrs"))?), &LIST_ENTRY)
-}
-
-/// The listing fields of a version row; the checksum algorithms only when `attrs` is given (a
-/// whole version record does without them).
-fn entry(r: &Row<'_>, attrs: Option<&ObjectAttrs>, c: &EntryCols) -> Result<ListEntry> {
-    check_fmt(r, c.fmt)?;
-    Ok(ListEntry {
-        key: key_string(r.get(c.key)?),
-        version_id: r.get(c.version_id)?,
-        mtime_us: r.get(c.mtime_us)?,
-        is_latest: flag(r, c.is_latest)?,
-        delete_marker: flag(r, c.is_dm)?,
-        size: count(r, c.size)?,
-        etag: r.get(c.etag)?,
-        storage_class: r.get(c.storage_class)?,
-        owner: json(r, c.owner)?,
-        checksum_algorithms: attrs.map(|a| a.checksums.values.keys().copied().collect()).unwrap_or_default(),
-    })
-}
-
-pub(super) fn upload(r: &Row<'_>) -> Result<UploadRecord> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(UPLOAD_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    Ok(UploadRecord {
-        upload_id: r.get(c!("upload_id"))?,
-        bucket: r.get(c!("bucket"))?,
-        key: key_string(r.get(c!("key"))?),
-        initiated_us: r.get(c!("initiated_us"))?,
-        owner: json(r, c!("owner"))?,
-        storage_class: r.get(c!("storage_class"))?,
-        checksum_algorithm: match r.get::<_, Option<String>>(c!("checksum_algorithm"))? {
-            Some(a) => Some(Algorithm::parse(&a).ok_or_else(|| Error::unknown("checksum algorithm", a))?),
-            None => None,
-        },
-        attrs: json(r, c!("attrs"))?,
-    })
-}
-
-pub(super) fn part(r: &Row<'_>) -> Result<PartRecord> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(PART_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    let number: i64 = r.get(c!("part_number"))?;
-    Ok(PartRecord {
-        upload_id: r.get(c!("upload_id"))?,
-        part_number: u32::try_from(number).map_err(|_| Error::unknown("part number", number))?,
-        mtime_us: r.get(c!("mtime_us"))?,
-        part: json(r, c!("part"))?,
-    })
-}
-
-pub(super) fn job(r: &Row<'_>) -> Result<Job> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(JOB_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    Ok(Job {
-        id: r.get(c!("id"))?,
-        bucket: r.get(c!("bucket"))?,
-        key: key_string(r.get(c!("key"))?),
-        version_id: r.get(c!("version_id"))?,
-        op: JobOp::try_from(r.get::<_, i64>(c!("op"))?)?,
-        peer: r.get(c!("peer"))?,
-        dest_bucket: r.get(c!("dest_bucket"))?,
-        rule_id: r.get(c!("rule_id"))?,
-        created_us: r.get(c!("created_us"))?,
-        size: count(r, c!("size"))?,
-        state: JobState::try_from(r.get::<_, i64>(c!("state"))?)?,
-        attempts: u32::try_from(r.get::<_, i64>(c!("attempts"))?).unwrap_or(u32::MAX),
-        next_attempt_us: r.get(c!("next_attempt_us"))?,
-        last_error: r.get(c!("last_error"))?,
-        progress: r.get(c!("progress"))?,
-        backfill_id: r.get(c!("backfill_id"))?,
-        live: flag(r, c!("live"))?,
-        since_us: r.get(c!("since_us"))?,
-        opts: json_opt(r, c!("opts"))?.unwrap_or_default(),
-    })
-}
-
-pub(super) fn backfill(r: &Row<'_>) -> Result<Backfill> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(BACKFILL_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    let cursor_mtime: Option<i64> = r.get(c!("cursor_mtime"))?;
-    let cursor_vid: Option<String> = r.get(c!("cursor_vid"))?;
-    Ok(Backfill {
-        id: r.get(c!("id"))?,
-        bucket: r.get(c!("bucket"))?,
-        rule_id: r.get(c!("rule_id"))?,
-        prefix: r.get(c!("prefix"))?,
-        status_filter: r.get::<_, String>(c!("status_filter"))?.parse()?,
-        older_than_us: r.get(c!("older_than_us"))?,
-        state: r.get::<_, String>(c!("state"))?.parse()?,
-        cursor_key: r.get::<_, Option<Vec<u8>>>(c!("cursor_key"))?.map(key_string),
-        cursor_version: cursor_mtime.zip(cursor_vid),
-        total_versions: count(r, c!("total_versions"))?,
-        total_bytes: count(r, c!("total_bytes"))?,
-        scanned_versions: count(r, c!("scanned_versions"))?,
-        scanned_bytes: count(r, c!("scanned_bytes"))?,
-        enqueued_versions: count(r, c!("enqueued_versions"))?,
-        done_versions: count(r, c!("done_versions"))?,
-        done_bytes: count(r, c!("done_bytes"))?,
-        failed_versions: count(r, c!("failed_versions"))?,
-        created_us: r.get(c!("created_us"))?,
-        updated_us: r.get(c!("updated_us"))?,
-        finished_us: r.get(c!("finished_us"))?,
-    })
-}
-
-pub(super) fn event(r: &Row<'_>) -> Result<Event> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(EVENT_COLS, $name)
-        };
-    }
-    check_fmt(r, c!("fmt"))?;
-    Ok(Event {
-        id: r.get(c!("id"))?,
-        time_us: r.get(c!("time_us"))?,
-        bucket: r.get(c!("bucket"))?,
-        rule_id: r.get(c!("rule_id"))?,
-        kind: r.get(c!("kind"))?,
-        detail: r.get(c!("detail"))?,
-    })
-}
-
-/// A destination's counters (its oldest undelivered job is looked up separately).
-pub(super) fn dest_stats(r: &Row<'_>) -> Result<DestStats> {
-    macro_rules! c {
-        ($name:literal) => {
-            col!(DEST_COLS, $name)
-        };
-    }
-    Ok(DestStats {
-        peer: r.get(c!("peer"))?,
-        dest_bucket: r.get(c!("dest_bucket"))?,
-        pending_ops: count(r, c!("pending_ops"))?,
-        pending_bytes: count(r, c!("pending_bytes"))?,
-        failed_ops: count(r, c!("failed_ops"))?,
-        oldest_undelivered_us: None,
-        last_error: r.get(c!("last_error"))?,
-    })
+    rows.next()?.map(|r| f(r)).transpose()
 }

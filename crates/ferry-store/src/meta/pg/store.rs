@@ -1,0 +1,668 @@
+//! [`PgStore`]: the [`MetaStore`] of a node of a region on PostgreSQL.
+//!
+//! # How a closure runs
+//! The store's traits run closures synchronously. Each closure runs on a blocking thread,
+//! with a pooled tokio-postgres connection driven from that thread through the runtime's
+//! handle ([`SyncConn`]): one PostgreSQL transaction per closure (no savepoints), every
+//! statement prepared once per connection.
+//!
+//! A write transaction (READ COMMITTED):
+//! 1. reading or writing a key's versions or jobs first takes the key's `key_heads` row
+//!    ([`super::keys`]): writers of a key, on any node, take turns, and commit times handed
+//!    out after it follow the key's latest version whatever the nodes' clock skew;
+//! 2. commit times come from the node's [`NodeClock`], registered as in flight until the
+//!    transaction's outcome is known;
+//! 3. the last statement before `COMMIT` seals the node's writer slot
+//!    ([`super::nodes::Node::seal`]): it refuses a fenced node, and records the highest time
+//!    handed out, so a node restarted after a crash starts above it;
+//! 4. counters (bucket usage, per-destination figures) are appended as deltas, never updated
+//!    in place: two writers never wait for each other on a shared counter row (which would
+//!    also let them deadlock with the key rows). Reads sum them; [`PgStore::compact`] folds
+//!    them into their base rows now and then.
+//!
+//! A read runs in a REPEATABLE READ, read-only transaction (one snapshot). Its committed
+//! clock is the minimum of this node's closed timestamp, taken *before* the snapshot, and the
+//! other nodes' published ones, read in it: every commit at or below it is in the snapshot.
+//!
+//! # Crash behaviour
+//! A closure that fails rolls its transaction back, and its hooks are dropped. When the
+//! outcome of a `COMMIT` is unknown (the connection broke), the node waits for that
+//! transaction to end (it holds its slot's row lock) before its time leaves the in-flight
+//! set: the closed timestamp never passes a commit that could still appear. Deadlocks and
+//! serialization failures come back as [`Error::Busy`] (S3 clients retry a 503).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::Object;
+use ferry_core::sync::lock;
+use ferry_core::time::{NodeClock, now_micros};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::nodes::{self, Node};
+use super::{PgMeta, pg};
+use crate::error::{Error, Result};
+use crate::meta::rows::Cells;
+use crate::meta::{MetaStore, ReadTx, Signals, WriteTx};
+
+/// Deltas appended between two compactions of the counters (by one node).
+const COMPACT_EVERY: u64 = 512;
+
+/// A node's metadata store on PostgreSQL.
+pub struct PgStore {
+    meta: Arc<PgMeta>,
+    node: Node,
+    clock: Arc<Mutex<NodeClock>>,
+    /// Writer slots free (each a `node_slots` row); a write takes one for its transaction.
+    slots: Mutex<Vec<i32>>,
+    writers: tokio::sync::Semaphore,
+    readers: tokio::sync::Semaphore,
+    signals: Signals,
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// Settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// This node's name in the region (unique per running node).
+    pub node_id: String,
+    /// Write transactions at once (each holds a connection and a writer slot).
+    pub writers: usize,
+    /// Read transactions at once.
+    pub readers: usize,
+    /// Open even when the server's durability settings can lose acknowledged commits.
+    pub allow_unsafe: bool,
+}
+
+impl PgStore {
+    /// Connects, checks durability, creates the schema, and joins the region as
+    /// `options.node_id` (fencing an earlier life of that node).
+    ///
+    /// # Errors
+    /// See [`PgMeta::open`] and [`nodes::join`].
+    pub async fn open(url: &str, options: &PgOptions) -> Result<Self> {
+        let writers = options.writers.clamp(1, 64);
+        let readers = options.readers.max(1);
+        let meta = Arc::new(PgMeta::open(url, writers + readers + 2, options.allow_unsafe).await?);
+        let mut client = meta.client().await?;
+        let slots = i32::try_from(writers).unwrap_or(64);
+        let node = nodes::join(&mut client, &options.node_id, slots, now_micros()).await?;
+        drop(client);
+        Ok(Self {
+            clock: Arc::new(Mutex::new(NodeClock::new(node.floor))),
+            meta,
+            node,
+            slots: Mutex::new((0..slots).rev().collect()),
+            writers: tokio::sync::Semaphore::new(writers),
+            readers: tokio::sync::Semaphore::new(readers),
+            signals: Signals::default(),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The connection pool and durability settings.
+    #[must_use]
+    pub fn meta(&self) -> &Arc<PgMeta> {
+        &self.meta
+    }
+
+    /// This node's membership (id, epoch).
+    #[must_use]
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// This node's clock (the heartbeat publishes its closed timestamp).
+    #[must_use]
+    pub fn clock(&self) -> &Arc<Mutex<NodeClock>> {
+        &self.clock
+    }
+
+    /// Runs `f` in a write transaction; its result once the transaction committed.
+    ///
+    /// # Errors
+    /// `f`'s error; a fenced node; database errors ([`Error::Busy`] for a deadlock or a
+    /// serialization failure).
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        let _permit = self.writers.acquire().await.map_err(|_| Error::Closed)?;
+        let slot = lock(&self.slots).pop().ok_or(Error::Closed)?;
+        let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
+        let (node, clock, signals) = (self.node.clone(), self.clock.clone(), self.signals.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            let out = run_write(&conn, &node, slot, &clock, signals, f);
+            (out, conn)
+        })
+        .await;
+        lock(&self.slots).push(slot);
+        let (out, conn) = out.map_err(|e| Error::Other(format!("write task failed: {e}")))?;
+        let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if out.is_ok() && n % COMPACT_EVERY == COMPACT_EVERY - 1 {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = super::writes::compact(&conn) {
+                    tracing::warn!(error = %e, "compacting counters failed (tried again later)");
+                }
+            })
+            .await;
+        }
+        out
+    }
+
+    /// Runs `f` on one snapshot.
+    ///
+    /// # Errors
+    /// `f`'s error or a database error.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static,
+    {
+        let _permit = self.readers.acquire().await.map_err(|_| Error::Closed)?;
+        let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
+        let (node, clock) = (self.node.id.clone(), self.clock.clone());
+        tokio::task::spawn_blocking(move || {
+            // Before the snapshot: every commit of this node at or below it has ended.
+            let closed = lock(&clock).closed();
+            conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            let tx = PgTx::reader(&conn, &node, closed);
+            let out = f(&tx);
+            conn.batch("COMMIT")?;
+            out
+        })
+        .await
+        .map_err(|e| Error::Other(format!("read task failed: {e}")))?
+    }
+
+    /// Folds the counter deltas into their rows (also done every few hundred writes).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn compact(&self) -> Result<()> {
+        let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
+        tokio::task::spawn_blocking(move || super::writes::compact(&conn))
+            .await
+            .map_err(|e| Error::Other(format!("compaction task failed: {e}")))?
+    }
+}
+
+/// One write transaction, start to end, on a blocking thread.
+fn run_write<T>(
+    conn: &SyncConn,
+    node: &Node,
+    slot: i32,
+    clock: &Arc<Mutex<NodeClock>>,
+    signals: Signals,
+    f: impl FnOnce(&mut dyn WriteTx) -> Result<T>,
+) -> Result<T> {
+    conn.batch("BEGIN")?;
+    let mut tx = PgTx::writer(conn, &node.id, clock.clone(), signals);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut tx)))
+        .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into())));
+    let w = tx.write.take().unwrap_or_default();
+    let high = w.times.iter().copied().max().unwrap_or(0);
+    // Whether the transaction is known to have ended (its times may leave the in-flight set).
+    let mut ended = true;
+    let outcome = match out.and_then(|v| seal(conn, node, slot, high).map(|()| v)) {
+        Ok(v) => match conn.batch("COMMIT") {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                // Unknown outcome: wait for the transaction to end (it holds its slot's row
+                // lock) before its times leave the in-flight set. If even that fails, they
+                // stay: this node's closed timestamp stops until it restarts.
+                ended = wait_for_slot(conn, node, slot)
+                    .inspect_err(|w| {
+                        tracing::error!(error = %w, "could not wait for a commit of unknown outcome");
+                    })
+                    .is_ok();
+                Err(e)
+            }
+        },
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    };
+    if ended {
+        let mut c = lock(clock);
+        for t in &w.times {
+            c.end_commit(*t);
+        }
+    }
+    if outcome.is_ok() {
+        for hook in w.hooks {
+            hook();
+        }
+    }
+    outcome
+}
+
+/// The last statement of a write transaction: locks the node's writer slot, refuses a fenced
+/// node (its epoch moved on), and records the highest commit time handed out.
+fn seal(conn: &SyncConn, node: &Node, slot: i32, high_us: i64) -> Result<()> {
+    let n = conn.execute(
+        "UPDATE node_slots SET high_us = GREATEST(high_us, $4) WHERE node_id = $1 AND slot = $2 AND epoch = $3",
+        &[&node.id, &slot, &node.epoch, &high_us],
+    )?;
+    if n == 1 { Ok(()) } else { Err(nodes::fenced(&node.id)) }
+}
+
+/// Waits until no transaction holds the slot's row lock (on a fresh connection: the one whose
+/// commit failed may be broken).
+fn wait_for_slot(conn: &SyncConn, node: &Node, slot: i32) -> Result<()> {
+    conn.rt.block_on(async {
+        let (client, connection) = conn.config.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+        tokio::spawn(connection);
+        client
+            .execute("SELECT 1 FROM node_slots WHERE node_id = $1 AND slot = $2 FOR UPDATE", &[&node.id, &slot])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    })
+}
+
+/// A pooled connection used from a blocking thread: each statement is prepared once per
+/// connection and run through the runtime's handle.
+pub(super) struct SyncConn {
+    client: Object,
+    rt: tokio::runtime::Handle,
+    /// How to open a fresh connection to the same server.
+    config: Arc<tokio_postgres::Config>,
+}
+
+/// A statement's parameters.
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl SyncConn {
+    fn new(client: Object, config: Arc<tokio_postgres::Config>) -> Self {
+        Self { client, rt: tokio::runtime::Handle::current(), config }
+    }
+
+    pub(super) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.rt.block_on(async {
+            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
+            self.client.query(&stmt, params).await.map_err(db)
+        })
+    }
+
+    pub(super) fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        self.rt.block_on(async {
+            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
+            self.client.query_opt(&stmt, params).await.map_err(db)
+        })
+    }
+
+    pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64> {
+        self.rt.block_on(async {
+            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
+            self.client.execute(&stmt, params).await.map_err(db)
+        })
+    }
+
+    pub(super) fn batch(&self, sql: &str) -> Result<()> {
+        self.rt.block_on(self.client.batch_execute(sql)).map_err(db)
+    }
+}
+
+/// A database error as a store error: deadlocks and serialization failures are
+/// [`Error::Busy`] (try again), the rest internal.
+pub(super) fn db(e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => {
+            Error::Busy(format!("postgresql: {e}"))
+        }
+        Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(format!("postgresql: {e}")),
+        _ => pg(e),
+    }
+}
+
+impl Cells for Row {
+    fn int(&self, i: usize) -> Result<i64> {
+        self.try_get(i).map_err(pg)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        self.try_get(i).map_err(pg)
+    }
+    fn text(&self, i: usize) -> Result<String> {
+        self.try_get(i).map_err(pg)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        self.try_get(i).map_err(pg)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        self.try_get(i).map_err(pg)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        self.try_get(i).map_err(pg)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        self.try_get(i).map_err(pg)
+    }
+}
+
+/// What a write transaction keeps besides its connection.
+#[derive(Default)]
+pub(super) struct WriteState {
+    /// Commit times handed out (in flight until the transaction ends).
+    pub(super) times: Vec<i64>,
+    pub(super) hooks: Vec<Box<dyn FnOnce() + Send>>,
+    pub(super) once: Vec<&'static str>,
+    /// Keys whose `key_heads` row this transaction holds: their sequence number, and the
+    /// latest version time read when it was taken.
+    pub(super) keys: RefCell<HashMap<(String, Vec<u8>), super::keys::KeyHead>>,
+    /// Commit times must follow this (the latest time of every key held, and times observed).
+    pub(super) after: Cell<i64>,
+}
+
+/// A transaction: a read snapshot (`write` is `None`) or a write transaction.
+pub(super) struct PgTx<'a> {
+    pub(super) conn: &'a SyncConn,
+    pub(super) node_id: &'a str,
+    /// A read snapshot's own closed timestamp, taken before the snapshot.
+    pub(super) closed_before: Option<i64>,
+    pub(super) clock: Option<Arc<Mutex<NodeClock>>>,
+    pub(super) write: Option<WriteState>,
+    pub(super) signals: Signals,
+}
+
+impl<'a> PgTx<'a> {
+    fn reader(conn: &'a SyncConn, node_id: &'a str, closed: i64) -> Self {
+        Self { conn, node_id, closed_before: Some(closed), clock: None, write: None, signals: Signals::default() }
+    }
+
+    fn writer(conn: &'a SyncConn, node_id: &'a str, clock: Arc<Mutex<NodeClock>>, signals: Signals) -> Self {
+        Self { conn, node_id, closed_before: None, clock: Some(clock), write: Some(WriteState::default()), signals }
+    }
+}
+
+impl MetaStore for PgStore {
+    fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        PgStore::write(self, f)
+    }
+
+    fn read<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static,
+    {
+        PgStore::read(self, f)
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::nodes;
+    use super::super::test_cluster::TestCluster;
+    use super::*;
+    use crate::model::*;
+    use crate::replication::{JobOp, JobOptions, NewJob};
+
+    fn options(node: &str) -> PgOptions {
+        PgOptions { node_id: node.into(), writers: 4, readers: 4, allow_unsafe: false }
+    }
+
+    /// Two nodes of one region on one database.
+    async fn two_nodes() -> Option<(TestCluster, Arc<PgStore>, Arc<PgStore>)> {
+        let pg = TestCluster::start(&[])?;
+        let a = PgStore::open(&pg.url(), &options("a")).await.unwrap();
+        let b = PgStore::open(&pg.url(), &options("b")).await.unwrap();
+        a.write(|tx| tx.put_bucket(&bucket())).await.unwrap();
+        Some((pg, Arc::new(a), Arc::new(b)))
+    }
+
+    fn owner() -> Owner {
+        Owner { id: "u".into(), display_name: "u".into() }
+    }
+
+    fn bucket() -> BucketRecord {
+        BucketRecord {
+            name: "b".into(),
+            created_us: 1,
+            owner: owner(),
+            versioning: Versioning::Enabled,
+            acl: Acl::private(&owner()),
+            tagging: None,
+            replication: None,
+            replica_sources: Vec::new(),
+        }
+    }
+
+    fn version(key: &str, version_id: &str, mtime_us: i64) -> VersionRecord {
+        VersionRecord {
+            bucket: "b".into(),
+            key: key.into(),
+            version_id: version_id.into(),
+            mtime_us,
+            is_latest: false,
+            delete_marker: false,
+            size: 3,
+            etag: "e".into(),
+            storage_class: None,
+            owner: owner(),
+            repl_status: None,
+            layout: BodyLayout::Inline(b"abc".to_vec()),
+            attrs: ObjectAttrs::default(),
+        }
+    }
+
+    /// Writes a new version of `key` the way the object layer does: the key's latest first,
+    /// then a commit time.
+    async fn put_new(store: &PgStore, key: &'static str, vid: &'static str) -> i64 {
+        store
+            .write(move |tx| {
+                tx.get_latest("b", key)?;
+                let t = tx.now();
+                tx.put_version(&version(key, vid, t))?;
+                tx.refresh_latest("b", key)?;
+                Ok(t)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A key written on a node whose clock runs a minute ahead, then on another: the second
+    /// version still comes after the first (the key's row carries the latest time), and both
+    /// nodes see the same latest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_orders_by_time_across_nodes_whatever_their_clocks() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let ahead = now_micros() + 60_000_000;
+        lock(a.clock()).observe(ahead);
+        let t1 = put_new(&a, "k", "v1").await;
+        assert!(t1 > ahead);
+        let t2 = put_new(&b, "k", "v2").await;
+        assert!(t2 > t1, "b's version follows a's though b's clock is a minute behind");
+        for node in [&a, &b] {
+            let latest = node.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
+            assert_eq!((latest.version_id.as_str(), latest.is_latest), ("v2", true));
+        }
+    }
+
+    /// Once another node fenced it, a node's writes are refused at their last statement and
+    /// leave nothing; the other node goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_node_commits_nothing() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let mut client = b.meta().client().await.unwrap();
+        assert!(nodes::fence(&mut client, "a", i64::MAX).await.unwrap());
+        let err = a.write(|tx| tx.put_version(&version("late", "v1", 5))).await.expect_err("refused");
+        assert!(err.to_string().contains("fenced"), "{err}");
+        assert!(
+            b.read(|r| r.get_version("b", "late", "v1")).await.unwrap().is_none(),
+            "nothing of it stands"
+        );
+        put_new(&b, "k", "v1").await;
+    }
+
+    fn job<'a>(version_id: &'a str, opts: &'a JobOptions) -> NewJob<'a> {
+        NewJob {
+            bucket: "b",
+            key: "k",
+            version_id,
+            op: JobOp::Put,
+            peer: "eu",
+            dest_bucket: "d",
+            rule_id: "r",
+            opts,
+            created_us: 10,
+            size: 5,
+            backfill_id: None,
+        }
+    }
+
+    /// One node records jobs of a key while the other completes the runnable one, at the same
+    /// time: whatever the interleaving, exactly one of the key's pending jobs stays runnable,
+    /// so the completer drains them all (a job left blocked with no head would stay for ever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_nodes_leave_one_runnable_job_per_key() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        const JOBS: usize = 60;
+        let writer = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..JOBS {
+                    a.write(move |tx| tx.insert_job(&job(&format!("v{i}"), &JobOptions::default()))).await.unwrap();
+                }
+            })
+        };
+        let mut done = 0;
+        while done < JOBS {
+            let runnable = b.read(|r| r.runnable_jobs("eu", "d", 0, i64::MAX, &[], 10)).await.unwrap();
+            assert!(runnable.len() <= 1, "one runnable job per key: {runnable:?}");
+            if let Some(j) = runnable.first() {
+                let id = j.id;
+                b.write(move |tx| tx.delete_job(id)).await.unwrap();
+                done += 1;
+            } else {
+                assert!(!writer.is_finished() || done < JOBS, "jobs left with none runnable");
+                if writer.is_finished() {
+                    let left = b.read(|r| r.pending_jobs_of_peer("eu", 100)).await.unwrap();
+                    panic!("{} jobs pending, none runnable: {left:?}", left.len());
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        writer.await.unwrap();
+        let stats = b.read(|r| r.dest_stats("b")).await.unwrap();
+        assert_eq!((stats[0].pending_ops, stats[0].pending_bytes), (0, 0));
+    }
+
+    /// A job recorded on one node behind a key's runnable job, while another node completes
+    /// that job: the completion waits for the recording transaction (the key's row), then
+    /// finds the new job and makes it runnable. Without the key's row the recorder saw the old
+    /// job pending and marked its job blocked, the completer saw nothing to unblock, and the
+    /// new job waited for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_recorded_while_its_head_completes_becomes_runnable() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let head = a.write(|tx| tx.insert_job(&job("v1", &JobOptions::default()))).await.unwrap();
+        let (recorded_tx, recorded_rx) = tokio::sync::oneshot::channel::<()>();
+        let recorder = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.write(move |tx| {
+                    let id = tx.insert_job(&job("v2", &JobOptions::default()))?;
+                    let _ = recorded_tx.send(());
+                    // The completion below runs meanwhile (and must wait for this commit).
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(id)
+                })
+                .await
+            })
+        };
+        recorded_rx.await.unwrap();
+        b.write(move |tx| tx.delete_job(head)).await.unwrap();
+        let second = recorder.await.unwrap().unwrap();
+        let runnable = b.read(|r| r.runnable_jobs("eu", "d", 0, i64::MAX, &[], 10)).await.unwrap();
+        assert_eq!(runnable.iter().map(|j| j.id).collect::<Vec<_>>(), [second]);
+    }
+
+    /// Counters are deltas until compacted; compacting changes no figure a reader sees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compacting_counters_changes_no_figure() {
+        let Some((pg, a, b)) = two_nodes().await else { return };
+        let opts = JobOptions::default();
+        let ids = a
+            .write(move |tx| {
+                let ids = (0..3).map(|i| tx.insert_job(&job(&format!("v{i}"), &opts))).collect::<Result<Vec<_>>>()?;
+                tx.put_version(&version("x", "v1", 5))?;
+                tx.put_version(&version("y", "v1", 6))?;
+                Ok(ids)
+            })
+            .await
+            .unwrap();
+        let first = ids[0];
+        b.write(move |tx| {
+            let mut j = tx.get_job(first)?.ok_or(Error::NoSuchKey)?;
+            j.state = crate::replication::JobState::Failed;
+            j.last_error = Some("AccessDenied".into());
+            tx.update_job(&j)
+        })
+        .await
+        .unwrap();
+        b.write(|tx| tx.remove_version("b", "y", "v1").map(drop)).await.unwrap();
+        let figures = |s: Arc<PgStore>| async move {
+            s.read(|r| Ok((r.dest_stats("b")?, r.bucket_usage("b")?, r.due_destinations("eu")?, r.peers_with_jobs()?)))
+                .await
+                .unwrap()
+        };
+        let before = figures(a.clone()).await;
+        assert_eq!((before.0[0].pending_ops, before.0[0].failed_ops), (2, 1));
+        assert_eq!(before.0[0].last_error.as_deref(), Some("AccessDenied"));
+        assert_eq!(before.1, BucketUsage { versions: 1, bytes: 3 });
+        a.compact().await.unwrap();
+        assert_eq!(figures(b.clone()).await, before);
+        let client = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(client.1);
+        let left: i64 = client.0.query_one("SELECT count(*) FROM repl_dest_deltas", &[]).await.unwrap().get(0);
+        assert_eq!(left, 0, "folded");
+    }
+
+    /// A bucket deleted on one node while a write on another has found it: the delete waits
+    /// for that write, then finds its version and refuses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bucket_is_not_deleted_under_a_write() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let (found_tx, found_rx) = tokio::sync::oneshot::channel::<()>();
+        let write = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.write(move |tx| {
+                    tx.get_bucket("b")?.ok_or(Error::NoSuchBucket)?;
+                    let _ = found_tx.send(());
+                    // The delete below starts meanwhile (and must wait for this transaction).
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    tx.put_version(&version("k", "v1", 5))
+                })
+                .await
+            })
+        };
+        found_rx.await.unwrap();
+        let deleted = b
+            .write(|tx| {
+                if tx.bucket_has_versions("b")? {
+                    return Err(Error::BucketNotEmpty);
+                }
+                tx.delete_bucket("b")
+            })
+            .await;
+        write.await.unwrap().unwrap();
+        assert!(matches!(deleted, Err(Error::BucketNotEmpty)), "{deleted:?}");
+        assert!(b.read(|r| r.get_bucket("b")).await.unwrap().is_some());
+    }
+}
