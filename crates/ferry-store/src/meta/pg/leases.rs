@@ -285,7 +285,7 @@ mod tests {
         assert!(claim(&**c, "eu", "d", "b", 2_000, 1_000, 1).await.unwrap().is_empty(), "not due yet");
         let again = claim(&**c, "eu", "d", "b", 3_000, 1_000, 1).await.unwrap();
         assert_eq!(ids(&again), [id]);
-        let (attempts, error): (i32, Option<String>) = {
+        let (attempts, error): (i64, Option<String>) = {
             let r = c.query_one("SELECT attempts, last_error FROM repl_jobs WHERE id = $1", &[&id]).await.unwrap();
             (r.get(0), r.get(1))
         };
