@@ -286,6 +286,35 @@ pub struct RegionConfig {
     /// Address of the admin listener (`/metrics` for Prometheus, `/health`). Off unless set.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// The region's metadata in PostgreSQL (`postgres://USER@HOST:PORT/DATABASE`): this process
+    /// is then one node of a region of several, which share the metadata and the replication
+    /// outbox (docs/SCALE-OUT.md). Default: SQLite in `data_dir`, the region is this process.
+    #[serde(default)]
+    pub meta: Option<String>,
+    /// This node's name among the region's nodes (with `meta`); unique per running node.
+    /// Default: the region's name and `listen` address.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Start even when the PostgreSQL server's settings can lose acknowledged commits
+    /// (`fsync`, `synchronous_commit` or `full_page_writes` off). Default: refuse.
+    #[serde(default)]
+    pub meta_allow_unsafe: bool,
+    /// How often a node publishes its closed timestamp and renews its job leases, ms (with
+    /// `meta`). Default: 1000.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is fenced by the others, which take over its jobs, ms (with
+    /// `meta`). Default: 10000.
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+fn default_dead_after_ms() -> u64 {
+    10_000
 }
 
 fn default_domains() -> Vec<String> {
@@ -310,6 +339,11 @@ impl RegionConfig {
             tls_key: None,
             tls_ca: None,
             admin_listen: None,
+            meta: None,
+            node_id: None,
+            meta_allow_unsafe: false,
+            heartbeat_ms: default_heartbeat_ms(),
+            dead_after_ms: default_dead_after_ms(),
         }
     }
 

@@ -242,8 +242,13 @@ impl PeerWorker {
                 Ok(jobs)
             })
             .await?;
+        // A node of a region shares the outbox with the other nodes: it leases the jobs first
+        // and starts only those it got (one process gets them all).
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let taken =
+            self.ctx.store.meta.take_jobs(ids, ferry_core::time::now_micros(), ferry_store::meta::pg::JOB_LEASE_US).await?;
         let mut started = 0;
-        for job in jobs {
+        for job in jobs.into_iter().filter(|j| taken.contains(&j.id)) {
             started += usize::from(self.start(job));
         }
         Ok(started)

@@ -247,7 +247,23 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
     }
     let data_dir = cfg.data_dir.clone();
     let threshold = cfg.inline_threshold;
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, threshold)).await??;
+    let pg = match &cfg.meta {
+        Some(url) => {
+            let options = ferry_store::meta::pg::PgOptions {
+                node_id: cfg.node_id.clone().unwrap_or_else(|| format!("{}@{}", cfg.name, cfg.listen)),
+                writers: 16,
+                readers: 16,
+                allow_unsafe: cfg.meta_allow_unsafe,
+                staging_dir: Some(data_dir.join("staging")),
+            };
+            let pg = ferry_store::meta::pg::PgStore::open(url, &options)
+                .await
+                .with_context(|| format!("region `{}`: key `meta`: PostgreSQL at {}", cfg.name, redact_url(url)))?;
+            Some(pg)
+        }
+        None => None,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, threshold, pg)).await??;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("key `listen`: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let admin = match cfg.admin_addr()? {
@@ -255,6 +271,18 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
         None => None,
     };
     Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr, admin })
+}
+
+/// A database URL without its password (for messages).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The replication credential the regions of this process write replicas into each other
@@ -441,6 +469,15 @@ fn serve_region(
     let service = ferry_s3::service(store.clone(), users, &endpoint, Some(engine), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone(), opts.replication.abandoned_upload_after));
+    if let ferry_store::Meta::Pg(pg) = &store.meta {
+        runner.spawn(ferry_store::meta::pg::heartbeat::Heartbeat::new(
+            pg.meta().clone(),
+            pg.node().clone(),
+            pg.clock().clone(),
+            Duration::from_millis(cfg.heartbeat_ms.max(10)),
+            Duration::from_millis(cfg.dead_after_ms.max(100)),
+        ));
+    }
     ferry_replication::start(&runner, store.clone(), peers, &opts.replication, metrics.clone());
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     if let Some(admin) = admin {

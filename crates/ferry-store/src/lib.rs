@@ -45,12 +45,107 @@ use crate::blobs::BlobStore;
 pub use crate::error::{Error, Result};
 pub use crate::gc::GcWorker;
 pub use crate::ingest::Ingested;
+use crate::meta::pg::PgStore;
 use crate::meta::sqlite::SqliteMeta;
+use crate::meta::{MetaStore, ReadTx, Signals, WriteTx};
+
+/// The metadata store of a region: SQLite (the region is this process) or PostgreSQL (this
+/// process is one node of the region). Callers see one API ([`MetaStore`]); the few things only
+/// a region of several nodes does (job leases) answer trivially on SQLite.
+pub enum Meta {
+    Sqlite(SqliteMeta),
+    Pg(PgStore),
+}
+
+impl Meta {
+    /// Runs `f` in a write transaction ([`MetaStore::write`]).
+    ///
+    /// # Errors
+    /// `f`'s error or the backend's.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        match self {
+            Self::Sqlite(m) => m.write(f).await,
+            Self::Pg(m) => m.write(f).await,
+        }
+    }
+
+    /// Runs `f` on a snapshot ([`MetaStore::read`]).
+    ///
+    /// # Errors
+    /// `f`'s error or the backend's.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static,
+    {
+        match self {
+            Self::Sqlite(m) => m.read(f).await,
+            Self::Pg(m) => m.read(f).await,
+        }
+    }
+
+    /// The signals on-commit hooks fire.
+    #[must_use]
+    pub fn signals(&self) -> &Signals {
+        match self {
+            Self::Sqlite(m) => m.signals(),
+            Self::Pg(m) => MetaStore::signals(m),
+        }
+    }
+
+    /// Takes the jobs `ids` (found runnable) for this process before their transfers start, for
+    /// `lease_us`; returns those it got. One process has nothing to share them with: all of
+    /// them. A node of a region leases them ([`PgStore::take_jobs`]): a job another node holds
+    /// is not returned.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_jobs(&self, ids: Vec<i64>, now_us: i64, lease_us: i64) -> Result<Vec<i64>> {
+        match self {
+            Self::Sqlite(_) => Ok(ids),
+            Self::Pg(m) => m.take_jobs(ids, now_us, lease_us).await,
+        }
+    }
+
+    /// Stops accepting writes once those under way are done.
+    pub fn shutdown(&self) {
+        match self {
+            Self::Sqlite(m) => m.shutdown(),
+            Self::Pg(m) => m.shutdown(),
+        }
+    }
+}
+
+impl MetaStore for Meta {
+    fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        Meta::write(self, f)
+    }
+
+    fn read<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ReadTx) -> Result<T> + Send + 'static,
+    {
+        Meta::read(self, f)
+    }
+
+    fn signals(&self) -> &Signals {
+        Meta::signals(self)
+    }
+}
 
 /// The storage of one region.
 pub struct Store {
     /// Metadata database.
-    pub meta: SqliteMeta,
+    pub meta: Meta,
     /// Blob files.
     pub blobs: BlobStore,
     /// Bodies up to this size are stored inline in the metadata database.
@@ -67,6 +162,15 @@ impl Store {
     /// # Errors
     /// When the directory is not writable, is locked by another process, or the database fails.
     pub fn open(data_dir: &Path, inline_threshold: u64) -> Result<Arc<Self>> {
+        Self::open_with(data_dir, inline_threshold, None)
+    }
+
+    /// [`Store::open`] for a node of a region on PostgreSQL (`pg`, opened with the staging
+    /// directory of `data_dir`): the metadata are the region's, the directory this node's.
+    ///
+    /// # Errors
+    /// Those of [`Store::open`].
+    pub fn open_with(data_dir: &Path, inline_threshold: u64, pg: Option<PgStore>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::Other(format!("data directory {}: cannot create: {e}", data_dir.display())))?;
         let lock_path = data_dir.join("LOCK");
@@ -89,8 +193,20 @@ impl Store {
             }
         }
         let blobs = BlobStore::open(data_dir)?;
-        let meta = SqliteMeta::open(&data_dir.join("meta.db"), Some(blobs.staging_dir().to_owned()))?;
-        let (promoted, deleted) = blobs.recover(|id| meta.read_blocking(|r| r.blob_is_live(id)))?;
+        let meta = match pg {
+            Some(pg) => {
+                let (promoted, deleted) = blobs.recover(|id| pg.blob_is_live_blocking(id))?;
+                if promoted + deleted > 0 {
+                    tracing::info!(promoted, deleted, dir = %data_dir.display(), "recovered staging directory");
+                }
+                Meta::Pg(pg)
+            }
+            None => Meta::Sqlite(SqliteMeta::open(&data_dir.join("meta.db"), Some(blobs.staging_dir().to_owned()))?),
+        };
+        let (promoted, deleted) = match &meta {
+            Meta::Sqlite(m) => blobs.recover(|id| m.read_blocking(|r| r.blob_is_live(id)))?,
+            Meta::Pg(_) => (0, 0),
+        };
         if promoted + deleted > 0 {
             tracing::info!(promoted, deleted, dir = %data_dir.display(), "recovered staging directory");
         }

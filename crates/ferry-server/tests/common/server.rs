@@ -17,6 +17,32 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
+/// The metadata backend the in-process regions use: SQLite by default; with
+/// `FERRY_TEST_META=postgres`, one PostgreSQL database per region on a throwaway server the
+/// test owns (so the same tests run against both backends).
+pub struct MetaBackend {
+    pg: Option<ferry_store::meta::pg::test_cluster::TestCluster>,
+}
+
+impl MetaBackend {
+    pub fn from_env() -> Self {
+        let pg = (std::env::var("FERRY_TEST_META").as_deref() == Ok("postgres")).then(|| {
+            ferry_store::meta::pg::test_cluster::TestCluster::start(&[]).expect("FERRY_TEST_META=postgres needs PostgreSQL")
+        });
+        Self { pg }
+    }
+
+    /// Points `cfg` at a new database of its own (nothing on SQLite).
+    pub async fn configure(&self, cfg: &mut RegionConfig) {
+        let Some(pg) = &self.pg else { return };
+        let db = format!("region_{}", cfg.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let admin = ferry_store::meta::pg::connect(&pg.url()).await.expect("connect");
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("create database");
+        cfg.meta = Some(pg.url().replace("/postgres", &format!("/{db}")));
+        cfg.node_id = Some(format!("{}-node", cfg.name));
+    }
+}
+
 /// One region served in-process from a temp dir.
 pub struct TestServer {
     pub server: Option<Server>,
@@ -24,6 +50,7 @@ pub struct TestServer {
     pub region: String,
     /// Holds the data directory; removed when the server is dropped.
     _dir: tempfile::TempDir,
+    _meta: MetaBackend,
 }
 
 impl TestServer {
@@ -42,10 +69,12 @@ impl TestServer {
         let mut cfg = RegionConfig::single("127.0.0.1:0", data);
         cfg.name = region.to_owned();
         cfg.inline_threshold = inline_threshold;
+        let meta = MetaBackend::from_env();
+        meta.configure(&mut cfg).await;
         let opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(vec![cfg], users()) };
         let server = Server::start(opts).await.expect("server starts");
         let addr = server.regions()[0].addr;
-        Self { server: Some(server), addr, region: region.to_owned(), _dir: dir }
+        Self { server: Some(server), addr, region: region.to_owned(), _dir: dir, _meta: meta }
     }
 
     pub fn endpoint(&self) -> String {
@@ -76,6 +105,7 @@ pub struct TestCluster {
     pub server: Option<Server>,
     pub dir: tempfile::TempDir,
     opts: ServerOptions,
+    meta: MetaBackend,
 }
 
 impl TestCluster {
@@ -83,18 +113,18 @@ impl TestCluster {
     pub async fn start(names: &[&str], tweak: impl FnOnce(&mut ServerOptions, &std::path::Path)) -> Self {
         init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
-        let regions = names
-            .iter()
-            .map(|n| {
-                let mut cfg = RegionConfig::single("127.0.0.1:0", dir.path().join(n));
-                cfg.name = (*n).to_owned();
-                cfg
-            })
-            .collect();
+        let meta = MetaBackend::from_env();
+        let mut regions = Vec::new();
+        for n in names {
+            let mut cfg = RegionConfig::single("127.0.0.1:0", dir.path().join(n));
+            cfg.name = (*n).to_owned();
+            meta.configure(&mut cfg).await;
+            regions.push(cfg);
+        }
         let mut opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(regions, users()) };
         tweak(&mut opts, dir.path());
         let server = Server::start(opts.clone()).await.expect("cluster starts");
-        Self { server: Some(server), dir, opts }
+        Self { server: Some(server), dir, opts, meta }
     }
 
     /// Stops every region and starts them again on the same data directories (new ports).
@@ -103,7 +133,7 @@ impl TestCluster {
             s.shutdown().await;
         }
         let server = Server::start(self.opts.clone()).await.expect("cluster restarts");
-        Self { server: Some(server), dir: self.dir, opts: self.opts }
+        Self { server: Some(server), dir: self.dir, opts: self.opts, meta: self.meta }
     }
 
     pub fn url(&self, region: &str) -> String {

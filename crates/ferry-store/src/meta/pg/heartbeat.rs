@@ -9,7 +9,10 @@
 //! 2. A node is fenced only after its heartbeat is older than `dead_after` (and [`fence`]
 //!    waits for its open transactions); until then it holds the region's clock back, which
 //!    makes "replicated up to T" late, never wrong.
-//! 3. When its own publish is refused, the node has been fenced: the worker stops and
+//! 3. Every beat renews the node's job leases ([`super::leases::renew`]) for
+//!    [`super::JOB_LEASE_US`]: a lease outlives its node's last beat by that long, unless the
+//!    node is fenced first (which frees them at once).
+//! 4. When its own publish is refused, the node has been fenced: the worker stops and
 //!    [`Heartbeat::fenced`] says so; the node must stop writing and rejoin.
 //!
 //! # Crash behaviour
@@ -70,6 +73,8 @@ impl Heartbeat {
             Err(e) => return Err(e),
         };
         lock(&self.clock).observe(highest);
+        // The jobs this node is sending stay its own.
+        super::leases::renew(&**client, &self.node.id, now, super::JOB_LEASE_US).await?;
         let dead_before = now - i64::try_from(self.dead_after.as_micros()).unwrap_or(i64::MAX);
         let silent: Vec<String> = list(&**client, now)
             .await?

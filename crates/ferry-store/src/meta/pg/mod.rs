@@ -67,6 +67,9 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 
+/// How long a node's lease on a replication job lasts unless its heartbeat renews it (µs).
+pub const JOB_LEASE_US: i64 = 30_000_000;
+
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -329,7 +332,8 @@ mod conformance {
         open: |pg: &TestCluster| {
             let url = pg.url();
             async move |_: &std::path::Path| {
-                let options = PgOptions { node_id: "n1".into(), writers: 4, readers: 4, allow_unsafe: false };
+                let options =
+                    PgOptions { node_id: "n1".into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None };
                 PgStore::open(&url, &options).await.unwrap()
             }
         }

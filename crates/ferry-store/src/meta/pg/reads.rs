@@ -273,9 +273,10 @@ impl OutboxReads for PgTx<'_> {
         let jobs = self.all(
             &format!(
                 "SELECT {JOB_COLS} FROM repl_jobs WHERE peer = $1 AND dest_bucket = $2 AND state = 0 AND NOT blocked \
-                 AND priority = $3 AND next_attempt_us <= $4 ORDER BY next_attempt_us, id LIMIT $5"
+                 AND priority = $3 AND next_attempt_us <= $4 \
+                 AND (lease_owner IS NULL OR lease_owner = $6 OR lease_until_us < $4) ORDER BY next_attempt_us, id LIMIT $5"
             ),
-            &[&peer, &dest_bucket, &priority, &now_us, &want],
+            &[&peer, &dest_bucket, &priority, &now_us, &want, &self.node_id],
             rows::job,
         )?;
         Ok(jobs.into_iter().filter(|j| !exclude.contains(&j.id)).take(limit).collect())

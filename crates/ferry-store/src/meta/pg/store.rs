@@ -61,6 +61,8 @@ pub struct PgStore {
     readers: tokio::sync::Semaphore,
     signals: Signals,
     commits: std::sync::atomic::AtomicU64,
+    staging_dir: Option<Arc<std::path::Path>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Settings of a [`PgStore`].
@@ -74,6 +76,9 @@ pub struct PgOptions {
     pub readers: usize,
     /// Open even when the server's durability settings can lose acknowledged commits.
     pub allow_unsafe: bool,
+    /// The node's blob staging directory, fsynced before a commit that references a new blob
+    /// (as the SQLite writer does).
+    pub staging_dir: Option<std::path::PathBuf>,
 }
 
 impl PgStore {
@@ -99,7 +104,50 @@ impl PgStore {
             readers: tokio::sync::Semaphore::new(readers),
             signals: Signals::default(),
             commits: std::sync::atomic::AtomicU64::new(0),
+            staging_dir: options.staging_dir.as_deref().map(Arc::from),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Refuses further writes (those under way finish).
+    pub fn shutdown(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.writers.close();
+    }
+
+    /// Whether a committed record references `blob`, from a blocking thread inside the runtime
+    /// (start-up recovery of the staging directory).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn blob_is_live_blocking(&self, blob: &str) -> Result<bool> {
+        let blob = blob.to_owned();
+        tokio::runtime::Handle::current().block_on(self.read(move |r| r.blob_is_live(&blob)))
+    }
+
+    /// Leases the jobs `ids` to this node until `now_us + lease_us`, unless another node holds
+    /// a lease on them that has not expired; returns those leased (one statement). The
+    /// heartbeat renews them; completing, retrying or failing a job ends its lease; fencing the
+    /// node frees them all.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_jobs(&self, ids: Vec<i64>, now_us: i64, lease_us: i64) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let client = self.meta.client().await?;
+        let until = now_us.saturating_add(lease_us);
+        let rows = client
+            .query(
+                "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+                 WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
+                 RETURNING id",
+                &[&ids, &self.node.id, &until, &now_us],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// The connection pool and durability settings.
@@ -132,10 +180,11 @@ impl PgStore {
     {
         let _permit = self.writers.acquire().await.map_err(|_| Error::Closed)?;
         let slot = lock(&self.slots).pop().ok_or(Error::Closed)?;
+        let staging = self.staging_dir.clone();
         let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
         let (node, clock, signals) = (self.node.clone(), self.clock.clone(), self.signals.clone());
         let out = tokio::task::spawn_blocking(move || {
-            let out = run_write(&conn, &node, slot, &clock, signals, f);
+            let out = run_write(&conn, &node, slot, &clock, signals, staging.as_deref(), f);
             (out, conn)
         })
         .await;
@@ -197,6 +246,7 @@ fn run_write<T>(
     slot: i32,
     clock: &Arc<Mutex<NodeClock>>,
     signals: Signals,
+    staging: Option<&std::path::Path>,
     f: impl FnOnce(&mut dyn WriteTx) -> Result<T>,
 ) -> Result<T> {
     conn.batch("BEGIN")?;
@@ -207,7 +257,16 @@ fn run_write<T>(
     let high = w.times.iter().copied().max().unwrap_or(0);
     // Whether the transaction is known to have ended (its times may leave the in-flight set).
     let mut ended = true;
-    let outcome = match out.and_then(|v| seal(conn, node, slot, high).map(|()| v)) {
+    // A new blob's directory entry is durable before any committed row points at it.
+    let synced = |v: T| -> Result<T> {
+        if w.new_blobs
+            && let Some(dir) = staging
+        {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(v)
+    };
+    let outcome = match out.and_then(synced).and_then(|v| seal(conn, node, slot, high).map(|()| v)) {
         Ok(v) => match conn.batch("COMMIT") {
             Ok(()) => Ok(v),
             Err(e) => {
@@ -357,6 +416,8 @@ pub(super) struct WriteState {
     pub(super) keys: RefCell<HashMap<(String, Vec<u8>), super::keys::KeyHead>>,
     /// Commit times must follow this (the latest time of every key held, and times observed).
     pub(super) after: Cell<i64>,
+    /// A blob was referenced: fsync the staging directory before committing.
+    pub(super) new_blobs: bool,
 }
 
 /// A transaction: a read snapshot (`write` is `None`) or a write transaction.
@@ -413,7 +474,7 @@ mod tests {
     use crate::replication::{JobOp, JobOptions, NewJob};
 
     fn options(node: &str) -> PgOptions {
-        PgOptions { node_id: node.into(), writers: 4, readers: 4, allow_unsafe: false }
+        PgOptions { node_id: node.into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None }
     }
 
     /// Two nodes of one region on one database.

@@ -284,6 +284,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn add_blob(&mut self, blob: &str) -> Result<()> {
+        self.w()?.new_blobs = true;
         self.exec("INSERT INTO blobs (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&blob])?;
         Ok(())
     }
@@ -383,13 +384,17 @@ impl OutboxWrites for PgTx<'_> {
         Ok(id)
     }
 
+    /// A job leased by another node (this node's lease expired and it was taken over) is not
+    /// this node's to remove: `None`, as if already gone.
     fn delete_job(&mut self, id: i64) -> Result<Option<Job>> {
         if !self.hold_job_key(id)? {
             return Ok(None);
         }
         let deleted = self.one(
-            &format!("DELETE FROM repl_jobs WHERE id = $1 RETURNING {JOB_COLS}, blocked"),
-            &[&id],
+            &format!(
+                "DELETE FROM repl_jobs WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2) RETURNING {JOB_COLS}, blocked"
+            ),
+            &[&id, &self.node_id],
             |r| Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
@@ -409,10 +414,12 @@ impl OutboxWrites for PgTx<'_> {
         if !self.hold_job_key(j.id)? {
             return Ok(());
         }
-        let Some((old, old_blocked)) =
-            self.one(&format!("SELECT {JOB_COLS}, blocked FROM repl_jobs WHERE id = $1"), &[&j.id], |r| {
-                Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?))
-            })?
+        // A job another node leased is that node's to update.
+        let Some((old, old_blocked)) = self.one(
+            &format!("SELECT {JOB_COLS}, blocked FROM repl_jobs WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2)"),
+            &[&j.id, &self.node_id],
+            |r| Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?)),
+        )?
         else {
             return Ok(());
         };
@@ -424,7 +431,8 @@ impl OutboxWrites for PgTx<'_> {
         };
         self.exec(
             "UPDATE repl_jobs SET state = $2, attempts = $3, next_attempt_us = $4, last_error = $5, progress = $6, \
-             since_us = $7, backfill_id = $8, blocked = $9 WHERE id = $1",
+             since_us = $7, backfill_id = $8, blocked = $9, lease_owner = NULL, lease_token = NULL, lease_until_us = NULL \
+             WHERE id = $1",
             &[
                 &j.id,
                 &j.state.code(),
