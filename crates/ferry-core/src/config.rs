@@ -307,6 +307,38 @@ pub struct RegionConfig {
     /// `meta`). Default: 10000.
     #[serde(default = "default_dead_after_ms")]
     pub dead_after_ms: u64,
+    /// Where object bodies live (`[region.blobs]`): the data directory (default), or a bucket
+    /// of an S3-compatible store the region's nodes share (with `meta`).
+    #[serde(default)]
+    pub blobs: Option<BlobsConfig>,
+}
+
+/// `[region.blobs]`: object bodies in a bucket of an S3-compatible store (AWS S3, Ceph RGW,
+/// SeaweedFS, Garage, MinIO...), shared by the nodes of a region, so any node serves any GET.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// `"s3"` (the only value; without `[region.blobs]` bodies stay in the data directory).
+    pub backend: String,
+    /// `http://HOST:PORT` or `https://HOST:PORT` of the store.
+    pub endpoint: String,
+    /// The bucket (created beforehand, versioning off: Ferry writes each blob once).
+    pub bucket: String,
+    /// A key prefix inside the bucket (empty, or ending in `/`). Default: empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// Region to sign requests for. Default: `us-east-1`.
+    #[serde(default = "default_blobs_region")]
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// PEM of a CA to trust for the endpoint (besides the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_blobs_region() -> String {
+    "us-east-1".to_owned()
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -344,6 +376,7 @@ impl RegionConfig {
             meta_allow_unsafe: false,
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
+            blobs: None,
         }
     }
 
@@ -407,6 +440,9 @@ impl Config {
             for p in [&mut r.tls_cert, &mut r.tls_key, &mut r.tls_ca].into_iter().flatten() {
                 rel(p);
             }
+            if let Some(ca) = r.blobs.as_mut().and_then(|b| b.ca_file.as_mut()) {
+                rel(ca);
+            }
         }
         for p in &mut cfg.peer {
             if let Some(ca) = &mut p.ca_file {
@@ -468,6 +504,40 @@ impl Config {
         for r in &self.region {
             if r.tls_cert.is_some() != r.tls_key.is_some() {
                 return Err(Error::Config(format!("region `{}`: keys `tls_cert` and `tls_key` go together", r.name)));
+            }
+            if let Some(m) = &r.meta
+                && !(m.starts_with("postgres://") || m.starts_with("postgresql://"))
+            {
+                return Err(Error::Config(format!(
+                    "region `{}`: key `meta`: use a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE",
+                    r.name
+                )));
+            }
+            if let Some(b) = &r.blobs {
+                if b.backend != "s3" {
+                    return Err(Error::Config(format!(
+                        "region `{}`: [region.blobs] key `backend`: `{}` is not known (use \"s3\")",
+                        r.name, b.backend
+                    )));
+                }
+                if r.meta.is_none() {
+                    return Err(Error::Config(format!(
+                        "region `{}`: [region.blobs] needs key `meta`: blobs shared by nodes need the region's metadata in PostgreSQL",
+                        r.name
+                    )));
+                }
+                if !(b.endpoint.starts_with("http://") || b.endpoint.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "region `{}`: [region.blobs] key `endpoint`: `{}` must start with http:// or https://",
+                        r.name, b.endpoint
+                    )));
+                }
+                if !(b.prefix.is_empty() || b.prefix.ends_with('/')) {
+                    return Err(Error::Config(format!(
+                        "region `{}`: [region.blobs] key `prefix`: end it with `/`",
+                        r.name
+                    )));
+                }
             }
         }
         for p in &self.peer {

@@ -255,6 +255,7 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
                 readers: 16,
                 allow_unsafe: cfg.meta_allow_unsafe,
                 staging_dir: Some(data_dir.join("staging")),
+                blob_intents: cfg.blobs.is_some(),
             };
             let pg = ferry_store::meta::pg::PgStore::open(url, &options)
                 .await
@@ -263,7 +264,11 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
         }
         None => None,
     };
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, threshold, pg)).await??;
+    let remote = match (&cfg.blobs, &pg) {
+        (Some(b), Some(pg)) => Some(shared_blobs(&cfg.name, b, pg)?),
+        _ => None,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, threshold, pg, remote)).await??;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("key `listen`: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let admin = match cfg.admin_addr()? {
@@ -271,6 +276,42 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
         None => None,
     };
     Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr, admin })
+}
+
+/// The S3-compatible store a region's nodes share their blobs in (`[region.blobs]`), with the
+/// SDK's own retries on (a blob upload or read is worth retrying; nothing above retries it).
+fn shared_blobs(
+    region: &str,
+    b: &ferry_core::config::BlobsConfig,
+    pg: &ferry_store::meta::pg::PgStore,
+) -> anyhow::Result<ferry_store::blobs::Remote> {
+    let ca_pem = match &b.ca_file {
+        Some(p) => Some(
+            read_ca(p)
+                .with_context(|| format!("region `{region}`: [region.blobs] key `ca_file`: cannot read {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let settings = ClientSettings {
+        url: b.endpoint.clone(),
+        access_key: b.access_key.clone(),
+        secret_key: b.secret_key.clone(),
+        region: b.region.clone(),
+        ca_pem,
+    };
+    let conf = ferry_replication::client::config(&settings)?
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .build();
+    Ok(ferry_store::blobs::Remote {
+        s3: ferry_store::s3_blobs::S3Blobs::new(aws_sdk_s3::Client::from_conf(conf), &b.bucket, &b.prefix),
+        meta: pg.meta().clone(),
+        node: pg.node().clone(),
+    })
 }
 
 /// A database URL without its password (for messages).

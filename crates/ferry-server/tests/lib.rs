@@ -22,4 +22,5 @@ mod s3_listing;
 mod s3_multipart;
 mod s3_objects;
 mod s3_versioning;
+mod scale_out;
 mod trust;

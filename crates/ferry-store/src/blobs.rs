@@ -21,17 +21,34 @@
 //!
 //! Deletion: a record that stops referencing a blob moves it to the `garbage` table in the same
 //! transaction; the garbage collector unlinks it after a grace period.
+//!
+//! # Shared blobs (a region of several nodes)
+//! With a [`Remote`] store (an S3-compatible bucket every node of the region reads), the staged
+//! file is still written and fsynced here first (memory stays bounded whatever the body, and
+//! the upload can be retried from it), then, in [`StagedBlob::finish`], an intent is recorded
+//! for the blob id (`meta::pg::intents`) and the file uploaded as one immutable object. The
+//! transaction that references the blob turns the intent into its `blobs` row (and fails if the
+//! intent was swept); after the commit the local file is deleted. A blob nothing references is
+//! deleted from the store with its intent; the intents of a node that died are swept by the
+//! others ([`BlobStore::sweep_intents`]). Reads go to the store, so any node serves any GET.
 
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use bytes::Bytes;
 use futures::Stream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 
+use crate::meta::pg::PgMeta;
+use crate::meta::pg::intents;
+use crate::meta::pg::nodes::Node;
 use crate::model::PartRef;
+use crate::s3_blobs::S3Blobs;
 
 /// Read size used when streaming a blob out.
 const READ_CHUNK: usize = 256 * 1024;
@@ -41,10 +58,44 @@ const WRITE_BUFFER: usize = 1024 * 1024;
 const WRITE_CHUNKS: usize = 1024;
 
 /// The blob files of one region.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BlobStore {
     blobs: PathBuf,
     staging: PathBuf,
+    remote: Option<Arc<Remote>>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore").field("blobs", &self.blobs).field("remote", &self.remote.is_some()).finish()
+    }
+}
+
+/// What becomes of a staged blob once its transaction's outcome is known ([`BlobStore::settle`]).
+pub type Settle = Box<dyn FnOnce() + Send + 'static>;
+
+/// The store a region's nodes share their blobs in, and what records this node's intents.
+pub struct Remote {
+    pub s3: S3Blobs,
+    pub meta: Arc<PgMeta>,
+    pub node: Node,
+}
+
+impl Remote {
+    /// Deletes a blob nobody references from the store, then its intent (the other order could
+    /// leave an object no intent leads to).
+    async fn forget(&self, id: &str) -> crate::Result<()> {
+        self.s3.delete(id).await?;
+        let client = self.meta.client().await?;
+        intents::forget(&**client, id).await
+    }
+}
+
+fn io_err(e: crate::Error) -> io::Error {
+    match e {
+        crate::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 impl BlobStore {
@@ -57,7 +108,38 @@ impl BlobStore {
         let staging = data_dir.join("staging");
         std::fs::create_dir_all(&blobs)?;
         std::fs::create_dir_all(&staging)?;
-        Ok(Self { blobs, staging })
+        Ok(Self { blobs, staging, remote: None })
+    }
+
+    /// The same directories, with committed blobs kept in `remote` (shared by the region's
+    /// nodes) instead of `blobs/`.
+    #[must_use]
+    pub fn with_remote(self, remote: Remote) -> Self {
+        Self { remote: Some(Arc::new(remote)), ..self }
+    }
+
+    /// True when committed blobs live in a store shared by the region's nodes.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Sweeps the intents of nodes that can no longer commit them (fenced, gone, or restarted)
+    /// and older than `before_us`: each blob is deleted from the shared store, then its intent.
+    /// Returns how many. Nothing to do without a shared store.
+    ///
+    /// # Errors
+    /// Database or store errors (the next sweep tries again).
+    pub async fn sweep_intents(&self, before_us: i64) -> crate::Result<u64> {
+        let Some(remote) = &self.remote else { return Ok(0) };
+        let ids = {
+            let client = remote.meta.client().await?;
+            intents::sweepable(&**client, before_us, 500).await?
+        };
+        for id in &ids {
+            remote.forget(id).await?;
+        }
+        Ok(ids.len() as u64)
     }
 
     /// The staging directory (fsynced by the metadata writer before commits that add blobs).
@@ -78,9 +160,30 @@ impl BlobStore {
     /// For a staged blob whose guard was disarmed ([`StagedBlob::keep`]): a function that moves
     /// it into place (run once its row committed), and one that deletes it (when nothing
     /// refers to it). Both own their paths, so the metadata writer can run them.
-    pub fn settle(&self, id: &str) -> (impl FnOnce() + Send + 'static, impl FnOnce() + Send + 'static) {
+    ///
+    /// With a shared store, promoting deletes the local copy (the blob is in the store), and
+    /// discarding deletes the store's object and its intent too (in the background).
+    pub fn settle(&self, id: &str) -> (Settle, Settle) {
         let (from, to) = (self.staged_path(id), self.final_path(id));
         let discard = from.clone();
+        if let Some(remote) = self.remote.clone() {
+            let id = id.to_owned();
+            let promote = move || {
+                let _ = std::fs::remove_file(from);
+            };
+            let discard = move || {
+                let _ = std::fs::remove_file(discard);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = remote.forget(&id).await {
+                            // Its intent stays; the sweep deletes it once this node is gone.
+                            tracing::warn!(blob = %id, error = %e, "could not delete an unused blob");
+                        }
+                    });
+                }
+            };
+            return (Box::new(promote), Box::new(discard));
+        }
         let promote = move || {
             let moved = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&from, &to));
             if let Err(e) = moved {
@@ -88,9 +191,12 @@ impl BlobStore {
                 tracing::warn!(blob = %from.display(), error = %e, "could not move blob out of staging");
             }
         };
-        (promote, move || {
-            let _ = std::fs::remove_file(discard);
-        })
+        (
+            Box::new(promote),
+            Box::new(move || {
+                let _ = std::fs::remove_file(discard);
+            }),
+        )
     }
 
     /// Creates a new staged blob to stream a body into.
@@ -101,7 +207,14 @@ impl BlobStore {
         let id = ferry_core::ids::new_blob_id();
         let path = self.staged_path(&id);
         let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?.into_std().await;
-        Ok(StagedBlob { id, path: Some(path), file: Some(file), pending: Vec::new(), pending_len: 0 })
+        Ok(StagedBlob {
+            id,
+            path: Some(path),
+            file: Some(file),
+            pending: Vec::new(),
+            pending_len: 0,
+            remote: self.remote.clone(),
+        })
     }
 
     /// Moves a committed blob from staging to its final place. Not fsynced: after a crash the
@@ -134,8 +247,40 @@ impl BlobStore {
         Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
     }
 
-    /// True when a committed blob's file exists (in either place).
+    /// `len` bytes of a committed blob from `offset`, as a request body.
+    ///
+    /// # Errors
+    /// `NotFound` when the blob is missing; I/O or store errors.
+    pub async fn body(&self, id: &str, offset: u64, len: u64) -> io::Result<ByteStream> {
+        if let Some(remote) = &self.remote {
+            return remote.s3.read(id, Some(offset..offset + len)).await.map_err(io_err);
+        }
+        let file = self.open_read(id).await?;
+        ByteStream::read_from().file(file).offset(offset).length(Length::Exact(len)).build().await.map_err(io::Error::other)
+    }
+
+    /// `len` bytes of a committed blob from `offset`, as a reader.
+    async fn reader(&self, id: &str, offset: u64, len: u64) -> io::Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        if let Some(remote) = self.remote.clone() {
+            let id = id.to_owned();
+            // On a task of its own: the SDK's future is not `Sync`.
+            let body = tokio::spawn(async move { remote.s3.read(&id, Some(offset..offset + len)).await })
+                .await
+                .map_err(io::Error::other)?
+                .map_err(io_err)?;
+            return Ok(Box::new(body.into_async_read()));
+        }
+        let mut f = self.open_read(id).await?;
+        f.seek(SeekFrom::Start(offset)).await?;
+        Ok(Box::new(f.take(len)))
+    }
+
+    /// True when a committed blob exists (in either place; in the shared store). A store that
+    /// cannot be reached says yes: the read that follows reports the error.
     pub async fn exists(&self, id: &str) -> bool {
+        if let Some(remote) = &self.remote {
+            return remote.s3.exists(id).await.unwrap_or(true);
+        }
         for path in [self.final_path(id), self.staged_path(id), self.final_path(id)] {
             if tokio::fs::metadata(&path).await.is_ok() {
                 return true;
@@ -144,11 +289,21 @@ impl BlobStore {
         false
     }
 
-    /// Unlinks a blob from wherever it is. Missing files are not an error.
+    /// Deletes a blob from wherever it is (with a shared store: its object there). Missing
+    /// files are not an error.
     ///
     /// # Errors
-    /// Other I/O errors.
-    pub fn remove(&self, id: &str) -> io::Result<()> {
+    /// Other I/O errors, store errors.
+    pub async fn remove(&self, id: &str) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.s3.delete(id).await.map_err(io_err);
+        }
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || this.unlink(&id)).await.map_err(io::Error::other)?
+    }
+
+    fn unlink(&self, id: &str) -> io::Result<()> {
         for path in [self.final_path(id), self.staged_path(id)] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -169,7 +324,8 @@ impl BlobStore {
         for entry in std::fs::read_dir(&self.staging)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if ferry_core::ids::is_hex_id(&name) && is_live(&name)? {
+            // With a shared store a committed blob is there already: the local copy goes too.
+            if self.remote.is_none() && ferry_core::ids::is_hex_id(&name) && is_live(&name)? {
                 self.promote(&name)?;
                 promoted += 1;
             } else {
@@ -191,8 +347,7 @@ impl BlobStore {
     /// # Errors
     /// I/O errors.
     pub async fn read_range(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut f = self.open_read(id).await?;
-        f.seek(SeekFrom::Start(offset)).await?;
+        let mut f = self.reader(id, offset, len as u64).await?;
         let mut buf = vec![0; len];
         f.read_exact(&mut buf).await?;
         Ok(buf)
@@ -212,6 +367,8 @@ pub struct StagedBlob {
     file: Option<std::fs::File>,
     pending: Vec<Bytes>,
     pending_len: usize,
+    /// The shared store it is uploaded to when finished.
+    remote: Option<Arc<Remote>>,
 }
 
 impl StagedBlob {
@@ -271,10 +428,18 @@ impl StagedBlob {
     ///
     /// # Errors
     /// I/O errors.
+    ///
+    /// With a shared store, it is then uploaded there, under an intent recorded first.
     pub async fn finish(&mut self) -> io::Result<()> {
         if self.file.is_some() {
             self.flush_pending(true).await?;
             self.file = None;
+            if let (Some(remote), Some(path)) = (&self.remote, &self.path) {
+                let client = remote.meta.client().await.map_err(io_err)?;
+                intents::record(&**client, &remote.node, &self.id, ferry_core::time::now_micros()).await.map_err(io_err)?;
+                drop(client);
+                remote.s3.put_file(&self.id, path).await.map_err(io_err)?;
+            }
         }
         Ok(())
     }
@@ -291,6 +456,14 @@ impl Drop for StagedBlob {
         if let Some(p) = self.path.take() {
             drop(self.file.take());
             let _ = std::fs::remove_file(p);
+            // An upload that may have happened is swept with its intent once this node is gone;
+            // forgetting it now saves the wait.
+            if let (Some(remote), Ok(rt)) = (self.remote.clone(), tokio::runtime::Handle::try_current()) {
+                let id = std::mem::take(&mut self.id);
+                rt.spawn(async move {
+                    let _ = remote.forget(&id).await;
+                });
+            }
         }
     }
 }
@@ -312,16 +485,18 @@ fn write_all_vectored(file: &mut std::fs::File, chunks: &[Bytes]) -> io::Result<
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + Sync>>;
+type PartRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
 
 enum ReadState {
     /// Between parts: the next poll opens the part the range continues in.
     Between,
-    /// Opening a part file and seeking; yields the file and the bytes to read from it.
-    Opening(BoxFuture<io::Result<(tokio::fs::File, u64)>>),
-    /// A part file positioned at the next byte, with the bytes left to read from it.
-    Reading(tokio::fs::File, u64),
+    /// Opening a part (a file, seeking; an object of the shared store, by range); yields the
+    /// reader and the bytes to read from it.
+    Opening(BoxFuture<io::Result<(PartRead, u64)>>),
+    /// A part positioned at the next byte, with the bytes left to read from it.
+    Reading(PartRead, u64),
     /// Reading one chunk.
-    Pending(BoxFuture<(tokio::fs::File, io::Result<Vec<u8>>, u64)>),
+    Pending(BoxFuture<(PartRead, io::Result<Vec<u8>>, u64)>),
     Done,
 }
 
@@ -377,9 +552,8 @@ impl Stream for PartsReader {
                     let len = (part_end.min(this.range.end)) - this.range.start;
                     let store = this.store.clone();
                     this.state = ReadState::Opening(Box::pin(async move {
-                        let mut f = store.open_read(&part.blob).await?;
-                        f.seek(SeekFrom::Start(offset)).await?;
-                        Ok((f, len))
+                        let r = store.reader(&part.blob, offset, len).await?;
+                        Ok((r, len))
                     }));
                 }
                 ReadState::Opening(fut) => match fut.as_mut().poll(cx) {

@@ -92,19 +92,18 @@ impl Worker for GcWorker {
     async fn work(&mut self, _stop: &CancellationToken) -> std::result::Result<WorkerState, WorkerError> {
         self.expire_replica_uploads().await?;
         let now = ferry_core::time::now_micros();
+        // Blobs a dead node uploaded but never committed (a region of several nodes).
+        let swept = self.store.blobs.sweep_intents(now - INTENT_GRACE_US).await?;
+        if swept > 0 {
+            tracing::info!(swept, "deleted blobs left uncommitted by nodes that are gone");
+        }
         let due = self.store.meta.read(move |r| r.due_garbage(now, 500)).await?;
         if due.is_empty() {
             return Ok(WorkerState::Idle);
         }
-        let store = self.store.clone();
-        let ids = due.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for id in &ids {
-                store.blobs.remove(id)?;
-            }
-            Ok(())
-        })
-        .await??;
+        for id in &due {
+            self.store.blobs.remove(id).await?;
+        }
         let n = due.len() as u64;
         self.store.meta.write(move |tx| tx.forget_garbage(&due)).await?;
         self.collected += n;
@@ -116,6 +115,10 @@ impl Worker for GcWorker {
         WorkerState::Busy
     }
 }
+
+/// An intent younger than this is never swept, whatever its node's state (µs): a node's clock
+/// and the sweeper's may differ by a little.
+const INTENT_GRACE_US: i64 = 60_000_000;
 
 #[cfg(test)]
 mod tests {

@@ -162,15 +162,21 @@ impl Store {
     /// # Errors
     /// When the directory is not writable, is locked by another process, or the database fails.
     pub fn open(data_dir: &Path, inline_threshold: u64) -> Result<Arc<Self>> {
-        Self::open_with(data_dir, inline_threshold, None)
+        Self::open_with(data_dir, inline_threshold, None, None)
     }
 
     /// [`Store::open`] for a node of a region on PostgreSQL (`pg`, opened with the staging
-    /// directory of `data_dir`): the metadata are the region's, the directory this node's.
+    /// directory of `data_dir`): the metadata are the region's, the directory this node's;
+    /// with `remote`, committed blobs live in the store the region's nodes share.
     ///
     /// # Errors
     /// Those of [`Store::open`].
-    pub fn open_with(data_dir: &Path, inline_threshold: u64, pg: Option<PgStore>) -> Result<Arc<Self>> {
+    pub fn open_with(
+        data_dir: &Path,
+        inline_threshold: u64,
+        pg: Option<PgStore>,
+        remote: Option<blobs::Remote>,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::Other(format!("data directory {}: cannot create: {e}", data_dir.display())))?;
         let lock_path = data_dir.join("LOCK");
@@ -192,7 +198,10 @@ impl Store {
                 return Err(Error::Other(format!("data directory {}: cannot lock: {e}", data_dir.display())));
             }
         }
-        let blobs = BlobStore::open(data_dir)?;
+        let mut blobs = BlobStore::open(data_dir)?;
+        if let Some(r) = remote {
+            blobs = blobs.with_remote(r);
+        }
         let meta = match pg {
             Some(pg) => {
                 let (promoted, deleted) = blobs.recover(|id| pg.blob_is_live_blocking(id))?;

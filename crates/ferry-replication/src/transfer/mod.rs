@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ObjectCannedAcl, StorageClass, Tag, Tagging};
 use base64::Engine as _;
 use ferry_core::config::ReplicationSettings;
@@ -326,14 +326,7 @@ impl Transfer<'_> {
                         None => return Ok(ByteStream::from(Vec::new())),
                     },
                 };
-                let file = self.ctx.store.blobs.open_read(&p.blob).await.map_err(|e| blob_error(&p.blob, &e))?;
-                ByteStream::read_from()
-                    .file(file)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| Outcome::Transient(format!("reading blob {}: {e}", p.blob)))
+                self.ctx.store.blobs.body(&p.blob, offset, len).await.map_err(|e| blob_error(&p.blob, &e))
             }
         }
     }

@@ -12,6 +12,7 @@ mod proxy;
 mod raw_http;
 mod replication;
 mod s3;
+mod scale_out;
 mod server;
 mod tls;
 
@@ -25,6 +26,7 @@ pub use proxy::*;
 pub use raw_http::*;
 pub use replication::*;
 pub use s3::*;
+pub use scale_out::*;
 pub use server::*;
 pub use tls::*;
 

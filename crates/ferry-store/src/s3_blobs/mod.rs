@@ -17,8 +17,8 @@
 //! backend object deleted ([`S3Blobs::delete`], which succeeds when there is nothing to
 //! delete), then the intent. No listing of the backend bucket is ever needed.
 
-#[cfg(test)]
-pub(crate) mod seaweed;
+#[cfg(any(test, feature = "testing"))]
+pub mod seaweed;
 
 use std::ops::Range;
 
@@ -69,6 +69,24 @@ impl S3Blobs {
             .key(self.object_key(id))
             .content_length(len)
             .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_err("put", id, e))?;
+        Ok(())
+    }
+
+    /// Stores blob `id` with the contents of the file at `path` (streamed from the file: one
+    /// PutObject, retried from the file by the SDK).
+    ///
+    /// # Errors
+    /// The file cannot be read; the store refused or could not be reached.
+    pub async fn put_file(&self, id: &str, path: &std::path::Path) -> Result<()> {
+        let body = ByteStream::from_path(path).await.map_err(|e| s3_err("read staged", id, e))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(id))
+            .body(body)
             .send()
             .await
             .map_err(|e| s3_err("put", id, e))?;

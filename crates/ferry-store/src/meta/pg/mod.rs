@@ -333,7 +333,7 @@ mod conformance {
             let url = pg.url();
             async move |_: &std::path::Path| {
                 let options =
-                    PgOptions { node_id: "n1".into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None };
+                    PgOptions { node_id: "n1".into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None, blob_intents: false };
                 PgStore::open(&url, &options).await.unwrap()
             }
         }

@@ -62,6 +62,7 @@ pub struct PgStore {
     signals: Signals,
     commits: std::sync::atomic::AtomicU64,
     staging_dir: Option<Arc<std::path::Path>>,
+    blob_intents: bool,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -79,6 +80,9 @@ pub struct PgOptions {
     /// The node's blob staging directory, fsynced before a commit that references a new blob
     /// (as the SQLite writer does).
     pub staging_dir: Option<std::path::PathBuf>,
+    /// Blobs are uploaded to a store the region's nodes share, each under an intent
+    /// (`meta::pg::intents`) that the transaction referencing it must find.
+    pub blob_intents: bool,
 }
 
 impl PgStore {
@@ -105,6 +109,7 @@ impl PgStore {
             signals: Signals::default(),
             commits: std::sync::atomic::AtomicU64::new(0),
             staging_dir: options.staging_dir.as_deref().map(Arc::from),
+            blob_intents: options.blob_intents,
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -181,10 +186,11 @@ impl PgStore {
         let _permit = self.writers.acquire().await.map_err(|_| Error::Closed)?;
         let slot = lock(&self.slots).pop().ok_or(Error::Closed)?;
         let staging = self.staging_dir.clone();
+        let intents = self.blob_intents;
         let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
         let (node, clock, signals) = (self.node.clone(), self.clock.clone(), self.signals.clone());
         let out = tokio::task::spawn_blocking(move || {
-            let out = run_write(&conn, &node, slot, &clock, signals, staging.as_deref(), f);
+            let out = run_write(&conn, &node, slot, &clock, (signals, intents), staging.as_deref(), f);
             (out, conn)
         })
         .await;
@@ -245,12 +251,13 @@ fn run_write<T>(
     node: &Node,
     slot: i32,
     clock: &Arc<Mutex<NodeClock>>,
-    signals: Signals,
+    (signals, intents): (Signals, bool),
     staging: Option<&std::path::Path>,
     f: impl FnOnce(&mut dyn WriteTx) -> Result<T>,
 ) -> Result<T> {
     conn.batch("BEGIN")?;
     let mut tx = PgTx::writer(conn, &node.id, clock.clone(), signals);
+    tx.blob_intents = intents;
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut tx)))
         .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into())));
     let w = tx.write.take().unwrap_or_default();
@@ -429,15 +436,33 @@ pub(super) struct PgTx<'a> {
     pub(super) clock: Option<Arc<Mutex<NodeClock>>>,
     pub(super) write: Option<WriteState>,
     pub(super) signals: Signals,
+    /// New blobs must have an intent ([`PgOptions::blob_intents`]).
+    pub(super) blob_intents: bool,
 }
 
 impl<'a> PgTx<'a> {
     fn reader(conn: &'a SyncConn, node_id: &'a str, closed: i64) -> Self {
-        Self { conn, node_id, closed_before: Some(closed), clock: None, write: None, signals: Signals::default() }
+        Self {
+            conn,
+            node_id,
+            closed_before: Some(closed),
+            clock: None,
+            write: None,
+            signals: Signals::default(),
+            blob_intents: false,
+        }
     }
 
     fn writer(conn: &'a SyncConn, node_id: &'a str, clock: Arc<Mutex<NodeClock>>, signals: Signals) -> Self {
-        Self { conn, node_id, closed_before: None, clock: Some(clock), write: Some(WriteState::default()), signals }
+        Self {
+            conn,
+            node_id,
+            closed_before: None,
+            clock: Some(clock),
+            write: Some(WriteState::default()),
+            signals,
+            blob_intents: false,
+        }
     }
 }
 
@@ -474,7 +499,7 @@ mod tests {
     use crate::replication::{JobOp, JobOptions, NewJob};
 
     fn options(node: &str) -> PgOptions {
-        PgOptions { node_id: node.into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None }
+        PgOptions { node_id: node.into(), writers: 4, readers: 4, allow_unsafe: false, staging_dir: None, blob_intents: false }
     }
 
     /// Two nodes of one region on one database.

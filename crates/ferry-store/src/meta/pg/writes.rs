@@ -283,8 +283,21 @@ impl WriteTx for PgTx<'_> {
         Ok(parts)
     }
 
+    /// With shared blobs, the blob's intent becomes its row; a blob with neither (its intent
+    /// was swept: the object may be gone) fails the transaction.
     fn add_blob(&mut self, blob: &str) -> Result<()> {
         self.w()?.new_blobs = true;
+        if self.blob_intents {
+            let added = self.exec(
+                "WITH i AS (DELETE FROM blob_intents WHERE id = $1 RETURNING id) \
+                 INSERT INTO blobs (id) SELECT id FROM i ON CONFLICT DO NOTHING",
+                &[&blob],
+            )?;
+            if added == 0 && !self.blob_is_live(blob)? {
+                return Err(Error::Other(format!("blob {blob} has no intent (swept after its node was fenced?)")));
+            }
+            return Ok(());
+        }
         self.exec("INSERT INTO blobs (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&blob])?;
         Ok(())
     }
