@@ -38,6 +38,13 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
                 s3_error!(IncompleteBody, "The request body could not be read: {other}")
             }
         },
+        E::Unavailable(m) => {
+            tracing::warn!(error = %m, "metadata database unavailable");
+            s3_error!(
+                ServiceUnavailable,
+                "The region's metadata database cannot be reached from this node; please retry."
+            )
+        }
         E::Busy(m) => {
             tracing::info!(error = %m, "metadata transaction given up, client asked to retry");
             s3_error!(SlowDown, "The region is busy with this key; please retry.")

@@ -48,6 +48,10 @@ pub enum Error {
     /// deadlock or a serialization failure between nodes of a region).
     #[error("busy, try again: {0}")]
     Busy(String),
+    /// The metadata database cannot be reached (or this node was fenced by the others): the
+    /// request may succeed later, or on another node of the region.
+    #[error("the metadata database is unavailable: {0}")]
+    Unavailable(String),
     /// No space left for the database or a blob (the cause, as text: a failed commit is
     /// reported to every transaction of its batch).
     #[error("no space left on the disk: {0}")]

@@ -17,7 +17,11 @@ pub const EU: &str = "eu-west-1";
 /// The SeaweedFS bucket the region's blobs go to.
 const BLOBS: &str = "ferry-blobs";
 
+/// One rig at a time: each runs a dozen processes, more than two cores keep up with side by side.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct ScaleOut {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     /// Held for the life of the rig (configs, data directories; the servers below).
     _dir: tempfile::TempDir,
     pub pg: TestCluster,
@@ -36,6 +40,7 @@ impl ScaleOut {
     /// Starts the rig with `n` nodes, reaching EU through `link` when given; `None` when
     /// PostgreSQL or SeaweedFS is not installed (and CI does not require them).
     pub async fn start(n: usize, link: Option<LinkSpec>) -> Option<Self> {
+        let turn = ONE_AT_A_TIME.lock().await;
         let pg = TestCluster::start(&[])?;
         let weed = Seaweed::start().await?;
         weed.bucket(BLOBS).await;
@@ -56,7 +61,7 @@ impl ScaleOut {
         let configs: Vec<PathBuf> =
             ports.iter().enumerate().map(|(i, port)| node_config(&dir, &pg, &weed, i, *port, eu_for_nodes)).collect();
         let nodes = configs.iter().map(|c| Some(spawn(c))).collect();
-        Some(Self { _dir: dir, pg, _weed: weed, nodes, ports, configs, _eu: eu, eu_port, _link: link })
+        Some(Self { _turn: turn, _dir: dir, pg, _weed: weed, nodes, ports, configs, _eu: eu, eu_port, _link: link })
     }
 
     /// A client of node `i`.
@@ -74,6 +79,13 @@ impl ScaleOut {
         if let Some(p) = self.nodes[i].take() {
             p.kill9();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `i` (by its PID).
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].as_ref().expect("running").child.id().to_string();
+        let ok = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
     }
 
     /// Starts node `i` again (same id, same port: a new life that fences the previous one).

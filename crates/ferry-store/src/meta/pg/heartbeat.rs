@@ -8,7 +8,9 @@
 //!    clock never runs ahead of a commit still to come.
 //! 2. A node is fenced only after its heartbeat is older than `dead_after` (and [`fence`]
 //!    waits for its open transactions); until then it holds the region's clock back, which
-//!    makes "replicated up to T" late, never wrong.
+//!    makes "replicated up to T" late, never wrong. Only a node whose own beats have all
+//!    succeeded for `dead_after` fences others: when the database comes back from an outage,
+//!    every node's last beat is old, and the first node back does not fence the others.
 //! 3. Every beat renews the node's job leases ([`super::leases::renew`]) for
 //!    [`super::JOB_LEASE_US`]: a lease outlives its node's last beat by that long, unless the
 //!    node is fenced first (which frees them at once).
@@ -39,6 +41,8 @@ pub struct Heartbeat {
     every: Duration,
     dead_after: Duration,
     fenced: Arc<AtomicBool>,
+    /// Since when this node's beats have all succeeded (`None` after a failed one).
+    healthy_since: Option<std::time::Instant>,
 }
 
 impl Heartbeat {
@@ -46,7 +50,7 @@ impl Heartbeat {
     /// silent for longer than `dead_after`.
     #[must_use]
     pub fn new(meta: Arc<PgMeta>, node: Node, clock: Arc<Mutex<NodeClock>>, every: Duration, dead_after: Duration) -> Self {
-        Self { meta, node, clock, every, dead_after, fenced: Arc::new(AtomicBool::new(false)) }
+        Self { meta, node, clock, every, dead_after, fenced: Arc::new(AtomicBool::new(false)), healthy_since: None }
     }
 
     /// Set once this node's publish is refused: another node fenced it.
@@ -60,6 +64,14 @@ impl Heartbeat {
     /// # Errors
     /// Database errors (the next beat tries again).
     pub async fn beat(&mut self) -> crate::error::Result<bool> {
+        let out = self.beat_once().await;
+        if out.is_err() {
+            self.healthy_since = None;
+        }
+        out
+    }
+
+    async fn beat_once(&mut self) -> crate::error::Result<bool> {
         let client = self.meta.client().await?;
         let closed = lock(&self.clock).closed();
         let now = now_micros();
@@ -73,8 +85,15 @@ impl Heartbeat {
             Err(e) => return Err(e),
         };
         lock(&self.clock).observe(highest);
+        let healthy_since = *self.healthy_since.get_or_insert_with(std::time::Instant::now);
         // The jobs this node is sending stay its own.
         super::leases::renew(&**client, &self.node.id, now, super::JOB_LEASE_US).await?;
+        // Only a node that has itself been beating for `dead_after` judges others silent: after
+        // an outage of the database every node's last beat is old, and the first one back
+        // must not fence the rest.
+        if healthy_since.elapsed() < self.dead_after {
+            return Ok(true);
+        }
         let dead_before = now - i64::try_from(self.dead_after.as_micros()).unwrap_or(i64::MAX);
         let silent: Vec<String> = list(&**client, now)
             .await?

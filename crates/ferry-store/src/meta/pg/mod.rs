@@ -261,7 +261,7 @@ impl PgMeta {
     /// # Errors
     /// The server cannot be reached.
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(pg)
+        self.pool.get().await.map_err(|e| Error::Unavailable(format!("postgresql: {e}")))
     }
 
     /// The server's durability settings, as read at open.
@@ -297,7 +297,8 @@ async fn durability(client: &tokio_postgres::Client) -> Result<Durability> {
 /// Creates the tables of a new database in one transaction, or checks an existing one's
 /// version (a newer one is refused, never guessed at).
 async fn migrate(client: &tokio_postgres::Client) -> Result<()> {
-    client.batch_execute(&format!("BEGIN; {SCHEMA}")).await.map_err(pg)?;
+    // `IF NOT EXISTS` on a database already created would log a NOTICE per table.
+    client.batch_execute(&format!("SET client_min_messages = warning; BEGIN; {SCHEMA}")).await.map_err(pg)?;
     let done = async {
         let row = client.query_opt("SELECT v FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
         match row.map(|r| r.get::<_, String>(0)) {

@@ -41,7 +41,7 @@ pub struct Node {
 
 /// The answer to a node whose epoch is no longer current.
 pub(super) fn fenced(id: &str) -> Error {
-    Error::Other(format!("node {id} was fenced by another node of the region: it must rejoin"))
+    Error::Unavailable(format!("node {id} was fenced by another node of the region: it must rejoin"))
 }
 
 /// Joins node `id` with `slots` writer connections at wall time `now_us`: a new epoch (fencing

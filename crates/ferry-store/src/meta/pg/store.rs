@@ -375,7 +375,8 @@ impl SyncConn {
 }
 
 /// A database error as a store error: deadlocks and serialization failures are
-/// [`Error::Busy`] (try again), the rest internal.
+/// [`Error::Busy`] (try again), a server that cannot be reached [`Error::Unavailable`], the
+/// rest internal.
 pub(super) fn db(e: tokio_postgres::Error) -> Error {
     use tokio_postgres::error::SqlState;
     match e.code() {
@@ -383,6 +384,9 @@ pub(super) fn db(e: tokio_postgres::Error) -> Error {
             Error::Busy(format!("postgresql: {e}"))
         }
         Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(format!("postgresql: {e}")),
+        // No answer from the server (connection refused or broken, server shutting down).
+        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => Error::Unavailable(format!("postgresql: {e}")),
+        None => Error::Unavailable(format!("postgresql: {e}")),
         _ => pg(e),
     }
 }

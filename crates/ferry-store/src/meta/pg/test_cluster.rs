@@ -15,6 +15,8 @@ pub struct TestCluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The server's options (`pg_ctl -o`), to start it again the same way.
+    options: String,
 }
 
 /// The newest installed server's `bin` directory.
@@ -29,9 +31,29 @@ fn server_bin() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// A free loopback port (also the SeaweedFS rig's).
+/// A free loopback port (also the SeaweedFS rig's), below the kernel's ephemeral range (32768+
+/// by default, where every outgoing connection takes its port) and below the range the server
+/// tests give their processes (20000+), never the same twice in one test binary: a server
+/// started a moment later still finds it free.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seed = u64::from(std::process::id()) ^ u64::try_from(given.len()).unwrap_or(0).wrapping_mul(0x9e37_79b9);
+    let mut x = seed
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+    loop {
+        // xorshift: good enough to spread the choices.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + u16::try_from(x % 10_000).unwrap_or(0);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -56,7 +78,7 @@ impl TestCluster {
             let ok = Command::new("chown").arg("postgres:").arg(dir.path()).status().is_ok_and(|s| s.success());
             assert!(ok, "chown postgres {}", dir.path().display());
         }
-        let cluster = Self { dir, bin, port: free_port(), as_postgres };
+        let mut cluster = Self { dir, bin, port: free_port(), as_postgres, options: String::new() };
         let data = cluster.data();
         cluster.run("initdb", &["-D", &data, "-A", "trust", "-U", "ferry", "--no-sync"]);
         let mut options = format!(
@@ -67,9 +89,59 @@ impl TestCluster {
         for (k, v) in settings {
             options.push_str(&format!(" -c {k}={v}"));
         }
-        let log = cluster.dir.path().join("server.log");
-        cluster.run("pg_ctl", &["-D", &data, "-l", &log.display().to_string(), "-w", "-o", &options, "start"]);
+        cluster.options = options;
+        cluster.start_server();
         Some(cluster)
+    }
+
+    fn start_server(&self) {
+        let out = self.pg_ctl_start();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn pg_ctl_start(&self) -> std::process::Output {
+        let log = self.dir.path().join("server.log").display().to_string();
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-l", log.as_str(), "-w", "-o", self.options.as_str(), "start"];
+        let exe = self.bin.join("pg_ctl");
+        if self.as_postgres {
+            Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(&exe).args(args).output()
+        } else {
+            Command::new(&exe).args(args).output()
+        }
+        .expect("pg_ctl")
+    }
+
+    /// SIGKILL of the postmaster (by the PID in its data directory: the server this cluster
+    /// started); its backends end when they notice. Returns once it is gone.
+    pub fn kill9(&self) {
+        let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).expect("postmaster.pid");
+        let pid: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("a PID");
+        let status = Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again after [`kill9`](Self::kill9) (crash recovery runs first).
+    pub fn restart(&self) {
+        // The backends of the killed postmaster may still hold the shared memory a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = self.pg_ctl_start();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not restart: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     fn data(&self) -> String {
@@ -98,7 +170,7 @@ impl TestCluster {
         format!("postgres://ferry@127.0.0.1:{}/postgres", self.port)
     }
 
-    #[allow(dead_code)] // for the tests that kill and restart the server
+    #[allow(dead_code)] // for tests that look at the server's files
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
