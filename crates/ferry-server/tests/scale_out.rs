@@ -300,3 +300,71 @@ async fn a_paused_node_is_fenced_and_refused_when_it_wakes() {
         "nothing of the refused write stands"
     );
 }
+
+/// One node's link to PostgreSQL is blackholed for 15 s (nothing moves, nothing is closed):
+/// the other nodes go on writing (the cut node's open transaction is ended by the server, so
+/// its rows are freed) and fence it; when the link comes back, the node's writes are refused.
+/// Nothing acknowledged is lost, nothing fails, the watermark never runs ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_database_is_fenced_and_the_others_go_on() {
+    let Some(rig) = ScaleOut::start_with(3, None, Some(1)).await else { return };
+    replicated_pair(&rig.node(0), "src", &rig.eu(), "dst").await;
+    let mut acked = Vec::new();
+    for i in 0..21 {
+        acked.push(put_acked(&rig, i % 3, i, if i % 3 == 0 { 70_000 } else { 2_000 }).await);
+    }
+    let link = rig.pg_link.as_ref().unwrap();
+    let cut_at = std::time::Instant::now();
+    link.set_partition(Partition::Blackhole);
+    for i in 21..41 {
+        acked.push(put_acked(&rig, if i % 2 == 0 { 0 } else { 2 }, i, 2_000).await);
+    }
+    wait_until("node1 fenced by the others", 60, || async {
+        let listed = rig.region_nodes().await;
+        listed["nodes"].as_array().unwrap().iter().any(|n| n["node"] == "node1" && n["state"] != "live")
+    })
+    .await;
+    // The fault lasts 15 s.
+    tokio::time::sleep(std::time::Duration::from_secs(15).saturating_sub(cut_at.elapsed())).await;
+    link.set_partition(Partition::None);
+    let refused = rig.node(1).put_object().bucket("src").key("late").body(b"l".to_vec().into()).send().await;
+    let status = refused.as_ref().err().and_then(|e| e.raw_response()).map(|r| r.status().as_u16());
+    assert_eq!(status, Some(503), "the cut node, fenced, refuses writes: {refused:?}");
+    converges(&rig, &acked, &[0, 2]).await;
+}
+
+/// One of SeaweedFS's volume servers is killed with SIGKILL while the region runs: every blob
+/// has a second copy (replication 001), so every object still reads back through any node, and
+/// writes go on (a client retries the ones refused while the store notices); nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_volume_server_loses_no_object() {
+    let Some(mut rig) = ScaleOut::start(2, None).await else { return };
+    replicated_pair(&rig.node(0), "src", &rig.eu(), "dst").await;
+    let mut acked = Vec::new();
+    for i in 0..12 {
+        acked.push(put_acked(&rig, i % 2, i, 120_000).await);
+    }
+    rig.kill_volume_server(0);
+    for i in 12..24 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let key = format!("k{i:03}");
+            match rig.node(i % 2).put_object().bucket("src").key(&key).body(body(i, 120_000).into()).send().await {
+                Ok(out) => {
+                    acked.push((key, out.version_id().unwrap().to_owned()));
+                    break;
+                }
+                Err(e) => assert!(std::time::Instant::now() < deadline, "writes did not resume: {e:?}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    for i in 0..24 {
+        assert_eq!(
+            get_bytes(&rig.node((i + 1) % 2), "src", &format!("k{i:03}")).await,
+            body(i, 120_000),
+            "k{i:03}"
+        );
+    }
+    converges(&rig, &acked, &[0, 1]).await;
+}

@@ -34,12 +34,20 @@ pub struct ScaleOut {
     pub eu_port: u16,
     /// The emulated WAN link from the nodes to EU, when asked for.
     _link: Option<Netem>,
+    /// The link from one node to PostgreSQL, when asked for ([`ScaleOut::start_with`]).
+    pub pg_link: Option<Netem>,
 }
 
 impl ScaleOut {
     /// Starts the rig with `n` nodes, reaching EU through `link` when given; `None` when
     /// PostgreSQL or SeaweedFS is not installed (and CI does not require them).
     pub async fn start(n: usize, link: Option<LinkSpec>) -> Option<Self> {
+        Self::start_with(n, link, None).await
+    }
+
+    /// [`start`](Self::start), with node `cut` (if any) reaching PostgreSQL through a link of
+    /// its own ([`Self::pg_link`]), which a test can blackhole.
+    pub async fn start_with(n: usize, link: Option<LinkSpec>, cut: Option<usize>) -> Option<Self> {
         let turn = ONE_AT_A_TIME.lock().await;
         let pg = TestCluster::start(&[])?;
         let weed = Seaweed::start().await?;
@@ -58,10 +66,31 @@ impl ScaleOut {
             None => None,
         };
         let eu_for_nodes = link.as_ref().map_or(eu_port, |l| l.addr().port());
-        let configs: Vec<PathBuf> =
-            ports.iter().enumerate().map(|(i, port)| node_config(&dir, &pg, &weed, i, *port, eu_for_nodes)).collect();
+        let pg_link = match cut {
+            Some(_) => {
+                let port: u16 = pg.url().rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).unwrap();
+                let upstream = format!("127.0.0.1:{port}").parse().unwrap();
+                Some(Netem::start("127.0.0.1:0".parse().unwrap(), upstream, LinkSpec::default()).await.unwrap())
+            }
+            None => None,
+        };
+        let configs: Vec<PathBuf> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let meta = match (&pg_link, cut) {
+                    (Some(l), Some(c)) if c == i => {
+                        let (head, tail) = pg.url().rsplit_once(':').map(|(h, t)| (h.to_owned(), t.to_owned())).unwrap();
+                        let db = tail.split_once('/').map_or(String::new(), |(_, d)| d.to_owned());
+                        format!("{head}:{}/{db}", l.addr().port())
+                    }
+                    _ => pg.url(),
+                };
+                node_config(&dir, &meta, &weed, i, *port, eu_for_nodes)
+            })
+            .collect();
         let nodes = configs.iter().map(|c| Some(spawn(c))).collect();
-        Some(Self { _turn: turn, _dir: dir, pg, _weed: weed, nodes, ports, configs, _eu: eu, eu_port, _link: link })
+        Some(Self { _turn: turn, _dir: dir, pg, _weed: weed, nodes, ports, configs, _eu: eu, eu_port, _link: link, pg_link })
     }
 
     /// A client of node `i`.
@@ -79,6 +108,13 @@ impl ScaleOut {
         if let Some(p) = self.nodes[i].take() {
             p.kill9();
         }
+    }
+
+    /// SIGKILL of SeaweedFS's extra volume server `i` (0 or 1), by its PID.
+    pub fn kill_volume_server(&mut self, i: usize) {
+        let (_, child) = &mut self._weed.volumes[i];
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to node `i` (by its PID).
@@ -113,7 +149,7 @@ fn spawn(cfg: &std::path::Path) -> FerryProcess {
 
 /// Node `i` of the US region: its own data directory (staging), the region's PostgreSQL and
 /// SeaweedFS, EU as a peer; a short heartbeat so failover is quick in tests.
-fn node_config(dir: &tempfile::TempDir, pg: &TestCluster, weed: &Seaweed, i: usize, port: u16, eu_port: u16) -> PathBuf {
+fn node_config(dir: &tempfile::TempDir, meta: &str, weed: &Seaweed, i: usize, port: u16, eu_port: u16) -> PathBuf {
     let text = format!(
         "[[credential]]\naccess_key = \"{MAIN_AK}\"\nsecret_key = \"{MAIN_SK}\"\ndisplay_name = \"main\"\n\n\
          [[credential]]\naccess_key = \"{REPL_AK}\"\nsecret_key = \"{REPL_SK}\"\nreplication = true\n\n\
@@ -123,7 +159,6 @@ fn node_config(dir: &tempfile::TempDir, pg: &TestCluster, weed: &Seaweed, i: usi
          access_key = \"{wak}\"\nsecret_key = \"{wsk}\"\n\n\
          [[peer]]\nname = \"{EU}\"\nendpoint = \"http://127.0.0.1:{eu_port}\"\naccess_key = \"{REPL_AK}\"\n\
          secret_key = \"{REPL_SK}\"\nkind = \"ferry\"\n",
-        meta = pg.url(),
         weed_url = weed.url(),
         wak = seaweed::ACCESS_KEY,
         wsk = seaweed::SECRET_KEY,

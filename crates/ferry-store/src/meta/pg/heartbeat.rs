@@ -120,7 +120,16 @@ impl Worker for Heartbeat {
     }
 
     async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
-        if self.beat().await? { Ok(WorkerState::Throttled(self.every)) } else { Ok(WorkerState::Done) }
+        // A beat that hangs (a cut link to the database) counts as a failed one.
+        let limit = (self.every * 5).max(std::time::Duration::from_secs(2));
+        let beat = match tokio::time::timeout(limit, self.beat()).await {
+            Ok(b) => b?,
+            Err(_) => {
+                self.healthy_since = None;
+                return Err(crate::Error::Unavailable(format!("heartbeat: no answer from the database in {limit:?}")).into());
+            }
+        };
+        if beat { Ok(WorkerState::Throttled(self.every)) } else { Ok(WorkerState::Done) }
     }
 
     async fn wait_for_work(&mut self) -> WorkerState {

@@ -67,6 +67,14 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 
+/// A transaction left idle this long by a node (cut off, paused) is ended by the server, which
+/// frees the rows it holds (ms).
+pub const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
+
+/// How long a statement may take before the node gives up its connection (the server may be
+/// unreachable): the caller gets [`Error::Unavailable`].
+pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How long a node's lease on a replication job lasts unless its heartbeat renews it (µs).
 pub const JOB_LEASE_US: i64 = 30_000_000;
 
@@ -236,9 +244,22 @@ impl PgMeta {
     /// # Errors
     /// A bad URL, an unreachable server, unsafe settings, a database written by a newer build.
     pub async fn open(url: &str, connections: usize, allow_unsafe: bool) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| Error::InvalidArgument(format!("meta URL: {e}")))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| Error::InvalidArgument(format!("meta URL: {e}")))?;
+        // A node cut off from the server (a blackholed link) must not hold its locks for ever:
+        // the server ends a transaction left idle this long, and TCP keepalives find the
+        // dead connection.
+        if config.get_options().is_none() {
+            config.options(format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"));
+        }
+        config.keepalives(true).keepalives_idle(std::time::Duration::from_secs(10));
         let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(connections.max(1)).build().map_err(pg)?;
+        let pool = Pool::builder(manager)
+            .max_size(connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .wait_timeout(Some(STATEMENT_TIMEOUT))
+            .build()
+            .map_err(pg)?;
         let client = pool.get().await.map_err(pg)?;
         let durability = durability(&client).await?;
         let unsafe_settings = durability.unsafe_settings();

@@ -143,14 +143,16 @@ impl PgStore {
         }
         let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
-        let rows = client
-            .query(
-                "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+        let params: [&(dyn ToSql + Sync); 4] = [&ids, &self.node.id, &until, &now_us];
+        let claim = client.query(
+            "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
                  WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
                  RETURNING id",
-                &[&ids, &self.node.id, &until, &now_us],
-            )
+            &params,
+        );
+        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, claim)
             .await
+            .map_err(|_| Error::Unavailable("postgresql: no answer to a job claim".into()))?
             .map_err(db)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -334,7 +336,9 @@ fn wait_for_slot(conn: &SyncConn, node: &Node, slot: i32) -> Result<()> {
 /// A pooled connection used from a blocking thread: each statement is prepared once per
 /// connection and run through the runtime's handle.
 pub(super) struct SyncConn {
-    client: Object,
+    /// `None` once given up: a statement timed out, and a connection that may still wait on a
+    /// cut link is dropped, never returned to the pool.
+    client: RefCell<Option<Object>>,
     rt: tokio::runtime::Handle,
     /// How to open a fresh connection to the same server.
     config: Arc<tokio_postgres::Config>,
@@ -345,32 +349,53 @@ pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 impl SyncConn {
     fn new(client: Object, config: Arc<tokio_postgres::Config>) -> Self {
-        Self { client, rt: tokio::runtime::Handle::current(), config }
+        Self { client: RefCell::new(Some(client)), rt: tokio::runtime::Handle::current(), config }
+    }
+
+    /// Runs `f` on the connection within [`super::STATEMENT_TIMEOUT`]; past it the connection
+    /// is given up and the caller told the database is unavailable.
+    fn run<T>(&self, f: impl AsyncFnOnce(&Object) -> std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
+        let out = {
+            let guard = self.client.borrow();
+            let Some(client) = guard.as_ref() else {
+                return Err(Error::Unavailable("postgresql: a statement timed out on this connection".into()));
+            };
+            self.rt.block_on(async { tokio::time::timeout(super::STATEMENT_TIMEOUT, f(client)).await })
+        };
+        match out {
+            Ok(r) => r.map_err(db),
+            Err(_) => {
+                if let Some(c) = self.client.borrow_mut().take() {
+                    drop(Object::take(c));
+                }
+                Err(Error::Unavailable(format!("postgresql: no answer in {:?}", super::STATEMENT_TIMEOUT)))
+            }
+        }
     }
 
     pub(super) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.rt.block_on(async {
-            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
-            self.client.query(&stmt, params).await.map_err(db)
+        self.run(async |c| {
+            let stmt = c.prepare_cached(sql).await?;
+            c.query(&stmt, params).await
         })
     }
 
     pub(super) fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
-        self.rt.block_on(async {
-            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
-            self.client.query_opt(&stmt, params).await.map_err(db)
+        self.run(async |c| {
+            let stmt = c.prepare_cached(sql).await?;
+            c.query_opt(&stmt, params).await
         })
     }
 
     pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64> {
-        self.rt.block_on(async {
-            let stmt = self.client.prepare_cached(sql).await.map_err(db)?;
-            self.client.execute(&stmt, params).await.map_err(db)
+        self.run(async |c| {
+            let stmt = c.prepare_cached(sql).await?;
+            c.execute(&stmt, params).await
         })
     }
 
     pub(super) fn batch(&self, sql: &str) -> Result<()> {
-        self.rt.block_on(self.client.batch_execute(sql)).map_err(db)
+        self.run(async |c| c.batch_execute(sql).await)
     }
 }
 
