@@ -150,6 +150,8 @@ fn remove_null(tx: &mut dyn WriteTx, bucket: &str, key: &str) -> Result<()> {
 /// NoSuchBucket, NoSuchKey / PreconditionFailed from `cond`, database errors.
 pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, cond: &WriteConditions) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
+    // Before the conditions are read and the commit time taken (several nodes may write it).
+    tx.lock_key(bucket_name, &new.key)?;
     check_conditions(tx, bucket_name, &new.key, cond)?;
     let (version_id, mtime_us) = match &new.replica {
         Some(r) => {
@@ -266,6 +268,7 @@ pub struct DeleteOutcome {
 /// NoSuchBucket, database errors.
 pub fn delete_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, owner: &Owner) -> Result<DeleteOutcome> {
     let b = bucket(tx, bucket_name)?;
+    tx.lock_key(bucket_name, key)?;
     let now = tx.now();
     let version_id = match b.versioning {
         Versioning::Unversioned => {

@@ -30,6 +30,8 @@ pub struct ScaleOut {
     pub nodes: Vec<Option<FerryProcess>>,
     pub ports: Vec<u16>,
     configs: Vec<PathBuf>,
+    /// Each node's extra environment (a skewed clock).
+    envs: Vec<Vec<(String, String)>>,
     _eu: FerryProcess,
     pub eu_port: u16,
     /// The emulated WAN link from the nodes to EU, when asked for.
@@ -48,6 +50,39 @@ impl ScaleOut {
     /// [`start`](Self::start), with node `cut` (if any) reaching PostgreSQL through a link of
     /// its own ([`Self::pg_link`]), which a test can blackhole.
     pub async fn start_with(n: usize, link: Option<LinkSpec>, cut: Option<usize>) -> Option<Self> {
+        Self::start_full(n, link, cut, vec![Vec::new(); n]).await
+    }
+
+    /// Nodes whose wall clocks are off by `skews` (libfaketime offsets such as `+5s`, `-5s`;
+    /// empty: none): `None` when libfaketime is not installed (and CI does not require it).
+    pub async fn start_skewed(skews: &[&str]) -> Option<Self> {
+        let Some(lib) = faketime() else {
+            assert!(
+                std::env::var_os("FERRY_REQUIRE_FAKETIME").is_none(),
+                "libfaketime is missing (apt-get install faketime)"
+            );
+            eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+            return None;
+        };
+        let envs = skews
+            .iter()
+            .map(|s| {
+                if s.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![
+                        ("LD_PRELOAD".to_owned(), lib.clone()),
+                        ("FAKETIME".to_owned(), (*s).to_owned()),
+                        // Timers and timeouts keep the real monotonic clock.
+                        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+                    ]
+                }
+            })
+            .collect();
+        Self::start_full(skews.len(), None, None, envs).await
+    }
+
+    async fn start_full(n: usize, link: Option<LinkSpec>, cut: Option<usize>, envs: Vec<Vec<(String, String)>>) -> Option<Self> {
         let turn = ONE_AT_A_TIME.lock().await;
         let pg = TestCluster::start(&[])?;
         let weed = Seaweed::start().await?;
@@ -89,8 +124,21 @@ impl ScaleOut {
                 node_config(&dir, &meta, &weed, i, *port, eu_for_nodes)
             })
             .collect();
-        let nodes = configs.iter().map(|c| Some(spawn(c))).collect();
-        Some(Self { _turn: turn, _dir: dir, pg, _weed: weed, nodes, ports, configs, _eu: eu, eu_port, _link: link, pg_link })
+        let nodes = configs.iter().zip(&envs).map(|(c, e)| Some(spawn(c, e))).collect();
+        Some(Self {
+            _turn: turn,
+            _dir: dir,
+            pg,
+            _weed: weed,
+            nodes,
+            ports,
+            configs,
+            envs,
+            _eu: eu,
+            eu_port,
+            _link: link,
+            pg_link,
+        })
     }
 
     /// A client of node `i`.
@@ -127,7 +175,7 @@ impl ScaleOut {
     /// Starts node `i` again (same id, same port: a new life that fences the previous one).
     pub fn restart(&mut self, i: usize) {
         self.kill9(i);
-        self.nodes[i] = Some(spawn(&self.configs[i]));
+        self.nodes[i] = Some(spawn(&self.configs[i], &self.envs[i]));
     }
 
     /// `ferry region nodes --meta URL --json`.
@@ -143,8 +191,18 @@ impl ScaleOut {
     }
 }
 
-fn spawn(cfg: &std::path::Path) -> FerryProcess {
-    FerryProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[], 1)
+fn spawn(cfg: &std::path::Path, envs: &[(String, String)]) -> FerryProcess {
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    FerryProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &envs, 1)
+}
+
+/// Debian's libfaketime (package `faketime`), the thread-safe build.
+fn faketime() -> Option<String> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    dirs.filter_map(Result::ok)
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
 }
 
 /// Node `i` of the US region: its own data directory (staging), the region's PostgreSQL and

@@ -187,6 +187,11 @@ pub trait WriteTx: ReadTx + OutboxWrites {
     fn now(&mut self) -> i64;
     /// Moves the clock past a timestamp seen elsewhere (a replica's last-modified).
     fn observe_time(&mut self, us: i64);
+    /// Takes `key` of `bucket` for the rest of the transaction, before the domain reads its
+    /// state or takes a commit time for a change of it: on a backend several nodes write
+    /// (PostgreSQL), the key's writers take turns and later commit times follow the key's
+    /// latest version whatever the nodes' clocks. A single writer (SQLite) has nothing to do.
+    fn lock_key(&mut self, bucket: &str, key: &str) -> Result<()>;
     fn put_bucket(&mut self, bucket: &BucketRecord) -> Result<()>;
     fn delete_bucket(&mut self, name: &str) -> Result<()>;
     /// Inserts a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]). A

@@ -109,6 +109,10 @@ impl WriteTx for PgTx<'_> {
         }
     }
 
+    fn lock_key(&mut self, bucket: &str, key: &str) -> Result<()> {
+        self.hold_key(bucket, key).map(drop)
+    }
+
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.exec(
             &format!(

@@ -25,6 +25,11 @@ impl WriteTx for SqliteWriteTx<'_> {
         self.clock.observe(us);
     }
 
+    fn lock_key(&mut self, _bucket: &str, _key: &str) -> Result<()> {
+        // The single writer thread already orders every write.
+        Ok(())
+    }
+
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.conn
             .prepare_cached(&format!(
