@@ -41,11 +41,11 @@ macro_rules! conformance_tests {
 }
 pub(crate) use conformance_tests;
 
-fn owner() -> Owner {
+pub(crate) fn owner() -> Owner {
     Owner { id: "u".into(), display_name: "u".into() }
 }
 
-fn bucket(name: &str) -> BucketRecord {
+pub(crate) fn bucket(name: &str) -> BucketRecord {
     BucketRecord {
         name: name.into(),
         created_us: 1,
@@ -58,7 +58,7 @@ fn bucket(name: &str) -> BucketRecord {
     }
 }
 
-fn version(key: &str, version_id: &str, mtime_us: i64) -> VersionRecord {
+pub(crate) fn version(key: &str, version_id: &str, mtime_us: i64) -> VersionRecord {
     VersionRecord {
         bucket: "b".into(),
         key: key.into(),

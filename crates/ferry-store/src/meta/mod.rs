@@ -256,6 +256,31 @@ pub trait OutboxWrites {
     fn add_event(&mut self, time_us: i64, bucket: &str, rule_id: &str, kind: &str, detail: &str) -> Result<i64>;
 }
 
+/// The two steps of a version scan after a cursor, for every backend: the rest of the cursor's
+/// key (versions older than its marker: `rest_of_key(key, mtime_us, version_id, limit)`), then
+/// the keys after it, or from `from` (`keys_from(lower, exclusive, limit)`), up to `limit` in all.
+pub(crate) fn scan_after_cursor(
+    from: &[u8],
+    cursor: &VersionCursor,
+    limit: usize,
+    rest_of_key: impl FnOnce(&str, i64, &str, usize) -> Result<Vec<ListEntry>>,
+    keys_from: impl FnOnce(&[u8], bool, usize) -> Result<Vec<ListEntry>>,
+) -> Result<Vec<ListEntry>> {
+    let mut out = Vec::new();
+    if let (Some(k), Some((m, v))) = (&cursor.after_key, &cursor.after_version) {
+        out = rest_of_key(k, *m, v, limit)?;
+        if out.len() >= limit {
+            return Ok(out);
+        }
+    }
+    let (lower, exclusive): (&[u8], bool) = match &cursor.after_key {
+        Some(k) if k.as_bytes() >= from => (k.as_bytes(), true),
+        _ => (from, false),
+    };
+    out.extend(keys_from(lower, exclusive, limit - out.len())?);
+    Ok(out)
+}
+
 /// The smallest byte string greater than every string starting with `prefix` (the end of a key
 /// range scan); `None` when no such string exists (empty prefix or all 0xff).
 #[must_use]

@@ -12,7 +12,7 @@ use crate::meta::rows::{
     self, BACKFILL_COLS, BUCKET_COLS, Cells, DEST_COLS, EVENT_COLS, JOB_COLS, LIST_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS,
     limit_i64, to_u64,
 };
-use crate::meta::{OutboxReads, ReadTx, VersionCursor};
+use crate::meta::{OutboxReads, ReadTx, VersionCursor, scan_after_cursor};
 use crate::model::{BucketRecord, BucketUsage, ListEntry, PartRecord, UploadRecord, VersionRecord};
 use crate::replication::{Backfill, DestStats, Event, Job};
 
@@ -131,36 +131,34 @@ impl ReadTx for PgTx<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<ListEntry>> {
-        let mut out = Vec::new();
-        if let (Some(k), Some((m, v))) = (&cursor.after_key, &cursor.after_version) {
-            out = self.all(
-                &format!(
-                    "SELECT {LIST_COLS} FROM versions WHERE bucket = $1 AND key = $2 \
-                     AND (mtime_us < $3 OR (mtime_us = $3 AND version_id < $4)) \
-                     ORDER BY mtime_us DESC, version_id DESC LIMIT $5"
-                ),
-                &[&bucket, &k.as_bytes(), m, v, &limit_i64(limit)],
-                rows::list_entry,
-            )?;
-            if out.len() >= limit {
-                return Ok(out);
-            }
-        }
-        let (lower, exclusive): (&[u8], bool) = match &cursor.after_key {
-            Some(k) if k.as_bytes() >= from => (k.as_bytes(), true),
-            _ => (from, false),
-        };
-        let op = if exclusive { ">" } else { ">=" };
         let to = to.unwrap_or(&KEY_END);
-        out.extend(self.all(
-            &format!(
-                "SELECT {LIST_COLS} FROM versions WHERE bucket = $1 AND key {op} $2 AND key < $3 \
-                 ORDER BY key, mtime_us DESC, version_id DESC LIMIT $4"
-            ),
-            &[&bucket, &lower, &to, &limit_i64(limit - out.len())],
-            rows::list_entry,
-        )?);
-        Ok(out)
+        scan_after_cursor(
+            from,
+            cursor,
+            limit,
+            |k, m, v, lim| {
+                self.all(
+                    &format!(
+                        "SELECT {LIST_COLS} FROM versions WHERE bucket = $1 AND key = $2 \
+                         AND (mtime_us < $3 OR (mtime_us = $3 AND version_id < $4)) \
+                         ORDER BY mtime_us DESC, version_id DESC LIMIT $5"
+                    ),
+                    &[&bucket, &k.as_bytes(), &m, &v, &limit_i64(lim)],
+                    rows::list_entry,
+                )
+            },
+            |lower, exclusive, lim| {
+                let op = if exclusive { ">" } else { ">=" };
+                self.all(
+                    &format!(
+                        "SELECT {LIST_COLS} FROM versions WHERE bucket = $1 AND key {op} $2 AND key < $3 \
+                         ORDER BY key, mtime_us DESC, version_id DESC LIMIT $4"
+                    ),
+                    &[&bucket, &lower, &to, &limit_i64(lim)],
+                    rows::list_entry,
+                )
+            },
+        )
     }
 
     fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {

@@ -524,6 +524,7 @@ mod tests {
     use super::super::nodes;
     use super::super::test_cluster::TestCluster;
     use super::*;
+    use crate::meta::conformance::{bucket, version};
     use crate::model::*;
     use crate::replication::{JobOp, JobOptions, NewJob};
 
@@ -536,43 +537,8 @@ mod tests {
         let pg = TestCluster::start(&[])?;
         let a = PgStore::open(&pg.url(), &options("a")).await.unwrap();
         let b = PgStore::open(&pg.url(), &options("b")).await.unwrap();
-        a.write(|tx| tx.put_bucket(&bucket())).await.unwrap();
+        a.write(|tx| tx.put_bucket(&bucket("b"))).await.unwrap();
         Some((pg, Arc::new(a), Arc::new(b)))
-    }
-
-    fn owner() -> Owner {
-        Owner { id: "u".into(), display_name: "u".into() }
-    }
-
-    fn bucket() -> BucketRecord {
-        BucketRecord {
-            name: "b".into(),
-            created_us: 1,
-            owner: owner(),
-            versioning: Versioning::Enabled,
-            acl: Acl::private(&owner()),
-            tagging: None,
-            replication: None,
-            replica_sources: Vec::new(),
-        }
-    }
-
-    fn version(key: &str, version_id: &str, mtime_us: i64) -> VersionRecord {
-        VersionRecord {
-            bucket: "b".into(),
-            key: key.into(),
-            version_id: version_id.into(),
-            mtime_us,
-            is_latest: false,
-            delete_marker: false,
-            size: 3,
-            etag: "e".into(),
-            storage_class: None,
-            owner: owner(),
-            repl_status: None,
-            layout: BodyLayout::Inline(b"abc".to_vec()),
-            attrs: ObjectAttrs::default(),
-        }
     }
 
     /// Writes a new version of `key` the way the object layer does: the key's latest first,

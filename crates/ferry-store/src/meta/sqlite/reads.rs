@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{self, BUCKET_COLS, LIST_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, collect, first, limit_i64};
 use crate::error::Result;
-use crate::meta::{ReadTx, VersionCursor};
+use crate::meta::{ReadTx, VersionCursor, scan_after_cursor};
 use crate::model::{BucketRecord, BucketUsage, ListEntry, PartRecord, UploadRecord, VersionRecord};
 
 /// A transaction that reads through one connection: a read snapshot, or the write transaction
@@ -97,51 +97,47 @@ impl<T: HasConn> ReadTx for T {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<ListEntry>> {
-        let mut out = Vec::new();
-        let lim = limit_i64(limit);
-        if let (Some(k), Some((m, v))) = (&cursor.after_key, &cursor.after_version) {
-            out = collect(
-                self.conn(),
-                &format!(
-                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
-                     AND (mtime_us < ?3 OR (mtime_us = ?3 AND version_id < ?4)) \
-                     ORDER BY mtime_us DESC, version_id DESC LIMIT ?5"
-                ),
-                &[&bucket, &k.as_bytes(), m, v, &lim],
-                rows::list_entry,
-            )?;
-            if out.len() >= limit {
-                return Ok(out);
-            }
-        }
-        let rest = limit_i64(limit - out.len());
-        let (lower, exclusive): (&[u8], bool) = match &cursor.after_key {
-            Some(k) if k.as_bytes() >= from => (k.as_bytes(), true),
-            _ => (from, false),
-        };
-        let op = if exclusive { ">" } else { ">=" };
-        let more = match to {
-            Some(to) => collect(
-                self.conn(),
-                &format!(
-                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
-                     ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?4"
-                ),
-                &[&bucket, &lower, &to, &rest],
-                rows::list_entry,
-            )?,
-            None => collect(
-                self.conn(),
-                &format!(
-                    "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 \
-                     ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?3"
-                ),
-                &[&bucket, &lower, &rest],
-                rows::list_entry,
-            )?,
-        };
-        out.extend(more);
-        Ok(out)
+        scan_after_cursor(
+            from,
+            cursor,
+            limit,
+            |k, m, v, lim| {
+                collect(
+                    self.conn(),
+                    &format!(
+                        "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key = ?2 \
+                         AND (mtime_us < ?3 OR (mtime_us = ?3 AND version_id < ?4)) \
+                         ORDER BY mtime_us DESC, version_id DESC LIMIT ?5"
+                    ),
+                    &[&bucket, &k.as_bytes(), &m, &v, &limit_i64(lim)],
+                    rows::list_entry,
+                )
+            },
+            |lower, exclusive, lim| {
+                let op = if exclusive { ">" } else { ">=" };
+                let lim = limit_i64(lim);
+                match to {
+                    Some(to) => collect(
+                        self.conn(),
+                        &format!(
+                            "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 AND key < ?3 \
+                             ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?4"
+                        ),
+                        &[&bucket, &lower, &to, &lim],
+                        rows::list_entry,
+                    ),
+                    None => collect(
+                        self.conn(),
+                        &format!(
+                            "SELECT {LIST_COLS} FROM versions WHERE bucket = ?1 AND key {op} ?2 \
+                             ORDER BY key, mtime_us DESC, version_id DESC LIMIT ?3"
+                        ),
+                        &[&bucket, &lower, &lim],
+                        rows::list_entry,
+                    ),
+                }
+            },
+        )
     }
 
     fn bucket_has_versions(&self, bucket: &str) -> Result<bool> {
