@@ -775,3 +775,42 @@ async fn shutdown_ends_open_dashboards() {
         String::from_utf8_lossy(&seen)
     );
 }
+
+/// A stored replication configuration this build cannot read is shown as such, and the
+/// console's Save and rule actions refuse to touch it (409): built on the empty configuration
+/// the console would show, saving one rule would have dropped every stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_configuration_is_never_overwritten() {
+    let (server, console, _dir) = console_cluster().await;
+    let store = server.regions()[0].store.clone();
+    store
+        .meta
+        .write(|tx| {
+            let mut b = tx.get_bucket("main-a")?.ok_or(ferry_store::Error::NoSuchBucket)?;
+            b.replication = Some("not a configuration this build knows".into());
+            tx.put_bucket(&b)
+        })
+        .await
+        .unwrap();
+    let mut b = Browser::new(console);
+    assert_eq!(b.sign_in(MAIN_AK, MAIN_SK).await.status, 303);
+    let view = b.get("/buckets/us-east-1/main-a/replication").await;
+    assert!(view.body.contains("cannot be read by this build"), "{}", view.body);
+    let csrf = hidden(&b.get("/").await.body, "csrf");
+    let save = b
+        .post(
+            "/buckets/us-east-1/main-a/replication/rules",
+            &[("csrf", &csrf), ("id", "r"), ("dest_region", "eu-west-1"), ("dest_bucket", "main-b"), ("enabled", "on")],
+        )
+        .await;
+    assert_eq!(save.status, 409, "{}", save.body);
+    let action = b
+        .post(
+            "/buckets/us-east-1/main-a/replication/rule-action",
+            &[("csrf", &csrf), ("rule", "r"), ("action", "delete")],
+        )
+        .await;
+    assert_eq!(action.status, 409, "{}", action.body);
+    let stored = store.meta.read(|r| Ok(r.get_bucket("main-a")?.and_then(|b| b.replication))).await.unwrap();
+    assert_eq!(stored.as_deref(), Some("not a configuration this build knows"), "left as it was");
+}

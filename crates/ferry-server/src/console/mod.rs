@@ -396,9 +396,31 @@ fn versioning(v: Versioning) -> &'static str {
     }
 }
 
-/// A bucket's stored replication configuration (empty when it has none or it does not parse).
+/// A bucket's stored replication configuration, for showing (empty when it has none or it does
+/// not parse: [`editable_config`] says which).
 fn stored_config(b: &BucketRecord) -> ReplicationConfig {
     b.replication.as_deref().and_then(|s| ReplicationConfig::from_stored(s).ok()).unwrap_or_default()
+}
+
+/// Why a bucket's stored replication configuration cannot be read by this build, if it cannot.
+fn unreadable_config(b: &BucketRecord) -> Option<String> {
+    let stored = b.replication.as_deref()?;
+    ReplicationConfig::from_stored(stored).err().map(|e| {
+        format!(
+            "The stored replication configuration of this bucket cannot be read by this build ({e}). The console \
+             changes nothing here: replace it with PutBucketReplication or remove it with DeleteBucketReplication."
+        )
+    })
+}
+
+/// The stored configuration a console change builds on. One this build cannot read is never
+/// overwritten from the console (it would look empty, and saving one rule would drop the rest):
+/// 409 Conflict.
+fn editable_config(b: &BucketRecord) -> Result<ReplicationConfig, Box<Response>> {
+    match unreadable_config(b) {
+        Some(why) => Err(Box::new(message(StatusCode::CONFLICT, "Configuration not readable", &why))),
+        None => Ok(stored_config(b)),
+    }
 }
 
 /// The replication role of a bucket as far as this process knows: a source (it has rules), a

@@ -31,7 +31,8 @@ use serde::Deserialize;
 use super::live::{self, VerifyRun};
 use super::session::Session;
 use super::{
-    Console, ConsolePeer, ConsoleRegion, checked, enc, message, no_such_bucket, page, s3_error, stored_config, to_sign_in,
+    Console, ConsolePeer, ConsoleRegion, checked, editable_config, enc, message, no_such_bucket, page, s3_error, stored_config,
+    to_sign_in, unreadable_config,
 };
 use crate::cli::admin_client::AdminClient;
 use crate::cli::client::Endpoint;
@@ -429,12 +430,12 @@ pub(super) async fn view(
             csrf: s.csrf,
             versioned: b.versioning == Versioning::Enabled,
             rules: rule_rows(&stored_config(&b)),
+            notice: unreadable_config(&b).or(q.notice),
             region,
             name,
             progress,
             failures,
             charts,
-            notice: q.notice,
         },
         StatusCode::OK,
     )
@@ -479,6 +480,9 @@ async fn preview_of(c: &Console, s: &Session, r: &ConsoleRegion, b: &BucketRecor
         Ok(rules) => rules,
         Err(why) => return Preview { checks: Vec::new(), xml: String::new(), error: Some(why) },
     };
+    if let Some(why) = unreadable_config(b) {
+        return Preview { checks: Vec::new(), xml: String::new(), error: Some(why) };
+    }
     let cfg = replaced(&stored_config(b), &f.original, rules);
     let mut checks = preflight(c, s, b, f).await;
     let creating = f.create_dest.is_some() && checks.iter().any(|c| c.detail.starts_with("will be created"));
@@ -654,6 +658,10 @@ pub(super) async fn save(
         Ok(found) => found,
         Err(refused) => return *refused,
     };
+    let stored = match editable_config(&b) {
+        Ok(cfg) => cfg,
+        Err(refused) => return *refused,
+    };
     let rules = match f.rules() {
         Ok(rules) => rules,
         Err(why) => return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await,
@@ -668,7 +676,7 @@ pub(super) async fn save(
         let why = "A pre-flight check failed: see below.".to_owned();
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
     }
-    let cfg = replaced(&stored_config(&b), &f.original, rules);
+    let cfg = replaced(&stored, &f.original, rules);
     if let Err(why) = put_config(&c, r, &s, &name, &cfg, false).await {
         let why = format!("Not saved: {why}");
         return wizard_page(&c, s, region, &b, f, Some(why), StatusCode::BAD_REQUEST).await;
@@ -697,7 +705,10 @@ pub(super) async fn rule_action(
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let mut cfg = stored_config(&b);
+    let mut cfg = match editable_config(&b) {
+        Ok(cfg) => cfg,
+        Err(refused) => return *refused,
+    };
     if !cfg.rules.iter().any(|r| group_of(&r.id) == f.rule) {
         return message(StatusCode::NOT_FOUND, "No such rule", "This bucket has no such rule.");
     }
