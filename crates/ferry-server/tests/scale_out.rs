@@ -90,8 +90,10 @@ async fn replication_failures(rig: &ScaleOut, bucket: &str) -> Vec<serde_json::V
 }
 
 /// A node is killed with SIGKILL while it holds leased jobs (the link to the destination is
-/// slow, so transfers stay in flight) and writes stream in: the other nodes fence it once its
-/// heartbeat stops, take its jobs over, and every acknowledged version reaches the destination.
+/// slow, so transfers stay in flight), while a PUT streams through it, and with a multipart
+/// upload it started: the other nodes fence it once its heartbeat stops and take its jobs
+/// over, the upload is finished through them, and every acknowledged version reaches the
+/// destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing_and_its_jobs_are_taken_over() {
     let slow = LinkSpec { rate: Some(512 << 10), ..LinkSpec::default() };
@@ -111,18 +113,57 @@ async fn a_killed_node_loses_nothing_and_its_jobs_are_taken_over() {
     for i in 0..60 {
         acked.push(put_on(i, i % 3).await);
     }
+    // A multipart upload started on node 1, its first part sent there too.
+    let up = clients[1].create_multipart_upload().bucket("src").key("mp").send().await.unwrap();
+    let upload_id = up.upload_id().unwrap().to_owned();
+    let (p1, p2) = (body(500, 5 << 20), body(501, 300_000));
+    let part = |client: &aws_sdk_s3::Client, n: i32, data: &Vec<u8>| {
+        client.upload_part().bucket("src").key("mp").upload_id(&upload_id).part_number(n).body(data.clone().into()).send()
+    };
+    let e1 = part(&clients[1], 1, &p1).await.unwrap().e_tag().unwrap().to_owned();
     // Barrier: node 1 holds leases on jobs in flight.
     wait_until("node1 holds job leases", 60, || async {
         let listed = rig.region_nodes().await;
         listed["nodes"].as_array().unwrap().iter().any(|n| n["node"] == "node1" && n["leases"].as_i64().unwrap_or(0) > 0)
     })
     .await;
+    // Killed while a streamed PUT is under way through it (not acknowledged: not counted).
+    let streaming = {
+        let c = clients[1].clone();
+        tokio::spawn(async move { c.put_object().bucket("src").key("in-flight").body(body(9, 8 << 20).into()).send().await })
+    };
     rig.kill9(1);
-    // Writes go on through the two nodes left (as a load balancer would send them).
+    if let Ok(Ok(out)) = streaming.await {
+        acked.push(("in-flight".to_owned(), out.version_id().unwrap().to_owned()));
+    }
+    // Writes go on through the two nodes left (as a load balancer would send them), and the
+    // multipart upload is finished through them.
     for i in 60..90 {
         acked.push(put_on(i, if i % 2 == 0 { 0 } else { 2 }).await);
     }
+    let e2 = part(&clients[0], 2, &p2).await.unwrap().e_tag().unwrap().to_owned();
+    let parts = [(1, e1), (2, e2)]
+        .into_iter()
+        .map(|(n, e)| aws_sdk_s3::types::CompletedPart::builder().part_number(n).e_tag(e).build())
+        .collect();
+    let done = clients[2]
+        .complete_multipart_upload()
+        .bucket("src")
+        .key("mp")
+        .upload_id(&upload_id)
+        .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    acked.push(("mp".to_owned(), done.version_id().unwrap().to_owned()));
+    let mut whole = p1.clone();
+    whole.extend_from_slice(&p2);
+    assert!(
+        get_bytes(&clients[0], "src", "mp").await == whole,
+        "the multipart object reads back whole"
+    );
     converges(&rig, &acked, &[0, 2]).await;
+    assert!(get_bytes(&rig.eu(), "dst", "mp").await == whole, "and so at the destination");
     let listed = rig.region_nodes().await;
     let node1 = listed["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "node1").cloned().unwrap();
     assert_ne!(node1["state"], "live", "fenced by the others: {listed}");
