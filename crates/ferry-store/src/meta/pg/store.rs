@@ -131,7 +131,8 @@ impl PgStore {
     }
 
     /// Leases the jobs `ids` to this node until `now_us + lease_us`, unless another node holds
-    /// a lease on them that has not expired; returns those leased (one statement). The
+    /// a lease on them that has not expired or this node was fenced; returns those leased (one
+    /// statement). The
     /// heartbeat renews them; completing, retrying or failing a job ends its lease; fencing the
     /// node frees them all.
     ///
@@ -143,10 +144,12 @@ impl PgStore {
         }
         let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
-        let params: [&(dyn ToSql + Sync); 4] = [&ids, &self.node.id, &until, &now_us];
+        // A fenced node (paused, then woken) takes nothing: it could complete nothing.
+        let params: [&(dyn ToSql + Sync); 5] = [&ids, &self.node.id, &until, &now_us, &self.node.epoch];
         let claim = client.query(
             "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
                  WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
+                 AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
                  RETURNING id",
             &params,
         );
