@@ -61,6 +61,16 @@ impl Worker for BackfillWorker {
         }
         self.turn = self.turn.wrapping_add(1);
         let b = active[self.turn % active.len()].clone();
+        // In a region of several nodes one node steps a backfill at a time.
+        let lease = ferry_store::meta::pg::JOB_LEASE_US;
+        if !self.store.meta.take_backfill(b.id, ferry_core::time::now_micros(), lease).await? {
+            self.idle_turns += 1;
+            if self.idle_turns < active.len() {
+                return Ok(WorkerState::Busy);
+            }
+            self.idle_turns = 0;
+            return Ok(WorkerState::Throttled(Duration::from_secs(1)));
+        }
         if b.state == BackfillState::Counting {
             let (bucket, (from, to)) = (b.bucket.clone(), store_backfill::range(&b));
             let total = self.store.meta.read(move |r| r.count_versions(&bucket, &from, to.as_deref())).await?;

@@ -329,6 +329,9 @@ async fn replication_configured_and_watched_in_a_browser() {
     assert!(verdict.contains("in sync: 28 versions checked"), "{verdict}");
     // Signed out, the console's pages lead to the sign-in form.
     b.named("Sign out").await.click().await.unwrap();
+    // The sign-out's answer first (it leads to the sign-in form): a page opened before it
+    // would cancel the sign-out itself.
+    wait_until("signed out", 30, || async { b.title().await == "Sign in · Ferry console" }).await;
     b.d().goto(format!("{url}/buckets/us-east-1/photos/replication")).await.unwrap();
     assert_eq!(b.title().await, "Sign in · Ferry console");
     b.quit().await;

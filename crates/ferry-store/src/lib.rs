@@ -111,6 +111,18 @@ impl Meta {
         }
     }
 
+    /// Takes backfill `id` for this process's next step of it, for `lease_us`; false when
+    /// another node of the region holds it (it steps it). One process always gets it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_backfill(&self, id: i64, now_us: i64, lease_us: i64) -> Result<bool> {
+        match self {
+            Self::Sqlite(_) => Ok(true),
+            Self::Pg(m) => m.take_backfill(id, now_us, lease_us).await,
+        }
+    }
+
     /// Stops accepting writes once those under way are done.
     pub fn shutdown(&self) {
         match self {

@@ -223,6 +223,12 @@ impl Transfer<'_> {
                 Ok(out) => return Ok((p.number, out.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
                 Err(e) => e,
             };
+            if err.code() == Some("NoSuchUpload") {
+                // The saved upload is gone at the destination (completed by another attempt of
+                // this job, or expired there): the next attempt starts a new one.
+                let _ = self.save_progress(&Progress::default()).await;
+                return Err(Outcome::Transient(describe(&err)));
+            }
             match classify(&err) {
                 Outcome::Transient(why) if attempt < 3 => {
                     tracing::debug!(part = p.number, %why, "part upload failed; retrying");

@@ -171,6 +171,12 @@ pub async fn fence(client: &mut tokio_postgres::Client, id: &str, stale_before_u
     )
     .await
     .map_err(pg)?;
+    tx.execute(
+        "UPDATE backfills SET lease_owner = NULL, lease_token = NULL, lease_until_us = NULL WHERE lease_owner = $1",
+        &[&id],
+    )
+    .await
+    .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(true)
 }

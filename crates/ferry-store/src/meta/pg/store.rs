@@ -178,6 +178,30 @@ impl PgStore {
         &self.clock
     }
 
+    /// Leases backfill `id` to this node until `now_us + lease_us`, unless another live node
+    /// holds an unexpired lease on it or this node was fenced: one node steps a backfill at a
+    /// time (two would enqueue the same batch). Each step renews it; fencing frees it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_backfill(&self, id: i64, now_us: i64, lease_us: i64) -> Result<bool> {
+        let client = self.meta.client().await?;
+        let until = now_us.saturating_add(lease_us);
+        let params: [&(dyn ToSql + Sync); 5] = [&id, &self.node.id, &until, &now_us, &self.node.epoch];
+        let claim = client.query(
+            "UPDATE backfills SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+             WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
+             AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
+             RETURNING id",
+            &params,
+        );
+        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, claim)
+            .await
+            .map_err(|_| Error::Unavailable("postgresql: no answer to a backfill claim".into()))?
+            .map_err(db)?;
+        Ok(!rows.is_empty())
+    }
+
     /// Runs `f` in a write transaction; its result once the transaction committed.
     ///
     /// # Errors
@@ -674,6 +698,49 @@ mod tests {
         let second = recorder.await.unwrap().unwrap();
         let runnable = b.read(|r| r.runnable_jobs("eu", "d", 0, i64::MAX, &[], 10)).await.unwrap();
         assert_eq!(runnable.iter().map(|j| j.id).collect::<Vec<_>>(), [second]);
+    }
+
+    /// One node steps a backfill at a time: the other is refused while the lease stands, the
+    /// holder renews it, and it passes on once expired or once its holder is fenced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backfill_is_stepped_by_one_node_at_a_time() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let id = a
+            .write(|tx| {
+                tx.put_backfill(&crate::replication::Backfill {
+                    id: 0,
+                    bucket: "b".into(),
+                    rule_id: None,
+                    prefix: String::new(),
+                    status_filter: crate::replication::StatusFilter::All,
+                    older_than_us: None,
+                    state: crate::replication::BackfillState::Running,
+                    cursor_key: None,
+                    cursor_version: None,
+                    total_versions: 0,
+                    total_bytes: 0,
+                    scanned_versions: 0,
+                    scanned_bytes: 0,
+                    enqueued_versions: 0,
+                    done_versions: 0,
+                    done_bytes: 0,
+                    failed_versions: 0,
+                    created_us: 1,
+                    updated_us: 1,
+                    finished_us: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert!(a.take_backfill(id, 1_000, 500).await.unwrap());
+        assert!(!b.take_backfill(id, 1_200, 500).await.unwrap(), "a holds it");
+        assert!(a.take_backfill(id, 1_400, 500).await.unwrap(), "a renews it (to 1,900)");
+        assert!(!b.take_backfill(id, 1_800, 500).await.unwrap());
+        assert!(b.take_backfill(id, 2_000, 500).await.unwrap(), "expired: b takes it over");
+        let mut client = a.meta().client().await.unwrap();
+        assert!(nodes::fence(&mut client, "b", i64::MAX).await.unwrap());
+        assert!(a.take_backfill(id, 2_100, 500).await.unwrap(), "freed when b was fenced");
+        assert!(!b.take_backfill(id, 9_000, 500).await.unwrap(), "a fenced node takes nothing");
     }
 
     /// Counters are deltas until compacted; compacting changes no figure a reader sees.
