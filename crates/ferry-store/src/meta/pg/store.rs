@@ -142,20 +142,28 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(ids);
         }
+        self.lease(
+            "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+             WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
+             AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
+             RETURNING id",
+            &ids,
+            now_us,
+            lease_us,
+        )
+        .await
+    }
+
+    /// Runs one lease statement (`$1` ids, `$2` this node, `$3` the new expiry, `$4` now, `$5`
+    /// this node's epoch: a fenced node, paused then woken, takes nothing, since it could
+    /// complete nothing) within [`super::STATEMENT_TIMEOUT`]; the ids it leased.
+    async fn lease(&self, sql: &str, ids: &[i64], now_us: i64, lease_us: i64) -> Result<Vec<i64>> {
         let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
-        // A fenced node (paused, then woken) takes nothing: it could complete nothing.
         let params: [&(dyn ToSql + Sync); 5] = [&ids, &self.node.id, &until, &now_us, &self.node.epoch];
-        let claim = client.query(
-            "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
-                 WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
-                 AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
-                 RETURNING id",
-            &params,
-        );
-        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, claim)
+        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, client.query(sql, &params))
             .await
-            .map_err(|_| Error::Unavailable("postgresql: no answer to a job claim".into()))?
+            .map_err(|_| Error::Unavailable("postgresql: no answer to a lease".into()))?
             .map_err(db)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -185,21 +193,18 @@ impl PgStore {
     /// # Errors
     /// Database errors.
     pub async fn take_backfill(&self, id: i64, now_us: i64, lease_us: i64) -> Result<bool> {
-        let client = self.meta.client().await?;
-        let until = now_us.saturating_add(lease_us);
-        let params: [&(dyn ToSql + Sync); 5] = [&id, &self.node.id, &until, &now_us, &self.node.epoch];
-        let claim = client.query(
-            "UPDATE backfills SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
-             WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
-             AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
-             RETURNING id",
-            &params,
-        );
-        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, claim)
-            .await
-            .map_err(|_| Error::Unavailable("postgresql: no answer to a backfill claim".into()))?
-            .map_err(db)?;
-        Ok(!rows.is_empty())
+        let leased = self
+            .lease(
+                "UPDATE backfills SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+                 WHERE id = ANY($1) AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
+                 AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
+                 RETURNING id",
+                &[id],
+                now_us,
+                lease_us,
+            )
+            .await?;
+        Ok(!leased.is_empty())
     }
 
     /// Runs `f` in a write transaction; its result once the transaction committed.
