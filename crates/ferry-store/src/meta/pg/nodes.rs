@@ -3,7 +3,9 @@
 //!
 //! # Invariants
 //! 1. A node commits only while its epoch is current: every write transaction locks its
-//!    connection's `node_slots` row and checks the epoch ([`Node::check_slot`]). Fencing a node
+//!    connection's `node_slots` row and checks the epoch (the store does it in the transaction's
+//!    last statement, `seal` in `store.rs`; [`Node::check_slot`] is the same check for code that
+//!    runs its own transaction). Fencing a node
 //!    bumps those epochs with an UPDATE that waits for the node's open transactions, so once
 //!    [`fence`] returns the node can commit nothing more, even if it wakes up from a pause.
 //! 2. A node's published `closed_us` only grows, and no commit of that node is at or below it
@@ -92,8 +94,10 @@ pub async fn join(client: &mut tokio_postgres::Client, id: &str, slots: i32, now
 }
 
 impl Node {
-    /// The first statement of every write transaction on connection `slot`: locks the slot's
-    /// row until the transaction ends, and refuses to go on if the node was fenced.
+    /// Locks the slot's row of connection `slot` until the transaction ends, and refuses to go
+    /// on if the node was fenced: the fencing check for code that runs its own transaction (the
+    /// store's write transactions make it in their last statement instead, with the slot's
+    /// high-water time).
     ///
     /// # Errors
     /// The node was fenced; database errors.
