@@ -46,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 
 use crate::meta::pg::PgMeta;
 use crate::meta::pg::intents;
-use crate::meta::pg::nodes::Node;
+use crate::meta::pg::nodes::Life;
 use crate::model::PartRef;
 use crate::s3_blobs::S3Blobs;
 
@@ -78,7 +78,8 @@ pub type Settle = Box<dyn FnOnce() + Send + 'static>;
 pub struct Remote {
     pub s3: S3Blobs,
     pub meta: Arc<PgMeta>,
-    pub node: Node,
+    /// This node's current life (its intents carry its epoch).
+    pub node: Life,
 }
 
 impl Remote {
@@ -436,7 +437,9 @@ impl StagedBlob {
             self.file = None;
             if let (Some(remote), Some(path)) = (&self.remote, &self.path) {
                 let client = remote.meta.client().await.map_err(io_err)?;
-                intents::record(&**client, &remote.node, &self.id, ferry_core::time::now_micros()).await.map_err(io_err)?;
+                intents::record(&**client, &remote.node.current(), &self.id, ferry_core::time::now_micros())
+                    .await
+                    .map_err(io_err)?;
                 drop(client);
                 remote.s3.put_file(&self.id, path).await.map_err(io_err)?;
             }

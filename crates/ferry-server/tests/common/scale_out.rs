@@ -35,7 +35,7 @@ pub struct ScaleOut {
     _eu: FerryProcess,
     pub eu_port: u16,
     /// The emulated WAN link from the nodes to EU, when asked for.
-    _link: Option<Netem>,
+    pub link: Option<Netem>,
     /// The link from one node to PostgreSQL, when asked for ([`ScaleOut::start_with`]).
     pub pg_link: Option<Netem>,
 }
@@ -125,20 +125,7 @@ impl ScaleOut {
             })
             .collect();
         let nodes = configs.iter().zip(&envs).map(|(c, e)| Some(spawn(c, e))).collect();
-        Some(Self {
-            _turn: turn,
-            _dir: dir,
-            pg,
-            _weed: weed,
-            nodes,
-            ports,
-            configs,
-            envs,
-            _eu: eu,
-            eu_port,
-            _link: link,
-            pg_link,
-        })
+        Some(Self { _turn: turn, _dir: dir, pg, _weed: weed, nodes, ports, configs, envs, _eu: eu, eu_port, link, pg_link })
     }
 
     /// A client of node `i`.

@@ -14,14 +14,19 @@
 //! 3. Every beat renews the node's job leases ([`super::leases::renew`]) for
 //!    [`super::JOB_LEASE_US`]: a lease outlives its node's last beat by that long, unless the
 //!    node is fenced first (which frees them at once).
-//! 4. When its own publish is refused, the node has been fenced: the worker stops and
-//!    [`Heartbeat::fenced`] says so; the node must stop writing and rejoin.
+//! 4. When its own publish is refused, the node has been fenced (it paused, or lost the
+//!    database, for longer than `dead_after`): it rejoins at once as a new epoch
+//!    ([`super::nodes::join`]), its clock moved above the new floor *before* the new life is
+//!    installed ([`Life`]), so every time it hands out afterwards is above what the region
+//!    reported meanwhile. Transactions begun in the old life keep it and are refused at their
+//!    seal; its job leases were freed by the fence (a late completion of a job another node
+//!    leased since changes nothing). [`Heartbeat::rejoins`] counts these.
 //!
 //! # Crash behaviour
 //! Nothing lives only here: a node that dies stops beating, is fenced by the others after
 //! `dead_after`, and its clock row goes with the fence.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,16 +36,16 @@ use ferry_core::time::{NodeClock, now_micros};
 use tokio_util::sync::CancellationToken;
 
 use super::PgMeta;
-use super::nodes::{Node, fence, list};
+use super::nodes::{Life, fence, join, list};
 
 /// The heartbeat worker of one node.
 pub struct Heartbeat {
     meta: Arc<PgMeta>,
-    node: Node,
+    node: Life,
     clock: Arc<Mutex<NodeClock>>,
     every: Duration,
     dead_after: Duration,
-    fenced: Arc<AtomicBool>,
+    rejoins: Arc<AtomicU64>,
     /// Since when this node's beats have all succeeded (`None` after a failed one).
     healthy_since: Option<std::time::Instant>,
 }
@@ -49,17 +54,18 @@ impl Heartbeat {
     /// Beats every `every` for `node`, whose commit times `clock` hands out; fences the nodes
     /// silent for longer than `dead_after`.
     #[must_use]
-    pub fn new(meta: Arc<PgMeta>, node: Node, clock: Arc<Mutex<NodeClock>>, every: Duration, dead_after: Duration) -> Self {
-        Self { meta, node, clock, every, dead_after, fenced: Arc::new(AtomicBool::new(false)), healthy_since: None }
+    pub fn new(meta: Arc<PgMeta>, node: Life, clock: Arc<Mutex<NodeClock>>, every: Duration, dead_after: Duration) -> Self {
+        Self { meta, node, clock, every, dead_after, rejoins: Arc::new(AtomicU64::new(0)), healthy_since: None }
     }
 
-    /// Set once this node's publish is refused: another node fenced it.
+    /// How many times this node found itself fenced and rejoined.
     #[must_use]
-    pub fn fenced(&self) -> Arc<AtomicBool> {
-        self.fenced.clone()
+    pub fn rejoins(&self) -> Arc<AtomicU64> {
+        self.rejoins.clone()
     }
 
-    /// One beat: publish, observe, fence the silent. Returns false when this node is fenced.
+    /// One beat: publish, observe, fence the silent. Returns false when this node found
+    /// itself fenced (it has rejoined as a new epoch).
     ///
     /// # Errors
     /// Database errors (the next beat tries again).
@@ -75,11 +81,12 @@ impl Heartbeat {
         let client = self.meta.client().await?;
         let closed = lock(&self.clock).closed();
         let now = now_micros();
-        let highest = match self.node.publish(&**client, closed, now).await {
+        let node = self.node.current();
+        let highest = match node.publish(&**client, closed, now).await {
             Ok(h) => h,
             Err(e) if e.to_string().contains("fenced") => {
-                self.fenced.store(true, Ordering::SeqCst);
-                tracing::error!(node = %self.node.id, "this node was fenced by another node: it stops writing");
+                drop(client);
+                self.rejoin(node.slots).await?;
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -87,7 +94,7 @@ impl Heartbeat {
         lock(&self.clock).observe(highest);
         let healthy_since = *self.healthy_since.get_or_insert_with(std::time::Instant::now);
         // The jobs this node is sending stay its own.
-        super::leases::renew(&**client, &self.node.id, now, super::JOB_LEASE_US).await?;
+        super::leases::renew(&**client, &node.id, now, super::JOB_LEASE_US).await?;
         // Only a node that has itself been beating for `dead_after` judges others silent: after
         // an outage of the database every node's last beat is old, and the first one back
         // must not fence the rest.
@@ -98,7 +105,7 @@ impl Heartbeat {
         let silent: Vec<String> = list(&**client, now)
             .await?
             .into_iter()
-            .filter(|n| n.id != self.node.id && n.state == "live" && n.heartbeat_us.is_some_and(|h| h < dead_before))
+            .filter(|n| n.id != node.id && n.state == "live" && n.heartbeat_us.is_some_and(|h| h < dead_before))
             .map(|n| n.id)
             .collect();
         drop(client);
@@ -106,17 +113,34 @@ impl Heartbeat {
             let mut pooled = self.meta.client().await?;
             let c: &mut tokio_postgres::Client = &mut pooled;
             if fence(c, &id, dead_before).await? {
-                tracing::warn!(node = %self.node.id, fenced = %id, "fenced a node that stopped beating");
+                tracing::warn!(node = %node.id, fenced = %id, "fenced a node that stopped beating");
             }
         }
         Ok(true)
+    }
+
+    /// Joins the region again after a fence: a new epoch, the clock above its floor, then the
+    /// new life for new transactions (invariant 4).
+    async fn rejoin(&mut self, slots: i32) -> crate::error::Result<()> {
+        let id = self.node.current().id.clone();
+        tracing::error!(node = %id, "this node was fenced by another node (its writes under way are refused); rejoining");
+        let mut pooled = self.meta.client().await?;
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        let node = join(c, &id, slots, now_micros()).await?;
+        lock(&self.clock).observe(node.floor);
+        tracing::warn!(node = %id, epoch = node.epoch, "rejoined the region");
+        self.node.replace(node);
+        self.rejoins.fetch_add(1, Ordering::SeqCst);
+        // It judges others only once its own beats have been healthy for `dead_after` again.
+        self.healthy_since = None;
+        Ok(())
     }
 }
 
 #[async_trait::async_trait]
 impl Worker for Heartbeat {
     fn name(&self) -> String {
-        format!("heartbeat:{}", self.node.id)
+        format!("heartbeat:{}", self.node.current().id)
     }
 
     async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
@@ -129,7 +153,8 @@ impl Worker for Heartbeat {
                 return Err(crate::Error::Unavailable(format!("heartbeat: no answer from the database in {limit:?}")).into());
             }
         };
-        if beat { Ok(WorkerState::Throttled(self.every)) } else { Ok(WorkerState::Done) }
+        // A node that just rejoined beats again at once (publishing its new life's clock).
+        if beat { Ok(WorkerState::Throttled(self.every)) } else { Ok(WorkerState::Busy) }
     }
 
     async fn wait_for_work(&mut self) -> WorkerState {
@@ -140,7 +165,7 @@ impl Worker for Heartbeat {
 
 #[cfg(test)]
 mod tests {
-    use super::super::nodes::{committed_clock, join};
+    use super::super::nodes::committed_clock;
     use super::super::test_cluster::TestCluster;
     use super::*;
     use ferry_core::background::BackgroundRunner;
@@ -152,7 +177,8 @@ mod tests {
 
     /// Two nodes beating: the region's clock waits for a commit in flight on one of them while
     /// the other moves on, passes it once it ends; a node that stops beating is fenced by the
-    /// other, the clock moves on without it, and its own next beat finds it fenced.
+    /// other, the clock moves on without it, and its own next beat finds it fenced and rejoins
+    /// as a new epoch whose times are above everything the region reported meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_region_clock_waits_for_commits_in_flight_and_for_nothing_dead() {
         let Some(pg) = TestCluster::start(&[]) else { return };
@@ -169,11 +195,12 @@ mod tests {
         );
         let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
         let runner_a = BackgroundRunner::new(stop_a.clone());
-        let mut beat_a = Heartbeat::new(meta.clone(), a.clone(), clock_a.clone(), every, dead_after);
-        let a_fenced = beat_a.fenced();
-        runner_a.spawn(Heartbeat::new(meta.clone(), a.clone(), clock_a.clone(), every, dead_after));
+        let life_a = Life::new(a.clone());
+        let mut beat_a = Heartbeat::new(meta.clone(), life_a.clone(), clock_a.clone(), every, dead_after);
+        let a_rejoins = beat_a.rejoins();
+        runner_a.spawn(Heartbeat::new(meta.clone(), life_a.clone(), clock_a.clone(), every, dead_after));
         let runner_b = BackgroundRunner::new(stop_b.clone());
-        runner_b.spawn(Heartbeat::new(meta.clone(), b.clone(), clock_b.clone(), every, dead_after));
+        runner_b.spawn(Heartbeat::new(meta.clone(), Life::new(b.clone()), clock_b.clone(), every, dead_after));
         // A commit in flight on a: the clock stays below it, however far b moves.
         let t = lock(&clock_a).start_commit(0);
         let past_t = lock(&clock_b).start_commit(t + 1_000);
@@ -217,8 +244,25 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the clock stopped with a gone");
             tokio::time::sleep(every).await;
         }
-        assert!(!beat_a.beat().await.unwrap(), "a's beat is refused");
-        assert!(a_fenced.load(Ordering::SeqCst));
+        let reported = clock_now(&meta).await;
+        assert!(!beat_a.beat().await.unwrap(), "a's beat finds it fenced");
+        assert_eq!(a_rejoins.load(Ordering::SeqCst), 1);
+        let again = life_a.current();
+        assert_eq!(again.epoch, 3, "joined, fenced (2), rejoined");
+        let c = meta.client().await.unwrap();
+        let row = list(&**c, now_micros()).await.unwrap().into_iter().find(|n| n.id == "a").unwrap();
+        assert_eq!((row.epoch, row.state.as_str()), (3, "live"));
+        drop(c);
+        let t = lock(&clock_a).start_commit(0);
+        assert!(t > reported, "a's new times are above what the region reported while it was out");
+        lock(&clock_a).end_commit(t);
+        // The old life is refused at its seal, the new one is not.
+        let mut pooled = meta.client().await.unwrap();
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        let tx = c.transaction().await.unwrap();
+        assert!(a.check_slot(&tx, 0).await.is_err(), "a transaction of the fenced life is refused");
+        assert!(again.check_slot(&tx, 0).await.is_ok(), "the new life commits");
+        tx.rollback().await.unwrap();
         stop_b.cancel();
         runner_b.shutdown(Duration::from_secs(5)).await;
     }

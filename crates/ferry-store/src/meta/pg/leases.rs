@@ -193,7 +193,9 @@ mod tests {
             .expect("a claim does not wait for jobs another node has locked")
             .unwrap();
         assert_eq!(ids(&got), all[5..], "the locked five skipped, without waiting");
-        drop(held);
+        // Rolled back and waited for (dropping it would send the ROLLBACK without waiting, and
+        // the next claim could still find the five locked).
+        held.rollback().await.unwrap();
         let again = claim(&**b, "eu", "d", "node-a", 100, 1_000, 10).await.unwrap();
         assert_eq!(ids(&again), all[..5], "the leased five are not claimed twice");
         assert!(got.iter().chain(&again).all(|c| c.until_us == 1_100));

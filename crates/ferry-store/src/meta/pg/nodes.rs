@@ -24,8 +24,9 @@
 //! # Crash behaviour
 //! A node that dies leaves its rows: its clock row holds the watermark back, its slots stay
 //! at its epoch and its job leases stand, until another node fences it ([`fence`], once its
-//! heartbeat is older than the timeout), which frees them all. A node restarted with the same id joins with a new epoch, which fences its
-//! previous life.
+//! heartbeat is older than the timeout), which frees them all. A node restarted with the same
+//! id joins with a new epoch, which fences its previous life; a node that finds itself fenced
+//! while it runs (a pause, a cut link to the database) joins again the same way ([`Life`]).
 
 use tokio_postgres::GenericClient;
 
@@ -37,8 +38,35 @@ use crate::error::{Error, Result};
 pub struct Node {
     pub id: String,
     pub epoch: i64,
+    /// Writer slots (connections) it joined with.
+    pub slots: i32,
     /// The node's clock must hand out times above this.
     pub floor: i64,
+}
+
+/// This process's current life in the region: the [`Node`] its new transactions, leases and
+/// intents use. Replaced by the heartbeat when the node, fenced by the others (after a pause,
+/// or cut from the database), rejoins as a new epoch; a transaction keeps the life it started
+/// with, so one begun before the fence is refused at its seal whatever happens meanwhile.
+#[derive(Debug, Clone)]
+pub struct Life(std::sync::Arc<std::sync::Mutex<std::sync::Arc<Node>>>);
+
+impl Life {
+    #[must_use]
+    pub fn new(node: Node) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(std::sync::Arc::new(node))))
+    }
+
+    /// The node as of now.
+    #[must_use]
+    pub fn current(&self) -> std::sync::Arc<Node> {
+        ferry_core::sync::lock(&self.0).clone()
+    }
+
+    /// The node rejoined: new transactions use `node`.
+    pub(super) fn replace(&self, node: Node) {
+        *ferry_core::sync::lock(&self.0) = std::sync::Arc::new(node);
+    }
 }
 
 /// The answer to a node whose epoch is no longer current.
@@ -48,7 +76,7 @@ pub(super) fn fenced(id: &str) -> Error {
 
 /// Joins node `id` with `slots` writer connections at wall time `now_us`: a new epoch (fencing
 /// any earlier life of the same id), its slot rows, and its clock row with a floor above every
-/// closed timestamp published so far.
+/// closed timestamp published so far. A node fenced while it runs joins again the same way.
 ///
 /// # Errors
 /// Database errors.
@@ -90,7 +118,7 @@ pub async fn join(client: &mut tokio_postgres::Client, id: &str, slots: i32, now
     .await
     .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
-    Ok(Node { id: id.to_owned(), epoch, floor })
+    Ok(Node { id: id.to_owned(), epoch, slots, floor })
 }
 
 impl Node {

@@ -41,7 +41,7 @@ use ferry_core::time::{NodeClock, now_micros};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::nodes::{self, Node};
+use super::nodes::{self, Life, Node};
 use super::{PgMeta, pg};
 use crate::error::{Error, Result};
 use crate::meta::rows::Cells;
@@ -53,7 +53,7 @@ const COMPACT_EVERY: u64 = 512;
 /// A node's metadata store on PostgreSQL.
 pub struct PgStore {
     meta: Arc<PgMeta>,
-    node: Node,
+    node: Life,
     clock: Arc<Mutex<NodeClock>>,
     /// Writer slots free (each a `node_slots` row); a write takes one for its transaction.
     slots: Mutex<Vec<i32>>,
@@ -102,7 +102,7 @@ impl PgStore {
         Ok(Self {
             clock: Arc::new(Mutex::new(NodeClock::new(node.floor))),
             meta,
-            node,
+            node: Life::new(node),
             slots: Mutex::new((0..slots).rev().collect()),
             writers: tokio::sync::Semaphore::new(writers),
             readers: tokio::sync::Semaphore::new(readers),
@@ -160,7 +160,8 @@ impl PgStore {
     async fn lease(&self, sql: &str, ids: &[i64], now_us: i64, lease_us: i64) -> Result<Vec<i64>> {
         let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
-        let params: [&(dyn ToSql + Sync); 5] = [&ids, &self.node.id, &until, &now_us, &self.node.epoch];
+        let node = self.node.current();
+        let params: [&(dyn ToSql + Sync); 5] = [&ids, &node.id, &until, &now_us, &node.epoch];
         let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, client.query(sql, &params))
             .await
             .map_err(|_| Error::Unavailable("postgresql: no answer to a lease".into()))?
@@ -174,9 +175,9 @@ impl PgStore {
         &self.meta
     }
 
-    /// This node's membership (id, epoch).
+    /// This node's membership (id, epoch), replaced when it rejoins after a fence.
     #[must_use]
-    pub fn node(&self) -> &Node {
+    pub fn node(&self) -> &Life {
         &self.node
     }
 
@@ -222,7 +223,9 @@ impl PgStore {
         let staging = self.staging_dir.clone();
         let intents = self.blob_intents;
         let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
-        let (node, clock, signals) = (self.node.clone(), self.clock.clone(), self.signals.clone());
+        // The life this transaction seals with: if the node is fenced meanwhile, and rejoins,
+        // the seal still refuses it (its times may be below what the region reported since).
+        let (node, clock, signals) = (self.node.current(), self.clock.clone(), self.signals.clone());
         let out = tokio::task::spawn_blocking(move || {
             let out = run_write(&conn, &node, slot, &clock, (signals, intents), staging.as_deref(), f);
             (out, conn)
@@ -253,7 +256,7 @@ impl PgStore {
     {
         let _permit = self.readers.acquire().await.map_err(|_| Error::Closed)?;
         let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
-        let (node, clock) = (self.node.id.clone(), self.clock.clone());
+        let (node, clock) = (self.node.current().id.clone(), self.clock.clone());
         tokio::task::spawn_blocking(move || {
             // Before the snapshot: every commit of this node at or below it has ended.
             let closed = lock(&clock).closed();
