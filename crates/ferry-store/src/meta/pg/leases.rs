@@ -13,7 +13,9 @@
 //!    that lost its lease (paused, partitioned, then woken) changes nothing; its late
 //!    delivery is a duplicate the destination ignores (applying a replica is idempotent).
 //! 4. A node renews every lease it holds in one statement per heartbeat; a lease not renewed
-//!    expires and the job is claimable again.
+//!    expires and the job is claimable again. Neither a claim nor a renewal waits for a job
+//!    row another transaction holds (`SKIP LOCKED`): it is skipped, and taken or renewed next
+//!    time.
 //!
 //! Lease columns are not indexed, so claims and renewals are HOT updates of `repl_jobs`.
 
@@ -85,14 +87,17 @@ pub async fn claim(
     Ok(out)
 }
 
-/// Extends every lease `node` still holds to `now_us + ttl_us`; returns how many.
+/// Extends every lease `node` still holds to `now_us + ttl_us`; returns how many. A job row
+/// another transaction holds (the node completing it, say) is skipped this beat rather than
+/// waited for: the next beat renews it, long before the lease runs out.
 ///
 /// # Errors
 /// Database errors.
 pub async fn renew(client: &impl GenericClient, node: &str, now_us: i64, ttl_us: i64) -> Result<u64> {
     client
         .execute(
-            "UPDATE repl_jobs SET lease_until_us = $2 + $3 WHERE lease_owner = $1 AND lease_until_us >= $2",
+            "WITH c AS (SELECT id FROM repl_jobs WHERE lease_owner = $1 AND lease_until_us >= $2 FOR UPDATE SKIP LOCKED)
+             UPDATE repl_jobs r SET lease_until_us = $2 + $3 FROM c WHERE r.id = c.id",
             &[&node, &now_us, &ttl_us],
         )
         .await

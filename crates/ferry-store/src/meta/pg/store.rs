@@ -142,11 +142,15 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(ids);
         }
+        // A job row another transaction holds (its completion, another node's claim) is
+        // skipped, not waited for: lock waits between nodes stay near zero.
         self.lease(
-            "UPDATE repl_jobs SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+            "WITH c AS (SELECT id FROM repl_jobs \
              WHERE id = ANY($1) AND state = 0 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_us < $4) \
              AND EXISTS (SELECT 1 FROM nodes WHERE node_id = $2 AND epoch = $5 AND state = 'live') \
-             RETURNING id",
+             FOR UPDATE SKIP LOCKED) \
+             UPDATE repl_jobs r SET lease_owner = $2, lease_until_us = $3, lease_token = nextval('lease_tokens') \
+             FROM c WHERE r.id = c.id RETURNING r.id",
             &ids,
             now_us,
             lease_us,
@@ -749,6 +753,39 @@ mod tests {
         assert!(nodes::fence(&mut client, "b", i64::MAX).await.unwrap());
         assert!(a.take_backfill(id, 2_100, 500).await.unwrap(), "freed when b was fenced");
         assert!(!b.take_backfill(id, 9_000, 500).await.unwrap(), "a fenced node takes nothing");
+    }
+
+    /// Taking and renewing leases never wait for a job row another transaction holds (a
+    /// completion, another node's claim): the job is skipped this time, and taken or renewed
+    /// once it is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_skip_locked_jobs_instead_of_waiting() {
+        let Some((pg, a, b)) = two_nodes().await else { return };
+        let opts = JobOptions::default();
+        let ids = a
+            .write(move |tx| (0..3).map(|i| tx.insert_job(&job(&format!("v{i}"), &opts))).collect::<Result<Vec<_>>>())
+            .await
+            .unwrap();
+        assert_eq!(a.take_jobs(ids[..2].to_vec(), 1_000, 500).await.unwrap(), ids[..2]);
+        let (mut other, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let held = other.transaction().await.unwrap();
+        held.query("SELECT id FROM repl_jobs WHERE id = ANY($1) FOR UPDATE", &[&ids[1..].to_vec()]).await.unwrap();
+        let limit = std::time::Duration::from_secs(30);
+        let taken = tokio::time::timeout(limit, b.take_jobs(vec![ids[2]], 1_100, 500))
+            .await
+            .expect("taking a job does not wait for its locked row")
+            .unwrap();
+        assert!(taken.is_empty(), "skipped while locked: {taken:?}");
+        let client = a.meta().client().await.unwrap();
+        let renewed = tokio::time::timeout(limit, super::super::leases::renew(&**client, "a", 1_100, 500))
+            .await
+            .expect("renewing does not wait for a locked row")
+            .unwrap();
+        assert_eq!(renewed, 1, "the unlocked lease renewed, the locked one skipped this beat");
+        held.rollback().await.unwrap();
+        assert_eq!(b.take_jobs(vec![ids[2]], 1_200, 500).await.unwrap(), [ids[2]]);
+        assert_eq!(super::super::leases::renew(&**client, "a", 1_200, 500).await.unwrap(), 2);
     }
 
     /// Counters are deltas until compacted; compacting changes no figure a reader sees.
