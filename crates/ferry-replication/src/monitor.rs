@@ -4,6 +4,10 @@
 //! incremented and an `OperationMissedThreshold` event recorded (shown by `ferry replication
 //! status` and the admin API); when the lag comes back under it, an
 //! `OperationReplicatedAfterThreshold` event.
+//!
+//! In a region of several nodes every node sets its own gauges, but only the leading node
+//! ([`ferry_store::Meta::leads`]) records RPO events and fails orphaned jobs, so an event is
+//! recorded once per region; a node that starts leading first reloads the rules' last events.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -105,10 +109,18 @@ impl Worker for Monitor {
     }
 
     async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
-        if !self.loaded {
+        let leads = self.store.meta.leads().await?;
+        if !leads {
+            // What another node recorded meanwhile is reloaded once this one leads.
+            self.loaded = false;
+        }
+        if leads && !self.loaded {
+            self.over.clear();
             self.load_state().await?;
         }
-        self.fail_orphans().await?;
+        if leads {
+            self.fail_orphans().await?;
+        }
         let buckets = self.store.meta.read(|r| r.list_buckets()).await?;
         for b in buckets.into_iter().filter(|b| b.replication.is_some()) {
             let p = bucket_progress(&self.store, &b.name, &self.region).await?;
@@ -133,6 +145,9 @@ impl Worker for Monitor {
                 let key = (b.name.clone(), r.id.clone());
                 #[allow(clippy::cast_precision_loss)] // seconds
                 let over = r.enabled && r.lag_seconds > r.rpo_seconds as f64;
+                if !leads {
+                    continue;
+                }
                 if over && !self.over.contains(&key) {
                     let detail = format!(
                         "lag {:.0} s is over the recovery point objective of {} s ({} operations pending to {}/{})",

@@ -2,7 +2,10 @@
 //! passed, and multipart uploads that peers opened here and left idle are aborted.
 //!
 //! Crash behaviour: a file is unlinked before its `garbage` row is forgotten, so a crash in
-//! between only leaves a row whose file is already gone (removing it again is a no-op).
+//! between only leaves a row whose file is already gone (removing it again is a no-op). In a
+//! region of several nodes each due row is taken by one node's collector for a while
+//! ([`crate::Meta::take_garbage`]); a node that dies with rows taken leaves them to the others
+//! once that while has passed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +104,8 @@ impl Worker for GcWorker {
         if due.is_empty() {
             return Ok(WorkerState::Idle);
         }
+        // In a region of several nodes, one collector takes each (the others pass it by).
+        let due = self.store.meta.take_garbage(due, now, GARBAGE_LEASE_US).await?;
         for id in &due {
             self.store.blobs.remove(id).await?;
         }
@@ -115,6 +120,10 @@ impl Worker for GcWorker {
         WorkerState::Busy
     }
 }
+
+/// How long a node's collector holds the released blobs it took before another node's may
+/// take them (it died meanwhile).
+const GARBAGE_LEASE_US: i64 = 300_000_000;
 
 /// An intent younger than this is never swept, whatever its node's state (µs): a node's clock
 /// and the sweeper's may differ by a little.

@@ -111,6 +111,32 @@ impl Meta {
         }
     }
 
+    /// Whether this process does what a region must do once, not once per node (recording RPO
+    /// events, failing the jobs of removed peers). One process always does; in a region of
+    /// several nodes, one of them ([`PgStore::leads`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn leads(&self) -> Result<bool> {
+        match self {
+            Self::Sqlite(_) => Ok(true),
+            Self::Pg(m) => m.leads().await,
+        }
+    }
+
+    /// Takes the released blobs `ids` (found due) for this process's garbage collector, for
+    /// `lease_us`; returns those it got. One process: all of them. A node of a region skips
+    /// those another node took ([`PgStore::take_garbage`]).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_garbage(&self, ids: Vec<String>, now_us: i64, lease_us: i64) -> Result<Vec<String>> {
+        match self {
+            Self::Sqlite(_) => Ok(ids),
+            Self::Pg(m) => m.take_garbage(ids, now_us, lease_us).await,
+        }
+    }
+
     /// Takes backfill `id` for this process's next step of it, for `lease_us`; false when
     /// another node of the region holds it (it steps it). One process always gets it.
     ///

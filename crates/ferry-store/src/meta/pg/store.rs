@@ -158,6 +158,53 @@ impl PgStore {
         .await
     }
 
+    /// Whether this node is the one of the region that does what must be done once, not once
+    /// per node (recording RPO events, failing the jobs of removed peers): the live node with
+    /// the smallest id. When it dies, the next one takes over once it is fenced.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn leads(&self) -> Result<bool> {
+        let client = self.meta.client().await?;
+        let me = self.node.current();
+        let row = client
+            .query_one(
+                "SELECT coalesce(min(node_id) = $1, false) AND bool_or(node_id = $1 AND epoch = $2) \
+                 FROM nodes WHERE state = 'live'",
+                &[&me.id, &me.epoch],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
+    }
+
+    /// Takes the released blobs `ids` (found due) for this node's garbage collector: each is
+    /// made due again only at `now_us + lease_us`, so the other nodes' collectors pass it by
+    /// meanwhile, and a node that dies before collecting it leaves it to them after that. A
+    /// row another node is taking is skipped. Returns those taken.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn take_garbage(&self, ids: Vec<String>, now_us: i64, lease_us: i64) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let client = self.meta.client().await?;
+        let until = now_us.saturating_add(lease_us);
+        let rows = tokio::time::timeout(
+            super::STATEMENT_TIMEOUT,
+            client.query(
+                "WITH c AS (SELECT id FROM garbage WHERE id = ANY($1) AND due_us <= $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE garbage g SET due_us = $3 FROM c WHERE g.id = c.id RETURNING g.id",
+                &[&ids, &now_us, &until],
+            ),
+        )
+        .await
+        .map_err(|_| Error::Unavailable("postgresql: no answer to a garbage claim".into()))?
+        .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Runs one lease statement (`$1` ids, `$2` this node, `$3` the new expiry, `$4` now, `$5`
     /// this node's epoch: a fenced node, paused then woken, takes nothing, since it could
     /// complete nothing) within [`super::STATEMENT_TIMEOUT`]; the ids it leased.
@@ -786,6 +833,39 @@ mod tests {
         held.rollback().await.unwrap();
         assert_eq!(b.take_jobs(vec![ids[2]], 1_200, 500).await.unwrap(), [ids[2]]);
         assert_eq!(super::super::leases::renew(&**client, "a", 1_200, 500).await.unwrap(), 2);
+    }
+
+    /// One node of the region leads at a time: the live one with the smallest id; once it is
+    /// fenced, the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_live_node_leads() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        assert_eq!((a.leads().await.unwrap(), b.leads().await.unwrap()), (true, false));
+        let mut client = b.meta().client().await.unwrap();
+        assert!(nodes::fence(&mut client, "a", i64::MAX).await.unwrap());
+        assert_eq!((a.leads().await.unwrap(), b.leads().await.unwrap()), (false, true));
+    }
+
+    /// Two nodes' garbage collectors find the same released blob due: one takes it, the other
+    /// passes it by until the taker's lease has run out (it died before collecting it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_node_collects_a_released_blob() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        a.write(|tx| tx.release_blob("blob-1", 100)).await.unwrap();
+        let due = b.read(|r| r.due_garbage(1_000, 10)).await.unwrap();
+        assert_eq!(due, ["blob-1"]);
+        assert_eq!(a.take_garbage(due.clone(), 1_000, 500).await.unwrap(), ["blob-1"]);
+        assert!(b.take_garbage(due.clone(), 1_000, 500).await.unwrap().is_empty(), "a has it");
+        assert!(
+            b.read(|r| r.due_garbage(1_400, 10)).await.unwrap().is_empty(),
+            "not due for the others meanwhile"
+        );
+        assert_eq!(
+            b.read(|r| r.due_garbage(1_600, 10)).await.unwrap(),
+            ["blob-1"],
+            "due again once a's lease ran out"
+        );
+        assert_eq!(b.take_garbage(due, 1_600, 500).await.unwrap(), ["blob-1"]);
     }
 
     /// Counters are deltas until compacted; compacting changes no figure a reader sees.
