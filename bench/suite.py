@@ -945,6 +945,27 @@ class PgCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def blob_store(work):
+    """PostgreSQL and SeaweedFS for regions of nodes, with the blob bucket created:
+    (pg, weed process, weed url)."""
+    pg = PgCluster()
+    weed, weed_url = weed_server(work)
+    blobs = type("R", (), {"url": weed_url, "ca": None, "name": "us-east-1"})
+    s3(blobs, "s3api", "create-bucket", "--bucket", "ferry-blobs")
+    return pg, weed, weed_url
+
+
+def node_config(meta, node_id, weed_url, prefix="", admin=None):
+    """The `[[region]]` lines of a node on PostgreSQL (`meta`) with its blobs in SeaweedFS."""
+    text = f'meta = "{meta}"\nnode_id = "{node_id}"\n'
+    if admin:
+        text += f'admin_listen = "{admin}"\n'
+    text += f'\n[region.blobs]\nbackend = "s3"\nendpoint = "{weed_url}"\nbucket = "ferry-blobs"\n'
+    if prefix:
+        text += f'prefix = "{prefix}"\n'
+    return text + f'access_key = "{AK}"\nsecret_key = "{SK}"\n'
+
+
 def bench_scale_out():
     """One node on PostgreSQL (metadata) and SeaweedFS (bodies) against the embedded region:
     PUT and GET of 4 KiB and 64 KiB, and per PUT the statements, commits and WAL bytes
@@ -952,16 +973,10 @@ def bench_scale_out():
     dur = "3s" if QUICK else "10s"
     data = {}
     with tempfile.TemporaryDirectory() as work:
-        pg = PgCluster()
-        weed, weed_url = weed_server(work)
-        blobs = type("R", (), {"url": weed_url, "ca": None, "name": "us-east-1"})
-        s3(blobs, "s3api", "create-bucket", "--bucket", "ferry-blobs")
+        pg, weed, weed_url = blob_store(work)
         try:
             for name in ["sqlite", "postgresql"]:
-                extra = ""
-                if name == "postgresql":
-                    extra = (f'meta = "{pg.url}"\nnode_id = "bench"\n\n[region.blobs]\nbackend = "s3"\nendpoint = "{weed_url}"\n'
-                             f'bucket = "ferry-blobs"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n')
+                extra = node_config(pg.url, "bench", weed_url) if name == "postgresql" else ""
                 r = Region(Path(work) / name, "us-east-1", region_extra=extra)
                 res = {}
                 for size in ["4KiB", "64KiB"]:
@@ -1075,9 +1090,7 @@ class ScaleRegion:
         self.nodes, self.admin = [], []
         for i in range(n):
             admin = free_port()
-            extra = (f'meta = "{self.meta}"\nnode_id = "node{i}"\nadmin_listen = "127.0.0.1:{admin}"\n\n'
-                     f'[region.blobs]\nbackend = "s3"\nendpoint = "{weed_url}"\nbucket = "ferry-blobs"\nprefix = "{db}/"\n'
-                     f'access_key = "{AK}"\nsecret_key = "{SK}"\n')
+            extra = node_config(self.meta, f"node{i}", weed_url, prefix=f"{db}/", admin=f"127.0.0.1:{admin}")
             # One at a time: the first creates the schema.
             self.nodes.append(Region(Path(work) / f"{db}-node{i}", "us-east-1", peers=[("eu-west-1", peer_url)],
                                      region_extra=extra))
@@ -1181,10 +1194,7 @@ def bench_scale_out_drain():
     big = 10_000 if QUICK else 100_000
     data = {"jobs": n, "big": big, "runs": {}}
     with tempfile.TemporaryDirectory() as work:
-        pg = PgCluster()
-        weed, weed_url = weed_server(work)
-        blobs = type("R", (), {"url": weed_url, "ca": None, "name": "us-east-1"})
-        s3(blobs, "s3api", "create-bucket", "--bucket", "ferry-blobs")
+        pg, weed, weed_url = blob_store(work)
         eu_admin = free_port()
         eu = Region(Path(work) / "eu", "eu-west-1", region_extra=f'admin_listen = "127.0.0.1:{eu_admin}"\n')
         eu_admin = f"http://127.0.0.1:{eu_admin}"
@@ -1339,17 +1349,11 @@ def bench_scale_out_lag():
     runs, rate, count = (1, 100, 300) if QUICK else (3, 100, 1000)
     data = {"rate": rate, "count": count, "sqlite": [], "postgresql": []}
     with tempfile.TemporaryDirectory() as work:
-        pg = PgCluster()
-        weed, weed_url = weed_server(work)
-        blobs = type("R", (), {"url": weed_url, "ca": None, "name": "us-east-1"})
-        s3(blobs, "s3api", "create-bucket", "--bucket", "ferry-blobs")
+        pg, weed, weed_url = blob_store(work)
         eu = Region(Path(work) / "eu", "eu-west-1")
         try:
             for name in ["sqlite", "postgresql"]:
-                extra = ""
-                if name == "postgresql":
-                    extra = (f'meta = "{pg.url}"\nnode_id = "lag"\n\n[region.blobs]\nbackend = "s3"\nendpoint = "{weed_url}"\n'
-                             f'bucket = "ferry-blobs"\nprefix = "lag/"\naccess_key = "{AK}"\nsecret_key = "{SK}"\n')
+                extra = node_config(pg.url, "lag", weed_url, prefix="lag/") if name == "postgresql" else ""
                 us = Region(Path(work) / f"lag-{name}", "us-east-1", peers=[("eu-west-1", eu.url)], region_extra=extra)
                 for i in range(runs):
                     b = f"lag-{name}-{i}"
