@@ -346,21 +346,32 @@ async fn a_paused_node_is_fenced_and_refused_when_it_wakes() {
         acked.push(put_acked(&rig, if i % 2 == 0 { 0 } else { 2 }, i, 20_000).await);
     }
     rig.signal(1, "CONT");
-    // Sent as it wakes: refused if its old life takes it, acknowledged (and owed to the
-    // destination) if it has already rejoined.
-    let zombie = rig.node(1).put_object().bucket("src").key("zombie").body(b"z".to_vec().into()).send().await;
-    match &zombie {
-        Ok(out) => acked.push(("zombie".to_owned(), out.version_id().unwrap().to_owned())),
-        Err(e) => assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(503), "{zombie:?}"),
-    }
+    // Sent as it wakes: refused if its old life takes it, acknowledged if it has rejoined.
+    let refused = put_fenced_or_acked(&rig, 1, "zombie", &mut acked).await;
     rejoined(&rig, "node1").await;
     acked.push(put_acked(&rig, 1, 99, 20_000).await);
     converges(&rig, &acked, &[0, 1, 2]).await;
-    if zombie.is_err() {
+    if refused {
         assert!(
             rig.node(0).head_object().bucket("src").key("zombie").send().await.is_err(),
             "nothing of the refused write stands"
         );
+    }
+}
+
+/// A PUT of `key` through node `node`, which may have been fenced: either acknowledged (added
+/// to `acked`, owed to the destination) or refused with 503. Returns whether it was refused.
+async fn put_fenced_or_acked(rig: &ScaleOut, node: usize, key: &str, acked: &mut Vec<(String, String)>) -> bool {
+    let out = rig.node(node).put_object().bucket("src").key(key).body(key.as_bytes().to_vec().into()).send().await;
+    match &out {
+        Ok(o) => {
+            acked.push((key.to_owned(), o.version_id().unwrap().to_owned()));
+            false
+        }
+        Err(e) => {
+            assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(503), "{out:?}");
+            true
+        }
     }
 }
 
@@ -401,11 +412,7 @@ async fn a_node_cut_from_the_database_is_fenced_and_the_others_go_on() {
     // The fault lasts 15 s.
     tokio::time::sleep(std::time::Duration::from_secs(15).saturating_sub(cut_at.elapsed())).await;
     link.set_partition(Partition::None);
-    let late = rig.node(1).put_object().bucket("src").key("late").body(b"l".to_vec().into()).send().await;
-    match &late {
-        Ok(out) => acked.push(("late".to_owned(), out.version_id().unwrap().to_owned())),
-        Err(e) => assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(503), "{late:?}"),
-    }
+    put_fenced_or_acked(&rig, 1, "late", &mut acked).await;
     rejoined(&rig, "node1").await;
     acked.push(put_acked(&rig, 1, 99, 2_000).await);
     converges(&rig, &acked, &[0, 1, 2]).await;
