@@ -835,6 +835,34 @@ mod tests {
         assert_eq!(super::super::leases::renew(&**client, "a", 1_200, 500).await.unwrap(), 2);
     }
 
+    /// A transfer saving its progress keeps its job's lease (the other node cannot take the
+    /// job and resume the same upload beside it); scheduling a retry ends the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_progress_save_keeps_the_lease_and_a_retry_ends_it() {
+        let Some((_pg, a, b)) = two_nodes().await else { return };
+        let opts = JobOptions::default();
+        let id = a.write(move |tx| tx.insert_job(&job("v1", &opts))).await.unwrap();
+        let now = ferry_core::time::now_micros();
+        let lease = 60_000_000;
+        assert_eq!(a.take_jobs(vec![id], now, lease).await.unwrap(), [id]);
+        a.write(move |tx| crate::replication::outbox::save_progress(tx, id, Some("{\"upload\":\"u1\"}".into()))).await.unwrap();
+        assert!(
+            b.take_jobs(vec![id], now + 1, lease).await.unwrap().is_empty(),
+            "still a's after its progress save"
+        );
+        let job = a.read(move |r| r.get_job(id)).await.unwrap().unwrap();
+        a.write(move |tx| crate::replication::outbox::retry_later(tx, &job, "timeout", 0, now + 2, i64::MAX).map(drop))
+            .await
+            .unwrap();
+        assert_eq!(b.take_jobs(vec![id], now + 3, lease).await.unwrap(), [id], "a retry ends the lease");
+        let saved = b.read(move |r| r.get_job(id)).await.unwrap().unwrap();
+        assert_eq!(
+            saved.progress.as_deref(),
+            Some("{\"upload\":\"u1\"}"),
+            "the progress stays for the next attempt"
+        );
+    }
+
     /// One node of the region leads at a time: the live one with the smallest id; once it is
     /// fenced, the next.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -446,9 +446,19 @@ impl OutboxWrites for PgTx<'_> {
             (_, JobState::Failed) => false,
             (JobState::Failed, JobState::Pending) => self.key_has_pending(j, j.id)?,
         };
+        // A transfer saving its progress keeps its lease (another node would resume the same
+        // upload beside it); any other change (a retry scheduled, a failure, a re-arm) ends it.
+        let progress_only = old.state == j.state
+            && old.attempts == j.attempts
+            && old.next_attempt_us == j.next_attempt_us
+            && old.last_error == j.last_error
+            && old.since_us == j.since_us
+            && old.backfill_id == j.backfill_id;
         self.exec(
             "UPDATE repl_jobs SET state = $2, attempts = $3, next_attempt_us = $4, last_error = $5, progress = $6, \
-             since_us = $7, backfill_id = $8, blocked = $9, lease_owner = NULL, lease_token = NULL, lease_until_us = NULL \
+             since_us = $7, backfill_id = $8, blocked = $9, \
+             lease_owner = CASE WHEN $10 THEN lease_owner END, lease_token = CASE WHEN $10 THEN lease_token END, \
+             lease_until_us = CASE WHEN $10 THEN lease_until_us END \
              WHERE id = $1",
             &[
                 &j.id,
@@ -460,6 +470,7 @@ impl OutboxWrites for PgTx<'_> {
                 &j.since_us,
                 &j.backfill_id,
                 &blocked,
+                &progress_only,
             ],
         )?;
         let size = to_i64(old.size);
