@@ -178,8 +178,21 @@ CREATE TABLE IF NOT EXISTS node_clocks (
 ";
 
 /// A PostgreSQL error as a store error.
-pub(crate) fn pg(e: impl std::fmt::Display) -> Error {
-    Error::Other(format!("postgresql: {e}"))
+pub(crate) fn pg(e: impl std::error::Error) -> Error {
+    Error::Other(format!("postgresql: {}", chain(&e)))
+}
+
+/// An error with its causes: a server's answer is the source of tokio-postgres's "db error",
+/// and an operator needs it (the SQLSTATE and message), not the wrapper.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// One connection to `url`, without the pool, the durability check or migrations: for tools
@@ -318,6 +331,19 @@ async fn durability(client: &tokio_postgres::Client) -> Result<Durability> {
 /// Creates the tables of a new database in one transaction, or checks an existing one's
 /// version (a newer one is refused, never guessed at).
 async fn migrate(client: &tokio_postgres::Client) -> Result<()> {
+    // A database already at this schema is left alone: the DDL below locks every table it
+    // names, so running it while other nodes write would stall them (their writes queue behind
+    // its locks) or deadlock with them. A new region's first nodes may both run it: the
+    // second waits for the first's transaction.
+    let exists: bool = client.query_one("SELECT to_regclass('settings') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+    if exists {
+        let row = client.query_opt("SELECT v FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
+        match row.map(|r| r.get::<_, String>(0).parse::<i64>()) {
+            Some(Ok(v)) if v == SCHEMA_VERSION => return Ok(()),
+            Some(Ok(v)) if v > SCHEMA_VERSION => return Err(Error::unknown("metadata schema", v)),
+            _ => {}
+        }
+    }
     // `IF NOT EXISTS` on a database already created would log a NOTICE per table.
     client.batch_execute(&format!("SET client_min_messages = warning; BEGIN; {SCHEMA}")).await.map_err(pg)?;
     let done = async {
@@ -377,6 +403,25 @@ mod tests {
         let said = bad.unsafe_settings();
         assert_eq!(said.len(), 3);
         assert!(said[0].starts_with("fsync = off") && said[1].starts_with("synchronous_commit = off"));
+    }
+
+    /// A node opening a database already at this schema runs no DDL: the `IF NOT EXISTS`
+    /// statements take a lock on every table, which would wait for (and stall, or deadlock
+    /// with) the writes of the nodes already running.
+    #[tokio::test]
+    async fn opening_a_database_at_this_schema_waits_for_no_writer() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        drop(PgMeta::open(&pg.url(), 4, false).await.unwrap());
+        let (mut writer, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let busy = writer.transaction().await.unwrap();
+        busy.batch_execute("LOCK TABLE repl_jobs, versions IN ROW EXCLUSIVE MODE").await.unwrap();
+        let opened = tokio::time::timeout(std::time::Duration::from_secs(30), PgMeta::open(&pg.url(), 4, false))
+            .await
+            .expect("opening waits for no writer")
+            .unwrap();
+        assert_eq!(opened.schema_version().await.unwrap(), SCHEMA_VERSION);
+        busy.rollback().await.unwrap();
     }
 
     /// A real server: its settings are read, the schema created once (opening again keeps it),

@@ -490,15 +490,14 @@ impl SyncConn {
 /// rest internal.
 pub(super) fn db(e: tokio_postgres::Error) -> Error {
     use tokio_postgres::error::SqlState;
+    let text = format!("postgresql: {}", super::chain(&e));
     match e.code() {
-        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => {
-            Error::Busy(format!("postgresql: {e}"))
-        }
-        Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(format!("postgresql: {e}")),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => Error::Busy(text),
+        Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(text),
         // No answer from the server (connection refused or broken, server shutting down).
-        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => Error::Unavailable(format!("postgresql: {e}")),
-        None => Error::Unavailable(format!("postgresql: {e}")),
-        _ => pg(e),
+        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => Error::Unavailable(text),
+        None => Error::Unavailable(text),
+        _ => Error::Other(text),
     }
 }
 
