@@ -189,19 +189,15 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(ids);
         }
-        let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
-        let rows = tokio::time::timeout(
-            super::STATEMENT_TIMEOUT,
-            client.query(
+        let rows = self
+            .bounded(
+                "a garbage claim",
                 "WITH c AS (SELECT id FROM garbage WHERE id = ANY($1) AND due_us <= $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE garbage g SET due_us = $3 FROM c WHERE g.id = c.id RETURNING g.id",
                 &[&ids, &now_us, &until],
-            ),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("postgresql: no answer to a garbage claim".into()))?
-        .map_err(db)?;
+            )
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -209,15 +205,21 @@ impl PgStore {
     /// this node's epoch: a fenced node, paused then woken, takes nothing, since it could
     /// complete nothing) within [`super::STATEMENT_TIMEOUT`]; the ids it leased.
     async fn lease(&self, sql: &str, ids: &[i64], now_us: i64, lease_us: i64) -> Result<Vec<i64>> {
-        let client = self.meta.client().await?;
         let until = now_us.saturating_add(lease_us);
         let node = self.node.current();
-        let params: [&(dyn ToSql + Sync); 5] = [&ids, &node.id, &until, &now_us, &node.epoch];
-        let rows = tokio::time::timeout(super::STATEMENT_TIMEOUT, client.query(sql, &params))
-            .await
-            .map_err(|_| Error::Unavailable("postgresql: no answer to a lease".into()))?
-            .map_err(db)?;
+        let rows = self.bounded("a lease", sql, &[&ids, &node.id, &until, &now_us, &node.epoch]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Runs one autocommit statement on a pooled connection within
+    /// [`super::STATEMENT_TIMEOUT`]: a node cut off from the server gives `what` up as
+    /// [`Error::Unavailable`] instead of waiting for ever.
+    async fn bounded(&self, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.meta.client().await?;
+        tokio::time::timeout(super::STATEMENT_TIMEOUT, client.query(sql, params))
+            .await
+            .map_err(|_| Error::Unavailable(format!("postgresql: no answer to {what}")))?
+            .map_err(db)
     }
 
     /// The connection pool and durability settings.
@@ -764,30 +766,7 @@ mod tests {
     async fn a_backfill_is_stepped_by_one_node_at_a_time() {
         let Some((_pg, a, b)) = two_nodes().await else { return };
         let id = a
-            .write(|tx| {
-                tx.put_backfill(&crate::replication::Backfill {
-                    id: 0,
-                    bucket: "b".into(),
-                    rule_id: None,
-                    prefix: String::new(),
-                    status_filter: crate::replication::StatusFilter::All,
-                    older_than_us: None,
-                    state: crate::replication::BackfillState::Running,
-                    cursor_key: None,
-                    cursor_version: None,
-                    total_versions: 0,
-                    total_bytes: 0,
-                    scanned_versions: 0,
-                    scanned_bytes: 0,
-                    enqueued_versions: 0,
-                    done_versions: 0,
-                    done_bytes: 0,
-                    failed_versions: 0,
-                    created_us: 1,
-                    updated_us: 1,
-                    finished_us: None,
-                })
-            })
+            .write(|tx| crate::replication::backfill::start(tx, "b", None, "", crate::replication::StatusFilter::All, None))
             .await
             .unwrap();
         assert!(a.take_backfill(id, 1_000, 500).await.unwrap());
