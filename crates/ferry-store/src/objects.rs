@@ -207,7 +207,11 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     tx.put_version(&record)?;
     tx.refresh_latest(bucket_name, &record.key)?;
     if new.replica.is_none() {
-        enqueue(tx, &b, &record, JobOp::Put)?;
+        let jobs = enqueue(tx, &b, &record, JobOp::Put)?;
+        // Known without reading it back: a client's version is the key's latest (its time
+        // follows every version of the key), and PENDING when it has jobs.
+        let repl_status = if jobs > 0 { Some(ReplStatus::Pending) } else { record.repl_status };
+        return Ok(VersionRecord { is_latest: true, repl_status, ..record });
     }
     let stored = tx.get_version(bucket_name, &record.key, &record.version_id)?.unwrap_or(record);
     Ok(stored)

@@ -76,6 +76,52 @@ pub(crate) fn version(key: &str, version_id: &str, mtime_us: i64) -> VersionReco
     }
 }
 
+/// A stored replication configuration: one rule per destination bucket (all on peer `eu`),
+/// replicating delete markers, and deletes when `deletes`.
+pub(crate) fn replication_config(dests: &[&str], deletes: bool) -> String {
+    use crate::replication::{ReplicationConfig, Rule, RuleDestination, RuleFilter};
+    let rules = dests
+        .iter()
+        .zip(0..)
+        .map(|(d, i)| Rule {
+            id: format!("r{i}"),
+            priority: i,
+            enabled: true,
+            v2: true,
+            filter: RuleFilter::default(),
+            delete_markers: true,
+            deletes,
+            existing_objects: false,
+            replica_modifications: false,
+            destination: RuleDestination {
+                peer: "eu".into(),
+                bucket: (*d).into(),
+                storage_class: None,
+                account: None,
+                owner_override: false,
+                rpo_minutes: None,
+                metrics: false,
+            },
+        })
+        .collect();
+    ReplicationConfig { role: String::new(), rules }.to_stored().unwrap()
+}
+
+/// A one-byte object written by a client (not a replica).
+pub(crate) fn new_object(key: &str) -> crate::objects::NewVersion {
+    crate::objects::NewVersion {
+        key: key.into(),
+        size: 1,
+        etag: "e".into(),
+        storage_class: None,
+        owner: owner(),
+        layout: BodyLayout::Inline(vec![1]),
+        attrs: ObjectAttrs::default(),
+        repl_status: None,
+        replica: None,
+    }
+}
+
 fn put(tx: &mut dyn WriteTx, v: &VersionRecord) -> Result<()> {
     tx.put_version(v)?;
     tx.refresh_latest(&v.bucket, &v.key)

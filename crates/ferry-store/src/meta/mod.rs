@@ -29,7 +29,7 @@
 //! implements storage only. The conformance suite (`conformance.rs`) pins the contract.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod pg;
 mod rows;
 pub mod sqlite;
@@ -241,6 +241,10 @@ pub trait OutboxWrites {
     /// destination and key are gone; a live job promotes those waiting at backfill priority
     /// to live priority.
     fn insert_job(&mut self, job: &NewJob<'_>) -> Result<i64>;
+    /// [`Self::insert_job`] without its id back (a backend may send it with a later statement).
+    fn record_job(&mut self, job: &NewJob<'_>) -> Result<()> {
+        self.insert_job(job).map(drop)
+    }
     /// Removes a job (unblocking the next one of its destination and key); returns it as it was.
     fn delete_job(&mut self, id: i64) -> Result<Option<Job>>;
     /// Rewrites a job's state, attempts, due time, failure time, error, transfer progress and

@@ -414,8 +414,8 @@ pub(super) fn record(
     op: JobOp,
     created_us: i64,
     backfill_id: Option<i64>,
-) -> Result<i64> {
-    let id = tx.insert_job(&NewJob {
+) -> Result<()> {
+    tx.record_job(&NewJob {
         bucket: &version.bucket,
         key: &version.key,
         version_id: &version.version_id,
@@ -429,7 +429,7 @@ pub(super) fn record(
         backfill_id,
     })?;
     wake_on_commit(tx);
-    Ok(id)
+    Ok(())
 }
 
 /// Makes a failed job pending again from scratch (attempts, due time and failure time reset),
@@ -496,48 +496,20 @@ fn refresh_status(tx: &mut dyn WriteTx, bucket: &str, key: &str, version_id: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::conformance::{new_object, replication_config};
     use crate::meta::sqlite::SqliteMeta;
     use crate::model::Acl;
     use crate::model::*;
     use crate::objects::*;
-    use crate::replication::{RuleDestination, RuleFilter};
 
     fn owner() -> Owner {
         Owner { id: "u".into(), display_name: "u".into() }
     }
 
-    fn cfg(dests: &[&str], deletes: bool) -> String {
-        let rules = dests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Rule {
-                id: format!("r{i}"),
-                priority: i32::try_from(i).unwrap(),
-                enabled: true,
-                v2: true,
-                filter: RuleFilter::default(),
-                delete_markers: true,
-                deletes,
-                existing_objects: false,
-                replica_modifications: false,
-                destination: RuleDestination {
-                    peer: "eu".into(),
-                    bucket: (*d).into(),
-                    storage_class: None,
-                    account: None,
-                    owner_override: false,
-                    rpo_minutes: None,
-                    metrics: false,
-                },
-            })
-            .collect();
-        ReplicationConfig { role: String::new(), rules }.to_stored().unwrap()
-    }
-
     async fn setup(dests: &[&str], deletes: bool) -> (tempfile::TempDir, SqliteMeta) {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
-        let replication = Some(cfg(dests, deletes));
+        let replication = Some(replication_config(dests, deletes));
         meta.write(move |tx| {
             tx.put_bucket(&BucketRecord {
                 name: "src".into(),
@@ -555,20 +527,6 @@ mod tests {
         (dir, meta)
     }
 
-    fn obj(key: &str) -> NewVersion {
-        NewVersion {
-            key: key.into(),
-            size: 1,
-            etag: "e".into(),
-            storage_class: None,
-            owner: owner(),
-            layout: BodyLayout::Inline(vec![1]),
-            attrs: ObjectAttrs::default(),
-            repl_status: None,
-            replica: None,
-        }
-    }
-
     async fn status(meta: &SqliteMeta, vid: &str) -> Option<ReplStatus> {
         let vid = vid.to_owned();
         meta.read(move |r| r.get_version("src", "k", &vid)).await.unwrap().and_then(|v| v.repl_status)
@@ -578,7 +536,7 @@ mod tests {
     async fn jobs_are_recorded_with_the_write_and_drive_the_status() {
         let (_d, meta) = setup(&["d1", "d2"], true).await;
         let mut signal = meta.signals().outbox.subscribe();
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         assert_eq!(v.repl_status, Some(ReplStatus::Pending));
         assert!(signal.has_changed().unwrap(), "workers are woken on commit");
         signal.borrow_and_update();
@@ -588,7 +546,7 @@ mod tests {
         let runnable = |dest: &'static str| meta.read(move |r| r.runnable_jobs("eu", dest, 0, i64::MAX, &[], 10));
         assert_eq!(runnable("d1").await.unwrap().len(), 1, "each destination has its own queue");
         assert_eq!(runnable("d2").await.unwrap().len(), 1);
-        let v2 = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v2 = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         assert_eq!(
             runnable("d1").await.unwrap().len(),
             1,
@@ -630,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn deletes_markers_metadata_and_replicas() {
         let (_d, meta) = setup(&["d1"], true).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
         let vid = v.version_id.clone();
         meta.write(move |tx| {
@@ -643,7 +601,7 @@ mod tests {
         let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
         assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
         // A replica records nothing, and a second delivery of it is a no-op.
-        let mut r = obj("r");
+        let mut r = new_object("r");
         r.replica = Some(crate::objects::tests::replica_identity("abc", 5));
         r.repl_status = Some(ReplStatus::Replica);
         let r2 = r.clone();
@@ -665,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_change_promotes_the_backfill_job_it_waits_behind() {
         let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         let backfilled = v.clone();
         meta.write(move |tx| {
             // What the backfill records for an old version (the live job is delivered).
@@ -691,9 +649,11 @@ mod tests {
         .unwrap();
         // Live traffic on other keys, then a live overwrite of `k`.
         for i in 0..5 {
-            meta.write(move |tx| put_version(tx, "src", obj(&format!("other{i}")), &WriteConditions::default())).await.unwrap();
+            meta.write(move |tx| put_version(tx, "src", new_object(&format!("other{i}")), &WriteConditions::default()))
+                .await
+                .unwrap();
         }
-        meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         let live = meta.read(|r| r.runnable_jobs("eu", "d1", 0, i64::MAX, &[], 100)).await.unwrap();
         assert_eq!(live.first().map(|j| (j.key.as_str(), j.backfill_id)), Some(("k", Some(7))), "{live:?}");
         assert!(
@@ -708,7 +668,7 @@ mod tests {
     #[tokio::test]
     async fn results_of_dropped_jobs_change_nothing() {
         let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         let vid = v.version_id.clone();
         let jobs = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap();
         let last = meta.read(|r| r.max_job_id()).await.unwrap();
@@ -727,7 +687,7 @@ mod tests {
     #[tokio::test]
     async fn transient_failures_give_up_with_a_reason() {
         let (_d, meta) = setup(&["d1"], false).await;
-        let v = meta.write(|tx| put_version(tx, "src", obj("k"), &WriteConditions::default())).await.unwrap();
+        let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
         let vid = v.version_id.clone();
         let job = meta.read(move |r| r.jobs_for_version("src", "k", &vid)).await.unwrap().remove(0);
         let (j, t0) = (job.clone(), 1_000_000_000);

@@ -49,6 +49,7 @@
 //! No advisory locks, no `LISTEN`/`NOTIFY` in write transactions, no `xid8` snapshot
 //! functions: CockroachDB and YugabyteDB speak the same protocol and can follow.
 
+mod conn;
 pub mod heartbeat;
 pub mod intents;
 pub mod keys;

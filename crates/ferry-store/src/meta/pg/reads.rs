@@ -5,8 +5,9 @@
 
 use ferry_core::sync::lock;
 
+use super::conn::Params;
 use super::keys::{KeyHead, LOCK_KEY_SQL};
-use super::store::{Params, PgTx};
+use super::store::PgTx;
 use crate::error::{Error, Result};
 use crate::meta::rows::{
     self, BACKFILL_COLS, BUCKET_COLS, Cells, DEST_COLS, EVENT_COLS, JOB_COLS, LIST_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS,

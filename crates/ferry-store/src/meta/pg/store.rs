@@ -35,12 +35,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::Object;
 use ferry_core::sync::lock;
 use ferry_core::time::{NodeClock, now_micros};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::conn::{Committed, SyncConn, db, values};
 use super::nodes::{self, Life, Node};
 use super::{PgMeta, pg};
 use crate::error::{Error, Result};
@@ -61,6 +61,8 @@ pub struct PgStore {
     readers: tokio::sync::Semaphore,
     signals: Signals,
     commits: std::sync::atomic::AtomicU64,
+    /// Waits for the server by transactions so far (a figure for tests and benchmarks).
+    round_trips: Arc<std::sync::atomic::AtomicU64>,
     staging_dir: Option<Arc<std::path::Path>>,
     blob_intents: bool,
     closed: std::sync::atomic::AtomicBool,
@@ -108,6 +110,7 @@ impl PgStore {
             readers: tokio::sync::Semaphore::new(readers),
             signals: Signals::default(),
             commits: std::sync::atomic::AtomicU64::new(0),
+            round_trips: Arc::default(),
             staging_dir: options.staging_dir.as_deref().map(Arc::from),
             blob_intents: options.blob_intents,
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -279,8 +282,10 @@ impl PgStore {
         // The life this transaction seals with: if the node is fenced meanwhile, and rejoins,
         // the seal still refuses it (its times may be below what the region reported since).
         let (node, clock, signals) = (self.node.current(), self.clock.clone(), self.signals.clone());
+        let trips = self.round_trips.clone();
         let out = tokio::task::spawn_blocking(move || {
             let out = run_write(&conn, &node, slot, &clock, (signals, intents), staging.as_deref(), f);
+            trips.fetch_add(conn.round_trips(), std::sync::atomic::Ordering::Relaxed);
             (out, conn)
         })
         .await;
@@ -310,17 +315,28 @@ impl PgStore {
         let _permit = self.readers.acquire().await.map_err(|_| Error::Closed)?;
         let conn = SyncConn::new(self.meta.client().await?, self.meta.config.clone());
         let (node, clock) = (self.node.current().id.clone(), self.clock.clone());
+        let trips = self.round_trips.clone();
         tokio::task::spawn_blocking(move || {
             // Before the snapshot: every commit of this node at or below it has ended.
             let closed = lock(&clock).closed();
-            conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            // Sent with the first statement (a snapshot is taken by the first statement).
+            conn.queue_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
             let tx = PgTx::reader(&conn, &node, closed);
             let out = f(&tx);
-            conn.batch("COMMIT")?;
+            if !conn.discard() {
+                conn.batch("COMMIT")?;
+            }
+            trips.fetch_add(conn.round_trips(), std::sync::atomic::Ordering::Relaxed);
             out
         })
         .await
         .map_err(|e| Error::Other(format!("read task failed: {e}")))?
+    }
+
+    /// How many times this node's transactions waited for the server (each wait is a round
+    /// trip; statements whose answer is not needed travel with the next one that is).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Folds the counter deltas into their rows (also done every few hundred writes).
@@ -345,7 +361,8 @@ fn run_write<T>(
     staging: Option<&std::path::Path>,
     f: impl FnOnce(&mut dyn WriteTx) -> Result<T>,
 ) -> Result<T> {
-    conn.batch("BEGIN")?;
+    // Sent with the first statement that waits for an answer.
+    conn.queue_batch("BEGIN");
     let mut tx = PgTx::writer(conn, &node.id, clock.clone(), signals);
     tx.blob_intents = intents;
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut tx)))
@@ -363,23 +380,29 @@ fn run_write<T>(
         }
         Ok(v)
     };
-    let outcome = match out.and_then(synced).and_then(|v| seal(conn, node, slot, high).map(|()| v)) {
-        Ok(v) => match conn.batch("COMMIT") {
-            Ok(()) => Ok(v),
-            Err(e) => {
-                // Unknown outcome: wait for the transaction to end (it holds its slot's row
-                // lock) before its times leave the in-flight set. If even that fails, they
-                // stay: this node's closed timestamp stops until it restarts.
-                ended = wait_for_slot(conn, node, slot)
-                    .inspect_err(|w| {
-                        tracing::error!(error = %w, "could not wait for a commit of unknown outcome");
-                    })
-                    .is_ok();
-                Err(e)
+    let outcome = match out.and_then(synced) {
+        Ok(v) => {
+            seal(conn, node, slot, high);
+            match conn.commit() {
+                Committed::Yes => Ok(v),
+                Committed::RolledBack(e) => Err(sealed(e, node)),
+                Committed::Unknown(e) => {
+                    // Wait for the transaction to end (it holds its slot's row lock) before
+                    // its times leave the in-flight set. If even that fails, they stay: this
+                    // node's closed timestamp stops until it restarts.
+                    ended = wait_for_slot(conn, node, slot)
+                        .inspect_err(|w| {
+                            tracing::error!(error = %w, "could not wait for a commit of unknown outcome");
+                        })
+                        .is_ok();
+                    Err(e)
+                }
             }
-        },
+        }
         Err(e) => {
-            let _ = conn.batch("ROLLBACK");
+            if !conn.discard() {
+                let _ = conn.batch("ROLLBACK");
+            }
             Err(e)
         }
     };
@@ -397,14 +420,25 @@ fn run_write<T>(
     outcome
 }
 
-/// The last statement of a write transaction: locks the node's writer slot, refuses a fenced
-/// node (its epoch moved on), and records the highest commit time handed out.
-fn seal(conn: &SyncConn, node: &Node, slot: i32, high_us: i64) -> Result<()> {
-    let n = conn.execute(
-        "UPDATE node_slots SET high_us = GREATEST(high_us, $4) WHERE node_id = $1 AND slot = $2 AND epoch = $3",
-        &[&node.id, &slot, &node.epoch, &high_us],
-    )?;
-    if n == 1 { Ok(()) } else { Err(nodes::fenced(&node.id)) }
+/// The last statement of a write transaction, sent with its `COMMIT`: locks the node's
+/// writer slot, refuses a fenced node (its epoch moved on), and records the highest commit
+/// time handed out. A fenced node's seal matches no row and divides by zero: the error aborts
+/// the transaction, so the `COMMIT` behind it rolls back ([`sealed`] names it).
+fn seal(conn: &SyncConn, node: &Node, slot: i32, high_us: i64) {
+    conn.queue(
+        "WITH sealed AS (UPDATE node_slots SET high_us = GREATEST(high_us, $4) \
+         WHERE node_id = $1 AND slot = $2 AND epoch = $3 RETURNING 1) \
+         SELECT 1 / (SELECT count(*)::integer FROM sealed)",
+        values![node.id, slot, node.epoch, high_us],
+    );
+}
+
+/// The error of a rolled-back commit: a seal that matched no row means the node was fenced.
+fn sealed(e: tokio_postgres::Error, node: &Node) -> Error {
+    if e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) {
+        return nodes::fenced(&node.id);
+    }
+    super::conn::db(e)
 }
 
 /// Waits until no transaction holds the slot's row lock (on a fresh connection: the one whose
@@ -419,88 +453,6 @@ fn wait_for_slot(conn: &SyncConn, node: &Node, slot: i32) -> Result<()> {
             .map_err(pg)?;
         Ok(())
     })
-}
-
-/// A pooled connection used from a blocking thread: each statement is prepared once per
-/// connection and run through the runtime's handle.
-pub(super) struct SyncConn {
-    /// `None` once given up: a statement timed out, and a connection that may still wait on a
-    /// cut link is dropped, never returned to the pool.
-    client: RefCell<Option<Object>>,
-    rt: tokio::runtime::Handle,
-    /// How to open a fresh connection to the same server.
-    config: Arc<tokio_postgres::Config>,
-}
-
-/// A statement's parameters.
-pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-impl SyncConn {
-    fn new(client: Object, config: Arc<tokio_postgres::Config>) -> Self {
-        Self { client: RefCell::new(Some(client)), rt: tokio::runtime::Handle::current(), config }
-    }
-
-    /// Runs `f` on the connection within [`super::STATEMENT_TIMEOUT`]; past it the connection
-    /// is given up and the caller told the database is unavailable.
-    fn run<T>(&self, f: impl AsyncFnOnce(&Object) -> std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
-        let out = {
-            let guard = self.client.borrow();
-            let Some(client) = guard.as_ref() else {
-                return Err(Error::Unavailable("postgresql: a statement timed out on this connection".into()));
-            };
-            self.rt.block_on(async { tokio::time::timeout(super::STATEMENT_TIMEOUT, f(client)).await })
-        };
-        match out {
-            Ok(r) => r.map_err(db),
-            Err(_) => {
-                if let Some(c) = self.client.borrow_mut().take() {
-                    drop(Object::take(c));
-                }
-                Err(Error::Unavailable(format!("postgresql: no answer in {:?}", super::STATEMENT_TIMEOUT)))
-            }
-        }
-    }
-
-    pub(super) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.run(async |c| {
-            let stmt = c.prepare_cached(sql).await?;
-            c.query(&stmt, params).await
-        })
-    }
-
-    pub(super) fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
-        self.run(async |c| {
-            let stmt = c.prepare_cached(sql).await?;
-            c.query_opt(&stmt, params).await
-        })
-    }
-
-    pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64> {
-        self.run(async |c| {
-            let stmt = c.prepare_cached(sql).await?;
-            c.execute(&stmt, params).await
-        })
-    }
-
-    pub(super) fn batch(&self, sql: &str) -> Result<()> {
-        self.run(async |c| c.batch_execute(sql).await)
-    }
-}
-
-/// A database error as a store error: deadlocks and serialization failures are
-/// [`Error::Busy`] (try again), a server that cannot be reached [`Error::Unavailable`], the
-/// rest internal.
-pub(super) fn db(e: tokio_postgres::Error) -> Error {
-    use tokio_postgres::error::SqlState;
-    let text = format!("postgresql: {}", super::chain(&e));
-    match e.code() {
-        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => Error::Busy(text),
-        Some(c) if *c == SqlState::DISK_FULL => Error::StorageFull(text),
-        // No answer from the server (connection refused or broken, server shutting down).
-        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => Error::Unavailable(text),
-        None => Error::Unavailable(text),
-        _ => Error::Other(text),
-    }
 }
 
 impl Cells for Row {
@@ -641,6 +593,45 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    /// A PUT of a new version to a bucket replicating to two destinations, as the object layer
+    /// writes it (bucket, key, version, latest, usage, two jobs and their counters, the stored
+    /// the seal, in one transaction): three round trips (the bucket, the key, the commit). One
+    /// statement per round trip would be seventeen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_waits_for_the_server_three_times() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let a = PgStore::open(&pg.url(), &options("a")).await.unwrap();
+        let mut b = bucket("b");
+        b.replication = Some(crate::meta::conformance::replication_config(&["d1", "d2"], true));
+        a.write(move |tx| tx.put_bucket(&b)).await.unwrap();
+        let put = |key: &'static str| {
+            a.write(move |tx| {
+                crate::objects::put_version(
+                    tx,
+                    "b",
+                    crate::meta::conformance::new_object(key),
+                    &crate::objects::WriteConditions::default(),
+                )
+            })
+        };
+        // Statements are prepared on a connection's first use of them: warm every connection.
+        for key in ["w1", "w2", "w3", "w4", "w5", "w6"] {
+            put(key).await.unwrap();
+        }
+        let trips = a.round_trips();
+        let v = put("k").await.unwrap();
+        assert_eq!(a.round_trips() - trips, 3);
+        assert!(v.is_latest && v.repl_status == Some(ReplStatus::Pending), "{v:?}");
+        let vid = v.version_id.clone();
+        let stored = a.read(move |r| r.get_version("b", "k", &vid)).await.unwrap();
+        assert_eq!(stored.as_ref(), Some(&v));
+        let jobs = a.read(|r| r.pending_jobs_of_peer("eu", 100)).await.unwrap();
+        let mut dests: Vec<_> =
+            jobs.iter().filter(|j| j.key == "k" && j.version_id == v.version_id).map(|j| j.dest_bucket.as_str()).collect();
+        dests.sort_unstable();
+        assert_eq!(dests, ["d1", "d2"], "{jobs:?}");
     }
 
     /// A key written on a node whose clock runs a minute ahead, then on another: the second

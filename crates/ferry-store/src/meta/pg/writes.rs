@@ -12,8 +12,9 @@
 
 use ferry_core::sync::lock;
 
+use super::conn::{SyncConn, Value, values};
 use super::keys::SET_LATEST_SQL;
-use super::store::{PgTx, SyncConn, WriteState};
+use super::store::{PgTx, WriteState};
 use crate::checksum::Algorithm;
 use crate::error::{Error, Result};
 use crate::meta::rows::{self, BACKFILL_COLS, BUCKET_COLS, JOB_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, col_count, to_i64};
@@ -33,26 +34,30 @@ impl PgTx<'_> {
         self.write.as_mut().ok_or_else(|| Error::Other("a write in a read snapshot".into()))
     }
 
-    fn exec(&self, sql: &str, params: super::store::Params<'_>) -> Result<u64> {
+    fn exec(&self, sql: &str, params: super::conn::Params<'_>) -> Result<u64> {
         self.conn.execute(sql, params)
     }
 
-    /// Adds to the counters of `j`'s destination (a delta row: nobody waits on a shared row).
-    fn count(&self, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) -> Result<()> {
-        self.exec(
-            "INSERT INTO repl_dest_deltas (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&j.bucket, &j.peer, &j.dest_bucket, &pending, &bytes, &failed, &error],
-        )?;
-        Ok(())
+    /// A statement whose answer is not needed: sent with the next one that waits (its error,
+    /// if any, comes from there).
+    fn queue(&self, sql: impl Into<String>, params: Vec<Value>) {
+        self.conn.queue(sql, params);
     }
 
-    fn usage(&self, bucket: &str, versions: i64, bytes: i64) -> Result<()> {
-        self.exec(
+    /// Adds to the counters of `j`'s destination (a delta row: nobody waits on a shared row).
+    fn count(&self, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) {
+        self.queue(
+            "INSERT INTO repl_dest_deltas (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            values![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error],
+        );
+    }
+
+    fn usage(&self, bucket: &str, versions: i64, bytes: i64) {
+        self.queue(
             "INSERT INTO bucket_usage_deltas (bucket, versions, bytes) VALUES ($1, $2, $3)",
-            &[&bucket, &versions, &bytes],
-        )?;
-        Ok(())
+            values![bucket, versions, bytes],
+        );
     }
 
     /// True when a pending job other than `except` is queued for `j`'s destination and key.
@@ -68,13 +73,62 @@ impl PgTx<'_> {
     }
 
     /// The head of `j`'s destination and key left the pending set: the oldest waiting job runs next.
-    fn unblock_next(&self, j: &Job) -> Result<()> {
-        self.exec(
+    fn unblock_next(&self, j: &Job) {
+        self.queue(
             "UPDATE repl_jobs SET blocked = false WHERE id = (SELECT id FROM repl_jobs WHERE peer = $1 AND dest_bucket = $2 \
              AND bucket = $3 AND key = $4 AND state = 0 ORDER BY id LIMIT 1) AND blocked",
-            &[&j.peer, &j.dest_bucket, &j.bucket, &j.key.as_bytes()],
-        )?;
-        Ok(())
+            values![j.peer, j.dest_bucket, j.bucket, j.key.as_bytes()],
+        );
+    }
+
+    /// The insert of a new job (the statement and its parameters), once the key is held and
+    /// the statements that go with it (waiting backfill jobs promoted, its counter) are queued:
+    /// see [`OutboxWrites::insert_job`].
+    fn job_insert(&mut self, n: &NewJob<'_>) -> Result<(&'static str, Vec<Value>)> {
+        let head = self.hold_key(n.bucket, n.key)?;
+        let live = n.backfill_id.is_none();
+        if live {
+            // A live change must not wait behind backfill jobs (of its key and destination) that
+            // only run after every live one.
+            self.queue(
+                "UPDATE repl_jobs SET priority = 0 WHERE peer = $1 AND dest_bucket = $2 AND bucket = $3 AND key = $4 \
+                 AND state = 0 AND priority = 1",
+                values![n.peer, n.dest_bucket, n.bucket, n.key.as_bytes()],
+            );
+        }
+        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
+        let probe = Job {
+            bucket: n.bucket.to_owned(),
+            key: n.key.to_owned(),
+            peer: n.peer.to_owned(),
+            dest_bucket: n.dest_bucket.to_owned(),
+            ..crate::replication::Job::blank()
+        };
+        self.count(&probe, 1, to_i64(n.size), 0, None);
+        let sql = "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, \
+                   state, attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, \
+                   opts, key_seq) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, 0, NULL, NULL, $11, $12, \
+                   EXISTS (SELECT 1 FROM repl_jobs WHERE peer = $6 AND dest_bucket = $7 AND bucket = $2 AND key = $3 \
+                   AND state = 0), $13, NULL, $14, $15)";
+        let params = values![
+            FORMAT_VERSION,
+            n.bucket,
+            n.key.as_bytes(),
+            n.version_id,
+            n.op.code(),
+            n.peer,
+            n.dest_bucket,
+            n.rule_id,
+            n.created_us,
+            to_i64(n.size),
+            n.backfill_id,
+            i64::from(!live),
+            live,
+            opts,
+            head.map_or(0, |h| h.seq),
+        ];
+        Ok((sql, params))
     }
 
     /// Holds the key of job `id` (its bucket and key never change); false when there is no such job.
@@ -114,35 +168,35 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
-        self.exec(
-            &format!(
+        self.queue(
+            format!(
                 "INSERT INTO buckets ({BUCKET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (name) DO UPDATE SET fmt = $2, created_us = $3, owner = $4, versioning = $5, acl = $6, \
                  tagging = $7, replication = $8, replica_sources = $9"
             ),
-            &[
-                &b.name,
-                &FORMAT_VERSION,
-                &b.created_us,
-                &serde_json::to_string(&b.owner)?,
-                &b.versioning.code(),
-                &serde_json::to_string(&b.acl)?,
-                &b.tagging.as_ref().map(serde_json::to_string).transpose()?,
-                &b.replication,
-                &(!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
+            values![
+                b.name,
+                FORMAT_VERSION,
+                b.created_us,
+                serde_json::to_string(&b.owner)?,
+                b.versioning.code(),
+                serde_json::to_string(&b.acl)?,
+                b.tagging.as_ref().map(serde_json::to_string).transpose()?,
+                b.replication,
+                (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
             ],
-        )?;
+        );
         Ok(())
     }
 
     fn delete_bucket(&mut self, name: &str) -> Result<()> {
         // Waits for the writes that found the bucket; then what they wrote is visible here.
-        self.exec("DELETE FROM buckets WHERE name = $1", &[&name])?;
+        self.queue("DELETE FROM buckets WHERE name = $1", values![name]);
         if self.bucket_has_versions(name)? {
             return Err(Error::BucketNotEmpty);
         }
-        self.exec("DELETE FROM bucket_usage WHERE bucket = $1", &[&name])?;
-        self.exec("DELETE FROM bucket_usage_deltas WHERE bucket = $1", &[&name])?;
+        self.queue("DELETE FROM bucket_usage WHERE bucket = $1", values![name]);
+        self.queue("DELETE FROM bucket_usage_deltas WHERE bucket = $1", values![name]);
         Ok(())
     }
 
@@ -152,36 +206,36 @@ impl WriteTx for PgTx<'_> {
             BodyLayout::Inline(data) => (None, false, Some(data.as_slice())),
             BodyLayout::Parts { parts, multipart } => (Some(serde_json::to_string(parts)?), *multipart, None),
         };
-        self.exec(
-            &format!(
+        self.queue(
+            format!(
                 "INSERT INTO versions ({VERSION_COLS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (bucket, key, version_id) DO UPDATE SET fmt = $4, mtime_us = $5, is_latest = $6, is_dm = $7, \
                  size = $8, etag = $9, storage_class = $10, owner = $11, repl_status = $12, parts = $13, multipart = $14, \
                  attrs = $15, inline_data = $16"
             ),
-            &[
-                &v.bucket,
-                &v.key.as_bytes(),
-                &v.version_id,
-                &FORMAT_VERSION,
-                &v.mtime_us,
-                &v.is_latest,
-                &v.delete_marker,
-                &to_i64(v.size),
-                &v.etag,
-                &v.storage_class,
-                &serde_json::to_string(&v.owner)?,
-                &v.repl_status.map(ReplStatus::as_str),
-                &parts,
-                &multipart,
-                &serde_json::to_string(&v.attrs)?,
-                &inline,
+            values![
+                v.bucket,
+                v.key.as_bytes(),
+                v.version_id,
+                FORMAT_VERSION,
+                v.mtime_us,
+                v.is_latest,
+                v.delete_marker,
+                to_i64(v.size),
+                v.etag,
+                v.storage_class,
+                serde_json::to_string(&v.owner)?,
+                v.repl_status.map(ReplStatus::as_str),
+                parts,
+                multipart,
+                serde_json::to_string(&v.attrs)?,
+                inline,
             ],
-        )?;
-        self.exec(SET_LATEST_SQL, &[&v.bucket, &v.key.as_bytes(), &v.mtime_us])?;
+        );
+        self.queue(SET_LATEST_SQL, values![v.bucket, v.key.as_bytes(), v.mtime_us]);
         if !v.delete_marker {
-            self.usage(&v.bucket, 1, to_i64(v.size))?;
+            self.usage(&v.bucket, 1, to_i64(v.size));
         }
         Ok(())
     }
@@ -195,67 +249,67 @@ impl WriteTx for PgTx<'_> {
         )?;
         let Some((v, id)) = removed else { return Ok(None) };
         // Its delivery records go with the row.
-        self.exec("DELETE FROM repl_delivered WHERE vrow = $1", &[&id])?;
+        self.queue("DELETE FROM repl_delivered WHERE vrow = $1", values![id]);
         if !v.delete_marker {
-            self.usage(bucket, -1, -to_i64(v.size))?;
+            self.usage(bucket, -1, -to_i64(v.size));
         }
         Ok(Some(v))
     }
 
     fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()> {
         self.hold_key(bucket, key)?;
-        self.exec(
+        self.queue(
             "WITH top AS (SELECT id FROM versions WHERE bucket = $1 AND key = $2 ORDER BY mtime_us DESC, version_id DESC LIMIT 1) \
              UPDATE versions v SET is_latest = (v.id IS NOT DISTINCT FROM (SELECT id FROM top)) \
              WHERE v.bucket = $1 AND v.key = $2 AND v.is_latest IS DISTINCT FROM (v.id IS NOT DISTINCT FROM (SELECT id FROM top))",
-            &[&bucket, &key.as_bytes()],
-        )?;
+            values![bucket, key.as_bytes()],
+        );
         Ok(())
     }
 
     fn set_version_attrs(&mut self, bucket: &str, key: &str, version_id: &str, attrs: &ObjectAttrs) -> Result<()> {
         self.hold_key(bucket, key)?;
-        self.exec(
+        self.queue(
             "UPDATE versions SET attrs = $4 WHERE bucket = $1 AND key = $2 AND version_id = $3",
-            &[&bucket, &key.as_bytes(), &version_id, &serde_json::to_string(attrs)?],
-        )?;
+            values![bucket, key.as_bytes(), version_id, serde_json::to_string(attrs)?],
+        );
         Ok(())
     }
 
     fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()> {
         self.hold_key(bucket, key)?;
-        self.exec(
+        self.queue(
             "UPDATE versions SET repl_status = $4 WHERE bucket = $1 AND key = $2 AND version_id = $3 \
              AND repl_status IS DISTINCT FROM $4 AND repl_status IS DISTINCT FROM 'REPLICA'",
-            &[&bucket, &key.as_bytes(), &version_id, &status.map(ReplStatus::as_str)],
-        )?;
+            values![bucket, key.as_bytes(), version_id, status.map(ReplStatus::as_str)],
+        );
         Ok(())
     }
 
     fn put_upload(&mut self, u: &UploadRecord) -> Result<()> {
-        self.exec(
-            &format!(
+        self.queue(
+            format!(
                 "INSERT INTO uploads ({UPLOAD_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (upload_id) DO UPDATE SET fmt = $2, bucket = $3, key = $4, initiated_us = $5, owner = $6, \
                  storage_class = $7, checksum_algorithm = $8, attrs = $9"
             ),
-            &[
-                &u.upload_id,
-                &FORMAT_VERSION,
-                &u.bucket,
-                &u.key.as_bytes(),
-                &u.initiated_us,
-                &serde_json::to_string(&u.owner)?,
-                &u.storage_class,
-                &u.checksum_algorithm.map(Algorithm::name),
-                &serde_json::to_string(&u.attrs)?,
+            values![
+                u.upload_id,
+                FORMAT_VERSION,
+                u.bucket,
+                u.key.as_bytes(),
+                u.initiated_us,
+                serde_json::to_string(&u.owner)?,
+                u.storage_class,
+                u.checksum_algorithm.map(Algorithm::name),
+                serde_json::to_string(&u.attrs)?,
             ],
-        )?;
+        );
         Ok(())
     }
 
     fn delete_upload(&mut self, upload_id: &str) -> Result<()> {
-        self.exec("DELETE FROM uploads WHERE upload_id = $1", &[&upload_id])?;
+        self.queue("DELETE FROM uploads WHERE upload_id = $1", values![upload_id]);
         Ok(())
     }
 
@@ -267,13 +321,13 @@ impl WriteTx for PgTx<'_> {
             &[&p.upload_id, &number],
             rows::part,
         )?;
-        self.exec(
-            &format!(
+        self.queue(
+            format!(
                 "INSERT INTO parts ({PART_COLS}) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (upload_id, part_number) DO UPDATE SET fmt = $3, mtime_us = $4, part = $5"
             ),
-            &[&p.upload_id, &number, &FORMAT_VERSION, &p.mtime_us, &serde_json::to_string(&p.part)?],
-        )?;
+            values![p.upload_id, number, FORMAT_VERSION, p.mtime_us, serde_json::to_string(&p.part)?],
+        );
         Ok(old)
     }
 
@@ -302,29 +356,29 @@ impl WriteTx for PgTx<'_> {
             }
             return Ok(());
         }
-        self.exec("INSERT INTO blobs (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&blob])?;
+        self.queue("INSERT INTO blobs (id) VALUES ($1) ON CONFLICT DO NOTHING", values![blob]);
         Ok(())
     }
 
     fn release_blob(&mut self, blob: &str, due_us: i64) -> Result<()> {
-        self.exec("DELETE FROM blobs WHERE id = $1", &[&blob])?;
-        self.exec(
+        self.queue("DELETE FROM blobs WHERE id = $1", values![blob]);
+        self.queue(
             "INSERT INTO garbage (id, due_us) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET due_us = $2",
-            &[&blob, &due_us],
-        )?;
+            values![blob, due_us],
+        );
         Ok(())
     }
 
     fn forget_garbage(&mut self, blobs: &[String]) -> Result<()> {
-        self.exec("DELETE FROM garbage WHERE id = ANY($1)", &[&blobs])?;
+        self.queue("DELETE FROM garbage WHERE id = ANY($1)", values![blobs.to_vec()]);
         Ok(())
     }
 
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
-        self.exec(
+        self.queue(
             "INSERT INTO settings (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = $2",
-            &[&key, &value],
-        )?;
+            values![key, value],
+        );
         Ok(())
     }
 
@@ -350,55 +404,18 @@ impl WriteTx for PgTx<'_> {
 
 impl OutboxWrites for PgTx<'_> {
     fn insert_job(&mut self, n: &NewJob<'_>) -> Result<i64> {
-        let head = self.hold_key(n.bucket, n.key)?;
-        let live = n.backfill_id.is_none();
-        let probe = Job {
-            bucket: n.bucket.to_owned(),
-            key: n.key.to_owned(),
-            peer: n.peer.to_owned(),
-            dest_bucket: n.dest_bucket.to_owned(),
-            ..crate::replication::Job::blank()
-        };
-        let blocked = self.key_has_pending(&probe, 0)?;
-        if blocked && live {
-            // A live change must not wait behind backfill jobs that only run after every live one.
-            self.exec(
-                "UPDATE repl_jobs SET priority = 0 WHERE peer = $1 AND dest_bucket = $2 AND bucket = $3 AND key = $4 \
-                 AND state = 0 AND priority = 1",
-                &[&n.peer, &n.dest_bucket, &n.bucket, &n.key.as_bytes()],
-            )?;
-        }
-        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
-        let id = self
-            .conn
-            .query_opt(
-                "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
-                 attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, opts, key_seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, 0, NULL, NULL, $11, $12, $13, $14, NULL, $15, $16) \
-                 RETURNING id",
-                &[
-                    &FORMAT_VERSION,
-                    &n.bucket,
-                    &n.key.as_bytes(),
-                    &n.version_id,
-                    &n.op.code(),
-                    &n.peer,
-                    &n.dest_bucket,
-                    &n.rule_id,
-                    &n.created_us,
-                    &to_i64(n.size),
-                    &n.backfill_id,
-                    &i64::from(!live),
-                    &blocked,
-                    &live,
-                    &opts,
-                    &head.map_or(0, |h| h.seq),
-                ],
-            )?
+        let (sql, params) = self.job_insert(n)?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
+        self.conn
+            .query_opt(&format!("{sql} RETURNING id"), &params)?
             .ok_or_else(|| Error::Other("inserting a job returned no id".into()))?
-            .int(0)?;
-        self.count(&probe, 1, to_i64(n.size), 0, None)?;
-        Ok(id)
+            .int(0)
+    }
+
+    fn record_job(&mut self, n: &NewJob<'_>) -> Result<()> {
+        let (sql, params) = self.job_insert(n)?;
+        self.queue(sql, params);
+        Ok(())
     }
 
     /// A job leased by another node (this node's lease expired and it was taken over) is not
@@ -417,12 +434,12 @@ impl OutboxWrites for PgTx<'_> {
         let Some((j, blocked)) = deleted else { return Ok(None) };
         match j.state {
             JobState::Pending => {
-                self.count(&j, -1, -to_i64(j.size), 0, None)?;
+                self.count(&j, -1, -to_i64(j.size), 0, None);
                 if !blocked {
-                    self.unblock_next(&j)?;
+                    self.unblock_next(&j);
                 }
             }
-            JobState::Failed => self.count(&j, 0, 0, -1, None)?,
+            JobState::Failed => self.count(&j, 0, 0, -1, None),
         }
         Ok(Some(j))
     }
@@ -454,45 +471,45 @@ impl OutboxWrites for PgTx<'_> {
             && old.last_error == j.last_error
             && old.since_us == j.since_us
             && old.backfill_id == j.backfill_id;
-        self.exec(
+        self.queue(
             "UPDATE repl_jobs SET state = $2, attempts = $3, next_attempt_us = $4, last_error = $5, progress = $6, \
              since_us = $7, backfill_id = $8, blocked = $9, \
              lease_owner = CASE WHEN $10 THEN lease_owner END, lease_token = CASE WHEN $10 THEN lease_token END, \
              lease_until_us = CASE WHEN $10 THEN lease_until_us END \
              WHERE id = $1",
-            &[
-                &j.id,
-                &j.state.code(),
-                &i64::from(j.attempts),
-                &j.next_attempt_us,
-                &j.last_error,
-                &j.progress,
-                &j.since_us,
-                &j.backfill_id,
-                &blocked,
-                &progress_only,
+            values![
+                j.id,
+                j.state.code(),
+                i64::from(j.attempts),
+                j.next_attempt_us,
+                j.last_error,
+                j.progress,
+                j.since_us,
+                j.backfill_id,
+                blocked,
+                progress_only,
             ],
-        )?;
+        );
         let size = to_i64(old.size);
         let error = if j.last_error != old.last_error { j.last_error.as_deref() } else { None };
         match (old.state, j.state) {
-            (JobState::Pending, JobState::Failed) => self.count(&old, -1, -size, 1, error)?,
-            (JobState::Failed, JobState::Pending) => self.count(&old, 1, size, -1, error)?,
-            _ if error.is_some() => self.count(&old, 0, 0, 0, error)?,
+            (JobState::Pending, JobState::Failed) => self.count(&old, -1, -size, 1, error),
+            (JobState::Failed, JobState::Pending) => self.count(&old, 1, size, -1, error),
+            _ if error.is_some() => self.count(&old, 0, 0, 0, error),
             _ => {}
         }
         if was_head && j.state == JobState::Failed {
-            self.unblock_next(&old)?;
+            self.unblock_next(&old);
         }
         Ok(())
     }
 
     fn mark_delivered(&mut self, bucket: &str, key: &str, version_id: &str, dest: &str) -> Result<()> {
-        self.exec(
+        self.queue(
             "INSERT INTO repl_delivered (vrow, dest) SELECT id, $4 FROM versions WHERE bucket = $1 AND key = $2 \
              AND version_id = $3 ON CONFLICT DO NOTHING",
-            &[&bucket, &key.as_bytes(), &version_id, &dest],
-        )?;
+            values![bucket, key.as_bytes(), version_id, dest],
+        );
         Ok(())
     }
 
@@ -562,11 +579,11 @@ impl OutboxWrites for PgTx<'_> {
     }
 
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()> {
-        self.exec(
+        self.queue(
             "UPDATE backfills SET done_versions = done_versions + $2, done_bytes = done_bytes + $3, \
              failed_versions = failed_versions + $4 WHERE id = $1",
-            &[&id, &to_i64(done), &to_i64(bytes), &to_i64(failed)],
-        )?;
+            values![id, to_i64(done), to_i64(bytes), to_i64(failed)],
+        );
         Ok(())
     }
 
