@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use crate::FerryS3;
 use crate::dto::owner_dto;
 use crate::error::StoreResultExt;
-use crate::perm::{GrantHeaders, Perm, grant_headers, requested_acl};
+use crate::perm::{GrantHeaders, Perm, check_acl_allowed, grant_headers, requested_acl};
 
 fn grants_dto(acl: &Acl) -> Vec<s3s::dto::Grant> {
     acl.grants
@@ -116,6 +116,7 @@ impl FerryS3 {
             &b.owner,
             None,
         )?;
+        check_acl_allowed(&b, &acl)?;
         self.update_bucket(b.name, move |bucket| bucket.acl = acl).await?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
@@ -151,6 +152,9 @@ impl FerryS3 {
                 Some(&bucket.owner),
             )?,
         };
+        if replica.is_none() {
+            check_acl_allowed(&bucket, &acl)?;
+        }
         let (b, k, vid) = (i.bucket, i.key, v.version_id.clone());
         let from = replica.map(|r| r.change(false));
         self.store

@@ -123,6 +123,7 @@ impl S3Auth for Auth {
 pub(crate) struct Access {
     pub(crate) region: String,
     pub(crate) users: std::sync::Arc<Users>,
+    pub(crate) store: std::sync::Arc<ferry_store::Store>,
 }
 
 /// The region of a SigV4 credential scope `AK/DATE/REGION/SERVICE/aws4_request`.
@@ -180,10 +181,35 @@ impl S3Access for Access {
             ));
         }
         let replicator = cx.credentials().and_then(|c| self.users.get(&c.access_key)).is_some_and(|u| u.replication);
-        let op = cx.s3_op().name();
+        let op = cx.s3_op().name().to_owned();
+        let op = op.as_str();
         if let Some(r) = crate::replication::replica::check_request(replicator, op, cx.method(), cx.uri(), cx.headers())? {
             cx.extensions_mut().insert(r);
         }
+        // Replication credentials are not accounts: their rights come from the destination's
+        // replica sources (`replica.rs`), not from bucket policies.
+        if replicator {
+            return Ok(());
+        }
+        let client = cx.extensions_mut().get::<crate::ClientInfo>().copied();
+        let (bucket, key) = match cx.s3_path() {
+            s3s::path::S3Path::Bucket { bucket } => (bucket.as_ref(), None),
+            s3s::path::S3Path::Object { bucket, key } => (bucket.as_ref(), Some(key.as_ref())),
+            s3s::path::S3Path::Root => return Ok(()),
+        };
+        let version_id = cx.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("versionId=")));
+        let asked = crate::bucket_access::Asked {
+            op,
+            bucket,
+            key,
+            version_id,
+            access_key: cx.credentials().map(|c| c.access_key.as_str()),
+            uri: cx.uri(),
+            headers: cx.headers(),
+            client,
+        };
+        let grants = crate::bucket_access::check(&self.store, &self.users, &asked).await?;
+        grants.record(cx.extensions_mut());
         Ok(())
     }
 }

@@ -53,6 +53,7 @@ impl FerryS3 {
                     tagging: None,
                     replication: None,
                     replica_sources: Vec::new(),
+                    config: Default::default(),
                 })?;
                 Ok(None)
             })

@@ -79,12 +79,37 @@ impl FerryS3 {
     }
 
     pub(crate) async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
+        // Each key is an s3:DeleteObject of its own to the bucket policy; the ACLs (WRITE on the
+        // bucket) decide the keys the policy says nothing about.
+        let policy = crate::bucket_access::governing_policy(&self.store, &req.input.bucket).await?;
+        let (bucket, acl_allows) = match self.bucket_for(&req, &req.input.bucket, Perm::Write).await {
+            Ok(b) => (b, true),
+            Err(e) => match &policy {
+                Some((b, _)) => (b.clone(), false),
+                None => return Err(e),
+            },
+        };
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
-        let objects = req.input.delete.objects;
+        let objects = &req.input.delete.objects;
         if objects.len() > MAX_DELETE_KEYS {
             return Err(s3_error!(MalformedXML, "The request must contain no more than 1000 keys"));
         }
+        let mut refused = Vec::with_capacity(objects.len());
+        for o in objects {
+            let allowed = match &policy {
+                Some((b, p)) => {
+                    let asked =
+                        crate::bucket_access::asked_of(&req, "DeleteObject", &b.name, Some(&o.key), o.version_id.as_deref());
+                    match crate::bucket_access::judge(&self.store, &self.users, b, p, &asked).await {
+                        Ok(granted) => granted || acl_allows,
+                        Err(_) => false,
+                    }
+                }
+                None => true,
+            };
+            refused.push(!allowed);
+        }
+        let objects = req.input.delete.objects;
         let quiet = req.input.delete.quiet == Some(true);
         let name = req.input.bucket;
         let results = self
@@ -92,8 +117,10 @@ impl FerryS3 {
             .meta
             .write(move |tx| {
                 let mut out = Vec::with_capacity(objects.len());
-                for o in objects {
-                    let invalid = if o.key.is_empty() || o.key.len() > MAX_KEY_LEN {
+                for (o, refused) in objects.into_iter().zip(refused) {
+                    let invalid = if refused {
+                        Some(("AccessDenied", "Access Denied"))
+                    } else if o.key.is_empty() || o.key.len() > MAX_KEY_LEN {
                         Some(("InvalidArgument", "Invalid key"))
                     } else if o.version_id.as_deref().is_some_and(|v| !is_valid_version_id(v)) {
                         Some(("InvalidArgument", "Invalid version id specified"))

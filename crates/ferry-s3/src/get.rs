@@ -10,7 +10,7 @@ use crate::FerryS3;
 use crate::checksums::{ChecksumFields, with_checksums};
 use crate::dto::{check_key, custom_error, etag, secs, ts, ts_secs};
 use crate::error::StoreResultExt;
-use crate::perm::{Perm, check_perm};
+use crate::perm::{Perm, check_perm, effective_acl};
 
 /// A version resolved for reading, with whether its bucket is versioned (to decide whether
 /// `x-amz-version-id` is returned).
@@ -228,14 +228,16 @@ impl FerryS3 {
             return Err(s3_error!(NotImplemented, "Access points are not supported"));
         };
         let (b, k, v) = (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_owned));
-        let src = self.source_version(req, &b, &k, v.as_deref(), Perm::Read).await?;
+        let allowed = crate::bucket_access::source_granted(req);
+        let src = self.version_checked(req, &b, &k, v.as_deref(), Perm::Read, allowed).await?;
         conditions.check_copy(&src.record)?;
         Ok((src, (b, k, v)))
     }
 
     /// Resolves (bucket, key, version), with S3's answers for missing keys, missing versions
-    /// and delete markers, and checks `perm` against the version's ACL. A replication request
-    /// is checked against the bucket's accepted sources instead.
+    /// and delete markers, and checks `perm` against the version's ACL (unless the bucket
+    /// policy allows the request). A replication request is checked against the bucket's
+    /// accepted sources instead.
     pub(crate) async fn source_version<T>(
         &self,
         req: &S3Request<T>,
@@ -243,6 +245,19 @@ impl FerryS3 {
         key: &str,
         version_id: Option<&str>,
         perm: Perm,
+    ) -> S3Result<SourceVersion> {
+        self.version_checked(req, bucket, key, version_id, perm, crate::bucket_access::granted(req)).await
+    }
+
+    /// [`Self::source_version`], the ACLs skipped when `policy_allows`.
+    async fn version_checked<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        perm: Perm,
+        policy_allows: bool,
     ) -> S3Result<SourceVersion> {
         check_key(key)?;
         if let Some(v) = version_id
@@ -273,7 +288,11 @@ impl FerryS3 {
         };
         let user = self.user(req).map(|u| &u.owner);
         let check_perm = |user, owner: &ferry_store::model::Owner, acl: &ferry_store::model::Acl, p| {
-            if replication.is_some() { Ok(()) } else { check_perm(user, owner, acl, p) }
+            if replication.is_some() || policy_allows {
+                Ok(())
+            } else {
+                check_perm(user, owner, &effective_acl(&bucket_rec, acl), p)
+            }
         };
         let Some(record) = version else {
             // Without READ on the bucket the requester may not learn whether the key exists.

@@ -8,14 +8,16 @@
 //! s3s types stay inside this crate.
 //!
 //! Authorization: requests are signed by a configured credential, each acting as an owner
-//! (canonical id + display name). Bucket and object ACLs decide what other credentials and
-//! anonymous requests may do; the owner may do everything. Replication credentials are not
+//! (canonical id + display name). A bucket's policy is evaluated first ([`bucket_access`],
+//! [`policy`]): its Deny refuses, its Allow grants; otherwise bucket and object ACLs decide
+//! what other credentials and anonymous requests may do; the owner may do everything. Replication credentials are not
 //! accounts: what they may do, and where, is decided in `replication/replica.rs` (the access
 //! check confines them and Ferry's replication headers before any operation runs).
 
 mod acl;
 mod auth;
 mod bucket;
+mod bucket_access;
 mod checksums;
 mod delete;
 mod dto;
@@ -26,6 +28,7 @@ mod get;
 mod list;
 mod multipart;
 mod perm;
+pub mod policy;
 mod put;
 pub mod replication;
 mod tagging;
@@ -39,6 +42,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Request, S3Response, S3Result};
 
 pub use crate::auth::{User, Users};
+pub use crate::bucket_access::ClientInfo;
 
 /// The S3 implementation of one region.
 pub struct FerryS3 {
@@ -80,11 +84,11 @@ pub fn service(
     };
     let mut b = S3ServiceBuilder::new(s3);
     b.set_auth(auth::Auth { users: users.clone() });
-    b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone() });
+    b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone(), store: store.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
     b.set_validation(auth::BucketNames);
     b.set_route(replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine });
-    FerryService { inner: b.build(), metrics }
+    FerryService { inner: b.build(), metrics, client: None }
 }
 
 /// The hyper service of one region: s3s plus Ferry's fix-ups of s3s's own answers.
@@ -92,6 +96,16 @@ pub fn service(
 pub struct FerryService {
     inner: S3Service,
     metrics: Arc<ferry_core::metrics::RegionMetrics>,
+    /// The connection's client, given to each request (bucket policy conditions).
+    client: Option<ClientInfo>,
+}
+
+impl FerryService {
+    /// This service for the requests of one connection from `peer`.
+    #[must_use]
+    pub fn for_client(&self, peer: std::net::SocketAddr, secure: bool) -> Self {
+        Self { client: Some(ClientInfo::new(peer, secure)), ..self.clone() }
+    }
 }
 
 /// The HTTP response type of [`FerryService`].
@@ -102,7 +116,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
     type Error = s3s::HttpError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, s3s::HttpError>> + Send>>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(client) = self.client {
+            req.extensions_mut().insert(client);
+        }
         let request_id = error::new_request_id();
         if let Err(e) = auth::check_presigned_expiry(req.uri()) {
             let resp = e.to_http_response().map(|r| error::finish_response(r, &request_id));
@@ -182,4 +199,11 @@ ops! {
     put_bucket_replication(PutBucketReplicationInput) -> PutBucketReplicationOutput;
     get_bucket_replication(GetBucketReplicationInput) -> GetBucketReplicationOutput;
     delete_bucket_replication(DeleteBucketReplicationInput) -> DeleteBucketReplicationOutput;
+    put_bucket_policy(PutBucketPolicyInput) -> PutBucketPolicyOutput;
+    get_bucket_policy(GetBucketPolicyInput) -> GetBucketPolicyOutput;
+    delete_bucket_policy(DeleteBucketPolicyInput) -> DeleteBucketPolicyOutput;
+    get_bucket_policy_status(GetBucketPolicyStatusInput) -> GetBucketPolicyStatusOutput;
+    put_public_access_block(PutPublicAccessBlockInput) -> PutPublicAccessBlockOutput;
+    get_public_access_block(GetPublicAccessBlockInput) -> GetPublicAccessBlockOutput;
+    delete_public_access_block(DeletePublicAccessBlockInput) -> DeletePublicAccessBlockOutput;
 }

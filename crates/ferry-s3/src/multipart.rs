@@ -15,7 +15,7 @@ use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
-use crate::perm::{Perm, requested_acl};
+use crate::perm::{Perm, check_acl_allowed, requested_acl};
 use crate::put::{refuse_sse, require_length, storage_class, trailers};
 use crate::replication::replica::ReplicaWrite;
 
@@ -98,6 +98,7 @@ impl FerryS3 {
             Some(&bucket.owner),
             &self.users,
         )?;
+        check_acl_allowed(&bucket, &acl)?;
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
         let mut attrs = request_attrs!(i, tags, acl);
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.

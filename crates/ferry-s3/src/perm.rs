@@ -59,15 +59,43 @@ impl FerryS3 {
     /// (confined to the operations replication needs by the access check) is allowed when the
     /// bucket accepts its source.
     pub(crate) async fn bucket_for<T>(&self, req: &S3Request<T>, name: &str, perm: Perm) -> S3Result<BucketRecord> {
-        let bucket = self.load_bucket(name).await?;
+        let bucket = match req.extensions.get::<crate::bucket_access::CheckedBucket>() {
+            Some(checked) if checked.0.name == name => checked.0.clone(),
+            _ => self.load_bucket(name).await?,
+        };
         match self.replication(req) {
             Some(r) => {
                 r.authorize(&bucket)?;
             }
-            None => check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &bucket.acl, perm)?,
+            None if crate::bucket_access::granted(req) => {}
+            None => check_perm(
+                self.user(req).map(|u| &u.owner),
+                &bucket.owner,
+                &effective_acl(&bucket, &bucket.acl),
+                perm,
+            )?,
         }
         Ok(bucket)
     }
+}
+
+/// The ACL that counts for a resource of `bucket`: with Block Public Access's
+/// `IgnorePublicAcls`, grants to everyone and to all authenticated users count for nothing.
+pub fn effective_acl<'a>(bucket: &BucketRecord, acl: &'a Acl) -> std::borrow::Cow<'a, Acl> {
+    if bucket.config.public_access_block.is_some_and(|p| p.ignore_public_acls) {
+        std::borrow::Cow::Owned(acl.without_public())
+    } else {
+        std::borrow::Cow::Borrowed(acl)
+    }
+}
+
+/// Refuses a request that sets a public ACL on a resource of `bucket` when Block Public
+/// Access's `BlockPublicAcls` is on (AccessDenied, as S3 answers).
+pub fn check_acl_allowed(bucket: &BucketRecord, acl: &Acl) -> S3Result<()> {
+    if bucket.config.public_access_block.is_some_and(|p| p.block_public_acls) && acl.is_public() {
+        return Err(s3_error!(AccessDenied, "Block Public Access refuses public ACLs on this bucket"));
+    }
+    Ok(())
 }
 
 /// Checks `perm` for `user` on a resource owned by `owner` with `acl`. As in S3, the owner

@@ -15,7 +15,7 @@ use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
-use crate::perm::{Perm, requested_acl};
+use crate::perm::{Perm, check_acl_allowed, requested_acl};
 use crate::replication::replica::ReplicaWrite;
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
@@ -106,6 +106,9 @@ impl FerryS3 {
                 &self.users,
             )?,
         };
+        if replica.is_none() {
+            check_acl_allowed(&bucket, &acl)?;
+        }
         let attrs = request_attrs!(i, tags, acl);
         let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
@@ -232,6 +235,7 @@ impl FerryS3 {
             Some(&dest_bucket.owner),
             &self.users,
         )?;
+        check_acl_allowed(&dest_bucket, &acl)?;
         let attrs = if replace_meta {
             request_attrs!(i, tags, acl)
         } else {

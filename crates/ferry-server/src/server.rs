@@ -480,6 +480,7 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
                     tagging: None,
                     replication,
                     replica_sources: Vec::new(),
+                    config: Default::default(),
                 })?;
                 Ok(true)
             })
@@ -533,7 +534,8 @@ fn serve_region(
     tracing::info!(region = %name, %url, data_dir = %cfg.data_dir.display(), "region serving S3");
     let (task_store, task_runner, grace) = (store.clone(), runner.clone(), opts.shutdown_timeout);
     let task = tokio::spawn(async move {
-        if !crate::listen::serve(listener, tls, stop, grace, |_| service.clone()).await {
+        let secure = tls.is_some();
+        if !crate::listen::serve(listener, tls, stop, grace, |peer| service.for_client(peer, secure)).await {
             tracing::warn!(region = %name, "in-flight requests did not finish before the shutdown deadline");
         }
         task_runner.shutdown(Duration::from_secs(10)).await;

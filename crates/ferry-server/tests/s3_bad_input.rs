@@ -156,7 +156,7 @@ async fn unimplemented_operations_say_so() {
     let c = s.client();
     let b = bucket_name("ni");
     create_bucket(&c, &b).await;
-    let e = c.get_bucket_policy().bucket(&b).send().await.unwrap_err();
+    let e = c.get_bucket_website().bucket(&b).send().await.unwrap_err();
     assert_eq!(code(&e), "NotImplemented");
     assert_eq!(status(&e), 501);
 }

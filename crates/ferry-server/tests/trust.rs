@@ -314,3 +314,54 @@ async fn an_allowed_account_may_only_add_versions() {
     .await;
     assert!(!listed("after.txt").await);
 }
+
+/// Cross-account replication allowed the AWS way: the destination bucket's policy names the
+/// source account's replication role. A Deny of it stops the replicas again, and the source
+/// reports why.
+#[tokio::test]
+async fn a_destination_policy_can_accept_another_accounts_replicas() {
+    let c = TestCluster::start(&[US, EU], |_, _| {}).await;
+    let (a_eu, b_us) = (c.client(EU), c.client_alt(US));
+    create_bucket(&a_eu, "by-policy").await;
+    enable_versioning(&a_eu, "by-policy").await;
+    create_bucket(&b_us, "b-pol-src").await;
+    enable_versioning(&b_us, "b-pol-src").await;
+    let xml = "<ReplicationConfiguration><Role></Role><Rule><ID>in</ID><Priority>1</Priority><Status>Enabled</Status>\
+        <Filter><Prefix></Prefix></Filter><DeleteMarkerReplication><Status>Enabled</Status></DeleteMarkerReplication>\
+        <Destination><Bucket>arn:aws:s3:::by-policy</Bucket></Destination></Rule></ReplicationConfiguration>";
+    assert_eq!(put_replication_xml(&b_us, "b-pol-src", xml).await, Err("AccessDenied".to_owned()));
+    let statement = |effect: &str| {
+        format!(
+            r#"{{"Sid": "{effect}", "Effect": "{effect}", "Principal": {{"AWS": "arn:aws:iam::{}:role/replication"}},
+                "Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"], "Resource": "arn:aws:s3:::by-policy/*"}}"#,
+            account_of(ALT_AK)
+        )
+    };
+    let allow = format!(r#"{{"Version": "2012-10-17", "Statement": [{}]}}"#, statement("Allow"));
+    a_eu.put_bucket_policy().bucket("by-policy").policy(&allow).send().await.unwrap();
+    put_replication_xml(&b_us, "b-pol-src", xml).await.unwrap();
+    put(&b_us, "b-pol-src", "allowed.txt", b"by policy").await;
+    let listed = |key: &'static str| {
+        let a_eu = a_eu.clone();
+        async move { all_versions(&a_eu, "by-policy").await.iter().any(|v| v.key == key) }
+    };
+    wait_until("the replica arrives", 20, || listed("allowed.txt")).await;
+
+    let deny = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [{}, {}]}}"#,
+        statement("Allow"),
+        statement("Deny")
+    );
+    a_eu.put_bucket_policy().bucket("by-policy").policy(&deny).send().await.unwrap();
+    put(&b_us, "b-pol-src", "denied.txt", b"refused").await;
+    wait_until("refused at the destination", 30, || async {
+        c.dest_stats(US, "b-pol-src").await.iter().any(|s| s.failed_ops == 1)
+    })
+    .await;
+    let s = c.dest_stats(US, "b-pol-src").await;
+    assert!(
+        s[0].last_error.as_deref().is_some_and(|e| e.contains("denies s3:ReplicateObject")),
+        "{s:?}"
+    );
+    assert!(!listed("denied.txt").await);
+}

@@ -145,6 +145,25 @@ impl Acl {
                 }
         })
     }
+
+    /// Whether the ACL grants anything to everyone or to all authenticated users (what Block
+    /// Public Access calls a public ACL).
+    #[must_use]
+    pub fn is_public(&self) -> bool {
+        self.grants.iter().any(|g| matches!(&g.grantee, Grantee::Group { uri } if uri == ALL_USERS || uri == AUTHENTICATED_USERS))
+    }
+
+    /// This ACL without its grants to everyone and to all authenticated users.
+    #[must_use]
+    pub fn without_public(&self) -> Self {
+        let grants = self
+            .grants
+            .iter()
+            .filter(|g| !matches!(&g.grantee, Grantee::Group { uri } if uri == ALL_USERS || uri == AUTHENTICATED_USERS))
+            .cloned()
+            .collect();
+        Self { grants }
+    }
 }
 
 /// A source a bucket accepts replicas from although its account does not own the bucket
@@ -198,6 +217,41 @@ pub struct BucketRecord {
     pub replication: Option<String>,
     /// Other accounts whose buckets may replicate into this one (the owner's always may).
     pub replica_sources: Vec<ReplicaSourceGrant>,
+    /// Access settings (policy, Block Public Access), stored together.
+    pub config: BucketConfig,
+}
+
+/// A bucket's access settings, S3 subresources that are set and read whole. Stored as one
+/// JSON document (absent fields are unset), so a new setting needs no schema change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BucketConfig {
+    /// The bucket policy as it was put (JSON text; checked when put).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Block Public Access, bucket level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_access_block: Option<PublicAccessBlock>,
+}
+
+impl BucketConfig {
+    /// Whether nothing is set (stored as NULL).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The four switches of S3 Block Public Access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PublicAccessBlock {
+    /// PUT requests that set a public ACL are refused.
+    pub block_public_acls: bool,
+    /// Public ACLs are ignored when authorizing.
+    pub ignore_public_acls: bool,
+    /// PutBucketPolicy with a public policy is refused.
+    pub block_public_policy: bool,
+    /// A public policy grants only to the bucket owner's account and AWS services.
+    pub restrict_public_buckets: bool,
 }
 
 /// Checksums of an object, by algorithm name (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`),

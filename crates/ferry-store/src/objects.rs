@@ -476,6 +476,7 @@ pub(crate) mod tests {
             tagging: None,
             replication: None,
             replica_sources: Vec::new(),
+            config: Default::default(),
         }
     }
 

@@ -13,8 +13,11 @@
 //!   operations replication needs ([`REPLICATION_OPS`]), each with a [`SOURCE_HEADER`].
 //! - The target bucket must accept the source: its owner is the source's account (the same
 //!   `user_id` in both regions is the same account), or one of its replica-source grants covers
-//!   (account, region, bucket). Checked against the bucket every time it is loaded for the
-//!   request ([`ReplicationRequest::authorize`]).
+//!   (account, region, bucket), or its bucket policy allows the source's replication principal
+//!   the request's replication action (`s3:ReplicateObject`, `s3:ReplicateDelete`,
+//!   `s3:ReplicateTags`), as AWS documents cross-account replication. A policy `Deny` of it
+//!   refuses the source even when it owns the bucket or a grant covers it. Checked against the
+//!   bucket every time it is loaded for the request ([`ReplicationRequest::authorize`]).
 //! - A source of another account (accepted by a grant) may only add versions: the store refuses
 //!   its replicas that would replace, remove or re-tag versions it did not bring.
 //! - A replica's times may be at most `max_clock_skew` ahead of this region's clock; beyond,
@@ -53,6 +56,17 @@ pub(crate) const REPLICATION_OPS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub(crate) struct ReplicationRequest {
     pub(crate) source: SourceRef,
+    /// The replication action the request is, for the target bucket's policy.
+    pub(crate) action: &'static str,
+}
+
+/// The replication action of an operation a replication credential may call.
+fn replication_action(op: &str) -> &'static str {
+    match op {
+        "DeleteObject" => "s3:ReplicateDelete",
+        "PutObjectTagging" => "s3:ReplicateTags",
+        _ => "s3:ReplicateObject",
+    }
 }
 
 impl ReplicationRequest {
@@ -60,10 +74,24 @@ impl ReplicationRequest {
     pub(crate) fn authorize(&self, bucket: &BucketRecord) -> S3Result<ReplicaAuthority> {
         let s = &self.source;
         let owner = bucket.owner.id == s.account;
-        if !owner && !bucket.replica_sources.iter().any(|g| g.covers(&s.account, &s.region, &s.bucket)) {
+        let policy = crate::bucket_access::replication_decision(bucket, s, self.action);
+        if policy == crate::policy::Decision::Deny {
             return Err(s3_error!(
                 AccessDenied,
-                "Bucket {} does not accept replicas from account {} (bucket {} in {}): its owner can allow it with `ferry replication sources --add`",
+                "The policy of bucket {} denies {} to replicas from account {} (bucket {} in {})",
+                bucket.name,
+                self.action,
+                s.account,
+                s.bucket,
+                s.region
+            ));
+        }
+        let granted = policy == crate::policy::Decision::Allow
+            || bucket.replica_sources.iter().any(|g| g.covers(&s.account, &s.region, &s.bucket));
+        if !owner && !granted {
+            return Err(s3_error!(
+                AccessDenied,
+                "Bucket {} does not accept replicas from account {} (bucket {} in {}): its owner can allow it with `ferry replication sources --add` or a bucket policy",
                 bucket.name,
                 s.account,
                 s.bucket,
@@ -162,7 +190,7 @@ pub(crate) fn check_request(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| denied("A replication request must name its source (x-ferry-source)"))?;
     let source = SourceRef::decode(value).map_err(|e| s3_error!(InvalidArgument, "{e}"))?;
-    Ok(Some(ReplicationRequest { source }))
+    Ok(Some(ReplicationRequest { source, action: replication_action(op) }))
 }
 
 impl FerryS3 {

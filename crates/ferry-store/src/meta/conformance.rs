@@ -25,7 +25,8 @@ macro_rules! conformance_tests {
             versions_order_by_time_then_id, version_scans_resume_after_their_cursor, uploads_and_parts,
             released_blobs_become_garbage_when_due, jobs_of_a_key_run_one_at_a_time, job_counters_follow_their_states,
             a_live_job_promotes_waiting_backfill_jobs, deliveries_go_with_their_version, a_replica_keeps_its_status,
-            backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions);
+            backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions,
+            a_buckets_access_settings_are_kept);
     };
     (@cases $fixture:expr, $open:expr; $($case:ident),* $(,)?) => {
         $(
@@ -55,6 +56,7 @@ pub(crate) fn bucket(name: &str) -> BucketRecord {
         tagging: None,
         replication: None,
         replica_sources: Vec::new(),
+        config: Default::default(),
     }
 }
 
@@ -149,6 +151,23 @@ async fn with_bucket<M: MetaStore>(meta: &M) {
 
 /// Closures queued together commit together, but one that fails leaves no trace: neither its
 /// rows nor its on-commit hooks. A write acknowledged is visible to every later read.
+/// A bucket's access settings (policy, Block Public Access) are stored and read back whole,
+/// survive a reopen, and an empty set reads back empty.
+pub(crate) async fn a_buckets_access_settings_are_kept<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
+    let mut b = bucket("b");
+    b.config.policy = Some(r#"{"Statement": []}"#.into());
+    b.config.public_access_block = Some(PublicAccessBlock { block_public_policy: true, ..Default::default() });
+    let stored = b.clone();
+    meta.write(move |tx| tx.put_bucket(&stored)).await.unwrap();
+    meta.write(|tx| tx.put_bucket(&bucket("plain"))).await.unwrap();
+    drop(meta);
+    let meta = open(dir).await;
+    assert_eq!(meta.read(|r| r.get_bucket("b")).await.unwrap(), Some(b));
+    let plain = meta.read(|r| r.get_bucket("plain")).await.unwrap().unwrap();
+    assert!(plain.config.is_empty());
+}
+
 pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
     let meta = open(dir).await;
     with_bucket(&meta).await;

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::replication::{Backfill, DestStats, Event, Job, JobOp, JobState};
 
-pub(crate) const BUCKET_COLS: &str = "name, fmt, created_us, owner, versioning, acl, tagging, replication, replica_sources";
+pub(crate) const BUCKET_COLS: &str =
+    "name, fmt, created_us, owner, versioning, acl, tagging, replication, replica_sources, config";
 pub(crate) const VERSION_COLS: &str = "bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag, storage_class, \
                                        owner, repl_status, parts, multipart, attrs, inline_data";
 /// What listings read of a version (never its inline body).
@@ -175,6 +176,7 @@ pub(crate) fn bucket(r: &dyn Cells) -> Result<BucketRecord> {
         tagging: json_opt(r, c!("tagging"))?,
         replication: r.opt_text(c!("replication"))?,
         replica_sources: json_opt(r, c!("replica_sources"))?.unwrap_or_default(),
+        config: json_opt(r, c!("config"))?.unwrap_or_default(),
     })
 }
 

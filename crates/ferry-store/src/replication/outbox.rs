@@ -520,6 +520,7 @@ mod tests {
                 tagging: None,
                 replication,
                 replica_sources: Vec::new(),
+                config: Default::default(),
             })
         })
         .await

@@ -80,14 +80,16 @@ pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub const JOB_LEASE_US: i64 = 30_000_000;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS settings (k text PRIMARY KEY, v text NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (
     name text PRIMARY KEY, fmt bigint NOT NULL, created_us bigint NOT NULL, owner text NOT NULL,
-    versioning bigint NOT NULL, acl text NOT NULL, tagging text, replication text, replica_sources text
+    versioning bigint NOT NULL, acl text NOT NULL, tagging text, replication text, replica_sources text, config text
 );
+-- Schema 2: the bucket's access settings (a database created at schema 1 gains the column).
+ALTER TABLE buckets ADD COLUMN IF NOT EXISTS config text;
 CREATE TABLE IF NOT EXISTS bucket_usage (bucket text PRIMARY KEY, versions bigint NOT NULL, bytes bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bucket_usage_deltas (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bucket text NOT NULL, versions bigint NOT NULL, bytes bigint NOT NULL
@@ -357,7 +359,13 @@ async fn migrate(client: &tokio_postgres::Client) -> Result<()> {
                     .map_err(pg)?;
             }
             Some(v) => match v.parse::<i64>() {
-                Ok(v) if v <= SCHEMA_VERSION => {}
+                Ok(v) if v == SCHEMA_VERSION => {}
+                Ok(v) if v < SCHEMA_VERSION => {
+                    client
+                        .execute("UPDATE settings SET v = $1 WHERE k = 'schema'", &[&SCHEMA_VERSION.to_string()])
+                        .await
+                        .map_err(pg)?;
+                }
                 Ok(v) => return Err(Error::unknown("metadata schema", v)),
                 Err(_) => return Err(Error::Other("settings.schema is not a number".into())),
             },
@@ -463,6 +471,29 @@ mod tests {
         assert!(text.contains("fsync = off") && text.contains("synchronous_commit = off"), "{text}");
         let meta = PgMeta::open(&pg.url(), 2, true).await.expect("allowed when told");
         assert_eq!(meta.durability().synchronous_commit, "off");
+    }
+
+    /// A database at schema 1 (buckets without their access settings) is migrated: the column
+    /// is added and the version moves to this one; a bucket written before reads with none.
+    #[tokio::test]
+    async fn a_schema_1_database_is_migrated() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let meta = PgMeta::open(&pg.url(), 2, false).await.unwrap();
+        let client = meta.pool.get().await.unwrap();
+        client
+            .batch_execute(
+                "ALTER TABLE buckets DROP COLUMN config; UPDATE settings SET v = '1' WHERE k = 'schema'; \
+                 INSERT INTO buckets (name, fmt, created_us, owner, versioning, acl) \
+                 VALUES ('old', 1, 1, '{\"id\": \"u\", \"display_name\": \"u\"}', 1, '{\"grants\": []}')",
+            )
+            .await
+            .unwrap();
+        drop((client, meta));
+        let meta = PgMeta::open(&pg.url(), 2, false).await.unwrap();
+        assert_eq!(meta.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let client = meta.pool.get().await.unwrap();
+        let row = client.query_one("SELECT config FROM buckets WHERE name = 'old'", &[]).await.unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0), None);
     }
 
     /// A database written by a newer build is refused.

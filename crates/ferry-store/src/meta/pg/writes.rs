@@ -170,9 +170,9 @@ impl WriteTx for PgTx<'_> {
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.queue(
             format!(
-                "INSERT INTO buckets ({BUCKET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                "INSERT INTO buckets ({BUCKET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (name) DO UPDATE SET fmt = $2, created_us = $3, owner = $4, versioning = $5, acl = $6, \
-                 tagging = $7, replication = $8, replica_sources = $9"
+                 tagging = $7, replication = $8, replica_sources = $9, config = $10"
             ),
             values![
                 b.name,
@@ -184,6 +184,7 @@ impl WriteTx for PgTx<'_> {
                 b.tagging.as_ref().map(serde_json::to_string).transpose()?,
                 b.replication,
                 (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
+                (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
             ],
         );
         Ok(())

@@ -4,7 +4,7 @@
 //! Objects:
 //! - `settings(k, v)`: store-wide values: schema version, the commit clock's high-water mark.
 //! - `buckets(name, fmt, created_us, owner, versioning, acl, tagging, replication,
-//!   replica_sources)`.
+//!   replica_sources, config)`; `config` is the JSON of the access settings (schema 4).
 //! - `versions(id, bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag,
 //!   storage_class, owner, repl_status, parts, multipart, attrs, inline_data)`: one row per
 //!   version or delete marker; `key` is a BLOB compared bytewise (S3 order); `inline_data` is
@@ -132,6 +132,12 @@ INSERT INTO bucket_usage (bucket, versions, bytes)
     SELECT bucket, count(*), coalesce(sum(size), 0) FROM versions WHERE is_dm = 0 GROUP BY bucket;
 ";
 
+/// Schema version 4: the bucket's access settings (policy, Block Public Access), one JSON
+/// document; NULL when none is set.
+const MIGRATE_TO_4: &str = r"
+ALTER TABLE buckets ADD COLUMN config TEXT;
+";
+
 /// Indexes of schema version 2 (created after the migration).
 const INDEXES: &str = r"
 CREATE INDEX IF NOT EXISTS repl_jobs_run ON repl_jobs (peer, dest_bucket, state, blocked, priority, next_attempt_us, id);
@@ -140,7 +146,7 @@ CREATE INDEX IF NOT EXISTS repl_jobs_live ON repl_jobs (bucket, peer, dest_bucke
 ";
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Creates the tables of a new database, or migrates an older one to [`SCHEMA_VERSION`].
 ///
@@ -163,6 +169,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
         let step = match version {
             1 => MIGRATE_TO_2,
             2 => MIGRATE_TO_3,
+            3 => MIGRATE_TO_4,
             _ => return Err(Error::Other(format!("no migration from schema {version}"))),
         };
         conn.execute_batch(&format!(
@@ -199,6 +206,8 @@ mod tests {
             conn.execute_batch(REPL_SCHEMA).unwrap();
             conn.execute_batch(
                 "INSERT INTO settings (k, v) VALUES ('schema', '1');
+                 INSERT INTO buckets (name, fmt, created_us, owner, versioning, acl)
+                 VALUES ('b', 1, 1, '{\"id\": \"u\", \"display_name\": \"u\"}', 1, '{\"grants\": []}');
                  INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state,
                      attempts, next_attempt_us, last_error, progress, backfill_id, priority) VALUES
                  (1, 'b', X'6b', 'v1', 0, 'eu', 'd', 'r', 10, 100, 0, 0, 0, NULL, NULL, NULL, 0),
@@ -231,7 +240,9 @@ mod tests {
             "counted once, delete markers aside"
         );
         let schema = meta.read(|r| r.get_setting("schema")).await.unwrap();
-        assert_eq!(schema.as_deref(), Some("3"));
+        assert_eq!(schema, Some(super::SCHEMA_VERSION.to_string()));
+        let b = meta.read(|r| r.get_bucket("b")).await.unwrap().expect("the bucket of schema 1");
+        assert!(b.replica_sources.is_empty() && b.config.is_empty(), "{b:?}");
     }
 
     /// A database written by a newer build is refused, not guessed at.

@@ -33,7 +33,7 @@ impl WriteTx for SqliteWriteTx<'_> {
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.conn
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))?
             .execute(params![
                 b.name,
@@ -45,6 +45,7 @@ impl WriteTx for SqliteWriteTx<'_> {
                 b.tagging.as_ref().map(serde_json::to_string).transpose()?,
                 b.replication,
                 (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
+                (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
             ])?;
         Ok(())
     }

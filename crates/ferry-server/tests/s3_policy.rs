@@ -1,0 +1,320 @@
+//! Bucket policies and Block Public Access through aws-sdk-s3 (and raw anonymous HTTP).
+
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
+use aws_sdk_s3::types::{BucketCannedAcl, Delete, ObjectCannedAcl, ObjectIdentifier, PublicAccessBlockConfiguration};
+
+use crate::common::*;
+
+async fn put_policy(c: &aws_sdk_s3::Client, bucket: &str, policy: &str) {
+    c.put_bucket_policy().bucket(bucket).policy(policy).send().await.expect("put bucket policy");
+}
+
+/// An anonymous GET of `bucket/key`: its status.
+async fn anonymous_get(s: &TestServer, bucket: &str, key: &str) -> u16 {
+    let request = format!("GET /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    raw_http(s.addr, request.as_bytes()).await.status
+}
+
+#[tokio::test]
+async fn a_policy_is_put_read_checked_and_deleted() {
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let b = bucket_name("pol");
+    create_bucket(&c, &b).await;
+    let e = c.get_bucket_policy().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchBucketPolicy");
+
+    let policy = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [{{"Sid": "read", "Effect": "Allow", "Principal": "*",
+            "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/public/*"}}]}}"#
+    );
+    put_policy(&c, &b, &policy).await;
+    assert_eq!(c.get_bucket_policy().bucket(&b).send().await.unwrap().policy(), Some(policy.as_str()));
+    let status = c.get_bucket_policy_status().bucket(&b).send().await.unwrap();
+    assert_eq!(status.policy_status().and_then(|p| p.is_public()), Some(true));
+
+    // Refused with what is wrong: an action that does not exist, a resource of another bucket.
+    for (bad, names) in [
+        (policy.replace("s3:GetObject", "s3:GetObjekt"), "s3:GetObjekt"),
+        (
+            policy.replace(&format!("arn:aws:s3:::{b}/"), "arn:aws:s3:::other/"),
+            "arn:aws:s3:::other/public/*",
+        ),
+        ("{not json".to_owned(), "JSON"),
+    ] {
+        let e = c.put_bucket_policy().bucket(&b).policy(bad).send().await.unwrap_err();
+        assert_eq!(code(&e), "MalformedPolicy");
+        assert!(e.message().unwrap_or_default().contains(names), "{:?}", e.message());
+    }
+    // Another account may not read or change it.
+    assert_eq!(code(&alt.get_bucket_policy().bucket(&b).send().await.unwrap_err()), "AccessDenied");
+    assert_eq!(code(&alt.delete_bucket_policy().bucket(&b).send().await.unwrap_err()), "AccessDenied");
+
+    c.delete_bucket_policy().bucket(&b).send().await.unwrap();
+    assert_eq!(code(&c.get_bucket_policy().bucket(&b).send().await.unwrap_err()), "NoSuchBucketPolicy");
+    assert_eq!(
+        code(&c.get_bucket_policy_status().bucket(&b).send().await.unwrap_err()),
+        "NoSuchBucketPolicy"
+    );
+}
+
+/// What a policy allows goes beyond the ACLs (another account, anonymous requests, a key
+/// prefix, a listing prefix); what it denies is denied even to the owner; and a policy never
+/// locks its owner out of the policy itself.
+#[tokio::test]
+async fn a_policy_grants_and_denies_beyond_the_acls() {
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let b = bucket_name("polg");
+    create_bucket(&c, &b).await;
+    for key in ["public/a", "private/a", "home/alt/x", "home/other/y", "keep/1", "keep/2", "drop/1"] {
+        put(&c, &b, key, b"v").await;
+    }
+    assert_eq!(
+        code(&alt.get_object().bucket(&b).key("public/a").send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    assert_eq!(anonymous_get(&s, &b, "public/a").await, 403);
+
+    let alt_id = account_of(ALT_AK);
+    put_policy(
+        &c,
+        &b,
+        &format!(
+            r#"{{"Version": "2012-10-17", "Statement": [
+                {{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/public/*"}},
+                {{"Effect": "Allow", "Principal": {{"AWS": "arn:aws:iam::{alt_id}:root"}}, "Action": "s3:ListBucket",
+                  "Resource": "arn:aws:s3:::{b}", "Condition": {{"StringLike": {{"s3:prefix": "home/alt/*"}}}}}},
+                {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": ["s3:PutObject", "s3:DeleteObject"],
+                  "Resource": "arn:aws:s3:::{b}/*"}},
+                {{"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject", "Resource": "arn:aws:s3:::{b}/keep/*"}}
+            ]}}"#
+        ),
+    )
+    .await;
+
+    // Anyone may read public/*, nothing else.
+    assert_eq!(anonymous_get(&s, &b, "public/a").await, 200);
+    assert_eq!(anonymous_get(&s, &b, "private/a").await, 403);
+    assert_eq!(
+        alt.get_object().bucket(&b).key("public/a").send().await.unwrap().content_length(),
+        Some(1)
+    );
+    assert_eq!(
+        code(&alt.get_object().bucket(&b).key("private/a").send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    // The other account lists its prefix only.
+    let listed = alt.list_objects_v2().bucket(&b).prefix("home/alt/").send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(1));
+    assert_eq!(code(&alt.list_objects_v2().bucket(&b).send().await.unwrap_err()), "AccessDenied");
+    assert_eq!(
+        code(&alt.list_objects_v2().bucket(&b).prefix("home/").send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    // It may write and delete, but not in keep/, and neither may the owner.
+    alt.put_object().bucket(&b).key("from-alt").body(b"x".to_vec().into()).send().await.unwrap();
+    alt.delete_object().bucket(&b).key("drop/1").send().await.unwrap();
+    assert_eq!(
+        code(&alt.delete_object().bucket(&b).key("keep/1").send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    assert_eq!(
+        code(&c.delete_object().bucket(&b).key("keep/1").send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    // DeleteObjects is one s3:DeleteObject per key.
+    let ids = ["keep/2", "from-alt"].map(|k| ObjectIdentifier::builder().key(k).build().unwrap());
+    let out = c
+        .delete_objects()
+        .bucket(&b)
+        .delete(Delete::builder().set_objects(Some(ids.to_vec())).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.deleted().iter().filter_map(|d| d.key()).collect::<Vec<_>>(), ["from-alt"]);
+    assert_eq!(
+        out.errors().iter().map(|e| (e.key(), e.code())).collect::<Vec<_>>(),
+        [(Some("keep/2"), Some("AccessDenied"))]
+    );
+    assert!(c.head_object().bucket(&b).key("keep/2").send().await.is_ok());
+
+    // A policy that denies everything still lets the owner manage the policy.
+    put_policy(
+        &c,
+        &b,
+        &format!(r#"{{"Statement": {{"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": ["arn:aws:s3:::{b}", "arn:aws:s3:::{b}/*"]}}}}"#),
+    )
+    .await;
+    assert_eq!(code(&c.get_object().bucket(&b).key("public/a").send().await.unwrap_err()), "AccessDenied");
+    assert_eq!(code(&c.list_objects_v2().bucket(&b).send().await.unwrap_err()), "AccessDenied");
+    assert!(c.get_bucket_policy().bucket(&b).send().await.is_ok());
+    c.delete_bucket_policy().bucket(&b).send().await.unwrap();
+    assert!(c.get_object().bucket(&b).key("public/a").send().await.is_ok());
+}
+
+/// `aws:SecureTransport` and `aws:SourceIp` come from the connection (plain HTTP on
+/// 127.0.0.1 here).
+#[tokio::test]
+async fn conditions_see_the_connection() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("polc");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"v").await;
+    let deny_unless = |condition: &str| {
+        format!(
+            r#"{{"Statement": {{"Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/*",
+                "Condition": {condition}}}}}"#
+        )
+    };
+    put_policy(&c, &b, &deny_unless(r#"{"Bool": {"aws:SecureTransport": "false"}}"#)).await;
+    assert_eq!(code(&c.get_object().bucket(&b).key("k").send().await.unwrap_err()), "AccessDenied");
+    put_policy(&c, &b, &deny_unless(r#"{"NotIpAddress": {"aws:SourceIp": "127.0.0.0/8"}}"#)).await;
+    assert!(c.get_object().bucket(&b).key("k").send().await.is_ok(), "the client is on 127.0.0.1");
+    put_policy(&c, &b, &deny_unless(r#"{"IpAddress": {"aws:SourceIp": "127.0.0.1/32"}}"#)).await;
+    assert_eq!(code(&c.get_object().bucket(&b).key("k").send().await.unwrap_err()), "AccessDenied");
+}
+
+/// A copy reads its source with the source bucket's policy and ACLs, whatever the destination
+/// bucket's policy grants.
+#[tokio::test]
+async fn a_copy_needs_the_right_to_read_its_source() {
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let (src, dst) = (bucket_name("polsrc"), bucket_name("poldst"));
+    create_bucket(&c, &src).await;
+    create_bucket(&c, &dst).await;
+    put(&c, &src, "secret", b"s").await;
+    put(&c, &dst, "secret", b"d").await;
+    put_policy(
+        &c,
+        &dst,
+        &format!(r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{dst}/*"}}}}"#),
+    )
+    .await;
+    let copy = |from: String| alt.copy_object().bucket(&dst).key("copied").copy_source(from).send();
+    assert_eq!(code(&copy(format!("{src}/secret")).await.unwrap_err()), "AccessDenied");
+    assert_eq!(
+        code(&copy(format!("{dst}/secret")).await.unwrap_err()),
+        "AccessDenied",
+        "PutObject is not GetObject"
+    );
+    put_policy(
+        &c,
+        &src,
+        &format!(r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{src}/*"}}}}"#),
+    )
+    .await;
+    copy(format!("{src}/secret")).await.unwrap();
+    // The copy is the other account's object (its writer owns it).
+    let body = alt.get_object().bucket(&dst).key("copied").send().await.unwrap().body.collect().await.unwrap().into_bytes();
+    assert_eq!(&body[..], b"s");
+}
+
+#[tokio::test]
+async fn block_public_access_refuses_and_restricts_public_policies() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("pab");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"v").await;
+    assert_eq!(
+        code(&c.get_public_access_block().bucket(&b).send().await.unwrap_err()),
+        "NoSuchPublicAccessBlockConfiguration"
+    );
+    let public = format!(
+        r#"{{"Statement": {{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/*"}}}}"#
+    );
+    let private = format!(
+        r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/*"}}}}"#
+    );
+    let block = |policy: bool, restrict: bool| {
+        PublicAccessBlockConfiguration::builder().block_public_policy(policy).restrict_public_buckets(restrict).build()
+    };
+
+    c.put_public_access_block().bucket(&b).public_access_block_configuration(block(true, false)).send().await.unwrap();
+    let got = c.get_public_access_block().bucket(&b).send().await.unwrap();
+    let cfg = got.public_access_block_configuration().unwrap();
+    assert_eq!(
+        (
+            cfg.block_public_acls(),
+            cfg.ignore_public_acls(),
+            cfg.block_public_policy(),
+            cfg.restrict_public_buckets()
+        ),
+        (Some(false), Some(false), Some(true), Some(false))
+    );
+    let e = c.put_bucket_policy().bucket(&b).policy(&public).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    put_policy(&c, &b, &private).await;
+
+    // A public policy, then RestrictPublicBuckets: it no longer grants to anyone but the owner.
+    c.put_public_access_block().bucket(&b).public_access_block_configuration(block(false, false)).send().await.unwrap();
+    put_policy(&c, &b, &public).await;
+    assert_eq!(anonymous_get(&s, &b, "k").await, 200);
+    c.put_public_access_block().bucket(&b).public_access_block_configuration(block(false, true)).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 403);
+    assert!(c.get_object().bucket(&b).key("k").send().await.is_ok());
+
+    c.delete_public_access_block().bucket(&b).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 200);
+    assert_eq!(
+        code(&c.get_public_access_block().bucket(&b).send().await.unwrap_err()),
+        "NoSuchPublicAccessBlockConfiguration"
+    );
+}
+
+#[tokio::test]
+async fn block_public_access_ignores_and_refuses_public_acls() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("pabacl");
+    create_bucket(&c, &b).await;
+    c.put_object().bucket(&b).key("k").acl(ObjectCannedAcl::PublicRead).body(b"v".to_vec().into()).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 200);
+    let block = |acls: bool, ignore: bool| {
+        PublicAccessBlockConfiguration::builder().block_public_acls(acls).ignore_public_acls(ignore).build()
+    };
+
+    c.put_public_access_block().bucket(&b).public_access_block_configuration(block(false, true)).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 403, "the public-read grant is ignored");
+    assert!(c.get_object().bucket(&b).key("k").send().await.is_ok());
+
+    c.put_public_access_block().bucket(&b).public_access_block_configuration(block(true, false)).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 200, "an ACL set before stays, and counts again");
+    let e = c.put_object_acl().bucket(&b).key("k").acl(ObjectCannedAcl::PublicReadWrite).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e =
+        c.put_object().bucket(&b).key("k2").acl(ObjectCannedAcl::PublicRead).body(b"v".to_vec().into()).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = c.put_bucket_acl().bucket(&b).acl(BucketCannedAcl::PublicRead).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    c.put_object().bucket(&b).key("k2").acl(ObjectCannedAcl::Private).body(b"v".to_vec().into()).send().await.unwrap();
+    c.put_object_acl().bucket(&b).key("k").acl(ObjectCannedAcl::Private).send().await.unwrap();
+    assert_eq!(anonymous_get(&s, &b, "k").await, 403);
+}
+
+/// A policy allowing everything to everyone leaves the owner's multipart uploads working.
+#[tokio::test]
+async fn multipart_uploads_work_under_an_allow_all_policy() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("polmp");
+    create_bucket(&c, &b).await;
+    put_policy(
+        &c,
+        &b,
+        &format!(r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": ["arn:aws:s3:::{b}", "arn:aws:s3:::{b}/*"]}}]}}"#),
+    )
+    .await;
+    let up = c.create_multipart_upload().bucket(&b).key("mp").send().await.unwrap();
+    let id = up.upload_id().unwrap();
+    let part =
+        c.upload_part().bucket(&b).key("mp").upload_id(id).part_number(1).body(vec![1u8; 1024].into()).send().await.unwrap();
+    let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(aws_sdk_s3::types::CompletedPart::builder().part_number(1).e_tag(part.e_tag().unwrap()).build())
+        .build();
+    c.complete_multipart_upload().bucket(&b).key("mp").upload_id(id).multipart_upload(done).send().await.unwrap();
+    assert_eq!(c.head_object().bucket(&b).key("mp").send().await.unwrap().content_length(), Some(1024));
+}
