@@ -19,6 +19,7 @@ mod auth;
 mod bucket;
 mod bucket_access;
 mod checksums;
+mod cors;
 mod delete;
 mod dto;
 pub mod error;
@@ -86,9 +87,10 @@ pub fn service(
     b.set_auth(auth::Auth { users: users.clone() });
     b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone(), store: store.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
+    let cors = Arc::new(cors::Cors { store: store.clone(), host: auth::Host::new(cfg.domains.clone()) });
     b.set_validation(auth::BucketNames);
     b.set_route(replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine });
-    FerryService { inner: b.build(), metrics, client: None }
+    FerryService { inner: b.build(), metrics, client: None, cors }
 }
 
 /// The hyper service of one region: s3s plus Ferry's fix-ups of s3s's own answers.
@@ -98,6 +100,7 @@ pub struct FerryService {
     metrics: Arc<ferry_core::metrics::RegionMetrics>,
     /// The connection's client, given to each request (bucket policy conditions).
     client: Option<ClientInfo>,
+    cors: Arc<cors::Cors>,
 }
 
 impl FerryService {
@@ -121,6 +124,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             req.extensions_mut().insert(client);
         }
         let request_id = error::new_request_id();
+        if req.method() == http::Method::OPTIONS {
+            let cors = self.cors.clone();
+            return Box::pin(async move { Ok(error::finish_response(cors.preflight(&req).await, &request_id)) });
+        }
+        let cors_asked = self.cors.asked(&req).map(|a| (self.cors.clone(), a));
         if let Err(e) = auth::check_presigned_expiry(req.uri()) {
             let resp = e.to_http_response().map(|r| error::finish_response(r, &request_id));
             return Box::pin(async move { resp.map_err(|e| s3s::HttpError::new(Box::new(e))) });
@@ -136,7 +144,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let resp = fut.await?;
-            let resp = error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id);
+            let mut resp = error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id);
+            if let Some((cors, asked)) = cors_asked
+                && let Some(allowed) = cors.answer(asked).await
+            {
+                allowed.apply(resp.headers_mut());
+            }
             let labels =
                 ferry_core::metrics::RequestLabels { method: method.clone(), status: resp.status().as_u16().to_string() };
             metrics.s3_requests.get_or_create(&labels).inc();
@@ -206,4 +219,7 @@ ops! {
     put_public_access_block(PutPublicAccessBlockInput) -> PutPublicAccessBlockOutput;
     get_public_access_block(GetPublicAccessBlockInput) -> GetPublicAccessBlockOutput;
     delete_public_access_block(DeletePublicAccessBlockInput) -> DeletePublicAccessBlockOutput;
+    put_bucket_cors(PutBucketCorsInput) -> PutBucketCorsOutput;
+    get_bucket_cors(GetBucketCorsInput) -> GetBucketCorsOutput;
+    delete_bucket_cors(DeleteBucketCorsInput) -> DeleteBucketCorsOutput;
 }
