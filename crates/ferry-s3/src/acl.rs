@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use crate::FerryS3;
 use crate::dto::owner_dto;
 use crate::error::StoreResultExt;
-use crate::perm::{GrantHeaders, Perm, check_acl_allowed, grant_headers, requested_acl};
+use crate::perm::{GrantHeaders, Perm, acls_not_supported, check_acl_allowed, grant_headers, requested_acl};
 
 fn grants_dto(acl: &Acl) -> Vec<s3s::dto::Grant> {
     acl.grants
@@ -98,9 +98,11 @@ fn acl_from_request(
 impl FerryS3 {
     pub(crate) async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
         let b = self.bucket_for(&req, &req.input.bucket, Perm::ReadAcp).await?;
+        // Where ACLs are off, the one that counts: the owner's full control.
+        let acl = if b.acls_disabled() { Acl::private(&b.owner) } else { b.acl.clone() };
         Ok(S3Response::new(GetBucketAclOutput {
             owner: Some(owner_dto(&b.owner)),
-            grants: Some(grants_dto(&b.acl)),
+            grants: Some(grants_dto(&acl)),
         }))
     }
 
@@ -116,6 +118,14 @@ impl FerryS3 {
             &b.owner,
             None,
         )?;
+        if b.acls_disabled() {
+            // Only the ACL that says what is true anyway (the owner's full control) is accepted.
+            return if acl == Acl::private(&b.owner) {
+                Ok(S3Response::new(PutBucketAclOutput::default()))
+            } else {
+                Err(acls_not_supported())
+            };
+        }
         check_acl_allowed(&b, &acl)?;
         self.update_bucket(b.name, move |bucket| bucket.acl = acl).await?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
@@ -125,9 +135,13 @@ impl FerryS3 {
         let i = &req.input;
         let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::ReadAcp).await?;
         let v = &src.record;
+        let bucket = self.load_bucket(&i.bucket).await?;
+        // Where ACLs are off, the bucket owner owns every object, with full control.
+        let (owner, acl) =
+            if bucket.acls_disabled() { (&bucket.owner, Acl::private(&bucket.owner)) } else { (&v.owner, v.attrs.acl.clone()) };
         Ok(S3Response::new(GetObjectAclOutput {
-            owner: Some(owner_dto(&v.owner)),
-            grants: Some(grants_dto(&v.attrs.acl)),
+            owner: Some(owner_dto(owner)),
+            grants: Some(grants_dto(&acl)),
             ..Default::default()
         }))
     }
@@ -139,6 +153,16 @@ impl FerryS3 {
             self.source_version(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), Perm::WriteAcp).await?;
         let v = src.record;
         let i = req.input;
+        if bucket.acls_disabled() {
+            // A peer's ACL change has nothing to change here; a client may only restate the
+            // bucket owner's full control.
+            let restated = i.acl.as_ref().is_some_and(|a| a.as_str() == ObjectCannedACL::BUCKET_OWNER_FULL_CONTROL);
+            return if replica.is_some() || restated {
+                Ok(S3Response::new(PutObjectAclOutput::default()))
+            } else {
+                Err(acls_not_supported())
+            };
+        }
         let headers = grant_headers!(i);
         // A replica's ACL travels in the replica header (grantees are the source's users).
         let acl = match &replica {

@@ -1,7 +1,7 @@
 //! Bucket operations: create, delete, head, list, location, versioning, tagging.
 
 use ferry_store::Error as StoreError;
-use ferry_store::model::{BucketRecord, Versioning};
+use ferry_store::model::{BucketRecord, ObjectOwnership, Versioning};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -34,6 +34,17 @@ impl FerryS3 {
         }
         let grants = grant_headers!(input);
         let acl = requested_acl(input.acl.as_ref().map(BucketCannedACL::as_str), &grants, &user.owner, None, &self.users)?;
+        let ownership = match &input.object_ownership {
+            Some(o) => Some(
+                ObjectOwnership::parse(o.as_str())
+                    .ok_or_else(|| s3_error!(InvalidArgument, "Unknown x-amz-object-ownership {}", o.as_str()))?,
+            ),
+            None => None,
+        };
+        if let Some(o) = ownership {
+            crate::bucket_access::check_ownership_acl(o, &user.owner, &acl)?;
+        }
+        let config = ferry_store::model::BucketConfig { ownership, ..Default::default() };
         let name = input.bucket;
         let owner = user.owner.clone();
         let result = self
@@ -53,7 +64,7 @@ impl FerryS3 {
                     tagging: None,
                     replication: None,
                     replica_sources: Vec::new(),
-                    config: Default::default(),
+                    config,
                 })?;
                 Ok(None)
             })

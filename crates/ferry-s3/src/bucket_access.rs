@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ferry_store::model::{BucketRecord, PublicAccessBlock};
+use ferry_store::model::{BucketRecord, ObjectOwnership, PublicAccessBlock};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -461,6 +461,75 @@ impl FerryS3 {
         self.update_bucket(b.name, |bucket| bucket.config.public_access_block = None).await?;
         Ok(S3Response::with_status(
             DeletePublicAccessBlockOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+}
+
+/// The Object Ownership of an `OwnershipControls` document (exactly one rule).
+fn ownership_of(controls: &OwnershipControls) -> S3Result<ObjectOwnership> {
+    let [rule] = controls.rules.as_slice() else {
+        return Err(s3_error!(MalformedXML, "OwnershipControls has exactly one rule"));
+    };
+    ObjectOwnership::parse(rule.object_ownership.as_str())
+        .ok_or_else(|| s3_error!(MalformedXML, "Unknown ObjectOwnership {}", rule.object_ownership.as_str()))
+}
+
+/// Refuses turning ACLs off on a bucket whose ACL grants to anyone but its owner (as S3 does:
+/// the grants would silently stop counting).
+pub(crate) fn check_ownership_acl(
+    ownership: ObjectOwnership,
+    owner: &ferry_store::model::Owner,
+    acl: &ferry_store::model::Acl,
+) -> S3Result<()> {
+    if ownership == ObjectOwnership::BucketOwnerEnforced && *acl != ferry_store::model::Acl::private(owner) {
+        return Err(crate::dto::custom_error(
+            "InvalidBucketAclWithObjectOwnership",
+            http::StatusCode::BAD_REQUEST,
+            "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+        ));
+    }
+    Ok(())
+}
+
+impl FerryS3 {
+    pub(crate) async fn put_bucket_ownership_controls(
+        &self,
+        req: S3Request<PutBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
+        let b = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
+        let ownership = ownership_of(&req.input.ownership_controls)?;
+        check_ownership_acl(ownership, &b.owner, &b.acl)?;
+        self.update_bucket(b.name, move |bucket| bucket.config.ownership = Some(ownership)).await?;
+        Ok(S3Response::new(PutBucketOwnershipControlsOutput::default()))
+    }
+
+    pub(crate) async fn get_bucket_ownership_controls(
+        &self,
+        req: S3Request<GetBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
+        let b = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
+        let Some(ownership) = b.config.ownership else {
+            return Err(crate::dto::custom_error(
+                "OwnershipControlsNotFoundError",
+                http::StatusCode::NOT_FOUND,
+                "The bucket ownership controls were not found",
+            ));
+        };
+        let rule = OwnershipControlsRule { object_ownership: s3s::dto::ObjectOwnership::from(ownership.as_str().to_owned()) };
+        Ok(S3Response::new(GetBucketOwnershipControlsOutput {
+            ownership_controls: Some(OwnershipControls { rules: vec![rule] }),
+        }))
+    }
+
+    pub(crate) async fn delete_bucket_ownership_controls(
+        &self,
+        req: S3Request<DeleteBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
+        let b = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
+        self.update_bucket(b.name, |bucket| bucket.config.ownership = None).await?;
+        Ok(S3Response::with_status(
+            DeleteBucketOwnershipControlsOutput::default(),
             http::StatusCode::NO_CONTENT,
         ))
     }

@@ -10,7 +10,7 @@ use crate::FerryS3;
 use crate::checksums::{ChecksumFields, with_checksums};
 use crate::dto::{check_key, custom_error, etag, secs, ts, ts_secs};
 use crate::error::StoreResultExt;
-use crate::perm::{Perm, check_perm, effective_acl};
+use crate::perm::{Perm, check_perm, effective_acl, effective_owner};
 
 /// A version resolved for reading, with whether its bucket is versioned (to decide whether
 /// `x-amz-version-id` is returned).
@@ -291,7 +291,7 @@ impl FerryS3 {
             if replication.is_some() || policy_allows {
                 Ok(())
             } else {
-                check_perm(user, owner, &effective_acl(&bucket_rec, acl), p)
+                check_perm(user, effective_owner(&bucket_rec, owner), &effective_acl(&bucket_rec, acl), p)
             }
         };
         let Some(record) = version else {

@@ -222,4 +222,7 @@ ops! {
     put_bucket_cors(PutBucketCorsInput) -> PutBucketCorsOutput;
     get_bucket_cors(GetBucketCorsInput) -> GetBucketCorsOutput;
     delete_bucket_cors(DeleteBucketCorsInput) -> DeleteBucketCorsOutput;
+    put_bucket_ownership_controls(PutBucketOwnershipControlsInput) -> PutBucketOwnershipControlsOutput;
+    get_bucket_ownership_controls(GetBucketOwnershipControlsInput) -> GetBucketOwnershipControlsOutput;
+    delete_bucket_ownership_controls(DeleteBucketOwnershipControlsInput) -> DeleteBucketOwnershipControlsOutput;
 }

@@ -15,7 +15,7 @@ use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
-use crate::perm::{Perm, check_acl_allowed, requested_acl};
+use crate::perm::{Perm, new_object_acl, requested_acl};
 use crate::put::{refuse_sse, require_length, storage_class, trailers};
 use crate::replication::replica::ReplicaWrite;
 
@@ -77,7 +77,7 @@ impl FerryS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
-        let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
+        let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let grant_write = raw_header(&req, "x-amz-grant-write").map(str::to_owned);
         let origin = self.replication(&req).map(|r| Origin { region: r.source.region.clone(), bucket: r.source.bucket.clone() });
         let i = req.input;
@@ -91,14 +91,16 @@ impl FerryS3 {
         if i.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT) {
             return Err(s3_error!(NotImplemented, "Full-object checksums for multipart uploads are not supported"));
         }
-        let acl = requested_acl(
-            i.acl.as_ref().map(ObjectCannedACL::as_str),
-            &grant_headers!(i, grant_write.as_deref()),
-            &owner,
-            Some(&bucket.owner),
-            &self.users,
-        )?;
-        check_acl_allowed(&bucket, &acl)?;
+        let canned = i.acl.as_ref().map(ObjectCannedACL::as_str);
+        let grants = grant_headers!(i, grant_write.as_deref());
+        // A peer's upload takes its owner and ACL from the replica header when it completes.
+        let (owner, acl) = match origin {
+            Some(_) => {
+                let acl = requested_acl(canned, &grants, &writer, Some(&bucket.owner), &self.users)?;
+                (writer, acl)
+            }
+            None => new_object_acl(&bucket, writer, canned, &grants, &self.users)?,
+        };
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
         let mut attrs = request_attrs!(i, tags, acl);
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.

@@ -2,7 +2,7 @@
 //! replication credentials, against the bucket's replica sources), and the ACL a request asks
 //! for (canned, or grant headers).
 
-use ferry_store::model::{Acl, BucketRecord, Grant, Grantee, Owner};
+use ferry_store::model::{Acl, BucketRecord, Grant, Grantee, ObjectOwnership, Owner};
 use s3s::{S3Error, S3Request, S3Result, s3_error};
 
 use crate::FerryS3;
@@ -79,14 +79,66 @@ impl FerryS3 {
     }
 }
 
-/// The ACL that counts for a resource of `bucket`: with Block Public Access's
-/// `IgnorePublicAcls`, grants to everyone and to all authenticated users count for nothing.
+/// The ACL that counts for a resource of `bucket`: the bucket owner's full control alone with
+/// Object Ownership's `BucketOwnerEnforced` (only the owner and policies grant); with Block
+/// Public Access's `IgnorePublicAcls`, grants to everyone and to all authenticated users count
+/// for nothing.
 pub fn effective_acl<'a>(bucket: &BucketRecord, acl: &'a Acl) -> std::borrow::Cow<'a, Acl> {
-    if bucket.config.public_access_block.is_some_and(|p| p.ignore_public_acls) {
+    if bucket.acls_disabled() {
+        std::borrow::Cow::Owned(Acl::private(&bucket.owner))
+    } else if bucket.config.public_access_block.is_some_and(|p| p.ignore_public_acls) {
         std::borrow::Cow::Owned(acl.without_public())
     } else {
         std::borrow::Cow::Borrowed(acl)
     }
+}
+
+/// The owner that counts for an object of `bucket`: the bucket's owner when ACLs are off
+/// (`BucketOwnerEnforced` makes it the owner of every object), else the object's.
+pub fn effective_owner<'a>(bucket: &'a BucketRecord, owner: &'a Owner) -> &'a Owner {
+    if bucket.acls_disabled() { &bucket.owner } else { owner }
+}
+
+/// The answer to a request that sets an ACL where ACLs are off.
+pub fn acls_not_supported() -> S3Error {
+    crate::dto::custom_error(
+        "AccessControlListNotSupported",
+        http::StatusCode::BAD_REQUEST,
+        "The bucket does not allow ACLs",
+    )
+}
+
+/// The owner and ACL of a client's new object in `bucket` (Object Ownership):
+/// - `BucketOwnerEnforced`: the bucket owner, private; a request asking for any ACL other than
+///   `bucket-owner-full-control` is refused (AccessControlListNotSupported);
+/// - `BucketOwnerPreferred`: the bucket owner when the request asks for
+///   `bucket-owner-full-control`, else the writer;
+/// - `ObjectWriter`: the writer, with the ACL asked for.
+///
+/// A public ACL under Block Public Access's `BlockPublicAcls` is refused.
+pub fn new_object_acl(
+    bucket: &BucketRecord,
+    writer: Owner,
+    canned: Option<&str>,
+    grants: &GrantHeaders<'_>,
+    users: &crate::Users,
+) -> S3Result<(Owner, Acl)> {
+    const BUCKET_OWNER_FULL_CONTROL: &str = "bucket-owner-full-control";
+    let ownership = bucket.config.ownership.unwrap_or_default();
+    if ownership == ObjectOwnership::BucketOwnerEnforced {
+        if !grants.is_empty() || canned.is_some_and(|c| c != BUCKET_OWNER_FULL_CONTROL) {
+            return Err(acls_not_supported());
+        }
+        return Ok((bucket.owner.clone(), Acl::private(&bucket.owner)));
+    }
+    let owner = if ownership == ObjectOwnership::BucketOwnerPreferred && canned == Some(BUCKET_OWNER_FULL_CONTROL) {
+        bucket.owner.clone()
+    } else {
+        writer
+    };
+    let acl = requested_acl(canned, grants, &owner, Some(&bucket.owner), users)?;
+    check_acl_allowed(bucket, &acl)?;
+    Ok((owner, acl))
 }
 
 /// Refuses a request that sets a public ACL on a resource of `bucket` when Block Public

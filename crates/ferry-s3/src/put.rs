@@ -15,7 +15,7 @@ use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
-use crate::perm::{Perm, check_acl_allowed, requested_acl};
+use crate::perm::{Perm, new_object_acl};
 use crate::replication::replica::ReplicaWrite;
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
@@ -74,11 +74,7 @@ impl FerryS3 {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let replica = self.replica_of(&req, &bucket)?;
         let user = self.require_user(&req).map(|u| u.owner.clone()).unwrap_or_default();
-        let owner = match &replica {
-            Some(r) => r.meta.owner.clone().unwrap_or_else(|| bucket.owner.clone()),
-            None if user.id.is_empty() => bucket.owner.clone(),
-            None => user,
-        };
+        let writer = if user.id.is_empty() { bucket.owner.clone() } else { user };
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         if i.object_lock_mode.is_some() || i.object_lock_retain_until_date.is_some() || i.object_lock_legal_hold_status.is_some()
@@ -95,20 +91,10 @@ impl FerryS3 {
         )?;
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
         let grants = grant_headers!(i, raw_header(&req, "x-amz-grant-write"));
-        let acl = match replica.as_ref().and_then(|r| r.meta.acl.clone()) {
-            Some(acl) => acl,
-            None if replica.is_some() => ferry_store::model::Acl::private(&owner),
-            None => requested_acl(
-                i.acl.as_ref().map(ObjectCannedACL::as_str),
-                &grants,
-                &owner,
-                Some(&bucket.owner),
-                &self.users,
-            )?,
+        let (owner, acl) = match &replica {
+            Some(r) => r.owner_acl(&bucket),
+            None => new_object_acl(&bucket, writer, i.acl.as_ref().map(ObjectCannedACL::as_str), &grants, &self.users)?,
         };
-        if replica.is_none() {
-            check_acl_allowed(&bucket, &acl)?;
-        }
         let attrs = request_attrs!(i, tags, acl);
         let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
@@ -196,7 +182,7 @@ impl FerryS3 {
     pub(crate) async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         check_key(&req.input.key)?;
         let dest_bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
-        let owner = self.require_user(&req)?.owner.clone();
+        let writer = self.require_user(&req)?.owner.clone();
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         let (src, (src_bucket, src_key, src_vid)) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
@@ -228,14 +214,13 @@ impl FerryS3 {
         } else {
             src.record.attrs.tags.clone()
         };
-        let acl = requested_acl(
+        let (owner, acl) = new_object_acl(
+            &dest_bucket,
+            writer,
             i.acl.as_ref().map(ObjectCannedACL::as_str),
             &grant_headers!(i, raw_header(&req, "x-amz-grant-write")),
-            &owner,
-            Some(&dest_bucket.owner),
             &self.users,
         )?;
-        check_acl_allowed(&dest_bucket, &acl)?;
         let attrs = if replace_meta {
             request_attrs!(i, tags, acl)
         } else {

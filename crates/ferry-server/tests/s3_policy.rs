@@ -318,3 +318,124 @@ async fn multipart_uploads_work_under_an_allow_all_policy() {
     c.complete_multipart_upload().bucket(&b).key("mp").upload_id(id).multipart_upload(done).send().await.unwrap();
     assert_eq!(c.head_object().bucket(&b).key("mp").send().await.unwrap().content_length(), Some(1024));
 }
+
+/// Object Ownership: who owns what another account writes, and ACLs turned off.
+#[tokio::test]
+async fn object_ownership_decides_owners_and_can_turn_acls_off() {
+    use aws_sdk_s3::types::{ObjectOwnership, OwnershipControls, OwnershipControlsRule};
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let (main_id, alt_id) = (account_of(MAIN_AK), account_of(ALT_AK));
+    let controls = |o: ObjectOwnership| {
+        OwnershipControls::builder().rules(OwnershipControlsRule::builder().object_ownership(o).build().unwrap()).build().unwrap()
+    };
+    let owner_of = |b: String, k: &'static str| {
+        let c = c.clone();
+        async move { c.get_object_acl().bucket(b).key(k).send().await.unwrap().owner().and_then(|o| o.id()).unwrap().to_owned() }
+    };
+    let b = bucket_name("own");
+    create_bucket(&c, &b).await;
+    let e = c.get_bucket_ownership_controls().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "OwnershipControlsNotFoundError");
+    put_policy(
+        &c,
+        &b,
+        &format!(r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/*"}}}}"#),
+    )
+    .await;
+
+    // ObjectWriter (the default): the writer owns it, and the bucket owner cannot read it.
+    alt.put_object().bucket(&b).key("by-alt").body(b"a".to_vec().into()).send().await.unwrap();
+    assert_eq!(code(&c.get_object().bucket(&b).key("by-alt").send().await.unwrap_err()), "AccessDenied");
+
+    // BucketOwnerPreferred: the bucket owner owns what is written with bucket-owner-full-control.
+    c.put_bucket_ownership_controls()
+        .bucket(&b)
+        .ownership_controls(controls(ObjectOwnership::BucketOwnerPreferred))
+        .send()
+        .await
+        .unwrap();
+    let got = c.get_bucket_ownership_controls().bucket(&b).send().await.unwrap();
+    assert_eq!(
+        got.ownership_controls().unwrap().rules()[0].object_ownership(),
+        &ObjectOwnership::BucketOwnerPreferred
+    );
+    alt.put_object()
+        .bucket(&b)
+        .key("handed-over")
+        .acl(ObjectCannedAcl::BucketOwnerFullControl)
+        .body(b"h".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner_of(b.clone(), "handed-over").await, main_id);
+
+    // BucketOwnerEnforced: the bucket owner owns everything, old objects included; ACLs are refused.
+    c.put_bucket_ownership_controls()
+        .bucket(&b)
+        .ownership_controls(controls(ObjectOwnership::BucketOwnerEnforced))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner_of(b.clone(), "by-alt").await, main_id);
+    assert!(c.get_object().bucket(&b).key("by-alt").send().await.is_ok());
+    alt.put_object().bucket(&b).key("enforced").body(b"e".to_vec().into()).send().await.unwrap();
+    assert_eq!(owner_of(b.clone(), "enforced").await, main_id);
+    let e = alt
+        .put_object()
+        .bucket(&b)
+        .key("x")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessControlListNotSupported");
+    alt.put_object()
+        .bucket(&b)
+        .key("x")
+        .acl(ObjectCannedAcl::BucketOwnerFullControl)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let e = c.put_object_acl().bucket(&b).key("enforced").acl(ObjectCannedAcl::PublicRead).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessControlListNotSupported");
+    let e = c.put_bucket_acl().bucket(&b).acl(BucketCannedAcl::PublicRead).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessControlListNotSupported");
+    assert_eq!(anonymous_get(&s, &b, "enforced").await, 403);
+
+    // ACLs count again once the controls are gone; the writer of `by-alt` owns it again.
+    c.delete_bucket_ownership_controls().bucket(&b).send().await.unwrap();
+    assert_eq!(owner_of(b.clone(), "handed-over").await, main_id);
+    let by_alt = alt.get_object_acl().bucket(&b).key("by-alt").send().await.unwrap();
+    assert_eq!(by_alt.owner().and_then(|o| o.id()), Some(alt_id.as_str()));
+
+    // Turning ACLs off is refused while the bucket's ACL grants to others; so is creating a
+    // bucket that way.
+    c.put_bucket_acl().bucket(&b).acl(BucketCannedAcl::PublicRead).send().await.unwrap();
+    let e = c
+        .put_bucket_ownership_controls()
+        .bucket(&b)
+        .ownership_controls(controls(ObjectOwnership::BucketOwnerEnforced))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidBucketAclWithObjectOwnership");
+    let b2 = bucket_name("own2");
+    let e = c
+        .create_bucket()
+        .bucket(&b2)
+        .acl(BucketCannedAcl::PublicRead)
+        .object_ownership(ObjectOwnership::BucketOwnerEnforced)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidBucketAclWithObjectOwnership");
+    c.create_bucket().bucket(&b2).object_ownership(ObjectOwnership::BucketOwnerEnforced).send().await.unwrap();
+    let got = c.get_bucket_ownership_controls().bucket(&b2).send().await.unwrap();
+    assert_eq!(
+        got.ownership_controls().unwrap().rules()[0].object_ownership(),
+        &ObjectOwnership::BucketOwnerEnforced
+    );
+}

@@ -234,6 +234,47 @@ pub struct BucketConfig {
     /// CORS rules, in order (the first that matches a request answers it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Vec<CorsRule>>,
+    /// Object Ownership (`None`: never set, which behaves as `ObjectWriter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<ObjectOwnership>,
+}
+
+/// S3 Object Ownership: who owns the objects written into a bucket, and whether ACLs count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ObjectOwnership {
+    /// The writer owns its objects; ACLs count.
+    #[default]
+    ObjectWriter,
+    /// The bucket owner owns an object written with the `bucket-owner-full-control` ACL.
+    BucketOwnerPreferred,
+    /// ACLs are off: the bucket owner owns every object, and only policies grant access.
+    BucketOwnerEnforced,
+}
+
+impl ObjectOwnership {
+    /// S3's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ObjectWriter => "ObjectWriter",
+            Self::BucketOwnerPreferred => "BucketOwnerPreferred",
+            Self::BucketOwnerEnforced => "BucketOwnerEnforced",
+        }
+    }
+
+    /// From S3's name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::ObjectWriter, Self::BucketOwnerPreferred, Self::BucketOwnerEnforced].into_iter().find(|o| o.as_str() == name)
+    }
+}
+
+impl BucketRecord {
+    /// Whether ACLs are off (Object Ownership `BucketOwnerEnforced`).
+    #[must_use]
+    pub fn acls_disabled(&self) -> bool {
+        self.config.ownership == Some(ObjectOwnership::BucketOwnerEnforced)
+    }
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`.

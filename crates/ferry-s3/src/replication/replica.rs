@@ -110,6 +110,19 @@ pub(crate) struct ReplicaWrite {
 }
 
 impl ReplicaWrite {
+    /// The owner and ACL the replica keeps: those it carries (the bucket owner and a private
+    /// ACL when it carries none). Where ACLs are off (Object Ownership `BucketOwnerEnforced`),
+    /// the bucket owner and a private ACL, as AWS gives replicas in such a bucket.
+    pub(crate) fn owner_acl(&self, bucket: &BucketRecord) -> (ferry_store::model::Owner, ferry_store::model::Acl) {
+        use ferry_store::model::Acl;
+        if bucket.acls_disabled() {
+            return (bucket.owner.clone(), Acl::private(&bucket.owner));
+        }
+        let owner = self.meta.owner.clone().unwrap_or_else(|| bucket.owner.clone());
+        let acl = self.meta.acl.clone().unwrap_or_else(|| Acl::private(&owner));
+        (owner, acl)
+    }
+
     /// The identity the new version keeps.
     pub(crate) fn identity(&self) -> ReplicaIdentity {
         ReplicaIdentity {
