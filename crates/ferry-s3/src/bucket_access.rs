@@ -207,15 +207,42 @@ impl Grants {
 /// AccessDenied when a policy denies it; store errors.
 pub(crate) async fn check(store: &ferry_store::Store, users: &Users, asked: &Asked<'_>) -> S3Result<Grants> {
     let (target, bucket) = decide(store, users, asked).await?;
+    check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, bucket.as_ref()).await?;
     let mut grants = Grants { target, source: false, bucket };
     if matches!(asked.op, "CopyObject" | "UploadPartCopy")
         && let Some((bucket, key, version_id)) =
             asked.headers.get("x-amz-copy-source").and_then(|v| copy_source(v.to_str().ok()?))
     {
         let source = Asked { op: "GetObject", bucket: &bucket, key: Some(&key), version_id: version_id.as_deref(), ..*asked };
-        grants.source = decide(store, users, &source).await?.0;
+        let (granted, record) = decide(store, users, &source).await?;
+        check_expected_owner(store, asked.headers.get("x-amz-source-expected-bucket-owner"), &bucket, record.as_ref()).await?;
+        grants.source = granted;
     }
     Ok(grants)
+}
+
+/// `x-amz-expected-bucket-owner` (or `x-amz-source-expected-bucket-owner` for a copy's source):
+/// a request whose bucket belongs to another account than the one it names is refused with
+/// AccessDenied, before it runs. `read` is the bucket when the check already read it.
+async fn check_expected_owner(
+    store: &ferry_store::Store,
+    expected: Option<&http::HeaderValue>,
+    bucket: &str,
+    read: Option<&BucketRecord>,
+) -> S3Result<()> {
+    let Some(expected) = expected else { return Ok(()) };
+    let owner = match read {
+        Some(b) => Some(b.owner.id.clone()),
+        None => {
+            let name = bucket.to_owned();
+            store.meta.read(move |r| r.get_bucket(&name)).await.s3()?.map(|b| b.owner.id)
+        }
+    };
+    match owner {
+        Some(id) if expected.as_bytes() != id.as_bytes() => Err(access_denied()),
+        // No such bucket: the operation answers NoSuchBucket.
+        _ => Ok(()),
+    }
 }
 
 /// `bucket/key[?versionId=v]` of an `x-amz-copy-source` header (URL-encoded, with or without

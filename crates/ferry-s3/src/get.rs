@@ -300,7 +300,11 @@ impl FerryS3 {
             return Err(if version_id.is_some() {
                 s3_error!(NoSuchVersion, "The specified version does not exist.")
             } else {
-                s3_error!(NoSuchKey, "The specified key does not exist.")
+                let mut e = s3_error!(NoSuchKey, "The specified key does not exist.");
+                // Not a delete marker (said outright, as Ceph does: clients reading the header
+                // need not guess from its absence).
+                e.set_headers(header_map(&[("x-amz-delete-marker", "false".into())]));
+                e
             });
         };
         if record.delete_marker {

@@ -439,3 +439,43 @@ async fn object_ownership_decides_owners_and_can_turn_acls_off() {
         &ObjectOwnership::BucketOwnerEnforced
     );
 }
+
+/// `x-amz-expected-bucket-owner` (and the copy source's) refuses a request to a bucket of
+/// another account, whoever sends it.
+#[tokio::test]
+async fn a_request_naming_the_wrong_bucket_owner_is_refused() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let (main_id, alt_id) = (account_of(MAIN_AK), account_of(ALT_AK));
+    let b = bucket_name("expect");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"v").await;
+    assert_eq!(
+        code(&c.list_objects_v2().bucket(&b).expected_bucket_owner(&alt_id).send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    assert!(c.list_objects_v2().bucket(&b).expected_bucket_owner(&main_id).send().await.is_ok());
+    let e =
+        c.put_object().bucket(&b).key("x").expected_bucket_owner(&alt_id).body(b"x".to_vec().into()).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    assert!(c.head_object().bucket(&b).key("x").send().await.is_err(), "nothing was written");
+    let copy = |owner: &str| {
+        c.copy_object().bucket(&b).key("copy").copy_source(format!("{b}/k")).expected_source_bucket_owner(owner).send()
+    };
+    assert_eq!(code(&copy(&alt_id).await.unwrap_err()), "AccessDenied");
+    copy(&main_id).await.unwrap();
+}
+
+/// A missing key of an unversioned bucket says it is not a delete marker.
+#[tokio::test]
+async fn a_missing_key_says_it_is_not_a_delete_marker() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("dmh");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"v").await;
+    c.delete_object().bucket(&b).key("k").send().await.unwrap();
+    let e = c.head_object().bucket(&b).key("k").send().await.unwrap_err();
+    let headers = e.raw_response().unwrap().headers();
+    assert_eq!(headers.get("x-amz-delete-marker"), Some("false"));
+}
