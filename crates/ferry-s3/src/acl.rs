@@ -119,12 +119,7 @@ impl FerryS3 {
             None,
         )?;
         if b.acls_disabled() {
-            // Only the ACL that says what is true anyway (the owner's full control) is accepted.
-            return if acl == Acl::private(&b.owner) {
-                Ok(S3Response::new(PutBucketAclOutput::default()))
-            } else {
-                Err(acls_not_supported())
-            };
+            return Err(acls_not_supported());
         }
         check_acl_allowed(&b, &acl)?;
         self.update_bucket(b.name, move |bucket| bucket.acl = acl).await?;
@@ -154,10 +149,8 @@ impl FerryS3 {
         let v = src.record;
         let i = req.input;
         if bucket.acls_disabled() {
-            // A peer's ACL change has nothing to change here; a client may only restate the
-            // bucket owner's full control.
-            let restated = i.acl.as_ref().is_some_and(|a| a.as_str() == ObjectCannedACL::BUCKET_OWNER_FULL_CONTROL);
-            return if replica.is_some() || restated {
+            // A peer's ACL change has nothing to change here.
+            return if replica.is_some() {
                 Ok(S3Response::new(PutObjectAclOutput::default()))
             } else {
                 Err(acls_not_supported())

@@ -6,7 +6,8 @@
 //!    names the element) invalid JSON, a policy over 20 KB, an unknown element, a `Version`
 //!    other than 2012-10-17 or 2008-10-17, a statement without `Effect`, a principal, an action
 //!    or a resource, an action no S3 action matches, a resource outside the bucket, an unknown
-//!    condition operator or key, and a condition value its operator cannot read.
+//!    condition operator or key, a condition value its operator cannot read, and `NotPrincipal`
+//!    with `Allow` (everyone but someone, anonymous requests included).
 //! 2. Evaluation as AWS documents it for a bucket policy: a matching `Deny` wins; else a
 //!    matching `Allow` grants the request (the ACLs are not consulted); else the ACLs and the
 //!    owner rules decide ([`Decision::NotApplicable`]).
@@ -177,8 +178,7 @@ impl Policy {
         if list.is_empty() {
             return Err("Statement must not be empty".into());
         }
-        let mut sids = Vec::new();
-        let statements = list.into_iter().map(|s| Statement::parse(s, bucket, &mut sids)).collect::<Result<Vec<_>, String>>()?;
+        let statements = list.into_iter().map(|s| Statement::parse(s, bucket)).collect::<Result<Vec<_>, String>>()?;
         Ok(Policy { statements })
     }
 
@@ -200,11 +200,9 @@ impl Policy {
     /// Access.
     #[must_use]
     pub fn is_public(&self) -> bool {
-        self.statements.iter().any(|s| {
-            s.effect == Effect::Allow
-                && (s.principal.anyone || s.principal.not)
-                && !s.conditions.iter().any(Condition::fixes_the_source)
-        })
+        self.statements
+            .iter()
+            .any(|s| s.effect == Effect::Allow && s.principal.anyone && !s.conditions.iter().any(Condition::fixes_the_source))
     }
 
     /// Whether a condition names a key starting with `prefix` (lowercase): the request's
@@ -216,17 +214,13 @@ impl Policy {
 }
 
 impl Statement {
-    fn parse(value: &Json, bucket: &str, sids: &mut Vec<String>) -> Result<Statement, String> {
+    fn parse(value: &Json, bucket: &str) -> Result<Statement, String> {
         let Json::Object(fields) = value else { return Err("Each Statement must be an object".into()) };
         let (mut effect, mut principal, mut actions, mut resources, mut conditions) = (None, None, None, None, Vec::new());
         for (name, v) in fields {
             match name.as_str() {
                 "Sid" => {
-                    let sid = v.as_str().ok_or("Sid must be a string")?;
-                    if sids.iter().any(|s| s == sid) {
-                        return Err(format!("Statement IDs (SID) must be unique: {sid}"));
-                    }
-                    sids.push(sid.to_owned());
+                    v.as_str().ok_or("Sid must be a string")?;
                 }
                 "Effect" => {
                     effect = Some(match v.as_str() {
@@ -257,9 +251,16 @@ impl Statement {
                 other => return Err(format!("Unknown field {other}")),
             }
         }
+        let effect = effect.ok_or("Missing required field Effect")?;
+        let principal = principal.ok_or("Missing required field Principal")?;
+        // An Allow to everyone but someone (anonymous requests included) is almost never what
+        // was meant; S3-compatible stores refuse it, and AWS advises against it.
+        if principal.not && effect == Effect::Allow {
+            return Err("NotPrincipal is supported with \"Effect\": \"Deny\" only".into());
+        }
         Ok(Statement {
-            effect: effect.ok_or("Missing required field Effect")?,
-            principal: principal.ok_or("Missing required field Principal")?,
+            effect,
+            principal,
             actions: actions.ok_or("Missing required field Action")?,
             resources: resources.ok_or("Missing required field Resource")?,
             conditions,
