@@ -92,6 +92,23 @@ pub(crate) fn fix_body_read_errors(resp: crate::HttpResponse, signed_payload: bo
     }
 }
 
+/// GetObjectAttributes answers the ETag without quotes (AWS's documented form, which clients
+/// compare as is); s3s 0.14 writes every XML ETag quoted.
+pub(crate) fn unquote_attributes_etag(mut resp: crate::HttpResponse) -> crate::HttpResponse {
+    if resp.status() != http::StatusCode::OK {
+        return resp;
+    }
+    let body = resp.body().bytes();
+    if let Some(text) = body.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+        && text.contains("<ETag>\"")
+    {
+        let new = text.replacen("<ETag>\"", "<ETag>", 1).replacen("\"</ETag>", "</ETag>", 1);
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(new.len()));
+        *resp.body_mut() = s3s::Body::from(new);
+    }
+    resp
+}
+
 /// A new request id (16 hex characters), returned in `x-amz-request-id` and error bodies.
 pub(crate) fn new_request_id() -> String {
     format!("{:016X}", rand_u64())

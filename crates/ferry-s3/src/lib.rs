@@ -15,6 +15,7 @@
 //! check confines them and Ferry's replication headers before any operation runs).
 
 mod acl;
+mod attributes;
 mod auth;
 mod bucket;
 mod bucket_access;
@@ -139,12 +140,17 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let method = req.method().as_str().to_owned();
+        let attributes = req.method() == http::Method::GET
+            && req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "attributes" || p.starts_with("attributes=")));
         let started = std::time::Instant::now();
         let metrics = self.metrics.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let resp = fut.await?;
             let mut resp = error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id);
+            if attributes {
+                resp = error::unquote_attributes_etag(resp);
+            }
             if let Some((cors, asked)) = cors_asked
                 && let Some(allowed) = cors.answer(asked).await
             {
@@ -225,4 +231,5 @@ ops! {
     put_bucket_ownership_controls(PutBucketOwnershipControlsInput) -> PutBucketOwnershipControlsOutput;
     get_bucket_ownership_controls(GetBucketOwnershipControlsInput) -> GetBucketOwnershipControlsOutput;
     delete_bucket_ownership_controls(DeleteBucketOwnershipControlsInput) -> DeleteBucketOwnershipControlsOutput;
+    get_object_attributes(GetObjectAttributesInput) -> GetObjectAttributesOutput;
 }

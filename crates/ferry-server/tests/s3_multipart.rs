@@ -208,3 +208,80 @@ async fn upload_part_copy_with_ranges() {
     expect.extend_from_slice(&src[100..200]);
     assert_eq!(get_bytes(&c, &b, "dst").await, expect);
 }
+
+/// GetObjectAttributes: a plain object's size, ETag, storage class and checksum; a multipart
+/// object's parts, a page at a time; a version by id; a key that is gone.
+#[tokio::test]
+async fn object_attributes_describe_a_version_without_its_body() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectAttributes as A};
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("attrs");
+    create_bucket(&c, &b).await;
+    enable_versioning(&c, &b).await;
+    let all = [A::Etag, A::Checksum, A::ObjectParts, A::StorageClass, A::ObjectSize];
+    let put = c
+        .put_object()
+        .bucket(&b)
+        .key("plain")
+        .body(b"foo".to_vec().into())
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap();
+    let got = c.get_object_attributes().bucket(&b).key("plain").set_object_attributes(Some(all.to_vec())).send().await.unwrap();
+    assert_eq!(got.object_size(), Some(3));
+    assert_eq!(
+        got.e_tag(),
+        put.e_tag().map(|e| e.trim_matches('"')),
+        "GetObjectAttributes answers the ETag unquoted"
+    );
+    assert_eq!(got.storage_class().map(|s| s.as_str()), Some("STANDARD"));
+    assert_eq!(got.checksum().and_then(|c| c.checksum_sha256()), put.checksum_sha256());
+    assert!(got.object_parts().is_none(), "not a multipart object");
+    assert_eq!(got.version_id(), put.version_id());
+    // Only what is asked for.
+    let size_only = c.get_object_attributes().bucket(&b).key("plain").object_attributes(A::ObjectSize).send().await.unwrap();
+    assert_eq!((size_only.object_size(), size_only.e_tag()), (Some(3), None));
+
+    let (id, parts, data) = upload_parts(&c, &b, "mp", &[5 * MIB, 5 * MIB, 5 * MIB, 1024]).await;
+    let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+    c.complete_multipart_upload().bucket(&b).key("mp").upload_id(&id).multipart_upload(done).send().await.unwrap();
+    let page = |marker: i32, max: i32| {
+        c.get_object_attributes()
+            .bucket(&b)
+            .key("mp")
+            .set_object_attributes(Some(all.to_vec()))
+            .part_number_marker(marker.to_string())
+            .max_parts(max)
+            .send()
+    };
+    let first = page(0, 2).await.unwrap();
+    assert_eq!(first.object_size(), Some(data.len() as i64));
+    let p = first.object_parts().unwrap();
+    assert_eq!(
+        (p.total_parts_count(), p.is_truncated(), p.next_part_number_marker(), p.max_parts()),
+        (Some(4), Some(true), Some("2"), Some(2))
+    );
+    assert_eq!(
+        p.parts().iter().map(|x| (x.part_number(), x.size())).collect::<Vec<_>>(),
+        [(Some(1), Some(5 * MIB as i64)), (Some(2), Some(5 * MIB as i64))]
+    );
+    let rest = page(2, 10).await.unwrap();
+    let p = rest.object_parts().unwrap();
+    assert_eq!((p.is_truncated(), p.next_part_number_marker()), (Some(false), None));
+    assert_eq!(
+        p.parts().iter().map(|x| (x.part_number(), x.size())).collect::<Vec<_>>(),
+        [(Some(3), Some(5 * MIB as i64)), (Some(4), Some(1024))]
+    );
+
+    // An older version by id; a key whose latest is a delete marker.
+    let v1 = put.version_id().unwrap();
+    c.put_object().bucket(&b).key("plain").body(b"longer".to_vec().into()).send().await.unwrap();
+    let old =
+        c.get_object_attributes().bucket(&b).key("plain").version_id(v1).object_attributes(A::ObjectSize).send().await.unwrap();
+    assert_eq!(old.object_size(), Some(3));
+    c.delete_object().bucket(&b).key("plain").send().await.unwrap();
+    let e = c.get_object_attributes().bucket(&b).key("plain").object_attributes(A::ObjectSize).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchKey");
+}
