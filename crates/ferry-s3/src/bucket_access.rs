@@ -50,6 +50,16 @@ pub(crate) struct PolicyGrant;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CopySourceGrant;
 
+/// Set on a GET or HEAD whose policy check is left to the handler's read of the bucket and
+/// version (one read transaction instead of two): the operation's name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PolicyDeferred(&'static str);
+
+/// The operation of a GET or HEAD whose policy check the handler makes ([`judge_bucket`]).
+pub(crate) fn deferred<T>(req: &S3Request<T>) -> Option<&'static str> {
+    req.extensions.get::<PolicyDeferred>().map(|d| d.0)
+}
+
 /// Whether the request may skip the ACL check of what it names because the bucket policy
 /// allows it.
 pub(crate) fn granted<T>(req: &S3Request<T>) -> bool {
@@ -116,6 +126,20 @@ fn policy_of(bucket: &BucketRecord) -> Option<Policy> {
         .ok()
 }
 
+/// The decision of `bucket`'s policy, if any, on `asked`: `Err` when it denies it, `Ok(true)`
+/// when it grants it.
+pub(crate) async fn judge_bucket(
+    store: &ferry_store::Store,
+    users: &Users,
+    bucket: &BucketRecord,
+    asked: &Asked<'_>,
+) -> S3Result<bool> {
+    match policy_of(bucket) {
+        Some(policy) => judge(store, users, bucket, &policy, asked).await,
+        None => Ok(false),
+    }
+}
+
 /// `policy`'s decision on `asked`: `Err` when it denies it, `Ok(true)` when it grants it.
 pub(crate) async fn judge(
     store: &ferry_store::Store,
@@ -178,6 +202,8 @@ pub(crate) struct Grants {
     source: bool,
     /// The request's bucket, as read for the check.
     bucket: Option<BucketRecord>,
+    /// A GET or HEAD: the handler makes the check when it reads the bucket and version.
+    deferred: Option<&'static str>,
 }
 
 /// The request's bucket as the access check read it, for the handler's permission check (the
@@ -197,6 +223,9 @@ impl Grants {
         if let Some(b) = self.bucket {
             extensions.insert(CheckedBucket(b));
         }
+        if let Some(op) = self.deferred {
+            extensions.insert(PolicyDeferred(op));
+        }
     }
 }
 
@@ -206,9 +235,19 @@ impl Grants {
 /// # Errors
 /// AccessDenied when a policy denies it; store errors.
 pub(crate) async fn check(store: &ferry_store::Store, users: &Users, asked: &Asked<'_>) -> S3Result<Grants> {
+    // GET and HEAD read the bucket with the version anyway: the policy is checked there.
+    let expects_owner = asked.headers.contains_key("x-amz-expected-bucket-owner");
+    let deferred = match asked.op {
+        "GetObject" if !expects_owner => Some("GetObject"),
+        "HeadObject" if !expects_owner => Some("HeadObject"),
+        _ => None,
+    };
+    if deferred.is_some() {
+        return Ok(Grants { deferred, ..Grants::default() });
+    }
     let (target, bucket) = decide(store, users, asked).await?;
     check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, bucket.as_ref()).await?;
-    let mut grants = Grants { target, source: false, bucket };
+    let mut grants = Grants { target, source: false, bucket, deferred: None };
     if matches!(asked.op, "CopyObject" | "UploadPartCopy")
         && let Some((bucket, key, version_id)) =
             asked.headers.get("x-amz-copy-source").and_then(|v| copy_source(v.to_str().ok()?))

@@ -281,6 +281,14 @@ impl FerryS3 {
             .await
             .s3()?;
         let bucket_rec = bucket_rec.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))?;
+        // A GET or HEAD whose policy check was left to this read (one read, not two).
+        let policy_allows = match crate::bucket_access::deferred(req) {
+            Some(op) => {
+                let asked = crate::bucket_access::asked_of(req, op, bucket, Some(key), version_id);
+                crate::bucket_access::judge_bucket(&self.store, &self.users, &bucket_rec, &asked).await? || policy_allows
+            }
+            None => policy_allows,
+        };
         // A replication request reads and writes for its source: the bucket must accept it.
         let replication = match self.replication(req) {
             Some(r) => Some(r.authorize(&bucket_rec)?),
