@@ -10,8 +10,10 @@
 //! 3. Otherwise the ACLs and the owner rules, in the handler (`perm.rs`); with
 //!    `IgnorePublicAcls`, grants to everyone and to all authenticated users count for nothing.
 //!
-//! The bucket is read once more for the check (one read transaction per request to a bucket
-//! that exists); the handler then reads it again, in its own transaction when it writes.
+//! The check reads the bucket, and hands the record to the handler's permission check
+//! ([`CheckedBucket`]); a write reads it again in its own transaction. GetObject and HeadObject
+//! are judged in the handler's own read of the bucket and version instead ([`PolicyDeferred`]):
+//! one read transaction, as without policies.
 
 use std::net::{IpAddr, SocketAddr};
 
