@@ -101,25 +101,20 @@ pub(crate) async fn decide(
     if policy::of_operation(asked.op, asked.version_id.is_some()).is_none() {
         return Ok((false, None));
     }
-    let name = asked.bucket.to_owned();
-    let Some(bucket) = store.meta.read(move |r| r.get_bucket(&name)).await.s3()? else { return Ok((false, None)) };
-    let granted = match policy_of(&bucket) {
-        Some(policy) => judge(store, users, &bucket, &policy, asked).await?,
-        None => false,
-    };
+    let Some(bucket) = read_bucket(store, asked.bucket).await? else { return Ok((false, None)) };
+    let granted = judge_bucket(store, users, &bucket, asked).await?;
     Ok((granted, Some(bucket)))
 }
 
-/// The bucket and its policy, when it exists and has one.
-pub(crate) async fn governing_policy(store: &ferry_store::Store, bucket: &str) -> S3Result<Option<(BucketRecord, Policy)>> {
-    let name = bucket.to_owned();
-    let Some(bucket) = store.meta.read(move |r| r.get_bucket(&name)).await.s3()? else { return Ok(None) };
-    Ok(policy_of(&bucket).map(|p| (bucket, p)))
+/// A bucket's record, `None` when there is no such bucket (no permission check).
+pub(crate) async fn read_bucket(store: &ferry_store::Store, name: &str) -> S3Result<Option<BucketRecord>> {
+    let name = name.to_owned();
+    store.meta.read(move |r| r.get_bucket(&name)).await.s3()
 }
 
 /// A bucket's policy, parsed. A stored policy was checked when put; one that no longer parses
 /// (written by a newer build) denies nothing and grants nothing.
-fn policy_of(bucket: &BucketRecord) -> Option<Policy> {
+pub(crate) fn policy_of(bucket: &BucketRecord) -> Option<Policy> {
     let text = bucket.config.policy.as_deref()?;
     Policy::parse(text, &bucket.name)
         .inspect_err(
@@ -274,10 +269,7 @@ async fn check_expected_owner(
     let Some(expected) = expected else { return Ok(()) };
     let owner = match read {
         Some(b) => Some(b.owner.id.clone()),
-        None => {
-            let name = bucket.to_owned();
-            store.meta.read(move |r| r.get_bucket(&name)).await.s3()?.map(|b| b.owner.id)
-        }
+        None => read_bucket(store, bucket).await?.map(|b| b.owner.id),
     };
     match owner {
         Some(id) if expected.as_bytes() != id.as_bytes() => Err(access_denied()),

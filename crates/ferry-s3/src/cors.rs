@@ -135,8 +135,8 @@ impl Cors {
         percent_encoding::percent_decode_str(bucket).decode_utf8().ok().map(|b| b.into_owned())
     }
 
-    async fn rules(&self, bucket: String) -> Option<Vec<CorsRule>> {
-        let record = self.store.meta.read(move |r| r.get_bucket(&bucket)).await.ok().flatten()?;
+    async fn rules(&self, bucket: &str) -> Option<Vec<CorsRule>> {
+        let record = crate::bucket_access::read_bucket(&self.store, bucket).await.ok().flatten()?;
         record.config.cors
     }
 
@@ -155,7 +155,7 @@ impl Cors {
 
     /// The CORS headers for `asked` (`None`: no rule answers it).
     pub(crate) async fn answer(&self, asked: Asked) -> Option<Allowed> {
-        let rules = self.rules(asked.bucket).await?;
+        let rules = self.rules(&asked.bucket).await?;
         rule_for(&rules, &asked.origin, &asked.method, &[]).map(|r| Allowed::of(r, &asked.origin, &[]))
     }
 
@@ -183,7 +183,7 @@ impl Cors {
             return answer(http::StatusCode::BAD_REQUEST, "BadRequest", "A CORS request names a bucket");
         };
         let headers = requested_headers(req.headers());
-        let rules = self.rules(bucket).await.unwrap_or_default();
+        let rules = self.rules(&bucket).await.unwrap_or_default();
         match rule_for(&rules, origin, method, &headers) {
             Some(rule) => {
                 let mut resp = http::Response::new(s3s::Body::empty());

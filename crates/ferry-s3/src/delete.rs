@@ -81,13 +81,12 @@ impl FerryS3 {
     pub(crate) async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         // Each key is an s3:DeleteObject of its own to the bucket policy; the ACLs (WRITE on the
         // bucket) decide the keys the policy says nothing about.
-        let policy = crate::bucket_access::governing_policy(&self.store, &req.input.bucket).await?;
-        let (bucket, acl_allows) = match self.bucket_for(&req, &req.input.bucket, Perm::Write).await {
-            Ok(b) => (b, true),
-            Err(e) => match &policy {
-                Some((b, _)) => (b.clone(), false),
-                None => return Err(e),
-            },
+        let bucket = self.load_bucket(&req.input.bucket).await?;
+        let policy = crate::bucket_access::policy_of(&bucket);
+        let acl_allows = match self.authorize_bucket(&req, &bucket, Perm::Write) {
+            Ok(()) => true,
+            Err(e) if policy.is_none() => return Err(e),
+            Err(_) => false,
         };
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let objects = &req.input.delete.objects;
@@ -97,10 +96,10 @@ impl FerryS3 {
         let mut refused = Vec::with_capacity(objects.len());
         for o in objects {
             let allowed = match &policy {
-                Some((b, p)) => {
+                Some(p) => {
                     let asked =
-                        crate::bucket_access::asked_of(&req, "DeleteObject", &b.name, Some(&o.key), o.version_id.as_deref());
-                    match crate::bucket_access::judge(&self.store, &self.users, b, p, &asked).await {
+                        crate::bucket_access::asked_of(&req, "DeleteObject", &bucket.name, Some(&o.key), o.version_id.as_deref());
+                    match crate::bucket_access::judge(&self.store, &self.users, &bucket, p, &asked).await {
                         Ok(granted) => granted || acl_allows,
                         Err(_) => false,
                     }

@@ -7,7 +7,6 @@ use s3s::{S3Error, S3Request, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::auth::User;
-use crate::error::StoreResultExt;
 
 /// A permission checked against ACLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +49,7 @@ impl FerryS3 {
 
     /// Loads a bucket (no permission check).
     pub(crate) async fn load_bucket(&self, name: &str) -> S3Result<BucketRecord> {
-        let n = name.to_owned();
-        let bucket = self.store.meta.read(move |r| r.get_bucket(&n)).await.s3()?;
+        let bucket = crate::bucket_access::read_bucket(&self.store, name).await?;
         bucket.ok_or_else(|| s3_error!(NoSuchBucket, "The specified bucket does not exist"))
     }
 
@@ -63,19 +61,17 @@ impl FerryS3 {
             Some(checked) if checked.0.name == name => checked.0.clone(),
             _ => self.load_bucket(name).await?,
         };
-        match self.replication(req) {
-            Some(r) => {
-                r.authorize(&bucket)?;
-            }
-            None if crate::bucket_access::granted(req) => {}
-            None => check_perm(
-                self.user(req).map(|u| &u.owner),
-                &bucket.owner,
-                &effective_acl(&bucket, &bucket.acl),
-                perm,
-            )?,
-        }
+        self.authorize_bucket(req, &bucket, perm)?;
         Ok(bucket)
+    }
+
+    /// Checks that the requester has `perm` on `bucket` (see [`Self::bucket_for`]).
+    pub(crate) fn authorize_bucket<T>(&self, req: &S3Request<T>, bucket: &BucketRecord, perm: Perm) -> S3Result<()> {
+        match self.replication(req) {
+            Some(r) => r.authorize(bucket).map(drop),
+            None if crate::bucket_access::granted(req) => Ok(()),
+            None => check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &effective_acl(bucket, &bucket.acl), perm),
+        }
     }
 }
 

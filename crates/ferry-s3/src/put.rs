@@ -73,8 +73,7 @@ impl FerryS3 {
         require_length(&req.headers)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let replica = self.replica_of(&req, &bucket)?;
-        let user = self.require_user(&req).map(|u| u.owner.clone()).unwrap_or_default();
-        let writer = if user.id.is_empty() { bucket.owner.clone() } else { user };
+        let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         if i.object_lock_mode.is_some() || i.object_lock_retain_until_date.is_some() || i.object_lock_legal_hold_status.is_some()
