@@ -17,6 +17,9 @@
 //!    costs no round trip, and one that sent it is rolled back by the caller.
 //! 4. Every wait, with whatever it flushes, ends within [`super::STATEMENT_TIMEOUT`]; past it
 //!    the connection is dropped, never returned to the pool (it may still wait on a cut link).
+//! 5. A queue with a statement that cannot be prepared sends nothing, not even the statement
+//!    behind it (whose `BEGIN` may be in the queue), and the connection is dropped: closing it
+//!    ends whatever transaction it held.
 //!
 //! # Crash behaviour
 //! Nothing is kept here: a queued statement not yet sent when the process dies belongs to a
@@ -37,6 +40,9 @@ use crate::error::{Error, Result};
 
 /// A statement's parameters, borrowed (run now).
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A driver result.
+type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
 
 /// A parameter owned by the queue (sent later).
 pub(super) type Value = Box<dyn ToSql + Sync + Send>;
@@ -163,20 +169,16 @@ impl SyncConn {
     /// Sends the queue and `f`'s statement, waits for all, within [`super::STATEMENT_TIMEOUT`];
     /// the queue's first error, else `f`'s outcome. Past the timeout the connection is given up
     /// and the caller told the database is unavailable.
-    fn run<T>(&self, f: impl AsyncFnOnce(&Object) -> std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
+    fn run<T>(&self, f: impl AsyncFnOnce(&Object) -> PgResult<T>) -> Result<T> {
         let (sent, out) = self.run_split(f)?;
         sent.and(out).map_err(db)
     }
 
-    /// [`Self::run`], with the queue's outcome and `f`'s apart.
-    #[allow(clippy::type_complexity)]
-    fn run_split<T>(
-        &self,
-        f: impl AsyncFnOnce(&Object) -> std::result::Result<T, tokio_postgres::Error>,
-    ) -> Result<(
-        std::result::Result<(), tokio_postgres::Error>,
-        std::result::Result<T, tokio_postgres::Error>,
-    )> {
+    /// [`Self::run`], with the queue's outcome and `f`'s apart. When a queued statement cannot
+    /// be prepared, nothing is sent (not `f`'s statement either: its transaction's `BEGIN` may
+    /// be in the queue), and the connection is given up: it may hold a transaction its caller
+    /// can no longer end, and closing it ends it.
+    fn run_split<T>(&self, f: impl AsyncFnOnce(&Object) -> PgResult<T>) -> Result<(PgResult<()>, PgResult<T>)> {
         let queue = std::mem::take(&mut *self.queue.borrow_mut());
         self.trips.set(self.trips.get() + 1);
         let out = {
@@ -186,27 +188,33 @@ impl SyncConn {
             };
             self.rt.block_on(async {
                 tokio::time::timeout(super::STATEMENT_TIMEOUT, async {
-                    let steps = match prepare(client, &queue).await {
-                        Ok(steps) => steps,
-                        Err(e) => return (Err(e), f(client).await),
-                    };
+                    let steps = prepare(client, &queue).await?;
                     let sends = steps.iter().map(|s| match s {
                         Step::Batch(sql) => client.batch_execute(sql).boxed(),
                         Step::Exec(stmt, params) => client.execute(stmt, params).map(|r| r.map(drop)).boxed(),
                     });
-                    futures::future::join(in_order(sends.collect()), f(client)).await
+                    Ok(futures::future::join(in_order(sends.collect()), f(client)).await)
                 })
                 .await
             })
         };
         match out {
-            Ok(r) => Ok(r),
+            Ok(Ok(both)) => Ok(both),
+            Ok(Err(unprepared)) => {
+                self.give_up();
+                Err(db(unprepared))
+            }
             Err(_) => {
-                if let Some(c) = self.client.borrow_mut().take() {
-                    drop(Object::take(c));
-                }
+                self.give_up();
                 Err(Error::Unavailable(format!("postgresql: no answer in {:?}", super::STATEMENT_TIMEOUT)))
             }
+        }
+    }
+
+    /// Drops the connection instead of returning it to the pool.
+    fn give_up(&self) {
+        if let Some(c) = self.client.borrow_mut().take() {
+            drop(Object::take(c));
         }
     }
 
@@ -390,5 +398,28 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// A queued statement that cannot be prepared fails the wait, and the statement behind it
+    /// does not run on its own, outside the transaction whose `BEGIN` was never sent; the
+    /// connection is not reused (it may hold a transaction the caller can no longer end).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_statement_that_cannot_be_prepared_runs_nothing_after_it() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let meta = PgMeta::open(&pg.url(), 2, false).await.unwrap();
+        let setup = meta.client().await.unwrap();
+        setup.batch_execute("CREATE TABLE t (n bigint PRIMARY KEY)").await.unwrap();
+        let conn = SyncConn::new(meta.client().await.unwrap(), meta.config.clone());
+        tokio::task::spawn_blocking(move || {
+            conn.queue_batch("BEGIN");
+            conn.queue("INSERT INTO no_such_table (n) VALUES ($1)", values![1_i64]);
+            let err = conn.execute("INSERT INTO t (n) VALUES ($1)", &[&5_i64]).expect_err("the queue fails");
+            assert!(err.to_string().contains("no_such_table"), "{err}");
+            assert!(conn.execute("SELECT 1", &[]).is_err(), "the connection is given up");
+        })
+        .await
+        .unwrap();
+        let rows = setup.query("SELECT count(*) FROM t", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 0, "nothing ran outside the transaction");
     }
 }
