@@ -207,6 +207,7 @@ impl S3Access for Access {
             uri: cx.uri(),
             headers: cx.headers(),
             client,
+            listed_prefix: None,
         };
         let grants = crate::bucket_access::check(&self.store, &self.users, &asked).await?;
         grants.record(cx.extensions_mut());

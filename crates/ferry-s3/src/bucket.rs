@@ -13,10 +13,19 @@ use crate::perm::{Perm, grant_headers, requested_acl};
 /// Most tags on a bucket.
 const MAX_BUCKET_TAGS: usize = 50;
 
+/// The naming rule the request router does not check: each dot-separated label begins and ends
+/// with a letter or digit (no `.-` or `-.`), so the name is a valid DNS host name.
+fn dns_labels_ok(name: &str) -> bool {
+    name.split('.').all(|label| !label.starts_with('-') && !label.ends_with('-'))
+}
+
 impl FerryS3 {
     pub(crate) async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let user = self.require_user(&req)?.clone();
         let input = req.input;
+        if !dns_labels_ok(&input.bucket) {
+            return Err(s3_error!(InvalidBucketName, "The specified bucket is not valid."));
+        }
         if let Some(loc) = input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref()) {
             let loc = loc.as_str();
             let default_ok =

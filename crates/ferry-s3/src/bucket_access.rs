@@ -86,6 +86,9 @@ pub(crate) struct Asked<'a> {
     pub uri: &'a http::Uri,
     pub headers: &'a http::HeaderMap,
     pub client: Option<ClientInfo>,
+    /// The `s3:prefix` of an s3:ListBucket asked for a key rather than by a listing: whether a
+    /// GET or HEAD of a missing key may answer 404 (else 403) is that question.
+    pub listed_prefix: Option<&'a str>,
 }
 
 /// The decision of the bucket's policy (and Block Public Access) on a request: `Err` when it
@@ -187,6 +190,7 @@ pub(crate) fn asked_of<'a, T>(
         uri: &req.uri,
         headers: &req.headers,
         client: req.extensions.get::<ClientInfo>().copied(),
+        listed_prefix: None,
     }
 }
 
@@ -352,6 +356,9 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
         if let Some(v) = query.get(param) {
             c.add(key, v);
         }
+    }
+    if let Some(p) = asked.listed_prefix {
+        c.add("s3:prefix", p);
     }
     if let Some(v) = asked.version_id {
         c.add("s3:VersionId", v);

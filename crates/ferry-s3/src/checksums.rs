@@ -29,8 +29,7 @@ impl ChecksumRequest {
         default_full: bool,
     ) -> S3Result<Self> {
         let mut r = Self::default();
-        let algs = [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme, Algorithm::Sha1, Algorithm::Sha256];
-        for (a, v) in algs.into_iter().zip(values) {
+        for (a, v) in ALGORITHMS.into_iter().zip(values) {
             if let Some(v) = v {
                 if !is_valid_checksum_value(a, v) {
                     return Err(s3_error!(
@@ -141,6 +140,15 @@ impl ChecksumFields {
 }
 
 /// The five checksum header values of an s3s input, in [`ChecksumRequest::new`]'s order.
+/// The five algorithms, in the order of [`checksum_values!`].
+const ALGORITHMS: [Algorithm; 5] =
+    [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme, Algorithm::Sha1, Algorithm::Sha256];
+
+/// The checksum values an input gives ([`checksum_values!`]), by algorithm.
+pub(crate) fn given_values(values: [Option<&String>; 5]) -> Vec<(Algorithm, String)> {
+    ALGORITHMS.into_iter().zip(values).filter_map(|(a, v)| v.map(|v| (a, v.clone()))).collect()
+}
+
 macro_rules! checksum_values {
     ($i:expr) => {
         [

@@ -2,7 +2,7 @@
 
 use ferry_core::ids::is_valid_version_id;
 use ferry_store::model::Owner;
-use ferry_store::objects::{delete_current, delete_version, put_replica_delete_marker};
+use ferry_store::objects::{DeleteConditions, delete_current, delete_version, put_replica_delete_marker};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -31,6 +31,7 @@ fn delete_one(
     version_id: Option<&str>,
     owner: &Owner,
     replica: Option<&ReplicaWrite>,
+    cond: &DeleteConditions,
 ) -> ferry_store::Result<Deleted> {
     if let (Some(r), None) = (replica, version_id) {
         let marker_owner = r.meta.owner.clone().unwrap_or_else(|| owner.clone());
@@ -39,17 +40,23 @@ fn delete_one(
     }
     match version_id {
         Some(v) => {
-            let removed = delete_version(tx, bucket, key, v, replica.map(|r| &r.authority))?;
+            let removed = delete_version(tx, bucket, key, v, replica.map(|r| &r.authority), cond)?;
             Ok(Deleted { delete_marker: removed.is_some_and(|r| r.delete_marker), version_id: Some(v.to_owned()) })
         }
         None => {
-            let out = delete_current(tx, bucket, key, owner)?;
+            let out = delete_current(tx, bucket, key, owner, cond)?;
             Ok(match out.marker {
                 Some(m) => Deleted { delete_marker: true, version_id: Some(m.version_id) },
                 None => Deleted { delete_marker: false, version_id: None },
             })
         }
     }
+}
+
+/// The conditions of a conditional delete (`If-Match`, `x-amz-if-match-last-modified-time`,
+/// `x-amz-if-match-size`, or their DeleteObjects elements).
+fn conditions(if_match: Option<String>, mtime: Option<&Timestamp>, size: Option<i64>) -> DeleteConditions {
+    DeleteConditions { if_match, mtime_secs: mtime.map(crate::dto::ts_secs), size }
 }
 
 impl FerryS3 {
@@ -59,16 +66,19 @@ impl FerryS3 {
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let replica = self.replica_of(&req, &bucket)?;
         let i = req.input;
-        if i.if_match.is_some() || i.if_match_last_modified_time.is_some() || i.if_match_size.is_some() {
-            return Err(s3_error!(NotImplemented, "Conditional deletes are not supported"));
-        }
         if let Some(v) = &i.version_id
             && !is_valid_version_id(v)
         {
             return Err(s3_error!(InvalidArgument, "Invalid version id specified"));
         }
+        let cond = conditions(
+            i.if_match.as_ref().map(crate::dto::condition_text),
+            i.if_match_last_modified_time.as_ref(),
+            i.if_match_size,
+        );
         let (b, k, v) = (i.bucket, i.key, i.version_id);
-        let d = self.store.meta.write(move |tx| delete_one(tx, &b, &k, v.as_deref(), &owner, replica.as_ref())).await.s3()?;
+        let d =
+            self.store.meta.write(move |tx| delete_one(tx, &b, &k, v.as_deref(), &owner, replica.as_ref(), &cond)).await.s3()?;
         let mut resp = S3Response::new(DeleteObjectOutput {
             delete_marker: d.delete_marker.then_some(true),
             version_id: d.version_id,
@@ -126,9 +136,15 @@ impl FerryS3 {
                     } else {
                         None
                     };
+                    let cond = conditions(o.e_tag.as_ref().map(|e| e.value().to_owned()), o.last_modified_time.as_ref(), o.size);
                     let r = match invalid {
                         Some(err) => Err(err),
-                        None => Ok(delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner, None)?),
+                        None => match delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner, None, &cond) {
+                            Err(ferry_store::Error::PreconditionFailed) => {
+                                Err(("PreconditionFailed", "At least one of the pre-conditions you specified did not hold"))
+                            }
+                            r => Ok(r?),
+                        },
                     };
                     out.push((o.key, o.version_id, r));
                 }

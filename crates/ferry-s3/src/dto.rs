@@ -150,8 +150,24 @@ pub(crate) fn http_date(t: &Timestamp) -> S3Result<String> {
 
 /// The conditions of a write (`If-Match` / `If-None-Match`; `*` for any).
 pub(crate) fn write_conditions(if_match: Option<&ETagCondition>, if_none_match: Option<&ETagCondition>) -> WriteConditions {
-    let text = |c: &ETagCondition| c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned());
-    WriteConditions { if_match: if_match.map(text), if_none_match: if_none_match.map(text) }
+    WriteConditions { if_match: if_match.map(condition_text), if_none_match: if_none_match.map(condition_text) }
+}
+
+/// An `If-Match` / `If-None-Match` condition as text (`*` for any).
+pub(crate) fn condition_text(c: &ETagCondition) -> String {
+    c.as_etag().map_or_else(|| "*".to_owned(), |e| e.value().to_owned())
+}
+
+/// `Content-Encoding` as stored: without `aws-chunked`, which only says how the request body
+/// was sent (S3 drops it too); `None` when nothing else is left. Otherwise kept as given.
+pub(crate) fn stored_content_encoding(v: Option<&str>) -> Option<String> {
+    let v = v?;
+    let chunked = |t: &str| t.trim().eq_ignore_ascii_case("aws-chunked");
+    if !v.split(',').any(chunked) {
+        return Some(v.to_owned());
+    }
+    let kept: Vec<&str> = v.split(',').filter(|t| !chunked(t)).map(str::trim).filter(|t| !t.is_empty()).collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 /// The object attributes a write request gives (content headers, `Expires`, user metadata),
@@ -160,7 +176,7 @@ macro_rules! request_attrs {
     ($i:expr, $tags:expr, $acl:expr) => {
         ferry_store::model::ObjectAttrs {
             content_type: Some($i.content_type.clone().unwrap_or_else(|| "binary/octet-stream".to_owned())),
-            content_encoding: $i.content_encoding.clone(),
+            content_encoding: $crate::dto::stored_content_encoding($i.content_encoding.as_deref()),
             content_disposition: $i.content_disposition.clone(),
             content_language: $i.content_language.clone(),
             cache_control: $i.cache_control.clone(),
@@ -179,6 +195,21 @@ pub(crate) use request_attrs;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_stored_as_a_content_encoding() {
+        for (given, stored) in [
+            (Some("gzip"), Some("gzip")),
+            (Some("deflate,gzip"), Some("deflate,gzip")),
+            (Some("gzip, aws-chunked"), Some("gzip")),
+            (Some("aws-chunked, gzip"), Some("gzip")),
+            (Some("AWS-Chunked"), None),
+            (Some("aws-chunked, deflate ,gzip"), Some("deflate, gzip")),
+            (None, None),
+        ] {
+            assert_eq!(stored_content_encoding(given).as_deref(), stored, "{given:?}");
+        }
+    }
 
     #[test]
     fn prefix_end_cases() {

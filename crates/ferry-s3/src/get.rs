@@ -2,13 +2,13 @@
 //! ranges and part numbers. Bodies stream from the blob files (or the inline row).
 
 use ferry_core::ids::is_valid_version_id;
-use ferry_store::model::{BodyLayout, VersionRecord, Versioning};
+use ferry_store::model::{BodyLayout, BucketRecord, VersionRecord, Versioning};
 use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::checksums::{ChecksumFields, with_checksums};
-use crate::dto::{check_key, custom_error, etag, secs, ts, ts_secs};
+use crate::dto::{check_key, etag, secs, ts, ts_secs};
 use crate::error::StoreResultExt;
 use crate::perm::{Perm, check_perm, effective_acl, effective_owner};
 
@@ -183,8 +183,12 @@ macro_rules! object_headers {
         let (src, plan): (&SourceVersion, &ReadPlan) = ($src, $plan);
         let (v, a) = (&src.record, &src.record.attrs);
         let asked = $mode.is_some_and(|m: &ChecksumMode| m.as_str() == ChecksumMode::ENABLED);
-        let checksums =
-            if plan.content_range.is_none() && asked { ChecksumFields::of(&a.checksums) } else { ChecksumFields::default() };
+        let checksums = match (&plan.content_range, &plan.part_checksums) {
+            _ if !asked => ChecksumFields::default(),
+            (None, _) => ChecksumFields::of(&a.checksums),
+            (Some(_), Some(part)) => ChecksumFields::of(part),
+            (Some(_), None) => ChecksumFields::default(),
+        };
         let has_checksum = checksums.any();
         with_checksums!(
             $ty {
@@ -303,8 +307,13 @@ impl FerryS3 {
             }
         };
         let Some(record) = version else {
-            // Without READ on the bucket the requester may not learn whether the key exists.
-            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
+            // Without READ on the bucket, or s3:ListBucket with the key as the prefix, the
+            // requester may not learn whether the key exists.
+            if let Err(e) = check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)
+                && !self.policy_lists_key(req, &bucket_rec, key).await?
+            {
+                return Err(e);
+            }
             return Err(if version_id.is_some() {
                 s3_error!(NoSuchVersion, "The specified version does not exist.")
             } else {
@@ -316,7 +325,11 @@ impl FerryS3 {
             });
         };
         if record.delete_marker {
-            check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)?;
+            if let Err(e) = check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)
+                && !self.policy_lists_key(req, &bucket_rec, key).await?
+            {
+                return Err(e);
+            }
             return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
         }
         check_perm(user, &record.owner, &record.attrs.acl, perm)?;
@@ -331,6 +344,16 @@ impl FerryS3 {
             }
         }
         Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
+    }
+
+    /// Whether the bucket policy grants s3:ListBucket with `key` as the prefix: a requester it
+    /// grants may learn that the key is missing (404) without READ on the bucket.
+    async fn policy_lists_key<T>(&self, req: &S3Request<T>, bucket: &BucketRecord, key: &str) -> S3Result<bool> {
+        let asked = crate::bucket_access::Asked {
+            listed_prefix: Some(key),
+            ..crate::bucket_access::asked_of(req, "ListObjectsV2", &bucket.name, None, None)
+        };
+        crate::bucket_access::judge_bucket(&self.store, &self.users, bucket, &asked).await
     }
 
     /// Resolves a GET or HEAD: the version (read permission), its conditional headers, and the
@@ -404,9 +427,15 @@ pub(crate) struct ReadPlan {
     content_range: Option<String>,
     parts_count: Option<i32>,
     partial: bool,
+    /// For one part of a multipart object: its own checksums, in the object's algorithms.
+    part_checksums: Option<ferry_store::model::Checksums>,
 }
 
 impl ReadPlan {
+    fn whole(size: u64) -> Self {
+        Self { range: 0..size, content_range: None, parts_count: None, partial: false, part_checksums: None }
+    }
+
     pub(crate) fn new(v: &VersionRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Self> {
         let size = v.size;
         if range.is_some() && part_number.is_some() {
@@ -422,18 +451,14 @@ impl ReadPlan {
                 e
             })?;
             let content_range = Some(format!("bytes {}-{}/{size}", rg.start, rg.end.saturating_sub(1)));
-            return Ok(Self { range: rg, content_range, parts_count: None, partial: true });
+            return Ok(Self { range: rg, content_range, parts_count: None, partial: true, part_checksums: None });
         }
         let Some(n) = part_number else {
-            return Ok(Self { range: 0..size, content_range: None, parts_count: None, partial: false });
+            return Ok(Self::whole(size));
         };
-        let invalid = || {
-            custom_error(
-                "InvalidPartNumber",
-                http::StatusCode::RANGE_NOT_SATISFIABLE,
-                "The requested partnumber is not satisfiable",
-            )
-        };
+        // A part the object does not have: 400 InvalidPart, as S3 answers today (it once answered
+        // 416 InvalidPartNumber).
+        let invalid = || s3_error!(InvalidPart, "The requested part number does not exist in this object");
         if n < 1 {
             return Err(s3_error!(
                 InvalidArgument,
@@ -446,14 +471,17 @@ impl ReadPlan {
                 let part = parts.get(idx).ok_or_else(invalid)?;
                 let start: u64 = parts.iter().take(idx).map(|p| p.size).sum();
                 let end = start + part.size;
+                let mut part_checksums = part.checksums.clone().unwrap_or_default();
+                part_checksums.values.retain(|alg, _| v.attrs.checksums.values.contains_key(alg));
                 Ok(Self {
                     content_range: Some(format!("bytes {start}-{}/{size}", end.saturating_sub(1))),
                     range: start..end,
                     parts_count: i32::try_from(parts.len()).ok(),
                     partial: true,
+                    part_checksums: Some(part_checksums),
                 })
             }
-            _ if n == 1 => Ok(Self { range: 0..size, content_range: None, parts_count: None, partial: false }),
+            _ if n == 1 => Ok(Self::whole(size)),
             _ => Err(invalid()),
         }
     }

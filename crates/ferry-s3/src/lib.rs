@@ -68,6 +68,11 @@ pub struct EndpointConfig {
     pub max_clock_skew: std::time::Duration,
 }
 
+/// Largest file a POST object (browser form upload) may carry. The request router holds the
+/// file in memory before its handler runs, so the bound is that of a request's memory; larger
+/// uploads use PUT or multipart uploads.
+pub const POST_OBJECT_MAX_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Builds the S3 service of one region.
 #[must_use]
 pub fn service(
@@ -85,6 +90,9 @@ pub fn service(
         max_clock_skew: cfg.max_clock_skew,
     };
     let mut b = S3ServiceBuilder::new(s3);
+    let mut limits = s3s::config::S3Config::default();
+    limits.post_object_max_file_size = POST_OBJECT_MAX_SIZE;
+    b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(limits))));
     b.set_auth(auth::Auth { users: users.clone() });
     b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone(), store: store.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
@@ -140,14 +148,23 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let method = req.method().as_str().to_owned();
+        let post_object = req.method() == http::Method::POST
+            && req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
         let attributes = req.method() == http::Method::GET
             && req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "attributes" || p.starts_with("attributes=")));
         let started = std::time::Instant::now();
         let metrics = self.metrics.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
-            let resp = fut.await?;
-            let mut resp = error::finish_response(error::fix_body_read_errors(resp, signed_payload), &request_id);
+            let mut resp = error::fix_body_read_errors(fut.await?, signed_payload);
+            if post_object {
+                resp = error::fix_post_object_answers(resp);
+            }
+            let mut resp = error::finish_response(resp, &request_id);
             if attributes {
                 resp = error::unquote_attributes_etag(resp);
             }

@@ -9,7 +9,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
-use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, stored_checksums, with_checksums};
+use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, given_values, stored_checksums, with_checksums};
 use crate::dto::{MAX_PUT_SIZE, check_key, etag, owner_dto, parse_tagging_header, ts};
 use crate::dto::{raw_header, request_attrs, write_conditions};
 use crate::error::StoreResultExt;
@@ -88,9 +88,7 @@ impl FerryS3 {
             }
             None => None,
         };
-        if i.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT) {
-            return Err(s3_error!(NotImplemented, "Full-object checksums for multipart uploads are not supported"));
-        }
+        let checksum_kind = upload_checksum_kind(checksum_algorithm, i.checksum_type.as_ref())?;
         let canned = i.acl.as_ref().map(ObjectCannedACL::as_str);
         let grants = grant_headers!(i, grant_write.as_deref());
         // A peer's upload takes its owner and ACL from the replica header when it completes.
@@ -105,6 +103,8 @@ impl FerryS3 {
         let mut attrs = request_attrs!(i, tags, acl);
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.
         attrs.origin = origin;
+        // Until the upload completes, the kind of checksum the object will get.
+        attrs.checksums.kind = checksum_kind;
         let upload = UploadRecord {
             upload_id: ferry_core::ids::new_upload_id(),
             bucket: i.bucket.clone(),
@@ -132,7 +132,7 @@ impl FerryS3 {
             key: Some(i.key),
             upload_id: Some(upload_id),
             checksum_algorithm: checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.name().to_owned())),
-            checksum_type: i.checksum_algorithm.as_ref().map(|_| ChecksumType::from_static(ChecksumType::COMPOSITE)),
+            checksum_type: checksum_kind.map(|k| ChecksumType::from(k.as_str().to_owned())),
             ..Default::default()
         }))
     }
@@ -276,24 +276,32 @@ impl FerryS3 {
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML, "You must specify at least one part"));
         }
-        let mut wanted: Vec<(u32, String)> = Vec::with_capacity(requested.len());
+        let mut wanted: Vec<WantedPart> = Vec::with_capacity(requested.len());
         for p in &requested {
             let n = p.part_number.ok_or_else(|| s3_error!(MalformedXML, "PartNumber is required"))?;
             let n = check_part_number(n)?;
-            if wanted.last().is_some_and(|(prev, _)| *prev >= n) {
+            if wanted.last().is_some_and(|prev| prev.number >= n) {
                 return Err(s3_error!(
                     InvalidPartOrder,
                     "The list of parts was not in ascending order. The parts list must be specified in order by part number."
                 ));
             }
-            wanted.push((n, p.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default()));
+            wanted.push(WantedPart {
+                number: n,
+                etag: p.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default(),
+                checksums: given_values(checksum_values!(p)),
+            });
         }
+        let claimed = given_values(checksum_values!(i));
         let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let (bucket_name, key, upload_id) = (i.bucket.clone(), i.key.clone(), i.upload_id.clone());
         let outcome = self
             .store
             .meta
-            .write(move |tx| complete_in_tx(tx, &bucket_name, &key, &upload_id, &wanted, &cond, replica.as_ref(), &bucket_owner))
+            .write(move |tx| {
+                let asked = Completion { wanted: &wanted, claimed: &claimed, cond: &cond };
+                complete_in_tx(tx, &bucket_name, &key, &upload_id, &asked, replica.as_ref(), &bucket_owner)
+            })
             .await;
         let record = match outcome {
             Ok(Ok(r)) => r,
@@ -381,39 +389,61 @@ impl FerryS3 {
     }
 }
 
+/// One part a CompleteMultipartUpload lists.
+#[derive(Debug)]
+struct WantedPart {
+    number: u32,
+    /// Empty when not given.
+    etag: String,
+    checksums: Vec<(Algorithm, String)>,
+}
+
+impl WantedPart {
+    /// Whether the uploaded part is the one listed: its ETag and the checksums given.
+    fn matches(&self, p: &PartRef) -> bool {
+        let stored = |a: &Algorithm| p.checksums.as_ref().and_then(|c| c.values.get(a));
+        (self.etag.is_empty() || self.etag == p.etag) && self.checksums.iter().all(|(a, v)| stored(a).is_none_or(|s| s == v))
+    }
+}
+
+/// What a CompleteMultipartUpload asks: the parts, the whole object's checksum it claims, and
+/// its write conditions.
+#[derive(Debug)]
+struct Completion<'a> {
+    wanted: &'a [WantedPart],
+    claimed: &'a [(Algorithm, String)],
+    cond: &'a WriteConditions,
+}
+
 /// Completes an upload inside a transaction. The outer `Result` is the store's (rolls back);
 /// the inner one carries S3 validation errors, which also leave nothing changed.
 /// With `replica` (a completion sent by a peer), the version keeps the source's id, time, ETag,
 /// owner (or `bucket_owner` under an owner override) and ACL.
-#[allow(clippy::too_many_arguments)] // a transaction body: every input is a separate fact
 fn complete_in_tx(
     tx: &mut dyn ferry_store::meta::WriteTx,
     bucket: &str,
     key: &str,
     upload_id: &str,
-    wanted: &[(u32, String)],
-    cond: &WriteConditions,
+    asked: &Completion<'_>,
     replica: Option<&ReplicaWrite>,
     bucket_owner: &ferry_store::model::Owner,
 ) -> ferry_store::Result<S3Result<ferry_store::model::VersionRecord>> {
     let Some(upload) = tx.get_upload(upload_id)?.filter(|u| u.bucket == bucket && u.key == key) else {
-        return Ok(Err(no_such_upload()));
+        // A retried completion whose answer was lost: the version it made, while it is the newest.
+        let made = tx.get_latest(bucket, key)?.filter(|v| !v.delete_marker && v.attrs.upload_id.as_deref() == Some(upload_id));
+        return Ok(made.ok_or_else(no_such_upload));
     };
+    let (wanted, cond, claimed) = (asked.wanted, asked.cond, asked.claimed);
     let stored = tx.list_parts(upload_id, 0, 20_000)?;
     let mut chosen: Vec<PartRef> = Vec::with_capacity(wanted.len());
-    for (idx, (n, tag)) in wanted.iter().enumerate() {
-        let Some(p) = stored.iter().find(|p| p.part_number == *n) else {
+    for (idx, w) in wanted.iter().enumerate() {
+        let found = stored.iter().find(|p| p.part_number == w.number).filter(|p| w.matches(&p.part));
+        let Some(p) = found else {
             return Ok(Err(s3_error!(
                 InvalidPart,
                 "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
             )));
         };
-        if !tag.is_empty() && *tag != p.part.etag {
-            return Ok(Err(s3_error!(
-                InvalidPart,
-                "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
-            )));
-        }
         if idx + 1 < wanted.len() && p.part.size < MIN_PART_SIZE {
             return Ok(Err(s3_error!(
                 EntityTooSmall,
@@ -427,14 +457,18 @@ fn complete_in_tx(
         return Ok(Err(s3_error!(InvalidPart, "A part has an invalid ETag")));
     };
     let mut attrs = upload.attrs.clone();
+    attrs.checksums = Checksums::default();
     if let Some(a) = upload.checksum_algorithm {
-        let values: Option<Vec<&str>> =
-            chosen.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(&a)).map(String::as_str)).collect();
-        if let Some(c) = values.and_then(|v| composite_checksum(a, &v)) {
-            attrs.checksums = Checksums { values: [(a, c)].into_iter().collect(), kind: Some(ChecksumKind::Composite) };
+        let kind = upload.attrs.checksums.kind.unwrap_or(ChecksumKind::Composite);
+        if let Some(c) = parts_checksum(&chosen, a, kind) {
+            if let Err(e) = check_claimed(claimed, a, &c) {
+                return Ok(Err(e));
+            }
+            attrs.checksums = Checksums { values: [(a, c)].into_iter().collect(), kind: Some(kind) };
         }
     }
     let size = chosen.iter().map(|p| p.size).sum();
+    attrs.upload_id = Some(upload_id.to_owned());
     let mut owner = upload.owner.clone();
     if let Some(r) = replica {
         let m = &r.meta;
@@ -481,15 +515,77 @@ fn complete_in_tx(
 /// (combined from the parts' CRCs of the same algorithm) or its composite checksum (recomputed
 /// from the parts' checksums) must equal the one the source stored. Parts without a checksum
 /// of that algorithm cannot be checked this way (the source sends one whenever it can).
+/// The object's checksum from its parts' ones: the checksum of their checksums (`value-N`), or
+/// their CRCs combined into the whole body's. `None` when a part lacks one, or for a full-object
+/// SHA (which only the bytes give).
+fn parts_checksum(parts: &[PartRef], alg: Algorithm, kind: ChecksumKind) -> Option<String> {
+    let values: Vec<(&str, u64)> = parts
+        .iter()
+        .map(|p| p.checksums.as_ref().and_then(|c| c.values.get(&alg)).map(|v| (v.as_str(), p.size)))
+        .collect::<Option<_>>()?;
+    match kind {
+        ChecksumKind::Composite => composite_checksum(alg, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>()),
+        ChecksumKind::FullObject => ferry_store::checksum::combine_crcs(alg, &values),
+    }
+}
+
+/// The kind of checksum an upload's object gets: `x-amz-checksum-type` if given (FULL_OBJECT
+/// only for a CRC, COMPOSITE not for CRC64NVME), else FULL_OBJECT for CRC64NVME and COMPOSITE
+/// for the others, as S3 decides.
+fn upload_checksum_kind(alg: Option<Algorithm>, asked: Option<&ChecksumType>) -> S3Result<Option<ChecksumKind>> {
+    let Some(alg) = alg else {
+        return match asked {
+            Some(_) => Err(s3_error!(
+                InvalidRequest,
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header."
+            )),
+            None => Ok(None),
+        };
+    };
+    let crc = matches!(alg, Algorithm::Crc32 | Algorithm::Crc32c | Algorithm::Crc64Nvme);
+    let kind = match asked.map(ChecksumType::as_str) {
+        None if alg == Algorithm::Crc64Nvme => ChecksumKind::FullObject,
+        None | Some(ChecksumType::COMPOSITE) if alg != Algorithm::Crc64Nvme => ChecksumKind::Composite,
+        Some(ChecksumType::FULL_OBJECT) if crc => ChecksumKind::FullObject,
+        Some(t) if t != ChecksumType::COMPOSITE && t != ChecksumType::FULL_OBJECT => {
+            return Err(s3_error!(InvalidRequest, "Value for x-amz-checksum-type header is invalid."));
+        }
+        _ => {
+            let (name, t) = (alg.name(), asked.map_or("COMPOSITE", ChecksumType::as_str));
+            return Err(s3_error!(InvalidRequest, "The {name} algorithm does not support the {t} checksum type."));
+        }
+    };
+    Ok(Some(kind))
+}
+
+/// Checks the whole-object checksum a CompleteMultipartUpload claims against the one its parts
+/// give: only the upload's algorithm may be claimed; a composite value may come with or without
+/// its `-N`.
+fn check_claimed(claimed: &[(Algorithm, String)], alg: Algorithm, computed: &str) -> S3Result<()> {
+    for (a, v) in claimed {
+        if *a != alg {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The upload was created using the {} checksum algorithm; the complete request gives {}.",
+                alg.name(),
+                a.name()
+            ));
+        }
+        let bare = computed.split_once('-').map_or(computed, |(b, _)| b);
+        if v != computed && v != bare {
+            return Err(s3_error!(
+                BadDigest,
+                "The {} you specified did not match the calculated checksum.",
+                alg.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parts_make_up(parts: &[PartRef], source: &Checksums) -> Result<(), String> {
     for (&alg, expected) in &source.values {
-        let values: Option<Vec<(&str, u64)>> =
-            parts.iter().map(|p| p.checksums.as_ref().and_then(|c| c.values.get(&alg)).map(|v| (v.as_str(), p.size))).collect();
-        let Some(values) = values else { continue };
-        let got = match source.kind {
-            Some(ChecksumKind::Composite) => composite_checksum(alg, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>()),
-            _ => ferry_store::checksum::combine_crcs(alg, &values),
-        };
+        let got = parts_checksum(parts, alg, source.kind.unwrap_or(ChecksumKind::FullObject));
         if got.is_some_and(|g| g != *expected) {
             let name = alg.name();
             return Err(format!(

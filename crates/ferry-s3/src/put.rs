@@ -227,6 +227,7 @@ impl FerryS3 {
                 website_redirect: i.website_redirect_location.clone().or(src.record.attrs.website_redirect.clone()),
                 tags,
                 acl,
+                upload_id: None,
                 ..src.record.attrs.clone()
             }
         };

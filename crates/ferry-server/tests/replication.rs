@@ -758,50 +758,68 @@ async fn replica_parts_are_verified_by_their_checksum() {
 }
 
 /// A source uploaded in parts with per-part checksums replicates each part checked against the
-/// checksum stored with it at the source.
+/// checksum stored with it at the source; the object keeps its checksum and its type, composite
+/// (SHA-256) or full-object (CRC32, the parts' CRCs combined).
 #[tokio::test]
 async fn multipart_objects_with_part_checksums_replicate() {
-    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart};
     let (_c, us, eu) = pair().await;
-    let up =
-        us.create_multipart_upload().bucket("src").key("mp").checksum_algorithm(ChecksumAlgorithm::Sha256).send().await.unwrap();
-    let id = up.upload_id().unwrap();
-    let mut parts = Vec::new();
-    for n in 1..=2 {
-        let data = vec![n as u8 + 40; if n < 2 { 5 * 1024 * 1024 } else { 777 }];
-        let out = us
-            .upload_part()
+    for (alg, kind) in
+        [(ChecksumAlgorithm::Sha256, ChecksumType::Composite), (ChecksumAlgorithm::Crc32, ChecksumType::FullObject)]
+    {
+        let key = format!("mp-{}", alg.as_str());
+        let up = us
+            .create_multipart_upload()
             .bucket("src")
-            .key("mp")
-            .upload_id(id)
-            .part_number(n)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .body(data.into())
+            .key(&key)
+            .checksum_algorithm(alg.clone())
+            .checksum_type(kind.clone())
             .send()
             .await
             .unwrap();
-        parts.push(
-            CompletedPart::builder()
+        let id = up.upload_id().unwrap();
+        let mut parts = Vec::new();
+        for n in 1..=2 {
+            let data = vec![n as u8 + 40; if n < 2 { 5 * 1024 * 1024 } else { 777 }];
+            let out = us
+                .upload_part()
+                .bucket("src")
+                .key(&key)
+                .upload_id(id)
                 .part_number(n)
-                .e_tag(out.e_tag().unwrap())
-                .checksum_sha256(out.checksum_sha256().unwrap())
+                .checksum_algorithm(alg.clone())
+                .body(data.into())
+                .send()
+                .await
+                .unwrap();
+            let part = CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap());
+            parts.push(
+                match alg {
+                    ChecksumAlgorithm::Sha256 => part.checksum_sha256(out.checksum_sha256().unwrap()),
+                    _ => part.checksum_crc32(out.checksum_crc32().unwrap()),
+                }
                 .build(),
-        );
+            );
+        }
+        us.complete_multipart_upload()
+            .bucket("src")
+            .key(&key)
+            .upload_id(id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .unwrap();
+        wait_until("multipart replicated", 30, || converged(&us, "src", &eu, "dst")).await;
+        let s = us.head_object().bucket("src").key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+        let d = eu.head_object().bucket("dst").key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+        assert_eq!(d.e_tag(), s.e_tag());
+        assert_eq!(s.checksum_type(), Some(&kind), "{key}");
+        assert_eq!(d.checksum_type(), Some(&kind), "{key}");
+        let value = |h: &aws_sdk_s3::operation::head_object::HeadObjectOutput| {
+            h.checksum_sha256().or(h.checksum_crc32()).map(str::to_owned)
+        };
+        assert!(value(&s).is_some(), "{key}");
+        assert_eq!(value(&d), value(&s), "{key}: the object's checksum is the source's");
+        assert_eq!(get_bytes(&us, "src", &key).await, get_bytes(&eu, "dst", &key).await);
     }
-    us.complete_multipart_upload()
-        .bucket("src")
-        .key("mp")
-        .upload_id(id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-        .send()
-        .await
-        .unwrap();
-    wait_until("multipart replicated", 30, || converged(&us, "src", &eu, "dst")).await;
-    let mode = aws_sdk_s3::types::ChecksumMode::Enabled;
-    let s = us.head_object().bucket("src").key("mp").checksum_mode(mode.clone()).send().await.unwrap();
-    let d = eu.head_object().bucket("dst").key("mp").checksum_mode(mode).send().await.unwrap();
-    assert_eq!(d.e_tag(), s.e_tag());
-    assert!(s.checksum_sha256().is_some());
-    assert_eq!(d.checksum_sha256(), s.checksum_sha256(), "the composite checksum is the source's");
-    assert_eq!(get_bytes(&us, "src", "mp").await, get_bytes(&eu, "dst", "mp").await);
 }

@@ -6,7 +6,7 @@ use crate::common::*;
 async fn invalid_bucket_names() {
     let s = TestServer::start().await;
     let c = s.client();
-    for name in ["ab", "UpperCase", "under_score", "-start", "a..b", "192.168.1.1"] {
+    for name in ["ab", "UpperCase", "under_score", "-start", "a..b", "192.168.1.1", "foo.-bar", "foo-.bar"] {
         let e = c.create_bucket().bucket(name).send().await.unwrap_err();
         let st = match &e {
             aws_sdk_s3::error::SdkError::ServiceError(x) => x.raw().status().as_u16(),
@@ -159,4 +159,50 @@ async fn unimplemented_operations_say_so() {
     let e = c.get_bucket_website().bucket(&b).send().await.unwrap_err();
     assert_eq!(code(&e), "NotImplemented");
     assert_eq!(status(&e), 501);
+}
+
+/// A POST object (browser form upload) whose file is larger than Ferry holds in memory for one
+/// request is refused with EntityTooLarge, whoever sends it: without the bound, the router
+/// reads up to 5 GB of an anonymous request into memory before anything checks it.
+#[tokio::test]
+async fn a_post_object_larger_than_its_bound_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("post");
+    create_bucket(&c, &b).await;
+    let size = usize::try_from(ferry_s3::POST_OBJECT_MAX_SIZE).unwrap() + 1;
+    let boundary = "ferryboundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nbig\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let length = head.len() + size + tail.len();
+    let request = format!(
+        "POST /{b} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n{head}"
+    );
+    let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // The server may answer and close before the whole body is sent: send it on the side.
+    let sender = tokio::spawn(async move {
+        write.write_all(request.as_bytes()).await?;
+        let chunk = vec![b'x'; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            write.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        write.write_all(tail.as_bytes()).await
+    });
+    let mut answer = Vec::new();
+    read.read_to_end(&mut answer).await.ok();
+    sender.abort();
+    let r = RawResponse::parse_bytes(&answer);
+    assert_eq!((r.status, r.code()), (400, Some("EntityTooLarge")), "{}", r.body);
+    let e = c.head_object().bucket(&b).key("big").send().await.unwrap_err();
+    assert_eq!(code(&e), "NotFound");
 }

@@ -101,10 +101,28 @@ async fn completion_rules() {
     let missing = CompletedPart::builder().part_number(7).e_tag(parts[0].e_tag().unwrap()).build();
     assert_eq!(code(&complete(vec![missing]).await.unwrap_err()), "InvalidPart");
     // A single small part is fine (the last part has no minimum).
-    complete(vec![parts[0].clone()]).await.unwrap();
+    let done = complete(vec![parts[0].clone()]).await.unwrap();
     assert_eq!(get_bytes(&c, &b, "k").await, part_data(0, 100));
-    // The upload is gone now.
-    assert_eq!(code(&complete(vec![parts[0].clone()]).await.unwrap_err()), "NoSuchUpload");
+    // The upload is gone now; completing it again (a retry) is answered as the first time.
+    let again = complete(vec![parts[0].clone()]).await.unwrap();
+    assert_eq!(again.e_tag(), done.e_tag());
+    let listed = c.list_object_versions().bucket(&b).send().await.unwrap();
+    assert_eq!(listed.versions().len(), 1, "a retried completion writes nothing");
+    assert_eq!(
+        code(&c.list_parts().bucket(&b).key("k").upload_id(&id).send().await.unwrap_err()),
+        "NoSuchUpload"
+    );
+    // An upload of another key, or one that never was, does not exist.
+    let e = c
+        .complete_multipart_upload()
+        .bucket(&b)
+        .key("other")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(vec![parts[0].clone()])).build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
 }
 
 #[tokio::test]
@@ -284,4 +302,143 @@ async fn object_attributes_describe_a_version_without_its_body() {
     c.delete_object().bucket(&b).key("plain").send().await.unwrap();
     let e = c.get_object_attributes().bucket(&b).key("plain").object_attributes(A::ObjectSize).send().await.unwrap_err();
     assert_eq!(code(&e), "NoSuchKey");
+}
+
+/// A checksum value of an output, by algorithm.
+macro_rules! checksum_of {
+    ($out:expr, $alg:expr) => {
+        match $alg {
+            ChecksumAlgorithm::Crc32 => $out.checksum_crc32(),
+            ChecksumAlgorithm::Crc64Nvme => $out.checksum_crc64_nvme(),
+            ChecksumAlgorithm::Sha256 => $out.checksum_sha256(),
+            _ => unreachable!("not used here"),
+        }
+    };
+}
+
+/// Full-object CRCs (the parts' CRCs combined into the whole body's) and composite checksums
+/// for multipart uploads, checked against a claimed value at completion, returned for the object
+/// and for each part; and a retried completion answered as the first one was. The part bodies
+/// and the expected values are the ones the ceph suite publishes (three 5 MiB parts of 'A', 'B', 'C').
+#[tokio::test]
+async fn multipart_checksums_full_object_and_composite() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType};
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("mpck");
+    create_bucket(&c, &b).await;
+    let cases = [
+        (
+            ChecksumAlgorithm::Crc32,
+            Some(ChecksumType::FullObject),
+            ["JRTCyQ==", "QoZTGg==", "YAgjqw=="],
+            "WgDhBQ==",
+            "AAAAAA==",
+        ),
+        (
+            ChecksumAlgorithm::Crc64Nvme,
+            None,
+            ["L/E4WYn8v98=", "xW1l19VobYM=", "cK5MnNaWrW4="],
+            "i+6LR0y3eFo=",
+            "AAAAAAAAAAA=",
+        ),
+        (
+            ChecksumAlgorithm::Sha256,
+            Some(ChecksumType::Composite),
+            [
+                "275VF5loJr1YYawit0XSHREhkFXYkkPKGuoK0x9VKxI=",
+                "mrHwOfjTL5Zwfj74F05HOQGLdUb7E5szdCbxgUSq6NM=",
+                "Vw7oB/nKQ5xWb3hNgbyfkvDiivl+U+/Dft48nfJfDow=",
+            ],
+            "uWBwpe1dxI4Vw8Gf0X9ynOdw/SS6VBzfWm9giiv1sf4=-3",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ),
+    ];
+    for (alg, asked, part_values, whole, wrong) in cases {
+        let key = alg.as_str().to_owned();
+        let kind = asked.clone().unwrap_or(ChecksumType::FullObject);
+        let up = c
+            .create_multipart_upload()
+            .bucket(&b)
+            .key(&key)
+            .checksum_algorithm(alg.clone())
+            .set_checksum_type(asked.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(up.checksum_type(), Some(&kind), "{key}");
+        let id = up.upload_id().unwrap();
+        let mut parts = Vec::new();
+        for (i, fill) in [b'A', b'B', b'C'].into_iter().enumerate() {
+            let n = i as i32 + 1;
+            let out = c
+                .upload_part()
+                .bucket(&b)
+                .key(&key)
+                .upload_id(id)
+                .part_number(n)
+                .checksum_algorithm(alg.clone())
+                .body(vec![fill; 5 * MIB].into())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(checksum_of!(out, alg), Some(part_values[i]), "{key} part {n}");
+            parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
+        }
+        let complete = |claim: &str| {
+            let req = c
+                .complete_multipart_upload()
+                .bucket(&b)
+                .key(&key)
+                .upload_id(id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build());
+            match alg {
+                ChecksumAlgorithm::Crc32 => req.checksum_crc32(claim),
+                ChecksumAlgorithm::Crc64Nvme => req.checksum_crc64_nvme(claim),
+                _ => req.checksum_sha256(claim),
+            }
+        };
+        let e = complete(wrong).send().await.unwrap_err();
+        assert_eq!(code(&e), "BadDigest", "{key}");
+        let first = complete(whole).send().await.unwrap();
+        assert_eq!((first.checksum_type(), checksum_of!(first, alg)), (Some(&kind), Some(whole)), "{key}");
+        // A client whose answer was lost completes again: the same answer.
+        let again = complete(whole).send().await.unwrap();
+        assert_eq!((again.e_tag(), again.version_id()), (first.e_tag(), first.version_id()), "{key}");
+        assert_eq!(checksum_of!(again, alg), Some(whole), "{key}");
+
+        let head = c.head_object().bucket(&b).key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+        assert_eq!((head.checksum_type(), checksum_of!(head, alg)), (Some(&kind), Some(whole)), "{key}");
+        for (i, value) in part_values.iter().enumerate() {
+            let n = i as i32 + 1;
+            let p = c.get_object().bucket(&b).key(&key).part_number(n).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+            assert_eq!((p.checksum_type(), checksum_of!(p, alg)), (Some(&kind), Some(*value)), "{key} part {n}");
+        }
+        // The SDK checks a full-object CRC against the bytes it reads.
+        let got = c.get_object().bucket(&b).key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+        assert_eq!(got.body.collect().await.unwrap().into_bytes().len(), 15 * MIB);
+
+        // Once the key has a newer version, the upload is gone for good.
+        put(&c, &b, &key, b"newer").await;
+        let e = complete(whole).send().await.unwrap_err();
+        assert_eq!(code(&e), "NoSuchUpload", "{key}");
+    }
+
+    // The combinations S3 refuses.
+    for (alg, kind) in [
+        (Some(ChecksumAlgorithm::Sha256), ChecksumType::FullObject),
+        (Some(ChecksumAlgorithm::Crc64Nvme), ChecksumType::Composite),
+        (None, ChecksumType::FullObject),
+    ] {
+        let e = c
+            .create_multipart_upload()
+            .bucket(&b)
+            .key("refused")
+            .set_checksum_algorithm(alg.clone())
+            .checksum_type(kind.clone())
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "InvalidRequest", "{alg:?} {kind:?}");
+    }
 }

@@ -479,3 +479,39 @@ async fn a_missing_key_says_it_is_not_a_delete_marker() {
     let headers = e.raw_response().unwrap().headers();
     assert_eq!(headers.get("x-amz-delete-marker"), Some("false"));
 }
+
+/// A GET or HEAD of a missing key answers 404 only to a requester who may list the bucket:
+/// READ in its ACL, or s3:ListBucket in its policy with the key inside the allowed prefix;
+/// anyone else gets 403 and cannot tell a missing key from a forbidden one.
+#[tokio::test]
+async fn a_missing_key_is_reported_to_those_who_may_list_it() {
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let b = bucket_name("miss");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "public/gone", b"v").await;
+    c.delete_object().bucket(&b).key("public/gone").send().await.unwrap();
+    let head = |k: &'static str| {
+        let alt = alt.clone();
+        let b = b.clone();
+        async move { status(&alt.head_object().bucket(&b).key(k).send().await.unwrap_err()) }
+    };
+    assert_eq!(head("public/missing").await, 403, "no policy: the ACL decides");
+    put_policy(
+        &c,
+        &b,
+        &format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Principal": {{"AWS": "*"}},
+                "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::{b}",
+                "Condition": {{"StringLike": {{"s3:prefix": "public/*"}}}}}}]}}"#
+        ),
+    )
+    .await;
+    assert_eq!(head("public/missing").await, 404);
+    assert_eq!(head("public/gone").await, 404, "a delete marker too");
+    assert_eq!(head("private/missing").await, 403);
+    // Listing itself follows the same condition.
+    alt.list_objects_v2().bucket(&b).prefix("public/").send().await.unwrap();
+    let e = alt.list_objects_v2().bucket(&b).send().await.unwrap_err();
+    assert_eq!(status(&e), 403);
+}

@@ -371,6 +371,10 @@ pub struct ObjectAttrs {
     /// For a replica (and a multipart upload a peer opened): the region and bucket it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// The multipart upload that made this version: a retried CompleteMultipartUpload whose
+    /// answer was lost is answered from it while the version is the key's newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 /// One piece of an object's body stored in a blob file.

@@ -89,6 +89,41 @@ pub struct WriteConditions {
     pub if_none_match: Option<String>,
 }
 
+/// Conditions a delete checks against the version it removes: the key's newest (delete markers
+/// included) without a version id, the named version with one. When there is no such version, a
+/// conditional delete succeeds and does nothing (not even a delete marker).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteConditions {
+    /// The target's ETag (`*`: any target, a delete marker too).
+    pub if_match: Option<String>,
+    /// The target's time, in whole seconds (the precision of the `Last-Modified` a client saw).
+    pub mtime_secs: Option<i64>,
+    /// The target's size in bytes.
+    pub size: Option<i64>,
+}
+
+impl DeleteConditions {
+    /// Whether the conditions hold for `target` (a delete marker has no ETag and no size).
+    fn hold_for(&self, target: &VersionRecord) -> bool {
+        let body = !target.delete_marker;
+        self.if_match.as_deref().is_none_or(|m| m == "*" || (body && etag_matches(m, &target.etag)))
+            && self.mtime_secs.is_none_or(|s| target.mtime_us.div_euclid(1_000_000) == s)
+            && self.size.is_none_or(|s| body && i64::try_from(target.size).is_ok_and(|size| size == s))
+    }
+
+    /// [`Error::PreconditionFailed`] unless the conditions hold for `target` (or it is absent).
+    fn check(&self, target: Option<&VersionRecord>) -> Result<()> {
+        match target {
+            Some(v) if !self.hold_for(v) => Err(Error::PreconditionFailed),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.if_match.is_none() && self.mtime_secs.is_none() && self.size.is_none()
+    }
+}
+
 /// The bucket, or [`Error::NoSuchBucket`].
 ///
 /// # Errors
@@ -269,10 +304,22 @@ pub struct DeleteOutcome {
 /// version when suspended), removal of the `null` version in an unversioned one.
 ///
 /// # Errors
-/// NoSuchBucket, database errors.
-pub fn delete_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, owner: &Owner) -> Result<DeleteOutcome> {
+/// NoSuchBucket, PreconditionFailed from `cond`, database errors.
+pub fn delete_current(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    owner: &Owner,
+    cond: &DeleteConditions,
+) -> Result<DeleteOutcome> {
     let b = bucket(tx, bucket_name)?;
     tx.lock_key(bucket_name, key)?;
+    if !cond.is_empty() {
+        let Some(latest) = tx.get_latest(bucket_name, key)? else {
+            return Ok(DeleteOutcome { marker: None });
+        };
+        cond.check(Some(&latest))?;
+    }
     let now = tx.now();
     let version_id = match b.versioning {
         Versioning::Unversioned => {
@@ -319,17 +366,22 @@ pub fn delete_marker(bucket: &str, key: &str, version_id: String, mtime_us: i64,
 ///
 /// # Errors
 /// NoSuchBucket, AccessDenied (a replica removing a version its source may not change),
-/// database errors.
+/// PreconditionFailed from `cond`, database errors.
 pub fn delete_version(
     tx: &mut dyn WriteTx,
     bucket_name: &str,
     key: &str,
     version_id: &str,
     from: Option<&ReplicaAuthority>,
+    cond: &DeleteConditions,
 ) -> Result<Option<VersionRecord>> {
     let b = bucket(tx, bucket_name)?;
-    if let (Some(a), Some(v)) = (from, tx.get_version(bucket_name, key, version_id)?) {
-        a.check(&v)?;
+    if from.is_some() || !cond.is_empty() {
+        let target = tx.get_version(bucket_name, key, version_id)?;
+        cond.check(target.as_ref())?;
+        if let (Some(a), Some(v)) = (from, &target) {
+            a.check(v)?;
+        }
     }
     let removed = tx.remove_version(bucket_name, key, version_id)?;
     if let Some(v) = &removed {
@@ -552,7 +604,8 @@ pub(crate) mod tests {
         assert_ne!(v1.version_id, v2.version_id);
         assert!(v2.mtime_us > v1.mtime_us);
         assert!(v2.is_latest);
-        let dm = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap().marker.unwrap();
+        let dm =
+            meta.write(|tx| delete_current(tx, "b", "k", &owner(), &DeleteConditions::default())).await.unwrap().marker.unwrap();
         let versions = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 100)).await.unwrap();
         let ids: Vec<_> = versions.iter().map(|v| (v.version_id.clone(), v.is_latest, v.delete_marker)).collect();
         assert_eq!(
@@ -569,7 +622,7 @@ pub(crate) mod tests {
         );
         // Removing the delete marker brings v2 back.
         let dmid = dm.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "b", "k", &dmid, None)).await.unwrap();
+        meta.write(move |tx| delete_version(tx, "b", "k", &dmid, None, &DeleteConditions::default())).await.unwrap();
         let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
         assert_eq!(latest.version_id, v2.version_id);
         assert!(latest.is_latest);
@@ -589,7 +642,7 @@ pub(crate) mod tests {
         let all = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 10)).await.unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].etag, "etag-two");
-        let out = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap();
+        let out = meta.write(|tx| delete_current(tx, "b", "k", &owner(), &DeleteConditions::default())).await.unwrap();
         assert!(out.marker.is_none());
         assert!(!meta.read(|r| r.bucket_has_versions("b")).await.unwrap());
 
@@ -611,7 +664,8 @@ pub(crate) mod tests {
         .unwrap();
         meta.write(|tx| put_version(tx, "b", obj("k", b"n1"), &WriteConditions::default())).await.unwrap();
         meta.write(|tx| put_version(tx, "b", obj("k", b"n2"), &WriteConditions::default())).await.unwrap();
-        let dm = meta.write(|tx| delete_current(tx, "b", "k", &owner())).await.unwrap().marker.unwrap();
+        let dm =
+            meta.write(|tx| delete_current(tx, "b", "k", &owner(), &DeleteConditions::default())).await.unwrap().marker.unwrap();
         assert_eq!(dm.version_id, "null");
         let all = meta.read(|r| r.scan_versions("b", b"", &VersionCursor::default(), None, 10)).await.unwrap();
         let ids: Vec<_> = all.iter().map(|v| (v.version_id.as_str(), v.delete_marker)).collect();

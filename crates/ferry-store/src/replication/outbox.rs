@@ -590,7 +590,7 @@ mod tests {
     async fn deletes_markers_metadata_and_replicas() {
         let (_d, meta) = setup(&["d1"], true).await;
         let v = meta.write(|tx| put_version(tx, "src", new_object("k"), &WriteConditions::default())).await.unwrap();
-        meta.write(|tx| delete_current(tx, "src", "k", &owner()).map(|_| ())).await.unwrap();
+        meta.write(|tx| delete_current(tx, "src", "k", &owner(), &Default::default()).map(|_| ())).await.unwrap();
         let vid = v.version_id.clone();
         meta.write(move |tx| {
             update_attrs(tx, "src", "k", &vid, AttrChange::Tags(vec![("t".into(), "1".into())]), None).map(|_| ())
@@ -598,7 +598,7 @@ mod tests {
         .await
         .unwrap();
         let vid = v.version_id.clone();
-        meta.write(move |tx| delete_version(tx, "src", "k", &vid, None).map(|_| ())).await.unwrap();
+        meta.write(move |tx| delete_version(tx, "src", "k", &vid, None, &Default::default()).map(|_| ())).await.unwrap();
         let ops: Vec<_> = meta.read(|r| r.bucket_jobs("src", 0, 10)).await.unwrap().into_iter().map(|j| j.op).collect();
         assert_eq!(ops, vec![JobOp::Put, JobOp::DeleteMarker, JobOp::Metadata, JobOp::DeleteVersion]);
         // A replica records nothing, and a second delivery of it is a no-op.
