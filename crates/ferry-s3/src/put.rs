@@ -227,6 +227,9 @@ impl FerryS3 {
                 website_redirect: i.website_redirect_location.clone().or(src.record.attrs.website_redirect.clone()),
                 tags,
                 acl,
+                // The copy is this request's object: not a replica of where the source came
+                // from, not the upload that made the source.
+                origin: None,
                 upload_id: None,
                 ..src.record.attrs.clone()
             }

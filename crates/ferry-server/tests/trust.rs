@@ -365,3 +365,54 @@ async fn a_destination_policy_can_accept_another_accounts_replicas() {
     );
     assert!(!listed("denied.txt").await);
 }
+
+/// A copy the bucket owner makes of another account's replica is the owner's object: it does
+/// not keep the replica's origin, so that account's source can no more remove or re-tag the
+/// copy than anything else the owner wrote (it may only change what it replicated).
+#[tokio::test]
+async fn a_copy_of_another_accounts_replica_is_not_that_accounts_to_change() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "dst").await;
+    let (rc, out) = c.ferry_replication(US, "sources", "dst", &["--add", &format!("{ALT_AK}@elsewhere")]).await;
+    assert_eq!(rc, 0, "{out}");
+    let repl = client_for(&c.url(US), REPL_AK, REPL_SK, US, Mode::WhenRequired);
+    let src = source_header("elsewhere", "src", ALT_AK);
+    let h = replica_header(&json!({"format": 1, "source_region": "elsewhere", "version_id": "v-alt", "mtime_us": now_us()}));
+    let s = src.clone();
+    repl.put_object()
+        .bucket("dst")
+        .key("k")
+        .body(b"from the other account".to_vec().into())
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-ferry-replica", h.clone());
+            r.headers_mut().insert("x-ferry-source", s.clone());
+        })
+        .send()
+        .await
+        .unwrap();
+    let copy = us.copy_object().bucket("dst").key("copy").copy_source("dst/k").send().await.unwrap();
+    let copy_vid = copy.version_id().unwrap().to_owned();
+    // A version deletion as a source sends it.
+    let delete = |key: &'static str, vid: String| {
+        let s = src.clone();
+        let h = replica_header(&json!({"format": 1, "source_region": "elsewhere", "version_id": vid, "mtime_us": 0}));
+        repl.delete_object()
+            .bucket("dst")
+            .key(key)
+            .version_id(vid)
+            .customize()
+            .mutate_request(move |r| {
+                r.headers_mut().insert("x-ferry-replica", h.clone());
+                r.headers_mut().insert("x-ferry-source", s.clone());
+            })
+            .send()
+    };
+    let e = delete("copy", copy_vid.clone()).await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "the owner's copy is not the other account's replica");
+    let kept = us.head_object().bucket("dst").key("copy").version_id(&copy_vid).send().await.unwrap();
+    assert_eq!(kept.version_id(), Some(copy_vid.as_str()));
+    // What it replicated it may still remove.
+    delete("k", "v-alt".to_owned()).await.unwrap();
+}
