@@ -253,6 +253,28 @@ pub struct CredentialConfig {
     /// account each replica comes from (see docs/REPLICATION.md, "Security model").
     #[serde(default)]
     pub replication: bool,
+    /// The account's Block Public Access, as AWS's account-level switches: each switch that is
+    /// on here applies to every bucket the account owns, whatever the bucket's own says.
+    #[serde(default)]
+    pub public_access_block: Option<PublicAccessBlockConfig>,
+}
+
+/// The four Block Public Access switches (each `false` unless given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicAccessBlockConfig {
+    /// Requests that set a public ACL are refused.
+    #[serde(default)]
+    pub block_public_acls: bool,
+    /// Public ACLs grant nothing.
+    #[serde(default)]
+    pub ignore_public_acls: bool,
+    /// A public bucket policy is refused.
+    #[serde(default)]
+    pub block_public_policy: bool,
+    /// A public policy grants only to the bucket owner's account.
+    #[serde(default)]
+    pub restrict_public_buckets: bool,
 }
 
 /// One region served by this process.
@@ -612,9 +634,9 @@ impl Config {
             if !keys.insert(c.access_key.clone()) {
                 return Err(Error::Config(format!("[[credential]]: access_key `{}` declared twice", c.access_key)));
             }
-            if c.replication && (c.user_id.is_some() || c.email.is_some()) {
+            if c.replication && (c.user_id.is_some() || c.email.is_some() || c.public_access_block.is_some()) {
                 return Err(Error::Config(format!(
-                    "[[credential]] `{}`: a replication credential is not an account: drop `user_id` and `email`",
+                    "[[credential]] `{}`: a replication credential is not an account: drop `user_id`, `email` and `public_access_block`",
                     c.access_key
                 )));
             }
@@ -684,6 +706,22 @@ data_dir = "data/eu-west-1"
             assert!(err.contains(key), "error for {text:?} should name `{key}`: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn an_account_may_block_public_access() {
+        let text = format!(
+            "{TWO}\n[[credential]]\naccess_key = \"B\"\nsecret_key = \"S\"\npublic_access_block = {{ block_public_acls = true, restrict_public_buckets = true }}\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.credential[0].public_access_block, None);
+        let block = c.credential[1].public_access_block.unwrap();
+        assert!(block.block_public_acls && block.restrict_public_buckets);
+        assert!(!block.ignore_public_acls && !block.block_public_policy);
+        let typo = text.replace("restrict_public_buckets", "restrict_public_bucket");
+        assert!(Config::parse(&typo).unwrap_err().to_string().contains("restrict_public_bucket"));
+        let replicator = text.replace("secret_key = \"S\"\n", "secret_key = \"S\"\nreplication = true\n");
+        assert!(Config::parse(&replicator).unwrap_err().to_string().contains("public_access_block"));
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl FerryS3 {
         if b.acls_disabled() {
             return Err(acls_not_supported());
         }
-        check_acl_allowed(&b, &acl)?;
+        check_acl_allowed(&self.users, &b, &acl)?;
         self.update_bucket(b.name, move |bucket| bucket.acl = acl).await?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
@@ -170,7 +170,7 @@ impl FerryS3 {
             )?,
         };
         if replica.is_none() {
-            check_acl_allowed(&bucket, &acl)?;
+            check_acl_allowed(&self.users, &bucket, &acl)?;
         }
         let (b, k, vid) = (i.bucket, i.key, v.version_id.clone());
         let from = replica.map(|r| r.change(false));

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use ferry_store::model::Owner;
+use ferry_store::model::{BucketRecord, Owner, PublicAccessBlock};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::host::{S3Host, VirtualHost};
@@ -22,6 +22,8 @@ pub struct User {
     pub email: Option<String>,
     /// A replication credential: writes replicas for peers, is not an account.
     pub replication: bool,
+    /// The account's Block Public Access switches (config): on for every bucket it owns.
+    pub public_access_block: PublicAccessBlock,
 }
 
 impl User {
@@ -36,7 +38,15 @@ impl User {
             owner: Owner { id, display_name: display_name.unwrap_or(access_key).to_owned() },
             email: None,
             replication: false,
+            public_access_block: PublicAccessBlock::default(),
         }
+    }
+
+    /// Sets the account's Block Public Access switches.
+    #[must_use]
+    pub fn with_public_access_block(mut self, block: PublicAccessBlock) -> Self {
+        self.public_access_block = block;
+        self
     }
 
     /// Makes this a replication credential (see `replica.rs`).
@@ -96,6 +106,19 @@ impl Users {
     #[must_use]
     pub fn account_id(&self, key_or_id: &str) -> Option<String> {
         self.account(key_or_id).map(|u| u.owner.id.clone()).or_else(|| self.find_owner(key_or_id).map(|o| o.id.clone()))
+    }
+
+    /// The Block Public Access switches that count for `bucket`: each one on when the bucket
+    /// turns it on or its owner's account does (AWS's account and bucket levels combined).
+    #[must_use]
+    pub fn public_access_block(&self, bucket: &BucketRecord) -> PublicAccessBlock {
+        let own = bucket.config.public_access_block.unwrap_or_default();
+        let account = self
+            .by_key
+            .values()
+            .filter(|u| !u.replication && u.owner.id == bucket.owner.id)
+            .fold(PublicAccessBlock::default(), |a, u| a.or(u.public_access_block));
+        own.or(account)
     }
 }
 
@@ -208,6 +231,7 @@ impl S3Access for Access {
             headers: cx.headers(),
             client,
             listed_prefix: None,
+            request_tags: None,
         };
         let grants = crate::bucket_access::check(&self.store, &self.users, &asked).await?;
         grants.record(cx.extensions_mut());

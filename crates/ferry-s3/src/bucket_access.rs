@@ -52,14 +52,40 @@ pub(crate) struct PolicyGrant;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CopySourceGrant;
 
-/// Set on a GET or HEAD whose policy check is left to the handler's read of the bucket and
-/// version (one read transaction instead of two): the operation's name.
+/// Set on a request whose policy check is left to its handler: a GET or HEAD (checked in the
+/// handler's read of the bucket and version, one read transaction instead of two), or a
+/// PutObjectTagging under a policy that reads `s3:RequestObjectTag` (the tags are in the body).
+/// The operation's name.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PolicyDeferred(&'static str);
 
-/// The operation of a GET or HEAD whose policy check the handler makes ([`judge_bucket`]).
+/// The operation whose policy check the handler makes ([`judge_bucket`]).
 pub(crate) fn deferred<T>(req: &S3Request<T>) -> Option<&'static str> {
     req.extensions.get::<PolicyDeferred>().map(|d| d.0)
+}
+
+/// Makes the policy check a PutObjectTagging left to its handler, with the tags it read: a
+/// Deny refuses, an Allow is recorded as the check's would have been.
+pub(crate) async fn judge_tagging<T>(
+    store: &ferry_store::Store,
+    users: &Users,
+    req: &mut S3Request<T>,
+    key: &str,
+    version_id: Option<&str>,
+    tags: &[(String, String)],
+) -> S3Result<()> {
+    if deferred(req) != Some("PutObjectTagging") {
+        return Ok(());
+    }
+    let Some(CheckedBucket(bucket)) = req.extensions.remove::<CheckedBucket>() else { return Ok(()) };
+    let asked = Asked { request_tags: Some(tags), ..asked_of(req, "PutObjectTagging", &bucket.name, Some(key), version_id) };
+    let granted = judge_bucket(store, users, &bucket, &asked).await?;
+    req.extensions.remove::<PolicyDeferred>();
+    req.extensions.insert(CheckedBucket(bucket));
+    if granted {
+        req.extensions.insert(PolicyGrant);
+    }
+    Ok(())
 }
 
 /// Whether the request may skip the ACL check of what it names because the bucket policy
@@ -89,6 +115,9 @@ pub(crate) struct Asked<'a> {
     /// The `s3:prefix` of an s3:ListBucket asked for a key rather than by a listing: whether a
     /// GET or HEAD of a missing key may answer 404 (else 403) is that question.
     pub listed_prefix: Option<&'a str>,
+    /// The tags a request sets in its body (PutObjectTagging): its `s3:RequestObjectTag/<key>`
+    /// (for a PutObject, they come from `x-amz-tagging`).
+    pub request_tags: Option<&'a [(String, String)]>,
 }
 
 /// The decision of the bucket's policy (and Block Public Access) on a request: `Err` when it
@@ -167,7 +196,9 @@ pub(crate) async fn judge(
     });
     match policy.evaluate(&policy::Request { action, resource: &resource, requester, context: &context }) {
         Decision::Deny => Err(access_denied()),
-        Decision::Allow if restricted(bucket) && policy.is_public() && !is_owner => Ok(false),
+        Decision::Allow if users.public_access_block(bucket).restrict_public_buckets && policy.is_public() && !is_owner => {
+            Ok(false)
+        }
         Decision::Allow => Ok(true),
         Decision::NotApplicable => Ok(false),
     }
@@ -191,6 +222,7 @@ pub(crate) fn asked_of<'a, T>(
         headers: &req.headers,
         client: req.extensions.get::<ClientInfo>().copied(),
         listed_prefix: None,
+        request_tags: None,
     }
 }
 
@@ -245,6 +277,13 @@ pub(crate) async fn check(store: &ferry_store::Store, users: &Users, asked: &Ask
     };
     if deferred.is_some() {
         return Ok(Grants { deferred, ..Grants::default() });
+    }
+    if asked.op == "PutObjectTagging"
+        && !expects_owner
+        && let Some(bucket) = read_bucket(store, asked.bucket).await?
+        && policy_of(&bucket).is_some_and(|p| p.uses_key("s3:requestobjecttag"))
+    {
+        return Ok(Grants { deferred: Some("PutObjectTagging"), bucket: Some(bucket), ..Grants::default() });
     }
     let (target, bucket) = decide(store, users, asked).await?;
     check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, bucket.as_ref()).await?;
@@ -310,11 +349,6 @@ pub(crate) fn replication_decision(
     policy.evaluate(&policy::Request { action, resource: &resource, requester: Some(requester), context: &context })
 }
 
-/// Whether `RestrictPublicBuckets` is on.
-fn restricted(b: &BucketRecord) -> bool {
-    b.config.public_access_block.is_some_and(|p| p.restrict_public_buckets)
-}
-
 /// The condition keys of a request.
 fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
     let mut c = policy::Context::default();
@@ -363,11 +397,10 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
     if let Some(v) = asked.version_id {
         c.add("s3:VersionId", v);
     }
-    if let Some(tagging) = header("x-amz-tagging") {
-        for (k, v) in Query::parse(tagging).pairs {
-            c.add("s3:RequestObjectTagKeys", k.clone());
-            c.add(&format!("s3:RequestObjectTag/{k}"), v);
-        }
+    let header_tags = header("x-amz-tagging").map(|t| Query::parse(t).pairs);
+    for (k, v) in asked.request_tags.map(<[_]>::to_vec).or(header_tags).unwrap_or_default() {
+        c.add("s3:RequestObjectTagKeys", k.clone());
+        c.add(&format!("s3:RequestObjectTag/{k}"), v);
     }
     let presigned = query.get("X-Amz-Signature").is_some();
     if signed {
@@ -438,7 +471,7 @@ impl FerryS3 {
         let b = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
         let text = req.input.policy;
         let parsed = Policy::parse(&text, &b.name).map_err(|m| s3_error!(MalformedPolicy, "{m}"))?;
-        if b.config.public_access_block.is_some_and(|p| p.block_public_policy) && parsed.is_public() {
+        if self.users.public_access_block(&b).block_public_policy && parsed.is_public() {
             return Err(s3_error!(
                 AccessDenied,
                 "Block Public Access refuses a public bucket policy on this bucket"

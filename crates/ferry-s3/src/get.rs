@@ -303,7 +303,12 @@ impl FerryS3 {
             if replication.is_some() || policy_allows {
                 Ok(())
             } else {
-                check_perm(user, effective_owner(&bucket_rec, owner), &effective_acl(&bucket_rec, acl), p)
+                check_perm(
+                    user,
+                    effective_owner(&bucket_rec, owner),
+                    &effective_acl(&self.users, &bucket_rec, acl),
+                    p,
+                )
             }
         };
         let Some(record) = version else {

@@ -70,19 +70,24 @@ impl FerryS3 {
         match self.replication(req) {
             Some(r) => r.authorize(bucket).map(drop),
             None if crate::bucket_access::granted(req) => Ok(()),
-            None => check_perm(self.user(req).map(|u| &u.owner), &bucket.owner, &effective_acl(bucket, &bucket.acl), perm),
+            None => check_perm(
+                self.user(req).map(|u| &u.owner),
+                &bucket.owner,
+                &effective_acl(&self.users, bucket, &bucket.acl),
+                perm,
+            ),
         }
     }
 }
 
 /// The ACL that counts for a resource of `bucket`: the bucket owner's full control alone with
 /// Object Ownership's `BucketOwnerEnforced` (only the owner and policies grant); with Block
-/// Public Access's `IgnorePublicAcls`, grants to everyone and to all authenticated users count
-/// for nothing.
-pub fn effective_acl<'a>(bucket: &BucketRecord, acl: &'a Acl) -> std::borrow::Cow<'a, Acl> {
+/// Public Access's `IgnorePublicAcls` (the bucket's or its owner's account's), grants to
+/// everyone and to all authenticated users count for nothing.
+pub fn effective_acl<'a>(users: &crate::Users, bucket: &BucketRecord, acl: &'a Acl) -> std::borrow::Cow<'a, Acl> {
     if bucket.acls_disabled() {
         std::borrow::Cow::Owned(Acl::private(&bucket.owner))
-    } else if bucket.config.public_access_block.is_some_and(|p| p.ignore_public_acls) {
+    } else if users.public_access_block(bucket).ignore_public_acls {
         std::borrow::Cow::Owned(acl.without_public())
     } else {
         std::borrow::Cow::Borrowed(acl)
@@ -133,14 +138,15 @@ pub fn new_object_acl(
         writer
     };
     let acl = requested_acl(canned, grants, &owner, Some(&bucket.owner), users)?;
-    check_acl_allowed(bucket, &acl)?;
+    check_acl_allowed(users, bucket, &acl)?;
     Ok((owner, acl))
 }
 
 /// Refuses a request that sets a public ACL on a resource of `bucket` when Block Public
-/// Access's `BlockPublicAcls` is on (AccessDenied, as S3 answers).
-pub fn check_acl_allowed(bucket: &BucketRecord, acl: &Acl) -> S3Result<()> {
-    if bucket.config.public_access_block.is_some_and(|p| p.block_public_acls) && acl.is_public() {
+/// Access's `BlockPublicAcls` is on, for the bucket or its owner's account (AccessDenied, as S3
+/// answers).
+pub fn check_acl_allowed(users: &crate::Users, bucket: &BucketRecord, acl: &Acl) -> S3Result<()> {
+    if users.public_access_block(bucket).block_public_acls && acl.is_public() {
         return Err(s3_error!(AccessDenied, "Block Public Access refuses public ACLs on this bucket"));
     }
     Ok(())

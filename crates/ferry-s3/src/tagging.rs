@@ -26,10 +26,12 @@ impl FerryS3 {
 
     pub(crate) async fn put_object_tagging(
         &self,
-        req: S3Request<PutObjectTaggingInput>,
+        mut req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let tags = tags_from_dto(req.input.tagging.tag_set.clone());
         validate_tags(&tags, MAX_OBJECT_TAGS)?;
+        let (key, version_id) = (req.input.key.clone(), req.input.version_id.clone());
+        crate::bucket_access::judge_tagging(&self.store, &self.users, &mut req, &key, version_id.as_deref(), &tags).await?;
         let v = self.set_tags(&req, &req.input.bucket, &req.input.key, req.input.version_id.as_deref(), tags).await?;
         Ok(S3Response::new(PutObjectTaggingOutput { version_id: Some(v.version_id) }))
     }

@@ -187,8 +187,16 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn user_from(c: &ferry_core::config::CredentialConfig) -> ferry_s3::User {
-    let u = ferry_s3::User::new(&c.access_key, &c.secret_key, c.display_name.as_deref(), c.user_id.as_deref())
+    let mut u = ferry_s3::User::new(&c.access_key, &c.secret_key, c.display_name.as_deref(), c.user_id.as_deref())
         .with_email(c.email.as_deref());
+    if let Some(b) = c.public_access_block {
+        u = u.with_public_access_block(ferry_store::model::PublicAccessBlock {
+            block_public_acls: b.block_public_acls,
+            ignore_public_acls: b.ignore_public_acls,
+            block_public_policy: b.block_public_policy,
+            restrict_public_buckets: b.restrict_public_buckets,
+        });
+    }
     if c.replication { u.replicator() } else { u }
 }
 
@@ -315,5 +323,37 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accounts_block_public_access_reaches_its_user() {
+        let text = r#"
+[[credential]]
+access_key = "AK"
+secret_key = "SK"
+public_access_block = { ignore_public_acls = true, block_public_policy = true }
+
+[[credential]]
+access_key = "OTHER"
+secret_key = "SK"
+
+[[region]]
+name = "us-east-1"
+listen = "127.0.0.1:9000"
+data_dir = "data"
+"#;
+        let cfg = ferry_core::config::Config::parse(text).unwrap();
+        let blocked = user_from(&cfg.credential[0]).public_access_block;
+        assert!(blocked.ignore_public_acls && blocked.block_public_policy);
+        assert!(!blocked.block_public_acls && !blocked.restrict_public_buckets);
+        assert_eq!(
+            user_from(&cfg.credential[1]).public_access_block,
+            ferry_store::model::PublicAccessBlock::default()
+        );
     }
 }

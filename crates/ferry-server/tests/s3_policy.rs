@@ -515,3 +515,114 @@ async fn a_missing_key_is_reported_to_those_who_may_list_it() {
     let e = alt.list_objects_v2().bucket(&b).send().await.unwrap_err();
     assert_eq!(status(&e), 403);
 }
+
+/// Block Public Access at the account level (`public_access_block` of a `[[credential]]`):
+/// each switch it turns on holds for every bucket the account owns, though the buckets have no
+/// setting of their own; another account's buckets are not affected.
+#[tokio::test]
+async fn an_accounts_block_public_access_holds_for_all_its_buckets() {
+    use ferry_store::model::PublicAccessBlock;
+    let cluster = TestCluster::start(&["us-east-1"], |opts, _| {
+        for u in &mut opts.users {
+            if u.access_key == MAIN_AK {
+                u.public_access_block =
+                    PublicAccessBlock { ignore_public_acls: true, restrict_public_buckets: true, ..Default::default() };
+            } else if u.access_key == ALT_AK {
+                u.public_access_block =
+                    PublicAccessBlock { block_public_acls: true, block_public_policy: true, ..Default::default() };
+            }
+        }
+    })
+    .await;
+    let (main, alt) = (cluster.client("us-east-1"), cluster.client_alt("us-east-1"));
+    let addr: std::net::SocketAddr = cluster.url("us-east-1").trim_start_matches("http://").parse().unwrap();
+    let anonymous_get = |bucket: String, key: &'static str| async move {
+        let request = format!("GET /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        raw_http(addr, request.as_bytes()).await.status
+    };
+    let public_policy = |b: &str| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Principal": "*",
+                "Action": "s3:GetObject", "Resource": "arn:aws:s3:::{b}/*"}}]}}"#
+        )
+    };
+
+    // The main account ignores public ACLs and restricts public policies: both may be set,
+    // and neither lets anyone in.
+    let b = bucket_name("acctmain");
+    create_bucket(&main, &b).await;
+    let e = main.get_public_access_block().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchPublicAccessBlockConfiguration", "the bucket has no setting of its own");
+    main.put_object().bucket(&b).key("acl").acl(ObjectCannedAcl::PublicRead).body(b"x".to_vec().into()).send().await.unwrap();
+    put(&main, &b, "policy", b"x").await;
+    assert_eq!(anonymous_get(b.clone(), "acl").await, 403, "a public ACL is ignored");
+    put_policy(&main, &b, &public_policy(&b)).await;
+    assert_eq!(
+        anonymous_get(b.clone(), "policy").await,
+        403,
+        "a public policy grants no one outside the account"
+    );
+    assert_eq!(get_bytes(&main, &b, "policy").await, b"x");
+
+    // The other account blocks public ACLs and public policies: setting them is refused.
+    let b = bucket_name("acctalt");
+    create_bucket(&alt, &b).await;
+    let e = alt
+        .put_object()
+        .bucket(&b)
+        .key("acl")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = alt.put_bucket_acl().bucket(&b).acl(BucketCannedAcl::PublicRead).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = alt.put_bucket_policy().bucket(&b).policy(public_policy(&b)).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    // What it does not block still works.
+    put(&alt, &b, "k", b"v").await;
+    assert_eq!(get_bytes(&alt, &b, "k").await, b"v");
+}
+
+/// `s3:RequestObjectTag/<key>` and `s3:RequestObjectTagKeys` on PutObjectTagging come from the
+/// tags in its body (read before the policy decides), as they come from `x-amz-tagging` on a
+/// PutObject.
+#[tokio::test]
+async fn put_object_tagging_is_judged_by_the_tags_it_sets() {
+    use aws_sdk_s3::types::{Tag, Tagging};
+    let s = TestServer::start().await;
+    let (c, alt) = (s.client(), s.alt_client());
+    let b = bucket_name("reqtag");
+    create_bucket(&c, &b).await;
+    put(&c, &b, "k", b"v").await;
+    put_policy(
+        &c,
+        &b,
+        &format!(
+            r#"{{"Version": "2012-10-17", "Statement": [
+                {{"Effect": "Allow", "Principal": {{"AWS": "{ALT_AK}"}}, "Action": "s3:PutObjectTagging",
+                  "Resource": "arn:aws:s3:::{b}/*", "Condition": {{"StringEquals": {{"s3:RequestObjectTag/security": "public"}}}}}},
+                {{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObjectTagging", "Resource": "arn:aws:s3:::{b}/*",
+                  "Condition": {{"ForAnyValue:StringEquals": {{"s3:RequestObjectTagKeys": "forbidden"}}}}}}]}}"#
+        ),
+    )
+    .await;
+    let tagging = |k: &str, v: &str| Tagging::builder().tag_set(Tag::builder().key(k).value(v).build().unwrap()).build().unwrap();
+    alt.put_object_tagging().bucket(&b).key("k").tagging(tagging("security", "public")).send().await.unwrap();
+    let e = alt.put_object_tagging().bucket(&b).key("k").tagging(tagging("security", "private")).send().await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        "AccessDenied",
+        "no Allow for these tags, and the ACL gives the other account nothing"
+    );
+    let e = c.put_object_tagging().bucket(&b).key("k").tagging(tagging("forbidden", "x")).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "the Deny holds for the owner too");
+    let tags = c.get_object_tagging().bucket(&b).key("k").send().await.unwrap();
+    assert_eq!(
+        tags.tag_set().iter().map(|t| (t.key(), t.value())).collect::<Vec<_>>(),
+        vec![("security", "public")]
+    );
+    c.put_object_tagging().bucket(&b).key("k").tagging(tagging("team", "a")).send().await.unwrap();
+}

@@ -313,6 +313,19 @@ pub struct PublicAccessBlock {
     pub restrict_public_buckets: bool,
 }
 
+impl PublicAccessBlock {
+    /// Each switch on when it is on in either.
+    #[must_use]
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            block_public_acls: self.block_public_acls || other.block_public_acls,
+            ignore_public_acls: self.ignore_public_acls || other.ignore_public_acls,
+            block_public_policy: self.block_public_policy || other.block_public_policy,
+            restrict_public_buckets: self.restrict_public_buckets || other.restrict_public_buckets,
+        }
+    }
+}
+
 /// Checksums of an object, by algorithm name (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`),
 /// base64 as S3 returns them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
