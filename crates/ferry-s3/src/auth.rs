@@ -220,12 +220,13 @@ impl S3Access for Access {
             s3s::path::S3Path::Object { bucket, key } => (bucket.as_ref(), Some(key.as_ref())),
             s3s::path::S3Path::Root => return Ok(()),
         };
-        let version_id = cx.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("versionId=")));
+        // Decoded as the handler decodes it: the policy must judge the version the request acts on.
+        let version_id = crate::bucket_access::query_param(cx.uri(), "versionId");
         let asked = crate::bucket_access::Asked {
             op,
             bucket,
             key,
-            version_id,
+            version_id: version_id.as_deref(),
             access_key: cx.credentials().map(|c| c.access_key.as_str()),
             uri: cx.uri(),
             headers: cx.headers(),

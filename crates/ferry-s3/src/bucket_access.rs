@@ -440,6 +440,11 @@ struct Query {
     pairs: Vec<(String, String)>,
 }
 
+/// A query parameter of `uri`, percent-decoded.
+pub(crate) fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    Query::of(uri).get(name).map(str::to_owned)
+}
+
 impl Query {
     fn of(uri: &http::Uri) -> Self {
         Self::parse(uri.query().unwrap_or(""))
