@@ -112,13 +112,17 @@ impl Users {
     /// turns it on or its owner's account does (AWS's account and bucket levels combined).
     #[must_use]
     pub fn public_access_block(&self, bucket: &BucketRecord) -> PublicAccessBlock {
-        let own = bucket.config.public_access_block.unwrap_or_default();
-        let account = self
-            .by_key
+        bucket.config.public_access_block.unwrap_or_default().or(self.account_public_access_block(&bucket.owner.id))
+    }
+
+    /// The Block Public Access switches the account with canonical id `owner_id` turns on for
+    /// all its buckets (config).
+    #[must_use]
+    pub fn account_public_access_block(&self, owner_id: &str) -> PublicAccessBlock {
+        self.by_key
             .values()
-            .filter(|u| !u.replication && u.owner.id == bucket.owner.id)
-            .fold(PublicAccessBlock::default(), |a, u| a.or(u.public_access_block));
-        own.or(account)
+            .filter(|u| !u.replication && u.owner.id == owner_id)
+            .fold(PublicAccessBlock::default(), |a, u| a.or(u.public_access_block))
     }
 }
 

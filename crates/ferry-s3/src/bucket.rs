@@ -43,6 +43,13 @@ impl FerryS3 {
         }
         let grants = grant_headers!(input);
         let acl = requested_acl(input.acl.as_ref().map(BucketCannedACL::as_str), &grants, &user.owner, None, &self.users)?;
+        // A new bucket has no switches of its own: its owner's account's hold.
+        if self.users.account_public_access_block(&user.owner.id).block_public_acls && acl.is_public() {
+            return Err(s3_error!(
+                AccessDenied,
+                "Block Public Access refuses public ACLs for this account's buckets"
+            ));
+        }
         let ownership = match &input.object_ownership {
             Some(o) => Some(
                 ObjectOwnership::parse(o.as_str())

@@ -279,10 +279,10 @@ pub(crate) async fn check(store: &ferry_store::Store, users: &Users, asked: &Ask
         return Ok(Grants { deferred, ..Grants::default() });
     }
     if asked.op == "PutObjectTagging"
-        && !expects_owner
         && let Some(bucket) = read_bucket(store, asked.bucket).await?
         && policy_of(&bucket).is_some_and(|p| p.uses_key("s3:requestobjecttag"))
     {
+        check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, Some(&bucket)).await?;
         return Ok(Grants { deferred: Some("PutObjectTagging"), bucket: Some(bucket), ..Grants::default() });
     }
     let (target, bucket) = decide(store, users, asked).await?;
@@ -349,6 +349,10 @@ pub(crate) fn replication_decision(
     policy.evaluate(&policy::Request { action, resource: &resource, requester: Some(requester), context: &context })
 }
 
+/// The operations that list a bucket's keys, whose parameters are the `s3:prefix`,
+/// `s3:delimiter` and `s3:max-keys` condition keys.
+const LISTINGS: [&str; 4] = ["ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"];
+
 /// The condition keys of a request.
 fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
     let mut c = policy::Context::default();
@@ -386,18 +390,28 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
             c.add(&format!("s3:{name}"), v);
         }
     }
-    for (key, param) in [("s3:prefix", "prefix"), ("s3:delimiter", "delimiter"), ("s3:max-keys", "max-keys")] {
-        if let Some(v) = query.get(param) {
-            c.add(key, v);
+    // The listing keys come from a listing's own parameters (any other request could carry
+    // them in its query string without effect), or from the key a missing-key answer is about.
+    match asked.listed_prefix {
+        Some(p) => c.add("s3:prefix", p),
+        None if LISTINGS.contains(&asked.op) => {
+            for (key, param) in [("s3:prefix", "prefix"), ("s3:delimiter", "delimiter"), ("s3:max-keys", "max-keys")] {
+                if let Some(v) = query.get(param) {
+                    c.add(key, v);
+                }
+            }
         }
-    }
-    if let Some(p) = asked.listed_prefix {
-        c.add("s3:prefix", p);
+        None => {}
     }
     if let Some(v) = asked.version_id {
         c.add("s3:VersionId", v);
     }
-    let header_tags = header("x-amz-tagging").map(|t| Query::parse(t).pairs);
+    // The tags a request sets: PutObjectTagging's body, or `x-amz-tagging` of a write that
+    // takes it (elsewhere the header sets nothing, so it says nothing).
+    let header_tags = match asked.op {
+        "PutObject" | "CopyObject" | "CreateMultipartUpload" => header("x-amz-tagging").map(|t| Query::parse(t).pairs),
+        _ => None,
+    };
     for (k, v) in asked.request_tags.map(<[_]>::to_vec).or(header_tags).unwrap_or_default() {
         c.add("s3:RequestObjectTagKeys", k.clone());
         c.add(&format!("s3:RequestObjectTag/{k}"), v);

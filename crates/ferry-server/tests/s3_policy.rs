@@ -510,6 +510,15 @@ async fn a_missing_key_is_reported_to_those_who_may_list_it() {
     assert_eq!(head("public/missing").await, 404);
     assert_eq!(head("public/gone").await, 404, "a delete marker too");
     assert_eq!(head("private/missing").await, 403);
+    // A `prefix` parameter on a HEAD is no listing's: it does not stand in for the key.
+    let smuggled = format!("HEAD /{b}/private/missing?prefix=public/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_http(s.addr, smuggled.as_bytes()).await.status, 403);
+    let plain = format!("HEAD /{b}/public/missing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        raw_http(s.addr, plain.as_bytes()).await.status,
+        404,
+        "anonymous requests are granted the listing too"
+    );
     // Listing itself follows the same condition.
     alt.list_objects_v2().bucket(&b).prefix("public/").send().await.unwrap();
     let e = alt.list_objects_v2().bucket(&b).send().await.unwrap_err();
@@ -581,6 +590,8 @@ async fn an_accounts_block_public_access_holds_for_all_its_buckets() {
     assert_eq!(code(&e), "AccessDenied");
     let e = alt.put_bucket_policy().bucket(&b).policy(public_policy(&b)).send().await.unwrap_err();
     assert_eq!(code(&e), "AccessDenied");
+    let e = alt.create_bucket().bucket(bucket_name("acctpub")).acl(BucketCannedAcl::PublicRead).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "a new bucket has no switches of its own: the account's hold");
     // What it does not block still works.
     put(&alt, &b, "k", b"v").await;
     assert_eq!(get_bytes(&alt, &b, "k").await, b"v");
@@ -619,6 +630,25 @@ async fn put_object_tagging_is_judged_by_the_tags_it_sets() {
     );
     let e = c.put_object_tagging().bucket(&b).key("k").tagging(tagging("forbidden", "x")).send().await.unwrap_err();
     assert_eq!(code(&e), "AccessDenied", "the Deny holds for the owner too");
+    // Naming the bucket's owner, or claiming other tags in `x-amz-tagging` (which
+    // PutObjectTagging does not take), changes nothing: the body's tags are judged.
+    let owner = c.get_bucket_acl().bucket(&b).send().await.unwrap().owner().and_then(|o| o.id()).unwrap().to_owned();
+    for (key, value) in [("forbidden", "x"), ("security", "private")] {
+        let e = alt
+            .put_object_tagging()
+            .bucket(&b)
+            .key("k")
+            .expected_bucket_owner(&owner)
+            .tagging(tagging(key, value))
+            .customize()
+            .mutate_request(|r| {
+                r.headers_mut().insert("x-amz-tagging", "security=public");
+            })
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "AccessDenied", "{key}={value}");
+    }
     let tags = c.get_object_tagging().bucket(&b).key("k").send().await.unwrap();
     assert_eq!(
         tags.tag_set().iter().map(|t| (t.key(), t.value())).collect::<Vec<_>>(),
