@@ -10,10 +10,22 @@
 //! 3. Otherwise the ACLs and the owner rules, in the handler (`perm.rs`); with
 //!    `IgnorePublicAcls`, grants to everyone and to all authenticated users count for nothing.
 //!
+//! The Block Public Access switches that count for a bucket are its own and its owner's
+//! account's (config), combined ([`Users::public_access_block`]).
+//!
 //! The check reads the bucket, and hands the record to the handler's permission check
-//! ([`CheckedBucket`]); a write reads it again in its own transaction. GetObject and HeadObject
-//! are judged in the handler's own read of the bucket and version instead ([`PolicyDeferred`]):
-//! one read transaction, as without policies.
+//! ([`CheckedBucket`]); a write reads it again in its own transaction. Two decisions are left
+//! to the handler ([`PolicyDeferred`]): GetObject and HeadObject, judged in the handler's own
+//! read of the bucket and version (one read transaction, as without policies); and
+//! PutObjectTagging under a policy that names `s3:RequestObjectTag` keys, judged once its body's
+//! tags are read ([`judge_tagging`]).
+//!
+//! # Invariants
+//! - A condition key is only what the request itself means: the listing keys come from a
+//!   listing's parameters (or the key a missing-key answer is about), the request tags from the
+//!   body or `x-amz-tagging` of a write that takes it, `s3:VersionId` from the decoded
+//!   `versionId`. A parameter an operation ignores never satisfies a condition.
+//! - A deferred decision is always made before the handler answers or writes anything.
 
 use std::net::{IpAddr, SocketAddr};
 
