@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use crate::FerryS3;
 use crate::dto::{owner_dto, tags_from_dto, tags_to_dto, ts, validate_tags};
 use crate::error::StoreResultExt;
-use crate::perm::{Perm, grant_headers, requested_acl};
+use crate::perm::{Perm, grant_headers, refuse_public_acl, requested_acl};
 
 /// Most tags on a bucket.
 const MAX_BUCKET_TAGS: usize = 50;
@@ -44,12 +44,7 @@ impl FerryS3 {
         let grants = grant_headers!(input);
         let acl = requested_acl(input.acl.as_ref().map(BucketCannedACL::as_str), &grants, &user.owner, None, &self.users)?;
         // A new bucket has no switches of its own: its owner's account's hold.
-        if self.users.account_public_access_block(&user.owner.id).block_public_acls && acl.is_public() {
-            return Err(s3_error!(
-                AccessDenied,
-                "Block Public Access refuses public ACLs for this account's buckets"
-            ));
-        }
+        refuse_public_acl(self.users.account_public_access_block(&user.owner.id), &acl)?;
         let ownership = match &input.object_ownership {
             Some(o) => Some(
                 ObjectOwnership::parse(o.as_str())

@@ -290,14 +290,24 @@ pub(crate) async fn check(store: &ferry_store::Store, users: &Users, asked: &Ask
     if deferred.is_some() {
         return Ok(Grants { deferred, ..Grants::default() });
     }
-    if asked.op == "PutObjectTagging"
-        && let Some(bucket) = read_bucket(store, asked.bucket).await?
-        && policy_of(&bucket).is_some_and(|p| p.uses_key("s3:requestobjecttag"))
-    {
-        check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, Some(&bucket)).await?;
-        return Ok(Grants { deferred: Some("PutObjectTagging"), bucket: Some(bucket), ..Grants::default() });
-    }
-    let (target, bucket) = decide(store, users, asked).await?;
+    let (target, bucket) = match asked.op {
+        // Under a policy that names s3:RequestObjectTag, PutObjectTagging is judged on the tags
+        // of its body, by its handler ([`judge_tagging`]); the bucket is read, and its policy
+        // parsed, once either way.
+        "PutObjectTagging" => match read_bucket(store, asked.bucket).await? {
+            Some(bucket) => match policy_of(&bucket) {
+                Some(p) if p.uses_key("s3:requestobjecttag") => {
+                    check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, Some(&bucket))
+                        .await?;
+                    return Ok(Grants { deferred: Some("PutObjectTagging"), bucket: Some(bucket), ..Grants::default() });
+                }
+                Some(p) => (judge(store, users, &bucket, &p, asked).await?, Some(bucket)),
+                None => (false, Some(bucket)),
+            },
+            None => (false, None),
+        },
+        _ => decide(store, users, asked).await?,
+    };
     check_expected_owner(store, asked.headers.get("x-amz-expected-bucket-owner"), asked.bucket, bucket.as_ref()).await?;
     let mut grants = Grants { target, source: false, bucket, deferred: None };
     if matches!(asked.op, "CopyObject" | "UploadPartCopy")

@@ -141,7 +141,7 @@ impl FerryS3 {
                         Some(err) => Err(err),
                         None => match delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner, None, &cond) {
                             Err(ferry_store::Error::PreconditionFailed) => {
-                                Err(("PreconditionFailed", "At least one of the pre-conditions you specified did not hold"))
+                                Err(("PreconditionFailed", crate::error::PRECONDITION_FAILED))
                             }
                             r => Ok(r?),
                         },

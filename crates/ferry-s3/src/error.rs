@@ -5,6 +5,9 @@
 
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
+/// The message of every `412 PreconditionFailed`.
+pub(crate) const PRECONDITION_FAILED: &str = "At least one of the pre-conditions you specified did not hold";
+
 /// Maps a store error to the S3 error a client should see.
 #[must_use]
 pub fn to_s3(e: ferry_store::Error) -> S3Error {
@@ -16,7 +19,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         E::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
         E::NoSuchVersion => s3_error!(NoSuchVersion, "The specified version does not exist."),
         E::NoSuchUpload => s3_error!(NoSuchUpload, "The specified multipart upload does not exist."),
-        E::PreconditionFailed => s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"),
+        E::PreconditionFailed => s3_error!(PreconditionFailed, "{PRECONDITION_FAILED}"),
         E::NoSuchBackfill(id) => crate::dto::custom_error(
             "NoSuchBackfill",
             http::StatusCode::NOT_FOUND,

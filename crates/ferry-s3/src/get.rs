@@ -68,10 +68,7 @@ impl Conditions<'_> {
     fn check_read(&self, v: &VersionRecord) -> S3Result<()> {
         match self.evaluate(v) {
             Verdict::Proceed => Ok(()),
-            Verdict::PreconditionFailed => Err(s3_error!(
-                PreconditionFailed,
-                "At least one of the pre-conditions you specified did not hold"
-            )),
+            Verdict::PreconditionFailed => Err(s3_error!(PreconditionFailed, "{}", crate::error::PRECONDITION_FAILED)),
             Verdict::NotModified => {
                 let mut e = s3_error!(NotModified);
                 let mut h = http::HeaderMap::new();
@@ -88,10 +85,7 @@ impl Conditions<'_> {
     pub(crate) fn check_copy(&self, v: &VersionRecord) -> S3Result<()> {
         match self.evaluate(v) {
             Verdict::Proceed => Ok(()),
-            _ => Err(s3_error!(
-                PreconditionFailed,
-                "At least one of the pre-conditions you specified did not hold"
-            )),
+            _ => Err(s3_error!(PreconditionFailed, "{}", crate::error::PRECONDITION_FAILED)),
         }
     }
 }
@@ -311,14 +305,15 @@ impl FerryS3 {
                 )
             }
         };
+        // Without READ on the bucket, or s3:ListBucket with the key as the prefix, the requester
+        // may not learn whether the key exists (missing, or deleted).
+        if version.as_ref().is_none_or(|v| v.delete_marker)
+            && let Err(e) = check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)
+            && !self.policy_lists_key(req, &bucket_rec, key).await?
+        {
+            return Err(e);
+        }
         let Some(record) = version else {
-            // Without READ on the bucket, or s3:ListBucket with the key as the prefix, the
-            // requester may not learn whether the key exists.
-            if let Err(e) = check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)
-                && !self.policy_lists_key(req, &bucket_rec, key).await?
-            {
-                return Err(e);
-            }
             return Err(if version_id.is_some() {
                 s3_error!(NoSuchVersion, "The specified version does not exist.")
             } else {
@@ -330,11 +325,6 @@ impl FerryS3 {
             });
         };
         if record.delete_marker {
-            if let Err(e) = check_perm(user, &bucket_rec.owner, &bucket_rec.acl, Perm::Read)
-                && !self.policy_lists_key(req, &bucket_rec, key).await?
-            {
-                return Err(e);
-            }
             return Err(if version_id.is_some() { marker_version(&record) } else { deleted_key(&record) });
         }
         check_perm(user, &record.owner, &record.attrs.acl, perm)?;

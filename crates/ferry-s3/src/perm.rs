@@ -146,7 +146,12 @@ pub fn new_object_acl(
 /// Access's `BlockPublicAcls` is on, for the bucket or its owner's account (AccessDenied, as S3
 /// answers).
 pub fn check_acl_allowed(users: &crate::Users, bucket: &BucketRecord, acl: &Acl) -> S3Result<()> {
-    if users.public_access_block(bucket).block_public_acls && acl.is_public() {
+    refuse_public_acl(users.public_access_block(bucket), acl)
+}
+
+/// Refuses a public `acl` when `block`'s `BlockPublicAcls` is on (AccessDenied, as S3 answers).
+pub fn refuse_public_acl(block: ferry_store::model::PublicAccessBlock, acl: &Acl) -> S3Result<()> {
+    if block.block_public_acls && acl.is_public() {
         return Err(s3_error!(AccessDenied, "Block Public Access refuses public ACLs on this bucket"));
     }
     Ok(())
