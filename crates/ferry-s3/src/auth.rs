@@ -194,6 +194,46 @@ pub(crate) fn check_presigned_expiry(uri: &http::Uri) -> S3Result<()> {
     }
 }
 
+/// How far a SigV2 request's date may be from this region's clock, as on S3 (and as s3s allows
+/// SigV4 requests).
+const MAX_SIGV2_SKEW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Refuses a SigV2 header-signed request whose date (`x-amz-date`, else `Date`) is missing, not
+/// an HTTP date (AccessDenied), or more than 15 minutes from this region's clock
+/// (RequestTimeTooSkewed). s3s 0.14 checks neither, so a recorded SigV2 request could be
+/// replayed for ever. Checked before the signature, as S3 does.
+pub(crate) fn check_sigv2_date(headers: &http::HeaderMap) -> S3Result<()> {
+    let v2 = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("AWS "));
+    if !v2 {
+        return Ok(());
+    }
+    let date = headers.get("x-amz-date").or_else(|| headers.get(http::header::DATE)).and_then(|v| v.to_str().ok());
+    let Some(date) = date.and_then(http_date) else {
+        return Err(s3_error!(AccessDenied, "AWS authentication requires a valid Date or x-amz-date header"));
+    };
+    let now = std::time::SystemTime::now();
+    let skew = now.duration_since(date).or_else(|_| date.duration_since(now)).unwrap_or_default();
+    if skew > MAX_SIGV2_SKEW {
+        return Err(s3_error!(
+            RequestTimeTooSkewed,
+            "The difference between the request time and the current time is too large."
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP date, from 1970 on. As S3 does, a wrong day of the week is not held against it
+/// (`Tue, 07 Jul 2010 ...`, a Wednesday).
+fn http_date(text: &str) -> Option<std::time::SystemTime> {
+    if let Ok(t) = httpdate::parse_http_date(text) {
+        return Some(t);
+    }
+    let (_, rest) = text.split_once(", ")?;
+    let format = time::macros::format_description!("[day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+    let t = time::PrimitiveDateTime::parse(rest, &format).ok()?.assume_utc();
+    (t.unix_timestamp() >= 0).then(|| t.into())
+}
+
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
@@ -265,6 +305,44 @@ impl Host {
         domains.sort_by_key(|d| std::cmp::Reverse(d.len()));
         Self { domains }
     }
+
+    /// The bucket a request's host names (virtual-host style), if it names one.
+    pub(crate) fn virtual_bucket<B>(&self, req: &http::Request<B>) -> Option<String> {
+        let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().host())?;
+        self.parse_host_header(host).ok()?.bucket().map(str::to_owned)
+    }
+
+    /// What a request addresses: the bucket (and key) of its host and path.
+    pub(crate) fn path_of<B>(&self, req: &http::Request<B>) -> Option<s3s::path::S3Path> {
+        let path = req.uri().path();
+        match self.virtual_bucket(req) {
+            Some(b) => s3s::path::parse_virtual_hosted_style_with_validation(Some(&b), path, &BucketNames).ok(),
+            None => s3s::path::parse_path_style_with_validation(path, &BucketNames).ok(),
+        }
+    }
+
+    /// SigV2 signs a path-style request for a bucket's root (`PUT /bucket`: CreateBucket) with
+    /// the resource `/bucket/`: the bucket, then the empty key. botocore signs it so, and S3
+    /// accepts it; s3s 0.14 signs the path as sent, so such a request never verified. Returns
+    /// the request's URI with the path `/bucket/` (the same bucket, for s3s's routing too) when
+    /// `req` is such a request.
+    pub(crate) fn sigv2_bucket_root<B>(&self, req: &http::Request<B>) -> Option<http::Uri> {
+        let header_v2 =
+            req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("AWS "));
+        let query = req.uri().query();
+        let presigned_v2 = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("AWSAccessKeyId=")));
+        let bucket = req.uri().path().strip_prefix('/').filter(|b| !b.is_empty() && !b.contains('/'))?;
+        if !(header_v2 || presigned_v2) || self.virtual_bucket(req).is_some() {
+            return None;
+        }
+        let path = match query {
+            Some(q) => format!("/{bucket}/?{q}"),
+            None => format!("/{bucket}/"),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(path.parse().ok()?);
+        http::Uri::from_parts(parts).ok()
+    }
 }
 
 impl S3Host for Host {
@@ -299,6 +377,17 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_read_whatever_their_day_of_the_week() {
+        let at = |s: &str| http_date(s).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        assert_eq!(at("Wed, 07 Jul 2010 21:53:04 GMT"), Some(1_278_539_584));
+        assert_eq!(at("Tue, 07 Jul 2010 21:53:04 GMT"), Some(1_278_539_584));
+        assert_eq!(at("Wednesday, 07-Jul-10 21:53:04 GMT"), Some(1_278_539_584));
+        assert_eq!(at("Tue, 07 Jul 1950 21:53:04 GMT"), None);
+        assert_eq!(at("Bad Date"), None);
+        assert_eq!(at(""), None);
+    }
 
     #[test]
     fn host_parsing_keeps_path_style() {

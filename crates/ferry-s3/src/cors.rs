@@ -15,10 +15,11 @@
 //!    matches; without `Origin` or the method, 400.
 //! 4. Only requests carrying `Origin` cost a read of the bucket's rules.
 
+use std::sync::Arc;
+
 use ferry_store::Store;
 use ferry_store::model::CorsRule;
 use s3s::dto::*;
-use s3s::host::S3Host as _;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
@@ -34,7 +35,7 @@ const MAX_RULES: usize = 100;
 /// requests name their bucket.
 pub(crate) struct Cors {
     pub(crate) store: std::sync::Arc<Store>,
-    pub(crate) host: Host,
+    pub(crate) host: Arc<Host>,
 }
 
 /// A request's origin, the method it asks about, and its bucket.
@@ -126,8 +127,7 @@ fn requested_headers(headers: &http::HeaderMap) -> Vec<String> {
 impl Cors {
     /// The bucket a request names (virtual-host or path style).
     fn bucket_of<B>(&self, req: &http::Request<B>) -> Option<String> {
-        let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok());
-        if let Some(b) = host.and_then(|h| self.host.parse_host_header(h).ok()).and_then(|vh| vh.bucket().map(str::to_owned)) {
+        if let Some(b) = self.host.virtual_bucket(req) {
             return Some(b);
         }
         let path = req.uri().path().trim_start_matches('/');

@@ -124,12 +124,20 @@ pub fn tags_to_dto(tags: &[(String, String)]) -> Vec<s3s::dto::Tag> {
     tags.iter().map(|(k, v)| s3s::dto::Tag { key: Some(k.clone()), value: Some(v.clone()) }).collect()
 }
 
+/// Everything but URLs' unreserved characters.
+const RESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// URL-encodes a key or prefix for `encoding-type=url` listings (everything but unreserved
 /// characters and `/`).
 pub fn url_encode(s: &str) -> String {
-    const SET: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+    const SET: &percent_encoding::AsciiSet = &RESERVED.remove(b'/');
     percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
+/// URL-encodes a query parameter's value (everything but unreserved characters).
+pub(crate) fn query_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, RESERVED).to_string()
 }
 
 pub use ferry_store::meta::prefix_end;
@@ -191,6 +199,11 @@ macro_rules! request_attrs {
     };
 }
 pub(crate) use request_attrs;
+
+/// `s` as XML text (or an attribute value).
+pub(crate) fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
 
 #[cfg(test)]
 mod tests {

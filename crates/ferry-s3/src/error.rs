@@ -95,35 +95,6 @@ pub(crate) fn fix_body_read_errors(resp: crate::HttpResponse, signed_payload: bo
     }
 }
 
-/// The redirect s3s 0.14 answers after a successful POST object (browser form upload) carries
-/// the ETag unquoted; S3's carries it quoted, as the `ETag` header is.
-///
-/// (A form breaking a condition of its policy gets 400 InvalidPolicyDocument from s3s where S3
-/// answers 403; the answer cannot be changed here, because a form without a signature must keep
-/// its 400 and the form's fields are not visible at this point.)
-pub(crate) fn fix_post_object_answers(mut resp: crate::HttpResponse) -> crate::HttpResponse {
-    if resp.status() == http::StatusCode::SEE_OTHER {
-        let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok());
-        if let Some(fixed) = location.and_then(quote_redirect_etag)
-            && let Ok(v) = http::HeaderValue::from_str(&fixed)
-        {
-            resp.headers_mut().insert(http::header::LOCATION, v);
-        }
-    }
-    resp
-}
-
-/// `...&etag=abc` → `...&etag=%22abc%22`; `None` when there is no ETag or it is quoted already.
-fn quote_redirect_etag(location: &str) -> Option<String> {
-    let at = location.rfind("etag=")? + "etag=".len();
-    let end = location[at..].find('&').map_or(location.len(), |n| at + n);
-    let etag = &location[at..end];
-    if etag.is_empty() || etag.starts_with("%22") {
-        return None;
-    }
-    Some(format!("{}%22{etag}%22{}", &location[..at], &location[end..]))
-}
-
 /// GetObjectAttributes answers the ETag without quotes (AWS's documented form, which clients
 /// compare as is); s3s 0.14 writes every XML ETag quoted.
 pub(crate) fn unquote_attributes_etag(mut resp: crate::HttpResponse) -> crate::HttpResponse {
@@ -198,25 +169,5 @@ pub trait StoreResultExt<T> {
 impl<T> StoreResultExt<T> for Result<T, ferry_store::Error> {
     fn s3(self) -> s3s::S3Result<T> {
         self.map_err(to_s3)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_redirect_after_a_post_quotes_the_etag() {
-        let fixed = |l: &str| quote_redirect_etag(l);
-        assert_eq!(
-            fixed("http://example.com/done?bucket=b&key=k&etag=abc").as_deref(),
-            Some("http://example.com/done?bucket=b&key=k&etag=%22abc%22")
-        );
-        assert_eq!(
-            fixed("http://example.com/?etag=abc&x=1").as_deref(),
-            Some("http://example.com/?etag=%22abc%22&x=1")
-        );
-        assert_eq!(fixed("http://example.com/?etag=%22abc%22"), None);
-        assert_eq!(fixed("http://example.com/?bucket=b"), None);
     }
 }

@@ -3,8 +3,9 @@
 //! s3s parses requests, verifies SigV4 (header, presigned, streaming chunks with trailers) and
 //! serializes responses; this crate implements the semantics. One file per operation family:
 //! [`bucket`], [`put`] (PutObject, CopyObject), [`get`] (GetObject, HeadObject), [`delete`],
-//! [`list`], [`multipart`], [`tagging`] and [`acl`]; everything about replication is in the
-//! [`replication`] folder. S3 error codes for store errors are chosen in one place, [`error`].
+//! [`list`], [`multipart`], [`tagging`] and [`acl`]; browser form uploads, which Ferry reads
+//! itself so that their files stream, in [`post_object`]; everything about replication is in
+//! the [`replication`] folder. S3 error codes for store errors are chosen in one place, [`error`].
 //! s3s types stay inside this crate.
 //!
 //! Authorization: requests are signed by a configured credential, each acting as an owner
@@ -31,6 +32,7 @@ mod list;
 mod multipart;
 mod perm;
 pub mod policy;
+mod post_object;
 mod put;
 pub mod replication;
 mod tagging;
@@ -47,6 +49,7 @@ pub use crate::auth::{User, Users};
 pub use crate::bucket_access::ClientInfo;
 
 /// The S3 implementation of one region.
+#[derive(Clone)]
 pub struct FerryS3 {
     pub(crate) store: Arc<Store>,
     pub(crate) region: String,
@@ -68,10 +71,10 @@ pub struct EndpointConfig {
     pub max_clock_skew: std::time::Duration,
 }
 
-/// Largest file a POST object (browser form upload) may carry. The request router holds the
-/// file in memory before its handler runs, so the bound is that of a request's memory; larger
-/// uploads use PUT or multipart uploads.
-pub const POST_OBJECT_MAX_SIZE: u64 = 64 * 1024 * 1024;
+/// s3s's bound on the file of a browser form upload it would read into memory. Ferry streams
+/// every form posted to a bucket itself ([`post_object`]); this only bounds what s3s could
+/// still be handed if the two ever disagreed on what a form upload is.
+const S3S_POST_OBJECT_MAX_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Builds the S3 service of one region.
 #[must_use]
@@ -89,17 +92,19 @@ pub fn service(
         engine: engine.clone(),
         max_clock_skew: cfg.max_clock_skew,
     };
+    let host = Arc::new(auth::Host::new(cfg.domains.clone()));
+    let forms = Arc::new(post_object::Forms { s3: s3.clone(), host: host.clone() });
     let mut b = S3ServiceBuilder::new(s3);
     let mut limits = s3s::config::S3Config::default();
-    limits.post_object_max_file_size = POST_OBJECT_MAX_SIZE;
+    limits.post_object_max_file_size = S3S_POST_OBJECT_MAX_SIZE;
     b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(limits))));
     b.set_auth(auth::Auth { users: users.clone() });
     b.set_access(auth::Access { region: cfg.region.clone(), users: users.clone(), store: store.clone() });
     b.set_host(auth::Host::new(cfg.domains.clone()));
-    let cors = Arc::new(cors::Cors { store: store.clone(), host: auth::Host::new(cfg.domains.clone()) });
+    let cors = Arc::new(cors::Cors { store: store.clone(), host: host.clone() });
     b.set_validation(auth::BucketNames);
     b.set_route(replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine });
-    FerryService { inner: b.build(), metrics, client: None, cors }
+    FerryService { inner: b.build(), metrics, client: None, cors, forms, host }
 }
 
 /// The hyper service of one region: s3s plus Ferry's fix-ups of s3s's own answers.
@@ -110,6 +115,10 @@ pub struct FerryService {
     /// The connection's client, given to each request (bucket policy conditions).
     client: Option<ClientInfo>,
     cors: Arc<cors::Cors>,
+    /// Browser form uploads, which Ferry streams itself.
+    forms: Arc<post_object::Forms>,
+    /// The region's virtual hosts.
+    host: Arc<auth::Host>,
 }
 
 impl FerryService {
@@ -137,8 +146,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             let cors = self.cors.clone();
             return Box::pin(async move { Ok(error::finish_response(cors.preflight(&req).await, &request_id)) });
         }
+        if let Some(uri) = self.host.sigv2_bucket_root(&req) {
+            *req.uri_mut() = uri;
+        }
         let cors_asked = self.cors.asked(&req).map(|a| (self.cors.clone(), a));
-        if let Err(e) = auth::check_presigned_expiry(req.uri()) {
+        if let Err(e) = auth::check_presigned_expiry(req.uri()).and_then(|()| auth::check_sigv2_date(req.headers())) {
             let resp = e.to_http_response().map(|r| error::finish_response(r, &request_id));
             return Box::pin(async move { resp.map_err(|e| s3s::HttpError::new(Box::new(e))) });
         }
@@ -148,22 +160,20 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let method = req.method().as_str().to_owned();
-        let post_object = req.method() == http::Method::POST
-            && req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+        let form_bucket = self.forms.bucket_of(&req);
         let attributes = req.method() == http::Method::GET
             && req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "attributes" || p.starts_with("attributes=")));
         let started = std::time::Instant::now();
         let metrics = self.metrics.clone();
-        let fut = hyper::service::Service::call(&self.inner, req);
-        Box::pin(async move {
-            let mut resp = error::fix_body_read_errors(fut.await?, signed_payload);
-            if post_object {
-                resp = error::fix_post_object_answers(resp);
+        let fut: Self::Future = match form_bucket {
+            Some(bucket) => {
+                let forms = self.forms.clone();
+                Box::pin(async move { Ok(forms.upload(req, bucket).await) })
             }
+            None => Box::pin(hyper::service::Service::call(&self.inner, req)),
+        };
+        Box::pin(async move {
+            let resp = error::fix_body_read_errors(fut.await?, signed_payload);
             let mut resp = error::finish_response(resp, &request_id);
             if attributes {
                 resp = error::unquote_attributes_etag(resp);

@@ -23,6 +23,7 @@ mod s3_listing;
 mod s3_multipart;
 mod s3_objects;
 mod s3_policy;
+mod s3_post;
 mod s3_versioning;
 mod scale_out;
 mod trust;

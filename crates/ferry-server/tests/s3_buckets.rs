@@ -192,3 +192,45 @@ async fn bucket_acl_controls_other_users() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+/// SigV2 (botocore's `s3` signature version, and older tools) signs a path-style request for a
+/// bucket's root, `PUT /bucket` (CreateBucket) among them, with the resource `/bucket/`, as S3
+/// verifies it. Such requests were all refused with SignatureDoesNotMatch. And a SigV2 request
+/// is held to its date, as a SigV4 one is: one dated more than 15 minutes away is refused.
+#[tokio::test]
+async fn sigv2_requests_for_a_bucket_root_verify() {
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let s = TestServer::start().await;
+    let b = bucket_name("sigvtwo");
+    let format =
+        time::macros::format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+    let now = time::OffsetDateTime::now_utc();
+    let request_at = |date: &str, method: &str, resource: &str| {
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(MAIN_SK.as_bytes()).unwrap();
+        mac.update(format!("{method}\n\n\n{date}\n{resource}").as_bytes());
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        format!(
+            "{method} /{b} HTTP/1.1\r\nHost: 127.0.0.1\r\nDate: {date}\r\nAuthorization: AWS {MAIN_AK}:{signature}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let date = now.format(&format).unwrap();
+    let request = |method: &str, resource: &str| request_at(&date, method, resource);
+    // Signed well, but dated an hour ago (a recorded request, replayed), or not dated at all.
+    let old = (now - time::Duration::hours(1)).format(&format).unwrap();
+    let r = raw_http(s.addr, request_at(&old, "PUT", &format!("/{b}/")).as_bytes()).await;
+    assert_eq!((r.status, r.code()), (403, Some("RequestTimeTooSkewed")), "{}", r.body);
+    let r = raw_http(s.addr, request_at("yesterday", "PUT", &format!("/{b}/")).as_bytes()).await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
+    // Signed for another bucket: still refused.
+    let r = raw_http(s.addr, request("PUT", "/other/").as_bytes()).await;
+    assert_eq!((r.status, r.code()), (403, Some("SignatureDoesNotMatch")), "{}", r.body);
+    for (method, want) in [("PUT", 200), ("GET", 200), ("DELETE", 204)] {
+        let r = raw_http(s.addr, request(method, &format!("/{b}/")).as_bytes()).await;
+        assert_eq!(r.status, want, "{method}: {}", r.body);
+        if method == "PUT" {
+            s.client().head_bucket().bucket(&b).send().await.expect("the bucket was created");
+        }
+    }
+}

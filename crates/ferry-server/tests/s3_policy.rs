@@ -703,3 +703,46 @@ async fn a_percent_encoded_version_id_does_not_slip_past_a_deny() {
         .collect();
     assert_eq!(left, vec![kept]);
 }
+
+/// A browser form upload (POST object) is judged as the PutObject of its key that it is: by the
+/// bucket policy on `s3:PutObject` of that object, for the principal that signed the form.
+#[tokio::test]
+async fn a_browser_form_upload_is_judged_by_the_bucket_policy() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("polpost");
+    create_bucket(&c, &b).await;
+    let alt = account_of(ALT_AK);
+    put_policy(
+        &c,
+        &b,
+        &format!(
+            r#"{{"Version": "2012-10-17", "Statement": [
+                {{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/locked/*"}},
+                {{"Effect": "Allow", "Principal": {{"AWS": "{alt}"}}, "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/shared/*"}}]}}"#
+        ),
+    )
+    .await;
+    let form = |key: &str, ak: &str, sk: &str| {
+        PostForm::new(key, b"form body").signed(
+            ak,
+            sk,
+            &s.region,
+            &[&format!(r#"{{"bucket": "{b}"}}"#), r#"["starts-with", "$key", ""]"#],
+        )
+    };
+    // The owner's own upload, under a Deny of everyone.
+    let r = form("locked/a", MAIN_AK, MAIN_SK).post(s.addr, &b).await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
+    let r = form("open/a", MAIN_AK, MAIN_SK).post(s.addr, &b).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // Another account: granted where the policy allows it, and nowhere else.
+    let r = form("shared/a", ALT_AK, ALT_SK).post(s.addr, &b).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = form("open/b", ALT_AK, ALT_SK).post(s.addr, &b).await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
+    let e = c.head_object().bucket(&b).key("locked/a").send().await.unwrap_err();
+    assert_eq!(code(&e), "NotFound");
+    // The writer owns what it uploaded, as with a PutObject.
+    assert_eq!(get_bytes(&s.alt_client(), &b, "shared/a").await, b"form body");
+}

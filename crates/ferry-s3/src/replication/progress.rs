@@ -3,9 +3,7 @@
 pub use ferry_core::time::rfc3339_us;
 pub use ferry_store::replication::progress::{BucketProgress, RuleProgress, bucket_progress};
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use crate::dto::xml_escape;
 
 /// The `GET /BUCKET?replicationProgress` answer, in the shape of Alibaba OSS's
 /// GetBucketReplicationProgress, with Ferry's figures as extra elements.

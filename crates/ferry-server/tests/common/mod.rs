@@ -7,6 +7,7 @@
 mod client;
 mod disk;
 mod moto;
+mod post_form;
 mod process;
 mod proxy;
 mod raw_http;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use client::*;
 pub use disk::*;
 pub use moto::*;
+pub use post_form::*;
 pub use process::*;
 pub use proxy::*;
 pub use raw_http::*;
