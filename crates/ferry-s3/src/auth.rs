@@ -277,6 +277,7 @@ impl S3Access for Access {
             client,
             listed_prefix: None,
             request_tags: None,
+            form_signature: None,
         };
         let grants = crate::bucket_access::check(&self.store, &self.users, &asked).await?;
         grants.record(cx.extensions_mut());
@@ -308,7 +309,12 @@ impl Host {
 
     /// The bucket a request's host names (virtual-host style), if it names one.
     pub(crate) fn virtual_bucket<B>(&self, req: &http::Request<B>) -> Option<String> {
-        let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().host())?;
+        self.virtual_bucket_of(req.headers(), req.uri())
+    }
+
+    /// [`Self::virtual_bucket`] of a request's headers and URI.
+    pub(crate) fn virtual_bucket_of(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Option<String> {
+        let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.host())?;
         self.parse_host_header(host).ok()?.bucket().map(str::to_owned)
     }
 

@@ -130,6 +130,9 @@ pub(crate) struct Asked<'a> {
     /// The tags a request sets in its body (PutObjectTagging): its `s3:RequestObjectTag/<key>`
     /// (for a PutObject, they come from `x-amz-tagging`).
     pub request_tags: Option<&'a [(String, String)]>,
+    /// A browser form upload's signature version (`AWS` or `AWS4-HMAC-SHA256`): its
+    /// `s3:authType` is `POST`, whatever its URL or headers say.
+    pub form_signature: Option<&'static str>,
 }
 
 /// The decision of the bucket's policy (and Block Public Access) on a request: `Err` when it
@@ -235,6 +238,7 @@ pub(crate) fn asked_of<'a, T>(
         client: req.extensions.get::<ClientInfo>().copied(),
         listed_prefix: None,
         request_tags: None,
+        form_signature: None,
     }
 }
 
@@ -439,7 +443,10 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
         c.add(&format!("s3:RequestObjectTag/{k}"), v);
     }
     let presigned = query.get("X-Amz-Signature").is_some();
-    if signed {
+    if let Some(version) = asked.form_signature {
+        c.add("s3:authType", "POST");
+        c.add("s3:signatureversion", version);
+    } else if signed {
         c.add("s3:authType", if presigned { "REST-QUERY-STRING" } else { "REST-HEADER" });
         let v2 = header("authorization").is_some_and(|a| a.starts_with("AWS ")) || query.get("Signature").is_some();
         c.add("s3:signatureversion", if v2 { "AWS" } else { "AWS4-HMAC-SHA256" });

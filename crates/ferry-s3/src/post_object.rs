@@ -5,13 +5,18 @@
 //!
 //! Invariants:
 //! - Memory stays bounded whatever the file's size. The fields before the file are read into at
-//!   most [`FIELDS_MAX`] bytes, the file streams into the store, and the fields after the file
-//!   are never read (S3 ignores them too).
+//!   most [`FIELDS_MAX`] bytes, and no more than [`PREAMBLE_MAX`] bytes of body come before the
+//!   file's part (the parser buffers what it has not parsed). The file streams into the store;
+//!   the fields after it are never read (S3 ignores them too).
 //! - No byte of the file is read before the whole form is judged: its signature, then its policy
 //!   (expiration, every condition but the length, and every field that no condition names),
 //!   then the upload's access check. The access check is the one a PutObject of the key by the
 //!   same principal gets: the bucket policy and Block Public Access on `s3:PutObject` of the
-//!   object, then the bucket's ACL.
+//!   object (with `s3:authType` `POST`), then the bucket's ACL.
+//! - What the policy judges is what is stored: a field becomes a request header of the
+//!   PutObject only if it is one ([`HEADER_FIELDS`]), `acl` and `tagging` become the headers
+//!   their values are stored from, and fields that would say otherwise (`x-amz-acl`,
+//!   `x-amz-tagging`) are refused. `Referer` and `User-Agent` are the request's own.
 //! - The policy's `content-length-range` is enforced while the file streams; a file outside it
 //!   is not stored.
 //! - A form cannot carry Ferry's replication headers (`x-ferry-*` fields are refused), and a
@@ -23,6 +28,7 @@
 //! the policy does not name gets 403.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -38,8 +44,37 @@ use crate::auth::Host;
 /// a policy document to 20 KB; the rest is metadata (2 KB) and a few short fields.
 pub(crate) const FIELDS_MAX: usize = 256 * 1024;
 
+/// The most bytes of the body read before the file's part begins: the fields, the parts'
+/// headers and boundaries, and whatever else a sender puts there (a body without boundaries,
+/// endless part headers). One more read of the connection may come on top.
+const PREAMBLE_MAX: usize = FIELDS_MAX + 768 * 1024;
+
 /// Fields that say how the form is signed; no policy condition needs to name them.
 const SIGNING_FIELDS: &[&str] = &["policy", "signature", "awsaccesskeyid", "x-amz-signature", "file"];
+
+/// Fields that are request headers of the upload's PutObject, under the same name or a prefix
+/// (`acl` is `x-amz-acl`, `tagging` is `x-amz-tagging`, both handled apart). No other field
+/// becomes a header: what the policy judges is what is stored.
+const HEADER_FIELDS: &[&str] = &[
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-md5",
+    "content-type",
+    "expires",
+    "x-amz-expected-bucket-owner",
+    "x-amz-sdk-checksum-algorithm",
+    "x-amz-storage-class",
+    "x-amz-website-redirect-location",
+];
+const HEADER_FIELD_PREFIXES: &[&str] =
+    &["x-amz-meta-", "x-amz-grant-", "x-amz-checksum-", "x-amz-server-side-encryption", "x-amz-object-lock-"];
+
+/// Headers of the request itself that policies read (`aws:Referer`, `aws:UserAgent`) or that
+/// say how its body is framed; never taken from fields.
+const REQUEST_HEADERS: &[http::HeaderName] =
+    &[http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING, http::header::REFERER, http::header::USER_AGENT];
 
 /// What serves browser forms: the region's S3 implementation and its virtual hosts.
 pub(crate) struct Forms {
@@ -51,6 +86,21 @@ pub(crate) struct Forms {
 struct Form {
     fields: BTreeMap<String, String>,
     file: multer::Field<'static>,
+}
+
+/// Who signed a form, and how.
+struct Signer {
+    user: crate::User,
+    /// `s3:signatureversion`: `AWS` (SigV2) or `AWS4-HMAC-SHA256`.
+    version: &'static str,
+}
+
+/// How far the body has been read before the file's part: read by the body's bound
+/// ([`bounded_preamble`]), set by [`read_form`].
+#[derive(Default)]
+struct Preamble {
+    file_reached: AtomicBool,
+    too_long: AtomicBool,
 }
 
 impl Form {
@@ -95,22 +145,28 @@ impl Forms {
         let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let boundary = multer::parse_boundary(content_type)
             .map_err(|_| s3_error!(MalformedPOSTRequest, "The multipart/form-data Content-Type has no boundary"))?;
-        let form = read_form(multer::Multipart::new(s3s::Body::from(body), boundary)).await?;
+        let preamble = Arc::new(Preamble::default());
+        let body = bounded_preamble(s3s::Body::from(body), preamble.clone());
+        let form = read_form(multer::Multipart::new(body, boundary), &preamble).await?;
         let key = object_key(&form)?;
-        let user = self.authenticate(&form)?;
-        let range = match &user {
+        let signer = self.authenticate(&form)?;
+        let range = match &signer {
             Some(_) => check_policy(&form, &bucket, &key)?,
             None => None,
         };
         let headers = request_headers(&form, &parts.headers)?;
+        let form_signature = signer.as_ref().map(|s| s.version);
+        let location = self.object_url(&parts, &bucket, &key);
         let mut req = S3Request {
             input: put_input(&form, bucket.clone(), key.clone())?,
             method: http::Method::PUT,
             uri: parts.uri,
             headers,
             extensions: http::Extensions::new(),
-            credentials: user
-                .map(|u| s3s::auth::Credentials { access_key: u.access_key.clone(), secret_key: u.secret_key.clone().into() }),
+            credentials: signer.map(|s| s3s::auth::Credentials {
+                access_key: s.user.access_key.clone(),
+                secret_key: s.user.secret_key.clone().into(),
+            }),
             region: s3s::region::Region::new(self.s3.region.clone().into()).ok(),
             service: Some("s3".to_owned()),
             trailing_headers: None,
@@ -118,7 +174,7 @@ impl Forms {
         if let Some(client) = parts.extensions.get::<crate::ClientInfo>() {
             req.extensions.insert(*client);
         }
-        self.check_access(&mut req).await?;
+        self.check_access(&mut req, form_signature).await?;
         let answer = Answer::of(&form)?;
         let violation = Arc::new(Mutex::new(None));
         req.input.body = Some(StreamingBlob::wrap(file_stream(form.file, range, violation.clone())));
@@ -126,18 +182,41 @@ impl Forms {
             Ok(out) => out.output,
             Err(e) => return Err(violation.lock().map(|mut v| v.take()).ok().flatten().unwrap_or(e)),
         };
-        answer.response(&bucket, &key, &out)
+        answer.response(&bucket, &key, &location, &out)
     }
 
-    /// The account that signed the form (`None`: an anonymous upload), its signature checked.
-    fn authenticate(&self, form: &Form) -> S3Result<Option<crate::User>> {
+    /// The URL of `key` in `bucket` as the form's request addressed the bucket.
+    fn object_url(&self, parts: &http::request::Parts, bucket: &str, key: &str) -> String {
+        let scheme = match parts.extensions.get::<crate::ClientInfo>() {
+            Some(c) if c.secure => "https",
+            _ => "http",
+        };
+        let host = parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| parts.uri.host());
+        let base = host.map(|h| format!("{scheme}://{h}")).unwrap_or_default();
+        let key = crate::dto::url_encode(key);
+        if self.host.virtual_bucket_of(&parts.headers, &parts.uri).is_some() {
+            format!("{base}/{key}")
+        } else {
+            format!("{base}/{bucket}/{key}")
+        }
+    }
+
+    /// Who signed the form (`None`: an anonymous upload), its signature checked.
+    fn authenticate(&self, form: &Form) -> S3Result<Option<Signer>> {
         let policy = form.get("policy");
-        let (user, verified) = match (form.get("x-amz-signature"), form.get("signature"), policy) {
-            (Some(signature), _, Some(policy)) => self.verify_v4(form, signature, policy)?,
+        let (user, verified, version) = match (form.get("x-amz-signature"), form.get("signature"), policy) {
+            (Some(signature), _, Some(policy)) => {
+                let (user, verified) = self.verify_v4(form, signature, policy)?;
+                (user, verified, "AWS4-HMAC-SHA256")
+            }
             (None, Some(signature), Some(policy)) => {
-                let user = self.account(form.get("awsaccesskeyid").unwrap_or(""))?;
+                let user = self.user(form.get("awsaccesskeyid").unwrap_or(""))?;
                 let signature = base64::engine::general_purpose::STANDARD.decode(signature).unwrap_or_default();
-                (user, verify::<hmac::Hmac<sha1::Sha1>>(user.secret_key.as_bytes(), policy, &signature))
+                (
+                    user,
+                    verify::<hmac::Hmac<sha1::Sha1>>(user.secret_key.as_bytes(), policy, &signature),
+                    "AWS",
+                )
             }
             (Some(_), _, None) | (None, Some(_), None) => {
                 return Err(s3_error!(
@@ -158,10 +237,15 @@ impl Forms {
                 "The request signature we calculated does not match the signature you provided"
             ));
         }
-        Ok(Some(user.clone()))
+        // Replication credentials are not accounts, and write replicas only with header
+        // authentication. (Said only to whoever holds the credential's secret.)
+        if user.replication {
+            return Err(s3_error!(AccessDenied, "A replication credential may only write replicas"));
+        }
+        Ok(Some(Signer { user: user.clone(), version }))
     }
 
-    /// The account of a SigV4-signed form, and whether `signature` is its signature of
+    /// The credential of a SigV4-signed form, and whether `signature` is its signature of
     /// `policy`.
     fn verify_v4(&self, form: &Form, signature: &str, policy: &str) -> S3Result<(&crate::User, bool)> {
         if form.get("x-amz-algorithm") != Some("AWS4-HMAC-SHA256") {
@@ -185,7 +269,7 @@ impl Forms {
                 self.s3.region
             ));
         }
-        let user = self.account(access_key)?;
+        let user = self.user(access_key)?;
         let day = time::Date::parse(date, time::macros::format_description!("[year][month][day]"))
             .map_err(|_| s3_error!(InvalidArgument, "x-amz-credential's date is not YYYYMMDD"))?;
         let key = aws_sigv4::sign::v4::generate_signing_key(&user.secret_key, day.midnight().assume_utc().into(), region, "s3");
@@ -193,23 +277,21 @@ impl Forms {
         Ok((user, verify::<hmac::Hmac<sha2::Sha256>>(key.as_ref(), policy, &signature)))
     }
 
-    /// The account of an access key. Replication credentials are not accounts, and write
-    /// replicas only with header authentication.
-    fn account(&self, access_key: &str) -> S3Result<&crate::User> {
-        match self.s3.users.get(access_key) {
-            Some(u) if u.replication => Err(s3_error!(AccessDenied, "A replication credential may only write replicas")),
-            Some(u) => Ok(u),
-            None => Err(s3_error!(
-                InvalidAccessKeyId,
-                "The AWS Access Key Id you provided does not exist in our records."
-            )),
-        }
+    /// The credential of an access key.
+    fn user(&self, access_key: &str) -> S3Result<&crate::User> {
+        self.s3
+            .users
+            .get(access_key)
+            .ok_or_else(|| s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records."))
     }
 
     /// The access check of a PutObject of the form's key (what s3s runs before an operation).
-    async fn check_access(&self, req: &mut S3Request<PutObjectInput>) -> S3Result<()> {
+    async fn check_access(&self, req: &mut S3Request<PutObjectInput>, form_signature: Option<&'static str>) -> S3Result<()> {
         crate::replication::replica::check_request(false, "PutObject", &req.method, &req.uri, &req.headers)?;
-        let asked = crate::bucket_access::asked_of(req, "PutObject", &req.input.bucket, Some(&req.input.key), None);
+        let asked = crate::bucket_access::Asked {
+            form_signature,
+            ..crate::bucket_access::asked_of(req, "PutObject", &req.input.bucket, Some(&req.input.key), None)
+        };
         let grants = crate::bucket_access::check(&self.s3.store, &self.s3.users, &asked).await?;
         grants.record(&mut req.extensions);
         Ok(())
@@ -223,9 +305,38 @@ fn verify<M: hmac::Mac + hmac::KeyInit>(key: &[u8], policy: &str, signature: &[u
     mac.verify_slice(signature).is_ok()
 }
 
+/// `body`, failing once more than [`PREAMBLE_MAX`] bytes come before the file's part begins
+/// (multer buffers what it has not parsed without bound).
+fn bounded_preamble(
+    body: s3s::Body,
+    preamble: Arc<Preamble>,
+) -> impl futures::Stream<Item = Result<Bytes, s3s::StdError>> + Send + 'static {
+    let mut seen = 0usize;
+    futures::StreamExt::map(body, move |chunk| {
+        let chunk = chunk?;
+        if !preamble.file_reached.load(Ordering::Acquire) {
+            if seen > PREAMBLE_MAX {
+                preamble.too_long.store(true, Ordering::Release);
+                return Err("the fields before the file are too large".into());
+            }
+            seen = seen.saturating_add(chunk.len());
+        }
+        Ok(chunk)
+    })
+}
+
 /// Reads the fields up to the file.
-async fn read_form(mut multipart: multer::Multipart<'static>) -> S3Result<Form> {
+async fn read_form(mut multipart: multer::Multipart<'static>, preamble: &Preamble) -> S3Result<Form> {
+    let too_large = || {
+        s3_error!(
+            MaxPostPreDataLengthExceededError,
+            "Your POST request fields preceding the upload file were too large."
+        )
+    };
     let malformed = |e: multer::Error| {
+        if preamble.too_long.load(Ordering::Acquire) {
+            return too_large();
+        }
         s3_error!(
             MalformedPOSTRequest,
             "The body of your POST request is not well-formed multipart/form-data: {e}"
@@ -242,6 +353,7 @@ async fn read_form(mut multipart: multer::Multipart<'static>) -> S3Result<Form> 
         };
         let name = field.name().unwrap_or("").to_ascii_lowercase();
         if name == "file" {
+            preamble.file_reached.store(true, Ordering::Release);
             return Ok(Form { fields, file: field });
         }
         size += name.len();
@@ -249,10 +361,7 @@ async fn read_form(mut multipart: multer::Multipart<'static>) -> S3Result<Form> 
         while let Some(chunk) = field.chunk().await.map_err(malformed)? {
             size += chunk.len();
             if size > FIELDS_MAX {
-                return Err(s3_error!(
-                    MaxPostPreDataLengthExceededError,
-                    "Your POST request fields preceding the upload file were too large."
-                ));
+                return Err(too_large());
             }
             value.extend_from_slice(&chunk);
         }
@@ -267,7 +376,10 @@ async fn read_form(mut multipart: multer::Multipart<'static>) -> S3Result<Form> 
 /// name.
 fn object_key(form: &Form) -> S3Result<String> {
     let key = form.get("key").ok_or_else(|| s3_error!(InvalidArgument, "Bucket POST must contain a field named 'key'."))?;
-    let key = key.replace("${filename}", form.file.file_name().unwrap_or(""));
+    // The file's name without the folders some browsers send with it.
+    let file_name = form.file.file_name().unwrap_or("");
+    let file_name = file_name.rsplit(['/', '\\']).next().unwrap_or(file_name);
+    let key = key.replace("${filename}", file_name);
     crate::dto::check_key(&key)?;
     Ok(key)
 }
@@ -310,7 +422,10 @@ fn check_policy(form: &Form, bucket: &str, key: &str) -> S3Result<Option<(u64, u
                     return Err(failed(format!("[\"starts-with\", \"${field}\", \"{prefix}\"]")));
                 }
             }
-            PostPolicyCondition::ContentLengthRange { min, max } => range = Some((*min, *max)),
+            PostPolicyCondition::ContentLengthRange { min, max } => {
+                let (lo, hi) = range.unwrap_or((0, u64::MAX));
+                range = Some((lo.max(*min), hi.min(*max)));
+            }
         }
     }
     let named = |name: &str| {
@@ -327,25 +442,39 @@ fn check_policy(form: &Form, bucket: &str, key: &str) -> S3Result<Option<(u64, u
     Ok(range)
 }
 
-/// The headers the upload's PutObject is judged and stored with: the form's fields that are
-/// request headers in a PutObject (`acl` as `x-amz-acl`, `tagging` as `x-amz-tagging`), and
-/// how the request's body is framed.
+/// The headers the upload's PutObject is judged and stored with: the fields that are its
+/// request headers ([`HEADER_FIELDS`]; `acl` as `x-amz-acl`, `tagging` as `x-amz-tagging`), and
+/// the request's own [`REQUEST_HEADERS`]. A field that would say something else to the policy
+/// than to the store (`x-amz-acl`, `x-amz-tagging`) is refused, and so are Ferry's replication
+/// headers.
 fn request_headers(form: &Form, sent: &http::HeaderMap) -> S3Result<http::HeaderMap> {
     let mut headers = http::HeaderMap::new();
-    for h in [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING] {
-        if let Some(v) = sent.get(&h) {
+    for h in REQUEST_HEADERS {
+        if let Some(v) = sent.get(h) {
             headers.insert(h, v.clone());
         }
     }
     for (name, value) in &form.fields {
         let name = match name.as_str() {
             "acl" => "x-amz-acl",
-            "tagging" => continue,
-            n if SIGNING_FIELDS.contains(&n) || n.starts_with("x-amz-credential") || n == "key" => continue,
-            n => n,
+            "x-amz-acl" | "x-amz-tagging" => {
+                let field = name.trim_start_matches("x-amz-");
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "A form gives its {field} in the field '{field}', not '{name}'"
+                ));
+            }
+            n if n.starts_with("x-ferry-") => {
+                return Err(s3_error!(
+                    AccessDenied,
+                    "x-ferry-* fields are accepted only from a replication credential"
+                ));
+            }
+            n if HEADER_FIELDS.contains(&n) || HEADER_FIELD_PREFIXES.iter().any(|p| n.starts_with(p)) => n,
+            _ => continue,
         };
         let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name), http::HeaderValue::try_from(value.as_str())) else {
-            continue;
+            return Err(s3_error!(InvalidArgument, "The form field {name} is not a valid header value"));
         };
         headers.insert(name, value);
     }
@@ -483,10 +612,10 @@ impl Answer {
         }))
     }
 
-    fn response(self, bucket: &str, key: &str, out: &PutObjectOutput) -> S3Result<crate::HttpResponse> {
+    /// The answer for `key` stored in `bucket` at the URL `location`.
+    fn response(self, bucket: &str, key: &str, location: &str, out: &PutObjectOutput) -> S3Result<crate::HttpResponse> {
         let etag = out.e_tag.as_ref().map(|e| e.value().to_owned()).unwrap_or_default();
         let enc = crate::dto::query_encode;
-        let location = format!("/{bucket}/{}", crate::dto::url_encode(key));
         let (status, body, extra) = match self {
             Self::Redirect(url) => {
                 let sep = if url.contains('?') { '&' } else { '?' };
@@ -498,7 +627,7 @@ impl Answer {
                 let body = format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<PostResponse><Location>{}</Location><Bucket>{}</Bucket>\
                      <Key>{}</Key><ETag>\"{}\"</ETag></PostResponse>",
-                    x(&location),
+                    x(location),
                     x(bucket),
                     x(key),
                     x(&etag)
@@ -510,7 +639,7 @@ impl Answer {
         let mut resp = http::Response::builder()
             .status(status)
             .header(http::header::ETAG, format!("\"{etag}\""))
-            .header(http::header::LOCATION, extra.as_deref().unwrap_or(&location));
+            .header(http::header::LOCATION, extra.as_deref().unwrap_or(location));
         if let Some(v) = &out.version_id {
             resp = resp.header("x-amz-version-id", v);
         }

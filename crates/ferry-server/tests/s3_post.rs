@@ -113,10 +113,14 @@ async fn a_form_upload_stores_what_its_fields_say_and_answers_as_asked() {
         .field("success_action_status", "201")
         // SHA-256 of "hello form", base64.
         .field("x-amz-checksum-sha256", "1cfPq3OuvelZzOKMaXGe6Tf0/JPsZ6TGMNDN+ztN6KU=");
-    form.file_name = "cat.txt".into();
+    // Some browsers send the file's path; only its name counts.
+    form.file_name = "C:\\Users\\me\\cat.txt".into();
     let r = signed(form, &s, &conditions).post(s.addr, &b).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(r.body.contains("<Key>photos/cat.txt</Key>"), "{}", r.body);
+    let url = format!("http://127.0.0.1/{b}/photos/cat.txt");
+    assert!(r.body.contains(&format!("<Location>{url}</Location>")), "{}", r.body);
+    assert_eq!(r.header("location"), Some(url.as_str()));
     assert!(r.body.contains(&format!("<ETag>\"{}\"</ETag>", md5_hex(b"hello form"))), "{}", r.body);
     let got = c.get_object().bucket(&b).key("photos/cat.txt").send().await.unwrap();
     assert_eq!(got.content_type(), Some("text/plain"));
@@ -206,6 +210,33 @@ async fn a_form_upload_is_refused_what_its_policy_does_not_allow() {
             403,
             "AccessDenied",
         ),
+        // Which keys are replication credentials is not told to whoever lacks the secret.
+        (
+            "a replication credential's key without its secret",
+            PostForm::new("k", b"x").signed(REPL_AK, "guess", &s.region, &["[\"starts-with\", \"$key\", \"\"]", &open[0]]),
+            403,
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "an x-amz-acl field (the ACL field is acl)",
+            signed(
+                PostForm::new("k", b"x").field("x-amz-acl", "public-read"),
+                &s,
+                &[open[0].clone(), open[1].clone(), r#"{"x-amz-acl": "public-read"}"#.into()],
+            ),
+            400,
+            "InvalidArgument",
+        ),
+        (
+            "an x-amz-tagging field (the tags field is tagging)",
+            signed(
+                PostForm::new("k", b"x").field("x-amz-tagging", "a=b"),
+                &s,
+                &[open[0].clone(), open[1].clone(), r#"{"x-amz-tagging": "a=b"}"#.into()],
+            ),
+            400,
+            "InvalidArgument",
+        ),
         (
             "a policy without a signature",
             PostForm::new("k", b"x").field("policy", "e30="),
@@ -219,4 +250,91 @@ async fn a_form_upload_is_refused_what_its_policy_does_not_allow() {
     }
     let e = c.head_object().bucket(&b).key("k").send().await.unwrap_err();
     assert_eq!(code(&e), "NotFound");
+}
+
+/// Anything but a well-formed form ends before the server has read much of it: a body without
+/// its boundary, and a part whose headers never end, are refused while most of their declared
+/// body is still owed (the parser would otherwise buffer all of it, before any check).
+#[tokio::test]
+async fn a_form_that_never_reaches_its_file_is_cut_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let b = bucket_name("postcut");
+    create_bucket(&s.client(), &b).await;
+    for (what, start) in
+        [("no boundary", ""), ("endless part headers", "--cut\r\nContent-Disposition: form-data; name=\"key\"\r\nX-Pad: ")]
+    {
+        let declared = 256 * 1024 * 1024;
+        let request = format!(
+            "POST /{b} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=cut\r\n\
+             Content-Length: {declared}\r\nConnection: close\r\n\r\n{start}"
+        );
+        let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let filler = vec![b'x'; 1 << 20];
+        // Four times the bound; a refused request may stop reading before all of it is sent.
+        for _ in 0..4 {
+            if stream.write_all(&filler).await.is_err() {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{what}: no answer while the body is still owed: it is being buffered");
+        let r = RawResponse::parse_bytes(&answer);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, Some("MaxPostPreDataLengthExceededError")),
+            "{what}: {}",
+            r.body
+        );
+    }
+}
+
+/// A bucket policy sees a form upload as what it is: `s3:authType` POST with its signature
+/// version, the browser's own `Referer`, and `s3:x-amz-acl` from the ACL actually stored.
+#[tokio::test]
+async fn a_form_upload_is_judged_on_what_it_is() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("postctx");
+    create_bucket(&c, &b).await;
+    let alt = account_of(ALT_AK);
+    let policy = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [
+            {{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/no-forms/*",
+              "Condition": {{"StringEquals": {{"s3:authType": "POST"}}}}}},
+            {{"Effect": "Allow", "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/from-app/*",
+              "Condition": {{"StringLike": {{"aws:Referer": "https://app.example/*"}}}}}},
+            {{"Effect": "Allow", "Principal": {{"AWS": "{alt}"}}, "Action": "s3:PutObject", "Resource": "arn:aws:s3:::{b}/drop/*",
+              "Condition": {{"StringEquals": {{"s3:x-amz-acl": "bucket-owner-full-control"}}}}}}]}}"#
+    );
+    c.put_bucket_policy().bucket(&b).policy(policy).send().await.unwrap();
+    let open = open_conditions(&b);
+    let r = signed(PostForm::new("no-forms/a", b"x"), &s, &open).post(s.addr, &b).await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
+    put(&c, &b, "no-forms/b", b"a PUT is not a form").await;
+
+    // An anonymous form from the page the policy names, and from elsewhere.
+    let (boundary, body) = PostForm::new("from-app/a", b"from the app").body();
+    for (referer, want) in [("https://app.example/upload", 204), ("https://evil.example/", 403)] {
+        let mut request = format!(
+            "POST /{b} HTTP/1.1\r\nHost: 127.0.0.1\r\nReferer: {referer}\r\n\
+             Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let r = raw_http(s.addr, &request).await;
+        assert_eq!(r.status, want, "{referer}: {}", r.body);
+    }
+
+    // The ACL the policy asks for is the one stored: the bucket owner can read what alt dropped.
+    let conditions = [open[0].as_str(), open[1].as_str(), r#"{"acl": "bucket-owner-full-control"}"#];
+    let form = PostForm::new("drop/a", b"dropped").field("acl", "bucket-owner-full-control");
+    let r = form.signed(ALT_AK, ALT_SK, &s.region, &conditions).post(s.addr, &b).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(get_bytes(&c, &b, "drop/a").await, b"dropped");
+    let r = PostForm::new("drop/b", b"x").signed(ALT_AK, ALT_SK, &s.region, &[&open[0], &open[1]]).post(s.addr, &b).await;
+    assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{}", r.body);
 }
