@@ -518,7 +518,9 @@ impl FerryS3 {
     ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
         let b = self.bucket_for(&req, &req.input.bucket, Perm::Owner).await?;
         let text = req.input.policy;
-        let parsed = Policy::parse(&text, &b.name).map_err(|m| s3_error!(MalformedPolicy, "{m}"))?;
+        let parsed = Policy::parse(&text, &b.name)
+            .and_then(|p| Policy::check_supported(&text).map(|()| p))
+            .map_err(|m| s3_error!(MalformedPolicy, "{m}"))?;
         if self.users.public_access_block(&b).block_public_policy && parsed.is_public() {
             return Err(s3_error!(
                 AccessDenied,

@@ -182,6 +182,35 @@ impl Policy {
         Ok(Policy { statements })
     }
 
+    /// Refuses what [`Policy::parse`] reads but Ferry does not evaluate as S3 would: policy
+    /// variables (`${aws:username}`) in a `2012-10-17` policy's resources and conditions, which
+    /// would otherwise be matched as the literal text. Checked when a policy is put (a policy
+    /// stored before keeps its meaning).
+    ///
+    /// # Errors
+    /// The variable found, as the message of a MalformedPolicy answer.
+    pub fn check_supported(text: &str) -> Result<(), String> {
+        let Ok(Json::Object(top)) = serde_json::from_str::<Json>(text) else { return Ok(()) };
+        if top.get("Version").and_then(Json::as_str) != Some("2012-10-17") {
+            return Ok(());
+        }
+        let statements = match top.get("Statement") {
+            Some(Json::Array(items)) => items.iter().collect(),
+            Some(one) => vec![one],
+            None => Vec::new(),
+        };
+        for s in statements {
+            for field in ["Resource", "NotResource", "Condition"] {
+                if let Some(found) = s.get(field).and_then(variable_in) {
+                    return Err(format!(
+                        "Policy variables are not supported: {found} in {field} (Ferry would match it as written)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What the policy says about `req`.
     #[must_use]
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
@@ -393,4 +422,14 @@ fn wildcard(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The first string in `value` that holds a policy variable (`${...}`).
+fn variable_in(value: &Json) -> Option<&str> {
+    match value {
+        Json::String(s) if s.contains("${") => Some(s),
+        Json::Array(items) => items.iter().find_map(variable_in),
+        Json::Object(map) => map.values().find_map(variable_in),
+        _ => None,
+    }
 }

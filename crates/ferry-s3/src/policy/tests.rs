@@ -486,3 +486,22 @@ fn every_operation_with_an_action_names_a_known_one() {
     assert_eq!(of_operation("CreateBucket", false), None);
     assert_eq!(of_operation("DeleteObjects", false), None);
 }
+
+#[test]
+fn policy_variables_are_refused_where_they_would_mean_something() {
+    let doc = |version: &str, resource: &str, condition: &str| {
+        format!(
+            r#"{{"Version": "{version}", "Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                "Resource": "{resource}"{condition}}}]}}"#
+        )
+    };
+    let home = "arn:aws:s3:::b/home/${aws:username}/*";
+    let err = Policy::check_supported(&doc("2012-10-17", home, "")).unwrap_err();
+    assert!(err.contains("${aws:username}") && err.contains("Resource"), "{err}");
+    let cond = r#", "Condition": {"StringLike": {"s3:prefix": ["home/${aws:userid}/*"]}}"#;
+    let err = Policy::check_supported(&doc("2012-10-17", "arn:aws:s3:::b/*", cond)).unwrap_err();
+    assert!(err.contains("${aws:userid}") && err.contains("Condition"), "{err}");
+    // In a 2008-10-17 policy, S3 too reads `${...}` as written.
+    assert_eq!(Policy::check_supported(&doc("2008-10-17", home, "")), Ok(()));
+    assert_eq!(Policy::check_supported(&doc("2012-10-17", "arn:aws:s3:::b/*", "")), Ok(()));
+}
