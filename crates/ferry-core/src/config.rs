@@ -54,6 +54,44 @@ pub struct Config {
     /// The web console (off unless `listen` is set).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Lifecycle worker settings (apply to every region of this process).
+    #[serde(default)]
+    pub lifecycle: LifecycleSettings,
+}
+
+/// `[lifecycle]`: how the lifecycle worker goes through the buckets' rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSettings {
+    /// Time between the starts of two passes over every bucket with rules. Default `1h`.
+    #[serde(default = "default_lifecycle_interval", with = "duration_text")]
+    pub interval: Duration,
+    /// Versions read per step of a pass (each step is one read and one write per action).
+    /// Default 1000.
+    #[serde(default = "default_lifecycle_batch")]
+    pub batch: usize,
+    /// How long a rule's "day" is. Default `24h`; shorter only to test rules (Ceph calls this
+    /// `rgw_lc_debug_interval`): with `10s`, a 1-day rule expires objects within 20 s.
+    #[serde(default = "default_lifecycle_day", with = "duration_text")]
+    pub day: Duration,
+}
+
+fn default_lifecycle_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_lifecycle_batch() -> usize {
+    1000
+}
+
+fn default_lifecycle_day() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self { interval: default_lifecycle_interval(), batch: default_lifecycle_batch(), day: default_lifecycle_day() }
+    }
 }
 
 /// `[console]`: the web console, one per process, covering every region it serves.

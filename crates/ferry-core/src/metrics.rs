@@ -35,6 +35,13 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of lifecycle actions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `expire_current`, `remove_noncurrent`, `remove_delete_marker` or `abort_upload`.
+    pub action: String,
+}
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -55,6 +62,9 @@ pub struct RegionMetrics {
     pub replication_lag: Family<RuleLabels, GaugeF64>,
     pub replication_rpo_missed: Family<RuleLabels, Counter>,
     pub backfill_progress: Family<RuleLabels, GaugeF64>,
+    pub lifecycle_actions: Family<ActionLabels, Counter>,
+    pub lifecycle_versions_scanned: Counter,
+    pub lifecycle_last_pass_end: GaugeF64,
 }
 
 impl RegionMetrics {
@@ -74,6 +84,9 @@ impl RegionMetrics {
             replication_lag: Family::default(),
             replication_rpo_missed: Family::default(),
             backfill_progress: Family::default(),
+            lifecycle_actions: Family::default(),
+            lifecycle_versions_scanned: Counter::default(),
+            lifecycle_last_pass_end: GaugeF64::default(),
         };
         registry.register("s3_requests", "S3 requests answered, by method and status", m.s3_requests.clone());
         registry.register("s3_request_duration_seconds", "Time to answer S3 requests", m.s3_request_duration.clone());
@@ -116,6 +129,17 @@ impl RegionMetrics {
             "backfill_progress_ratio",
             "Fraction of the latest backfill done",
             m.backfill_progress.clone(),
+        );
+        registry.register("lifecycle_actions", "What lifecycle rules did, by action", m.lifecycle_actions.clone());
+        registry.register(
+            "lifecycle_versions_scanned",
+            "Versions the lifecycle worker went through",
+            m.lifecycle_versions_scanned.clone(),
+        );
+        registry.register(
+            "lifecycle_last_pass_end_seconds",
+            "When the lifecycle worker last finished a pass over every bucket (Unix time)",
+            m.lifecycle_last_pass_end.clone(),
         );
         *crate::sync::lock(&m.registry) = registry;
         m

@@ -33,6 +33,18 @@ pub fn replication_xml(data: &[u8]) {
     }
 }
 
+/// A `PutBucketLifecycleConfiguration` body: parsed as s3s parses it, then checked and turned
+/// into Ferry's rules. Rules Ferry accepts must survive their own XML form
+/// (`GetBucketLifecycleConfiguration`) unchanged.
+pub fn lifecycle_xml(data: &[u8]) {
+    let mut d = s3s::xml::Deserializer::new(data);
+    let Ok(cfg) = s3s::dto::BucketLifecycleConfiguration::deserialize(&mut d) else { return };
+    let Ok(rules) = crate::lifecycle::rules_from(cfg.rules) else { return };
+    let again = crate::lifecycle::rules_from(rules.iter().map(crate::lifecycle::rule_dto).collect());
+    let again = again.unwrap_or_else(|e| panic!("{rules:?} refused back: {e:?}"));
+    assert_eq!(rules, again, "rules changed through their own XML form");
+}
+
 /// A read's `Range`, `If-Match`, `If-None-Match`, `If-Modified-Since` and `partNumber`, one per
 /// line, against versions of several sizes and layouts: the plan must stay within the object.
 pub fn read_headers(data: &[u8]) {
@@ -100,7 +112,9 @@ mod tests {
     fn entry_points_survive_their_corpus() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
         let mut n = 0;
-        for (target, f) in [("replication_xml", replication_xml as fn(&[u8])), ("read_headers", read_headers)] {
+        for (target, f) in
+            [("replication_xml", replication_xml as fn(&[u8])), ("read_headers", read_headers), ("lifecycle_xml", lifecycle_xml)]
+        {
             for e in std::fs::read_dir(dir.join(target)).expect("fuzz/corpus/TARGET") {
                 let data = std::fs::read(e.expect("entry").path()).expect("read");
                 f(&data);

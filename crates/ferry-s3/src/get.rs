@@ -17,6 +17,9 @@ use crate::perm::{Perm, check_perm, effective_acl, effective_owner};
 pub(crate) struct SourceVersion {
     pub record: VersionRecord,
     pub versioned: bool,
+    /// `x-amz-expiration`: when a lifecycle rule expires it, if it is a current version one
+    /// does.
+    pub expiration: Option<String>,
 }
 
 /// Conditional request headers.
@@ -202,6 +205,7 @@ macro_rules! object_headers {
                 website_redirect_location: a.website_redirect.clone(),
                 metadata: (!a.user_metadata.is_empty()).then(|| a.user_metadata.clone().into_iter().collect()),
                 version_id: src.versioned.then(|| v.version_id.clone()),
+                expiration: src.expiration.clone(),
                 storage_class: v.storage_class.clone().map(StorageClass::from),
                 replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
                 checksum_type: if has_checksum { a.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())) } else { None },
@@ -338,7 +342,8 @@ impl FerryS3 {
                 }
             }
         }
-        Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned })
+        let expiration = crate::lifecycle::expiration_header(&bucket_rec, &record, self.lifecycle_day_us);
+        Ok(SourceVersion { record, versioned: bucket_rec.versioning != Versioning::Unversioned, expiration })
     }
 
     /// Whether the bucket policy grants s3:ListBucket with `key` as the prefix: a requester it

@@ -28,6 +28,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod get;
+mod lifecycle;
 mod list;
 mod multipart;
 mod perm;
@@ -58,6 +59,8 @@ pub struct FerryS3 {
     pub(crate) engine: Option<Arc<dyn ReplicationEngine>>,
     /// Replicas further ahead of this region's clock are refused.
     pub(crate) max_clock_skew: std::time::Duration,
+    /// A lifecycle rule's day (µs), for the expiry dates answered in `x-amz-expiration`.
+    pub(crate) lifecycle_day_us: i64,
 }
 
 /// Settings of one region's S3 endpoint.
@@ -69,6 +72,8 @@ pub struct EndpointConfig {
     pub domains: Vec<String>,
     /// Replicas whose times are further ahead of this region's clock are refused.
     pub max_clock_skew: std::time::Duration,
+    /// A lifecycle rule's day (µs): 24 hours but in tests.
+    pub lifecycle_day_us: i64,
 }
 
 /// s3s's bound on the file of a browser form upload it would read into memory. Ferry streams
@@ -91,6 +96,7 @@ pub fn service(
         users: users.clone(),
         engine: engine.clone(),
         max_clock_skew: cfg.max_clock_skew,
+        lifecycle_day_us: cfg.lifecycle_day_us,
     };
     let host = Arc::new(auth::Host::new(cfg.domains.clone()));
     let forms = Arc::new(post_object::Forms { s3: s3.clone(), host: host.clone() });
@@ -259,4 +265,7 @@ ops! {
     get_bucket_ownership_controls(GetBucketOwnershipControlsInput) -> GetBucketOwnershipControlsOutput;
     delete_bucket_ownership_controls(DeleteBucketOwnershipControlsInput) -> DeleteBucketOwnershipControlsOutput;
     get_object_attributes(GetObjectAttributesInput) -> GetObjectAttributesOutput;
+    put_bucket_lifecycle_configuration(PutBucketLifecycleConfigurationInput) -> PutBucketLifecycleConfigurationOutput;
+    get_bucket_lifecycle_configuration(GetBucketLifecycleConfigurationInput) -> GetBucketLifecycleConfigurationOutput;
+    delete_bucket_lifecycle(DeleteBucketLifecycleInput) -> DeleteBucketLifecycleOutput;
 }

@@ -133,6 +133,7 @@ impl FerryS3 {
                 version_id: (bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
                 checksum_type: out.attrs.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())),
                 size: i64::try_from(out.size).ok(),
+                expiration: crate::lifecycle::expiration_header(&bucket, &out, self.lifecycle_day_us),
             },
             ChecksumFields::of(&out.attrs.checksums),
             ..Default::default()

@@ -214,6 +214,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             peer: Vec::new(),
             bucket: Vec::new(),
             replication: ferry_core::config::ReplicationSettings::default(),
+            lifecycle: ferry_core::config::LifecycleSettings::default(),
             console: ferry_core::config::ConsoleConfig {
                 listen: (args.console != "off").then(|| args.console.clone()),
                 ..ferry_core::config::ConsoleConfig::default()
@@ -242,6 +243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         peers: cfg.peer.clone(),
         buckets: cfg.bucket.clone(),
         replication: cfg.replication.clone(),
+        lifecycle: cfg.lifecycle.clone(),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         console: cfg.console.listen.clone(),
         console_tls: cfg.console.tls_cert.clone().zip(cfg.console.tls_key.clone()),

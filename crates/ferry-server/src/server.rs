@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub buckets: Vec<BucketConfig>,
     /// Replication engine settings.
     pub replication: ReplicationSettings,
+    /// Lifecycle worker settings.
+    pub lifecycle: ferry_core::config::LifecycleSettings,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// `IP:PORT` of the web console, if it is served.
@@ -63,6 +65,7 @@ impl ServerOptions {
             peers: Vec::new(),
             buckets: Vec::new(),
             replication: ReplicationSettings::default(),
+            lifecycle: ferry_core::config::LifecycleSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             console: None,
             console_tls: None,
@@ -501,16 +504,23 @@ fn serve_region(
 ) -> RegionHandle {
     let Opened { cfg, store, listener, addr, url, admin } = o;
     let metrics = Arc::new(ferry_core::metrics::RegionMetrics::new(&cfg.name));
+    let lifecycle = ferry_store::lifecycle::Settings {
+        interval: opts.lifecycle.interval,
+        batch: opts.lifecycle.batch,
+        day_us: i64::try_from(opts.lifecycle.day.as_micros()).unwrap_or(ferry_store::lifecycle::DAY_US).max(1),
+    };
     let endpoint = EndpointConfig {
         region: cfg.name.clone(),
         domains: cfg.domains.clone(),
         max_clock_skew: opts.replication.max_clock_skew,
+        lifecycle_day_us: lifecycle.day_us,
     };
     let engine: Arc<dyn ferry_store::replication::ReplicationEngine> =
         Arc::new(ferry_replication::Engine::new(store.clone(), peers.clone()));
     let service = ferry_s3::service(store.clone(), users, &endpoint, Some(engine), metrics.clone());
     let runner = BackgroundRunner::new(stop.child_token());
     runner.spawn(GcWorker::new(store.clone(), opts.replication.abandoned_upload_after));
+    runner.spawn(ferry_store::lifecycle::LifecycleWorker::new(store.clone(), lifecycle, metrics.clone()));
     if let ferry_store::Meta::Pg(pg) = &store.meta {
         runner.spawn(ferry_store::meta::pg::heartbeat::Heartbeat::new(
             pg.meta().clone(),

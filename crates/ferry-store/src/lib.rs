@@ -32,6 +32,7 @@ pub mod checksum;
 pub mod error;
 pub mod gc;
 pub mod ingest;
+pub mod lifecycle;
 pub mod meta;
 pub mod model;
 pub mod objects;

@@ -237,6 +237,9 @@ pub struct BucketConfig {
     /// Object Ownership (`None`: never set, which behaves as `ObjectWriter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<ObjectOwnership>,
+    /// Lifecycle rules, in the order they were put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Vec<crate::lifecycle::LifecycleRule>>,
 }
 
 /// S3 Object Ownership: who owns the objects written into a bucket, and whether ACLs count.

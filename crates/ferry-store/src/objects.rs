@@ -394,6 +394,84 @@ pub fn delete_version(
     Ok(removed)
 }
 
+/// What a lifecycle rule did to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A delete marker now hides the current version (a versioned bucket).
+    Marked,
+    /// A version or delete marker was removed for good.
+    Removed,
+    /// Nothing: the version is no longer what the rule decided about.
+    Unchanged,
+}
+
+/// A lifecycle expiration of the current version `version_id` of `key`: a delete marker in a
+/// versioned bucket (replacing the `null` version when suspended), removal in an unversioned
+/// one. Nothing happens unless `version_id` is still the key's current version (not a delete
+/// marker). Never replicated: lifecycle actions are each region's own.
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn expire_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, version_id: &str) -> Result<Expired> {
+    let b = bucket(tx, bucket_name)?;
+    tx.lock_key(bucket_name, key)?;
+    match tx.get_latest(bucket_name, key)? {
+        Some(v) if v.version_id == version_id && !v.delete_marker => {}
+        _ => return Ok(Expired::Unchanged),
+    }
+    let version_id = match b.versioning {
+        Versioning::Unversioned => {
+            remove_null(tx, bucket_name, key)?;
+            tx.refresh_latest(bucket_name, key)?;
+            return Ok(Expired::Removed);
+        }
+        Versioning::Enabled => new_version_id(),
+        Versioning::Suspended => {
+            remove_null(tx, bucket_name, key)?;
+            NULL_VERSION_ID.to_owned()
+        }
+    };
+    let marker = delete_marker(bucket_name, key, version_id, tx.now(), b.owner.clone());
+    tx.put_version(&marker)?;
+    tx.refresh_latest(bucket_name, key)?;
+    Ok(Expired::Marked)
+}
+
+/// A lifecycle removal of a noncurrent version, or of a delete marker that is its key's only
+/// version (`lone_marker`). Nothing happens unless that is still what it is. Never replicated.
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn expire_version(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    version_id: &str,
+    lone_marker: bool,
+) -> Result<Expired> {
+    bucket(tx, bucket_name)?;
+    tx.lock_key(bucket_name, key)?;
+    let Some(v) = tx.get_version(bucket_name, key, version_id)? else { return Ok(Expired::Unchanged) };
+    let latest = tx.get_latest(bucket_name, key)?.is_some_and(|l| l.version_id == v.version_id);
+    let still = if lone_marker {
+        // The key's first two versions (keys it prefixes sort after it).
+        let end = crate::meta::prefix_end(key.as_bytes());
+        let versions =
+            tx.scan_versions(bucket_name, key.as_bytes(), &crate::meta::VersionCursor::default(), end.as_deref(), 2)?;
+        latest && v.delete_marker && versions.iter().filter(|e| e.key == key).count() == 1
+    } else {
+        !latest
+    };
+    if !still {
+        return Ok(Expired::Unchanged);
+    }
+    if let Some(removed) = tx.remove_version(bucket_name, key, version_id)? {
+        release_layout(tx, &removed.layout)?;
+        tx.refresh_latest(bucket_name, key)?;
+    }
+    Ok(Expired::Removed)
+}
+
 /// Aborts a multipart upload: its parts are released, the upload forgotten.
 ///
 /// # Errors

@@ -65,13 +65,31 @@ impl TestServer {
     }
 
     pub async fn start_in(region: &str, dir: tempfile::TempDir, data: PathBuf, inline_threshold: u64) -> Self {
+        Self::start_configured(region, dir, data, inline_threshold, |_| {}).await
+    }
+
+    /// A region whose options `configure` changes first.
+    pub async fn start_with(configure: impl FnOnce(&mut ServerOptions)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        Self::start_configured("us-east-1", dir, data, ferry_core::config::DEFAULT_INLINE_THRESHOLD, configure).await
+    }
+
+    async fn start_configured(
+        region: &str,
+        dir: tempfile::TempDir,
+        data: PathBuf,
+        inline_threshold: u64,
+        configure: impl FnOnce(&mut ServerOptions),
+    ) -> Self {
         init_logs();
         let mut cfg = RegionConfig::single("127.0.0.1:0", data);
         cfg.name = region.to_owned();
         cfg.inline_threshold = inline_threshold;
         let meta = MetaBackend::from_env();
         meta.configure(&mut cfg).await;
-        let opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(vec![cfg], users()) };
+        let mut opts = ServerOptions { shutdown_timeout: Duration::from_secs(5), ..ServerOptions::new(vec![cfg], users()) };
+        configure(&mut opts);
         let server = Server::start(opts).await.expect("server starts");
         let addr = server.regions()[0].addr;
         Self { server: Some(server), addr, region: region.to_owned(), _dir: dir, _meta: meta }
@@ -83,6 +101,11 @@ impl TestServer {
 
     pub fn store(&self) -> std::sync::Arc<ferry_store::Store> {
         self.server.as_ref().expect("running").regions()[0].store.clone()
+    }
+
+    /// The region's metrics, as `/metrics` serves them.
+    pub fn metrics(&self) -> String {
+        self.server.as_ref().expect("running").regions()[0].metrics.encode()
     }
 
     /// A client signing as the main user, with the SDK's default checksum behaviour

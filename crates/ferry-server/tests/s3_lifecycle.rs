@@ -1,0 +1,272 @@
+//! Lifecycle configurations through aws-sdk-s3, and the worker carrying them out (with a
+//! one-second "day", as Ceph's tests shorten theirs).
+
+use std::time::Duration;
+
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleAndOperator, LifecycleRuleFilter, NoncurrentVersionExpiration, Tag, Transition, TransitionStorageClass,
+};
+
+use crate::common::*;
+
+fn rule(id: &str, prefix: &str) -> aws_sdk_s3::types::builders::LifecycleRuleBuilder {
+    LifecycleRule::builder()
+        .id(id)
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+}
+
+fn days(n: i32) -> LifecycleExpiration {
+    LifecycleExpiration::builder().days(n).build()
+}
+
+async fn put_rules(c: &aws_sdk_s3::Client, b: &str, rules: Vec<LifecycleRule>) -> Result<(), String> {
+    let config = BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().unwrap();
+    c.put_bucket_lifecycle_configuration().bucket(b).lifecycle_configuration(config).send().await.map(drop).map_err(|e| code(&e))
+}
+
+#[tokio::test]
+async fn a_lifecycle_configuration_is_put_read_checked_and_deleted() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("lc");
+    create_versioned_bucket(&c, &b).await;
+    let e = c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchLifecycleConfiguration");
+
+    let tagged = LifecycleRuleFilter::builder()
+        .and(
+            LifecycleRuleAndOperator::builder()
+                .prefix("logs/")
+                .tags(Tag::builder().key("temp").value("yes").build().unwrap())
+                .object_size_greater_than(10)
+                .build(),
+        )
+        .build();
+    let rules = vec![
+        rule("logs", "logs/").expiration(days(30)).build().unwrap(),
+        LifecycleRule::builder()
+            .id("tagged")
+            .status(ExpirationStatus::Disabled)
+            .filter(tagged)
+            .expiration(days(1))
+            .build()
+            .unwrap(),
+        rule("old-versions", "")
+            .noncurrent_version_expiration(
+                NoncurrentVersionExpiration::builder().noncurrent_days(7).newer_noncurrent_versions(2).build(),
+            )
+            .abort_incomplete_multipart_upload(AbortIncompleteMultipartUpload::builder().days_after_initiation(3).build())
+            .build()
+            .unwrap(),
+        rule("markers", "tmp/")
+            .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
+            .build()
+            .unwrap(),
+    ];
+    put_rules(&c, &b, rules.clone()).await.unwrap();
+    let got = c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap();
+    let got = got.rules();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].id(), Some("logs"));
+    assert_eq!(got[0].expiration().and_then(|e| e.days()), Some(30));
+    assert_eq!(got[1].status(), &ExpirationStatus::Disabled);
+    let and = got[1].filter().and_then(|f| f.and()).expect("an And filter");
+    assert_eq!((and.prefix(), and.object_size_greater_than()), (Some("logs/"), Some(10)));
+    assert_eq!(and.tags()[0].key(), "temp");
+    let nc = got[2].noncurrent_version_expiration().expect("noncurrent expiration");
+    assert_eq!((nc.noncurrent_days(), nc.newer_noncurrent_versions()), (Some(7), Some(2)));
+    assert_eq!(
+        got[2].abort_incomplete_multipart_upload().and_then(|a| a.days_after_initiation()),
+        Some(3)
+    );
+    assert_eq!(got[3].expiration().and_then(|e| e.expired_object_delete_marker()), Some(true));
+
+    // Refused whole, with S3's codes: what is stored is what will happen.
+    let transition = Transition::builder().days(30).storage_class(TransitionStorageClass::StandardIa).build();
+    // Noon, 1 January 2030.
+    let midday = aws_sdk_s3::primitives::DateTime::from_secs(1_893_456_000 + 43_200);
+    for (bad, want) in [
+        (vec![rule("zero", "").expiration(days(0)).build().unwrap()], "InvalidArgument"),
+        (
+            vec![
+                rule("same", "a/").expiration(days(1)).build().unwrap(),
+                rule("same", "b/").expiration(days(1)).build().unwrap(),
+            ],
+            "InvalidArgument",
+        ),
+        (vec![rule("nothing", "").build().unwrap()], "InvalidRequest"),
+        (
+            vec![rule("noon", "").expiration(LifecycleExpiration::builder().date(midday).build()).build().unwrap()],
+            "InvalidArgument",
+        ),
+        (vec![rule("move", "").transitions(transition).build().unwrap()], "InvalidArgument"),
+    ] {
+        let id = bad[0].id().unwrap_or_default().to_owned();
+        assert_eq!(put_rules(&c, &b, bad).await, Err(want.to_owned()), "{id}");
+    }
+    assert_eq!(c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap().rules().len(), 4);
+    // Another account may not read or change it.
+    let alt = s.alt_client();
+    assert_eq!(
+        code(&alt.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap_err()),
+        "AccessDenied"
+    );
+    assert_eq!(put_rules(&alt, &b, rules).await, Err("AccessDenied".to_owned()));
+
+    // What a rule will do shows on writes and reads of the current version: the first
+    // midnight UTC 30 days after it was written, and the rule's id.
+    let out = put(&c, &b, "logs/today", b"x").await;
+    let expected = |e: Option<&str>| {
+        let e = e.unwrap_or_default().to_owned();
+        assert!(e.starts_with("expiry-date=\"") && e.ends_with("GMT\", rule-id=\"logs\""), "{e}");
+        assert!(e.contains(" 00:00:00 GMT"), "not at midnight: {e}");
+        e
+    };
+    let on_put = expected(out.expiration());
+    let head = c.head_object().bucket(&b).key("logs/today").send().await.unwrap();
+    assert_eq!(expected(head.expiration()), on_put);
+    let written = head.last_modified().unwrap().secs();
+    let day = (written + 30 * 86_400) / 86_400 + 1;
+    let at = time::OffsetDateTime::from_unix_timestamp(day * 86_400).unwrap();
+    let format = time::macros::format_description!("[weekday repr:short], [day] [month repr:short] [year] 00:00:00 GMT");
+    assert!(
+        on_put.contains(&at.format(&format).unwrap()),
+        "{on_put} is not the day after {written} + 30 days"
+    );
+    let head = c.head_object().bucket(&b).key("logs/today").version_id(out.version_id().unwrap()).send().await.unwrap();
+    assert_eq!(head.expiration(), Some(on_put.as_str()));
+    assert_eq!(put(&c, &b, "data/x", b"x").await.expiration(), None);
+
+    c.delete_bucket_lifecycle().bucket(&b).send().await.unwrap();
+    let e = c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "NoSuchLifecycleConfiguration");
+}
+
+/// The worker carries the rules out: current versions expire into delete markers, old
+/// noncurrent versions go (the newest kept), lone delete markers go, old uploads are aborted;
+/// nothing outside the rules is touched.
+#[tokio::test]
+async fn the_lifecycle_worker_expires_what_the_rules_say() {
+    let s = TestServer::start_with(|o| {
+        o.lifecycle.day = Duration::from_secs(1);
+        o.lifecycle.interval = Duration::from_millis(100);
+        o.lifecycle.batch = 2;
+    })
+    .await;
+    let c = s.client();
+    let b = bucket_name("lcrun");
+    create_versioned_bucket(&c, &b).await;
+    put(&c, &b, "keep/a", b"kept").await;
+    put(&c, &b, "logs/a", b"expires").await;
+    for n in 0..3 {
+        put(&c, &b, "nc/k", format!("version {n}").as_bytes()).await;
+    }
+    c.delete_object().bucket(&b).key("tmp/gone").send().await.unwrap();
+    c.put_object().bucket(&b).key("tagged/temp").tagging("temp=yes").body(b"t".to_vec().into()).send().await.unwrap();
+    c.put_object().bucket(&b).key("tagged/kept").tagging("temp=no").body(b"k".to_vec().into()).send().await.unwrap();
+    let upload = c.create_multipart_upload().bucket(&b).key("up/big").send().await.unwrap();
+    let rules = vec![
+        rule("logs", "logs/").expiration(days(1)).build().unwrap(),
+        rule("nc", "nc/")
+            .noncurrent_version_expiration(
+                NoncurrentVersionExpiration::builder().noncurrent_days(1).newer_noncurrent_versions(1).build(),
+            )
+            .build()
+            .unwrap(),
+        rule("markers", "tmp/")
+            .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
+            .build()
+            .unwrap(),
+        LifecycleRule::builder()
+            .id("tagged")
+            .status(ExpirationStatus::Enabled)
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .and(
+                        LifecycleRuleAndOperator::builder()
+                            .prefix("tagged/")
+                            .tags(Tag::builder().key("temp").value("yes").build().unwrap())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .expiration(days(1))
+            .build()
+            .unwrap(),
+        rule("uploads", "up/")
+            .abort_incomplete_multipart_upload(AbortIncompleteMultipartUpload::builder().days_after_initiation(1).build())
+            .build()
+            .unwrap(),
+    ];
+    put_rules(&c, &b, rules).await.unwrap();
+
+    wait_until("the rules are carried out", 30, || {
+        let (c, b) = (c.clone(), b.clone());
+        async move {
+            let versions = all_versions(&c, &b).await;
+            let of = |key: &str| versions.iter().filter(|v| v.key == key).count();
+            let uploads = c.list_multipart_uploads().bucket(&b).send().await.unwrap();
+            versions.iter().any(|v| v.key == "logs/a" && v.is_latest && v.delete_marker)
+                && versions.iter().any(|v| v.key == "tagged/temp" && v.is_latest && v.delete_marker)
+                && of("nc/k") == 2
+                && of("tmp/gone") == 0
+                && uploads.uploads().is_empty()
+        }
+    })
+    .await;
+    // The newest noncurrent version is kept, and the current one.
+    let versions = all_versions(&c, &b).await;
+    let nc: Vec<_> = versions.iter().filter(|v| v.key == "nc/k").collect();
+    assert!(nc.iter().all(|v| !v.delete_marker), "{nc:?}");
+    assert_eq!(get_bytes(&c, &b, "nc/k").await, b"version 2");
+    // Outside every rule: untouched, though scanned in the same passes (it sorts first).
+    assert_eq!(get_bytes(&c, &b, "keep/a").await, b"kept");
+    assert_eq!(versions.iter().filter(|v| v.key == "keep/a").count(), 1);
+    assert_eq!(get_bytes(&c, &b, "tagged/kept").await, b"k", "its tag is not the rule's");
+    // The expired object's version is still there, behind its marker.
+    assert_eq!(versions.iter().filter(|v| v.key == "logs/a").count(), 2);
+    let e = c
+        .upload_part()
+        .bucket(&b)
+        .key("up/big")
+        .upload_id(upload.upload_id().unwrap())
+        .part_number(1)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "NoSuchUpload");
+    // What was done is counted: one of each action.
+    let metrics = s.metrics();
+    for (action, n) in [("expire_current", 2), ("remove_noncurrent", 1), ("remove_delete_marker", 1), ("abort_upload", 1)] {
+        assert!(metrics.contains(&format!("action=\"{action}\"}} {n}\n")), "{action}:\n{metrics}");
+    }
+    assert!(metrics.contains("ferry_lifecycle_versions_scanned_total"), "{metrics}");
+}
+
+/// Lifecycle actions are each region's own, as on S3: an expiration at the source adds a
+/// delete marker there that is not replicated, though the bucket replicates delete markers.
+#[tokio::test]
+async fn lifecycle_expirations_are_not_replicated() {
+    let c = TestCluster::start(&[US, EU], |o, _| {
+        o.lifecycle.day = Duration::from_secs(1);
+        o.lifecycle.interval = Duration::from_millis(100);
+    })
+    .await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    replicated_pair(&us, "src", &eu, "dst").await;
+    let v1 = put(&us, "src", "logs/a", b"expires at the source only").await.version_id().unwrap().to_owned();
+    wait_for_version("logs/a replicated", 20, &eu, "dst", "logs/a", &v1).await;
+    put_rules(&us, "src", vec![rule("logs", "logs/").expiration(days(1)).build().unwrap()]).await.unwrap();
+    wait_until("logs/a expired at the source", 30, || async {
+        all_versions(&us, "src").await.iter().any(|v| v.key == "logs/a" && v.is_latest && v.delete_marker)
+    })
+    .await;
+    // Everything recorded for logs/a before the barrier has been carried out at dst.
+    barrier(&us, "src", "logs/a", None, &[(&eu, "dst")]).await;
+    let at_dst = all_versions(&eu, "dst").await;
+    assert!(at_dst.iter().all(|v| !v.delete_marker), "the expiration was replicated: {at_dst:?}");
+    assert!(at_dst.iter().any(|v| v.version_id == v1));
+}

@@ -1,0 +1,603 @@
+//! Lifecycle rules: what a bucket's rules (S3's PutBucketLifecycleConfiguration) expire, and
+//! when. This module decides; the lifecycle worker acts, in bounded batches.
+//!
+//! # Invariants
+//! 1. Decisions are pure functions of the rules, the version and the time: the same inputs give
+//!    the same answer on every node and every run, so a scan may stop and resume anywhere.
+//! 2. An expiry is S3's: the start time plus the days, rounded up to the next midnight UTC (a
+//!    1-day rule on an object written at 10:00 on the 1st expires it at 00:00 on the 3rd). A
+//!    date rule expires matching objects from that midnight on, whatever their age.
+//! 3. A noncurrent version's age counts from when it stopped being current: the time of the
+//!    version that replaced it. `newer_versions` keeps that many newer noncurrent versions
+//!    whatever their age.
+//! 4. A disabled rule decides nothing. Of several rules, the earliest expiry wins.
+//! 5. Lifecycle actions are this region's own: they are never replicated (each side of a
+//!    replication rule has its own lifecycle, as on S3).
+//!
+//! The length of a day is a parameter: 24 hours, except in tests, which shorten it (as Ceph's
+//! `rgw_lc_debug_interval` does) so that "1 day" passes in seconds.
+
+use serde::{Deserialize, Serialize};
+
+/// A day, in microseconds.
+pub const DAY_US: i64 = 86_400_000_000;
+
+/// One rule of a bucket's lifecycle configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleRule {
+    pub id: String,
+    pub enabled: bool,
+    #[serde(default)]
+    pub filter: LifecycleFilter,
+    /// What happens to the current version (or to a lone delete marker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<Expiration>,
+    /// When noncurrent versions are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noncurrent: Option<NoncurrentExpiration>,
+    /// Days after which an incomplete multipart upload is aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_days: Option<u32>,
+}
+
+/// Which objects a rule is about: all of these must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LifecycleFilter {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Tags the object must have, each with this value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_greater_than: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_less_than: Option<u64>,
+}
+
+/// A rule's expiration of current versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiration {
+    /// This many days after the version was written.
+    Days(u32),
+    /// From this midnight UTC on (microseconds since the epoch).
+    Date(i64),
+    /// Only removes a delete marker that is a key's last version (nothing left to hide).
+    ExpiredDeleteMarker,
+}
+
+/// A rule's removal of noncurrent versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoncurrentExpiration {
+    /// Days after the version stopped being current.
+    pub days: u32,
+    /// How many newer noncurrent versions are kept whatever their age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer_versions: Option<u32>,
+}
+
+/// What a version is, as far as rules care.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub key: &'a str,
+    pub tags: &'a [(String, String)],
+    pub size: u64,
+}
+
+impl LifecycleFilter {
+    /// Whether `s` is one of the objects the filter names.
+    #[must_use]
+    pub fn matches(&self, s: &Subject<'_>) -> bool {
+        s.key.starts_with(&self.prefix)
+            && self.tags.iter().all(|t| s.tags.contains(t))
+            && self.size_greater_than.is_none_or(|n| s.size > n)
+            && self.size_less_than.is_none_or(|n| s.size < n)
+    }
+}
+
+/// `start` plus `days`, rounded up to the end of a day (`day_us` long; midnight UTC for real
+/// days).
+#[must_use]
+pub fn expiry(start_us: i64, days: u32, day_us: i64) -> i64 {
+    let t = start_us.saturating_add(i64::from(days).saturating_mul(day_us));
+    match t.rem_euclid(day_us) {
+        0 => t,
+        r => t.saturating_add(day_us - r),
+    }
+}
+
+/// When the current version `s`, written at `mtime_us`, expires, and by which rule: the
+/// earliest of the enabled rules that expire it.
+#[must_use]
+pub fn current_expiry<'r>(rules: &'r [LifecycleRule], s: &Subject<'_>, mtime_us: i64, day_us: i64) -> Option<(i64, &'r str)> {
+    rules
+        .iter()
+        .filter(|r| r.enabled && r.filter.matches(s))
+        .filter_map(|r| {
+            let at = match r.expiration? {
+                Expiration::Days(d) => expiry(mtime_us, d, day_us),
+                Expiration::Date(at) => at,
+                Expiration::ExpiredDeleteMarker => return None,
+            };
+            Some((at, r.id.as_str()))
+        })
+        .min()
+}
+
+/// The rule that removes a noncurrent version `s` at `now_us`, if one does: it stopped being
+/// current at `noncurrent_since_us`, and `newer` noncurrent versions of its key are newer.
+#[must_use]
+pub fn noncurrent_due<'r>(
+    rules: &'r [LifecycleRule],
+    s: &Subject<'_>,
+    noncurrent_since_us: i64,
+    newer: u32,
+    now_us: i64,
+    day_us: i64,
+) -> Option<&'r str> {
+    rules.iter().filter(|r| r.enabled && r.filter.matches(s)).find_map(|r| {
+        let n = r.noncurrent?;
+        let old_enough = expiry(noncurrent_since_us, n.days, day_us) <= now_us;
+        let beyond_kept = n.newer_versions.is_none_or(|k| newer >= k);
+        (old_enough && beyond_kept).then_some(r.id.as_str())
+    })
+}
+
+/// The rule that removes a delete marker which is its key's only version, if one does: an
+/// `ExpiredDeleteMarker` rule, or (as on S3) a rule that expires current versions by age.
+#[must_use]
+pub fn lone_delete_marker_due<'r>(rules: &'r [LifecycleRule], key: &str) -> Option<&'r str> {
+    let s = Subject { key, tags: &[], size: 0 };
+    rules
+        .iter()
+        .filter(|r| r.enabled && r.filter.tags.is_empty() && r.filter.matches(&s))
+        .find(|r| matches!(r.expiration, Some(Expiration::ExpiredDeleteMarker | Expiration::Days(_))))
+        .map(|r| r.id.as_str())
+}
+
+/// The rule that aborts an upload of `key` begun at `initiated_us`, if one does at `now_us`.
+#[must_use]
+pub fn upload_due<'r>(rules: &'r [LifecycleRule], key: &str, initiated_us: i64, now_us: i64, day_us: i64) -> Option<&'r str> {
+    rules
+        .iter()
+        .filter(|r| r.enabled && key.starts_with(&r.filter.prefix))
+        .find(|r| r.abort_incomplete_days.is_some_and(|d| expiry(initiated_us, d, day_us) <= now_us))
+        .map(|r| r.id.as_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker.
+// ---------------------------------------------------------------------------------------------
+
+/// How the worker goes through the rules (`[lifecycle]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Between the starts of two passes.
+    pub interval: std::time::Duration,
+    /// Versions read per step.
+    pub batch: usize,
+    /// A rule's day, in microseconds.
+    pub day_us: i64,
+}
+
+/// What the worker has done since start, for its status line and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Done {
+    pub passes: u64,
+    pub versions_scanned: u64,
+    pub current_expired: u64,
+    pub noncurrent_removed: u64,
+    pub delete_markers_removed: u64,
+    pub uploads_aborted: u64,
+    /// When the last complete pass ended (µs), if one has.
+    pub last_pass_end_us: Option<i64>,
+}
+
+/// Carries out every bucket's lifecycle rules, in passes over the buckets that have rules.
+///
+/// Each step reads at most `batch` versions (one read transaction) and makes each action in a
+/// transaction of its own, which first checks that the version is still what the rule decided
+/// about: actions are idempotent, several nodes of a region may run passes at once, and a
+/// crash at any point loses nothing but the pass's position (the next pass starts again).
+pub struct LifecycleWorker {
+    store: std::sync::Arc<crate::Store>,
+    settings: Settings,
+    metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
+    pass: Option<Pass>,
+    next_pass: tokio::time::Instant,
+    done: std::sync::Arc<std::sync::Mutex<Done>>,
+}
+
+/// A pass: its time, the buckets left, and where it is in the current one.
+struct Pass {
+    now_us: i64,
+    buckets: std::collections::VecDeque<String>,
+    scan: Option<BucketScan>,
+}
+
+/// Where a pass is in one bucket.
+struct BucketScan {
+    bucket: String,
+    rules: Vec<LifecycleRule>,
+    cursor: crate::meta::VersionCursor,
+    /// The key being gone through: the time of its last version seen (the one that replaced
+    /// the next) and how many noncurrent versions came before.
+    key: Option<(String, i64, u32)>,
+    /// Versions done; then the uploads, after this one.
+    uploads_after: Option<Option<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl ferry_core::background::Worker for LifecycleWorker {
+    fn name(&self) -> String {
+        "lifecycle".into()
+    }
+
+    fn status(&self) -> ferry_core::background::WorkerStatus {
+        let d = self.done.lock().map(|d| *d).unwrap_or_default();
+        let pass = match &self.pass {
+            Some(p) => format!("pass running, {} buckets left", p.buckets.len() + usize::from(p.scan.is_some())),
+            None => "waiting for the next pass".to_owned(),
+        };
+        ferry_core::background::WorkerStatus {
+            progress: Some(format!(
+                "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} uploads aborted",
+                d.passes,
+                d.versions_scanned,
+                d.current_expired,
+                d.noncurrent_removed,
+                d.delete_markers_removed,
+                d.uploads_aborted
+            )),
+            ..ferry_core::background::WorkerStatus::default()
+        }
+    }
+
+    async fn work(
+        &mut self,
+        _stop: &tokio_util::sync::CancellationToken,
+    ) -> std::result::Result<ferry_core::background::WorkerState, ferry_core::background::WorkerError> {
+        use ferry_core::background::WorkerState;
+        if self.pass.is_none() {
+            let now = tokio::time::Instant::now();
+            if now < self.next_pass {
+                return Ok(WorkerState::Throttled(self.next_pass - now));
+            }
+            self.start_pass().await?;
+        }
+        self.step().await?;
+        Ok(WorkerState::Busy)
+    }
+
+    async fn wait_for_work(&mut self) -> ferry_core::background::WorkerState {
+        ferry_core::background::WorkerState::Busy
+    }
+}
+
+/// Adds to what a worker has done.
+fn count(done: &std::sync::Mutex<Done>, f: impl FnOnce(&mut Done)) {
+    if let Ok(mut d) = done.lock() {
+        f(&mut d);
+    }
+}
+
+/// One action a step decided on.
+enum Action {
+    ExpireCurrent { key: String, version_id: String },
+    RemoveNoncurrent { key: String, version_id: String },
+    RemoveLoneMarker { key: String, version_id: String },
+    AbortUpload { upload_id: String },
+}
+
+impl LifecycleWorker {
+    /// A worker for `store`, counting in `metrics`; what it has done is also readable through
+    /// [`Self::done`].
+    #[must_use]
+    pub fn new(
+        store: std::sync::Arc<crate::Store>,
+        settings: Settings,
+        metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
+    ) -> Self {
+        Self { store, settings, metrics, pass: None, next_pass: tokio::time::Instant::now(), done: std::sync::Arc::default() }
+    }
+
+    /// What the worker has done, as it goes.
+    #[must_use]
+    pub fn done(&self) -> std::sync::Arc<std::sync::Mutex<Done>> {
+        self.done.clone()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Done)) {
+        count(&self.done, f);
+    }
+
+    /// Starts a pass over the buckets that have rules.
+    async fn start_pass(&mut self) -> crate::error::Result<()> {
+        let buckets = self
+            .store
+            .meta
+            .read(|r| r.list_buckets())
+            .await?
+            .into_iter()
+            .filter(|b| b.config.lifecycle.as_ref().is_some_and(|rules| rules.iter().any(|r| r.enabled)))
+            .map(|b| b.name)
+            .collect();
+        self.pass = Some(Pass { now_us: ferry_core::time::now_micros(), buckets, scan: None });
+        self.next_pass = tokio::time::Instant::now() + self.settings.interval;
+        Ok(())
+    }
+
+    /// One step of the pass: decides on up to `batch` versions or uploads, then acts.
+    async fn step(&mut self) -> crate::error::Result<bool> {
+        let day_us = self.settings.day_us;
+        let limit = self.settings.batch.max(1);
+        let done = self.done.clone();
+        let metrics = self.metrics.clone();
+        let Some(pass) = self.pass.as_mut() else { return Ok(false) };
+        let now_us = pass.now_us;
+        if pass.scan.is_none() {
+            let Some(bucket) = pass.buckets.pop_front() else {
+                self.pass = None;
+                let end_us = ferry_core::time::now_micros();
+                count(&done, |d| {
+                    d.passes += 1;
+                    d.last_pass_end_us = Some(end_us);
+                });
+                #[allow(clippy::cast_precision_loss)] // a time in seconds: microseconds do not matter
+                metrics.lifecycle_last_pass_end.set(end_us as f64 / 1e6);
+                return Ok(false);
+            };
+            let name = bucket.clone();
+            let record = self.store.meta.read(move |r| r.get_bucket(&name)).await?;
+            let rules: Vec<LifecycleRule> =
+                record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
+            if !rules.is_empty() {
+                pass.scan = Some(BucketScan {
+                    bucket,
+                    rules,
+                    cursor: crate::meta::VersionCursor::default(),
+                    key: None,
+                    uploads_after: None,
+                });
+            }
+            return Ok(true);
+        }
+        let Some(scan) = pass.scan.as_mut() else { return Ok(true) };
+        let bucket = scan.bucket.clone();
+        let mut actions = Vec::new();
+        match scan.uploads_after.clone() {
+            None => {
+                let (bucket, cursor) = (scan.bucket.clone(), scan.cursor.clone());
+                let with_tags = scan.rules.iter().any(|r| !r.filter.tags.is_empty());
+                let entries = self
+                    .store
+                    .meta
+                    .read(move |r| {
+                        let entries = r.scan_versions(&bucket, b"", &cursor, None, limit)?;
+                        entries
+                            .into_iter()
+                            .map(|e| {
+                                let tags = if with_tags {
+                                    r.get_version(&bucket, &e.key, &e.version_id)?.map(|v| v.attrs.tags).unwrap_or_default()
+                                } else {
+                                    Vec::new()
+                                };
+                                Ok((e, tags))
+                            })
+                            .collect::<crate::error::Result<Vec<_>>>()
+                    })
+                    .await?;
+                let n = entries.len();
+                for (e, tags) in &entries {
+                    let subject = Subject { key: &e.key, tags, size: e.size };
+                    let version_id = e.version_id.clone();
+                    let key = e.key.clone();
+                    match scan.key.as_mut().filter(|(k, _, _)| *k == e.key) {
+                        None => {
+                            // The key's newest version.
+                            if e.delete_marker {
+                                if lone_delete_marker_due(&scan.rules, &e.key).is_some() {
+                                    actions.push(Action::RemoveLoneMarker { key, version_id });
+                                }
+                            } else if current_expiry(&scan.rules, &subject, e.mtime_us, day_us)
+                                .is_some_and(|(at, _)| at <= now_us)
+                            {
+                                actions.push(Action::ExpireCurrent { key, version_id });
+                            }
+                            scan.key = Some((e.key.clone(), e.mtime_us, 0));
+                        }
+                        Some((_, replaced_at, newer)) => {
+                            if noncurrent_due(&scan.rules, &subject, *replaced_at, *newer, now_us, day_us).is_some() {
+                                actions.push(Action::RemoveNoncurrent { key, version_id });
+                            }
+                            *replaced_at = e.mtime_us;
+                            *newer += 1;
+                        }
+                    }
+                }
+                if let Some((e, _)) = entries.last() {
+                    scan.cursor = crate::meta::VersionCursor {
+                        after_key: Some(e.key.clone()),
+                        after_version: Some((e.mtime_us, e.version_id.clone())),
+                    };
+                }
+                count(&done, |d| d.versions_scanned += n as u64);
+                metrics.lifecycle_versions_scanned.inc_by(n as u64);
+                if n < limit {
+                    scan.uploads_after = Some(None);
+                }
+            }
+            Some(after) => {
+                let bucket = scan.bucket.clone();
+                let uploads = self
+                    .store
+                    .meta
+                    .read(move |r| {
+                        let after = after.as_ref().map(|(k, u)| (k.as_str(), Some(u.as_str())));
+                        r.scan_uploads(&bucket, b"", after, None, limit)
+                    })
+                    .await?;
+                for u in &uploads {
+                    if upload_due(&scan.rules, &u.key, u.initiated_us, now_us, day_us).is_some() {
+                        actions.push(Action::AbortUpload { upload_id: u.upload_id.clone() });
+                    }
+                }
+                scan.uploads_after = Some(uploads.last().map(|u| (u.key.clone(), u.upload_id.clone())));
+                if uploads.len() < limit {
+                    pass.scan = None;
+                }
+            }
+        }
+        match self.act(&bucket, actions).await {
+            // Deleted during the pass: nothing of it is left to act on.
+            Err(crate::error::Error::NoSuchBucket) => {
+                if let Some(p) = self.pass.as_mut() {
+                    p.scan = None;
+                }
+                Ok(true)
+            }
+            other => other.map(|()| true),
+        }
+    }
+
+    /// Carries out a step's actions, each in its own transaction.
+    async fn act(&mut self, bucket: &str, actions: Vec<Action>) -> crate::error::Result<()> {
+        use crate::objects::{Expired, abort_upload, expire_current, expire_version};
+        for a in actions {
+            let (b, name) = (bucket.to_owned(), a.name());
+            let meta = &self.store.meta;
+            let outcome = match a {
+                Action::ExpireCurrent { key, version_id } => {
+                    meta.write(move |tx| expire_current(tx, &b, &key, &version_id)).await?
+                }
+                Action::RemoveNoncurrent { key, version_id } => {
+                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, false)).await?
+                }
+                Action::RemoveLoneMarker { key, version_id } => {
+                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, true)).await?
+                }
+                Action::AbortUpload { upload_id } => {
+                    meta.write(move |tx| match abort_upload(tx, &upload_id) {
+                        Ok(()) => Ok(Expired::Removed),
+                        Err(crate::error::Error::NoSuchUpload) => Ok(Expired::Unchanged),
+                        Err(e) => Err(e),
+                    })
+                    .await?
+                }
+            };
+            if outcome != Expired::Unchanged {
+                let labels = ferry_core::metrics::ActionLabels { action: name.into() };
+                self.metrics.lifecycle_actions.get_or_create(&labels).inc();
+                self.count(|d| d.add(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Action {
+    /// Its name in metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::ExpireCurrent { .. } => "expire_current",
+            Self::RemoveNoncurrent { .. } => "remove_noncurrent",
+            Self::RemoveLoneMarker { .. } => "remove_delete_marker",
+            Self::AbortUpload { .. } => "abort_upload",
+        }
+    }
+}
+
+impl Done {
+    /// Counts an action (by [`Action::name`]).
+    fn add(&mut self, action: &str) {
+        match action {
+            "expire_current" => self.current_expired += 1,
+            "remove_noncurrent" => self.noncurrent_removed += 1,
+            "remove_delete_marker" => self.delete_markers_removed += 1,
+            _ => self.uploads_aborted += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(id: &str, prefix: &str) -> LifecycleRule {
+        LifecycleRule {
+            id: id.into(),
+            enabled: true,
+            filter: LifecycleFilter { prefix: prefix.into(), ..LifecycleFilter::default() },
+            expiration: None,
+            noncurrent: None,
+            abort_incomplete_days: None,
+        }
+    }
+
+    const H: i64 = 3_600_000_000;
+
+    #[test]
+    fn an_expiry_is_rounded_up_to_midnight() {
+        // Written at 10:00 on day 1 (day 0 is the epoch's), one day: midnight ending day 2.
+        assert_eq!(expiry(DAY_US + 10 * H, 1, DAY_US), 3 * DAY_US);
+        // Written exactly at midnight: exactly the days later.
+        assert_eq!(expiry(DAY_US, 1, DAY_US), 2 * DAY_US);
+        // A shortened day rounds the same way.
+        assert_eq!(expiry(15, 1, 10), 30);
+    }
+
+    #[test]
+    fn the_earliest_enabled_matching_rule_expires_a_current_version() {
+        let mut a = rule("a", "logs/");
+        a.expiration = Some(Expiration::Days(30));
+        let mut b = rule("b", "logs/debug/");
+        b.expiration = Some(Expiration::Days(7));
+        let mut off = rule("off", "");
+        off.expiration = Some(Expiration::Days(1));
+        off.enabled = false;
+        let rules = [a, b, off];
+        let s = |key| Subject { key, tags: &[], size: 10 };
+        assert_eq!(current_expiry(&rules, &s("logs/debug/x"), 0, DAY_US), Some((7 * DAY_US, "b")));
+        assert_eq!(current_expiry(&rules, &s("logs/x"), 0, DAY_US), Some((30 * DAY_US, "a")));
+        assert_eq!(current_expiry(&rules, &s("data/x"), 0, DAY_US), None);
+    }
+
+    #[test]
+    fn filters_need_every_tag_and_the_size_bounds() {
+        let f = LifecycleFilter {
+            prefix: "p/".into(),
+            tags: vec![("k".into(), "v".into()), ("team".into(), "web".into())],
+            size_greater_than: Some(10),
+            size_less_than: Some(100),
+        };
+        let both = [("k".to_owned(), "v".to_owned()), ("team".to_owned(), "web".to_owned()), ("x".to_owned(), "y".to_owned())];
+        assert!(f.matches(&Subject { key: "p/a", tags: &both, size: 50 }));
+        assert!(!f.matches(&Subject { key: "p/a", tags: &both[..1], size: 50 }));
+        assert!(!f.matches(&Subject { key: "p/a", tags: &both, size: 10 }));
+        assert!(!f.matches(&Subject { key: "p/a", tags: &both, size: 100 }));
+        assert!(!f.matches(&Subject { key: "q/a", tags: &both, size: 50 }));
+    }
+
+    #[test]
+    fn noncurrent_versions_age_from_their_replacement_and_the_newest_are_kept() {
+        let mut r = rule("nc", "");
+        r.noncurrent = Some(NoncurrentExpiration { days: 2, newer_versions: Some(1) });
+        let rules = [r];
+        let s = Subject { key: "k", tags: &[], size: 1 };
+        // Replaced at day 1: due from day 3, and only with one newer noncurrent version.
+        assert_eq!(noncurrent_due(&rules, &s, DAY_US, 1, 3 * DAY_US, DAY_US), Some("nc"));
+        assert_eq!(noncurrent_due(&rules, &s, DAY_US, 1, 3 * DAY_US - 1, DAY_US), None);
+        assert_eq!(noncurrent_due(&rules, &s, DAY_US, 0, 10 * DAY_US, DAY_US), None);
+    }
+
+    #[test]
+    fn lone_delete_markers_and_old_uploads() {
+        let mut m = rule("markers", "tmp/");
+        m.expiration = Some(Expiration::ExpiredDeleteMarker);
+        m.abort_incomplete_days = Some(1);
+        let rules = [m];
+        assert_eq!(lone_delete_marker_due(&rules, "tmp/a"), Some("markers"));
+        assert_eq!(lone_delete_marker_due(&rules, "keep/a"), None);
+        assert_eq!(upload_due(&rules, "tmp/a", 0, DAY_US, DAY_US), Some("markers"));
+        assert_eq!(upload_due(&rules, "tmp/a", 1, DAY_US, DAY_US), None);
+    }
+}
