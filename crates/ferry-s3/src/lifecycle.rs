@@ -76,6 +76,8 @@ pub(crate) fn expiration_header(
     let subject = ferry_store::lifecycle::Subject { key: &v.key, tags: &v.attrs.tags, size: v.size };
     let (at_us, rule) = ferry_store::lifecycle::current_expiry(rules, &subject, v.mtime_us, day_us)?;
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(at_us).ok()?);
+    // The id as S3 sends it: percent-encoded, so any id is a valid header value.
+    let rule = crate::dto::query_encode(rule);
     Some(format!("expiry-date=\"{}\", rule-id=\"{rule}\"", httpdate::fmt_http_date(at)))
 }
 
@@ -85,8 +87,18 @@ pub(crate) fn rules_from(rules: Vec<s3s::dto::LifecycleRule>) -> S3Result<Vec<Li
         return Err(s3_error!(MalformedXML, "A lifecycle configuration has 1 to {MAX_RULES} rules"));
     }
     let mut out: Vec<LifecycleRule> = Vec::with_capacity(rules.len());
+    let given: Vec<String> = rules.iter().filter_map(|r| r.id.clone()).collect();
     for (n, r) in rules.into_iter().enumerate() {
-        let rule = rule_from(r, n)?;
+        let mut rule = rule_from(r, n)?;
+        // S3 makes up an id for a rule without one; a stable one keeps a re-put configuration
+        // the same. It never takes an id the configuration gives another rule.
+        if rule.id.is_empty() {
+            let mut k = n + 1;
+            while given.contains(&format!("rule-{k}")) || out.iter().any(|o| o.id == format!("rule-{k}")) {
+                k += 1;
+            }
+            rule.id = format!("rule-{k}");
+        }
         if out.iter().any(|o| o.id == rule.id) {
             return Err(s3_error!(
                 InvalidArgument,
@@ -99,15 +111,17 @@ pub(crate) fn rules_from(rules: Vec<s3s::dto::LifecycleRule>) -> S3Result<Vec<Li
     Ok(out)
 }
 
+/// One rule; its id is left empty when the configuration gives none (see [`rules_from`]).
 fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
-    let id = match r.id {
-        Some(id) if id.len() > MAX_ID_LEN => {
-            return Err(s3_error!(InvalidArgument, "ID length should not exceed allowed limit of {MAX_ID_LEN}"));
-        }
-        Some(id) if !id.is_empty() => id,
-        // S3 makes one up; a stable one keeps a re-put configuration the same.
-        _ => format!("rule-{}", n + 1),
-    };
+    let given_id = r.id.unwrap_or_default();
+    if given_id.len() > MAX_ID_LEN {
+        return Err(s3_error!(InvalidArgument, "ID length should not exceed allowed limit of {MAX_ID_LEN}"));
+    }
+    if given_id.chars().any(char::is_control) {
+        return Err(s3_error!(InvalidArgument, "Rule ID must not contain control characters"));
+    }
+    // In messages: the rule by its id, or by its place.
+    let id = if given_id.is_empty() { format!("number {}", n + 1) } else { given_id.clone() };
     let enabled = match r.status.as_str() {
         ExpirationStatus::ENABLED => true,
         ExpirationStatus::DISABLED => false,
@@ -135,14 +149,16 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
     };
     let expiration = match r.expiration {
         None => None,
+        // "Do not remove expired delete markers", alone: no expiration.
+        Some(e) if e.days.is_none() && e.date.is_none() && e.expired_object_delete_marker == Some(false) => None,
         Some(e) => Some(match (e.days, e.date, e.expired_object_delete_marker) {
             (Some(d), None, None | Some(false)) => Expiration::Days(days(d, "Days")?),
             (None, Some(date), None | Some(false)) => Expiration::Date(midnight(&date, &id)?),
             (None, None, Some(true)) => {
-                if !filter.tags.is_empty() {
+                if !filter.tags.is_empty() || filter.size_greater_than.is_some() || filter.size_less_than.is_some() {
                     return Err(s3_error!(
                         InvalidRequest,
-                        "Rule {id}: ExpiredObjectDeleteMarker cannot be specified with tags"
+                        "Rule {id}: ExpiredObjectDeleteMarker cannot be specified with tags or object sizes"
                     ));
                 }
                 Expiration::ExpiredDeleteMarker
@@ -172,15 +188,21 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
             Some(NoncurrentExpiration { days: days(d, "NoncurrentDays")?, newer_versions })
         }
     };
-    let abort_incomplete_days = match r.abort_incomplete_multipart_upload.and_then(|a| a.days_after_initiation) {
+    let abort_incomplete_days = match r.abort_incomplete_multipart_upload.map(|a| a.days_after_initiation) {
         None => None,
+        Some(None) => {
+            return Err(s3_error!(
+                MalformedXML,
+                "Rule {id}: AbortIncompleteMultipartUpload needs DaysAfterInitiation"
+            ));
+        }
         Some(_) if !filter.tags.is_empty() || filter.size_greater_than.is_some() || filter.size_less_than.is_some() => {
             return Err(s3_error!(
                 InvalidRequest,
                 "Rule {id}: AbortIncompleteMultipartUpload cannot be specified with tags or object sizes"
             ));
         }
-        Some(d) => Some(days(d, "DaysAfterInitiation")?),
+        Some(Some(d)) => Some(days(d, "DaysAfterInitiation")?),
     };
     if expiration.is_none() && noncurrent.is_none() && abort_incomplete_days.is_none() {
         return Err(s3_error!(
@@ -188,7 +210,7 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
             "Rule {id}: at least one action needs to be specified in a rule"
         ));
     }
-    Ok(LifecycleRule { id, enabled, filter, expiration, noncurrent, abort_incomplete_days })
+    Ok(LifecycleRule { id: given_id, enabled, filter, expiration, noncurrent, abort_incomplete_days })
 }
 
 /// A rule's filter: one of a prefix, a tag, a size bound, or `And` of several.
@@ -221,6 +243,9 @@ fn filter_from(f: LifecycleRuleFilter, id: &str) -> S3Result<LifecycleFilter> {
             _ => Err(s3_error!(InvalidArgument, "Rule {id}: a tag needs a key")),
         })
         .collect::<S3Result<Vec<_>>>()?;
+    if let Some((k, _)) = tags.iter().enumerate().find_map(|(i, t)| tags[..i].iter().any(|o| o.0 == t.0).then_some(t)) {
+        return Err(s3_error!(InvalidArgument, "Rule {id}: the tag key {k} is given twice"));
+    }
     let filter =
         LifecycleFilter { prefix: prefix.unwrap_or_default(), tags, size_greater_than: size(gt)?, size_less_than: size(lt)? };
     if let (Some(gt), Some(lt)) = (filter.size_greater_than, filter.size_less_than)

@@ -138,6 +138,17 @@ async fn a_lifecycle_configuration_is_put_read_checked_and_deleted() {
     let head = c.head_object().bucket(&b).key("logs/today").version_id(out.version_id().unwrap()).send().await.unwrap();
     assert_eq!(head.expiration(), Some(on_put.as_str()));
     assert_eq!(put(&c, &b, "data/x", b"x").await.expiration(), None);
+    // A rule id is percent-encoded in the header (S3's form), so any id makes a valid one; an
+    // id with a control character is refused.
+    put_rules(&c, &b, vec![rule("logs \"all\"", "logs/").expiration(days(30)).build().unwrap()]).await.unwrap();
+    let head = c.head_object().bucket(&b).key("logs/today").send().await.unwrap();
+    assert!(
+        head.expiration().unwrap_or_default().ends_with("rule-id=\"logs%20%22all%22\""),
+        "{:?}",
+        head.expiration()
+    );
+    let bad = rule("two\nlines", "logs/").expiration(days(1)).build().unwrap();
+    assert_eq!(put_rules(&c, &b, vec![bad]).await, Err("InvalidArgument".to_owned()));
 
     c.delete_bucket_lifecycle().bucket(&b).send().await.unwrap();
     let e = c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap_err();
@@ -247,7 +258,8 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
 }
 
 /// Lifecycle actions are each region's own, as on S3: an expiration at the source adds a
-/// delete marker there that is not replicated, though the bucket replicates delete markers.
+/// delete marker there that is not replicated, though the bucket replicates delete markers,
+/// nor sent by a backfill.
 #[tokio::test]
 async fn lifecycle_expirations_are_not_replicated() {
     let c = TestCluster::start(&[US, EU], |o, _| {
@@ -269,4 +281,13 @@ async fn lifecycle_expirations_are_not_replicated() {
     let at_dst = all_versions(&eu, "dst").await;
     assert!(at_dst.iter().all(|v| !v.delete_marker), "the expiration was replicated: {at_dst:?}");
     assert!(at_dst.iter().any(|v| v.version_id == v1));
+    // Nor does a backfill (which sends what the source holds) send its delete marker.
+    let (code, out) = c.ferry_replication(US, "resync", "src", &["--wait"]).await;
+    assert_eq!(code, 0, "{out}");
+    barrier(&us, "src", "logs/a", None, &[(&eu, "dst")]).await;
+    let at_dst = all_versions(&eu, "dst").await;
+    assert!(
+        at_dst.iter().all(|v| !v.delete_marker),
+        "the expiration was sent by a backfill: {at_dst:?}"
+    );
 }

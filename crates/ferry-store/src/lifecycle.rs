@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 /// A day, in microseconds.
 pub const DAY_US: i64 = 86_400_000_000;
 
+/// Consecutive failures of one step (with the runner's backoff between them) after which the
+/// worker leaves that bucket until the next pass.
+const MAX_STEP_FAILURES: u32 = 5;
+
 /// One rule of a bucket's lifecycle configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LifecycleRule {
@@ -142,15 +146,26 @@ pub fn noncurrent_due<'r>(
     })
 }
 
-/// The rule that removes a delete marker which is its key's only version, if one does: an
-/// `ExpiredDeleteMarker` rule, or (as on S3) a rule that expires current versions by age.
+/// The rule that removes a delete marker written at `mtime_us` which is its key's only
+/// version, if one does at `now_us`: an `ExpiredDeleteMarker` rule at once, or (as on S3) a
+/// rule that expires current versions by age once the marker is that old.
 #[must_use]
-pub fn lone_delete_marker_due<'r>(rules: &'r [LifecycleRule], key: &str) -> Option<&'r str> {
+pub fn lone_delete_marker_due<'r>(
+    rules: &'r [LifecycleRule],
+    key: &str,
+    mtime_us: i64,
+    now_us: i64,
+    day_us: i64,
+) -> Option<&'r str> {
     let s = Subject { key, tags: &[], size: 0 };
     rules
         .iter()
         .filter(|r| r.enabled && r.filter.tags.is_empty() && r.filter.matches(&s))
-        .find(|r| matches!(r.expiration, Some(Expiration::ExpiredDeleteMarker | Expiration::Days(_))))
+        .find(|r| match r.expiration {
+            Some(Expiration::ExpiredDeleteMarker) => true,
+            Some(Expiration::Days(d)) => expiry(mtime_us, d, day_us) <= now_us,
+            _ => false,
+        })
         .map(|r| r.id.as_str())
 }
 
@@ -200,6 +215,8 @@ pub struct Done {
 /// crash at any point loses nothing but the pass's position (the next pass starts again).
 pub struct LifecycleWorker {
     store: std::sync::Arc<crate::Store>,
+    /// Consecutive failures of the current step.
+    failures: u32,
     settings: Settings,
     metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
     pass: Option<Pass>,
@@ -264,7 +281,19 @@ impl ferry_core::background::Worker for LifecycleWorker {
             }
             self.start_pass().await?;
         }
-        self.step().await?;
+        match self.step().await {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                if self.failures < MAX_STEP_FAILURES {
+                    return Err(e.into());
+                }
+                // A bucket whose step keeps failing waits for the next pass; the others go on.
+                let bucket = self.pass.as_mut().and_then(|p| p.scan.take()).map(|s| s.bucket);
+                tracing::warn!(bucket = ?bucket, error = %e, failures = self.failures, "lifecycle: bucket left until the next pass");
+                self.failures = 0;
+            }
+        }
         Ok(WorkerState::Busy)
     }
 
@@ -282,9 +311,9 @@ fn count(done: &std::sync::Mutex<Done>, f: impl FnOnce(&mut Done)) {
 
 /// One action a step decided on.
 enum Action {
-    ExpireCurrent { key: String, version_id: String },
-    RemoveNoncurrent { key: String, version_id: String },
-    RemoveLoneMarker { key: String, version_id: String },
+    ExpireCurrent { key: String, version_id: String, mtime_us: i64 },
+    RemoveNoncurrent { key: String, version_id: String, mtime_us: i64 },
+    RemoveLoneMarker { key: String, version_id: String, mtime_us: i64 },
     AbortUpload { upload_id: String },
 }
 
@@ -297,7 +326,15 @@ impl LifecycleWorker {
         settings: Settings,
         metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
     ) -> Self {
-        Self { store, settings, metrics, pass: None, next_pass: tokio::time::Instant::now(), done: std::sync::Arc::default() }
+        Self {
+            store,
+            settings,
+            metrics,
+            failures: 0,
+            pass: None,
+            next_pass: tokio::time::Instant::now(),
+            done: std::sync::Arc::default(),
+        }
     }
 
     /// What the worker has done, as it goes.
@@ -363,6 +400,14 @@ impl LifecycleWorker {
         }
         let Some(scan) = pass.scan.as_mut() else { return Ok(true) };
         let bucket = scan.bucket.clone();
+        // The rules as they are now: a change made during a long scan counts from its next step.
+        let name = bucket.clone();
+        let record = self.store.meta.read(move |r| r.get_bucket(&name)).await?;
+        scan.rules = record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
+        if scan.rules.is_empty() {
+            pass.scan = None;
+            return Ok(true);
+        }
         let mut actions = Vec::new();
         match scan.uploads_after.clone() {
             None => {
@@ -395,19 +440,19 @@ impl LifecycleWorker {
                         None => {
                             // The key's newest version.
                             if e.delete_marker {
-                                if lone_delete_marker_due(&scan.rules, &e.key).is_some() {
-                                    actions.push(Action::RemoveLoneMarker { key, version_id });
+                                if lone_delete_marker_due(&scan.rules, &e.key, e.mtime_us, now_us, day_us).is_some() {
+                                    actions.push(Action::RemoveLoneMarker { key, version_id, mtime_us: e.mtime_us });
                                 }
                             } else if current_expiry(&scan.rules, &subject, e.mtime_us, day_us)
                                 .is_some_and(|(at, _)| at <= now_us)
                             {
-                                actions.push(Action::ExpireCurrent { key, version_id });
+                                actions.push(Action::ExpireCurrent { key, version_id, mtime_us: e.mtime_us });
                             }
                             scan.key = Some((e.key.clone(), e.mtime_us, 0));
                         }
                         Some((_, replaced_at, newer)) => {
                             if noncurrent_due(&scan.rules, &subject, *replaced_at, *newer, now_us, day_us).is_some() {
-                                actions.push(Action::RemoveNoncurrent { key, version_id });
+                                actions.push(Action::RemoveNoncurrent { key, version_id, mtime_us: e.mtime_us });
                             }
                             *replaced_at = e.mtime_us;
                             *newer += 1;
@@ -427,6 +472,7 @@ impl LifecycleWorker {
                 }
             }
             Some(after) => {
+                let after_kept = after.clone();
                 let bucket = scan.bucket.clone();
                 let uploads = self
                     .store
@@ -436,12 +482,17 @@ impl LifecycleWorker {
                         r.scan_uploads(&bucket, b"", after, None, limit)
                     })
                     .await?;
+                // The next step resumes after the last upload left in place: one aborted here
+                // is gone, and could not be resumed after.
+                let mut kept = after_kept;
                 for u in &uploads {
                     if upload_due(&scan.rules, &u.key, u.initiated_us, now_us, day_us).is_some() {
                         actions.push(Action::AbortUpload { upload_id: u.upload_id.clone() });
+                    } else {
+                        kept = Some((u.key.clone(), u.upload_id.clone()));
                     }
                 }
-                scan.uploads_after = Some(uploads.last().map(|u| (u.key.clone(), u.upload_id.clone())));
+                scan.uploads_after = Some(kept);
                 if uploads.len() < limit {
                     pass.scan = None;
                 }
@@ -466,14 +517,14 @@ impl LifecycleWorker {
             let (b, name) = (bucket.to_owned(), a.name());
             let meta = &self.store.meta;
             let outcome = match a {
-                Action::ExpireCurrent { key, version_id } => {
-                    meta.write(move |tx| expire_current(tx, &b, &key, &version_id)).await?
+                Action::ExpireCurrent { key, version_id, mtime_us } => {
+                    meta.write(move |tx| expire_current(tx, &b, &key, &version_id, mtime_us)).await?
                 }
-                Action::RemoveNoncurrent { key, version_id } => {
-                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, false)).await?
+                Action::RemoveNoncurrent { key, version_id, mtime_us } => {
+                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, mtime_us, false)).await?
                 }
-                Action::RemoveLoneMarker { key, version_id } => {
-                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, true)).await?
+                Action::RemoveLoneMarker { key, version_id, mtime_us } => {
+                    meta.write(move |tx| expire_version(tx, &b, &key, &version_id, mtime_us, true)).await?
                 }
                 Action::AbortUpload { upload_id } => {
                     meta.write(move |tx| match abort_upload(tx, &upload_id) {
@@ -595,8 +646,14 @@ mod tests {
         m.expiration = Some(Expiration::ExpiredDeleteMarker);
         m.abort_incomplete_days = Some(1);
         let rules = [m];
-        assert_eq!(lone_delete_marker_due(&rules, "tmp/a"), Some("markers"));
-        assert_eq!(lone_delete_marker_due(&rules, "keep/a"), None);
+        assert_eq!(lone_delete_marker_due(&rules, "tmp/a", 0, 0, DAY_US), Some("markers"));
+        assert_eq!(lone_delete_marker_due(&rules, "keep/a", 0, 0, DAY_US), None);
+        // A rule with days removes a lone marker once the marker is that old.
+        let mut by_age = rule("age", "");
+        by_age.expiration = Some(Expiration::Days(2));
+        let aged = [by_age];
+        assert_eq!(lone_delete_marker_due(&aged, "k", DAY_US, 3 * DAY_US - 1, DAY_US), None);
+        assert_eq!(lone_delete_marker_due(&aged, "k", DAY_US, 3 * DAY_US, DAY_US), Some("age"));
         assert_eq!(upload_due(&rules, "tmp/a", 0, DAY_US, DAY_US), Some("markers"));
         assert_eq!(upload_due(&rules, "tmp/a", 1, DAY_US, DAY_US), None);
     }

@@ -391,6 +391,10 @@ pub struct ObjectAttrs {
     /// answer was lost is answered from it while the version is the key's newest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// A delete marker a lifecycle rule wrote: this region's own, never replicated (a backfill
+    /// passes it by too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lifecycle: bool,
 }
 
 /// One piece of an object's body stored in a blob file.

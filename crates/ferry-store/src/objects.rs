@@ -407,16 +407,18 @@ pub enum Expired {
 
 /// A lifecycle expiration of the current version `version_id` of `key`: a delete marker in a
 /// versioned bucket (replacing the `null` version when suspended), removal in an unversioned
-/// one. Nothing happens unless `version_id` is still the key's current version (not a delete
-/// marker). Never replicated: lifecycle actions are each region's own.
+/// one. Nothing happens unless the version `version_id` written at `mtime_us` is still the
+/// key's current version (not a delete marker): a `null` version overwritten since it was
+/// judged has the same id but not the same time. Never replicated: lifecycle actions are each
+/// region's own (the marker says so, for backfills).
 ///
 /// # Errors
 /// NoSuchBucket, database errors.
-pub fn expire_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, version_id: &str) -> Result<Expired> {
+pub fn expire_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, version_id: &str, mtime_us: i64) -> Result<Expired> {
     let b = bucket(tx, bucket_name)?;
     tx.lock_key(bucket_name, key)?;
     match tx.get_latest(bucket_name, key)? {
-        Some(v) if v.version_id == version_id && !v.delete_marker => {}
+        Some(v) if v.version_id == version_id && v.mtime_us == mtime_us && !v.delete_marker => {}
         _ => return Ok(Expired::Unchanged),
     }
     let version_id = match b.versioning {
@@ -431,14 +433,16 @@ pub fn expire_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, versio
             NULL_VERSION_ID.to_owned()
         }
     };
-    let marker = delete_marker(bucket_name, key, version_id, tx.now(), b.owner.clone());
+    let mut marker = delete_marker(bucket_name, key, version_id, tx.now(), b.owner.clone());
+    marker.attrs.lifecycle = true;
     tx.put_version(&marker)?;
     tx.refresh_latest(bucket_name, key)?;
     Ok(Expired::Marked)
 }
 
 /// A lifecycle removal of a noncurrent version, or of a delete marker that is its key's only
-/// version (`lone_marker`). Nothing happens unless that is still what it is. Never replicated.
+/// version (`lone_marker`), as judged when it was written at `mtime_us`. Nothing happens unless
+/// that is still what it is. Never replicated.
 ///
 /// # Errors
 /// NoSuchBucket, database errors.
@@ -447,11 +451,14 @@ pub fn expire_version(
     bucket_name: &str,
     key: &str,
     version_id: &str,
+    mtime_us: i64,
     lone_marker: bool,
 ) -> Result<Expired> {
     bucket(tx, bucket_name)?;
     tx.lock_key(bucket_name, key)?;
-    let Some(v) = tx.get_version(bucket_name, key, version_id)? else { return Ok(Expired::Unchanged) };
+    let Some(v) = tx.get_version(bucket_name, key, version_id)?.filter(|v| v.mtime_us == mtime_us) else {
+        return Ok(Expired::Unchanged);
+    };
     let latest = tx.get_latest(bucket_name, key)?.is_some_and(|l| l.version_id == v.version_id);
     let still = if lone_marker {
         // The key's first two versions (keys it prefixes sort after it).
@@ -670,6 +677,40 @@ pub(crate) mod tests {
             let rec = store.meta.read(move |r| r.get_version("b", "k", &v.version_id)).await.unwrap().unwrap();
             for blob in rec.layout.blobs() {
                 assert!(store.blobs.exists(&blob).await, "version {} lost its data file {blob}", rec.version_id);
+            }
+        }
+    }
+
+    /// A lifecycle expiration judged on one `null` version never removes the one that replaced
+    /// it (same id, later time): an acknowledged overwrite made between the worker's scan and
+    /// its action stays.
+    #[tokio::test]
+    async fn an_expiration_spares_a_null_version_written_since_it_was_judged() {
+        for versioning in [Versioning::Unversioned, Versioning::Suspended] {
+            let (_d, meta) = setup(versioning).await;
+            let judged = meta.write(|tx| put_version(tx, "b", obj("k", b"old"), &WriteConditions::default())).await.unwrap();
+            let newer = meta.write(|tx| put_version(tx, "b", obj("k", b"new"), &WriteConditions::default())).await.unwrap();
+            assert_eq!(judged.version_id, newer.version_id, "both are the null version");
+            let (vid, at) = (judged.version_id.clone(), judged.mtime_us);
+            let out = meta.write(move |tx| expire_current(tx, "b", "k", &vid, at)).await.unwrap();
+            assert_eq!(out, Expired::Unchanged);
+            let (vid, at) = (judged.version_id.clone(), judged.mtime_us);
+            let out = meta.write(move |tx| expire_version(tx, "b", "k", &vid, at, true)).await.unwrap();
+            assert_eq!(out, Expired::Unchanged);
+            let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap().unwrap();
+            assert_eq!((latest.etag.as_str(), latest.delete_marker), ("etag-new", false), "{versioning:?}");
+            // Judged on what is there now, it expires; in a suspended bucket the marker is
+            // marked as lifecycle's own.
+            let (vid, at) = (newer.version_id.clone(), newer.mtime_us);
+            let out = meta.write(move |tx| expire_current(tx, "b", "k", &vid, at)).await.unwrap();
+            let latest = meta.read(|r| r.get_latest("b", "k")).await.unwrap();
+            match versioning {
+                Versioning::Unversioned => assert_eq!((out, latest), (Expired::Removed, None)),
+                _ => {
+                    assert_eq!(out, Expired::Marked);
+                    let m = latest.unwrap();
+                    assert!(m.delete_marker && m.attrs.lifecycle, "{m:?}");
+                }
             }
         }
     }

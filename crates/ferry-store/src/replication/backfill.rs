@@ -393,6 +393,10 @@ pub fn step(tx: &mut dyn WriteTx, id: i64, batch: usize, window: u64) -> Result<
 
 /// Records (or re-drives) the jobs backfill `b` needs for version `v`; returns how many.
 fn backfill_version(tx: &mut dyn WriteTx, b: &Backfill, cfg: &ReplicationConfig, v: &VersionRecord) -> Result<u64> {
+    // Lifecycle actions are this region's own.
+    if v.attrs.lifecycle {
+        return Ok(0);
+    }
     let op = if v.delete_marker { JobOp::DeleteMarker } else { JobOp::Put };
     let tags: &[(String, String)] = if v.delete_marker { &[] } else { &v.attrs.tags };
     let rules: Vec<&Rule> =
