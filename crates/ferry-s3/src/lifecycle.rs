@@ -138,7 +138,7 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
     let filter = match (r.filter, r.prefix) {
         (Some(_), Some(_)) => return Err(s3_error!(MalformedXML, "Rule {id}: give Filter or Prefix, not both")),
         (Some(f), None) => filter_from(f, &id)?,
-        (None, Some(prefix)) => LifecycleFilter { prefix, ..LifecycleFilter::default() },
+        (None, Some(prefix)) => LifecycleFilter { prefix, legacy_prefix: true, ..LifecycleFilter::default() },
         (None, None) => LifecycleFilter::default(),
     };
     let days = |d: i32, what: &str| {
@@ -215,20 +215,15 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
 
 /// A rule's filter: one of a prefix, a tag, a size bound, or `And` of several.
 fn filter_from(f: LifecycleRuleFilter, id: &str) -> S3Result<LifecycleFilter> {
-    let given = [
-        f.prefix.is_some(),
-        f.tag.is_some(),
-        f.and.is_some(),
-        f.object_size_greater_than.is_some(),
-        f.object_size_less_than.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() > 1 {
-        return Err(s3_error!(
-            MalformedXML,
-            "Rule {id}: a Filter takes one of Prefix, Tag, ObjectSize* and And"
-        ));
-    }
+    let others =
+        f.prefix.is_some() || f.tag.is_some() || f.object_size_greater_than.is_some() || f.object_size_less_than.is_some();
+    // Several conditions without `And` (`<Filter><Prefix>..</Prefix><Tag>..</Tag></Filter>`):
+    // S3 wants `And`; Ceph and the clients written for it send this, and its meaning is the
+    // same, so it is taken as `And`.
     let (prefix, tags, gt, lt) = match f.and {
+        Some(_) if others => {
+            return Err(s3_error!(MalformedXML, "Rule {id}: a Filter with And has nothing beside it"));
+        }
         Some(a) => (a.prefix, a.tags.unwrap_or_default(), a.object_size_greater_than, a.object_size_less_than),
         None => (f.prefix, f.tag.into_iter().collect(), f.object_size_greater_than, f.object_size_less_than),
     };
@@ -246,8 +241,13 @@ fn filter_from(f: LifecycleRuleFilter, id: &str) -> S3Result<LifecycleFilter> {
     if let Some((k, _)) = tags.iter().enumerate().find_map(|(i, t)| tags[..i].iter().any(|o| o.0 == t.0).then_some(t)) {
         return Err(s3_error!(InvalidArgument, "Rule {id}: the tag key {k} is given twice"));
     }
-    let filter =
-        LifecycleFilter { prefix: prefix.unwrap_or_default(), tags, size_greater_than: size(gt)?, size_less_than: size(lt)? };
+    let filter = LifecycleFilter {
+        prefix: prefix.unwrap_or_default(),
+        tags,
+        size_greater_than: size(gt)?,
+        size_less_than: size(lt)?,
+        legacy_prefix: false,
+    };
     if let (Some(gt), Some(lt)) = (filter.size_greater_than, filter.size_less_than)
         && gt >= lt
     {
@@ -278,13 +278,43 @@ fn midnight(date: &Timestamp, id: &str) -> S3Result<i64> {
 /// A stored rule as S3's.
 pub(crate) fn rule_dto(r: &LifecycleRule) -> s3s::dto::LifecycleRule {
     let f = &r.filter;
+    // Given as the rule's `Prefix` (before filters existed), it comes back so.
+    let (filter, prefix) = if f.legacy_prefix { (None, Some(f.prefix.clone())) } else { (Some(filter_dto(f)), None) };
+    let days = |d: u32| i32::try_from(d).ok();
+    s3s::dto::LifecycleRule {
+        id: Some(r.id.clone()),
+        status: ExpirationStatus::from(if r.enabled { ExpirationStatus::ENABLED } else { ExpirationStatus::DISABLED }.to_owned()),
+        filter,
+        prefix,
+        expiration: r.expiration.map(|e| match e {
+            Expiration::Days(d) => LifecycleExpiration { days: days(d), ..Default::default() },
+            Expiration::Date(us) => LifecycleExpiration { date: timestamp(us), ..Default::default() },
+            Expiration::ExpiredDeleteMarker => {
+                LifecycleExpiration { expired_object_delete_marker: Some(true), ..Default::default() }
+            }
+        }),
+        noncurrent_version_expiration: r.noncurrent.map(|n| NoncurrentVersionExpiration {
+            noncurrent_days: days(n.days),
+            newer_noncurrent_versions: n.newer_versions.and_then(days),
+        }),
+        abort_incomplete_multipart_upload: r
+            .abort_incomplete_days
+            .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: days(d) }),
+        del_marker_expiration: None,
+        noncurrent_version_transitions: None,
+        transitions: None,
+    }
+}
+
+/// A stored filter as S3's `Filter`: one condition alone, several under `And`.
+fn filter_dto(f: &LifecycleFilter) -> LifecycleRuleFilter {
     let tag = |(k, v): &(String, String)| Tag { key: Some(k.clone()), value: Some(v.clone()) };
     let sized = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok());
     let parts = usize::from(!f.prefix.is_empty())
         + f.tags.len()
         + usize::from(f.size_greater_than.is_some())
         + usize::from(f.size_less_than.is_some());
-    let filter = if parts > 1 {
+    if parts > 1 {
         LifecycleRuleFilter {
             and: Some(LifecycleRuleAndOperator {
                 prefix: (!f.prefix.is_empty()).then(|| f.prefix.clone()),
@@ -302,30 +332,6 @@ pub(crate) fn rule_dto(r: &LifecycleRule) -> s3s::dto::LifecycleRule {
             object_size_less_than: sized(f.size_less_than),
             ..Default::default()
         }
-    };
-    let days = |d: u32| i32::try_from(d).ok();
-    s3s::dto::LifecycleRule {
-        id: Some(r.id.clone()),
-        status: ExpirationStatus::from(if r.enabled { ExpirationStatus::ENABLED } else { ExpirationStatus::DISABLED }.to_owned()),
-        filter: Some(filter),
-        expiration: r.expiration.map(|e| match e {
-            Expiration::Days(d) => LifecycleExpiration { days: days(d), ..Default::default() },
-            Expiration::Date(us) => LifecycleExpiration { date: timestamp(us), ..Default::default() },
-            Expiration::ExpiredDeleteMarker => {
-                LifecycleExpiration { expired_object_delete_marker: Some(true), ..Default::default() }
-            }
-        }),
-        noncurrent_version_expiration: r.noncurrent.map(|n| NoncurrentVersionExpiration {
-            noncurrent_days: days(n.days),
-            newer_noncurrent_versions: n.newer_versions.and_then(days),
-        }),
-        abort_incomplete_multipart_upload: r
-            .abort_incomplete_days
-            .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: days(d) }),
-        del_marker_expiration: None,
-        noncurrent_version_transitions: None,
-        prefix: None,
-        transitions: None,
     }
 }
 
@@ -363,5 +369,29 @@ mod tests {
         assert_eq!(rules[3].filter.prefix, "old/");
         let again = rules_from(rules.iter().map(rule_dto).collect()).expect("taken back");
         assert_eq!(again, rules);
+        // The rule's own Prefix (S3's older form) comes back in that form.
+        let legacy = rule_dto(&rules[3]);
+        assert_eq!((legacy.prefix.as_deref(), legacy.filter.is_none()), (Some("old/"), true));
+    }
+
+    /// Several conditions in a Filter without `And` (as Ceph and its clients write them) mean
+    /// their conjunction; beside an `And` they are refused.
+    #[test]
+    fn a_filter_without_and_is_the_conjunction_of_its_conditions() {
+        let rule = |filter: &str| {
+            format!(
+                "<LifecycleConfiguration><Rule><ID>r</ID><Status>Enabled</Status><Filter>{filter}</Filter>\
+                 <Expiration><Days>1</Days></Expiration></Rule></LifecycleConfiguration>"
+            )
+        };
+        let rules = parse(&rule(
+            "<Prefix>p/</Prefix><Tag><Key>k</Key><Value>v</Value></Tag><ObjectSizeGreaterThan>5</ObjectSizeGreaterThan>",
+        ))
+        .expect("taken");
+        let f = &rules[0].filter;
+        assert_eq!((f.prefix.as_str(), f.tags.len(), f.size_greater_than), ("p/", 1, Some(5)));
+        assert!(rule_dto(&rules[0]).filter.and_then(|f| f.and).is_some(), "answered with And");
+        let e = parse(&rule("<And><Prefix>a/</Prefix></And><Prefix>b/</Prefix>")).unwrap_err();
+        assert_eq!(e.code(), &s3s::S3ErrorCode::MalformedXML);
     }
 }

@@ -56,6 +56,9 @@ pub struct LifecycleFilter {
     pub size_greater_than: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_less_than: Option<u64>,
+    /// Given as the rule's own `Prefix` (S3's form before filters), and answered so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_prefix: bool,
 }
 
 /// A rule's expiration of current versions.
@@ -619,6 +622,7 @@ mod tests {
             tags: vec![("k".into(), "v".into()), ("team".into(), "web".into())],
             size_greater_than: Some(10),
             size_less_than: Some(100),
+            legacy_prefix: false,
         };
         let both = [("k".to_owned(), "v".to_owned()), ("team".to_owned(), "web".to_owned()), ("x".to_owned(), "y".to_owned())];
         assert!(f.matches(&Subject { key: "p/a", tags: &both, size: 50 }));
