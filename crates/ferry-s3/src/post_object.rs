@@ -113,13 +113,7 @@ impl Forms {
     /// The bucket a request posts a form to; `None` when it is not a form upload to a bucket
     /// (s3s answers it).
     pub(crate) fn bucket_of<B>(&self, req: &http::Request<B>) -> Option<String> {
-        let is_form = req.method() == http::Method::POST
-            && req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
-        if !is_form {
+        if !is_form_post(req.method(), req.headers()) {
             return None;
         }
         match self.host.path_of(req) {
@@ -296,6 +290,15 @@ impl Forms {
         grants.record(&mut req.extensions);
         Ok(())
     }
+}
+
+/// Whether a request is a browser form upload: a `multipart/form-data` POST.
+pub(crate) fn is_form_post(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    *method == http::Method::POST
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
 }
 
 /// The MAC `M` of `policy` under `key` equals `signature` (compared in constant time).

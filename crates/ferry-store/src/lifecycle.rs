@@ -224,7 +224,7 @@ pub struct LifecycleWorker {
     metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
     pass: Option<Pass>,
     next_pass: tokio::time::Instant,
-    done: std::sync::Arc<std::sync::Mutex<Done>>,
+    done: Done,
 }
 
 /// A pass: its time, the buckets left, and where it is in the current one.
@@ -237,7 +237,6 @@ struct Pass {
 /// Where a pass is in one bucket.
 struct BucketScan {
     bucket: String,
-    rules: Vec<LifecycleRule>,
     cursor: crate::meta::VersionCursor,
     /// The key being gone through: the time of its last version seen (the one that replaced
     /// the next) and how many noncurrent versions came before.
@@ -253,7 +252,7 @@ impl ferry_core::background::Worker for LifecycleWorker {
     }
 
     fn status(&self) -> ferry_core::background::WorkerStatus {
-        let d = self.done.lock().map(|d| *d).unwrap_or_default();
+        let d = self.done;
         let pass = match &self.pass {
             Some(p) => format!("pass running, {} buckets left", p.buckets.len() + usize::from(p.scan.is_some())),
             None => "waiting for the next pass".to_owned(),
@@ -305,13 +304,6 @@ impl ferry_core::background::Worker for LifecycleWorker {
     }
 }
 
-/// Adds to what a worker has done.
-fn count(done: &std::sync::Mutex<Done>, f: impl FnOnce(&mut Done)) {
-    if let Ok(mut d) = done.lock() {
-        f(&mut d);
-    }
-}
-
 /// One action a step decided on.
 enum Action {
     ExpireCurrent { key: String, version_id: String, mtime_us: i64 },
@@ -321,33 +313,14 @@ enum Action {
 }
 
 impl LifecycleWorker {
-    /// A worker for `store`, counting in `metrics`; what it has done is also readable through
-    /// [`Self::done`].
+    /// A worker for `store`, counting what it does in `metrics` (and in its status line).
     #[must_use]
     pub fn new(
         store: std::sync::Arc<crate::Store>,
         settings: Settings,
         metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
     ) -> Self {
-        Self {
-            store,
-            settings,
-            metrics,
-            failures: 0,
-            pass: None,
-            next_pass: tokio::time::Instant::now(),
-            done: std::sync::Arc::default(),
-        }
-    }
-
-    /// What the worker has done, as it goes.
-    #[must_use]
-    pub fn done(&self) -> std::sync::Arc<std::sync::Mutex<Done>> {
-        self.done.clone()
-    }
-
-    fn count(&self, f: impl FnOnce(&mut Done)) {
-        count(&self.done, f);
+        Self { store, settings, metrics, failures: 0, pass: None, next_pass: tokio::time::Instant::now(), done: Done::default() }
     }
 
     /// Starts a pass over the buckets that have rules.
@@ -370,7 +343,6 @@ impl LifecycleWorker {
     async fn step(&mut self) -> crate::error::Result<bool> {
         let day_us = self.settings.day_us;
         let limit = self.settings.batch.max(1);
-        let done = self.done.clone();
         let metrics = self.metrics.clone();
         let Some(pass) = self.pass.as_mut() else { return Ok(false) };
         let now_us = pass.now_us;
@@ -378,27 +350,14 @@ impl LifecycleWorker {
             let Some(bucket) = pass.buckets.pop_front() else {
                 self.pass = None;
                 let end_us = ferry_core::time::now_micros();
-                count(&done, |d| {
-                    d.passes += 1;
-                    d.last_pass_end_us = Some(end_us);
-                });
+                self.done.passes += 1;
+                self.done.last_pass_end_us = Some(end_us);
                 #[allow(clippy::cast_precision_loss)] // a time in seconds: microseconds do not matter
                 metrics.lifecycle_last_pass_end.set(end_us as f64 / 1e6);
                 return Ok(false);
             };
-            let name = bucket.clone();
-            let record = self.store.meta.read(move |r| r.get_bucket(&name)).await?;
-            let rules: Vec<LifecycleRule> =
-                record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
-            if !rules.is_empty() {
-                pass.scan = Some(BucketScan {
-                    bucket,
-                    rules,
-                    cursor: crate::meta::VersionCursor::default(),
-                    key: None,
-                    uploads_after: None,
-                });
-            }
+            pass.scan =
+                Some(BucketScan { bucket, cursor: crate::meta::VersionCursor::default(), key: None, uploads_after: None });
             return Ok(true);
         }
         let Some(scan) = pass.scan.as_mut() else { return Ok(true) };
@@ -406,8 +365,9 @@ impl LifecycleWorker {
         // The rules as they are now: a change made during a long scan counts from its next step.
         let name = bucket.clone();
         let record = self.store.meta.read(move |r| r.get_bucket(&name)).await?;
-        scan.rules = record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
-        if scan.rules.is_empty() {
+        let rules: Vec<LifecycleRule> =
+            record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
+        if rules.is_empty() {
             pass.scan = None;
             return Ok(true);
         }
@@ -415,7 +375,7 @@ impl LifecycleWorker {
         match scan.uploads_after.clone() {
             None => {
                 let (bucket, cursor) = (scan.bucket.clone(), scan.cursor.clone());
-                let with_tags = scan.rules.iter().any(|r| !r.filter.tags.is_empty());
+                let with_tags = rules.iter().any(|r| !r.filter.tags.is_empty());
                 let entries = self
                     .store
                     .meta
@@ -443,18 +403,16 @@ impl LifecycleWorker {
                         None => {
                             // The key's newest version.
                             if e.delete_marker {
-                                if lone_delete_marker_due(&scan.rules, &e.key, e.mtime_us, now_us, day_us).is_some() {
+                                if lone_delete_marker_due(&rules, &e.key, e.mtime_us, now_us, day_us).is_some() {
                                     actions.push(Action::RemoveLoneMarker { key, version_id, mtime_us: e.mtime_us });
                                 }
-                            } else if current_expiry(&scan.rules, &subject, e.mtime_us, day_us)
-                                .is_some_and(|(at, _)| at <= now_us)
-                            {
+                            } else if current_expiry(&rules, &subject, e.mtime_us, day_us).is_some_and(|(at, _)| at <= now_us) {
                                 actions.push(Action::ExpireCurrent { key, version_id, mtime_us: e.mtime_us });
                             }
                             scan.key = Some((e.key.clone(), e.mtime_us, 0));
                         }
                         Some((_, replaced_at, newer)) => {
-                            if noncurrent_due(&scan.rules, &subject, *replaced_at, *newer, now_us, day_us).is_some() {
+                            if noncurrent_due(&rules, &subject, *replaced_at, *newer, now_us, day_us).is_some() {
                                 actions.push(Action::RemoveNoncurrent { key, version_id, mtime_us: e.mtime_us });
                             }
                             *replaced_at = e.mtime_us;
@@ -468,7 +426,7 @@ impl LifecycleWorker {
                         after_version: Some((e.mtime_us, e.version_id.clone())),
                     };
                 }
-                count(&done, |d| d.versions_scanned += n as u64);
+                self.done.versions_scanned += n as u64;
                 metrics.lifecycle_versions_scanned.inc_by(n as u64);
                 if n < limit {
                     scan.uploads_after = Some(None);
@@ -489,7 +447,7 @@ impl LifecycleWorker {
                 // is gone, and could not be resumed after.
                 let mut kept = after_kept;
                 for u in &uploads {
-                    if upload_due(&scan.rules, &u.key, u.initiated_us, now_us, day_us).is_some() {
+                    if upload_due(&rules, &u.key, u.initiated_us, now_us, day_us).is_some() {
                         actions.push(Action::AbortUpload { upload_id: u.upload_id.clone() });
                     } else {
                         kept = Some((u.key.clone(), u.upload_id.clone()));
@@ -541,7 +499,7 @@ impl LifecycleWorker {
             if outcome != Expired::Unchanged {
                 let labels = ferry_core::metrics::ActionLabels { action: name.into() };
                 self.metrics.lifecycle_actions.get_or_create(&labels).inc();
-                self.count(|d| d.add(name));
+                self.done.add(name);
             }
         }
         Ok(())

@@ -320,24 +320,40 @@ pub fn delete_current(
         };
         cond.check(Some(&latest))?;
     }
+    let Some(marker) = hide_current(tx, &b, key, owner, false)? else { return Ok(DeleteOutcome { marker: None }) };
+    enqueue(tx, &b, &marker, JobOp::DeleteMarker)?;
+    Ok(DeleteOutcome { marker: Some(VersionRecord { is_latest: true, ..marker }) })
+}
+
+/// What a DeleteObject without a version id does to `key`, as the bucket's versioning says: a
+/// delete marker (returned) in a versioned bucket, replacing the `null` version when suspended;
+/// removal of the `null` version in an unversioned one. `lifecycle`: the marker is a lifecycle
+/// rule's. Records no replication job.
+fn hide_current(
+    tx: &mut dyn WriteTx,
+    b: &BucketRecord,
+    key: &str,
+    owner: &Owner,
+    lifecycle: bool,
+) -> Result<Option<VersionRecord>> {
     let now = tx.now();
     let version_id = match b.versioning {
         Versioning::Unversioned => {
-            remove_null(tx, bucket_name, key)?;
-            tx.refresh_latest(bucket_name, key)?;
-            return Ok(DeleteOutcome { marker: None });
+            remove_null(tx, &b.name, key)?;
+            tx.refresh_latest(&b.name, key)?;
+            return Ok(None);
         }
         Versioning::Enabled => new_version_id(),
         Versioning::Suspended => {
-            remove_null(tx, bucket_name, key)?;
+            remove_null(tx, &b.name, key)?;
             NULL_VERSION_ID.to_owned()
         }
     };
-    let marker = delete_marker(bucket_name, key, version_id, now, owner.clone());
+    let mut marker = delete_marker(&b.name, key, version_id, now, owner.clone());
+    marker.attrs.lifecycle = lifecycle;
     tx.put_version(&marker)?;
-    tx.refresh_latest(bucket_name, key)?;
-    enqueue(tx, &b, &marker, JobOp::DeleteMarker)?;
-    Ok(DeleteOutcome { marker: Some(VersionRecord { is_latest: true, ..marker }) })
+    tx.refresh_latest(&b.name, key)?;
+    Ok(Some(marker))
 }
 
 /// A delete-marker record.
@@ -421,23 +437,10 @@ pub fn expire_current(tx: &mut dyn WriteTx, bucket_name: &str, key: &str, versio
         Some(v) if v.version_id == version_id && v.mtime_us == mtime_us && !v.delete_marker => {}
         _ => return Ok(Expired::Unchanged),
     }
-    let version_id = match b.versioning {
-        Versioning::Unversioned => {
-            remove_null(tx, bucket_name, key)?;
-            tx.refresh_latest(bucket_name, key)?;
-            return Ok(Expired::Removed);
-        }
-        Versioning::Enabled => new_version_id(),
-        Versioning::Suspended => {
-            remove_null(tx, bucket_name, key)?;
-            NULL_VERSION_ID.to_owned()
-        }
-    };
-    let mut marker = delete_marker(bucket_name, key, version_id, tx.now(), b.owner.clone());
-    marker.attrs.lifecycle = true;
-    tx.put_version(&marker)?;
-    tx.refresh_latest(bucket_name, key)?;
-    Ok(Expired::Marked)
+    Ok(match hide_current(tx, &b, key, &b.owner, true)? {
+        Some(_) => Expired::Marked,
+        None => Expired::Removed,
+    })
 }
 
 /// A lifecycle removal of a noncurrent version, or of a delete marker that is its key's only

@@ -182,11 +182,7 @@ pub(crate) fn check_request(
         let name = p.split('=').next().unwrap_or("");
         ["X-Amz-Signature", "Signature", "AWSAccessKeyId"].contains(&name)
     });
-    let form = *method == http::Method::POST
-        && headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let form = crate::post_object::is_form_post(method, headers);
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     let signed = match (auth.next().and_then(|v| v.to_str().ok()), auth.next()) {
         (Some(a), None) if !presigned && !form => signed_headers(a),
