@@ -44,7 +44,13 @@ impl ReplicationEngine for Engine {
         found
     }
 
-    async fn check_destination(&self, source: &SourceRef, peer: &str, bucket: &str) -> Result<(), DestinationRefused> {
+    async fn check_destination(
+        &self,
+        source: &SourceRef,
+        peer: &str,
+        bucket: &str,
+        object_lock: bool,
+    ) -> Result<(), DestinationRefused> {
         let p = self.peers.get(peer).ok_or_else(|| DestinationRefused::Invalid(format!("unknown peer {peer}")))?;
         if !p.is_ferry() && !p.accounts.contains(&source.account) {
             return Err(DestinationRefused::AccessDenied(format!(
@@ -67,11 +73,31 @@ impl ReplicationEngine for Engine {
             Err(e) if http_status(&e) == Some(403) => return Err(DestinationRefused::AccessDenied(describe(&e))),
             Err(e) => return Err(DestinationRefused::Invalid(describe(&e))),
         };
-        if enabled {
+        if !enabled {
+            return Err(DestinationRefused::Invalid(
+                "versioning is not enabled on the destination bucket".to_owned(),
+            ));
+        }
+        if !object_lock {
+            return Ok(());
+        }
+        let out = if p.is_ferry() {
+            p.client.get_object_lock_configuration().bucket(bucket).customize().mutate_request(source_header(source)).send().await
+        } else {
+            p.client.get_object_lock_configuration().bucket(bucket).send().await
+        };
+        let locked = match out {
+            Ok(o) => o.object_lock_configuration().and_then(|c| c.object_lock_enabled()).map(|e| e.as_str()) == Some("Enabled"),
+            Err(e) if http_status(&e) == Some(404) => false,
+            Err(e) if http_status(&e) == Some(403) => return Err(DestinationRefused::AccessDenied(describe(&e))),
+            Err(e) => return Err(DestinationRefused::Invalid(describe(&e))),
+        };
+        if locked {
             Ok(())
         } else {
             Err(DestinationRefused::Invalid(
-                "versioning is not enabled on the destination bucket".to_owned(),
+                "the source bucket has Object Lock and the destination bucket does not: it could not keep the source's locked versions"
+                    .to_owned(),
             ))
         }
     }

@@ -38,9 +38,8 @@ impl FerryS3 {
                 ));
             }
         }
-        if input.object_lock_enabled_for_bucket == Some(true) {
-            return Err(s3_error!(NotImplemented, "Object Lock is not supported"));
-        }
+        // Object Lock needs versioning, and keeps it enabled for good.
+        let object_lock = input.object_lock_enabled_for_bucket == Some(true);
         let grants = grant_headers!(input);
         let acl = requested_acl(input.acl.as_ref().map(BucketCannedACL::as_str), &grants, &user.owner, None, &self.users)?;
         // A new bucket has no switches of its own: its owner's account's hold.
@@ -55,7 +54,11 @@ impl FerryS3 {
         if let Some(o) = ownership {
             crate::bucket_access::check_ownership_acl(o, &user.owner, &acl)?;
         }
-        let config = ferry_store::model::BucketConfig { ownership, ..Default::default() };
+        let config = ferry_store::model::BucketConfig {
+            ownership,
+            object_lock: object_lock.then(ferry_store::lock::ObjectLockConfig::default),
+            ..Default::default()
+        };
         let name = input.bucket;
         let owner = user.owner.clone();
         let result = self
@@ -70,7 +73,7 @@ impl FerryS3 {
                     name,
                     created_us: now,
                     owner,
-                    versioning: Versioning::Unversioned,
+                    versioning: if object_lock { Versioning::Enabled } else { Versioning::Unversioned },
                     acl,
                     tagging: None,
                     replication: None,
@@ -207,6 +210,12 @@ impl FerryS3 {
                 if target == Versioning::Suspended && bucket.replication.is_some() {
                     return Err(StoreError::InvalidBucketState(
                         "Versioning cannot be suspended on a bucket that has a replication configuration".into(),
+                    ));
+                }
+                if target == Versioning::Suspended && bucket.object_lock() {
+                    return Err(StoreError::InvalidBucketState(
+                        "An Object Lock configuration is present on this bucket, so the versioning state cannot be changed."
+                            .into(),
                     ));
                 }
                 bucket.versioning = target;

@@ -416,6 +416,23 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
             c.add(&format!("s3:{name}"), v);
         }
     }
+    // A write's Object Lock headers (PutObjectRetention's body is not read before this check:
+    // its retention is not seen here).
+    for (key, name) in [
+        ("s3:object-lock-mode", "x-amz-object-lock-mode"),
+        ("s3:object-lock-retain-until-date", "x-amz-object-lock-retain-until-date"),
+        ("s3:object-lock-legal-hold", "x-amz-object-lock-legal-hold"),
+    ] {
+        if let Some(v) = header(name) {
+            c.add(key, v);
+        }
+    }
+    if let Some(until) = header("x-amz-object-lock-retain-until-date")
+        .and_then(|d| time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok())
+    {
+        let seconds = (until - now).whole_seconds().max(0);
+        c.add("s3:object-lock-remaining-retention-days", ((seconds + 86_399) / 86_400).to_string());
+    }
     // The listing keys come from a listing's own parameters (any other request could carry
     // them in its query string without effect), or from the key a missing-key answer is about.
     match asked.listed_prefix {

@@ -54,9 +54,10 @@ fn delete_one(
 }
 
 /// The conditions of a conditional delete (`If-Match`, `x-amz-if-match-last-modified-time`,
-/// `x-amz-if-match-size`, or their DeleteObjects elements).
-fn conditions(if_match: Option<String>, mtime: Option<&Timestamp>, size: Option<i64>) -> DeleteConditions {
-    DeleteConditions { if_match, mtime_secs: mtime.map(crate::dto::ts_secs), size }
+/// `x-amz-if-match-size`, or their DeleteObjects elements), and whether it may bypass
+/// governance retention.
+fn conditions(if_match: Option<String>, mtime: Option<&Timestamp>, size: Option<i64>, bypass: bool) -> DeleteConditions {
+    DeleteConditions { if_match, mtime_secs: mtime.map(crate::dto::ts_secs), size, bypass_governance: bypass }
 }
 
 impl FerryS3 {
@@ -65,6 +66,12 @@ impl FerryS3 {
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let owner = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let replica = self.replica_of(&req, &bucket)?;
+        // A version delete replicated from a source of the bucket owner's own account removes
+        // what that account could remove here with a bypass; COMPLIANCE and legal holds stay.
+        let bypass = match &replica {
+            Some(r) => r.authority.owner,
+            None => self.may_bypass(&req, req.input.bypass_governance_retention, &bucket, &req.input.key).await,
+        };
         let i = req.input;
         if let Some(v) = &i.version_id
             && !is_valid_version_id(v)
@@ -75,6 +82,7 @@ impl FerryS3 {
             i.if_match.as_ref().map(crate::dto::condition_text),
             i.if_match_last_modified_time.as_ref(),
             i.if_match_size,
+            bypass,
         );
         let (b, k, v) = (i.bucket, i.key, i.version_id);
         let d =
@@ -104,7 +112,11 @@ impl FerryS3 {
             return Err(s3_error!(MalformedXML, "The request must contain no more than 1000 keys"));
         }
         let mut refused = Vec::with_capacity(objects.len());
+        // Whether each key may bypass governance retention (judged per key, as a policy may
+        // grant it for some keys only).
+        let mut bypass = Vec::with_capacity(objects.len());
         for o in objects {
+            bypass.push(self.may_bypass(&req, req.input.bypass_governance_retention, &bucket, &o.key).await);
             let allowed = match &policy {
                 Some(p) => {
                     let asked =
@@ -126,7 +138,7 @@ impl FerryS3 {
             .meta
             .write(move |tx| {
                 let mut out = Vec::with_capacity(objects.len());
-                for (o, refused) in objects.into_iter().zip(refused) {
+                for ((o, refused), bypass) in objects.into_iter().zip(refused).zip(bypass) {
                     let invalid = if refused {
                         Some(("AccessDenied", "Access Denied"))
                     } else if o.key.is_empty() || o.key.len() > MAX_KEY_LEN {
@@ -136,13 +148,20 @@ impl FerryS3 {
                     } else {
                         None
                     };
-                    let cond = conditions(o.e_tag.as_ref().map(|e| e.value().to_owned()), o.last_modified_time.as_ref(), o.size);
+                    let cond = conditions(
+                        o.e_tag.as_ref().map(|e| e.value().to_owned()),
+                        o.last_modified_time.as_ref(),
+                        o.size,
+                        bypass,
+                    );
                     let r = match invalid {
                         Some(err) => Err(err),
                         None => match delete_one(tx, &name, &o.key, o.version_id.as_deref(), &owner, None, &cond) {
                             Err(ferry_store::Error::PreconditionFailed) => {
                                 Err(("PreconditionFailed", crate::error::PRECONDITION_FAILED))
                             }
+                            // A version Object Lock protects.
+                            Err(ferry_store::Error::AccessDenied(_)) => Err(("AccessDenied", "Access Denied")),
                             r => Ok(r?),
                         },
                     };

@@ -27,6 +27,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         ),
         E::InvalidBucketState(m) => S3Error::with_message(S3ErrorCode::InvalidBucketState, m),
         E::InvalidArgument(m) => S3Error::with_message(S3ErrorCode::InvalidArgument, m),
+        E::InvalidRequest(m) => S3Error::with_message(S3ErrorCode::InvalidRequest, m),
         E::AccessDenied(m) => S3Error::with_message(S3ErrorCode::AccessDenied, m),
         E::IncompleteBody => s3_error!(
             IncompleteBody,

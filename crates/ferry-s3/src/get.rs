@@ -174,7 +174,7 @@ macro_rules! read_request {
 
 /// A GetObject or HeadObject output with the headers both send for the version read: content
 /// headers, length and range, ETag, times, metadata, version id, storage class, replication
-/// status, and the checksums when asked for (`x-amz-checksum-mode: ENABLED`) on a full read.
+/// status, Object Lock, and the checksums when asked for (`x-amz-checksum-mode: ENABLED`) on a full read.
 macro_rules! object_headers {
     ($ty:ident { $($field:ident: $value:expr),* $(,)? }, $src:expr, $plan:expr, $mode:expr) => {{
         let (src, plan): (&SourceVersion, &ReadPlan) = ($src, $plan);
@@ -187,6 +187,7 @@ macro_rules! object_headers {
             (Some(_), None) => ChecksumFields::default(),
         };
         let has_checksum = checksums.any();
+        let (lock_mode, lock_until, lock_hold) = crate::object_lock::headers_of(v);
         with_checksums!(
             $ty {
                 $($field: $value,)*
@@ -209,6 +210,9 @@ macro_rules! object_headers {
                 storage_class: v.storage_class.clone().map(StorageClass::from),
                 replication_status: v.repl_status.map(|s| ReplicationStatus::from(s.as_str().to_owned())),
                 checksum_type: if has_checksum { a.checksums.kind.map(|k| ChecksumType::from(k.as_str().to_owned())) } else { None },
+                object_lock_mode: lock_mode,
+                object_lock_retain_until_date: lock_until,
+                object_lock_legal_hold_status: lock_hold,
             },
             checksums,
             ..Default::default()
@@ -252,7 +256,7 @@ impl FerryS3 {
     }
 
     /// [`Self::source_version`], the ACLs skipped when `policy_allows`.
-    async fn version_checked<T>(
+    pub(crate) async fn version_checked<T>(
         &self,
         req: &S3Request<T>,
         bucket: &str,

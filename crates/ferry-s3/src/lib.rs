@@ -3,7 +3,7 @@
 //! s3s parses requests, verifies SigV4 (header, presigned, streaming chunks with trailers) and
 //! serializes responses; this crate implements the semantics. One file per operation family:
 //! [`bucket`], [`put`] (PutObject, CopyObject), [`get`] (GetObject, HeadObject), [`delete`],
-//! [`list`], [`multipart`], [`tagging`] and [`acl`]; browser form uploads, which Ferry reads
+//! [`list`], [`multipart`], [`tagging`], [`acl`], [`lifecycle`] and [`object_lock`]; browser form uploads, which Ferry reads
 //! itself so that their files stream, in [`post_object`]; everything about replication is in
 //! the [`replication`] folder. S3 error codes for store errors are chosen in one place, [`error`].
 //! s3s types stay inside this crate.
@@ -31,6 +31,7 @@ mod get;
 mod lifecycle;
 mod list;
 mod multipart;
+mod object_lock;
 mod perm;
 pub mod policy;
 mod post_object;
@@ -268,4 +269,10 @@ ops! {
     put_bucket_lifecycle_configuration(PutBucketLifecycleConfigurationInput) -> PutBucketLifecycleConfigurationOutput;
     get_bucket_lifecycle_configuration(GetBucketLifecycleConfigurationInput) -> GetBucketLifecycleConfigurationOutput;
     delete_bucket_lifecycle(DeleteBucketLifecycleInput) -> DeleteBucketLifecycleOutput;
+    put_object_lock_configuration(PutObjectLockConfigurationInput) -> PutObjectLockConfigurationOutput;
+    get_object_lock_configuration(GetObjectLockConfigurationInput) -> GetObjectLockConfigurationOutput;
+    put_object_retention(PutObjectRetentionInput) -> PutObjectRetentionOutput;
+    get_object_retention(GetObjectRetentionInput) -> GetObjectRetentionOutput;
+    put_object_legal_hold(PutObjectLegalHoldInput) -> PutObjectLegalHoldOutput;
+    get_object_legal_hold(GetObjectLegalHoldInput) -> GetObjectLegalHoldOutput;
 }

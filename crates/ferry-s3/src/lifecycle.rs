@@ -222,7 +222,7 @@ fn filter_from(f: LifecycleRuleFilter, id: &str) -> S3Result<LifecycleFilter> {
     // same, so it is taken as `And`.
     let (prefix, tags, gt, lt) = match f.and {
         Some(_) if others => {
-            return Err(s3_error!(MalformedXML, "Rule {id}: a Filter with And has nothing beside it"));
+            return Err(s3_error!(MalformedXML, "Rule {id}: a Filter with And must have nothing beside it"));
         }
         Some(a) => (a.prefix, a.tags.unwrap_or_default(), a.object_size_greater_than, a.object_size_less_than),
         None => (f.prefix, f.tag.into_iter().collect(), f.object_size_greater_than, f.object_size_less_than),

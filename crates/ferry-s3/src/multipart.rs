@@ -80,6 +80,11 @@ impl FerryS3 {
         let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let grant_write = raw_header(&req, "x-amz-grant-write").map(str::to_owned);
         let origin = self.replication(&req).map(|r| Origin { region: r.source.region.clone(), bucket: r.source.bucket.clone() });
+        // A peer's upload takes its lock from the replica header when it completes.
+        let lock = match origin {
+            None => crate::object_lock::write_lock!(self, &req, &bucket, req.input).await?,
+            Some(_) => ferry_store::lock::LockAttrs::default(),
+        };
         let i = req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
         let checksum_algorithm = match &i.checksum_algorithm {
@@ -101,6 +106,7 @@ impl FerryS3 {
         };
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
         let mut attrs = request_attrs!(i, tags, acl);
+        attrs.lock = lock;
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.
         attrs.origin = origin;
         // Until the upload completes, the kind of checksum the object will get.
@@ -475,6 +481,7 @@ fn complete_in_tx(
         owner = m.owner.clone().unwrap_or_else(|| bucket_owner.clone());
         attrs.acl = m.acl.clone().unwrap_or_else(|| ferry_store::model::Acl::private(&owner));
         (attrs.tags_us, attrs.acl_us) = (m.tags_us, m.acl_us);
+        attrs.lock = m.lock;
         if let Some(c) = &m.checksums {
             if let Err(why) = parts_make_up(&chosen, c) {
                 return Ok(Err(s3_error!(BadDigest, "{why}")));

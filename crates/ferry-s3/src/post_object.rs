@@ -549,6 +549,12 @@ fn put_input(form: &Form, bucket: String, key: String) -> S3Result<PutObjectInpu
         sse_customer_algorithm: f("x-amz-server-side-encryption-customer-algorithm"),
         object_lock_mode: f("x-amz-object-lock-mode").map(ObjectLockMode::from),
         object_lock_legal_hold_status: f("x-amz-object-lock-legal-hold").map(ObjectLockLegalHoldStatus::from),
+        object_lock_retain_until_date: f("x-amz-object-lock-retain-until-date")
+            .map(|d| {
+                Timestamp::parse(TimestampFormat::DateTime, &d)
+                    .map_err(|_| s3_error!(InvalidArgument, "x-amz-object-lock-retain-until-date is not an ISO 8601 date"))
+            })
+            .transpose()?,
         ..PutObjectInput::default()
     })
 }

@@ -76,10 +76,10 @@ impl FerryS3 {
         let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let i = &req.input;
         refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
-        if i.object_lock_mode.is_some() || i.object_lock_retain_until_date.is_some() || i.object_lock_legal_hold_status.is_some()
-        {
-            return Err(s3_error!(InvalidRequest, "Bucket is missing Object Lock Configuration"));
-        }
+        let lock = match &replica {
+            None => crate::object_lock::write_lock!(self, &req, &bucket, i).await?,
+            Some(r) => r.meta.lock,
+        };
         let storage_class = storage_class(i.storage_class.as_ref().map(StorageClass::as_str))?;
         let checks = ChecksumRequest::new(
             &req.headers,
@@ -94,7 +94,8 @@ impl FerryS3 {
             Some(r) => r.owner_acl(&bucket),
             None => new_object_acl(&bucket, writer, i.acl.as_ref().map(ObjectCannedACL::as_str), &grants, &self.users)?,
         };
-        let attrs = request_attrs!(i, tags, acl);
+        let mut attrs = request_attrs!(i, tags, acl);
+        attrs.lock = lock;
         let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
         if expected_len.is_some_and(|n| n > MAX_PUT_SIZE) {
@@ -221,7 +222,7 @@ impl FerryS3 {
             &grant_headers!(i, raw_header(&req, "x-amz-grant-write")),
             &self.users,
         )?;
-        let attrs = if replace_meta {
+        let mut attrs = if replace_meta {
             request_attrs!(i, tags, acl)
         } else {
             ObjectAttrs {
@@ -235,6 +236,8 @@ impl FerryS3 {
                 ..src.record.attrs.clone()
             }
         };
+        // The copy's lock is the one this request asks for, never the source's.
+        attrs.lock = crate::object_lock::write_lock!(self, &req, &dest_bucket, i).await?;
         // The copy keeps the source's checksum algorithms unless the request names one.
         let mut algorithms: Vec<Algorithm> = src.record.attrs.checksums.values.keys().copied().collect();
         if let Some(a) = &i.checksum_algorithm {

@@ -10,6 +10,7 @@ use crate::FerryS3;
 use crate::dto::{MAX_OBJECT_TAGS, tags_from_dto, tags_to_dto, validate_tags};
 use crate::error::StoreResultExt;
 use crate::perm::Perm;
+use crate::replication::replica::ReplicaWrite;
 
 impl FerryS3 {
     pub(crate) async fn get_object_tagging(
@@ -60,7 +61,18 @@ impl FerryS3 {
         let replica = self.replica_of(req, &self.load_bucket(bucket).await?)?;
         let src = self.source_version(req, bucket, key, version_id, Perm::WriteAcp).await?;
         let (b, k, v) = (bucket.to_owned(), key.to_owned(), src.record.version_id.clone());
+        // A peer's tag change carries the version's lock settings too (each kept if newer).
+        let locks = replica.as_ref().map(ReplicaWrite::lock_changes).unwrap_or_default();
         let from = replica.map(|r| r.change(true));
-        self.store.meta.write(move |tx| update_attrs(tx, &b, &k, &v, AttrChange::Tags(tags), from.as_ref())).await.s3()
+        self.store
+            .meta
+            .write(move |tx| {
+                for (change, from) in locks {
+                    update_attrs(tx, &b, &k, &v, change, Some(&from))?;
+                }
+                update_attrs(tx, &b, &k, &v, AttrChange::Tags(tags), from.as_ref())
+            })
+            .await
+            .s3()
     }
 }

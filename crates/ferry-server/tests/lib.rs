@@ -22,6 +22,7 @@ mod s3_cors;
 mod s3_lifecycle;
 mod s3_listing;
 mod s3_multipart;
+mod s3_object_lock;
 mod s3_objects;
 mod s3_policy;
 mod s3_post;

@@ -748,3 +748,57 @@ async fn a_browser_form_upload_is_judged_by_the_bucket_policy() {
     // The writer owns what it uploaded, as with a PutObject.
     assert_eq!(get_bytes(&s.alt_client(), &b, "shared/a").await, b"form body");
 }
+
+/// Bucket policies govern the lifecycle and Object Lock configurations too: a Deny of
+/// `s3:PutLifecycleConfiguration` or `s3:PutBucketObjectLockConfiguration` refuses even the
+/// bucket's owner, as it refuses any other of the owner's requests it names.
+#[tokio::test]
+async fn a_policy_governs_lifecycle_and_object_lock_configurations() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        ObjectLockConfiguration, ObjectLockEnabled,
+    };
+    let s = TestServer::start().await;
+    let c = s.client();
+    let b = bucket_name("pollc");
+    create_versioned_bucket(&c, &b).await;
+    let owner = account_of(MAIN_AK);
+    put_policy(
+        &c,
+        &b,
+        &format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":{{"AWS":"{owner}"}},"Action":["s3:PutLifecycleConfiguration","s3:PutBucketObjectLockConfiguration"],"Resource":"arn:aws:s3:::{b}"}}]}}"#
+        ),
+    )
+    .await;
+    let rule = LifecycleRule::builder()
+        .id("r")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().days(1).build())
+        .build()
+        .unwrap();
+    let e = c
+        .put_bucket_lifecycle_configuration()
+        .bucket(&b)
+        .lifecycle_configuration(BucketLifecycleConfiguration::builder().rules(rule).build().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = c
+        .put_object_lock_configuration()
+        .bucket(&b)
+        .object_lock_configuration(ObjectLockConfiguration::builder().object_lock_enabled(ObjectLockEnabled::Enabled).build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    let e = c.delete_bucket_lifecycle().bucket(&b).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied");
+    // What the policy does not name is still the owner's.
+    assert_eq!(
+        code(&c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap_err()),
+        "NoSuchLifecycleConfiguration"
+    );
+}

@@ -23,6 +23,10 @@ pub enum Error {
     /// A request that makes no sense whatever the state (an unknown action or value).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A request this bucket cannot take as it is configured (a lock on a bucket without
+    /// Object Lock).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error("invalid bucket state: {0}")]
     InvalidBucketState(String),
     /// A replica tried to change something its source has no right to (a version another

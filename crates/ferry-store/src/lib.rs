@@ -9,6 +9,7 @@
 //! - [`objects`]: S3 versioning semantics as functions over a write transaction.
 //! - [`replication`]: rules, the outbox (jobs recorded in the write's transaction), backfill,
 //!   progress and the replica wire format.
+//! - [`lock`]: Object Lock decisions (what a retention or legal hold forbids).
 //! - [`gc`]: unlinks released blob files, aborts idle replica uploads.
 //! - [`checksum`]: MD5 / CRC / SHA digests computed while bodies stream.
 //!
@@ -33,6 +34,7 @@ pub mod error;
 pub mod gc;
 pub mod ingest;
 pub mod lifecycle;
+pub mod lock;
 pub mod meta;
 pub mod model;
 pub mod objects;

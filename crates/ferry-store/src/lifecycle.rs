@@ -206,6 +206,8 @@ pub struct Done {
     pub noncurrent_removed: u64,
     pub delete_markers_removed: u64,
     pub uploads_aborted: u64,
+    /// Versions a rule had expired but Object Lock protects (counted each pass they are seen).
+    pub locked_skipped: u64,
     /// When the last complete pass ended (µs), if one has.
     pub last_pass_end_us: Option<i64>,
 }
@@ -259,13 +261,14 @@ impl ferry_core::background::Worker for LifecycleWorker {
         };
         ferry_core::background::WorkerStatus {
             progress: Some(format!(
-                "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} uploads aborted",
+                "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} uploads aborted, {} locked versions passed by",
                 d.passes,
                 d.versions_scanned,
                 d.current_expired,
                 d.noncurrent_removed,
                 d.delete_markers_removed,
-                d.uploads_aborted
+                d.uploads_aborted,
+                d.locked_skipped
             )),
             ..ferry_core::background::WorkerStatus::default()
         }
@@ -496,6 +499,8 @@ impl LifecycleWorker {
                     .await?
                 }
             };
+            // A locked version is passed by, and counted as such (it is looked at again next pass).
+            let name = if outcome == Expired::Locked { "skip_locked" } else { name };
             if outcome != Expired::Unchanged {
                 let labels = ferry_core::metrics::ActionLabels { action: name.into() };
                 self.metrics.lifecycle_actions.get_or_create(&labels).inc();
@@ -525,6 +530,7 @@ impl Done {
             "expire_current" => self.current_expired += 1,
             "remove_noncurrent" => self.noncurrent_removed += 1,
             "remove_delete_marker" => self.delete_markers_removed += 1,
+            "skip_locked" => self.locked_skipped += 1,
             _ => self.uploads_aborted += 1,
         }
     }

@@ -240,6 +240,9 @@ pub struct BucketConfig {
     /// Lifecycle rules, in the order they were put.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Vec<crate::lifecycle::LifecycleRule>>,
+    /// Object Lock: enabled when present (it is never removed), with its default retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::lock::ObjectLockConfig>,
 }
 
 /// S3 Object Ownership: who owns the objects written into a bucket, and whether ACLs count.
@@ -273,6 +276,12 @@ impl ObjectOwnership {
 }
 
 impl BucketRecord {
+    /// Whether Object Lock is enabled.
+    #[must_use]
+    pub fn object_lock(&self) -> bool {
+        self.config.object_lock.is_some()
+    }
+
     /// Whether ACLs are off (Object Ownership `BucketOwnerEnforced`).
     #[must_use]
     pub fn acls_disabled(&self) -> bool {
@@ -395,6 +404,9 @@ pub struct ObjectAttrs {
     /// passes it by too).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lifecycle: bool,
+    /// Object Lock retention and legal hold ([`crate::lock`]), stored as fields of this record.
+    #[serde(flatten)]
+    pub lock: crate::lock::LockAttrs,
 }
 
 /// One piece of an object's body stored in a blob file.

@@ -23,6 +23,7 @@
 //! value), so concurrent edits in two regions end the same on both sides.
 
 use crate::error::{Error, Result};
+use crate::lock::{self, Retention};
 use crate::meta::WriteTx;
 use crate::model::{Acl, BodyLayout, BucketRecord, ObjectAttrs, Origin, Owner, ReplStatus, VersionRecord, Versioning};
 use crate::replication::{JobOp, enqueue};
@@ -100,6 +101,9 @@ pub struct DeleteConditions {
     pub mtime_secs: Option<i64>,
     /// The target's size in bytes.
     pub size: Option<i64>,
+    /// The request asks, and may, to bypass governance retention ([`crate::lock`]). Not a
+    /// condition: a locked target is refused whatever the other fields say.
+    pub bypass_governance: bool,
 }
 
 impl DeleteConditions {
@@ -168,6 +172,9 @@ fn release_layout(tx: &mut dyn WriteTx, layout: &BodyLayout) -> Result<()> {
 }
 
 /// Removes the `null` version of a key, if any (overwritten by an unversioned/suspended write).
+///
+/// Only a replica replaces the `null` version of a bucket with Object Lock (whose versioning
+/// stays Enabled); [`put_version`] checks its lock first.
 fn remove_null(tx: &mut dyn WriteTx, bucket: &str, key: &str) -> Result<()> {
     if let Some(old) = tx.remove_version(bucket, key, NULL_VERSION_ID)? {
         release_layout(tx, &old.layout)?;
@@ -196,13 +203,24 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
                 // `null` versions (written on both sides while versioning was off): the later
                 // one wins, on both sides.
                 if vid != NULL_VERSION_ID || existing.mtime_us >= mtime {
-                    return merge_replica_attrs(tx, existing, &new, r);
+                    return merge_replica_attrs(tx, &b, existing, &new, r);
                 }
                 r.authority.check(&existing)?;
             }
             check_replica_target(&b)?;
-            tx.observe_time(mtime);
+            if new.attrs.lock.is_set() && !b.object_lock() {
+                return Err(no_lock_for_replica(&b));
+            }
+            // The times of its tag, ACL and lock changes too: a later change here must be later.
+            let a = &new.attrs;
+            tx.observe_time(
+                [a.tags_us, a.acl_us, a.lock.retention_us, a.lock.legal_hold_us].into_iter().flatten().fold(mtime, i64::max),
+            );
             if vid == NULL_VERSION_ID {
+                if let Some(old) = tx.get_version(bucket_name, &new.key, NULL_VERSION_ID)? {
+                    let now = tx.now();
+                    lock::check_removable(&old, now, false)?;
+                }
                 remove_null(tx, bucket_name, &new.key)?;
             }
             (vid.clone(), mtime)
@@ -223,6 +241,11 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     let mut attrs = new.attrs;
     if let Some(r) = &new.replica {
         attrs.origin = Some(r.authority.origin.clone());
+    } else if attrs.lock.retention.is_none()
+        && let Some(default) = b.config.object_lock.and_then(|l| l.default)
+    {
+        // A replica keeps its source's lock as it is; a write here gets the bucket's default.
+        attrs.lock.retention = Some(default.from(mtime_us));
     }
     let record = VersionRecord {
         bucket: bucket_name.to_owned(),
@@ -250,6 +273,14 @@ pub fn put_version(tx: &mut dyn WriteTx, bucket_name: &str, new: NewVersion, con
     }
     let stored = tx.get_version(bucket_name, &record.key, &record.version_id)?.unwrap_or(record);
     Ok(stored)
+}
+
+/// The refusal of a locked replica by a bucket without Object Lock (it could not keep the lock).
+fn no_lock_for_replica(b: &BucketRecord) -> Error {
+    Error::InvalidRequest(format!(
+        "the version is locked and bucket {} has no Object Lock: a locked version can only be replicated into a bucket with Object Lock enabled",
+        b.name
+    ))
 }
 
 /// Replicas go only into buckets with versioning enabled (they carry their version ids).
@@ -392,11 +423,15 @@ pub fn delete_version(
     cond: &DeleteConditions,
 ) -> Result<Option<VersionRecord>> {
     let b = bucket(tx, bucket_name)?;
-    if from.is_some() || !cond.is_empty() {
+    if from.is_some() || !cond.is_empty() || b.object_lock() {
         let target = tx.get_version(bucket_name, key, version_id)?;
         cond.check(target.as_ref())?;
         if let (Some(a), Some(v)) = (from, &target) {
             a.check(v)?;
+        }
+        if let Some(v) = &target {
+            let now = tx.now();
+            lock::check_removable(v, now, cond.bypass_governance)?;
         }
     }
     let removed = tx.remove_version(bucket_name, key, version_id)?;
@@ -419,6 +454,8 @@ pub enum Expired {
     Removed,
     /// Nothing: the version is no longer what the rule decided about.
     Unchanged,
+    /// Nothing: the version is under a legal hold or a retention in force ([`crate::lock`]).
+    Locked,
 }
 
 /// A lifecycle expiration of the current version `version_id` of `key`: a delete marker in a
@@ -475,6 +512,10 @@ pub fn expire_version(
     if !still {
         return Ok(Expired::Unchanged);
     }
+    let now = tx.now();
+    if lock::is_protected(&v, now) {
+        return Ok(Expired::Locked);
+    }
     if let Some(removed) = tx.remove_version(bucket_name, key, version_id)? {
         release_layout(tx, &removed.layout)?;
         tx.refresh_latest(bucket_name, key)?;
@@ -501,6 +542,13 @@ pub fn abort_upload(tx: &mut dyn WriteTx, upload_id: &str) -> Result<()> {
 pub enum AttrChange {
     Tags(Vec<(String, String)>),
     Acl(Acl),
+    /// A new Object Lock retention (`None`: removed). `bypass`: the request asks, and may, to
+    /// bypass governance retention.
+    Retention {
+        retention: Option<Retention>,
+        bypass: bool,
+    },
+    LegalHold(bool),
 }
 
 /// A tag or ACL change that arrived from a peer: who sent it, and when it was made there.
@@ -527,6 +575,9 @@ pub fn update_attrs(
     from: Option<&ReplicaChange>,
 ) -> Result<VersionRecord> {
     let b = bucket(tx, bucket_name)?;
+    if matches!(change, AttrChange::Retention { .. } | AttrChange::LegalHold(_)) && !b.object_lock() {
+        return Err(Error::InvalidRequest(format!("bucket {} has no Object Lock configuration", b.name)));
+    }
     let mut v = tx.get_version(bucket_name, key, version_id)?.ok_or(Error::NoSuchVersion)?;
     let stamp = match from {
         Some(r) => {
@@ -536,7 +587,8 @@ pub fn update_attrs(
         }
         None => tx.now(),
     };
-    if !apply_change(&mut v, change, stamp, from.is_none()) {
+    let now = tx.now();
+    if !apply_change(&mut v, change, stamp, from.map(|r| &r.authority), now)? {
         return Ok(v);
     }
     tx.set_version_attrs(bucket_name, key, version_id, &v.attrs)?;
@@ -546,18 +598,69 @@ pub fn update_attrs(
     Ok(v)
 }
 
-/// Applies a tag or ACL change made at `stamp` to `v`, if it is newer than what `v` holds (ties
-/// broken by the value) or `always`. Returns whether `v` changed.
-fn apply_change(v: &mut VersionRecord, change: AttrChange, stamp: i64, always: bool) -> bool {
+/// Applies a change made at `stamp` to `v`: a change made here always, one that arrived from a
+/// peer (`from`) if it is newer than what `v` holds (ties broken by the value). Returns whether
+/// `v` changed.
+///
+/// Object Lock: a change made here must be one the retention in force at `now_us` allows
+/// ([`lock::check_retention_change`]). One from a peer is merged so that it never weakens what
+/// its source may not weaken here ([`lock::merge_replica_retention`],
+/// [`lock::merge_replica_legal_hold`]).
+///
+/// # Errors
+/// AccessDenied for a retention change made here that the retention in force forbids.
+fn apply_change(
+    v: &mut VersionRecord,
+    change: AttrChange,
+    stamp: i64,
+    from: Option<&ReplicaAuthority>,
+    now_us: i64,
+) -> Result<bool> {
+    let local = from.is_none();
+    let same_account = from.is_some_and(|a| a.owner);
+    let a = &v.attrs;
     let newer = match &change {
-        AttrChange::Tags(tags) => (stamp, tags) > (v.attrs.tags_us.unwrap_or(v.mtime_us), &v.attrs.tags),
+        AttrChange::Tags(tags) => (stamp, tags) > (a.tags_us.unwrap_or(v.mtime_us), &a.tags),
         AttrChange::Acl(acl) => {
             let text = |a: &Acl| serde_json::to_string(a).unwrap_or_default();
-            (stamp, text(acl)) > (v.attrs.acl_us.unwrap_or(v.mtime_us), text(&v.attrs.acl))
+            (stamp, text(acl)) > (a.acl_us.unwrap_or(v.mtime_us), text(&a.acl))
         }
+        AttrChange::Retention { retention, .. } => {
+            (stamp, retention) > (a.lock.retention_us.unwrap_or(v.mtime_us), &a.lock.retention)
+        }
+        AttrChange::LegalHold(on) => (stamp, *on) > (a.lock.legal_hold_us.unwrap_or(v.mtime_us), a.lock.legal_hold),
     };
-    if !always && !newer {
-        return false;
+    match change {
+        AttrChange::Retention { retention, bypass } if local => {
+            lock::check_retention_change(v.attrs.lock.retention.as_ref(), retention.as_ref(), now_us, bypass)?;
+            v.attrs.lock.retention = retention;
+            v.attrs.lock.retention_us = Some(stamp);
+            return Ok(true);
+        }
+        AttrChange::Retention { retention, .. } => {
+            let a = &mut v.attrs;
+            let kept = lock::merge_replica_retention(a.lock.retention, retention, newer, same_account, now_us);
+            let at = a.lock.retention_us.unwrap_or(v.mtime_us).max(stamp);
+            if (kept, at) == (a.lock.retention, a.lock.retention_us.unwrap_or(v.mtime_us)) {
+                return Ok(false);
+            }
+            (a.lock.retention, a.lock.retention_us) = (kept, Some(at));
+            return Ok(true);
+        }
+        AttrChange::LegalHold(on) if !local => {
+            let a = &mut v.attrs;
+            let kept = lock::merge_replica_legal_hold(a.lock.legal_hold, on, newer, same_account);
+            let at = a.lock.legal_hold_us.unwrap_or(v.mtime_us).max(stamp);
+            if (kept, at) == (a.lock.legal_hold, a.lock.legal_hold_us.unwrap_or(v.mtime_us)) {
+                return Ok(false);
+            }
+            (a.lock.legal_hold, a.lock.legal_hold_us) = (kept, Some(at));
+            return Ok(true);
+        }
+        _ => {}
+    }
+    if !local && !newer {
+        return Ok(false);
     }
     match change {
         AttrChange::Tags(tags) => {
@@ -568,15 +671,22 @@ fn apply_change(v: &mut VersionRecord, change: AttrChange, stamp: i64, always: b
             v.attrs.acl = acl;
             v.attrs.acl_us = Some(stamp);
         }
+        // Taken above.
+        AttrChange::Retention { .. } => return Ok(false),
+        AttrChange::LegalHold(on) => {
+            v.attrs.lock.legal_hold = on;
+            v.attrs.lock.legal_hold_us = Some(stamp);
+        }
     }
-    true
+    Ok(true)
 }
 
 /// A replica of a version that is here already (a duplicate delivery, or a whole version sent
-/// again for a tag or ACL change): its tags and ACL are the source's current ones, applied if
-/// newer, as a metadata replica would be.
+/// again for a tag or ACL change): its tags, ACL and lock are the source's current ones, each
+/// applied if newer, as a metadata replica would be.
 fn merge_replica_attrs(
     tx: &mut dyn WriteTx,
+    b: &BucketRecord,
     existing: VersionRecord,
     new: &NewVersion,
     r: &ReplicaIdentity,
@@ -585,11 +695,25 @@ fn merge_replica_attrs(
         return Ok(existing);
     }
     let mut v = existing;
-    let (tags_at, acl_at) = (new.attrs.tags_us.unwrap_or(r.mtime_us), new.attrs.acl_us.unwrap_or(r.mtime_us));
-    tx.observe_time(tags_at.max(acl_at));
-    let tags = apply_change(&mut v, AttrChange::Tags(new.attrs.tags.clone()), tags_at, false);
-    let acl = apply_change(&mut v, AttrChange::Acl(new.attrs.acl.clone()), acl_at, false);
-    if tags || acl {
+    let a = &new.attrs;
+    let at = |stamp: Option<i64>| stamp.unwrap_or(r.mtime_us);
+    let mut changes = vec![(AttrChange::Tags(a.tags.clone()), at(a.tags_us)), (AttrChange::Acl(a.acl.clone()), at(a.acl_us))];
+    if b.object_lock() {
+        changes.push((
+            AttrChange::Retention { retention: a.lock.retention, bypass: false },
+            at(a.lock.retention_us),
+        ));
+        changes.push((AttrChange::LegalHold(a.lock.legal_hold), at(a.lock.legal_hold_us)));
+    } else if a.lock.is_set() {
+        return Err(no_lock_for_replica(b));
+    }
+    tx.observe_time(changes.iter().map(|c| c.1).max().unwrap_or(r.mtime_us));
+    let now = tx.now();
+    let mut changed = false;
+    for (change, stamp) in changes {
+        changed |= apply_change(&mut v, change, stamp, Some(&r.authority), now)?;
+    }
+    if changed {
         tx.set_version_attrs(&v.bucket, &v.key, &v.version_id, &v.attrs)?;
     }
     Ok(v)
@@ -647,6 +771,64 @@ pub(crate) mod tests {
         let meta = SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap();
         meta.write(move |tx| tx.put_bucket(&new_bucket("b", versioning))).await.unwrap();
         (dir, meta)
+    }
+
+    /// Object Lock in the write paths: a locked version cannot be removed by a version delete
+    /// (not even a replica's `null` version replacing it), a replicated change never weakens
+    /// COMPLIANCE retention (and fails nothing), another account's source may not lift a hold,
+    /// and a replica carrying a lock is refused by a bucket without Object Lock.
+    #[tokio::test]
+    async fn locks_hold_in_every_write_path() {
+        use crate::lock::{LockMode, ObjectLockConfig, Retention};
+        let (_d, meta) = setup(Versioning::Enabled).await;
+        let far = ferry_core::time::now_micros() + 3_600_000_000;
+        meta.write(|tx| {
+            let mut b = bucket(tx, "b")?;
+            b.config.object_lock = Some(ObjectLockConfig::default());
+            tx.put_bucket(&b)
+        })
+        .await
+        .unwrap();
+        let compliance = |until_us| Some(Retention { mode: LockMode::Compliance, until_us });
+        // A replica `null` version, locked, then another replica `null` version over it.
+        let mut locked = obj("n", b"first");
+        locked.attrs.lock.retention = compliance(far);
+        locked.replica = Some(replica_identity(NULL_VERSION_ID, 10));
+        meta.write(move |tx| put_version(tx, "b", locked, &WriteConditions::default())).await.unwrap();
+        let mut over = obj("n", b"second");
+        over.replica = Some(replica_identity(NULL_VERSION_ID, 20));
+        let e = meta.write(move |tx| put_version(tx, "b", over, &WriteConditions::default())).await.unwrap_err();
+        assert!(matches!(e, Error::AccessDenied(_)), "{e:?}");
+        let e =
+            meta.write(|tx| delete_version(tx, "b", "n", NULL_VERSION_ID, None, &DeleteConditions::default())).await.unwrap_err();
+        assert!(matches!(e, Error::AccessDenied(_)), "{e:?}");
+        // A newer replicated change to a shorter COMPLIANCE date keeps the longer one.
+        let change = |authority: ReplicaAuthority, changed_us| ReplicaChange { authority, changed_us };
+        let same = replica_identity("x", 0).authority;
+        let shorter = AttrChange::Retention { retention: compliance(far - 1_000_000), bypass: false };
+        let v =
+            meta.write(move |tx| update_attrs(tx, "b", "n", NULL_VERSION_ID, shorter, Some(&change(same, far)))).await.unwrap();
+        assert_eq!(v.attrs.lock.retention, compliance(far));
+        // Another account's source: may add a hold, never lift one.
+        let other = ReplicaAuthority { origin: Origin { region: "eu".into(), bucket: "o".into() }, owner: false };
+        let (o1, o2) = (other.clone(), other);
+        let v = meta
+            .write(move |tx| update_attrs(tx, "b", "n", NULL_VERSION_ID, AttrChange::LegalHold(true), Some(&change(o1, 30))))
+            .await
+            .unwrap();
+        assert!(v.attrs.lock.legal_hold);
+        let v = meta
+            .write(move |tx| update_attrs(tx, "b", "n", NULL_VERSION_ID, AttrChange::LegalHold(false), Some(&change(o2, 40))))
+            .await
+            .unwrap();
+        assert!(v.attrs.lock.legal_hold, "another account lifted a hold");
+        // A bucket without Object Lock refuses a locked replica.
+        meta.write(|tx| tx.put_bucket(&new_bucket("plain", Versioning::Enabled))).await.unwrap();
+        let mut held = obj("k", b"held");
+        held.attrs.lock.legal_hold = true;
+        held.replica = Some(replica_identity("v1", 50));
+        let e = meta.write(move |tx| put_version(tx, "plain", held, &WriteConditions::default())).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
     }
 
     /// hyper drops a request's future when its client disconnects; if that happens while the

@@ -123,8 +123,9 @@ pub(crate) fn tagging_header(tags: &[(String, String)]) -> Option<String> {
 /// A PutObject or CreateMultipartUpload request with a version's object headers: content
 /// headers, `Expires`, website redirect, user metadata, tags, and the storage class.
 macro_rules! object_headers {
-    ($req:expr, $attrs:expr, $storage_class:expr) => {{
+    ($req:expr, $attrs:expr, $storage_class:expr, $ferry:expr) => {{
         let a: &ferry_store::model::ObjectAttrs = $attrs;
+        let (lock_mode, lock_until, lock_hold) = $crate::transfer::s3_lock(a, $ferry);
         $req.set_content_type(a.content_type.clone())
             .set_content_encoding(a.content_encoding.clone())
             .set_content_disposition(a.content_disposition.clone())
@@ -135,7 +136,40 @@ macro_rules! object_headers {
             .set_expires($crate::transfer::expires(a))
             .set_tagging($crate::transfer::tagging_header(&a.tags))
             .set_storage_class($storage_class)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(lock_until)
+            .set_object_lock_legal_hold_status(lock_hold)
     }};
+}
+
+/// A time (µs since the epoch) as the SDK takes dates.
+fn s3_date(us: i64) -> aws_smithy_types::DateTime {
+    aws_smithy_types::DateTime::from_millis(us.div_euclid(1000))
+}
+
+/// The Object Lock headers of a replica to an S3 service (a Ferry peer reads the lock from the
+/// replica header): a retention still in force, and a legal hold that is on. A retention that
+/// has ended is not sent (S3 refuses a date in the past).
+pub(crate) fn s3_lock(
+    a: &ferry_store::model::ObjectAttrs,
+    ferry: bool,
+) -> (
+    Option<aws_sdk_s3::types::ObjectLockMode>,
+    Option<aws_smithy_types::DateTime>,
+    Option<aws_sdk_s3::types::ObjectLockLegalHoldStatus>,
+) {
+    if ferry {
+        return (None, None, None);
+    }
+    let hold = a.lock.legal_hold.then_some(aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
+    match a.lock.retention.filter(|r| r.in_force(ferry_core::time::now_micros())) {
+        Some(r) => (
+            Some(aws_sdk_s3::types::ObjectLockMode::from(r.mode.as_str())),
+            Some(s3_date(r.until_us)),
+            hold,
+        ),
+        None => (None, None, hold),
+    }
 }
 use object_headers;
 
@@ -249,6 +283,8 @@ impl Transfer<'_> {
             checksums: (!v.delete_marker && !v.attrs.checksums.values.is_empty()).then(|| v.attrs.checksums.clone()),
             tags_us: v.attrs.tags_us,
             acl_us: v.attrs.acl_us,
+            // Object Lock travels whatever the owner: a destination keeps the source's lock.
+            lock: v.attrs.lock,
         }
         .encode()
         .ok()
@@ -346,7 +382,8 @@ impl Transfer<'_> {
                 .body(body)
                 .content_length(i64::try_from(v.size).unwrap_or(i64::MAX)),
             a,
-            self.storage_class(v)
+            self.storage_class(v),
+            self.ferry()
         );
         // Full-object checksums travel as headers, so the destination verifies the body. A Ferry
         // destination then skips MD5 (it takes the ETag from the replica header); Content-MD5
@@ -402,12 +439,7 @@ impl Transfer<'_> {
             source_region: self.ctx.peers.local().to_owned(),
             version_id: self.job.version_id.clone(),
             mtime_us: 0,
-            etag: None,
-            owner: None,
-            acl: None,
-            checksums: None,
-            tags_us: None,
-            acl_us: None,
+            ..ReplicaMeta::default()
         };
         check!(
             self.peer
@@ -487,10 +519,45 @@ impl Transfer<'_> {
             Err(o) => return o,
         };
         match self.peer.client.put_object_tagging().bucket(&self.job.dest_bucket).key(&v.key).tagging(tagging).send().await {
-            Ok(_) => Outcome::Done,
-            Err(e) if is_missing(&e) => Outcome::Missing(describe(&e)),
-            Err(e) => classify(&e),
+            Ok(_) => {}
+            Err(e) if is_missing(&e) => return Outcome::Missing(describe(&e)),
+            Err(e) => return classify(&e),
         }
+        self.lock_to_s3(v).await.err().unwrap_or(Outcome::Done)
+    }
+
+    /// A lock changed on the source since it was written, onto an S3 target's current object:
+    /// its legal hold, and its retention (with a bypass, for a GOVERNANCE one shortened at the
+    /// source). A target without Object Lock refuses, and the job fails with its answer.
+    async fn lock_to_s3(&self, v: &VersionRecord) -> Result<(), Outcome> {
+        use aws_sdk_s3::types::{ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockRetention, ObjectLockRetentionMode};
+        let a = &v.attrs;
+        let (b, k) = (&self.job.dest_bucket, &v.key);
+        if a.lock.legal_hold_us.is_some() {
+            let status = if a.lock.legal_hold { ObjectLockLegalHoldStatus::On } else { ObjectLockLegalHoldStatus::Off };
+            let hold = ObjectLockLegalHold::builder().status(status).build();
+            self.peer.client.put_object_legal_hold().bucket(b).key(k).legal_hold(hold).send().await.map_err(|e| classify(&e))?;
+        }
+        if a.lock.retention_us.is_some() {
+            let retention = match a.lock.retention.filter(|r| r.in_force(ferry_core::time::now_micros())) {
+                Some(r) => ObjectLockRetention::builder()
+                    .mode(ObjectLockRetentionMode::from(r.mode.as_str()))
+                    .retain_until_date(s3_date(r.until_us))
+                    .build(),
+                None => ObjectLockRetention::builder().build(),
+            };
+            self.peer
+                .client
+                .put_object_retention()
+                .bucket(b)
+                .key(k)
+                .retention(retention)
+                .bypass_governance_retention(true)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        Ok(())
     }
 }
 

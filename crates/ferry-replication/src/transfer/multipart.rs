@@ -129,7 +129,8 @@ impl Transfer<'_> {
         let req = object_headers!(
             self.peer.client.create_multipart_upload().bucket(&self.job.dest_bucket).key(&v.key),
             &v.attrs,
-            self.storage_class(v)
+            self.storage_class(v),
+            self.ferry()
         );
         let out = req.customize().mutate_request(self.headers(None)).send().await.map_err(|e| classify(&e))?;
         out.upload_id()

@@ -240,6 +240,16 @@ fn indent(xml: &str) -> String {
     out
 }
 
+/// The answer to a PutBucketReplication (or PutObjectLockConfiguration) whose rule `rule_id`
+/// names a destination that refuses: AccessDenied or InvalidRequest, with the reason.
+pub(crate) fn destination_refused(rule_id: &str, bucket: &str, peer: &str, refused: &DestinationRefused) -> S3Error {
+    let msg = format!("Rule {rule_id}: destination {bucket} in {peer}: {refused}");
+    match refused {
+        DestinationRefused::AccessDenied(_) => S3Error::with_message(S3ErrorCode::AccessDenied, msg),
+        DestinationRefused::Invalid(_) => S3Error::with_message(S3ErrorCode::InvalidRequest, msg),
+    }
+}
+
 impl FerryS3 {
     pub(crate) async fn put_bucket_replication(
         &self,
@@ -283,6 +293,8 @@ impl FerryS3 {
         // Resolve every destination to one region and check it takes replicas from this bucket
         // (owned by the caller, who is its owner).
         let source = SourceRef::new(&self.region, &bucket.name, &bucket.owner.id);
+        // A bucket with Object Lock needs destinations with it (checked again when stored).
+        let locked = bucket.object_lock();
         let mut same_region = false;
         for rule in &mut rules {
             let (pinned, name) = parse_arn(&rule.destination.bucket)?;
@@ -317,13 +329,10 @@ impl FerryS3 {
                 return Err(s3_error!(InvalidRequest, "Rule {}: a bucket cannot replicate to itself", rule.id));
             }
             same_region |= peer == self.region;
-            peers.check_destination(&source, &peer, &name).await.map_err(|refused| {
-                let msg = format!("Rule {}: destination {name} in {peer}: {refused}", rule.id);
-                match refused {
-                    DestinationRefused::AccessDenied(_) => S3Error::with_message(S3ErrorCode::AccessDenied, msg),
-                    DestinationRefused::Invalid(_) => S3Error::with_message(S3ErrorCode::InvalidRequest, msg),
-                }
-            })?;
+            peers
+                .check_destination(&source, &peer, &name, locked)
+                .await
+                .map_err(|refused| destination_refused(&rule.id, &name, &peer, &refused))?;
             rule.destination.peer = peer;
             rule.destination.bucket = name;
         }
@@ -341,6 +350,11 @@ impl FerryS3 {
                 let mut b = tx.get_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
                 if b.versioning != Versioning::Enabled {
                     return Err(StoreError::InvalidBucketState("versioning was suspended meanwhile".into()));
+                }
+                if b.object_lock() != locked {
+                    return Err(StoreError::InvalidBucketState(
+                        "Object Lock was enabled on the bucket meanwhile: put the replication configuration again".into(),
+                    ));
                 }
                 let before = match &b.replication {
                     Some(s) => ReplicationConfig::from_stored(s)?,

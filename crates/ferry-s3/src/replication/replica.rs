@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use ferry_store::model::{BucketRecord, Origin};
-use ferry_store::objects::{ReplicaAuthority, ReplicaChange, ReplicaIdentity};
+use ferry_store::objects::{AttrChange, ReplicaAuthority, ReplicaChange, ReplicaIdentity};
 use ferry_store::replication::{REPLICA_HEADER, REPLICA_PART_HEADER, ReplicaMeta, SOURCE_HEADER, SourceRef};
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Result, s3_error};
 
@@ -38,6 +38,7 @@ pub(crate) const REPLICATION_OPS: &[&str] = &[
     "HeadBucket",
     "GetBucketVersioning",
     "GetBucketReplication",
+    "GetObjectLockConfiguration",
     "ListObjectVersions",
     "HeadObject",
     "GetObjectTagging",
@@ -134,8 +135,28 @@ impl ReplicaWrite {
 
     /// A tag change (`tags`: true) or an ACL change, as the store applies it.
     pub(crate) fn change(&self, tags: bool) -> ReplicaChange {
-        let at = if tags { self.meta.tags_us } else { self.meta.acl_us };
+        self.change_at(if tags { self.meta.tags_us } else { self.meta.acl_us })
+    }
+
+    /// A change made at the source at `at` (`None`: with the version itself).
+    fn change_at(&self, at: Option<i64>) -> ReplicaChange {
         ReplicaChange { authority: self.authority.clone(), changed_us: at.unwrap_or(self.meta.mtime_us) }
+    }
+
+    /// The Object Lock settings a metadata replica carries, as changes the store applies if
+    /// newer (none when it carries none: the destination need not have Object Lock then).
+    pub(crate) fn lock_changes(&self) -> Vec<(AttrChange, ReplicaChange)> {
+        let m = &self.meta;
+        if !m.lock.is_set() {
+            return Vec::new();
+        }
+        vec![
+            (
+                AttrChange::Retention { retention: m.lock.retention, bypass: false },
+                self.change_at(m.lock.retention_us),
+            ),
+            (AttrChange::LegalHold(m.lock.legal_hold), self.change_at(m.lock.legal_hold_us)),
+        ]
     }
 }
 

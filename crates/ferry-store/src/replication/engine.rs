@@ -35,7 +35,16 @@ pub trait ReplicationEngine: Send + Sync {
     async fn locate_bucket(&self, source: &SourceRef, bucket: &str) -> Vec<String>;
     /// Checks that `bucket` on `peer` exists, has versioning enabled, and accepts replicas from
     /// `source`'s account (a Ferry peer decides; for an S3 peer, the peer's `accounts`).
-    async fn check_destination(&self, source: &SourceRef, peer: &str, bucket: &str) -> Result<(), DestinationRefused>;
+    ///
+    /// `object_lock`: the source bucket has Object Lock, so the destination must have it too
+    /// (it would refuse the source's locked versions).
+    async fn check_destination(
+        &self,
+        source: &SourceRef,
+        peer: &str,
+        bucket: &str,
+        object_lock: bool,
+    ) -> Result<(), DestinationRefused>;
     /// The destinations (peer, bucket) that `bucket` on `peer` replicates to; empty when none
     /// or unknown (a non-Ferry peer, or not visible to `source`'s account).
     async fn destinations_of(&self, source: &SourceRef, peer: &str, bucket: &str) -> Vec<(String, String)>;

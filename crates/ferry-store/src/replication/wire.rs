@@ -90,7 +90,7 @@ fn decode_header<T: serde::de::DeserializeOwned>(name: &str, value: &str) -> Res
 }
 
 /// What a replica carries beyond the standard S3 headers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ReplicaMeta {
     /// Format version of this record.
     pub format: u32,
@@ -118,6 +118,10 @@ pub struct ReplicaMeta {
     /// When the ACL was last changed at the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl_us: Option<i64>,
+    /// The version's Object Lock settings at the source, with their change times (kept on the
+    /// replica; the newer change wins on both sides, within [`crate::lock`]'s limits).
+    #[serde(flatten)]
+    pub lock: crate::lock::LockAttrs,
 }
 
 impl ReplicaMeta {
@@ -142,15 +146,23 @@ impl ReplicaMeta {
         if !ferry_core::ids::is_valid_version_id(&meta.version_id) {
             return Err(Error::Other(format!("bad {REPLICA_HEADER} header: invalid version id")));
         }
-        if [Some(meta.mtime_us), meta.tags_us, meta.acl_us].into_iter().flatten().any(|t| t < 0) {
+        if [Some(meta.mtime_us), meta.tags_us, meta.acl_us, meta.lock.retention_us, meta.lock.legal_hold_us]
+            .into_iter()
+            .flatten()
+            .any(|t| t < 0)
+        {
             return Err(Error::Other(format!("bad {REPLICA_HEADER} header: negative time")));
         }
         Ok(meta)
     }
 
-    /// The latest time the replica carries (its version's, or a tag or ACL change's).
+    /// The latest time the replica carries (its version's, or a tag, ACL or lock change's).
+    /// A retention's date is not a time anything happened: it is not counted.
     #[must_use]
     pub fn latest_time(&self) -> i64 {
-        [self.tags_us, self.acl_us].into_iter().flatten().fold(self.mtime_us, i64::max)
+        [self.tags_us, self.acl_us, self.lock.retention_us, self.lock.legal_hold_us]
+            .into_iter()
+            .flatten()
+            .fold(self.mtime_us, i64::max)
     }
 }
