@@ -61,6 +61,9 @@ enum Command {
     /// Inspect and drive replication of a bucket on a running region.
     #[command(subcommand)]
     Replication(ferry_server::cli::replication::ReplicationCommand),
+    /// See where a bucket's lifecycle rules are being carried out on a running region.
+    #[command(subcommand)]
+    Lifecycle(ferry_server::cli::lifecycle::LifecycleCommand),
     /// Inspect a region that runs as several nodes on PostgreSQL metadata.
     #[command(subcommand)]
     Region(ferry_server::cli::region::RegionCommand),
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
             Command::Replication(cmd) => ferry_server::cli::replication::run(cmd).await,
             Command::Netem(args) => ferry_server::cli::netem::run(args, wait_for_signal()).await,
             Command::Region(cmd) => ferry_server::cli::region::run(cmd).await,
+            Command::Lifecycle(cmd) => ferry_server::cli::lifecycle::run(cmd).await,
         }
     });
     match result {

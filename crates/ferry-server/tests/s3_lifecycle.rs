@@ -291,3 +291,59 @@ async fn lifecycle_expirations_are_not_replicated() {
         "the expiration was sent by a backfill: {at_dst:?}"
     );
 }
+
+/// `ferry lifecycle status` of a bucket, as JSON.
+async fn lifecycle_status(c: &TestCluster, bucket: &str) -> ferry_store::lifecycle::BucketLifecycleStatus {
+    let (code, out) = run_ferry_async(&ferry_cli(&["lifecycle", "status"], &c.url(US), bucket, &["--json"])).await;
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The worker saves its pass after each step and resumes it after a restart, from where it
+/// was; a pass is not started again before its interval, restart or not; `ferry lifecycle
+/// status` shows it all.
+#[tokio::test]
+async fn a_pass_resumes_where_it_was_after_a_restart() {
+    let c = TestCluster::start(&[US], |o, _| {
+        o.lifecycle.day = Duration::from_secs(1);
+        o.lifecycle.interval = Duration::from_secs(3600);
+    })
+    .await;
+    let s3 = c.client(US);
+    create_versioned_bucket(&s3, "lcres").await;
+    // The first pass runs at start, before any rule: wait for it to end.
+    wait_until("the first pass", 30, || async { lifecycle_status(&c, "lcres").await.passes >= 1 }).await;
+    let st = lifecycle_status(&c, "lcres").await;
+    assert_eq!((st.state.as_str(), st.rules, st.passes), ("done", 0, 1), "{st:?}");
+    let next = st.next_pass_us.expect("the next pass is due");
+    assert!(
+        next > now_us() + 3_000_000_000,
+        "the next pass is an hour after the first started: {st:?}"
+    );
+    for k in ["a", "b", "c", "d"] {
+        put(&s3, "lcres", k, b"x").await;
+    }
+    put_rules(&s3, "lcres", vec![rule("all", "").expiration(days(1)).build().unwrap()]).await.unwrap();
+
+    // A pass stopped after key "b" (as a crash would leave it), due far enough ahead that the
+    // objects have expired by its time.
+    let pass_now = now_us() + 10_000_000;
+    let record = serde_json::json!({
+        "pass": {"now_us": pass_now, "buckets": [],
+                 "scan": {"bucket": "lcres", "cursor": {"after_key": "b", "after_version": null}, "key": null, "uploads_after": null}},
+        "passes": 1, "last_pass_start_us": now_us(), "last_pass_end_us": now_us(), "interval_us": 3_600_000_000i64
+    })
+    .to_string();
+    c.store(US).meta.write(move |tx| tx.set_setting(ferry_store::lifecycle::SETTINGS_KEY, &record)).await.unwrap();
+    let c = c.restart().await;
+    let s3 = c.client(US);
+    wait_until("the resumed pass ends", 30, || async { lifecycle_status(&c, "lcres").await.passes >= 2 }).await;
+    let st = lifecycle_status(&c, "lcres").await;
+    assert_eq!((st.state.as_str(), st.rules, st.passes), ("done", 1, 2), "{st:?}");
+    let versions = all_versions(&s3, "lcres").await;
+    let expired = |k: &str| versions.iter().any(|v| v.key == k && v.is_latest && v.delete_marker);
+    // After the saved position: expired by the resumed pass. Before it: untouched, as the
+    // resumed pass started after them and no new pass is due for an hour.
+    assert!(expired("c") && expired("d"), "{versions:?}");
+    assert!(!expired("a") && !expired("b"), "a new pass ran instead of the saved one: {versions:?}");
+}

@@ -16,6 +16,15 @@
 //!
 //! The length of a day is a parameter: 24 hours, except in tests, which shorten it (as Ceph's
 //! `rgw_lc_debug_interval` does) so that "1 day" passes in seconds.
+//!
+//! # The worker
+//! - One process of a region runs passes: the single process, or the leading node of a region
+//!   on PostgreSQL ([`crate::Meta::leads`]); the others wait and take over if it goes.
+//! - A pass's position (buckets left, the cursor in the current bucket) and its history are
+//!   saved in the region's settings ([`SETTINGS_KEY`], [`WorkerRecord`]) after every step,
+//!   after the step's actions: a restart, or a new leader, resumes the pass where it was (the
+//!   last step may be done again: its actions check first, so they are idempotent).
+//! - `ferry lifecycle status` reads that record through the admin API ([`status`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -200,7 +209,6 @@ pub struct Settings {
 /// What the worker has done since start, for its status line and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Done {
-    pub passes: u64,
     pub versions_scanned: u64,
     pub current_expired: u64,
     pub noncurrent_removed: u64,
@@ -208,16 +216,17 @@ pub struct Done {
     pub uploads_aborted: u64,
     /// Versions a rule had expired but Object Lock protects (counted each pass they are seen).
     pub locked_skipped: u64,
-    /// When the last complete pass ended (µs), if one has.
-    pub last_pass_end_us: Option<i64>,
 }
+
+/// How often a process that does not lead its region checks whether it now does.
+const LEADER_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Carries out every bucket's lifecycle rules, in passes over the buckets that have rules.
 ///
 /// Each step reads at most `batch` versions (one read transaction) and makes each action in a
 /// transaction of its own, which first checks that the version is still what the rule decided
-/// about: actions are idempotent, several nodes of a region may run passes at once, and a
-/// crash at any point loses nothing but the pass's position (the next pass starts again).
+/// about; then the pass's position is saved ([`WorkerRecord`]). Actions are idempotent, so a
+/// crash at any point, or a change of leading node, only does the last step again.
 pub struct LifecycleWorker {
     store: std::sync::Arc<crate::Store>,
     /// Consecutive failures of the current step.
@@ -227,24 +236,116 @@ pub struct LifecycleWorker {
     pass: Option<Pass>,
     next_pass: tokio::time::Instant,
     done: Done,
+    /// The saved record, as last read or written; `None` until this process leads and has
+    /// read it.
+    record: Option<WorkerRecord>,
 }
 
 /// A pass: its time, the buckets left, and where it is in the current one.
-struct Pass {
-    now_us: i64,
-    buckets: std::collections::VecDeque<String>,
-    scan: Option<BucketScan>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pass {
+    /// When it started (µs): what its decisions count time up to.
+    pub now_us: i64,
+    pub buckets: std::collections::VecDeque<String>,
+    pub scan: Option<BucketScan>,
 }
 
 /// Where a pass is in one bucket.
-struct BucketScan {
-    bucket: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketScan {
+    pub bucket: String,
     cursor: crate::meta::VersionCursor,
     /// The key being gone through: the time of its last version seen (the one that replaced
     /// the next) and how many noncurrent versions came before.
     key: Option<(String, i64, u32)>,
     /// Versions done; then the uploads, after this one.
     uploads_after: Option<Option<(String, String)>>,
+}
+
+impl BucketScan {
+    /// The last key judged, if any.
+    #[must_use]
+    pub fn position(&self) -> Option<&str> {
+        self.cursor.after_key.as_deref()
+    }
+}
+
+/// The region's settings key of the worker's [`WorkerRecord`].
+pub const SETTINGS_KEY: &str = "lifecycle";
+
+/// What the region's lifecycle worker saves after each step: the pass under way and the
+/// history a status shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// The pass under way, if any.
+    pub pass: Option<Pass>,
+    /// Passes completed.
+    pub passes: u64,
+    /// When the last pass started, and when the last complete one ended (µs).
+    pub last_pass_start_us: Option<i64>,
+    pub last_pass_end_us: Option<i64>,
+    /// The configured time between pass starts (µs), for the next pass's estimate.
+    pub interval_us: i64,
+}
+
+impl WorkerRecord {
+    /// The saved record (a default one when none was saved, or one a newer build wrote).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn load(r: &dyn crate::meta::ReadTx) -> crate::error::Result<Self> {
+        Ok(r.get_setting(SETTINGS_KEY)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
+    }
+}
+
+/// What `ferry lifecycle status` shows for one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketLifecycleStatus {
+    pub bucket: String,
+    /// Its enabled rules.
+    pub rules: usize,
+    /// `scanning` (the pass is in this bucket), `queued` (the pass will reach it), `done` (the
+    /// pass went through it, or none is running).
+    pub state: String,
+    /// While scanning: the last key judged.
+    pub position: Option<String>,
+    pub pass_started_us: Option<i64>,
+    pub last_pass_end_us: Option<i64>,
+    /// When the next pass should start (µs), when none is running.
+    pub next_pass_us: Option<i64>,
+    pub passes: u64,
+}
+
+/// The lifecycle status of `bucket`, from the worker's saved record.
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn status(r: &dyn crate::meta::ReadTx, bucket: &str) -> crate::error::Result<BucketLifecycleStatus> {
+    let b = r.get_bucket(bucket)?.ok_or(crate::error::Error::NoSuchBucket)?;
+    let rules = b.config.lifecycle.as_ref().map_or(0, |rules| rules.iter().filter(|r| r.enabled).count());
+    let w = WorkerRecord::load(r)?;
+    let (state, position) = match &w.pass {
+        Some(p) => match &p.scan {
+            Some(s) if s.bucket == bucket => ("scanning", s.position().map(str::to_owned)),
+            _ if p.buckets.iter().any(|q| q == bucket) => ("queued", None),
+            _ => ("done", None),
+        },
+        None => ("done", None),
+    };
+    let next_pass_us = match (&w.pass, w.last_pass_start_us) {
+        (None, Some(start)) => Some(start.saturating_add(w.interval_us)),
+        _ => None,
+    };
+    Ok(BucketLifecycleStatus {
+        bucket: bucket.to_owned(),
+        rules,
+        state: state.to_owned(),
+        position,
+        pass_started_us: w.pass.as_ref().map(|p| p.now_us),
+        last_pass_end_us: w.last_pass_end_us,
+        next_pass_us,
+        passes: w.passes,
+    })
 }
 
 #[async_trait::async_trait]
@@ -255,6 +356,7 @@ impl ferry_core::background::Worker for LifecycleWorker {
 
     fn status(&self) -> ferry_core::background::WorkerStatus {
         let d = self.done;
+        let passes = self.record.as_ref().map_or(0, |r| r.passes);
         let pass = match &self.pass {
             Some(p) => format!("pass running, {} buckets left", p.buckets.len() + usize::from(p.scan.is_some())),
             None => "waiting for the next pass".to_owned(),
@@ -262,7 +364,7 @@ impl ferry_core::background::Worker for LifecycleWorker {
         ferry_core::background::WorkerStatus {
             progress: Some(format!(
                 "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} uploads aborted, {} locked versions passed by",
-                d.passes,
+                passes,
                 d.versions_scanned,
                 d.current_expired,
                 d.noncurrent_removed,
@@ -279,6 +381,14 @@ impl ferry_core::background::Worker for LifecycleWorker {
         _stop: &tokio_util::sync::CancellationToken,
     ) -> std::result::Result<ferry_core::background::WorkerState, ferry_core::background::WorkerError> {
         use ferry_core::background::WorkerState;
+        // One process of the region runs passes; another takes over the saved one if it goes.
+        if !self.store.meta.leads().await? {
+            (self.pass, self.record) = (None, None);
+            return Ok(WorkerState::Throttled(self.settings.interval.min(LEADER_RECHECK)));
+        }
+        if self.record.is_none() {
+            self.resume().await?;
+        }
         if self.pass.is_none() {
             let now = tokio::time::Instant::now();
             if now < self.next_pass {
@@ -299,6 +409,7 @@ impl ferry_core::background::Worker for LifecycleWorker {
                 self.failures = 0;
             }
         }
+        self.save().await?;
         Ok(WorkerState::Busy)
     }
 
@@ -323,7 +434,39 @@ impl LifecycleWorker {
         settings: Settings,
         metrics: std::sync::Arc<ferry_core::metrics::RegionMetrics>,
     ) -> Self {
-        Self { store, settings, metrics, failures: 0, pass: None, next_pass: tokio::time::Instant::now(), done: Done::default() }
+        Self {
+            store,
+            settings,
+            metrics,
+            failures: 0,
+            pass: None,
+            next_pass: tokio::time::Instant::now(),
+            done: Done::default(),
+            record: None,
+        }
+    }
+
+    /// Reads the saved record: the pass under way is resumed, and the next one is due one
+    /// interval after the last one started.
+    async fn resume(&mut self) -> crate::error::Result<()> {
+        let record = self.store.meta.read(|r| WorkerRecord::load(r)).await?;
+        self.pass.clone_from(&record.pass);
+        let wait_us = record.last_pass_start_us.map_or(0, |start| {
+            let interval_us = i64::try_from(self.settings.interval.as_micros()).unwrap_or(i64::MAX);
+            start.saturating_add(interval_us).saturating_sub(ferry_core::time::now_micros())
+        });
+        self.next_pass = tokio::time::Instant::now() + std::time::Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        self.record = Some(record);
+        Ok(())
+    }
+
+    /// Saves the pass's position and the history (one small write, after a step's actions).
+    async fn save(&mut self) -> crate::error::Result<()> {
+        let Some(record) = self.record.as_mut() else { return Ok(()) };
+        record.pass.clone_from(&self.pass);
+        record.interval_us = i64::try_from(self.settings.interval.as_micros()).unwrap_or(i64::MAX);
+        let text = serde_json::to_string(record)?;
+        self.store.meta.write(move |tx| tx.set_setting(SETTINGS_KEY, &text)).await
     }
 
     /// Starts a pass over the buckets that have rules.
@@ -337,7 +480,11 @@ impl LifecycleWorker {
             .filter(|b| b.config.lifecycle.as_ref().is_some_and(|rules| rules.iter().any(|r| r.enabled)))
             .map(|b| b.name)
             .collect();
-        self.pass = Some(Pass { now_us: ferry_core::time::now_micros(), buckets, scan: None });
+        let now_us = ferry_core::time::now_micros();
+        self.pass = Some(Pass { now_us, buckets, scan: None });
+        if let Some(r) = self.record.as_mut() {
+            r.last_pass_start_us = Some(now_us);
+        }
         self.next_pass = tokio::time::Instant::now() + self.settings.interval;
         Ok(())
     }
@@ -353,8 +500,10 @@ impl LifecycleWorker {
             let Some(bucket) = pass.buckets.pop_front() else {
                 self.pass = None;
                 let end_us = ferry_core::time::now_micros();
-                self.done.passes += 1;
-                self.done.last_pass_end_us = Some(end_us);
+                if let Some(r) = self.record.as_mut() {
+                    r.passes += 1;
+                    r.last_pass_end_us = Some(end_us);
+                }
                 #[allow(clippy::cast_precision_loss)] // a time in seconds: microseconds do not matter
                 metrics.lifecycle_last_pass_end.set(end_us as f64 / 1e6);
                 return Ok(false);

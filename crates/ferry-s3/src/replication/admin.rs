@@ -15,6 +15,7 @@
 //! | `GET /BUCKET?ferry-replication-verify[&rule-id=ID]` | JSON lines, streamed: see `ferry_store::replication::api::VerifyLine` |
 //! | `GET /BUCKET?ferry-replication-sources` | JSON `{"sources": [...]}`: the other accounts this bucket accepts replicas from |
 //! | `PUT /BUCKET?ferry-replication-sources` + JSON `{"sources": [{account, region?, bucket?}]}` | replaces that list |
+//! | `GET /BUCKET?ferry-lifecycle-status` | JSON: where the lifecycle worker's pass is for the bucket (`ferry_store::lifecycle::BucketLifecycleStatus`) |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "ferry-replication-verify"),
     ("GET", "ferry-replication-sources"),
     ("PUT", "ferry-replication-sources"),
+    ("GET", "ferry-lifecycle-status"),
 ];
 
 /// Verify's lines as a byte stream of JSON lines.
@@ -233,6 +235,10 @@ impl S3Route for AdminRoute {
             Some("ferry-replication-sources") => {
                 let body = req.input.store_all_limited(256 * 1024).await.map_err(|_| s3_error!(MaxMessageLengthExceeded))?;
                 json_response(&self.put_sources(&bucket.name, &body).await?)
+            }
+            Some("ferry-lifecycle-status") => {
+                let name = bucket.name.clone();
+                json_response(&self.store.meta.read(move |r| ferry_store::lifecycle::status(r, &name)).await.s3()?)
             }
             Some("ferry-replication-verify") => {
                 let engine =

@@ -150,7 +150,7 @@ pub struct BackfillArgs {
     pub id: i64,
 }
 
-fn admin_client(c: &ConnArgs) -> anyhow::Result<AdminClient> {
+pub(crate) fn admin_client(c: &ConnArgs) -> anyhow::Result<AdminClient> {
     let ca = match &c.ca_file {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-file: cannot read {}", p.display()))?),
         None => None,

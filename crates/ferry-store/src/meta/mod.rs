@@ -39,7 +39,7 @@ use crate::model::{BucketRecord, BucketUsage, ListEntry, ObjectAttrs, PartRecord
 use crate::replication::{Backfill, DestStats, Event, Job, NewJob};
 
 /// Where a version scan starts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct VersionCursor {
     /// Start strictly after this key (all its versions skipped)...
     pub after_key: Option<String>,
