@@ -10,6 +10,7 @@
 //! - [`replication`]: rules, the outbox (jobs recorded in the write's transaction), backfill,
 //!   progress and the replica wire format.
 //! - [`lock`]: Object Lock decisions (what a retention or legal hold forbids).
+//! - [`sse`]: the encrypted body format (chunked AES-256-GCM) and its keys.
 //! - [`gc`]: unlinks released blob files, aborts idle replica uploads.
 //! - [`checksum`]: MD5 / CRC / SHA digests computed while bodies stream.
 //!
@@ -40,6 +41,7 @@ pub mod model;
 pub mod objects;
 pub mod replication;
 pub mod s3_blobs;
+pub mod sse;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
