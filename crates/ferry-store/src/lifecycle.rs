@@ -517,6 +517,7 @@ impl LifecycleWorker {
         // The rules as they are now: a change made during a long scan counts from its next step.
         let name = bucket.clone();
         let record = self.store.meta.read(move |r| r.get_bucket(&name)).await?;
+        let object_lock = record.as_ref().is_some_and(crate::model::BucketRecord::object_lock);
         let rules: Vec<LifecycleRule> =
             record.and_then(|b| b.config.lifecycle).unwrap_or_default().into_iter().filter(|r| r.enabled).collect();
         if rules.is_empty() {
@@ -611,6 +612,9 @@ impl LifecycleWorker {
                 }
             }
         }
+        if object_lock {
+            actions = self.pass_locked_by(&bucket, actions).await?;
+        }
         match self.act(&bucket, actions).await {
             // Deleted during the pass: nothing of it is left to act on.
             Err(crate::error::Error::NoSuchBucket) => {
@@ -621,6 +625,52 @@ impl LifecycleWorker {
             }
             other => other.map(|()| true),
         }
+    }
+
+    /// The actions of a step in a bucket with Object Lock, without the removals of noncurrent
+    /// versions a lock protects now: one read for the step, rather than a write transaction
+    /// per locked version that would find it locked (each pass, until its lock ends). Those
+    /// passed by are counted as `skip_locked`. The removal itself checks again (a lock set
+    /// since this read holds).
+    async fn pass_locked_by(&mut self, bucket: &str, actions: Vec<Action>) -> crate::error::Result<Vec<Action>> {
+        let candidates: Vec<(String, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveNoncurrent { key, version_id, .. } => Some((key.clone(), version_id.clone())),
+                _ => None,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(actions);
+        }
+        let b = bucket.to_owned();
+        let now_us = ferry_core::time::now_micros();
+        let locked = self
+            .store
+            .meta
+            .read(move |r| {
+                let mut locked = std::collections::HashSet::new();
+                for (key, version_id) in candidates {
+                    if r.get_version(&b, &key, &version_id)?.is_some_and(|v| crate::lock::is_protected(&v, now_us)) {
+                        locked.insert((key, version_id));
+                    }
+                }
+                Ok(locked)
+            })
+            .await?;
+        let n = locked.len() as u64;
+        if n > 0 {
+            let labels = ferry_core::metrics::ActionLabels { action: "skip_locked".into() };
+            self.metrics.lifecycle_actions.get_or_create(&labels).inc_by(n);
+            self.done.locked_skipped += n;
+        }
+        Ok(actions
+            .into_iter()
+            .filter(|a| match a {
+                Action::RemoveNoncurrent { key, version_id, .. } => !locked.contains(&(key.clone(), version_id.clone())),
+                _ => true,
+            })
+            .collect())
     }
 
     /// Carries out a step's actions, each in its own transaction.
