@@ -70,7 +70,12 @@ impl FerryS3 {
         // what that account could remove here with a bypass; COMPLIANCE and legal holds stay.
         let bypass = match &replica {
             Some(r) => r.authority.owner,
-            None => self.may_bypass(&req, req.input.bypass_governance_retention, &bucket, &req.input.key).await,
+            // The policy is read only when a bypass is asked for.
+            None if req.input.bypass_governance_retention == Some(true) => {
+                let policy = crate::bucket_access::policy_of(&bucket);
+                self.may_bypass(&req, policy.as_ref(), Some(true), &bucket, &req.input.key).await
+            }
+            None => false,
         };
         let i = req.input;
         if let Some(v) = &i.version_id
@@ -116,7 +121,7 @@ impl FerryS3 {
         // grant it for some keys only).
         let mut bypass = Vec::with_capacity(objects.len());
         for o in objects {
-            bypass.push(self.may_bypass(&req, req.input.bypass_governance_retention, &bucket, &o.key).await);
+            bypass.push(self.may_bypass(&req, policy.as_ref(), req.input.bypass_governance_retention, &bucket, &o.key).await);
             let allowed = match &policy {
                 Some(p) => {
                     let asked =

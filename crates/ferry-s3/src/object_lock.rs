@@ -27,6 +27,7 @@ use crate::FerryS3;
 use crate::dto::{custom_error, ts};
 use crate::error::StoreResultExt;
 use crate::perm::Perm;
+use crate::policy::Policy;
 
 /// The refusal of a lock on a bucket without Object Lock.
 fn not_enabled() -> s3s::S3Error {
@@ -114,11 +115,15 @@ macro_rules! write_lock {
 }
 pub(crate) use write_lock;
 
+/// A legal hold as S3 spells it.
+fn hold_status(on: bool) -> ObjectLockLegalHoldStatus {
+    ObjectLockLegalHoldStatus::from_static(if on { ObjectLockLegalHoldStatus::ON } else { ObjectLockLegalHoldStatus::OFF })
+}
+
 /// The `x-amz-object-lock-*` headers a GET or HEAD answers for `v`.
 pub(crate) fn headers_of(v: &VersionRecord) -> (Option<ObjectLockMode>, Option<Timestamp>, Option<ObjectLockLegalHoldStatus>) {
     let a = &v.attrs;
-    let legal_hold = (a.lock.legal_hold || a.lock.legal_hold_us.is_some())
-        .then(|| ObjectLockLegalHoldStatus::from(if a.lock.legal_hold { "ON" } else { "OFF" }.to_owned()));
+    let legal_hold = (a.lock.legal_hold || a.lock.legal_hold_us.is_some()).then(|| hold_status(a.lock.legal_hold));
     match a.lock.retention {
         Some(r) => (Some(ObjectLockMode::from(r.mode.as_str().to_owned())), Some(ts(r.until_us)), legal_hold),
         None => (None, None, legal_hold),
@@ -174,12 +179,26 @@ pub(crate) fn parse_config(cfg: Option<ObjectLockConfiguration>) -> S3Result<Obj
 }
 
 impl FerryS3 {
-    /// Whether the bucket's policy, or else ownership of the bucket, lets the requester do the
-    /// Object Lock action `op` on `key`: a policy Deny refuses even the owner, an Allow grants
-    /// anyone it names, and without either only the bucket's owner may.
-    async fn lock_action_allowed<T>(&self, req: &S3Request<T>, op: &str, bucket: &BucketRecord, key: &str) -> bool {
-        let asked = crate::bucket_access::asked_of(req, op, &bucket.name, Some(key), None);
-        match crate::bucket_access::judge_bucket(&self.store, &self.users, bucket, &asked).await {
+    /// Whether `policy` (the bucket's, parsed once by the caller), or else ownership of the
+    /// bucket, lets the requester do the Object Lock action `op` on `key`: a policy Deny refuses
+    /// even the owner, an Allow grants anyone it names, and without either only the bucket's
+    /// owner may.
+    async fn lock_action_allowed<T>(
+        &self,
+        req: &S3Request<T>,
+        policy: Option<&Policy>,
+        op: &str,
+        bucket: &BucketRecord,
+        key: &str,
+    ) -> bool {
+        let judged = match policy {
+            Some(p) => {
+                let asked = crate::bucket_access::asked_of(req, op, &bucket.name, Some(key), None);
+                crate::bucket_access::judge(&self.store, &self.users, bucket, p, &asked).await
+            }
+            None => Ok(false),
+        };
+        match judged {
             Err(_) => false,
             Ok(true) => true,
             Ok(false) => self.user(req).is_some_and(|u| u.owner.id == bucket.owner.id),
@@ -189,10 +208,17 @@ impl FerryS3 {
     /// Whether a request that asks to bypass governance retention on `key` (`asked`) may
     /// ([`Self::lock_action_allowed`] for `s3:BypassGovernanceRetention`). A replica from a
     /// peer asks nothing here: what it may remove is decided by its source's account.
-    pub(crate) async fn may_bypass<T>(&self, req: &S3Request<T>, asked: Option<bool>, bucket: &BucketRecord, key: &str) -> bool {
+    pub(crate) async fn may_bypass<T>(
+        &self,
+        req: &S3Request<T>,
+        policy: Option<&Policy>,
+        asked: Option<bool>,
+        bucket: &BucketRecord,
+        key: &str,
+    ) -> bool {
         asked == Some(true)
             && self.replication(req).is_none()
-            && self.lock_action_allowed(req, "BypassGovernanceRetention", bucket, key).await
+            && self.lock_action_allowed(req, policy, "BypassGovernanceRetention", bucket, key).await
     }
 
     /// The lock a write asks for ([`requested`]), refused when its requester may not set it
@@ -220,10 +246,15 @@ impl FerryS3 {
         key: &str,
         lock: &LockAttrs,
     ) -> S3Result<()> {
-        if lock.retention.is_some() && !self.lock_action_allowed(req, "PutObjectRetention", bucket, key).await {
+        if lock.retention.is_none() && !lock.legal_hold {
+            return Ok(());
+        }
+        let policy = crate::bucket_access::policy_of(bucket);
+        let policy = policy.as_ref();
+        if lock.retention.is_some() && !self.lock_action_allowed(req, policy, "PutObjectRetention", bucket, key).await {
             return Err(crate::perm::access_denied());
         }
-        if lock.legal_hold && !self.lock_action_allowed(req, "PutObjectLegalHold", bucket, key).await {
+        if lock.legal_hold && !self.lock_action_allowed(req, policy, "PutObjectLegalHold", bucket, key).await {
             return Err(crate::perm::access_denied());
         }
         Ok(())
@@ -331,7 +362,8 @@ impl FerryS3 {
             }
             Some(_) => return Err(s3_error!(MalformedXML, "A Retention must have both Mode and RetainUntilDate")),
         };
-        let bypass = self.may_bypass(&req, i.bypass_governance_retention, &b, &i.key).await;
+        let policy = crate::bucket_access::policy_of(&b);
+        let bypass = self.may_bypass(&req, policy.as_ref(), i.bypass_governance_retention, &b, &i.key).await;
         self.change_lock(&b, &v, AttrChange::Retention { retention, bypass }).await?;
         Ok(S3Response::new(PutObjectRetentionOutput::default()))
     }
@@ -377,9 +409,8 @@ impl FerryS3 {
     ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
         let i = &req.input;
         let (_, v) = self.locked_version(&req, &i.bucket, &i.key, i.version_id.as_deref()).await?;
-        let status = ObjectLockLegalHoldStatus::from(if v.attrs.lock.legal_hold { "ON" } else { "OFF" }.to_owned());
         Ok(S3Response::new(GetObjectLegalHoldOutput {
-            legal_hold: Some(ObjectLockLegalHold { status: Some(status) }),
+            legal_hold: Some(ObjectLockLegalHold { status: Some(hold_status(v.attrs.lock.legal_hold)) }),
         }))
     }
 }

@@ -18,9 +18,10 @@
 //! - Object Lock, once enabled on a bucket, stays enabled, and the bucket's versioning stays
 //!   Enabled (S3's rule: a locked version must never be replaced in place).
 //!
-//! Lock settings are a version's attributes ([`crate::model::ObjectAttrs::retention`],
-//! [`crate::model::ObjectAttrs::legal_hold`]), each with the time of its last change, so that a
-//! change replicated between two regions converges by last writer wins, like tags.
+//! Lock settings are a version's attributes ([`LockAttrs`], in
+//! [`crate::model::ObjectAttrs::lock`]), each with the time of its last change, so that a
+//! change replicated between two regions converges by last writer wins, like tags, within the
+//! limits of [`merge_replica_retention`] and [`merge_replica_legal_hold`].
 
 use serde::{Deserialize, Serialize};
 

@@ -579,15 +579,13 @@ pub fn update_attrs(
         return Err(Error::InvalidRequest(format!("bucket {} has no Object Lock configuration", b.name)));
     }
     let mut v = tx.get_version(bucket_name, key, version_id)?.ok_or(Error::NoSuchVersion)?;
-    let stamp = match from {
-        Some(r) => {
-            r.authority.check(&v)?;
-            tx.observe_time(r.changed_us);
-            r.changed_us
-        }
-        None => tx.now(),
-    };
+    if let Some(r) = from {
+        r.authority.check(&v)?;
+        tx.observe_time(r.changed_us);
+    }
+    // A change made here is stamped with the commit clock, and judged against it too.
     let now = tx.now();
+    let stamp = from.map_or(now, |r| r.changed_us);
     if !apply_change(&mut v, change, stamp, from.map(|r| &r.authority), now)? {
         return Ok(v);
     }
@@ -618,67 +616,57 @@ fn apply_change(
 ) -> Result<bool> {
     let local = from.is_none();
     let same_account = from.is_some_and(|a| a.owner);
-    let a = &v.attrs;
+    let a = &mut v.attrs;
+    let written_us = v.mtime_us;
     let newer = match &change {
-        AttrChange::Tags(tags) => (stamp, tags) > (a.tags_us.unwrap_or(v.mtime_us), &a.tags),
+        AttrChange::Tags(tags) => (stamp, tags) > (a.tags_us.unwrap_or(written_us), &a.tags),
         AttrChange::Acl(acl) => {
             let text = |a: &Acl| serde_json::to_string(a).unwrap_or_default();
-            (stamp, text(acl)) > (a.acl_us.unwrap_or(v.mtime_us), text(&a.acl))
+            (stamp, text(acl)) > (a.acl_us.unwrap_or(written_us), text(&a.acl))
         }
         AttrChange::Retention { retention, .. } => {
-            (stamp, retention) > (a.lock.retention_us.unwrap_or(v.mtime_us), &a.lock.retention)
+            (stamp, retention) > (a.lock.retention_us.unwrap_or(written_us), &a.lock.retention)
         }
-        AttrChange::LegalHold(on) => (stamp, *on) > (a.lock.legal_hold_us.unwrap_or(v.mtime_us), a.lock.legal_hold),
+        AttrChange::LegalHold(on) => (stamp, *on) > (a.lock.legal_hold_us.unwrap_or(written_us), a.lock.legal_hold),
     };
-    match change {
+    let l = &mut a.lock;
+    Ok(match change {
         AttrChange::Retention { retention, bypass } if local => {
-            lock::check_retention_change(v.attrs.lock.retention.as_ref(), retention.as_ref(), now_us, bypass)?;
-            v.attrs.lock.retention = retention;
-            v.attrs.lock.retention_us = Some(stamp);
-            return Ok(true);
+            lock::check_retention_change(l.retention.as_ref(), retention.as_ref(), now_us, bypass)?;
+            set_stamped(&mut l.retention, &mut l.retention_us, retention, stamp)
         }
+        AttrChange::LegalHold(on) if local => set_stamped(&mut l.legal_hold, &mut l.legal_hold_us, on, stamp),
         AttrChange::Retention { retention, .. } => {
-            let a = &mut v.attrs;
-            let kept = lock::merge_replica_retention(a.lock.retention, retention, newer, same_account, now_us);
-            let at = a.lock.retention_us.unwrap_or(v.mtime_us).max(stamp);
-            if (kept, at) == (a.lock.retention, a.lock.retention_us.unwrap_or(v.mtime_us)) {
-                return Ok(false);
-            }
-            (a.lock.retention, a.lock.retention_us) = (kept, Some(at));
-            return Ok(true);
+            let kept = lock::merge_replica_retention(l.retention, retention, newer, same_account, now_us);
+            merge_stamped(&mut l.retention, &mut l.retention_us, kept, stamp, written_us)
         }
-        AttrChange::LegalHold(on) if !local => {
-            let a = &mut v.attrs;
-            let kept = lock::merge_replica_legal_hold(a.lock.legal_hold, on, newer, same_account);
-            let at = a.lock.legal_hold_us.unwrap_or(v.mtime_us).max(stamp);
-            if (kept, at) == (a.lock.legal_hold, a.lock.legal_hold_us.unwrap_or(v.mtime_us)) {
-                return Ok(false);
-            }
-            (a.lock.legal_hold, a.lock.legal_hold_us) = (kept, Some(at));
-            return Ok(true);
-        }
-        _ => {}
-    }
-    if !local && !newer {
-        return Ok(false);
-    }
-    match change {
-        AttrChange::Tags(tags) => {
-            v.attrs.tags = tags;
-            v.attrs.tags_us = Some(stamp);
-        }
-        AttrChange::Acl(acl) => {
-            v.attrs.acl = acl;
-            v.attrs.acl_us = Some(stamp);
-        }
-        // Taken above.
-        AttrChange::Retention { .. } => return Ok(false),
         AttrChange::LegalHold(on) => {
-            v.attrs.lock.legal_hold = on;
-            v.attrs.lock.legal_hold_us = Some(stamp);
+            let kept = lock::merge_replica_legal_hold(l.legal_hold, on, newer, same_account);
+            merge_stamped(&mut l.legal_hold, &mut l.legal_hold_us, kept, stamp, written_us)
         }
+        _ if !local && !newer => false,
+        AttrChange::Tags(tags) => set_stamped(&mut a.tags, &mut a.tags_us, tags, stamp),
+        AttrChange::Acl(acl) => set_stamped(&mut a.acl, &mut a.acl_us, acl, stamp),
+    })
+}
+
+/// Sets an attribute and the time of its change; true (the version changed).
+fn set_stamped<T>(value: &mut T, at: &mut Option<i64>, new: T, stamp: i64) -> bool {
+    (*value, *at) = (new, Some(stamp));
+    true
+}
+
+/// Keeps `kept` (a lock setting merged from a peer's) with the later of the two change times;
+/// whether anything changed. `written_us`: the version's time, the change time of a setting
+/// never changed since.
+fn merge_stamped<T: PartialEq>(value: &mut T, at: &mut Option<i64>, kept: T, stamp: i64, written_us: i64) -> bool {
+    let before = at.unwrap_or(written_us);
+    let after = before.max(stamp);
+    if kept == *value && after == before {
+        return false;
     }
-    Ok(true)
+    (*value, *at) = (kept, Some(after));
+    true
 }
 
 /// A replica of a version that is here already (a duplicate delivery, or a whole version sent

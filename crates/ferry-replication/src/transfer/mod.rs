@@ -142,9 +142,11 @@ macro_rules! object_headers {
     }};
 }
 
-/// A time (µs since the epoch) as the SDK takes dates.
-fn s3_date(us: i64) -> aws_smithy_types::DateTime {
-    aws_smithy_types::DateTime::from_millis(us.div_euclid(1000))
+/// A version's retention as an S3 service is sent it: its mode's name and its date, while it
+/// is in force (S3 refuses a date in the past).
+fn s3_retention(a: &ferry_store::model::ObjectAttrs) -> Option<(&'static str, aws_smithy_types::DateTime)> {
+    let r = a.lock.retention.filter(|r| r.in_force(ferry_core::time::now_micros()))?;
+    Some((r.mode.as_str(), aws_smithy_types::DateTime::from_millis(r.until_us.div_euclid(1000))))
 }
 
 /// The Object Lock headers of a replica to an S3 service (a Ferry peer reads the lock from the
@@ -162,14 +164,8 @@ pub(crate) fn s3_lock(
         return (None, None, None);
     }
     let hold = a.lock.legal_hold.then_some(aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
-    match a.lock.retention.filter(|r| r.in_force(ferry_core::time::now_micros())) {
-        Some(r) => (
-            Some(aws_sdk_s3::types::ObjectLockMode::from(r.mode.as_str())),
-            Some(s3_date(r.until_us)),
-            hold,
-        ),
-        None => (None, None, hold),
-    }
+    let (mode, until) = s3_retention(a).unzip();
+    (mode.map(aws_sdk_s3::types::ObjectLockMode::from), until, hold)
 }
 use object_headers;
 
@@ -539,13 +535,11 @@ impl Transfer<'_> {
             self.peer.client.put_object_legal_hold().bucket(b).key(k).legal_hold(hold).send().await.map_err(|e| classify(&e))?;
         }
         if a.lock.retention_us.is_some() {
-            let retention = match a.lock.retention.filter(|r| r.in_force(ferry_core::time::now_micros())) {
-                Some(r) => ObjectLockRetention::builder()
-                    .mode(ObjectLockRetentionMode::from(r.mode.as_str()))
-                    .retain_until_date(s3_date(r.until_us))
-                    .build(),
-                None => ObjectLockRetention::builder().build(),
-            };
+            let (mode, until) = s3_retention(a).unzip();
+            let retention = ObjectLockRetention::builder()
+                .set_mode(mode.map(ObjectLockRetentionMode::from))
+                .set_retain_until_date(until)
+                .build();
             self.peer
                 .client
                 .put_object_retention()
