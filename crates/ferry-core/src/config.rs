@@ -371,6 +371,32 @@ pub struct RegionConfig {
     /// of an S3-compatible store the region's nodes share (with `meta`).
     #[serde(default)]
     pub blobs: Option<BlobsConfig>,
+    /// Keys of encryption at rest (`[region.encryption]`): SSE-S3's master key, the key-file
+    /// KMS of SSE-KMS. Without it SSE-S3 and SSE-KMS are refused; SSE-C needs no key here.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// `[region.encryption]`: where the region's key-encryption keys are. Each file holds one key:
+/// 64 hex digits or the base64 of 32 bytes (`ferry keygen` writes one). Ferry never writes a
+/// key; keep the files off the data disk (a stolen data directory must not carry its keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// SSE-S3's master key. Default: the `FERRY_MASTER_KEY` environment variable, if set.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    /// Master keys of before a rotation: versions written under them stay readable (new
+    /// writes use `master_key_file`).
+    #[serde(default)]
+    pub old_master_key_files: Vec<PathBuf>,
+    /// The key-file KMS of SSE-KMS: key id → key file. `aws:kms` names a key by its id (or an
+    /// ARN ending in `:key/ID`).
+    #[serde(default)]
+    pub kms_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// The KMS key of `aws:kms` requests that name none.
+    #[serde(default)]
+    pub default_kms_key: Option<String>,
 }
 
 /// `[region.blobs]`: object bodies in a bucket of an S3-compatible store (AWS S3, Ceph RGW,
@@ -437,6 +463,7 @@ impl RegionConfig {
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
             blobs: None,
+            encryption: EncryptionConfig::default(),
         }
     }
 
@@ -502,6 +529,10 @@ impl Config {
             }
             if let Some(ca) = r.blobs.as_mut().and_then(|b| b.ca_file.as_mut()) {
                 rel(ca);
+            }
+            let e = &mut r.encryption;
+            for p in e.master_key_file.iter_mut().chain(&mut e.old_master_key_files).chain(e.kms_keys.values_mut()) {
+                rel(p);
             }
         }
         for p in &mut cfg.peer {
@@ -578,6 +609,14 @@ impl Config {
             {
                 return Err(Error::Config(format!(
                     "region `{}`: key `meta`: use a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE",
+                    r.name
+                )));
+            }
+            if let Some(d) = &r.encryption.default_kms_key
+                && !r.encryption.kms_keys.contains_key(d)
+            {
+                return Err(Error::Config(format!(
+                    "region `{}`: [region.encryption] key `default_kms_key`: `{d}` is not a key of `kms_keys`",
                     r.name
                 )));
             }

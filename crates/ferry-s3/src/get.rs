@@ -11,6 +11,7 @@ use crate::checksums::{ChecksumFields, with_checksums};
 use crate::dto::{check_key, etag, secs, ts, ts_secs};
 use crate::error::StoreResultExt;
 use crate::perm::{Perm, check_perm, effective_acl, effective_owner};
+use crate::sse::sse_headers;
 
 /// A version resolved for reading, with whether its bucket is versioned (to decide whether
 /// `x-amz-version-id` is returned).
@@ -141,12 +142,20 @@ macro_rules! copy_conditions {
 }
 pub(crate) use copy_conditions;
 
+/// How a version being read is opened: its data key (encrypted bodies) and the SSE-C key's
+/// MD5 to answer.
+struct Opened {
+    key: Option<ferry_store::sse::Key>,
+    customer_md5: Option<String>,
+}
+
 /// What a GET or HEAD asks for ([`read_request!`] takes it from either input).
 struct ReadRequest<'a> {
     bucket: &'a str,
     key: &'a str,
     version_id: Option<&'a str>,
-    sse_customer_algorithm: Option<&'a str>,
+    /// The SSE-C headers: algorithm, key, key MD5.
+    customer: [Option<&'a str>; 3],
     conditions: Conditions<'a>,
     range: Option<&'a Range>,
     part_number: Option<i32>,
@@ -159,7 +168,7 @@ macro_rules! read_request {
             bucket: &$i.bucket,
             key: &$i.key,
             version_id: $i.version_id.as_deref(),
-            sse_customer_algorithm: $i.sse_customer_algorithm.as_deref(),
+            customer: [$i.sse_customer_algorithm.as_deref(), $i.sse_customer_key.as_deref(), $i.sse_customer_key_md5.as_deref()],
             conditions: Conditions {
                 if_match: $i.if_match.as_ref(),
                 if_none_match: $i.if_none_match.as_ref(),
@@ -360,32 +369,24 @@ impl FerryS3 {
         crate::bucket_access::judge_bucket(&self.store, &self.users, bucket, &asked).await
     }
 
-    /// Resolves a GET or HEAD: the version (read permission), its conditional headers, and the
-    /// range or part to send.
-    async fn read_target<T>(&self, req: &S3Request<T>, t: ReadRequest<'_>) -> S3Result<(SourceVersion, ReadPlan)> {
-        if t.sse_customer_algorithm.is_some() {
-            return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
-        }
+    /// Resolves a GET or HEAD: the version (read permission), its data key when it is
+    /// encrypted (SSE-C: from the request's key), its conditional headers, and the range or
+    /// part to send.
+    async fn read_target<T>(&self, req: &S3Request<T>, t: ReadRequest<'_>) -> S3Result<(SourceVersion, ReadPlan, Opened)> {
+        let [alg, key, md5] = t.customer;
+        let customer = crate::sse::customer_key(alg, key, md5)?;
         let src = self.source_version(req, t.bucket, t.key, t.version_id, Perm::Read).await?;
+        let key = self.data_key(src.record.attrs.sse.as_ref(), customer.as_ref())?;
         t.conditions.check_read(&src.record)?;
         let plan = ReadPlan::new(&src.record, t.range, t.part_number)?;
-        Ok((src, plan))
+        Ok((src, plan, Opened { key, customer_md5: customer.map(|c| c.md5) }))
     }
 
     pub(crate) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let i = &req.input;
-        let (src, plan) = self.read_target(&req, read_request!(i)).await?;
+        let (src, plan, opened) = self.read_target(&req, read_request!(i)).await?;
         let v = &src.record;
-        let body = match &v.layout {
-            BodyLayout::Inline(data) => {
-                let slice = data.get(to_usize(plan.range.start)..to_usize(plan.range.end)).unwrap_or_default();
-                let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::copy_from_slice(slice));
-                StreamingBlob::wrap(futures::stream::iter([chunk]))
-            }
-            BodyLayout::Parts { parts, .. } => {
-                StreamingBlob::wrap(self.store.blobs.read_parts(parts.clone(), plan.range.clone()))
-            }
-        };
+        let body = StreamingBlob::wrap(self.store.read_body(&v.layout, plan.range.clone(), opened.key.as_ref()));
         let tags = &v.attrs.tags;
         let out = object_headers!(
             GetObjectOutput {
@@ -396,7 +397,7 @@ impl FerryS3 {
             &plan,
             i.checksum_mode.as_ref()
         );
-        let mut resp = S3Response::new(out);
+        let mut resp = S3Response::new(sse_headers!(out, v.attrs.sse.as_ref(), opened.customer_md5));
         if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
         }
@@ -405,9 +406,9 @@ impl FerryS3 {
 
     pub(crate) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let i = &req.input;
-        let (src, plan) = self.read_target(&req, read_request!(i)).await?;
+        let (src, plan, opened) = self.read_target(&req, read_request!(i)).await?;
         let out = object_headers!(HeadObjectOutput {}, &src, &plan, i.checksum_mode.as_ref());
-        let mut resp = S3Response::new(out);
+        let mut resp = S3Response::new(sse_headers!(out, src.record.attrs.sse.as_ref(), opened.customer_md5));
         if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
         }
@@ -418,10 +419,6 @@ impl FerryS3 {
         }
         Ok(resp)
     }
-}
-
-fn to_usize(v: u64) -> usize {
-    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// Which bytes of a version a read returns.

@@ -37,6 +37,7 @@ pub mod policy;
 mod post_object;
 mod put;
 pub mod replication;
+mod sse;
 mod tagging;
 
 use std::sync::Arc;
@@ -275,4 +276,7 @@ ops! {
     get_object_retention(GetObjectRetentionInput) -> GetObjectRetentionOutput;
     put_object_legal_hold(PutObjectLegalHoldInput) -> PutObjectLegalHoldOutput;
     get_object_legal_hold(GetObjectLegalHoldInput) -> GetObjectLegalHoldOutput;
+    put_bucket_encryption(PutBucketEncryptionInput) -> PutBucketEncryptionOutput;
+    get_bucket_encryption(GetBucketEncryptionInput) -> GetBucketEncryptionOutput;
+    delete_bucket_encryption(DeleteBucketEncryptionInput) -> DeleteBucketEncryptionOutput;
 }

@@ -16,8 +16,9 @@ use crate::error::StoreResultExt;
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl, requested_acl};
-use crate::put::{refuse_sse, require_length, storage_class, trailers};
+use crate::put::{require_length, storage_class, trailers};
 use crate::replication::replica::ReplicaWrite;
+use crate::sse::{Asked, customer_key, sse_headers};
 
 /// Smallest size of every part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -86,7 +87,16 @@ impl FerryS3 {
             Some(_) => ferry_store::lock::LockAttrs::default(),
         };
         let i = req.input;
-        refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
+        let customer = customer_key(
+            i.sse_customer_algorithm.as_deref(),
+            i.sse_customer_key.as_deref(),
+            i.sse_customer_key_md5.as_deref(),
+        )?;
+        // One data key for the upload: each part is sealed under it and its own blob id.
+        let enc = self.new_encryption(
+            &bucket,
+            Asked::of(i.server_side_encryption.as_ref(), i.ssekms_key_id.as_deref(), customer)?,
+        )?;
         let checksum_algorithm = match &i.checksum_algorithm {
             Some(a) => {
                 Some(Algorithm::parse(a.as_str()).ok_or_else(|| s3_error!(InvalidRequest, "Checksum algorithm not supported"))?)
@@ -107,6 +117,7 @@ impl FerryS3 {
         let tags = i.tagging.as_deref().map(parse_tagging_header).transpose()?.unwrap_or_default();
         let mut attrs = request_attrs!(i, tags, acl);
         attrs.lock = lock;
+        attrs.sse = enc.as_ref().map(|e| e.record.clone());
         // A peer's upload remembers its source, so an abandoned one can be recognised and expired.
         attrs.origin = origin;
         // Until the upload completes, the kind of checksum the object will get.
@@ -133,14 +144,16 @@ impl FerryS3 {
             })
             .await
             .s3()?;
-        Ok(S3Response::new(CreateMultipartUploadOutput {
+        let answer = CreateMultipartUploadOutput {
             bucket: Some(i.bucket),
             key: Some(i.key),
             upload_id: Some(upload_id),
             checksum_algorithm: checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.name().to_owned())),
             checksum_type: checksum_kind.map(|k| ChecksumType::from(k.as_str().to_owned())),
             ..Default::default()
-        }))
+        };
+        let record = enc.as_ref().map(|e| e.record.clone());
+        Ok(S3Response::new(sse_headers!(answer, record.as_ref(), enc.and_then(|e| e.customer_md5))))
     }
 
     pub(crate) async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
@@ -151,6 +164,12 @@ impl FerryS3 {
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
         let replica_part = self.replica_part_of(&req, &bucket)?;
         let i = &req.input;
+        let customer = customer_key(
+            i.sse_customer_algorithm.as_deref(),
+            i.sse_customer_key.as_deref(),
+            i.sse_customer_key_md5.as_deref(),
+        )?;
+        let seal = self.data_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
         let mut checks = ChecksumRequest::new(
             &req.headers,
             i.checksum_algorithm.as_ref(),
@@ -166,7 +185,8 @@ impl FerryS3 {
         let replica_part = replica_part.filter(|_| checks.content_md5.is_none() && checks.has_checksum(&req.headers));
         let digest = ferry_store::checksum::BodyDigest::with_md5(&checks.algorithms, replica_part.is_none());
         let body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody, "The request body is missing"))?;
-        let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, false).await.s3()?;
+        let (ingested, digest) =
+            self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, false, seal.as_ref()).await.s3()?;
         let checked = checks.verify(&digest, trailers(&req).as_ref())?;
         let (part_etag, checksums) = match replica_part {
             None => (digest.md5_hex(), stored_checksums(&digest)),
@@ -187,11 +207,12 @@ impl FerryS3 {
             },
         };
         self.commit_part(part, ingested).await?;
-        Ok(S3Response::new(with_checksums!(
+        let answer = with_checksums!(
             UploadPartOutput { e_tag: Some(etag(&part_etag)) },
             ChecksumFields::of(&checksums),
             ..Default::default()
-        )))
+        );
+        Ok(S3Response::new(sse_headers!(answer, upload.attrs.sse.as_ref(), customer.map(|c| c.md5))))
     }
 
     /// Records an uploaded part (replacing a previous upload of the same number), its body
@@ -222,7 +243,19 @@ impl FerryS3 {
         let part_number = check_part_number(req.input.part_number)?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
         let i = &req.input;
+        let customer = customer_key(
+            i.sse_customer_algorithm.as_deref(),
+            i.sse_customer_key.as_deref(),
+            i.sse_customer_key_md5.as_deref(),
+        )?;
+        let seal = self.data_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
+        let source_customer = customer_key(
+            i.copy_source_sse_customer_algorithm.as_deref(),
+            i.copy_source_sse_customer_key.as_deref(),
+            i.copy_source_sse_customer_key_md5.as_deref(),
+        )?;
         let (src, _) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
+        let source_key = self.data_key(src.record.attrs.sse.as_ref(), source_customer.as_ref())?;
         let size = src.record.size;
         let range = match &i.copy_source_range {
             None => 0..size,
@@ -233,19 +266,9 @@ impl FerryS3 {
         if let Some(a) = upload.checksum_algorithm {
             algorithms.push(a);
         }
-        let (ingested, digest) = match &src.record.layout {
-            BodyLayout::Inline(data) => {
-                let slice = data
-                    .get(usize::try_from(range.start).unwrap_or(0)..usize::try_from(range.end).unwrap_or(0))
-                    .unwrap_or_default();
-                let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::copy_from_slice(slice));
-                self.store.ingest(futures::stream::iter([chunk]), &algorithms, Some(len), MAX_PUT_SIZE, false).await.s3()?
-            }
-            BodyLayout::Parts { parts, .. } => {
-                let reader = self.store.blobs.read_parts(parts.clone(), range);
-                self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false).await.s3()?
-            }
-        };
+        let reader = self.store.read_body(&src.record.layout, range, source_key.as_ref());
+        let (ingested, digest) =
+            self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false, seal.as_ref()).await.s3()?;
         let checksums = stored_checksums(&digest);
         let part = PartRecord {
             upload_id: upload.upload_id.clone(),
@@ -259,14 +282,15 @@ impl FerryS3 {
             },
         };
         self.commit_part(part, ingested).await?;
-        Ok(S3Response::new(UploadPartCopyOutput {
+        let answer = UploadPartCopyOutput {
             copy_part_result: Some(with_checksums!(
                 CopyPartResult { e_tag: Some(etag(&digest.md5_hex())), last_modified: Some(ts(ferry_core::time::now_micros())) },
                 ChecksumFields::of(&checksums)
             )),
             copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),
             ..Default::default()
-        }))
+        };
+        Ok(S3Response::new(sse_headers!(answer, upload.attrs.sse.as_ref(), customer.map(|c| c.md5))))
     }
 
     pub(crate) async fn complete_multipart_upload(
@@ -314,7 +338,7 @@ impl FerryS3 {
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(crate::error::to_s3(e)),
         };
-        Ok(S3Response::new(with_checksums!(
+        let answer = with_checksums!(
             CompleteMultipartUploadOutput {
                 bucket: Some(i.bucket.clone()),
                 key: Some(i.key.clone()),
@@ -326,7 +350,14 @@ impl FerryS3 {
             },
             ChecksumFields::of(&record.attrs.checksums),
             ..Default::default()
-        )))
+        );
+        // This answer has no SSE-C fields (the parts' answers had them).
+        let sse = record.attrs.sse.as_ref();
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            server_side_encryption: sse.and_then(|e| e.kind.header()).map(|h| ServerSideEncryption::from(h.to_owned())),
+            ssekms_key_id: sse.filter(|e| e.kind == ferry_store::sse::SseKind::Kms).and_then(|e| e.kek.clone()),
+            ..answer
+        }))
     }
 
     pub(crate) async fn abort_multipart_upload(

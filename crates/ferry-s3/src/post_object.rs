@@ -546,7 +546,10 @@ fn put_input(form: &Form, bucket: String, key: String) -> S3Result<PutObjectInpu
         grant_write_acp: f("x-amz-grant-write-acp"),
         expected_bucket_owner: f("x-amz-expected-bucket-owner"),
         server_side_encryption: f("x-amz-server-side-encryption").map(ServerSideEncryption::from),
+        ssekms_key_id: f("x-amz-server-side-encryption-aws-kms-key-id"),
         sse_customer_algorithm: f("x-amz-server-side-encryption-customer-algorithm"),
+        sse_customer_key: f("x-amz-server-side-encryption-customer-key"),
+        sse_customer_key_md5: f("x-amz-server-side-encryption-customer-key-md5"),
         object_lock_mode: f("x-amz-object-lock-mode").map(ObjectLockMode::from),
         object_lock_legal_hold_status: f("x-amz-object-lock-legal-hold").map(ObjectLockLegalHoldStatus::from),
         object_lock_retain_until_date: f("x-amz-object-lock-retain-until-date")

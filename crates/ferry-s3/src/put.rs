@@ -3,7 +3,7 @@
 
 use ferry_store::Ingested;
 use ferry_store::checksum::{Algorithm, DigestResult};
-use ferry_store::model::{BodyLayout, ObjectAttrs, Versioning};
+use ferry_store::model::{ObjectAttrs, Versioning};
 use ferry_store::objects::{NewVersion, WriteConditions, put_version};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
@@ -17,6 +17,7 @@ use crate::get::copy_conditions;
 use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl};
 use crate::replication::replica::ReplicaWrite;
+use crate::sse::{Asked, customer_key, sse_headers};
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
 const STORAGE_CLASSES: &[&str] = &[
@@ -40,15 +41,6 @@ pub(crate) fn storage_class(sc: Option<&str>) -> S3Result<Option<String>> {
         Some(s) if STORAGE_CLASSES.contains(&s) => Ok(Some(s.to_owned())),
         Some(s) => Err(s3_error!(InvalidStorageClass, "The storage class {s} you specified is not valid")),
     }
-}
-
-/// Server-side encryption is not offered: refuse requests that ask for it rather than store
-/// the data unencrypted while claiming otherwise.
-pub(crate) fn refuse_sse(sse: Option<&ServerSideEncryption>, sse_c: Option<&str>) -> S3Result<()> {
-    if sse.is_some() || sse_c.is_some() {
-        return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
-    }
-    Ok(())
 }
 
 /// A body-carrying request must say how long its body is: Content-Length, or chunked transfer
@@ -75,7 +67,12 @@ impl FerryS3 {
         let replica = self.replica_of(&req, &bucket)?;
         let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let i = &req.input;
-        refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
+        let customer = customer_key(
+            i.sse_customer_algorithm.as_deref(),
+            i.sse_customer_key.as_deref(),
+            i.sse_customer_key_md5.as_deref(),
+        )?;
+        let asked = Asked::of(i.server_side_encryption.as_ref(), i.ssekms_key_id.as_deref(), customer)?;
         let lock = match &replica {
             None => crate::object_lock::write_lock!(self, &req, &bucket, i).await?,
             Some(r) => r.meta.lock,
@@ -96,6 +93,8 @@ impl FerryS3 {
         };
         let mut attrs = request_attrs!(i, tags, acl);
         attrs.lock = lock;
+        let enc = self.new_encryption(&bucket, asked)?;
+        attrs.sse = enc.as_ref().map(|e| e.record.clone());
         let cond = write_conditions(i.if_match.as_ref(), i.if_none_match.as_ref());
         let expected_len = i.content_length.and_then(|n| u64::try_from(n).ok());
         if expected_len.is_some_and(|n| n > MAX_PUT_SIZE) {
@@ -112,7 +111,8 @@ impl FerryS3 {
             && !checks.given.is_empty()
             && checks.content_md5.is_none());
         let digest = ferry_store::checksum::BodyDigest::with_md5(&checks.algorithms, md5);
-        let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, true).await.s3()?;
+        let seal = enc.as_ref().map(|e| &e.key);
+        let (ingested, digest) = self.store.ingest_digest(body, digest, expected_len, MAX_PUT_SIZE, true, seal).await.s3()?;
         checks.verify(&digest, trailers(&req).as_ref())?;
         let out = self
             .write_new_object(
@@ -127,7 +127,8 @@ impl FerryS3 {
                 replica,
             )
             .await?;
-        Ok(S3Response::new(with_checksums!(
+        let customer_md5 = enc.and_then(|e| e.customer_md5);
+        let answer = with_checksums!(
             PutObjectOutput {
                 e_tag: Some(etag(&out.etag)),
                 // Writes report a version id only while versioning is enabled (not for the null version).
@@ -138,7 +139,8 @@ impl FerryS3 {
             },
             ChecksumFields::of(&out.attrs.checksums),
             ..Default::default()
-        )))
+        );
+        Ok(S3Response::new(sse_headers!(answer, out.attrs.sse.as_ref(), customer_md5)))
     }
 
     /// Commits a received body as a new version of `key`, then moves its blob into place.
@@ -185,8 +187,19 @@ impl FerryS3 {
         let dest_bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let writer = self.require_user(&req)?.owner.clone();
         let i = &req.input;
-        refuse_sse(i.server_side_encryption.as_ref(), i.sse_customer_algorithm.as_deref())?;
+        let customer = customer_key(
+            i.sse_customer_algorithm.as_deref(),
+            i.sse_customer_key.as_deref(),
+            i.sse_customer_key_md5.as_deref(),
+        )?;
+        let asked = Asked::of(i.server_side_encryption.as_ref(), i.ssekms_key_id.as_deref(), customer)?;
+        let source_customer = customer_key(
+            i.copy_source_sse_customer_algorithm.as_deref(),
+            i.copy_source_sse_customer_key.as_deref(),
+            i.copy_source_sse_customer_key_md5.as_deref(),
+        )?;
         let (src, (src_bucket, src_key, src_vid)) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
+        let source_key = self.data_key(src.record.attrs.sse.as_ref(), source_customer.as_ref())?;
         let replace_meta = i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let replace_tags = i.tagging_directive.as_ref().is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
         if let Some(d) = &i.metadata_directive
@@ -198,7 +211,8 @@ impl FerryS3 {
         let sc = storage_class(i.storage_class.as_ref().map(StorageClass::as_str))?;
         let same_object =
             src_bucket == i.bucket && src_key == i.key && src_vid.as_deref().is_none_or(|v| v == src.record.version_id);
-        if same_object && !replace_meta && sc == src.record.storage_class && i.website_redirect_location.is_none() {
+        let reencrypt = !matches!(asked, Asked::Default);
+        if same_object && !replace_meta && sc == src.record.storage_class && i.website_redirect_location.is_none() && !reencrypt {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
@@ -236,8 +250,11 @@ impl FerryS3 {
                 ..src.record.attrs.clone()
             }
         };
-        // The copy's lock is the one this request asks for, never the source's.
+        // The copy's lock is the one this request asks for, never the source's; so is its
+        // encryption, with a data key of its own.
         attrs.lock = crate::object_lock::write_lock!(self, &req, &dest_bucket, i).await?;
+        let enc = self.new_encryption(&dest_bucket, asked)?;
+        attrs.sse = enc.as_ref().map(|e| e.record.clone());
         // The copy keeps the source's checksum algorithms unless the request names one.
         let mut algorithms: Vec<Algorithm> = src.record.attrs.checksums.values.keys().copied().collect();
         if let Some(a) = &i.checksum_algorithm {
@@ -248,19 +265,12 @@ impl FerryS3 {
             algorithms.push(Algorithm::Crc64Nvme);
         }
         let size = src.record.size;
-        let (ingested, digest) = match &src.record.layout {
-            BodyLayout::Inline(data) => {
-                let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from(data.clone()));
-                self.store.ingest(futures::stream::iter([chunk]), &algorithms, Some(size), MAX_PUT_SIZE, true).await.s3()?
-            }
-            BodyLayout::Parts { parts, .. } => {
-                let reader = self.store.blobs.read_parts(parts.clone(), 0..size);
-                self.store.ingest(reader, &algorithms, Some(size), MAX_PUT_SIZE, true).await.s3()?
-            }
-        };
+        let reader = self.store.read_body(&src.record.layout, 0..size, source_key.as_ref());
+        let seal = enc.as_ref().map(|e| &e.key);
+        let (ingested, digest) = self.store.ingest(reader, &algorithms, Some(size), MAX_PUT_SIZE, true, seal).await.s3()?;
         let cond = WriteConditions::default();
         let out = self.write_new_object(i.bucket.clone(), i.key.clone(), ingested, &digest, attrs, sc, owner, cond, None).await?;
-        Ok(S3Response::new(CopyObjectOutput {
+        let answer = CopyObjectOutput {
             copy_object_result: Some(with_checksums!(
                 CopyObjectResult { e_tag: Some(etag(&out.etag)), last_modified: Some(ts(out.mtime_us)), checksum_type: None },
                 ChecksumFields::of(&out.attrs.checksums)
@@ -269,6 +279,11 @@ impl FerryS3 {
             version_id: (dest_bucket.versioning == Versioning::Enabled).then(|| out.version_id.clone()),
             copy_source_version_id: src.versioned.then(|| src.record.version_id.clone()),
             ..Default::default()
-        }))
+        };
+        Ok(S3Response::new(sse_headers!(
+            answer,
+            out.attrs.sse.as_ref(),
+            enc.and_then(|e| e.customer_md5)
+        )))
     }
 }

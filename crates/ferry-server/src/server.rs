@@ -271,7 +271,8 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
         (Some(b), Some(pg)) => Some(shared_blobs(&cfg.name, b, pg)?),
         _ => None,
     };
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, threshold, pg, remote)).await??;
+    let keys = keyring(cfg)?;
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, threshold, pg, remote, keys)).await??;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("key `listen`: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let admin = match cfg.admin_addr()? {
@@ -279,6 +280,40 @@ async fn open_region(cfg: &RegionConfig) -> anyhow::Result<Opened> {
         None => None,
     };
     Ok(Opened { url: cfg.url_for(addr), cfg: cfg.clone(), store, listener, addr, admin })
+}
+
+/// The region's key-encryption keys (`[region.encryption]`, else `FERRY_MASTER_KEY` for the
+/// master key). A key that cannot be read or parsed stops the start: serving without it would
+/// refuse (or fail to read) every encrypted object.
+fn keyring(cfg: &RegionConfig) -> anyhow::Result<ferry_store::sse::Keyring> {
+    use ferry_store::sse::MasterKey;
+    let e = &cfg.encryption;
+    let read = |key: &str, p: &std::path::Path| -> anyhow::Result<MasterKey> {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(p).with_context(|| {
+                format!("region `{}`: [region.encryption] key `{key}`: cannot read {}", cfg.name, p.display())
+            })?);
+        MasterKey::from_text(&text)
+            .with_context(|| format!("region `{}`: [region.encryption] key `{key}`: {}", cfg.name, p.display()))
+    };
+    let mut keys = ferry_store::sse::Keyring::default();
+    match &e.master_key_file {
+        Some(p) => keys.masters.push(read("master_key_file", p)?),
+        None => {
+            if let Ok(text) = std::env::var("FERRY_MASTER_KEY") {
+                let text = zeroize::Zeroizing::new(text);
+                keys.masters.push(MasterKey::from_text(&text).context("environment variable FERRY_MASTER_KEY")?);
+            }
+        }
+    }
+    for p in &e.old_master_key_files {
+        keys.masters.push(read("old_master_key_files", p)?);
+    }
+    for (id, p) in &e.kms_keys {
+        keys.kms.insert(id.clone(), read(&format!("kms_keys.{id}"), p)?);
+    }
+    keys.default_kms.clone_from(&e.default_kms_key);
+    Ok(keys)
 }
 
 /// The S3-compatible store a region's nodes share their blobs in (`[region.blobs]`), with the

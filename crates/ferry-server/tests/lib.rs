@@ -19,6 +19,7 @@ mod replication_process;
 mod s3_bad_input;
 mod s3_buckets;
 mod s3_cors;
+mod s3_encryption;
 mod s3_lifecycle;
 mod s3_listing;
 mod s3_multipart;

@@ -12,6 +12,44 @@ use crate::checksum::{Algorithm, BodyDigest, DigestResult};
 use crate::error::{Error, Result};
 use crate::meta;
 use crate::model::{BodyLayout, PartRef};
+use crate::sse::{self, Key, Sealer};
+
+fn sse_error(e: sse::SseError) -> Error {
+    Error::Other(format!("encrypting a body: {e}"))
+}
+
+/// A staging blob being written, in plaintext or through a [`Sealer`] keyed by its id.
+struct Staging {
+    blob: StagedBlob,
+    sealer: Option<Sealer>,
+}
+
+impl Staging {
+    fn new(blob: StagedBlob, seal: Option<&Key>) -> Self {
+        let sealer = seal.map(|k| Sealer::new(k.body(blob.id())));
+        Self { blob, sealer }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        match &mut self.sealer {
+            None => self.blob.write_bytes(data).await?,
+            Some(s) => {
+                for sealed in s.push(&data).map_err(sse_error)? {
+                    self.blob.write_bytes(Bytes::from(sealed)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<StagedBlob> {
+        if let Some(s) = self.sealer.take() {
+            self.blob.write_bytes(Bytes::from(s.finish().map_err(sse_error)?)).await?;
+        }
+        self.blob.finish().await?;
+        Ok(self.blob)
+    }
+}
 
 /// A body that has been received and hashed but not yet committed.
 pub enum Ingested {
@@ -41,7 +79,9 @@ impl Store {
     /// bounded by the inline threshold plus one write buffer, whatever the body size.
     ///
     /// `expected_len`, when known, must match exactly; `max_len` caps the body. With
-    /// `allow_inline` false the body always goes to a blob file (multipart parts).
+    /// `allow_inline` false the body always goes to a blob file (multipart parts). With `seal`
+    /// (a data key) the body is stored encrypted ([`crate::sse`]): under the blob's id, or
+    /// [`sse::INLINE`] in the database; digests and lengths are of the plaintext.
     ///
     /// # Errors
     /// [`Error::Body`] when the stream fails, [`Error::IncompleteBody`] / [`Error::EntityTooLarge`]
@@ -53,12 +93,13 @@ impl Store {
         expected_len: Option<u64>,
         max_len: u64,
         allow_inline: bool,
+        seal: Option<&Key>,
     ) -> Result<(Ingested, DigestResult)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.ingest_digest(stream, BodyDigest::new(algorithms), expected_len, max_len, allow_inline).await
+        self.ingest_digest(stream, BodyDigest::new(algorithms), expected_len, max_len, allow_inline, seal).await
     }
 
     /// [`Store::ingest`] with a digest of the caller's choosing (without MD5 for a replica
@@ -73,6 +114,7 @@ impl Store {
         expected_len: Option<u64>,
         max_len: u64,
         allow_inline: bool,
+        seal: Option<&Key>,
     ) -> Result<(Ingested, DigestResult)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -84,7 +126,7 @@ impl Store {
             _ => self.inline_threshold,
         };
         let mut buffer: Vec<u8> = Vec::new();
-        let mut staged: Option<StagedBlob> = None;
+        let mut staged: Option<Staging> = None;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Error::Body(e.into()))?;
             digest.update(&chunk);
@@ -92,13 +134,12 @@ impl Store {
                 return Err(Error::EntityTooLarge);
             }
             match &mut staged {
-                Some(blob) => blob.write_bytes(chunk).await?,
+                Some(blob) => blob.write(chunk).await?,
                 None if digest.len() <= inline_max => buffer.extend_from_slice(&chunk),
                 None => {
-                    let mut blob = self.blobs.create().await?;
-                    blob.write_bytes(Bytes::from(std::mem::take(&mut buffer))).await?;
-                    blob.write_bytes(chunk).await?;
-                    buffer = Vec::new();
+                    let mut blob = Staging::new(self.blobs.create().await?, seal);
+                    blob.write(Bytes::from(std::mem::take(&mut buffer))).await?;
+                    blob.write(chunk).await?;
                     staged = Some(blob);
                 }
             }
@@ -107,16 +148,21 @@ impl Store {
             return Err(Error::IncompleteBody);
         }
         if staged.is_none() && !allow_inline {
-            let mut blob = self.blobs.create().await?;
-            blob.write_bytes(Bytes::from(std::mem::take(&mut buffer))).await?;
+            let mut blob = Staging::new(self.blobs.create().await?, seal);
+            blob.write(Bytes::from(std::mem::take(&mut buffer))).await?;
             staged = Some(blob);
         }
         let body = match staged {
-            Some(mut blob) => {
-                blob.finish().await?;
-                Ingested::Staged(blob)
-            }
-            None => Ingested::Inline(buffer),
+            Some(blob) => Ingested::Staged(blob.finish().await?),
+            None => match seal {
+                None => Ingested::Inline(buffer),
+                Some(key) => {
+                    let mut s = Sealer::new(key.body(sse::INLINE));
+                    let mut sealed = s.push(&buffer).map_err(sse_error)?.concat();
+                    sealed.extend(s.finish().map_err(sse_error)?);
+                    Ingested::Inline(sealed)
+                }
+            },
         };
         Ok((body, digest.finish()))
     }

@@ -5,6 +5,7 @@
 //!   modules add rows to. Backends hold storage, never domain decisions.
 //! - [`ingest`]: a request body becomes a hashed body in memory or a fsynced staging file,
 //!   then commits with the metadata that references it ([`Store::write_with_body`]).
+//! - [`read`]: a body's plaintext bytes, whatever its layout and encryption.
 //! - [`blobs`]: bodies in files, written to staging, fsynced, promoted after commit.
 //! - [`objects`]: S3 versioning semantics as functions over a write transaction.
 //! - [`replication`]: rules, the outbox (jobs recorded in the write's transaction), backfill,
@@ -39,6 +40,7 @@ pub mod lock;
 pub mod meta;
 pub mod model;
 pub mod objects;
+pub mod read;
 pub mod replication;
 pub mod s3_blobs;
 pub mod sse;
@@ -193,6 +195,8 @@ pub struct Store {
     pub blobs: BlobStore,
     /// Bodies up to this size are stored inline in the metadata database.
     pub inline_threshold: u64,
+    /// The keys encrypted bodies' data keys are wrapped under (from the configuration).
+    pub keys: sse::Keyring,
     data_dir: PathBuf,
     /// Held for the life of the store: the data directory's exclusive lock.
     _lock: std::fs::File,
@@ -205,7 +209,7 @@ impl Store {
     /// # Errors
     /// When the directory is not writable, is locked by another process, or the database fails.
     pub fn open(data_dir: &Path, inline_threshold: u64) -> Result<Arc<Self>> {
-        Self::open_with(data_dir, inline_threshold, None, None)
+        Self::open_with(data_dir, inline_threshold, None, None, sse::Keyring::default())
     }
 
     /// [`Store::open`] for a node of a region on PostgreSQL (`pg`, opened with the staging
@@ -219,6 +223,7 @@ impl Store {
         inline_threshold: u64,
         pg: Option<PgStore>,
         remote: Option<blobs::Remote>,
+        keys: sse::Keyring,
     ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::Other(format!("data directory {}: cannot create: {e}", data_dir.display())))?;
@@ -266,6 +271,7 @@ impl Store {
             meta,
             blobs,
             inline_threshold,
+            keys,
             data_dir: data_dir.to_owned(),
             _lock: lock,
         }))

@@ -243,6 +243,9 @@ pub struct BucketConfig {
     /// Object Lock: enabled when present (it is never removed), with its default retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::lock::ObjectLockConfig>,
+    /// Default encryption (PutBucketEncryption): how writes that ask for none are encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::sse::DefaultEncryption>,
 }
 
 /// S3 Object Ownership: who owns the objects written into a bucket, and whether ACLs count.
@@ -407,6 +410,10 @@ pub struct ObjectAttrs {
     /// Object Lock retention and legal hold ([`crate::lock`]), stored as fields of this record.
     #[serde(flatten)]
     pub lock: crate::lock::LockAttrs,
+    /// Encryption at rest: the body is sealed with a data key, kept here wrapped
+    /// ([`crate::sse`]). Never copied from another version: every write draws its own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<crate::sse::Encryption>,
 }
 
 /// One piece of an object's body stored in a blob file.

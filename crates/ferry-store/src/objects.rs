@@ -833,7 +833,7 @@ pub(crate) mod tests {
         for i in 0..20 {
             let body = bytes::Bytes::from(format!("body {i}"));
             let stream = futures::stream::iter([Ok::<_, std::io::Error>(body.clone())]);
-            let (ingested, digest) = store.ingest(stream, &[], Some(body.len() as u64), 1 << 20, false).await.unwrap();
+            let (ingested, digest) = store.ingest(stream, &[], Some(body.len() as u64), 1 << 20, false, None).await.unwrap();
             let new = NewVersion { layout: ingested.layout(digest.len, &digest.md5_hex()), ..obj("k", &body) };
             let write = store.write_with_body(ingested, move |tx| put_version(tx, "b", new, &WriteConditions::default()));
             // One poll hands the transaction to the writer; then the caller goes away.

@@ -257,6 +257,14 @@ pub fn sealed_len(plain_len: u64) -> u64 {
     plain_len + chunks(plain_len) * TAG as u64
 }
 
+/// The plaintext size of a body stored in `sealed` bytes ([`sealed_len`]'s inverse; a stored
+/// size no body has gives a size that fails to open).
+#[must_use]
+pub fn plain_len(sealed: u64) -> u64 {
+    let chunks = sealed.div_ceil((CHUNK + TAG) as u64).max(1);
+    sealed.saturating_sub(chunks * TAG as u64)
+}
+
 /// The chunks a plaintext range of a body covers, and where they are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSpan {
@@ -398,6 +406,217 @@ impl Opener {
         let out = self.cipher.open(self.index, true, &self.buf)?;
         self.buf.clear();
         Ok(out)
+    }
+}
+
+/// Which key-encryption key a version's data key is wrapped under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SseKind {
+    /// SSE-S3: the region's master key (`AES256` in S3's headers).
+    #[serde(rename = "AES256")]
+    S3,
+    /// SSE-KMS: a key of the region's key-file KMS (`aws:kms`).
+    #[serde(rename = "aws:kms")]
+    Kms,
+    /// SSE-C: the key the client sends with every request; never stored.
+    #[serde(rename = "SSE-C")]
+    Customer,
+}
+
+impl SseKind {
+    /// The value of `x-amz-server-side-encryption` for this kind (SSE-C has none: it answers
+    /// `x-amz-server-side-encryption-customer-algorithm: AES256`).
+    #[must_use]
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            Self::S3 => Some("AES256"),
+            Self::Kms => Some("aws:kms"),
+            Self::Customer => None,
+        }
+    }
+}
+
+/// How a version (or a multipart upload) is encrypted, as stored with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub kind: SseKind,
+    /// The data key, wrapped.
+    pub key: WrappedKey,
+    /// The id of the key it is wrapped under: the master key's [`MasterKey::id`] (SSE-S3), the
+    /// KMS key's name (SSE-KMS); none for SSE-C (nothing about the customer's key is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+}
+
+/// A bucket's default encryption: the kind writes that ask for none get (SSE-S3 or SSE-KMS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultEncryption {
+    pub kind: SseKind,
+    /// The KMS key of `aws:kms` (none: the region's default KMS key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+    /// S3 Bucket Keys, as configured: stored and answered; every write still gets its own data
+    /// key (a bucket key only saves KMS calls, which a key-file KMS does not make).
+    #[serde(default)]
+    pub bucket_key: bool,
+}
+
+/// Why a data key could not be made or opened with the keys a region has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("SSE-S3 needs a region master key: set `master_key_file` in [region.encryption], or FERRY_MASTER_KEY")]
+    NoMasterKey,
+    #[error("the master key {0} this object was encrypted under is not configured")]
+    MasterKeyGone(String),
+    #[error("no KMS key is configured under the id {0:?}")]
+    NoKmsKey(String),
+    #[error("aws:kms without a key id needs `default_kms_key` in [region.encryption]")]
+    NoDefaultKmsKey,
+    #[error("this object is encrypted with a customer key: the request must give it")]
+    CustomerKeyNeeded,
+    #[error("{0}")]
+    Sse(#[from] SseError),
+}
+
+/// The key-encryption keys of a region: the master key (the first is current, the others
+/// open versions written before a rotation) and the keys of its key-file KMS, by name. Built
+/// from the region's configuration; nothing in it is ever written by Ferry.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    pub masters: Vec<MasterKey>,
+    pub kms: std::collections::BTreeMap<String, MasterKey>,
+    pub default_kms: Option<String>,
+}
+
+impl Keyring {
+    /// The KMS key id a write asking for `aws:kms` with `id` (or none) uses.
+    ///
+    /// # Errors
+    /// [`KeyError::NoKmsKey`], [`KeyError::NoDefaultKmsKey`].
+    pub fn kms_id(&self, id: Option<&str>) -> Result<String, KeyError> {
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => self.default_kms.clone().ok_or(KeyError::NoDefaultKmsKey)?,
+        };
+        // A full ARN names the key by its last path segment, as the key-file KMS is configured.
+        let short = id.rsplit_once(":key/").map_or(id.as_str(), |(_, k)| k);
+        if self.kms.contains_key(short) { Ok(short.to_owned()) } else { Err(KeyError::NoKmsKey(id)) }
+    }
+
+    /// A fresh data key for one write, and its stored form: wrapped under the master key
+    /// (`S3`), KMS key `kms` (`Kms`), or `customer` (`Customer`).
+    ///
+    /// # Errors
+    /// When the region lacks the key asked for.
+    pub fn new_key(&self, kind: SseKind, kms: Option<&str>, customer: Option<&Key>) -> Result<(Encryption, Key), KeyError> {
+        let data = Key::random();
+        let (kek, id) = match kind {
+            SseKind::S3 => {
+                let m = self.masters.first().ok_or(KeyError::NoMasterKey)?;
+                (m.key(), Some(m.id().to_owned()))
+            }
+            SseKind::Kms => {
+                let id = self.kms_id(kms)?;
+                let k = self.kms.get(&id).ok_or_else(|| KeyError::NoKmsKey(id.clone()))?;
+                (k.key(), Some(id))
+            }
+            SseKind::Customer => (customer.ok_or(KeyError::CustomerKeyNeeded)?, None),
+        };
+        Ok((Encryption { kind, key: kek.wrap_key(&data)?, kek: id }, data))
+    }
+
+    /// The data key of `enc`, unwrapped with the region's key (or `customer`'s for SSE-C).
+    ///
+    /// # Errors
+    /// [`KeyError::CustomerKeyNeeded`], a key the region no longer has, or
+    /// [`SseError::WrongKey`] (a wrong customer key).
+    pub fn open(&self, enc: &Encryption, customer: Option<&Key>) -> Result<Key, KeyError> {
+        let id = enc.kek.clone().unwrap_or_default();
+        let kek = match enc.kind {
+            SseKind::S3 => self.masters.iter().find(|m| m.id() == id).ok_or(KeyError::MasterKeyGone(id))?.key(),
+            SseKind::Kms => self.kms.get(&id).ok_or(KeyError::NoKmsKey(id))?.key(),
+            SseKind::Customer => customer.ok_or(KeyError::CustomerKeyNeeded)?,
+        };
+        Ok(kek.unwrap_key(&enc.key)?)
+    }
+}
+
+/// Plaintext bytes of one stored body, from a stream of its stored bytes ([`span`]'s
+/// `offset..offset + len`): opens each chunk, drops the span's `skip` bytes, and ends after
+/// `take` bytes. One chunk in memory at a time.
+pub struct OpenStream<S> {
+    inner: S,
+    opener: Option<Opener>,
+    skip: u64,
+    take: u64,
+}
+
+impl<S> OpenStream<S> {
+    #[must_use]
+    pub fn new(inner: S, cipher: BodyCipher, plain_len: u64, span: &ChunkSpan, take: u64) -> Self {
+        Self { inner, opener: Some(Opener::new(cipher, plain_len, span)), skip: span.skip, take }
+    }
+
+    /// The part of `plain` the range wants.
+    fn cut(&mut self, plain: Vec<u8>) -> Option<bytes::Bytes> {
+        let mut b = bytes::Bytes::from(plain);
+        let skip = usize::try_from(self.skip).unwrap_or(usize::MAX).min(b.len());
+        self.skip -= skip as u64;
+        let _ = b.split_to(skip);
+        b.truncate(usize::try_from(self.take).unwrap_or(usize::MAX));
+        self.take -= b.len() as u64;
+        (!b.is_empty()).then_some(b)
+    }
+}
+
+fn corrupt(e: SseError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+impl<S> futures::Stream for OpenStream<S>
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+{
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let Some(opener) = this.opener.as_mut() else { return Poll::Ready(None) };
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.opener = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(stored))) => match opener.push(&stored) {
+                    Ok(plain) => {
+                        if let Some(b) = this.cut(plain) {
+                            return Poll::Ready(Some(Ok(b)));
+                        }
+                    }
+                    Err(e) => {
+                        this.opener = None;
+                        return Poll::Ready(Some(Err(corrupt(e))));
+                    }
+                },
+                Poll::Ready(None) => {
+                    let Some(opener) = this.opener.take() else { return Poll::Ready(None) };
+                    match opener.finish() {
+                        Ok(plain) => {
+                            let last = this.cut(plain);
+                            // The stored bytes ended before the range did.
+                            if this.take > 0 {
+                                return Poll::Ready(Some(Err(corrupt(SseError::Corrupt(0)))));
+                            }
+                            return Poll::Ready(last.map(Ok));
+                        }
+                        Err(e) => return Poll::Ready(Some(Err(corrupt(e)))),
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -36,6 +36,8 @@ use ferry_store::Store;
 use ferry_store::checksum::Algorithm;
 use ferry_store::model::{BodyLayout, ChecksumKind, PartRef, VersionRecord};
 use ferry_store::replication::{Job, JobOp, REPLICA_HEADER, ReplicaMeta, SOURCE_HEADER, SourceRef};
+use ferry_store::sse::SseKind;
+use futures::StreamExt as _;
 
 use aws_sdk_s3::config::http::HttpResponse;
 
@@ -126,6 +128,7 @@ macro_rules! object_headers {
     ($req:expr, $attrs:expr, $storage_class:expr, $ferry:expr) => {{
         let a: &ferry_store::model::ObjectAttrs = $attrs;
         let (lock_mode, lock_until, lock_hold) = $crate::transfer::s3_lock(a, $ferry);
+        let (sse, sse_kms_key) = $crate::transfer::sse_of(a);
         $req.set_content_type(a.content_type.clone())
             .set_content_encoding(a.content_encoding.clone())
             .set_content_disposition(a.content_disposition.clone())
@@ -139,7 +142,27 @@ macro_rules! object_headers {
             .set_object_lock_mode(lock_mode)
             .set_object_lock_retain_until_date(lock_until)
             .set_object_lock_legal_hold_status(lock_hold)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(sse_kms_key)
     }};
+}
+
+/// The encryption a replica is asked to be stored with: that of its source (SSE-S3, or SSE-KMS
+/// under the same key id), under the destination's own keys. The bytes travel in plaintext
+/// inside the connection (TLS between regions): a destination never sees a source's keys.
+pub(crate) fn sse_of(a: &ferry_store::model::ObjectAttrs) -> (Option<aws_sdk_s3::types::ServerSideEncryption>, Option<String>) {
+    let Some(e) = &a.sse else { return (None, None) };
+    let kms = (e.kind == SseKind::Kms).then(|| e.kek.clone()).flatten();
+    (e.kind.header().map(aws_sdk_s3::types::ServerSideEncryption::from), kms)
+}
+
+/// Why a version cannot be sent at all: an SSE-C body can only be opened with the customer's
+/// key, which Ferry never keeps.
+fn unsendable(v: &VersionRecord) -> Option<String> {
+    let customer = v.attrs.sse.as_ref().is_some_and(|e| e.kind == SseKind::Customer);
+    customer.then(|| {
+        "encrypted with a customer-provided key (SSE-C): Ferry does not keep the key, so it cannot read the version to replicate it".to_owned()
+    })
 }
 
 /// A version's retention as an S3 service is sent it: its mode's name and its date, while it
@@ -306,6 +329,9 @@ impl Transfer<'_> {
     }
 
     async fn put(&self, v: &VersionRecord) -> Outcome {
+        if let Some(why) = unsendable(v) {
+            return Outcome::Permanent(why);
+        }
         match self.superseded(v).await {
             Ok(Some(why)) => return Outcome::Skipped(why),
             Ok(None) => {}
@@ -347,10 +373,29 @@ impl Transfer<'_> {
         self.put_multipart(v).await
     }
 
+    /// The data key of an encrypted version (SSE-S3, SSE-KMS: this region's keys open it).
+    pub(super) fn data_key(&self, v: &VersionRecord) -> Result<Option<ferry_store::sse::Key>, Outcome> {
+        let Some(e) = &v.attrs.sse else { return Ok(None) };
+        if let Some(why) = unsendable(v) {
+            return Err(Outcome::Permanent(why));
+        }
+        self.ctx.store.keys.open(e, None).map(Some).map_err(|e| Outcome::Permanent(format!("cannot decrypt the version: {e}")))
+    }
+
     async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
-        match (&v.layout, part) {
-            (BodyLayout::Inline(data), _) => Ok(ByteStream::from(data.clone())),
-            (BodyLayout::Parts { parts, .. }, sel) => {
+        let key = self.data_key(v)?;
+        match (&v.layout, part, key) {
+            (BodyLayout::Inline(data), _, None) => Ok(ByteStream::from(data.clone())),
+            (layout @ BodyLayout::Inline(_), _, Some(key)) => {
+                // At most the inline threshold: opened in memory.
+                let mut plain = Vec::new();
+                let mut s = self.ctx.store.read_body(layout, 0..v.size, Some(&key));
+                while let Some(b) = s.next().await {
+                    plain.extend_from_slice(&b.map_err(|e| Outcome::Permanent(format!("the stored body: {e}")))?);
+                }
+                Ok(ByteStream::from(plain))
+            }
+            (BodyLayout::Parts { parts, .. }, sel, key) => {
                 let (p, offset, len) = match sel {
                     Some(s) => s,
                     None => match parts.first() {
@@ -358,7 +403,12 @@ impl Transfer<'_> {
                         None => return Ok(ByteStream::from(Vec::new())),
                     },
                 };
-                self.ctx.store.blobs.body(&p.blob, offset, len).await.map_err(|e| blob_error(&p.blob, &e))
+                let Some(key) = key else {
+                    return self.ctx.store.blobs.body(&p.blob, offset, len).await.map_err(|e| blob_error(&p.blob, &e));
+                };
+                let plain = self.ctx.store.read_part(p, offset..offset + len, Some(&key));
+                let frames = http_body_util::StreamBody::new(plain.map(|r| r.map(http_body::Frame::data)));
+                Ok(ByteStream::from_body_1_x(frames))
             }
         }
     }

@@ -48,7 +48,7 @@ impl Transfer<'_> {
                 Ok(listed) => {
                     for p in &plan {
                         let Some(there) = listed.get(&p.number).filter(|l| l.size == p.len) else { continue };
-                        if self.part_matches(p, there).await {
+                        if self.part_matches(v, p, there).await {
                             done.insert(p.number, there.etag.clone());
                         }
                     }
@@ -164,9 +164,9 @@ impl Transfer<'_> {
 
     /// True when a part already at the destination is the planned part: same size (checked by
     /// the caller) and the same checksum (or, to an S3 service without checksums, the same MD5).
-    async fn part_matches(&self, p: &PartPlan, there: &ListedPart) -> bool {
+    async fn part_matches(&self, v: &VersionRecord, p: &PartPlan, there: &ListedPart) -> bool {
         if let Some((a, value)) = &there.checksum {
-            return match self.part_checksum(p, *a).await {
+            return match self.part_checksum(v, p, *a).await {
                 Ok((used, expected)) => used == *a && expected == *value,
                 Err(_) => false,
             };
@@ -184,7 +184,7 @@ impl Transfer<'_> {
         let md5 = p.md5.as_deref().filter(|m| content_md5(m).is_some());
         // To a Ferry peer a part travels with a checksum and the part's MD5 when known, and the
         // peer computes no MD5 (the slowest hash). Other services get Content-MD5 when known.
-        let checksum = if self.ferry() { Some(self.part_checksum(p, alg).await?) } else { None };
+        let checksum = if self.ferry() { Some(self.part_checksum(v, p, alg).await?) } else { None };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -246,7 +246,7 @@ impl Transfer<'_> {
     /// destination can combine the parts into it), read once ahead of sending. That second read
     /// comes from the page cache and costs far less than a streamed checksum would: the SDK
     /// sends a computed checksum as a trailer, and over plain http it then signs every chunk.
-    async fn part_checksum(&self, p: &PartPlan, alg: Algorithm) -> Result<(Algorithm, String), Outcome> {
+    async fn part_checksum(&self, v: &VersionRecord, p: &PartPlan, alg: Algorithm) -> Result<(Algorithm, String), Outcome> {
         if p.offset == 0 && p.len == p.source.size {
             let mut stored = p.source.checksums.iter().flat_map(|c| &c.values);
             if let Some((a, value)) = stored.next() {
@@ -254,7 +254,8 @@ impl Transfer<'_> {
             }
         }
         let mut crc = Checksum::new(alg);
-        let mut reader = self.ctx.store.blobs.read_parts(vec![p.source.clone()], p.offset..p.offset + p.len);
+        let key = self.data_key(v)?;
+        let mut reader = self.ctx.store.read_part(&p.source, p.offset..p.offset + p.len, key.as_ref());
         while let Some(chunk) = reader.next().await {
             crc.update(&chunk.map_err(|e| blob_error(&p.source.blob, &e))?);
         }

@@ -136,6 +136,8 @@ pub fn of_operation(op: &str, versioned: bool) -> Option<&'static str> {
         "PutObjectRetention" => Some("s3:PutObjectRetention"),
         "GetObjectLegalHold" => Some("s3:GetObjectLegalHold"),
         "PutObjectLegalHold" => Some("s3:PutObjectLegalHold"),
+        "GetBucketEncryption" => Some("s3:GetEncryptionConfiguration"),
+        "PutBucketEncryption" | "DeleteBucketEncryption" => Some("s3:PutEncryptionConfiguration"),
         "GetObjectLockConfiguration" => Some("s3:GetBucketObjectLockConfiguration"),
         "PutObjectLockConfiguration" => Some("s3:PutBucketObjectLockConfiguration"),
         // Not an operation: what a request that asks to bypass governance retention needs.
