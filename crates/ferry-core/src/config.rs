@@ -378,7 +378,7 @@ pub struct RegionConfig {
 }
 
 /// `[region.encryption]`: where the region's key-encryption keys are. Each file holds one key:
-/// 64 hex digits or the base64 of 32 bytes (`ferry keygen` writes one). Ferry never writes a
+/// 64 hex digits or the base64 of 32 bytes. Ferry never writes a
 /// key; keep the files off the data disk (a stolen data directory must not carry its keys).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -397,6 +397,10 @@ pub struct EncryptionConfig {
     /// The KMS key of `aws:kms` requests that name none.
     #[serde(default)]
     pub default_kms_key: Option<String>,
+    /// Accept SSE-C keys on plain-HTTP requests (they travel in the headers). Default: refused,
+    /// as S3 does; only for tests on loopback.
+    #[serde(default)]
+    pub sse_c_over_http: bool,
 }
 
 /// `[region.blobs]`: object bodies in a bucket of an S3-compatible store (AWS S3, Ceph RGW,

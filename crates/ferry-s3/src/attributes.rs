@@ -4,12 +4,13 @@
 
 use ferry_store::model::{BodyLayout, Checksums};
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3Request, S3Response, S3Result};
 
 use crate::FerryS3;
 use crate::checksums::ChecksumFields;
 use crate::dto::ts;
 use crate::perm::Perm;
+use crate::sse::customer_key_of;
 
 /// Parts listed per answer unless `MaxParts` says otherwise (S3's default).
 const DEFAULT_MAX_PARTS: i32 = 1000;
@@ -33,10 +34,12 @@ impl FerryS3 {
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         let i = &req.input;
-        if i.sse_customer_algorithm.is_some() {
-            return Err(s3_error!(NotImplemented, "Server-side encryption is not supported"));
-        }
+        let customer = customer_key_of!(self, &req, i)?;
         let src = self.source_version(&req, &i.bucket, &i.key, i.version_id.as_deref(), Perm::Read).await?;
+        // An SSE-C object's attributes are answered only to a request with its key, as its body.
+        if src.record.attrs.sse.as_ref().is_some_and(|e| e.kind == ferry_store::sse::SseKind::Customer) || customer.is_some() {
+            self.data_key(src.record.attrs.sse.as_ref(), customer.as_ref())?;
+        }
         // One header, comma-separated (botocore), or one value per header (other SDKs).
         let asked = |name: &str| i.object_attributes.iter().flat_map(|a| a.as_str().split(',')).any(|a| a.trim() == name);
         let v = &src.record;

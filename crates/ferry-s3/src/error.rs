@@ -37,6 +37,16 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
         E::Body(source) => match source.downcast::<S3Error>() {
             Ok(s3) => *s3,
             Err(other) if other.to_string().contains("Sha256Mismatch") => sha256_mismatch(),
+            // A stored body being copied failed authentication: the region's fault, not the request's.
+            Err(other)
+                if other
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.get_ref())
+                    .is_some_and(|e| e.is::<ferry_store::sse::SseError>()) =>
+            {
+                tracing::error!(error = %other, "a stored encrypted body fails authentication");
+                s3_error!(InternalError, "The stored data of the copy source fails authentication")
+            }
             Err(other) => {
                 tracing::debug!(error = %other, "request body failed");
                 s3_error!(IncompleteBody, "The request body could not be read: {other}")

@@ -93,8 +93,9 @@ pub fn object_lock(data: &[u8]) {
     }
 }
 
-/// A read's `Range`, `If-Match`, `If-None-Match`, `If-Modified-Since` and `partNumber`, one per
-/// line, against versions of several sizes and layouts: the plan must stay within the object.
+/// A read's `Range`, `If-Match`, `If-None-Match`, `If-Modified-Since`, `partNumber` and SSE-C
+/// headers (algorithm, key, MD5), one per line, against versions of several sizes and layouts:
+/// the plan must stay within the object, and within its sealed form when encrypted.
 pub fn read_headers(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
@@ -104,6 +105,11 @@ pub fn read_headers(data: &[u8]) {
     let if_none_match = next().and_then(|h| ETagCondition::parse_http_header(h.as_bytes()).ok());
     let since = next().and_then(|h| Timestamp::parse(s3s::dto::TimestampFormat::HttpDate, h).ok());
     let part_number = next().and_then(|h| h.trim().parse::<i32>().ok());
+    // The SSE-C headers: algorithm, key, key MD5 (refused or accepted, never a panic).
+    let (alg, key, md5) = (next(), next(), next());
+    if let Ok(Some(c)) = crate::sse::customer_key(alg, key, md5) {
+        assert_eq!(Some(c.md5.as_str()), md5, "an SSE-C key accepted under another MD5");
+    }
     let cond = Conditions {
         if_match: if_match.as_ref(),
         if_none_match: if_none_match.as_ref(),
@@ -121,6 +127,13 @@ pub fn read_headers(data: &[u8]) {
         let _ = cond.evaluate(&v);
         if let Ok(plan) = ReadPlan::new(&v, range.as_ref(), part_number) {
             assert!(plan.range.start <= plan.range.end && plan.range.end <= size, "{plan:?} outside 0..{size}");
+            // Encrypted, the same range reads only stored bytes of the body.
+            if let Ok(span) = ferry_store::sse::span(size, plan.range.start, plan.range.end) {
+                assert!(
+                    span.offset + span.len <= ferry_store::sse::sealed_len(size),
+                    "{span:?} outside the sealed body"
+                );
+            }
         }
     }
 }

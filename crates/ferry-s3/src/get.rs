@@ -370,13 +370,29 @@ impl FerryS3 {
     }
 
     /// Resolves a GET or HEAD: the version (read permission), its data key when it is
-    /// encrypted (SSE-C: from the request's key), its conditional headers, and the range or
-    /// part to send.
-    async fn read_target<T>(&self, req: &S3Request<T>, t: ReadRequest<'_>) -> S3Result<(SourceVersion, ReadPlan, Opened)> {
+    /// encrypted and `open` (a GET) or SSE-C (a HEAD checks the customer's key too), its
+    /// conditional headers, and the range or part to send.
+    async fn read_target<T>(
+        &self,
+        req: &S3Request<T>,
+        t: ReadRequest<'_>,
+        open: bool,
+    ) -> S3Result<(SourceVersion, ReadPlan, Opened)> {
         let [alg, key, md5] = t.customer;
-        let customer = crate::sse::customer_key(alg, key, md5)?;
+        let customer = self.customer_key(req, alg, key, md5)?;
+        // A read decrypts with what the object was written with; it asks for no encryption.
+        for h in ["x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id"] {
+            if req.headers.contains_key(h) {
+                return Err(s3_error!(InvalidArgument, "The {h} header is not supported for this operation."));
+            }
+        }
         let src = self.source_version(req, t.bucket, t.key, t.version_id, Perm::Read).await?;
-        let key = self.data_key(src.record.attrs.sse.as_ref(), customer.as_ref())?;
+        let enc = src.record.attrs.sse.as_ref();
+        let key = match enc {
+            // Nothing to decrypt, nothing to check: a HEAD of an SSE-S3 or SSE-KMS object.
+            Some(e) if !open && e.kind != ferry_store::sse::SseKind::Customer && customer.is_none() => None,
+            _ => self.data_key(enc, customer.as_ref())?,
+        };
         t.conditions.check_read(&src.record)?;
         let plan = ReadPlan::new(&src.record, t.range, t.part_number)?;
         Ok((src, plan, Opened { key, customer_md5: customer.map(|c| c.md5) }))
@@ -384,7 +400,7 @@ impl FerryS3 {
 
     pub(crate) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let i = &req.input;
-        let (src, plan, opened) = self.read_target(&req, read_request!(i)).await?;
+        let (src, plan, opened) = self.read_target(&req, read_request!(i), true).await?;
         let v = &src.record;
         let body = StreamingBlob::wrap(self.store.read_body(&v.layout, plan.range.clone(), opened.key.as_ref()));
         let tags = &v.attrs.tags;
@@ -406,7 +422,7 @@ impl FerryS3 {
 
     pub(crate) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let i = &req.input;
-        let (src, plan, opened) = self.read_target(&req, read_request!(i)).await?;
+        let (src, plan, opened) = self.read_target(&req, read_request!(i), false).await?;
         let out = object_headers!(HeadObjectOutput {}, &src, &plan, i.checksum_mode.as_ref());
         let mut resp = S3Response::new(sse_headers!(out, src.record.attrs.sse.as_ref(), opened.customer_md5));
         if plan.partial {

@@ -63,6 +63,8 @@ pub struct FerryS3 {
     pub(crate) max_clock_skew: std::time::Duration,
     /// A lifecycle rule's day (µs), for the expiry dates answered in `x-amz-expiration`.
     pub(crate) lifecycle_day_us: i64,
+    /// SSE-C keys are accepted on plain-HTTP requests.
+    pub(crate) sse_c_over_http: bool,
 }
 
 /// Settings of one region's S3 endpoint.
@@ -76,6 +78,8 @@ pub struct EndpointConfig {
     pub max_clock_skew: std::time::Duration,
     /// A lifecycle rule's day (µs): 24 hours but in tests.
     pub lifecycle_day_us: i64,
+    /// Accept SSE-C keys on plain-HTTP requests (refused by default, as S3 does).
+    pub sse_c_over_http: bool,
 }
 
 /// s3s's bound on the file of a browser form upload it would read into memory. Ferry streams
@@ -99,6 +103,7 @@ pub fn service(
         engine: engine.clone(),
         max_clock_skew: cfg.max_clock_skew,
         lifecycle_day_us: cfg.lifecycle_day_us,
+        sse_c_over_http: cfg.sse_c_over_http,
     };
     let host = Arc::new(auth::Host::new(cfg.domains.clone()));
     let forms = Arc::new(post_object::Forms { s3: s3.clone(), host: host.clone() });

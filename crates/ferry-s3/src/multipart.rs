@@ -18,7 +18,7 @@ use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl, requested_acl};
 use crate::put::{require_length, storage_class, trailers};
 use crate::replication::replica::ReplicaWrite;
-use crate::sse::{Asked, customer_key, sse_headers};
+use crate::sse::{Asked, customer_key_of, sse_headers};
 
 /// Smallest size of every part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -86,12 +86,8 @@ impl FerryS3 {
             None => crate::object_lock::write_lock!(self, &req, &bucket, req.input).await?,
             Some(_) => ferry_store::lock::LockAttrs::default(),
         };
+        let customer = customer_key_of!(self, &req, req.input)?;
         let i = req.input;
-        let customer = customer_key(
-            i.sse_customer_algorithm.as_deref(),
-            i.sse_customer_key.as_deref(),
-            i.sse_customer_key_md5.as_deref(),
-        )?;
         // One data key for the upload: each part is sealed under it and its own blob id.
         let enc = self.new_encryption(
             &bucket,
@@ -164,12 +160,8 @@ impl FerryS3 {
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
         let replica_part = self.replica_part_of(&req, &bucket)?;
         let i = &req.input;
-        let customer = customer_key(
-            i.sse_customer_algorithm.as_deref(),
-            i.sse_customer_key.as_deref(),
-            i.sse_customer_key_md5.as_deref(),
-        )?;
-        let seal = self.data_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
+        let customer = customer_key_of!(self, &req, i)?;
+        let seal = self.upload_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
         let mut checks = ChecksumRequest::new(
             &req.headers,
             i.checksum_algorithm.as_ref(),
@@ -243,17 +235,9 @@ impl FerryS3 {
         let part_number = check_part_number(req.input.part_number)?;
         let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
         let i = &req.input;
-        let customer = customer_key(
-            i.sse_customer_algorithm.as_deref(),
-            i.sse_customer_key.as_deref(),
-            i.sse_customer_key_md5.as_deref(),
-        )?;
-        let seal = self.data_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
-        let source_customer = customer_key(
-            i.copy_source_sse_customer_algorithm.as_deref(),
-            i.copy_source_sse_customer_key.as_deref(),
-            i.copy_source_sse_customer_key_md5.as_deref(),
-        )?;
+        let customer = customer_key_of!(self, &req, i)?;
+        let seal = self.upload_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
+        let source_customer = customer_key_of!(self, &req, i, copy_source)?;
         let (src, _) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
         let source_key = self.data_key(src.record.attrs.sse.as_ref(), source_customer.as_ref())?;
         let size = src.record.size;

@@ -17,7 +17,7 @@ use crate::get::copy_conditions;
 use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl};
 use crate::replication::replica::ReplicaWrite;
-use crate::sse::{Asked, customer_key, sse_headers};
+use crate::sse::{Asked, customer_key_of, sse_headers};
 
 /// Storage classes accepted (and stored; Ferry keeps every class on the same disks).
 const STORAGE_CLASSES: &[&str] = &[
@@ -67,11 +67,7 @@ impl FerryS3 {
         let replica = self.replica_of(&req, &bucket)?;
         let writer = self.user(&req).map_or_else(|| bucket.owner.clone(), |u| u.owner.clone());
         let i = &req.input;
-        let customer = customer_key(
-            i.sse_customer_algorithm.as_deref(),
-            i.sse_customer_key.as_deref(),
-            i.sse_customer_key_md5.as_deref(),
-        )?;
+        let customer = customer_key_of!(self, &req, i)?;
         let asked = Asked::of(i.server_side_encryption.as_ref(), i.ssekms_key_id.as_deref(), customer)?;
         let lock = match &replica {
             None => crate::object_lock::write_lock!(self, &req, &bucket, i).await?,
@@ -187,17 +183,9 @@ impl FerryS3 {
         let dest_bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let writer = self.require_user(&req)?.owner.clone();
         let i = &req.input;
-        let customer = customer_key(
-            i.sse_customer_algorithm.as_deref(),
-            i.sse_customer_key.as_deref(),
-            i.sse_customer_key_md5.as_deref(),
-        )?;
+        let customer = customer_key_of!(self, &req, i)?;
         let asked = Asked::of(i.server_side_encryption.as_ref(), i.ssekms_key_id.as_deref(), customer)?;
-        let source_customer = customer_key(
-            i.copy_source_sse_customer_algorithm.as_deref(),
-            i.copy_source_sse_customer_key.as_deref(),
-            i.copy_source_sse_customer_key_md5.as_deref(),
-        )?;
+        let source_customer = customer_key_of!(self, &req, i, copy_source)?;
         let (src, (src_bucket, src_key, src_vid)) = self.copy_source(&req, &i.copy_source, copy_conditions!(i)).await?;
         let source_key = self.data_key(src.record.attrs.sse.as_ref(), source_customer.as_ref())?;
         let replace_meta = i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
@@ -211,7 +199,14 @@ impl FerryS3 {
         let sc = storage_class(i.storage_class.as_ref().map(StorageClass::as_str))?;
         let same_object =
             src_bucket == i.bucket && src_key == i.key && src_vid.as_deref().is_none_or(|v| v == src.record.version_id);
-        let reencrypt = !matches!(asked, Asked::Default);
+        // A copy onto itself may change only its encryption: what it asks for (or the bucket's
+        // default) against what the source has.
+        let reencrypt = match &asked {
+            Asked::Default => {
+                dest_bucket.config.encryption.as_ref().map(|d| d.kind) != src.record.attrs.sse.as_ref().map(|e| e.kind)
+            }
+            _ => true,
+        };
         if same_object && !replace_meta && sc == src.record.storage_class && i.website_redirect_location.is_none() && !reencrypt {
             return Err(s3_error!(
                 InvalidRequest,

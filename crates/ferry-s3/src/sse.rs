@@ -126,27 +126,56 @@ pub(crate) struct NewEncryption {
     pub customer_md5: Option<String>,
 }
 
-/// The S3 error of a key the region lacks for a new write, or of a stored key that fails.
-fn key_error(e: KeyError) -> s3s::S3Error {
+/// The S3 error of a new write asking for a key the region lacks.
+fn write_key_error(e: KeyError) -> s3s::S3Error {
     match e {
-        KeyError::NoMasterKey | KeyError::NoDefaultKmsKey => s3_error!(NotImplemented, "{e}"),
-        KeyError::NoKmsKey(_) => s3_error!(InvalidArgument, "{e}"),
+        KeyError::NoMasterKey => s3_error!(NotImplemented, "{e}"),
+        // The request may name a key: its own mistake to fix.
+        KeyError::NoKmsKey(_) | KeyError::NoDefaultKmsKey => s3_error!(InvalidArgument, "{e}"),
+        other => read_key_error(SseKind::S3, other),
+    }
+}
+
+/// The S3 error of a stored data key that does not open: the client's (a missing or wrong
+/// SSE-C key), else the region's (a key gone from its configuration), logged.
+fn read_key_error(kind: SseKind, e: KeyError) -> s3s::S3Error {
+    match e {
         KeyError::CustomerKeyNeeded => s3_error!(
             InvalidRequest,
             "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object."
         ),
-        KeyError::Sse(SseError::WrongKey) => {
-            s3_error!(
-                AccessDenied,
-                "The provided customer key does not open this object (its MD5 may still match)."
-            )
+        KeyError::Sse(SseError::WrongKey) if kind == SseKind::Customer => {
+            s3_error!(AccessDenied, "The provided customer key does not open this object.")
         }
-        KeyError::MasterKeyGone(_) | KeyError::Sse(_) => {
-            tracing::error!(error = %e, "cannot open an object's data key");
-            s3_error!(InternalError, "{e}")
+        other => {
+            tracing::error!(error = %other, "cannot open an object's data key");
+            s3_error!(InternalError, "{other}")
         }
     }
 }
+
+/// The SSE-C key of an input's `x-amz-server-side-encryption-customer-*` headers
+/// ([`FerryS3::customer_key`]); with `copy_source`, of its
+/// `x-amz-copy-source-server-side-encryption-customer-*` headers.
+macro_rules! customer_key_of {
+    ($s3:expr, $req:expr, $i:expr) => {
+        $s3.customer_key(
+            $req,
+            $i.sse_customer_algorithm.as_deref(),
+            $i.sse_customer_key.as_deref(),
+            $i.sse_customer_key_md5.as_deref(),
+        )
+    };
+    ($s3:expr, $req:expr, $i:expr, copy_source) => {
+        $s3.customer_key(
+            $req,
+            $i.copy_source_sse_customer_algorithm.as_deref(),
+            $i.copy_source_sse_customer_key.as_deref(),
+            $i.copy_source_sse_customer_key_md5.as_deref(),
+        )
+    };
+}
+pub(crate) use customer_key_of;
 
 /// The answer headers of an encrypted version, the same fields in every output.
 macro_rules! sse_headers {
@@ -169,6 +198,29 @@ macro_rules! sse_headers {
 pub(crate) use sse_headers;
 
 impl FerryS3 {
+    /// [`customer_key`], refused on a plain-HTTP request (the key would have crossed the
+    /// network in clear) unless the region allows it.
+    ///
+    /// # Errors
+    /// Those of [`customer_key`]; InvalidRequest over plain HTTP.
+    pub(crate) fn customer_key<T>(
+        &self,
+        req: &S3Request<T>,
+        alg: Option<&str>,
+        key: Option<&str>,
+        md5: Option<&str>,
+    ) -> S3Result<Option<CustomerKey>> {
+        let found = customer_key(alg, key, md5)?;
+        let secure = req.extensions.get::<crate::ClientInfo>().is_none_or(|c| c.secure);
+        if found.is_some() && !secure && !self.sse_c_over_http {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection."
+            ));
+        }
+        Ok(found)
+    }
+
     /// The encryption of a new write to `bucket`: what it asks for, else the bucket's default,
     /// else none. Draws a fresh data key.
     ///
@@ -185,7 +237,7 @@ impl FerryS3 {
             Asked::Kms(id) => (SseKind::Kms, id, None),
             Asked::Customer(c) => (SseKind::Customer, None, Some(c)),
         };
-        let (record, key) = keys.new_key(kind, kms.as_deref(), customer.as_ref().map(|c| &c.key)).map_err(key_error)?;
+        let (record, key) = keys.new_key(kind, kms.as_deref(), customer.as_ref().map(|c| &c.key)).map_err(write_key_error)?;
         Ok(Some(NewEncryption { record, key, customer_md5: customer.map(|c| c.md5) }))
     }
 
@@ -202,7 +254,26 @@ impl FerryS3 {
                 Err(s3_error!(InvalidRequest, "The encryption parameters are not applicable to this object."))
             }
             (None, Some(_)) => Err(s3_error!(InvalidRequest, "The encryption parameters are not applicable to this object.")),
-            (Some(e), c) => self.store.keys.open(e, c.map(|c| &c.key)).map(Some).map_err(key_error),
+            (Some(e), c) => self.store.keys.open(e, c.map(|c| &c.key)).map(Some).map_err(|err| read_key_error(e.kind, err)),
+        }
+    }
+
+    /// The data key of a multipart upload, for one of its parts: as [`FerryS3::data_key`], but an
+    /// SSE-C key other than the upload's is the request's mistake (400), as S3 answers it.
+    ///
+    /// # Errors
+    /// Those of [`FerryS3::data_key`].
+    pub(crate) fn upload_key(&self, enc: Option<&Encryption>, customer: Option<&CustomerKey>) -> S3Result<Option<Key>> {
+        match (enc, customer) {
+            (Some(e), Some(c)) if e.kind == SseKind::Customer => {
+                self.store.keys.open(e, Some(&c.key)).map(Some).map_err(|err| match err {
+                    KeyError::Sse(SseError::WrongKey) => {
+                        s3_error!(InvalidRequest, "The provided encryption parameters do not match those of the upload.")
+                    }
+                    other => read_key_error(e.kind, other),
+                })
+            }
+            _ => self.data_key(enc, customer),
         }
     }
 
@@ -226,9 +297,9 @@ impl FerryS3 {
         // A default nothing can be written under would turn every plain PUT into an error.
         let keys = &self.store.keys;
         match kind {
-            SseKind::S3 if keys.masters.is_empty() => return Err(key_error(KeyError::NoMasterKey)),
+            SseKind::S3 if keys.master.is_none() => return Err(write_key_error(KeyError::NoMasterKey)),
             SseKind::Kms => {
-                keys.kms_id(kms_key.as_deref()).map_err(key_error)?;
+                keys.kms_id(kms_key.as_deref()).map_err(write_key_error)?;
             }
             _ => {}
         }

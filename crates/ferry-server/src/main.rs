@@ -116,6 +116,10 @@ struct BenchArgs {
     /// Replication mode: create both buckets (versioned) and the replication rule first.
     #[arg(long)]
     setup: bool,
+    /// PUTs ask for SSE-S3 (`x-amz-server-side-encryption: AES256`): the region needs a
+    /// master key. Reads of what they wrote are then decrypted.
+    #[arg(long)]
+    sse_s3: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -300,6 +304,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         dest,
         rate: a.rate,
         setup: a.setup,
+        sse_s3: a.sse_s3,
     })
     .await?;
     if a.json {

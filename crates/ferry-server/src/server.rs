@@ -296,18 +296,25 @@ fn keyring(cfg: &RegionConfig) -> anyhow::Result<ferry_store::sse::Keyring> {
         MasterKey::from_text(&text)
             .with_context(|| format!("region `{}`: [region.encryption] key `{key}`: {}", cfg.name, p.display()))
     };
-    let mut keys = ferry_store::sse::Keyring::default();
-    match &e.master_key_file {
-        Some(p) => keys.masters.push(read("master_key_file", p)?),
-        None => {
-            if let Ok(text) = std::env::var("FERRY_MASTER_KEY") {
+    let master = match &e.master_key_file {
+        Some(p) => Some(read("master_key_file", p)?),
+        None => match std::env::var("FERRY_MASTER_KEY") {
+            Ok(text) => {
                 let text = zeroize::Zeroizing::new(text);
-                keys.masters.push(MasterKey::from_text(&text).context("environment variable FERRY_MASTER_KEY")?);
+                Some(MasterKey::from_text(&text).context("environment variable FERRY_MASTER_KEY")?)
             }
-        }
-    }
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("environment variable FERRY_MASTER_KEY is not text"),
+        },
+    };
+    let mut keys = ferry_store::sse::Keyring { master, ..Default::default() };
     for p in &e.old_master_key_files {
-        keys.masters.push(read("old_master_key_files", p)?);
+        keys.old_masters.push(read("old_master_key_files", p)?);
+    }
+    if keys.master.is_none() && !keys.old_masters.is_empty() {
+        // Old keys only open what they wrapped; new SSE-S3 writes are refused until a current
+        // key is back. Said at start, so a lost setting does not go unnoticed.
+        tracing::warn!(region = %cfg.name, "[region.encryption]: old_master_key_files without a current master key: SSE-S3 writes are refused");
     }
     for (id, p) in &e.kms_keys {
         keys.kms.insert(id.clone(), read(&format!("kms_keys.{id}"), p)?);
@@ -549,6 +556,7 @@ fn serve_region(
         domains: cfg.domains.clone(),
         max_clock_skew: opts.replication.max_clock_skew,
         lifecycle_day_us: lifecycle.day_us,
+        sse_c_over_http: cfg.encryption.sse_c_over_http,
     };
     let engine: Arc<dyn ferry_store::replication::ReplicationEngine> =
         Arc::new(ferry_replication::Engine::new(store.clone(), peers.clone()));

@@ -23,7 +23,7 @@ async fn tags(c: &aws_sdk_s3::Client, bucket: &str, key: &str, version: Option<&
 }
 
 /// A rule's XML: `(id, priority, prefix, destination ARN, extra elements)`.
-fn rules_xml(rules: &[(Option<&str>, i32, &str, &str, &str)]) -> String {
+pub(crate) fn rules_xml(rules: &[(Option<&str>, i32, &str, &str, &str)]) -> String {
     let mut x = String::from("<ReplicationConfiguration><Role></Role>");
     for (id, prio, prefix, dest, extra) in rules {
         x.push_str("<Rule>");
@@ -231,7 +231,7 @@ fn remove_blob_file(data: &std::path::Path, blob: &str) {
     std::fs::remove_file(path).unwrap();
 }
 
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
         if p.is_dir() {

@@ -167,7 +167,8 @@ async fn sse_s3_bodies_read_back_and_are_not_on_disk_in_plaintext() {
 /// never stored, and required for copies from the object.
 #[tokio::test]
 async fn sse_c_needs_the_right_key_to_read_and_copy() {
-    let cl = TestCluster::start(&[US], |_, _| {}).await;
+    // Plain HTTP on loopback: SSE-C allowed explicitly (refused by default, see below).
+    let cl = TestCluster::start(&[US], |o, _| o.regions[0].encryption.sse_c_over_http = true).await;
     let c = cl.client(US);
     create_versioned_bucket(&c, "bkt").await;
     let key = customer(7);
@@ -209,6 +210,28 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
     );
     let head = c.head_object().bucket("bkt").key("k").send().await.unwrap_err();
     assert_eq!(head.raw_response().map(|r| r.status().as_u16()), Some(400), "HEAD without the key");
+    // GetObjectAttributes too: nothing of the object without its key.
+    let e = c
+        .get_object_attributes()
+        .bucket("bkt")
+        .key("k")
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::Etag)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest");
+    let attrs = c
+        .get_object_attributes()
+        .bucket("bkt")
+        .key("k")
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectSize)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key.0)
+        .sse_customer_key_md5(&key.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attrs.object_size(), Some(200_000));
     let head = c
         .head_object()
         .bucket("bkt")
@@ -328,6 +351,20 @@ async fn bucket_default_encryption_and_kms_keys() {
     create_versioned_bucket(&c, "bkt").await;
     let e = c.get_bucket_encryption().bucket("bkt").send().await.unwrap_err();
     assert_eq!(code(&e), "ServerSideEncryptionConfigurationNotFoundError");
+    // SSE-C keys over plain HTTP are refused unless the region allows it.
+    let key = customer(1);
+    let e = c
+        .put_object()
+        .bucket("bkt")
+        .key("c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key.0)
+        .sse_customer_key_md5(&key.1)
+        .body(ByteStream::from(b"x".to_vec()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest");
     let config = |alg: ServerSideEncryption, kms: Option<&str>| {
         ServerSideEncryptionConfiguration::builder()
             .rules(
@@ -421,6 +458,7 @@ async fn bucket_default_encryption_and_kms_keys() {
 async fn encrypted_versions_replicate_under_the_destination_keys() {
     let cl = TestCluster::start(&[US, EU], |opts, dir| {
         with_keys(opts, dir);
+        opts.regions[0].encryption.sse_c_over_http = true;
         opts.replication.multipart_threshold = 8 << 20;
         opts.replication.part_size = 5 << 20;
     })
@@ -483,4 +521,40 @@ async fn encrypted_versions_replicate_under_the_destination_keys() {
     .await;
     let s = cl.dest_stats(US, "src").await;
     assert!(s[0].last_error.as_deref().is_some_and(|e| e.contains("customer-provided key")), "{s:?}");
+}
+
+/// An encrypted source body whose bytes changed on disk cannot be sent: its job fails with
+/// that reason instead of sending other bytes or retrying for ever.
+#[tokio::test]
+async fn a_corrupt_encrypted_source_fails_with_a_reason() {
+    let cl = TestCluster::start(&[US, EU], with_keys).await;
+    let (us, eu) = (cl.client(US), cl.client(EU));
+    create_versioned_bucket(&us, "src").await;
+    create_versioned_bucket(&eu, "dst").await;
+    us.put_object()
+        .bucket("src")
+        .key("k")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .body(ByteStream::from(body(300_000, 1)))
+        .send()
+        .await
+        .unwrap();
+    let v = cl.store(US).meta.read(|r| r.get_latest("src", "k")).await.unwrap().unwrap();
+    let blob = v.layout.blobs().pop().expect("a blob");
+    let path = crate::outbox::find_file(&cl.dir.path().join(US).join("blobs"), &blob).expect("the blob file");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100_000] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let history = "<ExistingObjectReplication><Status>Enabled</Status></ExistingObjectReplication>";
+    put_replication_xml(&us, "src", &crate::outbox::rules_xml(&[(Some("h"), 1, "", "arn:aws:s3:::dst", history)])).await.unwrap();
+    wait_until("the job fails", 30, || async {
+        cl.dest_stats(US, "src").await.iter().any(|s| s.failed_ops == 1)
+    })
+    .await;
+    let s = cl.dest_stats(US, "src").await;
+    assert!(s[0].last_error.as_deref().is_some_and(|e| e.contains("fails to decrypt")), "{s:?}");
+    assert!(
+        eu.head_object().bucket("dst").key("k").send().await.is_err(),
+        "other bytes reached the destination"
+    );
 }

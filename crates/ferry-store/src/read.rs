@@ -33,9 +33,7 @@ fn once(b: Bytes) -> BodyStream {
     Box::pin(futures::stream::iter([Ok(b)]))
 }
 
-fn invalid(e: sse::SseError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
+use crate::sse::corrupt as invalid;
 
 impl Store {
     /// Plaintext bytes `range` of a body stored in `layout`, opened with the data key `key`

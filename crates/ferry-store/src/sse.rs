@@ -446,6 +446,10 @@ pub struct Encryption {
     /// KMS key's name (SSE-KMS); none for SSE-C (nothing about the customer's key is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<String>,
+    /// SSE-KMS: the [`MasterKey::id`] of the key behind the name when the data key was wrapped,
+    /// so a key file replaced under the same name is recognised rather than tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_fingerprint: Option<String>,
 }
 
 /// A bucket's default encryption: the kind writes that ask for none get (SSE-S3 or SSE-KMS).
@@ -470,6 +474,8 @@ pub enum KeyError {
     MasterKeyGone(String),
     #[error("no KMS key is configured under the id {0:?}")]
     NoKmsKey(String),
+    #[error("the KMS key {0:?} is not the one this object was encrypted under (its key file was replaced)")]
+    KmsKeyReplaced(String),
     #[error("aws:kms without a key id needs `default_kms_key` in [region.encryption]")]
     NoDefaultKmsKey,
     #[error("this object is encrypted with a customer key: the request must give it")]
@@ -478,12 +484,13 @@ pub enum KeyError {
     Sse(#[from] SseError),
 }
 
-/// The key-encryption keys of a region: the master key (the first is current, the others
-/// open versions written before a rotation) and the keys of its key-file KMS, by name. Built
-/// from the region's configuration; nothing in it is ever written by Ferry.
+/// The key-encryption keys of a region: the master key (new writes), the master keys of before
+/// a rotation (they only open what they wrapped), and the keys of its key-file KMS, by name.
+/// Built from the region's configuration; nothing in it is ever written by Ferry.
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
-    pub masters: Vec<MasterKey>,
+    pub master: Option<MasterKey>,
+    pub old_masters: Vec<MasterKey>,
     pub kms: std::collections::BTreeMap<String, MasterKey>,
     pub default_kms: Option<String>,
 }
@@ -510,19 +517,22 @@ impl Keyring {
     /// When the region lacks the key asked for.
     pub fn new_key(&self, kind: SseKind, kms: Option<&str>, customer: Option<&Key>) -> Result<(Encryption, Key), KeyError> {
         let data = Key::random();
-        let (kek, id) = match kind {
+        let (kek, id, fingerprint) = match kind {
             SseKind::S3 => {
-                let m = self.masters.first().ok_or(KeyError::NoMasterKey)?;
-                (m.key(), Some(m.id().to_owned()))
+                let m = self.master.as_ref().ok_or(KeyError::NoMasterKey)?;
+                (m.key(), Some(m.id().to_owned()), None)
             }
             SseKind::Kms => {
                 let id = self.kms_id(kms)?;
                 let k = self.kms.get(&id).ok_or_else(|| KeyError::NoKmsKey(id.clone()))?;
-                (k.key(), Some(id))
+                (k.key(), Some(id), Some(k.id().to_owned()))
             }
-            SseKind::Customer => (customer.ok_or(KeyError::CustomerKeyNeeded)?, None),
+            SseKind::Customer => (customer.ok_or(KeyError::CustomerKeyNeeded)?, None, None),
         };
-        Ok((Encryption { kind, key: kek.wrap_key(&data)?, kek: id }, data))
+        Ok((
+            Encryption { kind, key: kek.wrap_key(&data)?, kek: id, kek_fingerprint: fingerprint },
+            data,
+        ))
     }
 
     /// The data key of `enc`, unwrapped with the region's key (or `customer`'s for SSE-C).
@@ -533,8 +543,17 @@ impl Keyring {
     pub fn open(&self, enc: &Encryption, customer: Option<&Key>) -> Result<Key, KeyError> {
         let id = enc.kek.clone().unwrap_or_default();
         let kek = match enc.kind {
-            SseKind::S3 => self.masters.iter().find(|m| m.id() == id).ok_or(KeyError::MasterKeyGone(id))?.key(),
-            SseKind::Kms => self.kms.get(&id).ok_or(KeyError::NoKmsKey(id))?.key(),
+            SseKind::S3 => {
+                let mut all = self.master.iter().chain(&self.old_masters);
+                all.find(|m| m.id() == id).ok_or(KeyError::MasterKeyGone(id))?.key()
+            }
+            SseKind::Kms => {
+                let k = self.kms.get(&id).ok_or_else(|| KeyError::NoKmsKey(id.clone()))?;
+                if enc.kek_fingerprint.as_deref().is_some_and(|f| f != k.id()) {
+                    return Err(KeyError::KmsKeyReplaced(id));
+                }
+                k.key()
+            }
             SseKind::Customer => customer.ok_or(KeyError::CustomerKeyNeeded)?,
         };
         Ok(kek.unwrap_key(&enc.key)?)
@@ -569,7 +588,9 @@ impl<S> OpenStream<S> {
     }
 }
 
-fn corrupt(e: SseError) -> std::io::Error {
+/// An authentication failure as the I/O error a body stream ends with (`InvalidData`,
+/// carrying the [`SseError`], by which callers tell it from a client's broken body).
+pub(crate) fn corrupt(e: SseError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
@@ -804,5 +825,50 @@ mod tests {
         assert!(matches!(MasterKey::from_text("short"), Err(SseError::BadKey(_))));
         assert!(matches!(MasterKey::from_text(&"0f".repeat(31)), Err(SseError::BadKey(_))));
         assert!(!format!("{hex_key:?}").contains("0f0f"), "a key never shows in logs");
+    }
+
+    /// The keyring wraps under the current master key, opens under any it still has (a
+    /// rotation), names KMS keys by id or ARN, and needs the customer's key for SSE-C.
+    #[test]
+    fn keyring_rotation_kms_ids_and_customer_keys() {
+        let master = |b: u8| MasterKey::from_text(&hex::encode([b; 32])).unwrap();
+        let mut ring = Keyring { master: Some(master(1)), ..Keyring::default() };
+        let (old, old_data) = ring.new_key(SseKind::S3, None, None).unwrap();
+        assert_eq!(old.kek.as_deref(), Some(master(1).id()));
+        // Rotated: a new current key, the old one kept to open what it wrapped.
+        (ring.master, ring.old_masters) = (Some(master(2)), vec![master(1)]);
+        assert_eq!(ring.open(&old, None).unwrap().0, old_data.0);
+        let (new, _) = ring.new_key(SseKind::S3, None, None).unwrap();
+        assert_eq!(new.kek.as_deref(), Some(master(2).id()));
+        // The old key dropped: its versions can no longer be opened, and say why.
+        ring.old_masters.clear();
+        assert_eq!(ring.open(&old, None).unwrap_err(), KeyError::MasterKeyGone(master(1).id().to_owned()));
+        assert_eq!(Keyring::default().new_key(SseKind::S3, None, None).unwrap_err(), KeyError::NoMasterKey);
+
+        ring.kms.insert("k1".into(), master(3));
+        assert_eq!(ring.kms_id(Some("arn:aws:kms:us-east-1:123:key/k1")).unwrap(), "k1");
+        assert_eq!(ring.kms_id(None).unwrap_err(), KeyError::NoDefaultKmsKey);
+        assert_eq!(ring.kms_id(Some("k2")).unwrap_err(), KeyError::NoKmsKey("k2".into()));
+        ring.default_kms = Some("k1".into());
+        let (kms, data) = ring.new_key(SseKind::Kms, None, None).unwrap();
+        assert_eq!(kms.kek.as_deref(), Some("k1"));
+        assert_eq!(ring.open(&kms, None).unwrap().0, data.0);
+        // A key file replaced under the same id is recognised, not tried.
+        ring.kms.insert("k1".into(), master(4));
+        assert_eq!(ring.open(&kms, None).unwrap_err(), KeyError::KmsKeyReplaced("k1".into()));
+        // Old keys never wrap new data keys: without a current master key, SSE-S3 is refused.
+        let retired = Keyring { old_masters: vec![master(1)], ..Keyring::default() };
+        assert_eq!(retired.new_key(SseKind::S3, None, None).unwrap_err(), KeyError::NoMasterKey);
+        assert_eq!(retired.open(&old, None).unwrap().0, old_data.0);
+
+        let customer = Key::from_bytes([9; 32]);
+        let (c, data) = ring.new_key(SseKind::Customer, None, Some(&customer)).unwrap();
+        assert_eq!(c.kek, None, "nothing about the customer key is kept");
+        assert_eq!(ring.open(&c, None).unwrap_err(), KeyError::CustomerKeyNeeded);
+        assert_eq!(
+            ring.open(&c, Some(&Key::from_bytes([8; 32]))).unwrap_err(),
+            KeyError::Sse(SseError::WrongKey)
+        );
+        assert_eq!(ring.open(&c, Some(&customer)).unwrap().0, data.0);
     }
 }

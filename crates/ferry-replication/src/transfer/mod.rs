@@ -128,7 +128,7 @@ macro_rules! object_headers {
     ($req:expr, $attrs:expr, $storage_class:expr, $ferry:expr) => {{
         let a: &ferry_store::model::ObjectAttrs = $attrs;
         let (lock_mode, lock_until, lock_hold) = $crate::transfer::s3_lock(a, $ferry);
-        let (sse, sse_kms_key) = $crate::transfer::sse_of(a);
+        let (sse, sse_kms_key) = $crate::transfer::sse_of(a, $ferry);
         $req.set_content_type(a.content_type.clone())
             .set_content_encoding(a.content_encoding.clone())
             .set_content_disposition(a.content_disposition.clone())
@@ -147,13 +147,24 @@ macro_rules! object_headers {
     }};
 }
 
-/// The encryption a replica is asked to be stored with: that of its source (SSE-S3, or SSE-KMS
-/// under the same key id), under the destination's own keys. The bytes travel in plaintext
-/// inside the connection (TLS between regions): a destination never sees a source's keys.
-pub(crate) fn sse_of(a: &ferry_store::model::ObjectAttrs) -> (Option<aws_sdk_s3::types::ServerSideEncryption>, Option<String>) {
-    let Some(e) = &a.sse else { return (None, None) };
-    let kms = (e.kind == SseKind::Kms).then(|| e.kek.clone()).flatten();
-    (e.kind.header().map(aws_sdk_s3::types::ServerSideEncryption::from), kms)
+/// The encryption a replica is asked to be stored with, under the destination's own keys: to
+/// a Ferry peer, that of its source (SSE-S3, or SSE-KMS under a key of the same id); to another
+/// S3 service, SSE-S3 for either (a KMS key id of this region means nothing there). The bytes
+/// travel in plaintext inside the connection (TLS between regions): a destination never sees a
+/// source's keys.
+pub(crate) fn sse_of(
+    a: &ferry_store::model::ObjectAttrs,
+    ferry: bool,
+) -> (Option<aws_sdk_s3::types::ServerSideEncryption>, Option<String>) {
+    use aws_sdk_s3::types::ServerSideEncryption;
+    match &a.sse {
+        None => (None, None),
+        Some(e) if !ferry => (e.kind.header().map(|_| ServerSideEncryption::Aes256), None),
+        Some(e) => {
+            let kms = (e.kind == SseKind::Kms).then(|| e.kek.clone()).flatten();
+            (e.kind.header().map(ServerSideEncryption::from), kms)
+        }
+    }
 }
 
 /// Why a version cannot be sent at all: an SSE-C body can only be opened with the customer's
@@ -241,7 +252,7 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
         return Outcome::Skipped("the bucket's replication configuration was removed".to_owned());
     };
     let source = SourceRef::new(ctx.peers.local(), &job.bucket, &bucket.owner.id);
-    let t = Transfer { ctx, peer: &peer, job, source };
+    let t = Transfer { ctx, peer: &peer, job, source, unreadable: Arc::default() };
     let out = match (job.op, version) {
         (JobOp::Put, Some(v)) if !v.delete_marker => t.put(&v).await,
         (JobOp::DeleteMarker, Some(v)) if v.delete_marker => t.delete_marker(&v).await,
@@ -261,6 +272,9 @@ struct Transfer<'a> {
     peer: &'a Peer,
     job: &'a Job,
     source: SourceRef,
+    /// Why an encrypted source body failed to open while it was being sent (a send error is
+    /// then the source's, not the network's).
+    unreadable: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Transfer<'_> {
@@ -379,7 +393,15 @@ impl Transfer<'_> {
         if let Some(why) = unsendable(v) {
             return Err(Outcome::Permanent(why));
         }
-        self.ctx.store.keys.open(e, None).map(Some).map_err(|e| Outcome::Permanent(format!("cannot decrypt the version: {e}")))
+        // A key missing from this region's configuration may come back (the operator restores
+        // it): retried until the job gives up, with the reason.
+        self.ctx.store.keys.open(e, None).map(Some).map_err(|e| Outcome::Transient(format!("cannot decrypt the version: {e}")))
+    }
+
+    /// After a failed send: the source's own failure, if its body failed to open meanwhile.
+    fn source_failed(&self) -> Option<Outcome> {
+        let why = ferry_core::sync::lock(&self.unreadable).take()?;
+        Some(Outcome::Permanent(format!("source data fails to decrypt (corrupt?): {why}")))
     }
 
     async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
@@ -406,7 +428,16 @@ impl Transfer<'_> {
                 let Some(key) = key else {
                     return self.ctx.store.blobs.body(&p.blob, offset, len).await.map_err(|e| blob_error(&p.blob, &e));
                 };
-                let plain = self.ctx.store.read_part(p, offset..offset + len, Some(&key));
+                // The decrypting stream opens the blob lazily: a missing one is told apart here.
+                if !self.ctx.store.blobs.exists(&p.blob).await {
+                    return Err(blob_error(&p.blob, &std::io::ErrorKind::NotFound.into()));
+                }
+                let failed = self.unreadable.clone();
+                let plain = self.ctx.store.read_part(p, offset..offset + len, Some(&key)).inspect(move |r| {
+                    if let Err(e) = r {
+                        *ferry_core::sync::lock(&failed) = Some(e.to_string());
+                    }
+                });
                 let frames = http_body_util::StreamBody::new(plain.map(|r| r.map(http_body::Frame::data)));
                 Ok(ByteStream::from_body_1_x(frames))
             }
@@ -445,7 +476,7 @@ impl Transfer<'_> {
         }
         match req.customize().mutate_request(self.headers(self.replica_header(v))).send().await {
             Ok(_) => Outcome::Done,
-            Err(e) => corrupt_or(classify(&e)),
+            Err(e) => self.source_failed().unwrap_or_else(|| corrupt_or(classify(&e))),
         }
     }
 
@@ -635,10 +666,13 @@ fn tag_set(v: &VersionRecord) -> Result<Tagging, Outcome> {
 
 /// A blob that cannot be read: gone for good (permanent: nothing to send), or a passing error.
 fn blob_error(blob: &str, e: &std::io::Error) -> Outcome {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        Outcome::Permanent(format!("source data missing: blob {blob} is not on disk"))
-    } else {
-        Outcome::Transient(format!("reading blob {blob}: {e}"))
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Outcome::Permanent(format!("source data missing: blob {blob} is not on disk")),
+        // An encrypted body that fails authentication: its bytes are not what was written.
+        std::io::ErrorKind::InvalidData => {
+            Outcome::Permanent(format!("source data fails to decrypt (corrupt?): blob {blob}: {e}"))
+        }
+        _ => Outcome::Transient(format!("reading blob {blob}: {e}")),
     }
 }
 

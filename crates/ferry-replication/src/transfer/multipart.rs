@@ -224,6 +224,9 @@ impl Transfer<'_> {
                 Ok(out) => return Ok((p.number, out.e_tag().unwrap_or_default().trim_matches('"').to_owned())),
                 Err(e) => e,
             };
+            if let Some(failed) = self.source_failed() {
+                return Err(failed);
+            }
             if err.code() == Some("NoSuchUpload") {
                 // The saved upload is gone at the destination (completed by another attempt of
                 // this job, or expired there): the next attempt starts a new one.

@@ -68,6 +68,8 @@ pub struct BenchOptions {
     pub rate: f64,
     /// Replication mode: create versioned buckets and the replication rule first.
     pub setup: bool,
+    /// PUTs ask for SSE-S3.
+    pub sse_s3: bool,
 }
 
 /// Results of a run.
@@ -209,6 +211,7 @@ struct Options {
     duration: Duration,
     count: Option<u64>,
     objects: u64,
+    sse_s3: bool,
 }
 
 impl From<&BenchOptions> for Options {
@@ -220,6 +223,7 @@ impl From<&BenchOptions> for Options {
             duration: o.duration,
             count: o.count,
             objects: o.objects,
+            sse_s3: o.sse_s3,
         }
     }
 }
@@ -296,7 +300,9 @@ async fn one_op(
                 format!("bench/{n}")
             };
             let body = body.slice(0..usize::try_from(size).unwrap_or(usize::MAX).min(body.len()));
-            let ok = client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await.is_ok();
+            let sse = o.sse_s3.then_some(aws_sdk_s3::types::ServerSideEncryption::Aes256);
+            let put = client.put_object().bucket(bucket).key(key).set_server_side_encryption(sse);
+            let ok = put.body(ByteStream::from(body)).send().await.is_ok();
             (0, ok, if ok { size } else { 0 })
         }
         (1, _) => match client.get_object().bucket(bucket).key(existing).send().await {

@@ -79,8 +79,10 @@ pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// How long a node's lease on a replication job lasts unless its heartbeat renews it (µs).
 pub const JOB_LEASE_US: i64 = 30_000_000;
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The schema this build writes. 3: versions and buckets may carry encryption at rest and
+/// Object Lock settings in their JSON columns (no table changes); older nodes must refuse the
+/// database rather than serve ciphertext or drop wrapped data keys.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS settings (k text PRIMARY KEY, v text NOT NULL);

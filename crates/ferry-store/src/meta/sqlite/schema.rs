@@ -138,6 +138,13 @@ const MIGRATE_TO_4: &str = r"
 ALTER TABLE buckets ADD COLUMN config TEXT;
 ";
 
+/// Schema version 5: no change of tables. Versions and buckets may now carry encryption at
+/// rest (a wrapped data key; a default encryption) and Object Lock settings in their JSON
+/// columns; a build that predates them would serve ciphertext as the object, and drop the
+/// wrapped key (losing the body) when it rewrites a version's attributes. The bump makes such
+/// a build refuse the database.
+const MIGRATE_TO_5: &str = "";
+
 /// Indexes of schema version 2 (created after the migration).
 const INDEXES: &str = r"
 CREATE INDEX IF NOT EXISTS repl_jobs_run ON repl_jobs (peer, dest_bucket, state, blocked, priority, next_attempt_us, id);
@@ -146,7 +153,7 @@ CREATE INDEX IF NOT EXISTS repl_jobs_live ON repl_jobs (bucket, peer, dest_bucke
 ";
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Creates the tables of a new database, or migrates an older one to [`SCHEMA_VERSION`].
 ///
@@ -170,6 +177,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
             1 => MIGRATE_TO_2,
             2 => MIGRATE_TO_3,
             3 => MIGRATE_TO_4,
+            4 => MIGRATE_TO_5,
             _ => return Err(Error::Other(format!("no migration from schema {version}"))),
         };
         conn.execute_batch(&format!(
