@@ -22,6 +22,7 @@ trap cleanup EXIT
 
 # The example config, on free ports, with data in the temp dir.
 sed -e 's/127.0.0.1:9000/127.0.0.1:0/' -e 's/127.0.0.1:9100/127.0.0.1:0/' examples/two-regions.toml > "$work/ferry.toml"
+cp -r examples/keys "$work/keys"
 RUST_LOG=warn "$bin" serve --config "$work/ferry.toml" 2> "$work/ferry.log" &
 pid=$!
 port=""
