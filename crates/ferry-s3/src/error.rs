@@ -38,12 +38,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
             Ok(s3) => *s3,
             Err(other) if other.to_string().contains("Sha256Mismatch") => sha256_mismatch(),
             // A stored body being copied failed authentication: the region's fault, not the request's.
-            Err(other)
-                if other
-                    .downcast_ref::<std::io::Error>()
-                    .and_then(|e| e.get_ref())
-                    .is_some_and(|e| e.is::<ferry_store::sse::SseError>()) =>
-            {
+            Err(other) if other.downcast_ref::<std::io::Error>().is_some_and(ferry_store::sse::is_corrupt) => {
                 tracing::error!(error = %other, "a stored encrypted body fails authentication");
                 s3_error!(InternalError, "The stored data of the copy source fails authentication")
             }

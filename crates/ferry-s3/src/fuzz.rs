@@ -107,8 +107,13 @@ pub fn read_headers(data: &[u8]) {
     let part_number = next().and_then(|h| h.trim().parse::<i32>().ok());
     // The SSE-C headers: algorithm, key, key MD5 (refused or accepted, never a panic).
     let (alg, key, md5) = (next(), next(), next());
-    if let Ok(Some(c)) = crate::sse::customer_key(alg, key, md5) {
-        assert_eq!(Some(c.md5.as_str()), md5, "an SSE-C key accepted under another MD5");
+    if let Ok(Some(_)) = crate::sse::customer_key(alg, key, md5) {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(key.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(raw.len(), 32, "an SSE-C key accepted that is not 256 bits");
+        let digest = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&raw));
+        assert_eq!(Some(digest.as_str()), md5, "an SSE-C key accepted under another key's MD5");
     }
     let cond = Conditions {
         if_match: if_match.as_ref(),
@@ -127,12 +132,14 @@ pub fn read_headers(data: &[u8]) {
         let _ = cond.evaluate(&v);
         if let Ok(plan) = ReadPlan::new(&v, range.as_ref(), part_number) {
             assert!(plan.range.start <= plan.range.end && plan.range.end <= size, "{plan:?} outside 0..{size}");
-            // Encrypted, the same range reads only stored bytes of the body.
+            // Encrypted, the same range opens whole chunks of the body that cover it.
             if let Ok(span) = ferry_store::sse::span(size, plan.range.start, plan.range.end) {
-                assert!(
-                    span.offset + span.len <= ferry_store::sse::sealed_len(size),
-                    "{span:?} outside the sealed body"
-                );
+                use ferry_store::sse::{CHUNK, TAG, chunks};
+                let (c, sealed) = (CHUNK as u64, (CHUNK + TAG) as u64);
+                assert!(span.skip < c && span.offset == span.first * sealed, "{span:?}");
+                assert_eq!(span.first * c + span.skip, plan.range.start, "{span:?} does not start at the range");
+                assert!(span.end() <= chunks(size), "{span:?} past the body's chunks");
+                assert!(plan.range.end <= span.end().saturating_mul(c).min(size), "{span:?} ends before the range");
             }
         }
     }

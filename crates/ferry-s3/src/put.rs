@@ -201,9 +201,11 @@ impl FerryS3 {
             src_bucket == i.bucket && src_key == i.key && src_vid.as_deref().is_none_or(|v| v == src.record.version_id);
         // A copy onto itself may change only its encryption: what it asks for (or the bucket's
         // default) against what the source has.
-        let reencrypt = match &asked {
-            Asked::Default => {
-                dest_bucket.config.encryption.as_ref().map(|d| d.kind) != src.record.attrs.sse.as_ref().map(|e| e.kind)
+        let reencrypt = match (&asked, &dest_bucket.config.encryption) {
+            (Asked::Default, None) => false,
+            (Asked::Default, Some(d)) => {
+                let src_enc = src.record.attrs.sse.as_ref();
+                src_enc.is_none_or(|e| e.kind != d.kind || (d.kms_key.is_some() && d.kms_key != e.kek))
             }
             _ => true,
         };

@@ -148,8 +148,12 @@ fn read_key_error(kind: SseKind, e: KeyError) -> s3s::S3Error {
             s3_error!(AccessDenied, "The provided customer key does not open this object.")
         }
         other => {
+            // The key ids and the reason are the operator's, in the log.
             tracing::error!(error = %other, "cannot open an object's data key");
-            s3_error!(InternalError, "{other}")
+            s3_error!(
+                InternalError,
+                "The region cannot open this object's encryption key; its operator has the reason in the log."
+            )
         }
     }
 }
@@ -211,7 +215,8 @@ impl FerryS3 {
         md5: Option<&str>,
     ) -> S3Result<Option<CustomerKey>> {
         let found = customer_key(alg, key, md5)?;
-        let secure = req.extensions.get::<crate::ClientInfo>().is_none_or(|c| c.secure);
+        // A request that does not say how it came is taken as plain HTTP.
+        let secure = req.extensions.get::<crate::ClientInfo>().is_some_and(|c| c.secure);
         if found.is_some() && !secure && !self.sse_c_over_http {
             return Err(s3_error!(
                 InvalidRequest,
@@ -228,6 +233,7 @@ impl FerryS3 {
     /// When the region has no key for what is asked.
     pub(crate) fn new_encryption(&self, bucket: &BucketRecord, asked: Asked) -> S3Result<Option<NewEncryption>> {
         let keys = &self.store.keys;
+        let from_default = matches!(asked, Asked::Default);
         let (kind, kms, customer) = match asked {
             Asked::Default => match &bucket.config.encryption {
                 None => return Ok(None),
@@ -237,7 +243,11 @@ impl FerryS3 {
             Asked::Kms(id) => (SseKind::Kms, id, None),
             Asked::Customer(c) => (SseKind::Customer, None, Some(c)),
         };
-        let (record, key) = keys.new_key(kind, kms.as_deref(), customer.as_ref().map(|c| &c.key)).map_err(write_key_error)?;
+        let (record, key) = keys.new_key(kind, kms.as_deref(), customer.as_ref().map(|c| &c.key)).map_err(|e| {
+            // A bucket default the region can no longer honour is the region's fault, not the
+            // writer's (who asked for nothing).
+            if from_default { read_key_error(kind, e) } else { write_key_error(e) }
+        })?;
         Ok(Some(NewEncryption { record, key, customer_md5: customer.map(|c| c.md5) }))
     }
 

@@ -158,6 +158,34 @@ async fn sse_s3_bodies_read_back_and_are_not_on_disk_in_plaintext() {
     for (what, data_of) in [("small", &small), ("large", &large), ("mp part 2", &parts[1])] {
         assert!(!on_disk(&data, &data_of[200..264]), "{what} is on disk in plaintext");
     }
+    // A copy onto itself that changes nothing is refused, encryption included; asking for
+    // another encryption is a change.
+    let e = c.copy_object().bucket("bkt").key("large").copy_source("bkt/large").send().await.unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest");
+    c.copy_object()
+        .bucket("bkt")
+        .key("large")
+        .copy_source("bkt/large")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .send()
+        .await
+        .unwrap();
+    let head = c.head_object().bucket("bkt").key("large").send().await.unwrap();
+    assert_eq!(head.server_side_encryption(), Some(&ServerSideEncryption::AwsKms));
+    assert_eq!(get_range(&c, "bkt", "large", None, None).await.unwrap(), large);
+    // A read asks for no encryption: the header is refused, not ignored.
+    let e = c
+        .get_object()
+        .bucket("bkt")
+        .key("large")
+        .customize()
+        .mutate_request(|r| {
+            r.headers_mut().insert("x-amz-server-side-encryption", "AES256");
+        })
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidArgument");
     // The same bytes unencrypted are found by the same scan (the scan can fail).
     c.put_object().bucket("bkt").key("plain").body(ByteStream::from(large.clone())).send().await.unwrap();
     assert!(on_disk(&data, &large[200..264]));
@@ -297,6 +325,20 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
     let e =
         c.upload_part().bucket("bkt").key("mp2").upload_id(id).part_number(1).body(ByteStream::from(b"x".to_vec())).send().await;
     assert_eq!(code(&e.unwrap_err()), "InvalidRequest", "a part without the upload's key");
+    let third = customer(9);
+    let e = c
+        .upload_part()
+        .bucket("bkt")
+        .key("mp2")
+        .upload_id(id)
+        .part_number(1)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&third.0)
+        .sse_customer_key_md5(&third.1)
+        .body(ByteStream::from(b"x".to_vec()))
+        .send()
+        .await;
+    assert_eq!(code(&e.unwrap_err()), "InvalidRequest", "a part under another key than its upload's");
     let part = c
         .upload_part_copy()
         .bucket("bkt")
@@ -494,10 +536,14 @@ async fn encrypted_versions_replicate_under_the_destination_keys() {
         let here = cl.store(US).meta.read(|r| r.get_latest("src", k)).await.unwrap().unwrap();
         let (there, here) = (there.attrs.sse.unwrap(), here.attrs.sse.unwrap());
         assert_eq!(there.kind, here.kind);
+        // Each region's own key: the master key ids differ, and the KMS key of the same id is
+        // another key there (its fingerprint).
         if here.kind == ferry_store::sse::SseKind::S3 {
             assert_ne!(there.kek, here.kek, "{k}: the same master key id in both regions");
+        } else {
+            assert_eq!(there.kek, here.kek, "{k}");
+            assert_ne!(there.kek_fingerprint, here.kek_fingerprint, "{k}: the same KMS key in both regions");
         }
-        assert_ne!(there.key, here.key);
     }
     assert!(
         !on_disk(&cl.dir.path().join(EU), &large[1000..1064]),

@@ -254,7 +254,7 @@ pub fn chunks(plain_len: u64) -> u64 {
 /// The stored size of a body of `plain_len` bytes.
 #[must_use]
 pub fn sealed_len(plain_len: u64) -> u64 {
-    plain_len + chunks(plain_len) * TAG as u64
+    plain_len.saturating_add(chunks(plain_len) * TAG as u64)
 }
 
 /// The plaintext size of a body stored in `sealed` bytes ([`sealed_len`]'s inverse; a stored
@@ -302,9 +302,12 @@ pub fn span(plain_len: u64, start: u64, end: u64) -> Result<ChunkSpan, SseError>
     }
     let first = start / c;
     let last = end.saturating_sub(1) / c;
-    let offset = first * (c + TAG as u64);
-    let stored_end = (last + 1) * (c + TAG as u64);
-    Ok(ChunkSpan { first, offset, len: stored_end.min(sealed_len(plain_len)) - offset, skip: start - first * c })
+    // Beyond any body Ferry stores (5 TiB), a size whose sealed offsets overflow is no body.
+    let too_big = || SseError::OutOfRange(start, end, plain_len);
+    let offset = first.checked_mul(c + TAG as u64).ok_or_else(too_big)?;
+    let stored_end = (last + 1).checked_mul(c + TAG as u64).ok_or_else(too_big)?;
+    let sealed = plain_len.checked_add(chunks(plain_len) * TAG as u64).ok_or_else(too_big)?;
+    Ok(ChunkSpan { first, offset, len: stored_end.min(sealed) - offset, skip: start - first * c })
 }
 
 /// Seals a body given in pieces of any size, one chunk in memory at a time. A full chunk is
@@ -592,6 +595,13 @@ impl<S> OpenStream<S> {
 /// carrying the [`SseError`], by which callers tell it from a client's broken body).
 pub(crate) fn corrupt(e: SseError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// Whether a body stream's error is a stored body failing authentication ([`corrupt`]), not
+/// a read that failed (a disk, a blob store, a connection).
+#[must_use]
+pub fn is_corrupt(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidData && e.get_ref().is_some_and(|x| x.is::<SseError>())
 }
 
 impl<S> futures::Stream for OpenStream<S>

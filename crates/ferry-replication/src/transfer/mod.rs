@@ -394,8 +394,15 @@ impl Transfer<'_> {
             return Err(Outcome::Permanent(why));
         }
         // A key missing from this region's configuration may come back (the operator restores
-        // it): retried until the job gives up, with the reason.
-        self.ctx.store.keys.open(e, None).map(Some).map_err(|e| Outcome::Transient(format!("cannot decrypt the version: {e}")))
+        // it): retried until the job gives up, with the reason. A wrapped key that does not
+        // open under its own key never will.
+        self.ctx.store.keys.open(e, None).map(Some).map_err(|e| {
+            let why = format!("cannot decrypt the version: {e}");
+            match e {
+                ferry_store::sse::KeyError::Sse(_) => Outcome::Permanent(why),
+                _ => Outcome::Transient(why),
+            }
+        })
     }
 
     /// After a failed send: the source's own failure, if its body failed to open meanwhile.
@@ -434,7 +441,11 @@ impl Transfer<'_> {
                 }
                 let failed = self.unreadable.clone();
                 let plain = self.ctx.store.read_part(p, offset..offset + len, Some(&key)).inspect(move |r| {
-                    if let Err(e) = r {
+                    // Only a failed authentication is the source's own: other read errors
+                    // (a blob store's 5xx, a reset connection) stay transient.
+                    if let Err(e) = r
+                        && ferry_store::sse::is_corrupt(e)
+                    {
                         *ferry_core::sync::lock(&failed) = Some(e.to_string());
                     }
                 });
@@ -666,13 +677,13 @@ fn tag_set(v: &VersionRecord) -> Result<Tagging, Outcome> {
 
 /// A blob that cannot be read: gone for good (permanent: nothing to send), or a passing error.
 fn blob_error(blob: &str, e: &std::io::Error) -> Outcome {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => Outcome::Permanent(format!("source data missing: blob {blob} is not on disk")),
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Outcome::Permanent(format!("source data missing: blob {blob} is not on disk"))
+    } else if ferry_store::sse::is_corrupt(e) {
         // An encrypted body that fails authentication: its bytes are not what was written.
-        std::io::ErrorKind::InvalidData => {
-            Outcome::Permanent(format!("source data fails to decrypt (corrupt?): blob {blob}: {e}"))
-        }
-        _ => Outcome::Transient(format!("reading blob {blob}: {e}")),
+        Outcome::Permanent(format!("source data fails to decrypt (corrupt?): blob {blob}: {e}"))
+    } else {
+        Outcome::Transient(format!("reading blob {blob}: {e}"))
     }
 }
 

@@ -346,6 +346,18 @@ async fn migrate(client: &tokio_postgres::Client) -> Result<()> {
         match row.map(|r| r.get::<_, String>(0).parse::<i64>()) {
             Some(Ok(v)) if v == SCHEMA_VERSION => return Ok(()),
             Some(Ok(v)) if v > SCHEMA_VERSION => return Err(Error::unknown("metadata schema", v)),
+            // 2 to 3 changes no table: only the version moves (no DDL, so no table locks).
+            Some(Ok(2)) => {
+                client
+                    .execute(
+                        "UPDATE settings SET v = $1 WHERE k = 'schema' AND v = '2'",
+                        &[&SCHEMA_VERSION.to_string()],
+                    )
+                    .await
+                    .map_err(pg)?;
+                tracing::info!(schema = SCHEMA_VERSION, "metadata database migrated");
+                return Ok(());
+            }
             _ => {}
         }
     }
@@ -430,6 +442,26 @@ mod tests {
         let opened = tokio::time::timeout(std::time::Duration::from_secs(30), PgMeta::open(&pg.url(), 4, false))
             .await
             .expect("opening waits for no writer")
+            .unwrap();
+        assert_eq!(opened.schema_version().await.unwrap(), SCHEMA_VERSION);
+        busy.rollback().await.unwrap();
+    }
+
+    /// A database at schema 2 moves to 3 without DDL (no table changed), so it waits for no
+    /// writer of the nodes still running either.
+    #[tokio::test]
+    async fn a_schema_2_database_moves_to_3_without_locking_tables() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let meta = PgMeta::open(&pg.url(), 2, false).await.unwrap();
+        meta.pool.get().await.unwrap().execute("UPDATE settings SET v = '2' WHERE k = 'schema'", &[]).await.unwrap();
+        drop(meta);
+        let (mut writer, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let busy = writer.transaction().await.unwrap();
+        busy.batch_execute("LOCK TABLE buckets, repl_jobs, versions IN ROW EXCLUSIVE MODE").await.unwrap();
+        let opened = tokio::time::timeout(std::time::Duration::from_secs(30), PgMeta::open(&pg.url(), 2, false))
+            .await
+            .expect("the move to 3 waits for no writer")
             .unwrap();
         assert_eq!(opened.schema_version().await.unwrap(), SCHEMA_VERSION);
         busy.rollback().await.unwrap();
