@@ -116,6 +116,10 @@ struct BenchArgs {
     /// Replication mode: create both buckets (versioned) and the replication rule first.
     #[arg(long)]
     setup: bool,
+    /// Replication mode: fail (exit code 1) when the PUTs achieve less than 95 % of `--rate`
+    /// (the figures would then be those of a lower rate; without it, a warning says so).
+    #[arg(long)]
+    strict: bool,
     /// PUTs ask for SSE-S3 (`x-amz-server-side-encryption: AES256`): the region needs a
     /// master key. Reads of what they wrote are then decrypted.
     #[arg(long)]
@@ -311,6 +315,10 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    if let Some(why) = report.fell_behind() {
+        anyhow::ensure!(!a.strict, "{why}");
+        eprintln!("ferry bench: warning: {why}");
     }
     Ok(())
 }

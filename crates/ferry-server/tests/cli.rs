@@ -247,6 +247,42 @@ async fn bench_modes_report_json() {
     assert_eq!(listed.key_count(), Some(0), "delete mode deleted every object it wrote");
 }
 
+/// `ferry bench --mode replication` measures every object's arrival with one watcher and
+/// reports the PUT rate it achieved next to the rate asked; with `--strict`, a run that falls
+/// behind the rate asked fails instead of reporting the figures of a lower rate as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_replication_reports_the_rate_it_achieved() {
+    let cl = TestCluster::start(&["us-east-1", "eu-west-1"], |_, _| {}).await;
+    let (us, eu) = (cl.url("us-east-1"), cl.url("eu-west-1"));
+    let run = |bucket: &str, extra: &[&str]| {
+        let mut args = ferry_cli(&["bench"], &us, bucket, &["--mode", "replication", "--dest-endpoint", &eu, "--setup"]);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(["--dest-bucket".to_owned(), format!("{bucket}-dr"), "--size".to_owned(), "1KiB".to_owned()]);
+        args
+    };
+    let (code, out) = run_ferry_async(&run("lagsrc", &["--rate", "40", "--count", "40", "--json"])).await;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = &v["replication"];
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["ops"], 40, "every object's arrival measured: {v}");
+    assert_eq!(r["target_rate"], 40.0, "{v}");
+    let achieved = r["achieved_rate"].as_f64().unwrap();
+    assert!(achieved > 0.0 && achieved <= 41.0, "{v}");
+    assert!(r["list_requests"].as_u64().unwrap() >= 1, "{v}");
+    // Every object is at the destination, as the watcher said.
+    let listed = cl.client("eu-west-1").list_objects_v2().bucket("lagsrc-dr").send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(40));
+
+    // A rate no region on this machine serves: the run says so, and fails with --strict.
+    let (code, out) = run_ferry_async(&run("fastsrc", &["--rate", "100000", "--count", "200"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: achieved"), "{out}");
+    let (code, out) = run_ferry_async(&run("strictsrc", &["--rate", "100000", "--count", "200", "--strict"])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("of the 100000 asked"), "{out}");
+}
+
 /// `ferry region nodes` lists a PostgreSQL region's nodes with their epochs, states, closed
 /// timestamps and leases, and the region's committed clock; `--json` says the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
