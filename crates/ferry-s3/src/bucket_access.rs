@@ -402,6 +402,7 @@ fn context(asked: &Asked<'_>, query: &Query, signed: bool) -> policy::Context {
         "x-amz-acl",
         "x-amz-server-side-encryption",
         "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-customer-algorithm",
         "x-amz-copy-source",
         "x-amz-metadata-directive",
         "x-amz-storage-class",

@@ -387,6 +387,9 @@ impl FerryS3 {
             }
         }
         let src = self.source_version(req, t.bucket, t.key, t.version_id, Perm::Read).await?;
+        // A part or range the version does not have is answered as such, key or no key (as
+        // Ceph does; the part count is no secret: the listed ETag ends with it).
+        let plan = ReadPlan::new(&src.record, t.range, t.part_number)?;
         let enc = src.record.attrs.sse.as_ref();
         let key = match enc {
             // Nothing to decrypt, nothing to check: a HEAD of an SSE-S3 or SSE-KMS object.
@@ -394,7 +397,6 @@ impl FerryS3 {
             _ => self.data_key(enc, customer.as_ref())?,
         };
         t.conditions.check_read(&src.record)?;
-        let plan = ReadPlan::new(&src.record, t.range, t.part_number)?;
         Ok((src, plan, Opened { key, customer_md5: customer.map(|c| c.md5) }))
     }
 

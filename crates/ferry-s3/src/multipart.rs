@@ -284,6 +284,13 @@ impl FerryS3 {
         check_key(&req.input.key)?;
         let bucket = self.bucket_for(&req, &req.input.bucket, Perm::Write).await?;
         let replica = self.replica_of(&req, &bucket)?;
+        // Completing reads no body, so an SSE-C upload completes without its key, as on AWS
+        // (Ceph asks for it); a key that is sent must be the upload's.
+        let customer = customer_key_of!(self, &req, req.input)?;
+        if customer.is_some() {
+            let upload = self.upload(&req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+            self.upload_key(upload.attrs.sse.as_ref(), customer.as_ref())?;
+        }
         let bucket_owner = bucket.owner.clone();
         let i = req.input;
         let requested: Vec<CompletedPart> = i.multipart_upload.and_then(|m| m.parts).unwrap_or_default();

@@ -407,21 +407,23 @@ fn check_policy(form: &Form, bucket: &str, key: &str) -> S3Result<Option<(u64, u
         return Err(s3_error!(AccessDenied, "Invalid according to Policy: Policy expired."));
     }
     let value = |field: &str| match field {
-        "bucket" => Some(bucket),
-        "key" => Some(key),
-        _ => form.get(field),
+        "bucket" => bucket,
+        "key" => key,
+        // A field the form does not send compares as empty, as S3 and Ceph do: so
+        // `["starts-with", "$x-amz-server-side-encryption", ""]` allows leaving it out.
+        _ => form.get(field).unwrap_or(""),
     };
     let mut range = None;
     for condition in &policy.conditions {
         let failed = |c: String| s3_error!(AccessDenied, "Invalid according to Policy: Policy Condition failed: {c}");
         match condition {
             PostPolicyCondition::Eq { field, value: want } => {
-                if value(field) != Some(want.as_str()) {
+                if value(field) != want.as_str() {
                     return Err(failed(format!("[\"eq\", \"${field}\", \"{want}\"]")));
                 }
             }
             PostPolicyCondition::StartsWith { field, prefix } => {
-                if !value(field).is_some_and(|v| v.starts_with(prefix.as_str())) {
+                if !value(field).starts_with(prefix.as_str()) {
                     return Err(failed(format!("[\"starts-with\", \"${field}\", \"{prefix}\"]")));
                 }
             }

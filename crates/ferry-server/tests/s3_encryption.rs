@@ -311,6 +311,12 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         get_range(&c, "bkt", "mp", None, Some(&key)).await.unwrap(),
         [body(5 << 20, 1), body(10, 2)].concat()
     );
+    // A part the object does not have is answered as such, key or no key (the part count is
+    // in the listed ETag anyway); a part it has needs the key.
+    for (n, want) in [(3, "InvalidPart"), (1, "InvalidRequest")] {
+        let e = c.get_object().bucket("bkt").key("mp").part_number(n).send().await.unwrap_err();
+        assert_eq!(code(&e), want, "part {n} without the key");
+    }
     let up = c
         .create_multipart_upload()
         .bucket("bkt")
@@ -357,16 +363,21 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         .await
         .unwrap();
     let etag = part.copy_part_result().and_then(|r| r.e_tag()).unwrap();
-    c.complete_multipart_upload()
-        .bucket("bkt")
-        .key("mp2")
-        .upload_id(id)
-        .multipart_upload(
+    let complete = || {
+        c.complete_multipart_upload().bucket("bkt").key("mp2").upload_id(id).multipart_upload(
             CompletedMultipartUpload::builder().parts(CompletedPart::builder().part_number(1).e_tag(etag).build()).build(),
         )
+    };
+    // Completing reads no body: the key is not needed, but one that is sent must be the upload's.
+    let e = complete()
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key.0)
+        .sse_customer_key_md5(&key.1)
         .send()
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(code(&e), "InvalidRequest", "completing under another key than the upload's");
+    complete().send().await.unwrap();
     assert_eq!(get_range(&c, "bkt", "mp2", None, Some(&other)).await.unwrap(), &data[1000..100_000]);
 
     // The key is nowhere on disk.
@@ -383,6 +394,35 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), "NotImplemented");
+}
+
+/// A bucket policy can demand SSE-C: `s3:x-amz-server-side-encryption-customer-algorithm` is
+/// the request's algorithm header (absent when the write sends no customer key).
+#[tokio::test]
+async fn a_policy_can_demand_customer_keys() {
+    let cl = TestCluster::start(&[US], |o, _| o.regions[0].encryption.sse_c_over_http = true).await;
+    let c = cl.client(US);
+    create_versioned_bucket(&c, "bkt").await;
+    let policy = r#"{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::bkt/*",
+         "Condition": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "true"}}},
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::bkt/*",
+         "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-customer-algorithm": "AES256"}}}]}"#;
+    c.put_bucket_policy().bucket("bkt").policy(policy).send().await.unwrap();
+    let e = c.put_object().bucket("bkt").key("plain").body(ByteStream::from(b"x".to_vec())).send().await.unwrap_err();
+    assert_eq!(code(&e), "AccessDenied", "a write without a customer key");
+    let key = customer(3);
+    c.put_object()
+        .bucket("bkt")
+        .key("sse-c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key.0)
+        .sse_customer_key_md5(&key.1)
+        .body(ByteStream::from(b"secret".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_range(&c, "bkt", "sse-c", None, Some(&key)).await.unwrap(), b"secret");
 }
 
 /// Bucket default encryption: writes that ask for nothing get it; SSE-KMS by key id.
@@ -439,6 +479,23 @@ async fn bucket_default_encryption_and_kms_keys() {
     assert_eq!(out.server_side_encryption(), Some(&ServerSideEncryption::Aes256));
     let v = cl.store(US).meta.read(|r| r.get_latest("bkt", "d")).await.unwrap().unwrap();
     assert_eq!(v.attrs.sse.as_ref().map(|e| e.kind), Some(ferry_store::sse::SseKind::S3));
+    // A browser form gets the default too. Its policy may allow an encryption field it does not
+    // send: a condition on a field left out compares with the empty string, as on S3.
+    let addr = cl.server.as_ref().and_then(|s| s.region(US)).map(|r| r.addr).unwrap();
+    let form = |conditions: &[&str]| {
+        let mut all = vec![r#"{"bucket": "bkt"}"#, r#"["starts-with", "$key", "form"]"#];
+        all.extend_from_slice(conditions);
+        PostForm::new("form", b"posted").signed(MAIN_AK, MAIN_SK, US, &all)
+    };
+    let r = form(&[r#"["starts-with", "$x-amz-server-side-encryption", ""]"#]).post(addr, "bkt").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let head = c.head_object().bucket("bkt").key("form").send().await.unwrap();
+    assert_eq!(head.server_side_encryption(), Some(&ServerSideEncryption::Aes256));
+    assert_eq!(get_range(&c, "bkt", "form", None, None).await.unwrap(), b"posted");
+    for refused in [r#"["starts-with", "$x-amz-server-side-encryption", "A"]"#, r#"{"x-amz-meta-m": "v"}"#] {
+        let r = form(&[refused]).post(addr, "bkt").await;
+        assert_eq!((r.status, r.code()), (403, Some("AccessDenied")), "{refused}: {}", r.body);
+    }
 
     // SSE-KMS by id; an unknown key is refused, at PUT and in the default.
     let out = c

@@ -162,6 +162,7 @@ const KEYS: &[&str] = &[
     "s3:x-amz-metadata-directive",
     "s3:x-amz-server-side-encryption",
     "s3:x-amz-server-side-encryption-aws-kms-key-id",
+    "s3:x-amz-server-side-encryption-customer-algorithm",
     "s3:x-amz-storage-class",
 ];
 
