@@ -1401,9 +1401,162 @@ runs spread widely (p99 from {min(r['p99'] for r in data['postgresql']):.1f} to
 wider tail has not been pinned down.""")
 
 
+# ---------------------------------------------------------------------------------------------
+# Replication lag at 500 PUT/s: two links, two clients, several runs; CPU per replicated object
+
+PROBE = ROOT / "target" / "release" / "examples" / "lag_probe"
+
+
+class DelayProxy:
+    """The plain delay proxy of examples/lag_probe.rs (not `ferry netem`): every chunk held for
+    `delay`, each way, no rate or buffer cap."""
+
+    def __init__(self, work, upstream_port, delay):
+        self.port = free_port()
+        self.proc = Proc([str(PROBE), "proxy", "--listen", f"127.0.0.1:{self.port}", "--upstream",
+                          f"127.0.0.1:{upstream_port}", "--delay", delay], Path(work) / f"proxy-{self.port}.log")
+        wait_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.stop()
+
+
+def children_cpu():
+    """CPU seconds of the suite's waited-for children (the clients)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_measured(args):
+    """Runs a client to its end; returns its output."""
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True)
+    out, err = p.communicate(timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"{args[0]}: {p.returncode}\n{out}\n{err}")
+    return out
+
+
+def spread(xs, fmt="{:.1f}"):
+    """Median [min-max] of a list of figures."""
+    xs = sorted(xs)
+    return f"{fmt.format(xs[len(xs) // 2])} [{fmt.format(xs[0])}-{fmt.format(xs[-1])}]"
+
+
+def bench_lag500():
+    """Issue 15's table: 4 KiB at 500 PUT/s, 25 ms each way, through `ferry netem` and through
+    the independent delay proxy, measured by `ferry bench` and by the independent lag_probe,
+    `runs` runs each; then the CPU each region spends per replicated object (no watcher)."""
+    if not PROBE.exists():
+        sys.exit("build the probe first: cargo build --release --example lag_probe")
+    runs, rate, count = (1, 500, 500) if QUICK else (int(os.environ.get("FERRY_BENCH_RUNS", "3")), 500, 3000)
+    data = {"rate": rate, "count": count, "runs": [], "cpu": []}
+    for link_kind in ["netem", "proxy"]:
+        with tempfile.TemporaryDirectory() as work:
+            eu = Region(work, "eu-west-1")
+            link = Netem(work, eu.port, delay="25ms") if link_kind == "netem" else DelayProxy(work, eu.port, "25ms")
+            us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+            try:
+                for client in ["ferry-bench", "lag-probe"]:
+                    for i in range(runs):
+                        b = f"l500-{link_kind}-{client}-{i}"
+                        replicate(us, eu, b, b + "-dr")
+                        cpu0 = [cpu_seconds(p.proc.p.pid) for p in (us, eu, link)] + [children_cpu()]
+                        if client == "ferry-bench":
+                            r = bench_json("--mode", "replication", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                           "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
+                                           str(rate), "--count", str(count))
+                            got = {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
+                        else:
+                            out = run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                                "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(rate),
+                                                "--count", str(count), "--size", "4096"])
+                            r = json.loads(out.strip().splitlines()[-1])
+                            got = {"achieved": r["achieved_rate"], **r["lag_ms"]}
+                        cpu1 = [cpu_seconds(p.proc.p.pid) for p in (us, eu, link)] + [children_cpu()]
+                        per = [(b - a) / count * 1e6 for a, b in zip(cpu0, cpu1)]
+                        got.update(link=link_kind, client=client, run=i + 1, us_cpu_us=per[0], eu_cpu_us=per[1],
+                                   link_cpu_us=per[2], client_cpu_us=per[3])
+                        data["runs"].append(got)
+                        log("lag500", got)
+                if link_kind == "proxy":
+                    # CPU per object without a watcher: a replicated bucket, then a plain one.
+                    for i in range(runs):
+                        for replicated in [True, False]:
+                            b = f"cpu500-{'repl' if replicated else 'plain'}-{i}"
+                            if replicated:
+                                replicate(us, eu, b, b + "-dr")
+                            else:
+                                versioned_bucket(us, b)
+                            cpu0 = [cpu_seconds(p.proc.p.pid) for p in (us, eu)]
+                            run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                          "--bucket", b, "--dest-bucket", b, "--rate", str(rate), "--count", str(count),
+                                          "--size", "4096", "--no-watch"])
+                            if replicated:
+                                wait_caught_up(us, b)
+                            cpu1 = [cpu_seconds(p.proc.p.pid) for p in (us, eu)]
+                            data["cpu"].append({"replicated": replicated, "run": i + 1,
+                                                "us_cpu_us": (cpu1[0] - cpu0[0]) / count * 1e6,
+                                                "eu_cpu_us": (cpu1[1] - cpu0[1]) / count * 1e6})
+                            log("cpu500", data["cpu"][-1])
+            finally:
+                for p in (us, eu, link):
+                    p.stop()
+    save("lag500", data)
+    write_lag500(data)
+
+
+def write_lag500(data):
+    rows, labels, p99s, p50s = [], [], [], []
+    for link in ["netem", "proxy"]:
+        for client in ["ferry-bench", "lag-probe"]:
+            rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client]
+            if not rs:
+                continue
+            rows.append([f"`ferry netem`" if link == "netem" else "delay proxy", f"`{client.replace('-', ' ', 1) if client == 'ferry-bench' else 'lag_probe'}`",
+                         str(len(rs)), spread([r["achieved"] for r in rs], "{:.0f}"), spread([r["p50"] for r in rs]),
+                         spread([r["p99"] for r in rs]), spread([r["max"] for r in rs]),
+                         spread([r["us_cpu_us"] for r in rs], "{:.0f}"), spread([r["eu_cpu_us"] for r in rs], "{:.0f}"),
+                         spread([r["link_cpu_us"] for r in rs], "{:.0f}"), spread([r["client_cpu_us"] for r in rs], "{:.0f}")])
+            labels.append(f"{link} / {client}")
+            p50s.append(sorted(r["p50"] for r in rs)[len(rs) // 2])
+            p99s.append(sorted(r["p99"] for r in rs)[len(rs) // 2])
+    cpu = data["cpu"]
+    med = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")
+    repl_us = [c["us_cpu_us"] for c in cpu if c["replicated"]]
+    plain_us = [c["us_cpu_us"] for c in cpu if not c["replicated"]]
+    repl_eu = [c["eu_cpu_us"] for c in cpu if c["replicated"]]
+    extra_us = med(repl_us) - med(plain_us)
+    plot("lag500", "linear", f"Replication lag, 4 KiB at {data['rate']} PUT/s, 25 ms each way (medians)", labels,
+         {"p50": p50s, "p99": p99s}, "ms", hline=(50, "goal: p99 <= 50 ms"))
+    write_section("lag500", f"""### Replication lag at 500 PUT/s over 25 ms each way: two links, two clients
+
+{machine()}. Two regions as `ferry serve` processes (us-east-1 replicating to eu-west-1); the
+source reaches the destination through `ferry netem --delay 25ms`, or through the plain delay
+proxy of `examples/lag_probe.rs` (each chunk held 25 ms, each way, no cap). Each client writes
+{data['count']:,} objects of 4 KiB at {data['rate']} PUT/s, open loop, and one watcher lists the
+destination every 2 ms from the oldest object not yet seen: `ferry bench --mode replication`, and
+`lag_probe put`, an aws-sdk-s3 client written apart from Ferry. Lag: first listing at the
+destination minus the PUT's answer. Each cell: median [min-max] over the runs. CPU: user + system
+time of each `ferry serve` process during the run, per object (the source's includes serving the
+PUT, the destination's serving the watcher's LISTs).
+
+{table(["link", "client", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
+CPU per replicated object without a watcher (`lag_probe put --no-watch` at {data['rate']} PUT/s through the
+delay proxy, then `ferry replication status --wait`), median [min-max] of {len(repl_us)} run(s):
+source {spread(repl_us, "{:.0f}") if repl_us else "-"} µs per object, of which {extra_us:.0f} µs is replication's (the same
+PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}") if plain_us else "-"} µs); destination
+{spread(repl_eu, "{:.0f}") if repl_eu else "-"} µs per replica. Replication's CPU per object, source and destination:
+{extra_us + med(repl_eu):.0f} µs (goal: at most 100 µs).
+
+Reproduce: `cargo build --release -p ferry-server --example lag_probe && scripts/bench-all lag500`.""")
+
+
 BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_backfill, "datapath": bench_datapath,
            "memory": bench_memory, "console": bench_console, "scale_out": bench_scale_out,
-           "scale_out_drain": bench_scale_out_drain, "scale_out_lag": bench_scale_out_lag}
+           "scale_out_drain": bench_scale_out_drain, "scale_out_lag": bench_scale_out_lag,
+           "lag500": bench_lag500}
 
 
 def main():

@@ -1,0 +1,92 @@
+"""Where the CPU of replication goes: two regions as `ferry serve` (us-east-1 replicating to
+eu-west-1 through the delay proxy of examples/lag_probe.rs, 25 ms each way), `lag_probe put
+--no-watch` at 500 PUT/s of 4 KiB, `perf record` (DWARF call graphs) on both regions while it
+runs, then flame graphs (inferno) and a coarse split of each profile by subsystem.
+
+usage: scripts/profile-lag [plain|replicated] [COUNT]
+  plain       the same PUTs to a bucket without a replication rule (the source's baseline)
+  replicated  (default) the PUTs replicate; the destination is profiled too
+Writes docs/bench/flame-*.svg and prints the split. Needs perf and inferno-flamegraph
+(`cargo install inferno`).
+"""
+
+import atexit
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite import (PLOTS, PROBE, DelayProxy, Region, cpu_seconds, log, replicate, run_measured, stop_all,  # noqa: E402
+                   versioned_bucket, wait_caught_up)
+
+# Coarse subsystems, first match wins, by frames in a folded stack.
+SPLIT = [
+    ("SQLite writer thread: commit (WAL frames, fsync)",
+     lambda s: "writer_loop" in s and ("execute_batch" in s or "sqlite3VdbeHalt" in s)),
+    ("SQLite writer thread: statements", lambda s: "writer_loop" in s),
+    ("SQLite reads (blocking pool)", lambda s: "meta::sqlite::{impl#0}::read" in s),
+    ("replication engine (outside the SDK)", lambda s: "ferry_replication" in s and "aws_" not in s),
+    ("aws-sdk-s3 client (sending replicas)", lambda s: "aws_smithy" in s or "aws_sdk" in s or "aws_sigv4" in s),
+    ("S3 request handling (hyper, s3s, Ferry)", lambda s: "S3Service" in s or "FerryService" in s),
+    ("tokio scheduling, wake-ups, idle", lambda s: "tokio::runtime" in s),
+]
+
+
+def split(folded):
+    total, parts = 0, {name: 0 for name, _ in SPLIT}
+    parts["other"] = 0
+    for line in folded.splitlines():
+        stack, n = line.rsplit(" ", 1)
+        total += int(n)
+        name = next((name for name, rule in SPLIT if rule(stack)), "other")
+        parts[name] += int(n)
+    return {k: 100 * v / max(total, 1) for k, v in parts.items()}
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else "replicated"
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
+    atexit.register(stop_all)
+    with tempfile.TemporaryDirectory() as work:
+        eu = Region(work, "eu-west-1")
+        link = DelayProxy(work, eu.port, "25ms")
+        us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+        b = f"profile-{mode}"
+        if mode == "replicated":
+            replicate(us, eu, b, b + "-dr")
+        else:
+            versioned_bucket(us, b)
+        regions = [("source", us), ("destination", eu)] if mode == "replicated" else [("source", us)]
+        perf = {name: (Path(work) / f"{name}.data", subprocess.Popen(
+            ["perf", "record", "-F", "997", "--call-graph", "dwarf,16384", "-o", str(Path(work) / f"{name}.data"), "-p",
+             str(r.proc.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) for name, r in regions}
+        time.sleep(1)
+        cpu0 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+        run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", b, "--dest-bucket",
+                      b, "--rate", "500", "--count", str(count), "--size", "4096", "--no-watch"])
+        if mode == "replicated":
+            wait_caught_up(us, b)
+        cpu1 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+        for _, p in perf.values():
+            p.send_signal(2)
+            p.wait()
+        for p in (us, eu, link):
+            p.stop()
+        for name, (data, _) in perf.items():
+            script = subprocess.run(["perf", "script", "-i", str(data)], check=True, capture_output=True).stdout
+            folded = subprocess.run(["inferno-collapse-perf"], input=script, check=True, capture_output=True).stdout
+            title = f"{name} region, 500 PUT/s of 4 KiB, {mode}"
+            svg = subprocess.run(["inferno-flamegraph", "--title", title, "--minwidth", "0.5"], input=folded, check=True,
+                                 capture_output=True).stdout
+            out = PLOTS / f"flame-{mode}-{name}.svg"
+            out.write_bytes(svg)
+            log(f"{name}: {(cpu1[name] - cpu0[name]) / count * 1e6:.0f} µs CPU per object (with perf attached); "
+                f"{out.relative_to(PLOTS.parent.parent)}")
+            for part, pct in split(folded.decode()).items():
+                log(f"  {pct:5.1f} %  {part}")
+
+
+if __name__ == "__main__":
+    main()
