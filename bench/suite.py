@@ -1373,12 +1373,11 @@ def bench_scale_out_lag():
             weed.stop()
             pg.stop()
     save("scale_out_lag", data)
-    med = lambda xs: sorted(xs)[len(xs) // 2]
     rows = [[name, str(i + 1), f"{r['achieved']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.1f}", str(r["errors"])]
             for name in ["sqlite", "postgresql"] for i, r in enumerate(data[name])]
-    p99 = {n: med([r["p99"] for r in data[n]]) for n in ["sqlite", "postgresql"]}
+    p99 = {n: median([r["p99"] for r in data[n]]) for n in ["sqlite", "postgresql"]}
     plot("scale_out_lag", "linear", f"Replication lag, 4 KiB at {rate} PUT/s (median of {runs} runs)", ["p50", "p99"],
-         {n: [med([r["p50"] for r in data[n]]), p99[n]] for n in ["sqlite", "postgresql"]}, "ms")
+         {n: [median([r["p50"] for r in data[n]]), p99[n]] for n in ["sqlite", "postgresql"]}, "ms")
     write_section("scale_out_lag", f"""### Replication lag: a node on PostgreSQL against the embedded region
 
 `ferry bench --mode replication` writes {count:,} objects of 4 KiB at {rate} PUT/s to a region of
@@ -1438,14 +1437,29 @@ def run_measured(args):
     return out
 
 
+def median(xs):
+    """The middle figure (the upper middle of an even count); NaN for none."""
+    return sorted(xs)[len(xs) // 2] if xs else float("nan")
+
+
 def spread(xs, fmt="{:.1f}"):
-    """Median [min-max] of a list of figures."""
-    xs = sorted(xs)
-    return f"{fmt.format(xs[len(xs) // 2])} [{fmt.format(xs[0])}-{fmt.format(xs[-1])}]"
+    """Median [min-max] of a list of figures; "-" for none."""
+    if not xs:
+        return "-"
+    return f"{fmt.format(median(xs))} [{fmt.format(min(xs))}-{fmt.format(max(xs))}]"
+
+
+def cpu_per_object(procs, count, run):
+    """Runs `run()`; returns the CPU µs per object each of `procs` (suite processes with a
+    `.proc`) spent meanwhile, then that of the suite's waited-for children (the clients)."""
+    before = [cpu_seconds(p.proc.p.pid) for p in procs] + [children_cpu()]
+    result = run()
+    after = [cpu_seconds(p.proc.p.pid) for p in procs] + [children_cpu()]
+    return [(b - a) / count * 1e6 for a, b in zip(before, after)], result
 
 
 def bench_lag500():
-    """Issue 15's table: 4 KiB at 500 PUT/s, 25 ms each way, through `ferry netem` and through
+    """Replication lag of 4 KiB at 500 PUT/s, 25 ms each way, through `ferry netem` and through
     the independent delay proxy, measured by `ferry bench` and by the independent lag_probe,
     `runs` runs each; then the CPU each region spends per replicated object (no watcher)."""
     if not PROBE.exists():
@@ -1462,20 +1476,20 @@ def bench_lag500():
                     for i in range(runs):
                         b = f"l500-{link_kind}-{client}-{i}"
                         replicate(us, eu, b, b + "-dr")
-                        cpu0 = [cpu_seconds(p.proc.p.pid) for p in (us, eu, link)] + [children_cpu()]
-                        if client == "ferry-bench":
-                            r = bench_json("--mode", "replication", "--endpoint", us.url, "--dest-endpoint", eu.url,
-                                           "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
-                                           str(rate), "--count", str(count))
-                            got = {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
-                        else:
+
+                        def measure():
+                            if client == "ferry-bench":
+                                r = bench_json("--mode", "replication", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                               "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
+                                               str(rate), "--count", str(count))
+                                return {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
                             out = run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
                                                 "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(rate),
                                                 "--count", str(count), "--size", "4096"])
                             r = json.loads(out.strip().splitlines()[-1])
-                            got = {"achieved": r["achieved_rate"], **r["lag_ms"]}
-                        cpu1 = [cpu_seconds(p.proc.p.pid) for p in (us, eu, link)] + [children_cpu()]
-                        per = [(b - a) / count * 1e6 for a, b in zip(cpu0, cpu1)]
+                            return {"achieved": r["achieved_rate"], **r["lag_ms"]}
+
+                        per, got = cpu_per_object((us, eu, link), count, measure)
                         got.update(link=link_kind, client=client, run=i + 1, us_cpu_us=per[0], eu_cpu_us=per[1],
                                    link_cpu_us=per[2], client_cpu_us=per[3])
                         data["runs"].append(got)
@@ -1489,16 +1503,16 @@ def bench_lag500():
                                 replicate(us, eu, b, b + "-dr")
                             else:
                                 versioned_bucket(us, b)
-                            cpu0 = [cpu_seconds(p.proc.p.pid) for p in (us, eu)]
-                            run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
-                                          "--bucket", b, "--dest-bucket", b, "--rate", str(rate), "--count", str(count),
-                                          "--size", "4096", "--no-watch"])
-                            if replicated:
-                                wait_caught_up(us, b)
-                            cpu1 = [cpu_seconds(p.proc.p.pid) for p in (us, eu)]
-                            data["cpu"].append({"replicated": replicated, "run": i + 1,
-                                                "us_cpu_us": (cpu1[0] - cpu0[0]) / count * 1e6,
-                                                "eu_cpu_us": (cpu1[1] - cpu0[1]) / count * 1e6})
+                            def load():
+                                run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                              "--bucket", b, "--dest-bucket", b, "--rate", str(rate), "--count",
+                                              str(count), "--size", "4096", "--no-watch"])
+                                if replicated:
+                                    wait_caught_up(us, b)
+
+                            per, _ = cpu_per_object((us, eu), count, load)
+                            data["cpu"].append({"replicated": replicated, "run": i + 1, "us_cpu_us": per[0],
+                                                "eu_cpu_us": per[1]})
                             log("cpu500", data["cpu"][-1])
             finally:
                 for p in (us, eu, link):
@@ -1508,26 +1522,26 @@ def bench_lag500():
 
 
 def write_lag500(data):
+    links = {"netem": "`ferry netem`", "proxy": "delay proxy"}
+    clients = {"ferry-bench": "`ferry bench`", "lag-probe": "`lag_probe`"}
     rows, labels, p99s, p50s = [], [], [], []
-    for link in ["netem", "proxy"]:
-        for client in ["ferry-bench", "lag-probe"]:
+    for link, link_name in links.items():
+        for client, client_name in clients.items():
             rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client]
             if not rs:
                 continue
-            rows.append([f"`ferry netem`" if link == "netem" else "delay proxy", f"`{client.replace('-', ' ', 1) if client == 'ferry-bench' else 'lag_probe'}`",
-                         str(len(rs)), spread([r["achieved"] for r in rs], "{:.0f}"), spread([r["p50"] for r in rs]),
-                         spread([r["p99"] for r in rs]), spread([r["max"] for r in rs]),
-                         spread([r["us_cpu_us"] for r in rs], "{:.0f}"), spread([r["eu_cpu_us"] for r in rs], "{:.0f}"),
-                         spread([r["link_cpu_us"] for r in rs], "{:.0f}"), spread([r["client_cpu_us"] for r in rs], "{:.0f}")])
+            col = lambda name: [r[name] for r in rs]  # noqa: B023 (used at once)
+            rows.append([link_name, client_name, str(len(rs)), spread(col("achieved"), "{:.0f}"), spread(col("p50")),
+                         spread(col("p99")), spread(col("max"))]
+                        + [spread(col(f"{who}_cpu_us"), "{:.0f}") for who in ["us", "eu", "link", "client"]])
             labels.append(f"{link} / {client}")
-            p50s.append(sorted(r["p50"] for r in rs)[len(rs) // 2])
-            p99s.append(sorted(r["p99"] for r in rs)[len(rs) // 2])
+            p50s.append(median(col("p50")))
+            p99s.append(median(col("p99")))
     cpu = data["cpu"]
-    med = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")
     repl_us = [c["us_cpu_us"] for c in cpu if c["replicated"]]
     plain_us = [c["us_cpu_us"] for c in cpu if not c["replicated"]]
     repl_eu = [c["eu_cpu_us"] for c in cpu if c["replicated"]]
-    extra_us = med(repl_us) - med(plain_us)
+    extra_us = median(repl_us) - median(plain_us)
     plot("lag500", "linear", f"Replication lag, 4 KiB at {data['rate']} PUT/s, 25 ms each way (medians)", labels,
          {"p50": p50s, "p99": p99s}, "ms", hline=(50, "goal: p99 <= 50 ms"))
     write_section("lag500", f"""### Replication lag at 500 PUT/s over 25 ms each way: two links, two clients
@@ -1545,12 +1559,12 @@ PUT, the destination's serving the watcher's LISTs).
 {table(["link", "client", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
 CPU per replicated object without a watcher (`lag_probe put --no-watch` at {data['rate']} PUT/s through the
 delay proxy, then `ferry replication status --wait`), median [min-max] of {len(repl_us)} run(s):
-source {spread(repl_us, "{:.0f}") if repl_us else "-"} µs per object, of which {extra_us:.0f} µs is replication's (the same
-PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}") if plain_us else "-"} µs); destination
-{spread(repl_eu, "{:.0f}") if repl_eu else "-"} µs per replica. Replication's CPU per object, source and destination:
-{extra_us + med(repl_eu):.0f} µs (goal: at most 100 µs).
+source {spread(repl_us, "{:.0f}")} µs per object, of which {extra_us:.0f} µs is replication's (the same
+PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}")} µs); destination
+{spread(repl_eu, "{:.0f}")} µs per replica. Replication's CPU per object, source and destination:
+{extra_us + median(repl_eu):.0f} µs (goal: at most 100 µs).
 
-Reproduce: `cargo build --release -p ferry-server --example lag_probe && scripts/bench-all lag500`.""")
+Reproduce: `scripts/bench-all lag500` (it builds the release binary and `examples/lag_probe.rs`).""")
 
 
 BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_backfill, "datapath": bench_datapath,

@@ -16,7 +16,6 @@
 //!   in order, each direction on its own; no rate cap, no buffer cap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -133,7 +132,6 @@ async fn probe(src: Client, dst: Option<Client>, bucket: String, dest_bucket: St
         move |n: usize| format!("{prefix}{n:08}")
     };
     let times = Arc::new(Mutex::new(vec![Times::default(); count]));
-    let errors = Arc::new(AtomicUsize::new(0));
     let body = bytes::Bytes::from(vec![b'p'; size]);
 
     // The watcher: lists from just before the oldest key not yet seen until all are seen.
@@ -175,25 +173,33 @@ async fn probe(src: Client, dst: Option<Client>, bucket: String, dest_bucket: St
     for n in 0..count {
         let due = start + period * u32::try_from(n).unwrap_or(u32::MAX);
         tokio::time::sleep_until(due).await;
-        let (src, bucket, k, body, times, errors) =
-            (src.clone(), bucket.clone(), key(n), body.clone(), times.clone(), errors.clone());
+        let (src, bucket, k, body, times) = (src.clone(), bucket.clone(), key(n), body.clone(), times.clone());
         puts.spawn(async move {
-            match src.put_object().bucket(bucket).key(k).body(ByteStream::from(body)).send().await {
-                Ok(_) => times.lock().await[n].acked = Some(Instant::now()),
+            let sent = src.put_object().bucket(bucket).key(k).body(ByteStream::from(body)).send().await;
+            match sent {
+                Ok(_) => {
+                    times.lock().await[n].acked = Some(Instant::now());
+                    true
+                }
                 Err(e) => {
                     eprintln!("PUT {n}: {e:?}");
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    false
                 }
             }
         });
     }
-    while puts.join_next().await.is_some() {}
+    let mut failed = 0usize;
+    while let Some(done) = puts.join_next().await {
+        if !matches!(done, Ok(true)) {
+            failed += 1;
+        }
+    }
     let put_seconds = start.elapsed().as_secs_f64();
-    if errors.load(Ordering::Relaxed) > 0 {
+    if failed > 0 {
         if let Some(w) = watcher {
             w.abort();
         }
-        bail!("{} PUTs failed", errors.load(Ordering::Relaxed));
+        bail!("{failed} PUTs failed");
     }
     let lists = match watcher {
         Some(w) => tokio::time::timeout(Duration::from_secs(120), w).await.context("objects still missing after 120 s")??,

@@ -40,6 +40,54 @@ fn customer(seed: u8) -> (String, String) {
     (b64(&key), b64(&md5::Md5::digest(key)))
 }
 
+/// The three SSE-C headers of a key from [`customer`] on any request that takes them (and those
+/// of a copy's source on the requests that copy).
+trait CustomerKey {
+    fn customer_key(self, key: &(String, String)) -> Self;
+}
+
+trait CopySourceCustomerKey {
+    fn copy_source_customer_key(self, key: &(String, String)) -> Self;
+}
+
+macro_rules! customer_key_on {
+    ($($builder:ty),*) => {$(
+        impl CustomerKey for $builder {
+            fn customer_key(self, (key, md5): &(String, String)) -> Self {
+                self.sse_customer_algorithm("AES256").sse_customer_key(key).sse_customer_key_md5(md5)
+            }
+        }
+    )*};
+}
+
+macro_rules! copy_source_customer_key_on {
+    ($($builder:ty),*) => {$(
+        impl CopySourceCustomerKey for $builder {
+            fn copy_source_customer_key(self, (key, md5): &(String, String)) -> Self {
+                self.copy_source_sse_customer_algorithm("AES256")
+                    .copy_source_sse_customer_key(key)
+                    .copy_source_sse_customer_key_md5(md5)
+            }
+        }
+    )*};
+}
+
+customer_key_on!(
+    aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder,
+    aws_sdk_s3::operation::head_object::builders::HeadObjectFluentBuilder,
+    aws_sdk_s3::operation::get_object_attributes::builders::GetObjectAttributesFluentBuilder,
+    aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder,
+    aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder,
+    aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder,
+    aws_sdk_s3::operation::upload_part_copy::builders::UploadPartCopyFluentBuilder,
+    aws_sdk_s3::operation::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder
+);
+copy_source_customer_key_on!(
+    aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder,
+    aws_sdk_s3::operation::upload_part_copy::builders::UploadPartCopyFluentBuilder
+);
+
 fn body(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| u8::try_from((i * 13 + usize::from(seed)) % 251).unwrap_or(0)).collect()
 }
@@ -52,8 +100,8 @@ async fn get_range(
     key: Option<&(String, String)>,
 ) -> Result<Vec<u8>, String> {
     let mut req = c.get_object().bucket(b).key(k).set_range(range);
-    if let Some((key, md5)) = key {
-        req = req.sse_customer_algorithm("AES256").sse_customer_key(key).sse_customer_key_md5(md5);
+    if let Some(key) = key {
+        req = req.customer_key(key);
     }
     let out = req.send().await.map_err(|e| code(&e))?;
     Ok(out.body.collect().await.unwrap().into_bytes().to_vec())
@@ -85,8 +133,8 @@ async fn multipart(
     key: Option<&(String, String)>,
 ) {
     let mut create = c.create_multipart_upload().bucket(b).key(k).set_server_side_encryption(sse);
-    if let Some((key, md5)) = key {
-        create = create.sse_customer_algorithm("AES256").sse_customer_key(key).sse_customer_key_md5(md5);
+    if let Some(key) = key {
+        create = create.customer_key(key);
     }
     let up = create.send().await.unwrap();
     let id = up.upload_id().unwrap();
@@ -94,8 +142,8 @@ async fn multipart(
     for (i, p) in parts.iter().enumerate() {
         let n = i32::try_from(i + 1).unwrap();
         let mut req = c.upload_part().bucket(b).key(k).upload_id(id).part_number(n).body(ByteStream::from(p.clone()));
-        if let Some((key, md5)) = key {
-            req = req.sse_customer_algorithm("AES256").sse_customer_key(key).sse_customer_key_md5(md5);
+        if let Some(key) = key {
+            req = req.customer_key(key);
         }
         let out = req.send().await.unwrap();
         done.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
@@ -202,17 +250,7 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
     let key = customer(7);
     let other = customer(8);
     let data = body(200_000, 5);
-    let out = c
-        .put_object()
-        .bucket("bkt")
-        .key("k")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .unwrap();
+    let out = c.put_object().bucket("bkt").key("k").customer_key(&key).body(ByteStream::from(data.clone())).send().await.unwrap();
     assert_eq!(out.sse_customer_algorithm(), Some("AES256"));
     assert_eq!(out.sse_customer_key_md5(), Some(key.1.as_str()));
     // A key whose MD5 does not match is refused before anything is written.
@@ -253,50 +291,26 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         .bucket("bkt")
         .key("k")
         .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectSize)
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
+        .customer_key(&key)
         .send()
         .await
         .unwrap();
     assert_eq!(attrs.object_size(), Some(200_000));
-    let head = c
-        .head_object()
-        .bucket("bkt")
-        .key("k")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .send()
-        .await
-        .unwrap();
+    let head = c.head_object().bucket("bkt").key("k").customer_key(&key).send().await.unwrap();
     assert_eq!(head.sse_customer_key_md5(), Some(key.1.as_str()));
 
     // Copy: the source's key opens it; the copy is under what the request asks (here SSE-S3
     // is not configured on this region, so a plain copy and an SSE-C copy under another key).
     let e = c.copy_object().bucket("bkt").key("c1").copy_source("bkt/k").send().await.unwrap_err();
     assert_eq!(code(&e), "InvalidRequest");
-    c.copy_object()
-        .bucket("bkt")
-        .key("plain")
-        .copy_source("bkt/k")
-        .copy_source_sse_customer_algorithm("AES256")
-        .copy_source_sse_customer_key(&key.0)
-        .copy_source_sse_customer_key_md5(&key.1)
-        .send()
-        .await
-        .unwrap();
+    c.copy_object().bucket("bkt").key("plain").copy_source("bkt/k").copy_source_customer_key(&key).send().await.unwrap();
     assert_eq!(get_range(&c, "bkt", "plain", None, None).await.unwrap(), data);
     c.copy_object()
         .bucket("bkt")
         .key("rekeyed")
         .copy_source("bkt/k")
-        .copy_source_sse_customer_algorithm("AES256")
-        .copy_source_sse_customer_key(&key.0)
-        .copy_source_sse_customer_key_md5(&key.1)
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&other.0)
-        .sse_customer_key_md5(&other.1)
+        .copy_source_customer_key(&key)
+        .customer_key(&other)
         .send()
         .await
         .unwrap();
@@ -317,16 +331,7 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         let e = c.get_object().bucket("bkt").key("mp").part_number(n).send().await.unwrap_err();
         assert_eq!(code(&e), want, "part {n} without the key");
     }
-    let up = c
-        .create_multipart_upload()
-        .bucket("bkt")
-        .key("mp2")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&other.0)
-        .sse_customer_key_md5(&other.1)
-        .send()
-        .await
-        .unwrap();
+    let up = c.create_multipart_upload().bucket("bkt").key("mp2").customer_key(&other).send().await.unwrap();
     let id = up.upload_id().unwrap();
     let e =
         c.upload_part().bucket("bkt").key("mp2").upload_id(id).part_number(1).body(ByteStream::from(b"x".to_vec())).send().await;
@@ -338,9 +343,7 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         .key("mp2")
         .upload_id(id)
         .part_number(1)
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&third.0)
-        .sse_customer_key_md5(&third.1)
+        .customer_key(&third)
         .body(ByteStream::from(b"x".to_vec()))
         .send()
         .await;
@@ -353,12 +356,8 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         .part_number(1)
         .copy_source("bkt/k")
         .copy_source_range("bytes=1000-99999")
-        .copy_source_sse_customer_algorithm("AES256")
-        .copy_source_sse_customer_key(&key.0)
-        .copy_source_sse_customer_key_md5(&key.1)
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&other.0)
-        .sse_customer_key_md5(&other.1)
+        .copy_source_customer_key(&key)
+        .customer_key(&other)
         .send()
         .await
         .unwrap();
@@ -369,13 +368,7 @@ async fn sse_c_needs_the_right_key_to_read_and_copy() {
         )
     };
     // Completing reads no body: the key is not needed, but one that is sent must be the upload's.
-    let e = complete()
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .send()
-        .await
-        .unwrap_err();
+    let e = complete().customer_key(&key).send().await.unwrap_err();
     assert_eq!(code(&e), "InvalidRequest", "completing under another key than the upload's");
     complete().send().await.unwrap();
     assert_eq!(get_range(&c, "bkt", "mp2", None, Some(&other)).await.unwrap(), &data[1000..100_000]);
@@ -412,16 +405,7 @@ async fn a_policy_can_demand_customer_keys() {
     let e = c.put_object().bucket("bkt").key("plain").body(ByteStream::from(b"x".to_vec())).send().await.unwrap_err();
     assert_eq!(code(&e), "AccessDenied", "a write without a customer key");
     let key = customer(3);
-    c.put_object()
-        .bucket("bkt")
-        .key("sse-c")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .body(ByteStream::from(b"secret".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    c.put_object().bucket("bkt").key("sse-c").customer_key(&key).body(ByteStream::from(b"secret".to_vec())).send().await.unwrap();
     assert_eq!(get_range(&c, "bkt", "sse-c", None, Some(&key)).await.unwrap(), b"secret");
 }
 
@@ -435,17 +419,8 @@ async fn bucket_default_encryption_and_kms_keys() {
     assert_eq!(code(&e), "ServerSideEncryptionConfigurationNotFoundError");
     // SSE-C keys over plain HTTP are refused unless the region allows it.
     let key = customer(1);
-    let e = c
-        .put_object()
-        .bucket("bkt")
-        .key("c")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .body(ByteStream::from(b"x".to_vec()))
-        .send()
-        .await
-        .unwrap_err();
+    let e =
+        c.put_object().bucket("bkt").key("c").customer_key(&key).body(ByteStream::from(b"x".to_vec())).send().await.unwrap_err();
     assert_eq!(code(&e), "InvalidRequest");
     let config = |alg: ServerSideEncryption, kms: Option<&str>| {
         ServerSideEncryptionConfiguration::builder()
@@ -608,16 +583,7 @@ async fn encrypted_versions_replicate_under_the_destination_keys() {
     );
 
     let key = customer(3);
-    us.put_object()
-        .bucket("src")
-        .key("c")
-        .sse_customer_algorithm("AES256")
-        .sse_customer_key(&key.0)
-        .sse_customer_key_md5(&key.1)
-        .body(ByteStream::from(b"customer".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    us.put_object().bucket("src").key("c").customer_key(&key).body(ByteStream::from(b"customer".to_vec())).send().await.unwrap();
     wait_until("the SSE-C version's job fails", 30, || async {
         cl.dest_stats(US, "src").await.iter().any(|s| s.failed_ops == 1)
     })
