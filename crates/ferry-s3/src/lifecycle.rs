@@ -4,11 +4,16 @@
 //! # Invariants
 //! 1. A configuration is refused whole, with S3's error and a message naming the rule, unless
 //!    every rule is one Ferry carries out exactly: what is stored is what will happen.
-//! 2. Transitions are refused: every storage class of Ferry lives on the same disks, so a
-//!    transition would change a label and nothing else.
+//! 2. Transitions go only to the classes S3 moves versions to
+//!    ([`ferry_store::lifecycle::TRANSITION_CLASSES`]), each class once per rule and further
+//!    down that order the later it is due; they change the storage class a version is listed
+//!    with, nothing else (every class of Ferry lives on the same disks).
 //! 3. Reading a configuration gives back what was put (rule ids generated for rules without one).
 
-use ferry_store::lifecycle::{Expiration, LifecycleFilter, LifecycleRule, NoncurrentExpiration};
+use ferry_store::lifecycle::{
+    Expiration, LifecycleFilter, LifecycleRule, NoncurrentExpiration, NoncurrentTransition, TRANSITION_CLASSES, TransitionTime,
+    class_rank,
+};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -127,14 +132,6 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
         ExpirationStatus::DISABLED => false,
         other => return Err(s3_error!(MalformedXML, "Rule {id}: Status must be Enabled or Disabled, not {other}")),
     };
-    if r.transitions.as_ref().is_some_and(|t| !t.is_empty())
-        || r.noncurrent_version_transitions.as_ref().is_some_and(|t| !t.is_empty())
-    {
-        return Err(s3_error!(
-            InvalidArgument,
-            "Rule {id}: transitions are not offered: every storage class of Ferry lives on the same disks"
-        ));
-    }
     let filter = match (r.filter, r.prefix) {
         (Some(_), Some(_)) => return Err(s3_error!(MalformedXML, "Rule {id}: give Filter or Prefix, not both")),
         (Some(f), None) => filter_from(f, &id)?,
@@ -175,16 +172,7 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
         None => None,
         Some(n) => {
             let d = n.noncurrent_days.ok_or_else(|| s3_error!(MalformedXML, "Rule {id}: NoncurrentDays is missing"))?;
-            let newer_versions = match n.newer_noncurrent_versions {
-                None => None,
-                Some(k) if (1..=MAX_NEWER_VERSIONS).contains(&k) => u32::try_from(k).ok(),
-                Some(_) => {
-                    return Err(s3_error!(
-                        InvalidArgument,
-                        "Rule {id}: NewerNoncurrentVersions must be between 1 and {MAX_NEWER_VERSIONS}"
-                    ));
-                }
-            };
+            let newer_versions = newer_versions(n.newer_noncurrent_versions, &id)?;
             Some(NoncurrentExpiration { days: days(d, "NoncurrentDays")?, newer_versions })
         }
     };
@@ -204,13 +192,165 @@ fn rule_from(r: s3s::dto::LifecycleRule, n: usize) -> S3Result<LifecycleRule> {
         }
         Some(Some(d)) => Some(days(d, "DaysAfterInitiation")?),
     };
-    if expiration.is_none() && noncurrent.is_none() && abort_incomplete_days.is_none() {
+    let transitions = transitions_from(r.transitions.unwrap_or_default(), expiration, &id)?;
+    let noncurrent_transitions =
+        noncurrent_transitions_from(r.noncurrent_version_transitions.unwrap_or_default(), noncurrent, &id)?;
+    if expiration.is_none()
+        && noncurrent.is_none()
+        && abort_incomplete_days.is_none()
+        && transitions.is_empty()
+        && noncurrent_transitions.is_empty()
+    {
         return Err(s3_error!(
             InvalidRequest,
             "Rule {id}: at least one action needs to be specified in a rule"
         ));
     }
-    Ok(LifecycleRule { id: given_id, enabled, filter, expiration, noncurrent, abort_incomplete_days })
+    Ok(LifecycleRule {
+        id: given_id,
+        enabled,
+        filter,
+        expiration,
+        noncurrent,
+        abort_incomplete_days,
+        transitions,
+        noncurrent_transitions,
+    })
+}
+
+/// A transition's storage class: one S3 moves versions to.
+fn transition_class(class: Option<TransitionStorageClass>, id: &str) -> S3Result<String> {
+    let class = class.ok_or_else(|| s3_error!(MalformedXML, "Rule {id}: a transition needs a StorageClass"))?;
+    match TRANSITION_CLASSES.iter().find(|c| **c == class.as_str()) {
+        Some(c) => Ok((*c).to_owned()),
+        None => Err(s3_error!(
+            InvalidStorageClass,
+            "Rule {id}: versions can be moved to {} only, not {}",
+            TRANSITION_CLASSES.join(", "),
+            class.as_str()
+        )),
+    }
+}
+
+/// Transition days: 0 or more.
+fn transition_days(d: Option<i32>, what: &str, id: &str) -> S3Result<Option<u32>> {
+    d.map(|d| u32::try_from(d).map_err(|_| s3_error!(InvalidArgument, "Rule {id}: '{what}' must not be negative"))).transpose()
+}
+
+/// Transitions in one rule: each class once, the later the further down S3's order (so
+/// sorted by class gives them in time order), and `what` their times are called in messages.
+fn check_transition_order<T>(
+    list: &mut [T],
+    class: impl Fn(&T) -> &str,
+    at: impl Fn(&T) -> i64,
+    what: &str,
+    id: &str,
+) -> S3Result<()> {
+    list.sort_by_key(|t| class_rank(Some(class(t))));
+    for w in list.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if class(a) == class(b) {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Rule {id}: 'StorageClass' must be different for each transition of a rule: {} is given twice",
+                class(a)
+            ));
+        }
+        if at(a) >= at(b) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Rule {id}: '{what}' of the transition to {} must be later than that of the transition to {}",
+                class(b),
+                class(a)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A rule's `Transition`s: by days or by dates (not both), before its expiration.
+fn transitions_from(
+    list: Vec<s3s::dto::Transition>,
+    expiration: Option<Expiration>,
+    id: &str,
+) -> S3Result<Vec<ferry_store::lifecycle::Transition>> {
+    let mut out = list
+        .into_iter()
+        .map(|t| {
+            let when = match (transition_days(t.days, "Days", id)?, t.date) {
+                (Some(d), None) => TransitionTime::Days(d),
+                (None, Some(date)) => TransitionTime::Date(midnight(&date, id)?),
+                _ => return Err(s3_error!(MalformedXML, "Rule {id}: a Transition takes one of Days and Date")),
+            };
+            Ok(ferry_store::lifecycle::Transition { when, storage_class: transition_class(t.storage_class, id)? })
+        })
+        .collect::<S3Result<Vec<_>>>()?;
+    let by_days = |t: &ferry_store::lifecycle::Transition| matches!(t.when, TransitionTime::Days(_));
+    if out.iter().any(by_days) && !out.iter().all(by_days) {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Rule {id}: found mixed 'Date' and 'Days' based Transition actions"
+        ));
+    }
+    let at = |t: &ferry_store::lifecycle::Transition| match t.when {
+        TransitionTime::Days(d) => i64::from(d),
+        TransitionTime::Date(us) => us,
+    };
+    check_transition_order(&mut out, |t| &t.storage_class, at, "Days' or 'Date", id)?;
+    let too_late = |t: &ferry_store::lifecycle::Transition| match (t.when, expiration) {
+        (TransitionTime::Days(d), Some(Expiration::Days(e))) => d >= e,
+        (TransitionTime::Date(d), Some(Expiration::Date(e))) => d >= e,
+        _ => false,
+    };
+    if out.iter().any(too_late) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Rule {id}: the Expiration must come after every Transition of the rule"
+        ));
+    }
+    Ok(out)
+}
+
+/// A rule's `NoncurrentVersionTransition`s, before its noncurrent expiration.
+fn noncurrent_transitions_from(
+    list: Vec<s3s::dto::NoncurrentVersionTransition>,
+    expiration: Option<NoncurrentExpiration>,
+    id: &str,
+) -> S3Result<Vec<NoncurrentTransition>> {
+    let mut out = list
+        .into_iter()
+        .map(|t| {
+            let days = transition_days(t.noncurrent_days, "NoncurrentDays", id)?
+                .ok_or_else(|| s3_error!(MalformedXML, "Rule {id}: a NoncurrentVersionTransition needs NoncurrentDays"))?;
+            Ok(NoncurrentTransition {
+                days,
+                newer_versions: newer_versions(t.newer_noncurrent_versions, id)?,
+                storage_class: transition_class(t.storage_class, id)?,
+            })
+        })
+        .collect::<S3Result<Vec<_>>>()?;
+    check_transition_order(&mut out, |t| &t.storage_class, |t| i64::from(t.days), "NoncurrentDays", id)?;
+    if let Some(e) = expiration
+        && out.iter().any(|t| t.days >= e.days)
+    {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Rule {id}: the NoncurrentVersionExpiration must come after every NoncurrentVersionTransition of the rule"
+        ));
+    }
+    Ok(out)
+}
+
+/// `NewerNoncurrentVersions`, if given: 1 to [`MAX_NEWER_VERSIONS`].
+fn newer_versions(k: Option<i32>, id: &str) -> S3Result<Option<u32>> {
+    match k {
+        None => Ok(None),
+        Some(k) if (1..=MAX_NEWER_VERSIONS).contains(&k) => Ok(u32::try_from(k).ok()),
+        Some(_) => Err(s3_error!(
+            InvalidArgument,
+            "Rule {id}: NewerNoncurrentVersions must be between 1 and {MAX_NEWER_VERSIONS}"
+        )),
+    }
 }
 
 /// A rule's filter: one of a prefix, a tag, a size bound, or `And` of several.
@@ -301,8 +441,32 @@ pub(crate) fn rule_dto(r: &LifecycleRule) -> s3s::dto::LifecycleRule {
             .abort_incomplete_days
             .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: days(d) }),
         del_marker_expiration: None,
-        noncurrent_version_transitions: None,
-        transitions: None,
+        noncurrent_version_transitions: (!r.noncurrent_transitions.is_empty()).then(|| {
+            r.noncurrent_transitions
+                .iter()
+                .map(|t| NoncurrentVersionTransition {
+                    noncurrent_days: days(t.days),
+                    newer_noncurrent_versions: t.newer_versions.and_then(days),
+                    storage_class: Some(TransitionStorageClass::from(t.storage_class.clone())),
+                })
+                .collect()
+        }),
+        transitions: (!r.transitions.is_empty()).then(|| {
+            r.transitions
+                .iter()
+                .map(|t| {
+                    let (days, date) = match t.when {
+                        TransitionTime::Days(d) => (days(d), None),
+                        TransitionTime::Date(us) => (None, timestamp(us)),
+                    };
+                    s3s::dto::Transition {
+                        days,
+                        date,
+                        storage_class: Some(TransitionStorageClass::from(t.storage_class.clone())),
+                    }
+                })
+                .collect()
+        }),
     }
 }
 
@@ -367,6 +531,10 @@ mod tests {
         assert_eq!(rules[1].expiration, Some(Expiration::Date(1_893_456_000_000_000)));
         assert_eq!(rules[2].id, "rule-3");
         assert_eq!(rules[3].filter.prefix, "old/");
+        // Transitions are kept in the order they happen, whatever the order given.
+        let classes: Vec<_> = rules[0].transitions.iter().map(|t| (t.when, t.storage_class.as_str())).collect();
+        assert_eq!(classes, [(TransitionTime::Days(0), "STANDARD_IA"), (TransitionTime::Days(7), "GLACIER")]);
+        assert_eq!(rules[2].noncurrent_transitions[0].storage_class, "GLACIER_IR");
         let again = rules_from(rules.iter().map(rule_dto).collect()).expect("taken back");
         assert_eq!(again, rules);
         // The rule's own Prefix (S3's older form) comes back in that form.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aws_sdk_s3::types::{
     AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
-    LifecycleRuleAndOperator, LifecycleRuleFilter, NoncurrentVersionExpiration, Tag, Transition, TransitionStorageClass,
+    LifecycleRuleAndOperator, LifecycleRuleFilter, NoncurrentVersionExpiration, NoncurrentVersionTransition, StorageClass, Tag,
+    Transition, TransitionStorageClass,
 };
 
 use crate::common::*;
@@ -19,6 +20,10 @@ fn rule(id: &str, prefix: &str) -> aws_sdk_s3::types::builders::LifecycleRuleBui
 
 fn days(n: i32) -> LifecycleExpiration {
     LifecycleExpiration::builder().days(n).build()
+}
+
+fn to(days: i32, class: TransitionStorageClass) -> Transition {
+    Transition::builder().days(days).storage_class(class).build()
 }
 
 async fn put_rules(c: &aws_sdk_s3::Client, b: &str, rules: Vec<LifecycleRule>) -> Result<(), String> {
@@ -64,11 +69,25 @@ async fn a_lifecycle_configuration_is_put_read_checked_and_deleted() {
             .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
             .build()
             .unwrap(),
+        // Given out of order: answered in the order they happen.
+        rule("tiers", "tiers/")
+            .transitions(to(90, TransitionStorageClass::Glacier))
+            .transitions(to(30, TransitionStorageClass::StandardIa))
+            .noncurrent_version_transitions(
+                NoncurrentVersionTransition::builder()
+                    .noncurrent_days(5)
+                    .newer_noncurrent_versions(1)
+                    .storage_class(TransitionStorageClass::GlacierIr)
+                    .build(),
+            )
+            .expiration(days(365))
+            .build()
+            .unwrap(),
     ];
     put_rules(&c, &b, rules.clone()).await.unwrap();
     let got = c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap();
     let got = got.rules();
-    assert_eq!(got.len(), 4);
+    assert_eq!(got.len(), 5);
     assert_eq!(got[0].id(), Some("logs"));
     assert_eq!(got[0].expiration().and_then(|e| e.days()), Some(30));
     assert_eq!(got[1].status(), &ExpirationStatus::Disabled);
@@ -82,10 +101,21 @@ async fn a_lifecycle_configuration_is_put_read_checked_and_deleted() {
         Some(3)
     );
     assert_eq!(got[3].expiration().and_then(|e| e.expired_object_delete_marker()), Some(true));
+    let moves: Vec<_> = got[4].transitions().iter().map(|t| (t.days(), t.storage_class().map(|c| c.as_str()))).collect();
+    assert_eq!(moves, [(Some(30), Some("STANDARD_IA")), (Some(90), Some("GLACIER"))]);
+    let nc = &got[4].noncurrent_version_transitions()[0];
+    assert_eq!(
+        (
+            nc.noncurrent_days(),
+            nc.newer_noncurrent_versions(),
+            nc.storage_class().map(|c| c.as_str())
+        ),
+        (Some(5), Some(1), Some("GLACIER_IR"))
+    );
 
     // Refused whole, with S3's codes: what is stored is what will happen.
-    let transition = Transition::builder().days(30).storage_class(TransitionStorageClass::StandardIa).build();
     // Noon, 1 January 2030.
+    let midnight = aws_sdk_s3::primitives::DateTime::from_secs(1_893_456_000);
     let midday = aws_sdk_s3::primitives::DateTime::from_secs(1_893_456_000 + 43_200);
     for (bad, want) in [
         (vec![rule("zero", "").expiration(days(0)).build().unwrap()], "InvalidArgument"),
@@ -101,12 +131,64 @@ async fn a_lifecycle_configuration_is_put_read_checked_and_deleted() {
             vec![rule("noon", "").expiration(LifecycleExpiration::builder().date(midday).build()).build().unwrap()],
             "InvalidArgument",
         ),
-        (vec![rule("move", "").transitions(transition).build().unwrap()], "InvalidArgument"),
+        // Only to the classes S3 moves versions to (STANDARD is where they start)...
+        (
+            vec![rule("up", "").transitions(to(1, TransitionStorageClass::from("STANDARD"))).build().unwrap()],
+            "InvalidStorageClass",
+        ),
+        (
+            vec![rule("unknown", "").transitions(to(1, TransitionStorageClass::from("TAPE"))).build().unwrap()],
+            "InvalidStorageClass",
+        ),
+        (
+            vec![rule("classless", "").transitions(Transition::builder().days(1).build()).build().unwrap()],
+            "MalformedXML",
+        ),
+        (
+            vec![rule("negative", "").transitions(to(-1, TransitionStorageClass::Glacier)).build().unwrap()],
+            "InvalidArgument",
+        ),
+        // ...each class once, further down the later...
+        (
+            vec![
+                rule("twice", "")
+                    .transitions(to(1, TransitionStorageClass::Glacier))
+                    .transitions(to(2, TransitionStorageClass::Glacier))
+                    .build()
+                    .unwrap(),
+            ],
+            "InvalidRequest",
+        ),
+        (
+            vec![
+                rule("back-up", "")
+                    .transitions(to(1, TransitionStorageClass::Glacier))
+                    .transitions(to(2, TransitionStorageClass::StandardIa))
+                    .build()
+                    .unwrap(),
+            ],
+            "InvalidArgument",
+        ),
+        (
+            vec![
+                rule("mixed", "")
+                    .transitions(to(1, TransitionStorageClass::StandardIa))
+                    .transitions(Transition::builder().date(midnight).storage_class(TransitionStorageClass::Glacier).build())
+                    .build()
+                    .unwrap(),
+            ],
+            "InvalidRequest",
+        ),
+        // ...and before the expiration.
+        (
+            vec![rule("late", "").transitions(to(30, TransitionStorageClass::Glacier)).expiration(days(30)).build().unwrap()],
+            "InvalidArgument",
+        ),
     ] {
         let id = bad[0].id().unwrap_or_default().to_owned();
         assert_eq!(put_rules(&c, &b, bad).await, Err(want.to_owned()), "{id}");
     }
-    assert_eq!(c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap().rules().len(), 4);
+    assert_eq!(c.get_bucket_lifecycle_configuration().bucket(&b).send().await.unwrap().rules().len(), 5);
     // Another account may not read or change it.
     let alt = s.alt_client();
     assert_eq!(
@@ -178,6 +260,11 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
     c.put_object().bucket(&b).key("tagged/temp").tagging("temp=yes").body(b"t".to_vec().into()).send().await.unwrap();
     c.put_object().bucket(&b).key("tagged/kept").tagging("temp=no").body(b"k".to_vec().into()).send().await.unwrap();
     let upload = c.create_multipart_upload().bucket(&b).key("up/big").send().await.unwrap();
+    for n in 0..2 {
+        put(&c, &b, "tiers/k", format!("version {n}").as_bytes()).await;
+    }
+    let deep = c.put_object().bucket(&b).key("tiers/deep").storage_class(StorageClass::DeepArchive).body(b"d".to_vec().into());
+    deep.send().await.unwrap();
     let rules = vec![
         rule("logs", "logs/").expiration(days(1)).build().unwrap(),
         rule("nc", "nc/")
@@ -210,8 +297,21 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
             .abort_incomplete_multipart_upload(AbortIncompleteMultipartUpload::builder().days_after_initiation(1).build())
             .build()
             .unwrap(),
+        rule("tiers", "tiers/")
+            .transitions(to(1, TransitionStorageClass::Glacier))
+            .noncurrent_version_transitions(
+                NoncurrentVersionTransition::builder()
+                    .noncurrent_days(1)
+                    .storage_class(TransitionStorageClass::StandardIa)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
     ];
     put_rules(&c, &b, rules).await.unwrap();
+    let class_of = |versions: &[Listed], current: bool| {
+        versions.iter().find(|v| v.key == "tiers/k" && v.is_latest == current).map(|v| v.storage_class.clone())
+    };
 
     wait_until("the rules are carried out", 30, || {
         let (c, b) = (c.clone(), b.clone());
@@ -224,6 +324,8 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
                 && of("nc/k") == 2
                 && of("tmp/gone") == 0
                 && uploads.uploads().is_empty()
+                && class_of(&versions, true).as_deref() == Some("GLACIER")
+                && class_of(&versions, false).as_deref() == Some("STANDARD_IA")
         }
     })
     .await;
@@ -236,6 +338,13 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
     assert_eq!(get_bytes(&c, &b, "keep/a").await, b"kept");
     assert_eq!(versions.iter().filter(|v| v.key == "keep/a").count(), 1);
     assert_eq!(get_bytes(&c, &b, "tagged/kept").await, b"k", "its tag is not the rule's");
+    // A transition changes the class and nothing else; and never moves a version up.
+    assert_eq!(get_bytes(&c, &b, "tiers/k").await, b"version 1");
+    let head = c.head_object().bucket(&b).key("tiers/k").send().await.unwrap();
+    assert_eq!(head.storage_class(), Some(&StorageClass::Glacier));
+    assert_eq!(versions.iter().filter(|v| v.key == "tiers/k").count(), 2);
+    let deep = versions.iter().find(|v| v.key == "tiers/deep").map(|v| v.storage_class.as_str());
+    assert_eq!(deep, Some("DEEP_ARCHIVE"));
     // The expired object's version is still there, behind its marker.
     assert_eq!(versions.iter().filter(|v| v.key == "logs/a").count(), 2);
     let e = c
@@ -251,7 +360,9 @@ async fn the_lifecycle_worker_expires_what_the_rules_say() {
     assert_eq!(code(&e), "NoSuchUpload");
     // What was done is counted: one of each action.
     let metrics = s.metrics();
-    for (action, n) in [("expire_current", 2), ("remove_noncurrent", 1), ("remove_delete_marker", 1), ("abort_upload", 1)] {
+    for (action, n) in
+        [("expire_current", 2), ("remove_noncurrent", 1), ("remove_delete_marker", 1), ("abort_upload", 1), ("transition", 2)]
+    {
         assert!(metrics.contains(&format!("action=\"{action}\"}} {n}\n")), "{action}:\n{metrics}");
     }
     assert!(metrics.contains("ferry_lifecycle_versions_scanned_total"), "{metrics}");
@@ -271,25 +382,39 @@ async fn lifecycle_expirations_are_not_replicated() {
     replicated_pair(&us, "src", &eu, "dst").await;
     let v1 = put(&us, "src", "logs/a", b"expires at the source only").await.version_id().unwrap().to_owned();
     wait_for_version("logs/a replicated", 20, &eu, "dst", "logs/a", &v1).await;
-    put_rules(&us, "src", vec![rule("logs", "logs/").expiration(days(1)).build().unwrap()]).await.unwrap();
-    wait_until("logs/a expired at the source", 30, || async {
-        all_versions(&us, "src").await.iter().any(|v| v.key == "logs/a" && v.is_latest && v.delete_marker)
+    let tiered = put(&us, "src", "tiers/a", b"moves at the source only").await.version_id().unwrap().to_owned();
+    wait_for_version("tiers/a replicated", 20, &eu, "dst", "tiers/a", &tiered).await;
+    let rules = vec![
+        rule("logs", "logs/").expiration(days(1)).build().unwrap(),
+        rule("tiers", "tiers/").transitions(to(1, TransitionStorageClass::Glacier)).build().unwrap(),
+    ];
+    put_rules(&us, "src", rules).await.unwrap();
+    wait_until("logs/a expired and tiers/a moved at the source", 30, || async {
+        let versions = all_versions(&us, "src").await;
+        versions.iter().any(|v| v.key == "logs/a" && v.is_latest && v.delete_marker)
+            && versions.iter().any(|v| v.key == "tiers/a" && v.storage_class == "GLACIER")
     })
     .await;
     // Everything recorded for logs/a before the barrier has been carried out at dst.
     barrier(&us, "src", "logs/a", None, &[(&eu, "dst")]).await;
+    barrier(&us, "src", "tiers/a", None, &[(&eu, "dst")]).await;
     let at_dst = all_versions(&eu, "dst").await;
     assert!(at_dst.iter().all(|v| !v.delete_marker), "the expiration was replicated: {at_dst:?}");
     assert!(at_dst.iter().any(|v| v.version_id == v1));
+    let class = at_dst.iter().find(|v| v.version_id == tiered).map(|v| v.storage_class.as_str());
+    assert_eq!(class, Some("STANDARD"), "the transition was replicated");
     // Nor does a backfill (which sends what the source holds) send its delete marker.
     let (code, out) = c.ferry_replication(US, "resync", "src", &["--wait"]).await;
     assert_eq!(code, 0, "{out}");
     barrier(&us, "src", "logs/a", None, &[(&eu, "dst")]).await;
+    barrier(&us, "src", "tiers/a", None, &[(&eu, "dst")]).await;
     let at_dst = all_versions(&eu, "dst").await;
     assert!(
         at_dst.iter().all(|v| !v.delete_marker),
         "the expiration was sent by a backfill: {at_dst:?}"
     );
+    let class = at_dst.iter().find(|v| v.version_id == tiered).map(|v| v.storage_class.as_str());
+    assert_eq!(class, Some("STANDARD"), "the transition was sent by a backfill");
 }
 
 /// `ferry lifecycle status` of a bucket, as JSON.

@@ -13,6 +13,10 @@
 //! 4. A disabled rule decides nothing. Of several rules, the earliest expiry wins.
 //! 5. Lifecycle actions are this region's own: they are never replicated (each side of a
 //!    replication rule has its own lifecycle, as on S3).
+//! 6. A transition changes a version's storage class and nothing else (every class of Ferry
+//!    lives on the same disks). Classes only move down S3's order ([`TRANSITION_CLASSES`]):
+//!    of the transitions due, the one furthest down wins, and a version already there or
+//!    further down stays as it is. An expiration due at the same time wins over a transition.
 //!
 //! The length of a day is a parameter: 24 hours, except in tests, which shorten it (as Ceph's
 //! `rgw_lc_debug_interval` does) so that "1 day" passes in seconds.
@@ -51,6 +55,51 @@ pub struct LifecycleRule {
     /// Days after which an incomplete multipart upload is aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_incomplete_days: Option<u32>,
+    /// When current versions change storage class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<Transition>,
+    /// When noncurrent versions change storage class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub noncurrent_transitions: Vec<NoncurrentTransition>,
+}
+
+/// The storage classes a rule may move versions to, in S3's order: a version only moves to a
+/// class after its own (`STANDARD` and `REDUCED_REDUNDANCY` come before them all).
+pub const TRANSITION_CLASSES: &[&str] =
+    &["STANDARD_IA", "INTELLIGENT_TIERING", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"];
+
+/// Where `class` is in [`TRANSITION_CLASSES`], counting from 1; 0 for the classes before them
+/// (`None` is `STANDARD`), and for those no rule moves versions to or from.
+#[must_use]
+pub fn class_rank(class: Option<&str>) -> usize {
+    class.and_then(|c| TRANSITION_CLASSES.iter().position(|t| *t == c)).map_or(0, |i| i + 1)
+}
+
+/// A rule's change of the current version's storage class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub when: TransitionTime,
+    pub storage_class: String,
+}
+
+/// When a [`Transition`] is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransitionTime {
+    /// This many days after the version was written.
+    Days(u32),
+    /// From this midnight UTC on (microseconds since the epoch).
+    Date(i64),
+}
+
+/// A rule's change of noncurrent versions' storage class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoncurrentTransition {
+    /// Days after the version stopped being current.
+    pub days: u32,
+    /// How many newer noncurrent versions keep their class whatever their age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer_versions: Option<u32>,
+    pub storage_class: String,
 }
 
 /// Which objects a rule is about: all of these must hold.
@@ -158,6 +207,54 @@ pub fn noncurrent_due<'r>(
     })
 }
 
+/// The storage class the rules move the current version `s`, written at `mtime_us` and now of
+/// class `class`, to at `now_us`: the class furthest down of the transitions due, if it is
+/// further down than `class`.
+#[must_use]
+pub fn current_transition<'r>(
+    rules: &'r [LifecycleRule],
+    s: &Subject<'_>,
+    class: Option<&str>,
+    mtime_us: i64,
+    now_us: i64,
+    day_us: i64,
+) -> Option<&'r str> {
+    let due = rules.iter().filter(|r| r.enabled && r.filter.matches(s)).flat_map(|r| &r.transitions).filter(|t| {
+        let at = match t.when {
+            TransitionTime::Days(d) => expiry(mtime_us, d, day_us),
+            TransitionTime::Date(at) => at,
+        };
+        at <= now_us
+    });
+    furthest_down(due.map(|t| t.storage_class.as_str()), class)
+}
+
+/// The storage class the rules move a noncurrent version `s` of class `class` to at `now_us`:
+/// it stopped being current at `noncurrent_since_us`, and `newer` noncurrent versions of its
+/// key are newer (as for [`noncurrent_due`]).
+#[must_use]
+pub fn noncurrent_transition<'r>(
+    rules: &'r [LifecycleRule],
+    s: &Subject<'_>,
+    class: Option<&str>,
+    noncurrent_since_us: i64,
+    newer: u32,
+    now_us: i64,
+    day_us: i64,
+) -> Option<&'r str> {
+    let due = rules
+        .iter()
+        .filter(|r| r.enabled && r.filter.matches(s))
+        .flat_map(|r| &r.noncurrent_transitions)
+        .filter(|t| expiry(noncurrent_since_us, t.days, day_us) <= now_us && t.newer_versions.is_none_or(|k| newer >= k));
+    furthest_down(due.map(|t| t.storage_class.as_str()), class)
+}
+
+/// Of `classes`, the one furthest down S3's order, if it is further down than `class`.
+fn furthest_down<'r>(classes: impl Iterator<Item = &'r str>, class: Option<&str>) -> Option<&'r str> {
+    classes.max_by_key(|c| class_rank(Some(c))).filter(|c| class_rank(Some(c)) > class_rank(class))
+}
+
 /// The rule that removes a delete marker written at `mtime_us` which is its key's only
 /// version, if one does at `now_us`: an `ExpiredDeleteMarker` rule at once, or (as on S3) a
 /// rule that expires current versions by age once the marker is that old.
@@ -216,6 +313,8 @@ pub struct Done {
     pub uploads_aborted: u64,
     /// Versions a rule had expired but Object Lock protects (counted each pass they are seen).
     pub locked_skipped: u64,
+    /// Versions moved to another storage class.
+    pub transitioned: u64,
 }
 
 /// How often a process that does not lead its region checks whether it now does.
@@ -363,12 +462,13 @@ impl ferry_core::background::Worker for LifecycleWorker {
         };
         ferry_core::background::WorkerStatus {
             progress: Some(format!(
-                "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} uploads aborted, {} locked versions passed by",
+                "{pass}; {} passes: {} versions scanned, {} current versions expired, {} noncurrent versions and {} delete markers removed, {} versions moved to another storage class, {} uploads aborted, {} locked versions passed by",
                 passes,
                 d.versions_scanned,
                 d.current_expired,
                 d.noncurrent_removed,
                 d.delete_markers_removed,
+                d.transitioned,
                 d.uploads_aborted,
                 d.locked_skipped
             )),
@@ -420,10 +520,32 @@ impl ferry_core::background::Worker for LifecycleWorker {
 
 /// One action a step decided on.
 enum Action {
-    ExpireCurrent { key: String, version_id: String, mtime_us: i64 },
-    RemoveNoncurrent { key: String, version_id: String, mtime_us: i64 },
-    RemoveLoneMarker { key: String, version_id: String, mtime_us: i64 },
-    AbortUpload { upload_id: String },
+    ExpireCurrent {
+        key: String,
+        version_id: String,
+        mtime_us: i64,
+    },
+    RemoveNoncurrent {
+        key: String,
+        version_id: String,
+        mtime_us: i64,
+    },
+    RemoveLoneMarker {
+        key: String,
+        version_id: String,
+        mtime_us: i64,
+    },
+    AbortUpload {
+        upload_id: String,
+    },
+    /// A transition of a current (or a noncurrent) version to `class`.
+    Move {
+        key: String,
+        version_id: String,
+        mtime_us: i64,
+        current: bool,
+        class: String,
+    },
 }
 
 impl LifecycleWorker {
@@ -561,12 +683,24 @@ impl LifecycleWorker {
                                 }
                             } else if current_expiry(&rules, &subject, e.mtime_us, day_us).is_some_and(|(at, _)| at <= now_us) {
                                 actions.push(Action::ExpireCurrent { key, version_id, mtime_us: e.mtime_us });
+                            } else if let Some(class) =
+                                current_transition(&rules, &subject, e.storage_class.as_deref(), e.mtime_us, now_us, day_us)
+                            {
+                                let class = class.to_owned();
+                                actions.push(Action::Move { key, version_id, mtime_us: e.mtime_us, current: true, class });
                             }
                             scan.key = Some((e.key.clone(), e.mtime_us, 0));
                         }
                         Some((_, replaced_at, newer)) => {
+                            let class = e.storage_class.as_deref();
                             if noncurrent_due(&rules, &subject, *replaced_at, *newer, now_us, day_us).is_some() {
                                 actions.push(Action::RemoveNoncurrent { key, version_id, mtime_us: e.mtime_us });
+                            } else if !e.delete_marker
+                                && let Some(class) =
+                                    noncurrent_transition(&rules, &subject, class, *replaced_at, *newer, now_us, day_us)
+                            {
+                                let class = class.to_owned();
+                                actions.push(Action::Move { key, version_id, mtime_us: e.mtime_us, current: false, class });
                             }
                             *replaced_at = e.mtime_us;
                             *newer += 1;
@@ -675,7 +809,7 @@ impl LifecycleWorker {
 
     /// Carries out a step's actions, each in its own transaction.
     async fn act(&mut self, bucket: &str, actions: Vec<Action>) -> crate::error::Result<()> {
-        use crate::objects::{Expired, abort_upload, expire_current, expire_version};
+        use crate::objects::{Expired, abort_upload, expire_current, expire_version, transition_version};
         for a in actions {
             let (b, name) = (bucket.to_owned(), a.name());
             let meta = &self.store.meta;
@@ -688,6 +822,9 @@ impl LifecycleWorker {
                 }
                 Action::RemoveLoneMarker { key, version_id, mtime_us } => {
                     meta.write(move |tx| expire_version(tx, &b, &key, &version_id, mtime_us, true)).await?
+                }
+                Action::Move { key, version_id, mtime_us, current, class } => {
+                    meta.write(move |tx| transition_version(tx, &b, &key, &version_id, mtime_us, current, &class)).await?
                 }
                 Action::AbortUpload { upload_id } => {
                     meta.write(move |tx| match abort_upload(tx, &upload_id) {
@@ -718,6 +855,7 @@ impl Action {
             Self::RemoveNoncurrent { .. } => "remove_noncurrent",
             Self::RemoveLoneMarker { .. } => "remove_delete_marker",
             Self::AbortUpload { .. } => "abort_upload",
+            Self::Move { .. } => "transition",
         }
     }
 }
@@ -730,6 +868,7 @@ impl Done {
             "remove_noncurrent" => self.noncurrent_removed += 1,
             "remove_delete_marker" => self.delete_markers_removed += 1,
             "skip_locked" => self.locked_skipped += 1,
+            "transition" => self.transitioned += 1,
             _ => self.uploads_aborted += 1,
         }
     }
@@ -747,6 +886,8 @@ mod tests {
             expiration: None,
             noncurrent: None,
             abort_incomplete_days: None,
+            transitions: Vec::new(),
+            noncurrent_transitions: Vec::new(),
         }
     }
 
@@ -805,6 +946,37 @@ mod tests {
         assert_eq!(noncurrent_due(&rules, &s, DAY_US, 1, 3 * DAY_US, DAY_US), Some("nc"));
         assert_eq!(noncurrent_due(&rules, &s, DAY_US, 1, 3 * DAY_US - 1, DAY_US), None);
         assert_eq!(noncurrent_due(&rules, &s, DAY_US, 0, 10 * DAY_US, DAY_US), None);
+    }
+
+    #[test]
+    fn transitions_move_versions_down_the_classes_only() {
+        let mut r = rule("t", "");
+        let to = |days, class: &str| Transition { when: TransitionTime::Days(days), storage_class: class.into() };
+        r.transitions = vec![to(1, "STANDARD_IA"), to(5, "GLACIER")];
+        r.noncurrent_transitions =
+            vec![NoncurrentTransition { days: 2, newer_versions: Some(1), storage_class: "ONEZONE_IA".into() }];
+        let rules = [r];
+        let s = Subject { key: "k", tags: &[], size: 1 };
+        // Written at day 0: nothing due before day 1; then IA; from day 5 on, Glacier.
+        assert_eq!(current_transition(&rules, &s, None, 0, DAY_US - 1, DAY_US), None);
+        assert_eq!(current_transition(&rules, &s, None, 0, DAY_US, DAY_US), Some("STANDARD_IA"));
+        assert_eq!(current_transition(&rules, &s, None, 0, 5 * DAY_US, DAY_US), Some("GLACIER"));
+        assert_eq!(
+            current_transition(&rules, &s, Some("STANDARD_IA"), 0, 5 * DAY_US, DAY_US),
+            Some("GLACIER")
+        );
+        // Already there, or further down: stays.
+        assert_eq!(current_transition(&rules, &s, Some("STANDARD_IA"), 0, DAY_US, DAY_US), None);
+        assert_eq!(current_transition(&rules, &s, Some("DEEP_ARCHIVE"), 0, 9 * DAY_US, DAY_US), None);
+        // A class no rule moves from (REDUCED_REDUNDANCY) counts as the top.
+        assert_eq!(
+            current_transition(&rules, &s, Some("REDUCED_REDUNDANCY"), 0, DAY_US, DAY_US),
+            Some("STANDARD_IA")
+        );
+        // Noncurrent: from its replacement, and only beyond the newest one kept.
+        assert_eq!(noncurrent_transition(&rules, &s, None, DAY_US, 1, 3 * DAY_US, DAY_US), Some("ONEZONE_IA"));
+        assert_eq!(noncurrent_transition(&rules, &s, None, DAY_US, 0, 3 * DAY_US, DAY_US), None);
+        assert_eq!(noncurrent_transition(&rules, &s, None, DAY_US, 1, 3 * DAY_US - 1, DAY_US), None);
     }
 
     #[test]

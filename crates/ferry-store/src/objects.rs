@@ -456,6 +456,8 @@ pub enum Expired {
     Unchanged,
     /// Nothing: the version is under a legal hold or a retention in force ([`crate::lock`]).
     Locked,
+    /// The version's storage class was changed (a transition).
+    Moved,
 }
 
 /// A lifecycle expiration of the current version `version_id` of `key`: a delete marker in a
@@ -521,6 +523,39 @@ pub fn expire_version(
         tx.refresh_latest(bucket_name, key)?;
     }
     Ok(Expired::Removed)
+}
+
+/// A lifecycle transition of the version `version_id` of `key`, written at `mtime_us`, to
+/// `class`: its storage class changes, nothing else (every class is on the same disks). Nothing
+/// happens unless the version is still what the rule judged (current or not, as `current`
+/// says; not a delete marker) and `class` is further down S3's order than its class now
+/// ([`crate::lifecycle::class_rank`]). A lock does not stop it, as on S3. Never replicated.
+///
+/// # Errors
+/// NoSuchBucket, database errors.
+pub fn transition_version(
+    tx: &mut dyn WriteTx,
+    bucket_name: &str,
+    key: &str,
+    version_id: &str,
+    mtime_us: i64,
+    current: bool,
+    class: &str,
+) -> Result<Expired> {
+    use crate::lifecycle::class_rank;
+    bucket(tx, bucket_name)?;
+    tx.lock_key(bucket_name, key)?;
+    let still = tx.get_version(bucket_name, key, version_id)?.filter(|v| {
+        v.mtime_us == mtime_us
+            && !v.delete_marker
+            && v.is_latest == current
+            && class_rank(Some(class)) > class_rank(v.storage_class.as_deref())
+    });
+    if still.is_none() {
+        return Ok(Expired::Unchanged);
+    }
+    tx.set_storage_class(bucket_name, key, version_id, class)?;
+    Ok(Expired::Moved)
 }
 
 /// Aborts a multipart upload: its parts are released, the upload forgotten.

@@ -85,6 +85,8 @@ pub struct Listed {
     pub etag: String,
     pub size: i64,
     pub last_modified: String,
+    /// As listed (`STANDARD` when the listing gives none); empty for a delete marker.
+    pub storage_class: String,
 }
 
 /// Every version and delete marker of a bucket.
@@ -109,6 +111,7 @@ pub async fn all_versions(c: &Client, bucket: &str) -> Vec<Listed> {
                 etag: v.e_tag().unwrap_or_default().to_owned(),
                 size: v.size().unwrap_or(0),
                 last_modified: v.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+                storage_class: v.storage_class().map_or("STANDARD", |c| c.as_str()).to_owned(),
             });
         }
         for d in page.delete_markers() {
@@ -119,6 +122,7 @@ pub async fn all_versions(c: &Client, bucket: &str) -> Vec<Listed> {
                 is_latest: d.is_latest().unwrap_or(false),
                 etag: String::new(),
                 size: 0,
+                storage_class: String::new(),
                 last_modified: d.last_modified().map(|t| t.to_string()).unwrap_or_default(),
             });
         }

@@ -25,6 +25,7 @@ macro_rules! conformance_tests {
             versions_order_by_time_then_id, version_scans_resume_after_their_cursor, uploads_and_parts,
             released_blobs_become_garbage_when_due, jobs_of_a_key_run_one_at_a_time, job_counters_follow_their_states,
             a_live_job_promotes_waiting_backfill_jobs, deliveries_go_with_their_version, a_replica_keeps_its_status,
+            a_transition_changes_only_the_class,
             backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions,
             a_buckets_access_settings_are_kept);
     };
@@ -555,6 +556,29 @@ pub(crate) async fn a_replica_keeps_its_status<M: MetaStore>(dir: &Path, open: i
     let status = |v: &'static str| meta.read(move |r| Ok(r.get_version("b", "k", v)?.and_then(|v| v.repl_status)));
     assert_eq!(status("v1").await.unwrap(), Some(ReplStatus::Replica));
     assert_eq!(status("v2").await.unwrap(), Some(ReplStatus::Pending));
+}
+
+/// A storage class change touches that version's class and nothing else.
+pub(crate) async fn a_transition_changes_only_the_class<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
+    with_bucket(&meta).await;
+    meta.write(|tx| {
+        put(tx, &version("k", "v1", 10))?;
+        put(tx, &version("k", "v2", 20))?;
+        tx.set_storage_class("b", "k", "v1", "GLACIER")
+    })
+    .await
+    .unwrap();
+    let get = |v: &'static str| meta.read(move |r| r.get_version("b", "k", v));
+    let (v1, v2) = (get("v1").await.unwrap().unwrap(), get("v2").await.unwrap().unwrap());
+    assert_eq!(v1.storage_class.as_deref(), Some("GLACIER"));
+    assert_eq!(v2.storage_class, None);
+    let mut want = version("k", "v1", 10);
+    want.storage_class = Some("GLACIER".into());
+    assert_eq!(
+        (v1.etag, v1.size, v1.mtime_us, v1.attrs),
+        (want.etag, want.size, want.mtime_us, want.attrs)
+    );
 }
 
 /// A backfill is stored as given, except that its done and failed counters (which

@@ -203,6 +203,8 @@ pub trait WriteTx: ReadTx + OutboxWrites {
     /// Recomputes which version of the key is the latest.
     fn refresh_latest(&mut self, bucket: &str, key: &str) -> Result<()>;
     fn set_version_attrs(&mut self, bucket: &str, key: &str, version_id: &str, attrs: &ObjectAttrs) -> Result<()>;
+    /// Sets a version's storage class (a lifecycle transition).
+    fn set_storage_class(&mut self, bucket: &str, key: &str, version_id: &str, class: &str) -> Result<()>;
     /// Sets a version's replication status; a replica keeps REPLICA (it says where the version
     /// came from), and a status that is already there is not written again.
     fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()>;

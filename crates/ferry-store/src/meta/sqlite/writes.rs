@@ -137,6 +137,13 @@ impl WriteTx for SqliteWriteTx<'_> {
         Ok(())
     }
 
+    fn set_storage_class(&mut self, bucket: &str, key: &str, version_id: &str, class: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE versions SET storage_class = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")?
+            .execute(params![bucket, key.as_bytes(), version_id, class])?;
+        Ok(())
+    }
+
     fn set_repl_status(&mut self, bucket: &str, key: &str, version_id: &str, status: Option<ReplStatus>) -> Result<()> {
         self.conn
             .prepare_cached(
