@@ -27,8 +27,8 @@ SPLIT = [
      lambda s: "writer_loop" in s and ("execute_batch" in s or "sqlite3VdbeHalt" in s)),
     ("SQLite writer thread: statements", lambda s: "writer_loop" in s),
     ("SQLite reads (blocking pool)", lambda s: "meta::sqlite::{impl#0}::read" in s),
-    ("replication engine (outside the SDK)", lambda s: "ferry_replication" in s and "aws_" not in s),
-    ("aws-sdk-s3 client (sending replicas)", lambda s: "aws_smithy" in s or "aws_sdk" in s or "aws_sigv4" in s),
+    ("replication engine, lean client (outside SigV4 and the SDK)", lambda s: "ferry_replication" in s and "aws_" not in s),
+    ("SigV4 signing and aws-sdk-s3 (sending replicas)", lambda s: "aws_smithy" in s or "aws_sdk" in s or "aws_sigv4" in s),
     ("S3 request handling (hyper, s3s, Ferry)", lambda s: "S3Service" in s or "FerryService" in s),
     ("tokio scheduling, wake-ups, idle", lambda s: "tokio::runtime" in s),
 ]

@@ -7,6 +7,7 @@ Every region is a `ferry serve` process of the release build with its own data d
 a WAN is `ferry netem` between them. Nothing here is timed in a test: these are measurements.
 """
 
+import itertools
 import json
 import os
 import platform
@@ -1471,51 +1472,57 @@ def bench_lag500():
             eu = Region(work, "eu-west-1")
             link = Netem(work, eu.port, delay="25ms") if link_kind == "netem" else DelayProxy(work, eu.port, "25ms")
             us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+            # The same build with every request through the AWS SDK (`lean_client = false`):
+            # what the lean client changes, measured side by side.
+            us_sdk = Region(work, "us-sdk", peers=[("eu-west-1", link.url)], extra="[replication]\nlean_client = false\n")
             try:
-                for client in ["ferry-bench", "lag-probe"]:
-                    for i in range(runs):
-                        b = f"l500-{link_kind}-{client}-{i}"
-                        replicate(us, eu, b, b + "-dr")
+                for client, sender, i in itertools.product(["ferry-bench", "lag-probe"], ["lean", "sdk"], range(runs)):
+                    src = us_sdk if sender == "sdk" else us
+                    b = f"l500-{link_kind}-{client}-{sender}-{i}"
+                    replicate(src, eu, b, b + "-dr")
 
-                        def measure():
-                            if client == "ferry-bench":
-                                r = bench_json("--mode", "replication", "--endpoint", us.url, "--dest-endpoint", eu.url,
-                                               "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
-                                               str(rate), "--count", str(count))
-                                return {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
-                            out = run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
-                                                "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(rate),
-                                                "--count", str(count), "--size", "4096"])
-                            r = json.loads(out.strip().splitlines()[-1])
-                            return {"achieved": r["achieved_rate"], **r["lag_ms"]}
+                    def measure():
+                        if client == "ferry-bench":
+                            r = bench_json("--mode", "replication", "--endpoint", src.url, "--dest-endpoint", eu.url,
+                                           "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
+                                           str(rate), "--count", str(count))
+                            return {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
+                        out = run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,
+                                            "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(rate),
+                                            "--count", str(count), "--size", "4096"])
+                        r = json.loads(out.strip().splitlines()[-1])
+                        return {"achieved": r["achieved_rate"], **r["lag_ms"]}
 
-                        per, got = cpu_per_object((us, eu, link), count, measure)
-                        got.update(link=link_kind, client=client, run=i + 1, us_cpu_us=per[0], eu_cpu_us=per[1],
-                                   link_cpu_us=per[2], client_cpu_us=per[3])
-                        data["runs"].append(got)
-                        log("lag500", got)
+                    per, got = cpu_per_object((src, eu, link), count, measure)
+                    got.update(link=link_kind, client=client, sender=sender, run=i + 1, us_cpu_us=per[0],
+                               eu_cpu_us=per[1], link_cpu_us=per[2], client_cpu_us=per[3])
+                    data["runs"].append(got)
+                    log("lag500", got)
                 if link_kind == "proxy":
-                    # CPU per object without a watcher: a replicated bucket, then a plain one.
+                    # CPU per object without a watcher: a replicated bucket (lean client, then
+                    # SDK only), then a plain one.
                     for i in range(runs):
-                        for replicated in [True, False]:
-                            b = f"cpu500-{'repl' if replicated else 'plain'}-{i}"
+                        for mode in ["lean", "sdk", "plain"]:
+                            replicated, src = mode != "plain", us_sdk if mode == "sdk" else us
+                            b = f"cpu500-{mode}-{i}"
                             if replicated:
-                                replicate(us, eu, b, b + "-dr")
+                                replicate(src, eu, b, b + "-dr")
                             else:
-                                versioned_bucket(us, b)
+                                versioned_bucket(src, b)
+
                             def load():
-                                run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url,
+                                run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,
                                               "--bucket", b, "--dest-bucket", b, "--rate", str(rate), "--count",
                                               str(count), "--size", "4096", "--no-watch"])
                                 if replicated:
-                                    wait_caught_up(us, b)
+                                    wait_caught_up(src, b)
 
-                            per, _ = cpu_per_object((us, eu), count, load)
-                            data["cpu"].append({"replicated": replicated, "run": i + 1, "us_cpu_us": per[0],
-                                                "eu_cpu_us": per[1]})
+                            per, _ = cpu_per_object((src, eu), count, load)
+                            data["cpu"].append({"replicated": replicated, "mode": mode, "run": i + 1,
+                                                "us_cpu_us": per[0], "eu_cpu_us": per[1]})
                             log("cpu500", data["cpu"][-1])
             finally:
-                for p in (us, eu, link):
+                for p in (us, eu, link, us_sdk):
                     p.stop()
     save("lag500", data)
     write_lag500(data)
@@ -1524,24 +1531,30 @@ def bench_lag500():
 def write_lag500(data):
     links = {"netem": "`ferry netem`", "proxy": "delay proxy"}
     clients = {"ferry-bench": "`ferry bench`", "lag-probe": "`lag_probe`"}
+    senders = {"lean": "lean client", "sdk": "AWS SDK"}
     rows, labels, p99s, p50s = [], [], [], []
-    for link, link_name in links.items():
-        for client, client_name in clients.items():
-            rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client]
-            if not rs:
-                continue
-            col = lambda name: [r[name] for r in rs]  # noqa: B023 (used at once)
-            rows.append([link_name, client_name, str(len(rs)), spread(col("achieved"), "{:.0f}"), spread(col("p50")),
-                         spread(col("p99")), spread(col("max"))]
-                        + [spread(col(f"{who}_cpu_us"), "{:.0f}") for who in ["us", "eu", "link", "client"]])
-            labels.append(f"{link} / {client}")
-            p50s.append(median(col("p50")))
-            p99s.append(median(col("p99")))
+    for (link, link_name), (client, client_name), (sender, sender_name) in itertools.product(
+            links.items(), clients.items(), senders.items()):
+        # Results saved before the lean client existed have no "sender": every request was the SDK's.
+        rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client and r.get("sender", "sdk") == sender]
+        if not rs:
+            continue
+        col = lambda name: [r[name] for r in rs]  # noqa: B023 (used at once)
+        rows.append([link_name, client_name, sender_name, str(len(rs)), spread(col("achieved"), "{:.0f}"),
+                     spread(col("p50")), spread(col("p99")), spread(col("max"))]
+                    + [spread(col(f"{who}_cpu_us"), "{:.0f}") for who in ["us", "eu", "link", "client"]])
+        labels.append(f"{link} / {client} / {sender}")
+        p50s.append(median(col("p50")))
+        p99s.append(median(col("p99")))
     cpu = data["cpu"]
-    repl_us = [c["us_cpu_us"] for c in cpu if c["replicated"]]
-    plain_us = [c["us_cpu_us"] for c in cpu if not c["replicated"]]
-    repl_eu = [c["eu_cpu_us"] for c in cpu if c["replicated"]]
+    of = lambda mode, who: [c[f"{who}_cpu_us"] for c in cpu  # noqa: E731
+                            if c.get("mode", "sdk" if c["replicated"] else "plain") == mode]
+    repl_us, plain_us, repl_eu = of("lean", "us"), of("plain", "us"), of("lean", "eu")
+    sdk_us, sdk_eu = of("sdk", "us"), of("sdk", "eu")
     extra_us = median(repl_us) - median(plain_us)
+    sdk_line = "" if not sdk_us else f""" With every request through the AWS SDK
+(`lean_client = false`, the same build, same runs, another source process): source {spread(sdk_us, "{:.0f}")} µs, destination
+{spread(sdk_eu, "{:.0f}")} µs per replicated object."""
     plot("lag500", "linear", f"Replication lag, 4 KiB at {data['rate']} PUT/s, 25 ms each way (medians)", labels,
          {"p50": p50s, "p99": p99s}, "ms", hline=(50, "goal: p99 <= 50 ms"))
     write_section("lag500", f"""### Replication lag at 500 PUT/s over 25 ms each way: two links, two clients
@@ -1554,15 +1567,17 @@ destination every 2 ms from the oldest object not yet seen: `ferry bench --mode 
 `lag_probe put`, an aws-sdk-s3 client written apart from Ferry. Lag: first listing at the
 destination minus the PUT's answer. Each cell: median [min-max] over the runs. CPU: user + system
 time of each `ferry serve` process during the run, per object (the source's includes serving the
-PUT, the destination's serving the watcher's LISTs).
+PUT, the destination's serving the watcher's LISTs). Two source regions of the same build take
+turns: one sends small replicas with Ferry's lean client (the default), the other with
+`lean_client = false` (every request through the AWS SDK).
 
-{table(["link", "client", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
+{table(["link", "client", "replicas sent by", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
 CPU per replicated object without a watcher (`lag_probe put --no-watch` at {data['rate']} PUT/s through the
 delay proxy, then `ferry replication status --wait`), median [min-max] of {len(repl_us)} run(s):
 source {spread(repl_us, "{:.0f}")} µs per object, of which {extra_us:.0f} µs is replication's (the same
 PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}")} µs); destination
 {spread(repl_eu, "{:.0f}")} µs per replica. Replication's CPU per object, source and destination:
-{extra_us + median(repl_eu):.0f} µs (goal: at most 100 µs).
+{extra_us + median(repl_eu):.0f} µs (goal: at most 100 µs).{sdk_line}
 
 Reproduce: `scripts/bench-all lag500` (it builds the release binary and `examples/lag_probe.rs`).""")
 

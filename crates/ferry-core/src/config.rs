@@ -215,6 +215,12 @@ pub struct ReplicationSettings {
     /// aborted (its parts released): a transfer that will not come back. Default `24h`.
     #[serde(default = "default_give_up_after", with = "duration_text")]
     pub abandoned_upload_after: Duration,
+    /// Small versions (held inline, at most `inline_threshold`) go to Ferry peers through
+    /// Ferry's own lean client (hyper and SigV4) rather than the AWS SDK, which costs several
+    /// hundred µs of CPU more per request (docs/BENCHMARKS.md). `false`: every request goes
+    /// through the SDK. Default true.
+    #[serde(default = "default_true")]
+    pub lean_client: bool,
 }
 
 fn default_max_clock_skew() -> Duration {
@@ -264,8 +270,13 @@ impl Default for ReplicationSettings {
             max_clock_skew: default_max_clock_skew(),
             give_up_after: default_give_up_after(),
             abandoned_upload_after: default_give_up_after(),
+            lean_client: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One access key / secret key pair.

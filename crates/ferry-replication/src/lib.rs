@@ -12,11 +12,14 @@
 //!   `ReplicationEngine` port: where is this bucket, can it take replicas, cycles, and verify
 //!   (`verify.rs`: both listings walked key by key, bounded memory).
 //! - [`client`]: aws-sdk-s3 clients for peers (TLS with private CAs, SDK retries off).
+//! - [`lean`]: hyper and SigV4 for the PutObject of a small (inline) version to a Ferry peer,
+//!   the request that dominates replication of small objects; everything else uses the SDK.
 
 pub mod backfill;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod lean;
 pub mod monitor;
 pub mod peers;
 pub mod transfer;

@@ -24,6 +24,8 @@ pub struct Peer {
     pub url: String,
     /// The client, signed with the peer's credentials.
     pub client: Client,
+    /// Ferry peers: the lean client for small PUTs ([`crate::lean`]).
+    pub lean: Option<crate::lean::LeanClient>,
     /// S3 peers: the accounts (user ids) whose buckets may replicate there.
     pub accounts: Vec<String>,
 }
@@ -95,6 +97,12 @@ impl PeerSet {
         let mut peers = BTreeMap::new();
         for s in specs {
             let client = build(&s.settings).map_err(|e| Error::Client(format!("peer `{}`: {e}", s.name)))?;
+            let lean = match s.kind {
+                PeerKind::Ferry => Some(
+                    crate::lean::LeanClient::new(&s.settings).map_err(|e| Error::Client(format!("peer `{}`: {e}", s.name)))?,
+                ),
+                PeerKind::S3 => None,
+            };
             peers.insert(
                 s.name.clone(),
                 Arc::new(Peer {
@@ -102,6 +110,7 @@ impl PeerSet {
                     kind: s.kind,
                     url: s.settings.url.clone(),
                     client,
+                    lean,
                     accounts: s.accounts.clone(),
                 }),
             );

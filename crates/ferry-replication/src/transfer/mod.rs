@@ -81,20 +81,21 @@ const TRANSIENT_CODES: &[&str] =
 pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: &SdkError<E, HttpResponse>) -> Outcome {
     let why = describe(e);
     match e {
-        SdkError::ServiceError(s) => {
-            let code = s.err().code().unwrap_or("");
-            let status = s.raw().status().as_u16();
-            // 501: the target lacks the feature; retrying will not add it.
-            if status == 501 || code == "NotImplemented" {
-                Outcome::Permanent(why)
-            } else if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code) {
-                Outcome::Transient(why)
-            } else {
-                Outcome::Permanent(why)
-            }
-        }
+        SdkError::ServiceError(s) => classify_answer(s.raw().status().as_u16(), s.err().code().unwrap_or(""), why),
         SdkError::ConstructionFailure(_) => Outcome::Permanent(why),
         _ => Outcome::Transient(why),
+    }
+}
+
+/// Classifies an error answer by its status and S3 code.
+fn classify_answer(status: u16, code: &str, why: String) -> Outcome {
+    // 501: the target lacks the feature; retrying will not add it.
+    if status == 501 || code == "NotImplemented" {
+        Outcome::Permanent(why)
+    } else if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code) {
+        Outcome::Transient(why)
+    } else {
+        Outcome::Permanent(why)
     }
 }
 
@@ -411,19 +412,30 @@ impl Transfer<'_> {
         Some(Outcome::Permanent(format!("source data fails to decrypt (corrupt?): {why}")))
     }
 
-    async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
+    /// The plaintext of a version held inline (at most the inline threshold: in memory).
+    async fn inline_body(&self, v: &VersionRecord) -> Result<bytes::Bytes, Outcome> {
         let key = self.data_key(v)?;
-        match (&v.layout, part, key) {
-            (BodyLayout::Inline(data), _, None) => Ok(ByteStream::from(data.clone())),
-            (layout @ BodyLayout::Inline(_), _, Some(key)) => {
-                // At most the inline threshold: opened in memory.
+        match (&v.layout, key) {
+            (BodyLayout::Inline(data), None) => Ok(bytes::Bytes::from(data.clone())),
+            (layout @ BodyLayout::Inline(_), Some(key)) => {
                 let mut plain = Vec::new();
                 let mut s = self.ctx.store.read_body(layout, 0..v.size, Some(&key));
                 while let Some(b) = s.next().await {
                     plain.extend_from_slice(&b.map_err(|e| Outcome::Permanent(format!("the stored body: {e}")))?);
                 }
-                Ok(ByteStream::from(plain))
+                Ok(plain.into())
             }
+            (BodyLayout::Parts { .. }, _) => Err(Outcome::Permanent("not an inline version".to_owned())),
+        }
+    }
+
+    async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
+        if matches!(v.layout, BodyLayout::Inline(_)) {
+            return self.inline_body(v).await.map(ByteStream::from);
+        }
+        let key = self.data_key(v)?;
+        match (&v.layout, part, key) {
+            (BodyLayout::Inline(_), ..) => Err(Outcome::Permanent("an inline version".to_owned())),
             (BodyLayout::Parts { parts, .. }, sel, key) => {
                 let (p, offset, len) = match sel {
                     Some(s) => s,
@@ -455,7 +467,68 @@ impl Transfer<'_> {
         }
     }
 
+    /// A small version to a Ferry peer, through the lean client ([`crate::lean`]): the same
+    /// headers as the SDK path sends. `None` when a header cannot go that way (the SDK sends
+    /// the version then).
+    async fn put_lean(&self, lean: &crate::lean::LeanClient, v: &VersionRecord) -> Option<Outcome> {
+        use crate::lean::Failure;
+        let body = match self.inline_body(v).await {
+            Ok(b) => b,
+            Err(o) => return Some(o),
+        };
+        let a = &v.attrs;
+        let mut h: Vec<(String, String)> = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                h.push((name.to_owned(), value));
+            }
+        };
+        add("content-length", Some(body.len().to_string()));
+        add("content-type", a.content_type.clone());
+        add("content-encoding", a.content_encoding.clone());
+        add("content-disposition", a.content_disposition.clone());
+        add("content-language", a.content_language.clone());
+        add("cache-control", a.cache_control.clone());
+        add("x-amz-website-redirect-location", a.website_redirect.clone());
+        add(
+            "expires",
+            expires(a).and_then(|d| d.fmt(aws_smithy_types::date_time::Format::HttpDate).ok()),
+        );
+        add("x-amz-tagging", tagging_header(&a.tags));
+        add("x-amz-storage-class", self.storage_class(v).map(|c| c.as_str().to_owned()));
+        let (sse, sse_kms_key) = sse_of(a, true);
+        add("x-amz-server-side-encryption", sse.map(|e| e.as_str().to_owned()));
+        add("x-amz-server-side-encryption-aws-kms-key-id", sse_kms_key);
+        // As the SDK path: the full-object checksums, or else Content-MD5.
+        let full = a.checksums.kind == Some(ChecksumKind::FullObject) && !a.checksums.values.is_empty();
+        if full {
+            for (alg, value) in &a.checksums.values {
+                add(alg.header(), Some(value.clone()));
+            }
+        } else {
+            add("content-md5", content_md5(&v.etag));
+        }
+        add(SOURCE_HEADER, self.source.encode().ok());
+        add(REPLICA_HEADER, self.replica_header(v));
+        for (k, value) in &a.user_metadata {
+            h.push((format!("x-amz-meta-{k}"), value.clone()));
+        }
+        match lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await {
+            Ok(()) => Some(Outcome::Done),
+            Err(f) => match &f {
+                Failure::Unsendable(_) => None,
+                Failure::Transport(why) => Some(Outcome::Transient(why.clone())),
+                Failure::Answer { status, code, .. } => Some(corrupt_or(classify_answer(*status, code, f.to_string()))),
+            },
+        }
+    }
+
     async fn put_single(&self, v: &VersionRecord) -> Outcome {
+        if let (Some(lean), BodyLayout::Inline(_), true) = (&self.peer.lean, &v.layout, self.ctx.settings.lean_client)
+            && let Some(outcome) = self.put_lean(lean, v).await
+        {
+            return outcome;
+        }
         let body = match self.body(v, None).await {
             Ok(b) => b,
             Err(o) => return o,
