@@ -430,14 +430,11 @@ impl Transfer<'_> {
     }
 
     async fn body(&self, v: &VersionRecord, part: Option<(&PartRef, u64, u64)>) -> Result<ByteStream, Outcome> {
-        if matches!(v.layout, BodyLayout::Inline(_)) {
-            return self.inline_body(v).await.map(ByteStream::from);
-        }
-        let key = self.data_key(v)?;
-        match (&v.layout, part, key) {
-            (BodyLayout::Inline(_), ..) => Err(Outcome::Permanent("an inline version".to_owned())),
-            (BodyLayout::Parts { parts, .. }, sel, key) => {
-                let (p, offset, len) = match sel {
+        match &v.layout {
+            BodyLayout::Inline(_) => self.inline_body(v).await.map(ByteStream::from),
+            BodyLayout::Parts { parts, .. } => {
+                let key = self.data_key(v)?;
+                let (p, offset, len) = match part {
                     Some(s) => s,
                     None => match parts.first() {
                         Some(p) => (p, 0, p.size),
