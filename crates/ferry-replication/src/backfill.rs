@@ -78,7 +78,14 @@ impl Worker for BackfillWorker {
             return Ok(WorkerState::Busy);
         }
         let id = b.id;
-        let step = self.store.meta.write(move |tx| store_backfill::step(tx, id, BATCH, WINDOW)).await?;
+        let step = match self.store.meta.write(move |tx| store_backfill::step(tx, id, BATCH, WINDOW)).await {
+            // Paused or cancelled during the step (on another node): nothing of it was kept.
+            Err(ferry_store::Error::Busy(why)) => {
+                tracing::debug!(backfill = id, %why, "backfill step given up");
+                return Ok(WorkerState::Busy);
+            }
+            step => step?,
+        };
         self.status = format!("backfill {id} of {}: {:.1}%", b.bucket, b.ratio() * 100.0);
         if step == BackfillStep::Throttle {
             self.idle_turns += 1;

@@ -581,7 +581,8 @@ pub(crate) async fn a_transition_changes_only_the_class<M: MetaStore>(dir: &Path
 }
 
 /// A backfill is stored as given, except that its done and failed counters (which
-/// completions add to concurrently) never go back.
+/// completions add to concurrently) never go back; it is rewritten only in the state its
+/// writer read, and a change of state writes nothing else.
 pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
     let meta = open(dir).await;
     let mut b = Backfill {
@@ -607,7 +608,7 @@ pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, op
         finished_us: None,
     };
     let stored = b.clone();
-    let id = meta.write(move |tx| tx.put_backfill(&stored)).await.unwrap();
+    let id = meta.write(move |tx| tx.insert_backfill(&stored)).await.unwrap();
     b.id = id;
     assert_eq!(meta.read(move |r| r.get_backfill(id)).await.unwrap(), Some(b.clone()));
     meta.write(move |tx| tx.backfill_progress(id, 3, 30, 1)).await.unwrap();
@@ -616,14 +617,38 @@ pub(crate) async fn backfill_counters_never_go_back<M: MetaStore>(dir: &Path, op
     stale.cursor_key = Some("p/x".into());
     stale.cursor_version = Some((4, "v".into()));
     let written = stale.clone();
-    meta.write(move |tx| tx.put_backfill(&written)).await.unwrap();
+    let wrong = meta.write(move |tx| tx.update_backfill(&written, BackfillState::Running)).await.unwrap();
+    assert!(!wrong, "stored as counting, not running: not written");
+    assert_eq!(
+        meta.read(move |r| r.get_backfill(id)).await.unwrap().unwrap().state,
+        BackfillState::Counting
+    );
+    let written = stale.clone();
+    assert!(meta.write(move |tx| tx.update_backfill(&written, BackfillState::Counting)).await.unwrap());
     let now = meta.read(move |r| r.get_backfill(id)).await.unwrap().unwrap();
     assert_eq!((now.done_versions, now.done_bytes, now.failed_versions), (3, 30, 1));
     assert_eq!(
-        (now.state, now.cursor_key, now.cursor_version),
-        (BackfillState::Running, stale.cursor_key, stale.cursor_version)
+        (now.state, now.cursor_key.clone(), now.cursor_version.clone()),
+        (BackfillState::Running, stale.cursor_key.clone(), stale.cursor_version.clone())
     );
-    assert_eq!(meta.read(|r| r.active_backfills()).await.unwrap().len(), 1);
+    // A change of state: only from the states named; the end time set when it ends.
+    use BackfillState::{Cancelled, Counting, Paused, Running};
+    let set = |from: &'static [BackfillState], to, at| meta.write(move |tx| tx.set_backfill_state(id, from, to, at));
+    assert!(!set(&[Counting, Paused], Cancelled, 7).await.unwrap(), "running is not among them");
+    assert!(set(&[Running], Paused, 8).await.unwrap());
+    let paused = meta.read(move |r| r.get_backfill(id)).await.unwrap().unwrap();
+    assert_eq!((paused.state, paused.updated_us, paused.finished_us), (Paused, 8, None));
+    assert_eq!((paused.cursor_key, paused.done_versions), (now.cursor_key, 3), "nothing else written");
+    assert!(set(&[Counting, Running, Paused], Cancelled, 9).await.unwrap());
+    let ended = meta.read(move |r| r.get_backfill(id)).await.unwrap().unwrap();
+    assert_eq!((ended.state, ended.updated_us, ended.finished_us), (Cancelled, 9, Some(9)));
+    let written = stale.clone();
+    assert!(
+        !meta.write(move |tx| tx.update_backfill(&written, Running)).await.unwrap(),
+        "cancelled stays"
+    );
+    assert_eq!(meta.read(|r| r.active_backfills()).await.unwrap().len(), 0);
+    assert_eq!(meta.read(|r| r.list_backfills(Some("b"))).await.unwrap().len(), 1);
     assert_eq!(meta.read(|r| r.list_backfills(Some("other"))).await.unwrap(), Vec::new());
 }
 

@@ -36,7 +36,7 @@ pub mod sqlite;
 
 use crate::error::Result;
 use crate::model::{BucketRecord, BucketUsage, ListEntry, ObjectAttrs, PartRecord, ReplStatus, UploadRecord, VersionRecord};
-use crate::replication::{Backfill, DestStats, Event, Job, NewJob};
+use crate::replication::{Backfill, BackfillState, DestStats, Event, Job, NewJob};
 
 /// Where a version scan starts.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -254,8 +254,17 @@ pub trait OutboxWrites {
     fn update_job(&mut self, job: &Job) -> Result<()>;
     /// Records that a version reached a destination (`peer/bucket`).
     fn mark_delivered(&mut self, bucket: &str, key: &str, version_id: &str, dest: &str) -> Result<()>;
-    /// Inserts (id 0) or updates a backfill; returns its id.
-    fn put_backfill(&mut self, b: &Backfill) -> Result<i64>;
+    /// Inserts a new backfill (its `id` is not read); returns its id.
+    fn insert_backfill(&mut self, b: &Backfill) -> Result<i64>;
+    /// Rewrites backfill `b.id` as given if its stored state is still `was`, the state the
+    /// caller read (an operator on another node may have paused or cancelled it since); returns
+    /// whether it did. Counters that completions add to concurrently (done, failed) never go
+    /// back.
+    fn update_backfill(&mut self, b: &Backfill, was: BackfillState) -> Result<bool>;
+    /// Sets backfill `id`'s state to `to`, its update time to `now_us` (and its end time, when
+    /// `to` ends it) if its state is one of `from`; returns whether it did. Nothing else of
+    /// the row is written, so a step committed meanwhile keeps its cursor and counters.
+    fn set_backfill_state(&mut self, id: i64, from: &[BackfillState], to: BackfillState, now_us: i64) -> Result<bool>;
     /// Adds to a backfill's done / failed counters.
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()>;
     /// Records an event at `time_us`; returns its id.

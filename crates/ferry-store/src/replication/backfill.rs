@@ -7,6 +7,12 @@
 //! the same transaction, so a restart resumes exactly where it stopped and never records a
 //! version twice. It ends `done` when the scan is over and its jobs are delivered or failed;
 //! an operator can pause, resume or cancel it.
+//!
+//! On PostgreSQL an operator's request and a step can run at once on two nodes, and neither
+//! holds the row while it works. So each write is conditional on the state its writer read:
+//! [`control`] writes only the state, and only if it is still the one it judged; [`step`] and
+//! [`counted`] write the row only while it is still `running` (`counting`). A step that loses
+//! gives its whole transaction up, its jobs with it; nothing an operator decided is undone.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +39,12 @@ pub enum BackfillState {
 }
 
 impl BackfillState {
+    /// Whether a backfill in this state has ended for good.
+    #[must_use]
+    pub fn ends(self) -> bool {
+        matches!(self, Self::Cancelled | Self::Done)
+    }
+
     /// The stored and displayed name.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -213,7 +225,7 @@ pub fn start(
     older_than_us: Option<i64>,
 ) -> Result<i64> {
     let now = tx.now();
-    tx.put_backfill(&Backfill {
+    tx.insert_backfill(&Backfill {
         id: 0,
         bucket: bucket.to_owned(),
         rule_id: rule_id.map(str::to_owned),
@@ -256,31 +268,45 @@ pub fn request(tx: &mut dyn WriteTx, bucket: &str, req: &BackfillRequest) -> Res
     start(tx, bucket, req.rule.as_deref(), &req.prefix, req.status, older)
 }
 
+/// How many times [`control`] reads a backfill again when a step on another node changed its
+/// state between its read and its write.
+const CONTROL_TRIES: usize = 3;
+
 /// Pauses, resumes or cancels backfill `id` of `bucket`; returns it as it now is. A resumed
-/// backfill that never counted counts again.
+/// backfill that never counted counts again. Only the state is written: a step committed
+/// meanwhile keeps its cursor and counters, and a step in flight gives way
+/// ([`step`] writes only a backfill still running).
 ///
 /// # Errors
-/// NoSuchBackfill; InvalidBucketState when the action does not apply in its state.
+/// NoSuchBackfill; InvalidBucketState when the action does not apply in its state; Busy when
+/// its state kept changing under it.
 pub fn control(tx: &mut dyn WriteTx, bucket: &str, id: i64, action: BackfillAction) -> Result<Backfill> {
     use BackfillState::{Cancelled, Counting, Paused, Running};
-    let mut b = tx.get_backfill(id)?.filter(|b| b.bucket == bucket).ok_or(Error::NoSuchBackfill(id))?;
-    let next = match (action, b.state) {
-        (BackfillAction::Pause, Running | Counting) => Paused,
-        (BackfillAction::Resume, Paused) if b.total_versions == 0 && b.scanned_versions == 0 => Counting,
-        (BackfillAction::Resume, Paused) => Running,
-        (BackfillAction::Cancel, Running | Counting | Paused) => Cancelled,
-        (a, s) => {
-            let a = format!("{a:?}").to_lowercase();
-            return Err(Error::InvalidBucketState(format!("cannot {a} a backfill that is {}", s.as_str())));
+    for _ in 0..CONTROL_TRIES {
+        let mut b = tx.get_backfill(id)?.filter(|b| b.bucket == bucket).ok_or(Error::NoSuchBackfill(id))?;
+        let next = match (action, b.state) {
+            (BackfillAction::Pause, Running | Counting) => Paused,
+            (BackfillAction::Resume, Paused) if b.total_versions == 0 && b.scanned_versions == 0 => Counting,
+            (BackfillAction::Resume, Paused) => Running,
+            (BackfillAction::Cancel, Running | Counting | Paused) => Cancelled,
+            (a, s) => {
+                let a = format!("{a:?}").to_lowercase();
+                return Err(Error::InvalidBucketState(format!("cannot {a} a backfill that is {}", s.as_str())));
+            }
+        };
+        let now = tx.now();
+        if tx.set_backfill_state(id, &[b.state], next, now)? {
+            b.state = next;
+            b.updated_us = now;
+            if next.ends() {
+                b.finished_us = Some(now);
+            }
+            return Ok(b);
         }
-    };
-    b.state = next;
-    b.updated_us = tx.now();
-    if next == Cancelled {
-        b.finished_us = Some(b.updated_us);
     }
-    tx.put_backfill(&b)?;
-    Ok(b)
+    Err(Error::Busy(format!(
+        "backfill {id} changed state {CONTROL_TRIES} times during the request"
+    )))
 }
 
 /// Cancels every backfill of `bucket` that has not ended (its configuration was removed:
@@ -289,12 +315,10 @@ pub fn control(tx: &mut dyn WriteTx, bucket: &str, id: i64, action: BackfillActi
 /// # Errors
 /// Database errors.
 pub fn cancel_all(tx: &mut dyn WriteTx, bucket: &str) -> Result<()> {
+    use BackfillState::{Cancelled, Counting, Paused, Running};
     let now = tx.now();
-    for mut b in tx.list_backfills(Some(bucket))?.into_iter().filter(|b| b.is_active() || b.state == BackfillState::Paused) {
-        b.state = BackfillState::Cancelled;
-        b.updated_us = now;
-        b.finished_us = Some(now);
-        tx.put_backfill(&b)?;
+    for b in tx.list_backfills(Some(bucket))?.into_iter().filter(|b| b.is_active() || b.state == Paused) {
+        tx.set_backfill_state(b.id, &[Counting, Running, Paused], Cancelled, now)?;
     }
     Ok(())
 }
@@ -313,7 +337,8 @@ pub fn counted(tx: &mut dyn WriteTx, id: i64, total: (u64, u64)) -> Result<()> {
     b.total_bytes = total.1;
     b.state = BackfillState::Running;
     b.updated_us = tx.now();
-    tx.put_backfill(&b).map(|_| ())
+    // Paused meanwhile: it counts again when resumed.
+    tx.update_backfill(&b, BackfillState::Counting).map(drop)
 }
 
 /// The key range a backfill scans.
@@ -357,7 +382,7 @@ pub fn step(tx: &mut dyn WriteTx, id: i64, batch: usize, window: u64) -> Result<
             b.state = BackfillState::Done;
             b.finished_us = Some(now);
         }
-        tx.put_backfill(&b)?;
+        save_step(tx, &b)?;
         return Ok(if finished { BackfillStep::Finished } else { BackfillStep::Throttle });
     }
     let n = entries.len();
@@ -387,8 +412,19 @@ pub fn step(tx: &mut dyn WriteTx, id: i64, batch: usize, window: u64) -> Result<
     }
     // Versions written after the count was taken can make the scan exceed it.
     b.total_versions = b.total_versions.max(b.scanned_versions);
-    tx.put_backfill(&b)?;
+    save_step(tx, &b)?;
     Ok(BackfillStep::Progress(n))
+}
+
+/// Writes what a step did, if the backfill is still running: paused or cancelled by an
+/// operator (on another node of the region) since the step read it, the step's transaction
+/// is given up ([`Error::Busy`]), its jobs with it, and the scan goes on from the cursor as it
+/// was when resumed.
+fn save_step(tx: &mut dyn WriteTx, b: &Backfill) -> Result<()> {
+    if tx.update_backfill(b, BackfillState::Running)? {
+        return Ok(());
+    }
+    Err(Error::Busy(format!("backfill {} was paused or cancelled during a step", b.id)))
 }
 
 /// Records (or re-drives) the jobs backfill `b` needs for version `v`; returns how many.

@@ -47,6 +47,11 @@ type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
 /// A parameter owned by the queue (sent later).
 pub(super) type Value = Box<dyn ToSql + Sync + Send>;
 
+/// Owned parameters as a statement borrows them.
+pub(super) fn borrowed(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
+}
+
 /// A parameter that can be copied into the queue.
 pub(super) trait Own {
     type Owned: ToSql + Sync + Send + 'static;
@@ -267,10 +272,7 @@ async fn prepare<'q>(client: &Object, queue: &'q [Queued]) -> std::result::Resul
     let mut out = Vec::with_capacity(queue.len());
     for q in queue {
         out.push(match q {
-            Queued::Exec(sql, params) => Step::Exec(
-                client.prepare_cached(sql).await?,
-                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect(),
-            ),
+            Queued::Exec(sql, params) => Step::Exec(client.prepare_cached(sql).await?, borrowed(params)),
             Queued::Batch(sql) => Step::Batch(sql),
         });
     }

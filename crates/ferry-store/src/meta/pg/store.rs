@@ -906,6 +906,52 @@ mod tests {
         assert_eq!(left, 0, "folded");
     }
 
+    /// An operator's pause on one node while the other node is in the middle of a step of the
+    /// same backfill: the pause holds (the step, which read the backfill running, does not
+    /// write it back running, or done) and the step's work is undone, to be done on resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_is_not_undone_by_a_step_in_flight() {
+        use crate::replication::{BackfillAction, BackfillState, StatusFilter, backfill};
+        let Some((pg, a, b)) = two_nodes().await else { return };
+        let id = a.write(|tx| backfill::start(tx, "b", None, "", StatusFilter::All, None)).await.unwrap();
+        a.write(move |tx| backfill::counted(tx, id, (0, 0))).await.unwrap();
+        // The step reads the backfill, then waits for the bucket's row, held here.
+        let (mut other, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let held = other.transaction().await.unwrap();
+        held.query("SELECT name FROM buckets WHERE name = 'b' FOR UPDATE", &[]).await.unwrap();
+        let step = {
+            let a = a.clone();
+            tokio::spawn(async move { a.write(move |tx| backfill::step(tx, id, 100, 1_000)).await })
+        };
+        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM buckets%'";
+        for _ in 0..3_000 {
+            if watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0),
+            1,
+            "the step waits for the bucket"
+        );
+        let paused = b.write(move |tx| backfill::control(tx, "b", id, BackfillAction::Pause)).await.unwrap();
+        assert_eq!(paused.state, BackfillState::Paused);
+        held.rollback().await.unwrap();
+        let stepped = step.await.unwrap();
+        assert!(matches!(stepped, Err(Error::Busy(_))), "the step gives way: {stepped:?}");
+        let now = a.read(move |r| r.get_backfill(id)).await.unwrap().unwrap();
+        assert_eq!((now.state, now.finished_us), (BackfillState::Paused, None));
+        let resumed = b.write(move |tx| backfill::control(tx, "b", id, BackfillAction::Resume)).await.unwrap();
+        assert_eq!(resumed.state, BackfillState::Counting, "an empty count is taken again");
+        a.write(move |tx| backfill::counted(tx, id, (0, 0))).await.unwrap();
+        let stepped = a.write(move |tx| backfill::step(tx, id, 100, 1_000)).await.unwrap();
+        assert_eq!(stepped, backfill::BackfillStep::Finished, "done once resumed");
+    }
+
     /// A bucket deleted on one node while a write on another has found it: the delete waits
     /// for that write, then finds its version and refuses.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 
 use ferry_core::sync::lock;
 
-use super::conn::{SyncConn, Value, values};
+use super::conn::{SyncConn, Value, borrowed, values};
 use super::keys::SET_LATEST_SQL;
 use super::store::{PgTx, WriteState};
 use crate::checksum::Algorithm;
@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::meta::rows::{self, BACKFILL_COLS, BUCKET_COLS, JOB_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, col_count, to_i64};
 use crate::meta::{OutboxWrites, ReadTx as _, Signals, WriteTx};
 use crate::model::*;
-use crate::replication::{Backfill, Job, JobOptions, JobState, NewJob};
+use crate::replication::{Backfill, BackfillState, Job, JobOptions, JobState, NewJob};
 
 /// Where the trailing column is in a row of `RETURNING {VERSION_COLS}, id`.
 const ID_AFTER_VERSION_COLS: usize = col_count(VERSION_COLS);
@@ -523,69 +523,42 @@ impl OutboxWrites for PgTx<'_> {
         Ok(())
     }
 
-    fn put_backfill(&mut self, b: &Backfill) -> Result<i64> {
-        let (cm, cv) = match &b.cursor_version {
-            Some((m, v)) => (Some(*m), Some(v.as_str())),
-            None => (None, None),
-        };
-        let cursor_key = b.cursor_key.as_deref().map(str::as_bytes);
-        let (tv, tb, sv, sb, ev) = (
-            to_i64(b.total_versions),
-            to_i64(b.total_bytes),
-            to_i64(b.scanned_versions),
-            to_i64(b.scanned_bytes),
-            to_i64(b.enqueued_versions),
-        );
-        let (dv, db, fv) = (to_i64(b.done_versions), to_i64(b.done_bytes), to_i64(b.failed_versions));
-        let status = b.status_filter.as_str();
-        let state = b.state.as_str();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 21] = [
-            &FORMAT_VERSION,
-            &b.bucket,
-            &b.rule_id,
-            &b.prefix,
-            &status,
-            &b.older_than_us,
-            &state,
-            &cursor_key,
-            &cm,
-            &cv,
-            &tv,
-            &tb,
-            &sv,
-            &sb,
-            &ev,
-            &dv,
-            &db,
-            &fv,
-            &b.created_us,
-            &b.updated_us,
-            &b.finished_us,
-        ];
-        if b.id == 0 {
-            let row = self.conn.query_opt(
-                &format!(
-                    "INSERT INTO backfills ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20, $21) RETURNING id",
-                    cols = BACKFILL_COLS.trim_start_matches("id, ")
-                ),
-                &params,
-            )?;
-            return row.ok_or_else(|| Error::Other("inserting a backfill returned no id".into()))?.int(0);
-        }
-        // Counters that completions update concurrently (done, failed) never go back.
-        let mut with_id: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
-        with_id.push(&b.id);
-        self.exec(
+    fn insert_backfill(&mut self, b: &Backfill) -> Result<i64> {
+        let values = backfill_values(b);
+        let row = self.conn.query_opt(
+            &format!(
+                "INSERT INTO backfills ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18, $19, $20, $21) RETURNING id",
+                cols = BACKFILL_COLS.trim_start_matches("id, ")
+            ),
+            &borrowed(&values),
+        )?;
+        row.ok_or_else(|| Error::Other("inserting a backfill returned no id".into()))?.int(0)
+    }
+
+    fn update_backfill(&mut self, b: &Backfill, was: BackfillState) -> Result<bool> {
+        let mut values = backfill_values(b);
+        values.extend([Box::new(b.id) as Value, Box::new(was.as_str())]);
+        let n = self.exec(
             "UPDATE backfills SET fmt = $1, bucket = $2, rule_id = $3, prefix = $4, status_filter = $5, older_than_us = $6, \
              state = $7, cursor_key = $8, cursor_mtime = $9, cursor_vid = $10, total_versions = $11, total_bytes = $12, \
              scanned_versions = $13, scanned_bytes = $14, enqueued_versions = $15, \
              done_versions = GREATEST(done_versions, $16), done_bytes = GREATEST(done_bytes, $17), \
              failed_versions = GREATEST(failed_versions, $18), created_us = $19, updated_us = $20, finished_us = $21 \
-             WHERE id = $22",
-            &with_id,
+             WHERE id = $22 AND state = $23",
+            &borrowed(&values),
         )?;
-        Ok(b.id)
+        Ok(n == 1)
+    }
+
+    fn set_backfill_state(&mut self, id: i64, from: &[BackfillState], to: BackfillState, now_us: i64) -> Result<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let n = self.exec(
+            "UPDATE backfills SET state = $2, updated_us = $3, finished_us = CASE WHEN $4 THEN $3 ELSE finished_us END \
+             WHERE id = $1 AND state = ANY($5)",
+            &[&id, &to.as_str(), &now_us, &to.ends(), &from],
+        )?;
+        Ok(n == 1)
     }
 
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()> {
@@ -637,4 +610,35 @@ pub(super) fn compact(conn: &SyncConn) -> Result<()> {
         &[&COMPACT_BATCH],
     )?;
     Ok(())
+}
+
+/// A backfill's columns in [`BACKFILL_COLS`] order, its id left out (`$1`..`$21`).
+fn backfill_values(b: &Backfill) -> Vec<Value> {
+    let (cm, cv) = match &b.cursor_version {
+        Some((m, v)) => (Some(*m), Some(v.clone())),
+        None => (None, None),
+    };
+    values![
+        FORMAT_VERSION,
+        b.bucket,
+        b.rule_id,
+        b.prefix,
+        b.status_filter.as_str(),
+        b.older_than_us,
+        b.state.as_str(),
+        b.cursor_key.as_ref().map(|k| k.as_bytes().to_vec()),
+        cm,
+        cv,
+        to_i64(b.total_versions),
+        to_i64(b.total_bytes),
+        to_i64(b.scanned_versions),
+        to_i64(b.scanned_bytes),
+        to_i64(b.enqueued_versions),
+        to_i64(b.done_versions),
+        to_i64(b.done_bytes),
+        to_i64(b.failed_versions),
+        b.created_us,
+        b.updated_us,
+        b.finished_us
+    ]
 }

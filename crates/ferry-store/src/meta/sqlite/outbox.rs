@@ -10,6 +10,7 @@
 //! And one ordering rule of the same kind: a live job recorded behind waiting backfill jobs
 //! of its key promotes them to live priority (they would otherwise hold it back).
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::HasConn;
@@ -18,7 +19,7 @@ use super::writer::SqliteWriteTx;
 use crate::error::{Error, Result};
 use crate::meta::{OutboxReads, OutboxWrites};
 use crate::model::FORMAT_VERSION;
-use crate::replication::{Backfill, DestStats, Event, Job, JobOptions, JobState, NewJob};
+use crate::replication::{Backfill, BackfillState, DestStats, Event, Job, JobOptions, JobState, NewJob};
 
 /// Where `blocked` is in a row of `RETURNING {JOB_COLS}, blocked` (computed at build time:
 /// completing a job is on every delivery's path).
@@ -248,6 +249,37 @@ impl<T: HasConn> OutboxReads for T {
     }
 }
 
+/// A backfill's columns in [`BACKFILL_COLS`] order, its id left out (`?1`..`?21`).
+fn backfill_values(b: &Backfill) -> Vec<Value> {
+    let (cm, cv) = match &b.cursor_version {
+        Some((m, v)) => (Some(*m), Some(v.clone())),
+        None => (None, None),
+    };
+    vec![
+        Value::from(FORMAT_VERSION),
+        Value::from(b.bucket.clone()),
+        Value::from(b.rule_id.clone()),
+        Value::from(b.prefix.clone()),
+        Value::from(b.status_filter.as_str().to_owned()),
+        Value::from(b.older_than_us),
+        Value::from(b.state.as_str().to_owned()),
+        Value::from(b.cursor_key.as_ref().map(|k| k.as_bytes().to_vec())),
+        Value::from(cm),
+        Value::from(cv),
+        Value::from(to_i64(b.total_versions)),
+        Value::from(to_i64(b.total_bytes)),
+        Value::from(to_i64(b.scanned_versions)),
+        Value::from(to_i64(b.scanned_bytes)),
+        Value::from(to_i64(b.enqueued_versions)),
+        Value::from(to_i64(b.done_versions)),
+        Value::from(to_i64(b.done_bytes)),
+        Value::from(to_i64(b.failed_versions)),
+        Value::from(b.created_us),
+        Value::from(b.updated_us),
+        Value::from(b.finished_us),
+    ]
+}
+
 impl OutboxWrites for SqliteWriteTx<'_> {
     fn mark_delivered(&mut self, bucket: &str, key: &str, version_id: &str, dest: &str) -> Result<()> {
         let conn = self.conn();
@@ -364,50 +396,45 @@ impl OutboxWrites for SqliteWriteTx<'_> {
         Ok(())
     }
 
-    fn put_backfill(&mut self, b: &Backfill) -> Result<i64> {
+    fn insert_backfill(&mut self, b: &Backfill) -> Result<i64> {
         let conn = self.conn();
-        let (cm, cv) = match &b.cursor_version {
-            Some((m, v)) => (Some(*m), Some(v.as_str())),
-            None => (None, None),
-        };
-        // One upsert for both cases (id 0: a new row). Counters that completions update
-        // concurrently (done, failed) never go back.
         conn.prepare_cached(
-            "INSERT INTO backfills (id, fmt, bucket, rule_id, prefix, status_filter, older_than_us, state, cursor_key, cursor_mtime, \
+            "INSERT INTO backfills (fmt, bucket, rule_id, prefix, status_filter, older_than_us, state, cursor_key, cursor_mtime, \
              cursor_vid, total_versions, total_bytes, scanned_versions, scanned_bytes, enqueued_versions, done_versions, done_bytes, \
              failed_versions, created_us, updated_us, finished_us) \
-             VALUES (?22, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
-             ON CONFLICT (id) DO UPDATE SET fmt = ?1, bucket = ?2, rule_id = ?3, prefix = ?4, status_filter = ?5, \
-             older_than_us = ?6, state = ?7, cursor_key = ?8, cursor_mtime = ?9, cursor_vid = ?10, total_versions = ?11, \
-             total_bytes = ?12, scanned_versions = ?13, scanned_bytes = ?14, enqueued_versions = ?15, \
-             done_versions = max(done_versions, ?16), done_bytes = max(done_bytes, ?17), failed_versions = max(failed_versions, ?18), \
-             created_us = ?19, updated_us = ?20, finished_us = ?21",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?
-        .execute(params![
-            FORMAT_VERSION,
-            b.bucket,
-            b.rule_id,
-            b.prefix,
-            b.status_filter.as_str(),
-            b.older_than_us,
-            b.state.as_str(),
-            b.cursor_key.as_deref().map(str::as_bytes),
-            cm,
-            cv,
-            to_i64(b.total_versions),
-            to_i64(b.total_bytes),
-            to_i64(b.scanned_versions),
-            to_i64(b.scanned_bytes),
-            to_i64(b.enqueued_versions),
-            to_i64(b.done_versions),
-            to_i64(b.done_bytes),
-            to_i64(b.failed_versions),
-            b.created_us,
-            b.updated_us,
-            b.finished_us,
-            (b.id != 0).then_some(b.id),
-        ])?;
-        Ok(if b.id == 0 { conn.last_insert_rowid() } else { b.id })
+        .execute(rusqlite::params_from_iter(backfill_values(b)))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn update_backfill(&mut self, b: &Backfill, was: BackfillState) -> Result<bool> {
+        let mut values = backfill_values(b);
+        values.extend([Value::from(b.id), Value::from(was.as_str().to_owned())]);
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE backfills SET fmt = ?1, bucket = ?2, rule_id = ?3, prefix = ?4, status_filter = ?5, \
+                 older_than_us = ?6, state = ?7, cursor_key = ?8, cursor_mtime = ?9, cursor_vid = ?10, total_versions = ?11, \
+                 total_bytes = ?12, scanned_versions = ?13, scanned_bytes = ?14, enqueued_versions = ?15, \
+                 done_versions = max(done_versions, ?16), done_bytes = max(done_bytes, ?17), failed_versions = max(failed_versions, ?18), \
+                 created_us = ?19, updated_us = ?20, finished_us = ?21 WHERE id = ?22 AND state = ?23",
+            )?
+            .execute(rusqlite::params_from_iter(values))?;
+        Ok(n == 1)
+    }
+
+    fn set_backfill_state(&mut self, id: i64, from: &[BackfillState], to: BackfillState, now_us: i64) -> Result<bool> {
+        // The names are this build's own constants, not input.
+        let from = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+        let n = self
+            .conn()
+            .prepare_cached(&format!(
+                "UPDATE backfills SET state = ?2, updated_us = ?3, finished_us = CASE WHEN ?4 THEN ?3 ELSE finished_us END \
+                 WHERE id = ?1 AND state IN ({from})"
+            ))?
+            .execute(params![id, to.as_str(), now_us, to.ends()])?;
+        Ok(n == 1)
     }
 
     fn backfill_progress(&mut self, id: i64, done: u64, bytes: u64, failed: u64) -> Result<()> {
