@@ -65,14 +65,11 @@ impl FerryS3 {
             .store
             .meta
             .write(move |tx| {
-                if let Some(existing) = tx.get_bucket(&name)? {
-                    return Ok(Some(existing.owner == owner));
-                }
                 let now = tx.now();
-                tx.put_bucket(&BucketRecord {
-                    name,
+                let created = tx.insert_bucket(&BucketRecord {
+                    name: name.clone(),
                     created_us: now,
-                    owner,
+                    owner: owner.clone(),
                     versioning: if object_lock { Versioning::Enabled } else { Versioning::Unversioned },
                     acl,
                     tagging: None,
@@ -80,7 +77,13 @@ impl FerryS3 {
                     replica_sources: Vec::new(),
                     config,
                 })?;
-                Ok(None)
+                if created {
+                    return Ok(None);
+                }
+                // Taken by another creation (perhaps on another node), unless deleted since.
+                let existing =
+                    tx.get_bucket(&name)?.ok_or_else(|| StoreError::Busy("the bucket was deleted meanwhile".into()))?;
+                Ok(Some(existing.owner == owner))
             })
             .await
             .s3()?;
@@ -206,7 +209,7 @@ impl FerryS3 {
         self.store
             .meta
             .write(move |tx| {
-                let mut bucket = tx.get_bucket(&b.name)?.ok_or(StoreError::NoSuchBucket)?;
+                let mut bucket = tx.lock_bucket(&b.name)?.ok_or(StoreError::NoSuchBucket)?;
                 if target == Versioning::Suspended && bucket.replication.is_some() {
                     return Err(StoreError::InvalidBucketState(
                         "Versioning cannot be suspended on a bucket that has a replication configuration".into(),
@@ -266,7 +269,7 @@ impl FerryS3 {
         self.store
             .meta
             .write(move |tx| {
-                let mut bucket = tx.get_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
+                let mut bucket = tx.lock_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
                 change(&mut bucket);
                 tx.put_bucket(&bucket)
             })

@@ -312,7 +312,7 @@ impl FerryS3 {
         self.store
             .meta
             .write(move |tx| {
-                let mut bucket = tx.get_bucket(&b.name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
+                let mut bucket = tx.lock_bucket(&b.name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
                 if bucket.versioning != Versioning::Enabled {
                     return Err(ferry_store::Error::InvalidBucketState(
                         "Versioning must be 'Enabled' on the bucket to apply a Object Lock configuration".into(),

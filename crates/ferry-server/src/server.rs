@@ -512,11 +512,8 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
         let created = store
             .meta
             .write(move |tx| {
-                if tx.get_bucket(&name)?.is_some() {
-                    return Ok(false);
-                }
                 let now = tx.now();
-                tx.put_bucket(&BucketRecord {
+                tx.insert_bucket(&BucketRecord {
                     name,
                     created_us: now,
                     acl: Acl::private(&owner),
@@ -526,8 +523,7 @@ async fn bootstrap_buckets(store: &Arc<Store>, region: &str, opts: &ServerOption
                     replication,
                     replica_sources: Vec::new(),
                     config: Default::default(),
-                })?;
-                Ok(true)
+                })
             })
             .await?;
         if created {

@@ -163,7 +163,7 @@ impl AdminRoute {
         self.store
             .meta
             .write(move |tx| {
-                let mut b = tx.get_bucket(&name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
+                let mut b = tx.lock_bucket(&name)?.ok_or(ferry_store::Error::NoSuchBucket)?;
                 b.replica_sources = stored;
                 tx.put_bucket(&b)
             })

@@ -347,7 +347,7 @@ impl FerryS3 {
         self.store
             .meta
             .write(move |tx| {
-                let mut b = tx.get_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
+                let mut b = tx.lock_bucket(&name)?.ok_or(StoreError::NoSuchBucket)?;
                 if b.versioning != Versioning::Enabled {
                     return Err(StoreError::InvalidBucketState("versioning was suspended meanwhile".into()));
                 }
@@ -451,7 +451,7 @@ impl FerryS3 {
             .store
             .meta
             .write(move |tx| {
-                let mut b = tx.get_bucket(&n)?.ok_or(StoreError::NoSuchBucket)?;
+                let mut b = tx.lock_bucket(&n)?.ok_or(StoreError::NoSuchBucket)?;
                 b.replication = None;
                 tx.put_bucket(&b)?;
                 // Nothing is left to replicate to: the bucket's backfills end here.

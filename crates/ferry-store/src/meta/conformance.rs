@@ -27,7 +27,7 @@ macro_rules! conformance_tests {
             a_live_job_promotes_waiting_backfill_jobs, deliveries_go_with_their_version, a_replica_keeps_its_status,
             a_transition_changes_only_the_class,
             backfill_counters_never_go_back, events_filter_by_rule_and_kind, bucket_usage_follows_its_versions,
-            a_buckets_access_settings_are_kept);
+            a_buckets_access_settings_are_kept, a_bucket_is_created_once);
     };
     (@cases $fixture:expr, $open:expr; $($case:ident),* $(,)?) => {
         $(
@@ -150,8 +150,19 @@ async fn with_bucket<M: MetaStore>(meta: &M) {
     meta.write(|tx| tx.put_bucket(&bucket("b"))).await.unwrap();
 }
 
-/// Closures queued together commit together, but one that fails leaves no trace: neither its
-/// rows nor its on-commit hooks. A write acknowledged is visible to every later read.
+/// Creating a bucket that exists creates nothing and leaves it as it was; a bucket read to be
+/// changed is the bucket as stored.
+pub(crate) async fn a_bucket_is_created_once<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
+    let meta = open(dir).await;
+    assert!(meta.write(|tx| tx.insert_bucket(&bucket("b"))).await.unwrap());
+    let mut other = bucket("b");
+    other.owner = Owner { id: "someone-else".into(), display_name: "x".into() };
+    assert!(!meta.write(move |tx| tx.insert_bucket(&other)).await.unwrap());
+    assert_eq!(meta.read(|r| r.get_bucket("b")).await.unwrap(), Some(bucket("b")));
+    assert_eq!(meta.write(|tx| tx.lock_bucket("b")).await.unwrap(), Some(bucket("b")));
+    assert_eq!(meta.write(|tx| tx.lock_bucket("none")).await.unwrap(), None);
+}
+
 /// A bucket's access settings (policy, Block Public Access) are stored and read back whole,
 /// survive a reopen, and an empty set reads back empty.
 pub(crate) async fn a_buckets_access_settings_are_kept<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
@@ -169,6 +180,8 @@ pub(crate) async fn a_buckets_access_settings_are_kept<M: MetaStore>(dir: &Path,
     assert!(plain.config.is_empty());
 }
 
+/// Closures queued together commit together, but one that fails leaves no trace: neither its
+/// rows nor its on-commit hooks. A write acknowledged is visible to every later read.
 pub(crate) async fn a_failed_closure_rolls_back_alone<M: MetaStore>(dir: &Path, open: impl AsyncFn(&Path) -> M) {
     let meta = open(dir).await;
     with_bucket(&meta).await;

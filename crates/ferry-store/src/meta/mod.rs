@@ -192,6 +192,16 @@ pub trait WriteTx: ReadTx + OutboxWrites {
     /// (PostgreSQL), the key's writers take turns and later commit times follow the key's
     /// latest version whatever the nodes' clocks. A single writer (SQLite) has nothing to do.
     fn lock_key(&mut self, bucket: &str, key: &str) -> Result<()>;
+    /// Creates a bucket unless one of that name exists (committed, or being created by a
+    /// transaction it then waits for); returns whether it created it.
+    fn insert_bucket(&mut self, bucket: &BucketRecord) -> Result<bool>;
+    /// Reads a bucket to change it: no other change of it (through this method) commits
+    /// between this read and this transaction's end, so writing it back with
+    /// [`WriteTx::put_bucket`] loses nobody's change. Object writes, which only read the
+    /// bucket, are not held up.
+    fn lock_bucket(&mut self, name: &str) -> Result<Option<BucketRecord>>;
+    /// Writes a bucket whole (created if missing). To change one, read it with
+    /// [`WriteTx::lock_bucket`]; to create one, [`WriteTx::insert_bucket`].
     fn put_bucket(&mut self, bucket: &BucketRecord) -> Result<()>;
     fn delete_bucket(&mut self, name: &str) -> Result<()>;
     /// Inserts a version row as given (`is_latest` is recomputed by [`Self::refresh_latest`]). A

@@ -952,6 +952,106 @@ mod tests {
         assert_eq!(stepped, backfill::BackfillStep::Finished, "done once resumed");
     }
 
+    /// Two changes of one bucket's configuration at once, on two nodes, each reading the
+    /// bucket and writing it back: the second waits for the first and changes what the first
+    /// wrote, so neither change is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_changes_of_a_bucket_are_both_kept() {
+        let Some((pg, a, b)) = two_nodes().await else { return };
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.write(move |tx| {
+                    let mut bk = tx.lock_bucket("b")?.ok_or(Error::NoSuchBucket)?;
+                    let _ = read_tx.send(());
+                    go_rx.recv().map_err(|e| Error::Other(e.to_string()))?;
+                    bk.tagging = Some(vec![("team".into(), "a".into())]);
+                    tx.put_bucket(&bk)
+                })
+                .await
+            })
+        };
+        read_rx.await.unwrap();
+        let second = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.write(|tx| {
+                    let mut bk = tx.lock_bucket("b")?.ok_or(Error::NoSuchBucket)?;
+                    bk.versioning = Versioning::Suspended;
+                    tx.put_bucket(&bk)
+                })
+                .await
+            })
+        };
+        // The second change either waits for the first (its row) or is already over.
+        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM buckets%'";
+        for _ in 0..3_000 {
+            if second.is_finished() || watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        go_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let bk = a.read(|r| r.get_bucket("b")).await.unwrap().unwrap();
+        assert_eq!(
+            (bk.tagging, bk.versioning),
+            (Some(vec![("team".into(), "a".into())]), Versioning::Suspended),
+            "both changes kept"
+        );
+    }
+
+    /// One name created on two nodes at once: the second creation waits for the first, then
+    /// creates nothing; the first creator keeps the bucket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_name_created_on_two_nodes_at_once_has_one_owner() {
+        let Some((pg, a, b)) = two_nodes().await else { return };
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (made_tx, made_rx) = tokio::sync::oneshot::channel::<()>();
+        let owned_by = |id: &str| {
+            let mut bk = bucket("c");
+            bk.owner = Owner { id: id.into(), display_name: id.into() };
+            bk
+        };
+        let (first_bucket, second_bucket) = (owned_by("alice"), owned_by("mallory"));
+        let first = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.write(move |tx| {
+                    let made = tx.insert_bucket(&first_bucket)?;
+                    let _ = made_tx.send(());
+                    go_rx.recv().map_err(|e| Error::Other(e.to_string()))?;
+                    Ok(made)
+                })
+                .await
+            })
+        };
+        made_rx.await.unwrap();
+        let second = {
+            let b = b.clone();
+            tokio::spawn(async move { b.write(move |tx| tx.insert_bucket(&second_bucket)).await })
+        };
+        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INTO buckets%'";
+        for _ in 0..3_000 {
+            if second.is_finished() || watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        go_tx.send(()).unwrap();
+        assert!(first.await.unwrap().unwrap(), "the first creates it");
+        assert!(!second.await.unwrap().unwrap(), "the second finds it taken");
+        let bk = b.read(|r| r.get_bucket("c")).await.unwrap().unwrap();
+        assert_eq!(bk.owner.id, "alice");
+    }
+
     /// A bucket deleted on one node while a write on another has found it: the delete waits
     /// for that write, then finds its version and refuses.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

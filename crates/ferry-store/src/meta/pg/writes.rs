@@ -8,7 +8,11 @@
 //! In a write transaction [`ReadTx::get_bucket`] takes the bucket's row `FOR KEY SHARE`: a
 //! bucket cannot be deleted under a write that found it, and [`WriteTx::delete_bucket`] checks
 //! for versions again once it holds the row (a version committed meanwhile makes it
-//! `BucketNotEmpty`).
+//! `BucketNotEmpty`). A change of the bucket's settings reads it with [`WriteTx::lock_bucket`]
+//! (`FOR NO KEY UPDATE`): two changes take turns, the second one changing what the first wrote,
+//! and object writes are not held up. A creation is an insert that does nothing when the name
+//! is taken ([`WriteTx::insert_bucket`]): two nodes creating one name at once make one bucket,
+//! the first creator's.
 
 use ferry_core::sync::lock;
 
@@ -26,6 +30,8 @@ use crate::replication::{Backfill, BackfillState, Job, JobOptions, JobState, New
 const ID_AFTER_VERSION_COLS: usize = col_count(VERSION_COLS);
 /// Where `blocked` is in a row of `RETURNING {JOB_COLS}, blocked`.
 const BLOCKED_AFTER_JOB_COLS: usize = col_count(JOB_COLS);
+/// The parameters of [`bucket_values`], in [`BUCKET_COLS`] order.
+const BUCKET_PARAMS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10";
 /// Deltas folded per compaction statement.
 const COMPACT_BATCH: i64 = 10_000;
 
@@ -167,25 +173,30 @@ impl WriteTx for PgTx<'_> {
         self.hold_key(bucket, key).map(drop)
     }
 
+    /// Waits for a transaction creating the same name, then does nothing if it committed.
+    fn insert_bucket(&mut self, b: &BucketRecord) -> Result<bool> {
+        let sql = format!("INSERT INTO buckets ({BUCKET_COLS}) VALUES ({BUCKET_PARAMS}) ON CONFLICT (name) DO NOTHING");
+        Ok(self.exec(&sql, &borrowed(&bucket_values(b)?))? == 1)
+    }
+
+    /// Takes the row `FOR NO KEY UPDATE`: changes of the bucket take turns, while object
+    /// writes (`FOR KEY SHARE`, [`ReadTx::get_bucket`]) go on beside them.
+    fn lock_bucket(&mut self, name: &str) -> Result<Option<BucketRecord>> {
+        self.one(
+            &format!("SELECT {BUCKET_COLS} FROM buckets WHERE name = $1 FOR NO KEY UPDATE"),
+            &[&name],
+            rows::bucket,
+        )
+    }
+
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
         self.queue(
             format!(
-                "INSERT INTO buckets ({BUCKET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                "INSERT INTO buckets ({BUCKET_COLS}) VALUES ({BUCKET_PARAMS}) \
                  ON CONFLICT (name) DO UPDATE SET fmt = $2, created_us = $3, owner = $4, versioning = $5, acl = $6, \
                  tagging = $7, replication = $8, replica_sources = $9, config = $10"
             ),
-            values![
-                b.name,
-                FORMAT_VERSION,
-                b.created_us,
-                serde_json::to_string(&b.owner)?,
-                b.versioning.code(),
-                serde_json::to_string(&b.acl)?,
-                b.tagging.as_ref().map(serde_json::to_string).transpose()?,
-                b.replication,
-                (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
-                (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
-            ],
+            bucket_values(b)?,
         );
         Ok(())
     }
@@ -641,4 +652,20 @@ fn backfill_values(b: &Backfill) -> Vec<Value> {
         b.updated_us,
         b.finished_us
     ]
+}
+
+/// A bucket's columns in [`BUCKET_COLS`] order.
+fn bucket_values(b: &BucketRecord) -> Result<Vec<Value>> {
+    Ok(values![
+        b.name,
+        FORMAT_VERSION,
+        b.created_us,
+        serde_json::to_string(&b.owner)?,
+        b.versioning.code(),
+        serde_json::to_string(&b.acl)?,
+        b.tagging.as_ref().map(serde_json::to_string).transpose()?,
+        b.replication,
+        (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
+        (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
+    ])
 }

@@ -16,6 +16,29 @@ impl HasConn for SqliteWriteTx<'_> {
     }
 }
 
+impl SqliteWriteTx<'_> {
+    /// Writes bucket `b` with `verb` (`INSERT OR ...`); returns the rows written.
+    fn write_bucket(&self, verb: &str, b: &BucketRecord) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "{verb} INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))?
+            .execute(params![
+                b.name,
+                FORMAT_VERSION,
+                b.created_us,
+                serde_json::to_string(&b.owner)?,
+                b.versioning.code(),
+                serde_json::to_string(&b.acl)?,
+                b.tagging.as_ref().map(serde_json::to_string).transpose()?,
+                b.replication,
+                (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
+                (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
+            ])?)
+    }
+}
+
 impl WriteTx for SqliteWriteTx<'_> {
     fn now(&mut self) -> i64 {
         self.clock.tick()
@@ -30,24 +53,17 @@ impl WriteTx for SqliteWriteTx<'_> {
         Ok(())
     }
 
+    fn insert_bucket(&mut self, b: &BucketRecord) -> Result<bool> {
+        Ok(self.write_bucket("INSERT OR IGNORE", b)? == 1)
+    }
+
+    fn lock_bucket(&mut self, name: &str) -> Result<Option<BucketRecord>> {
+        // The single writer thread already orders every write.
+        self.get_bucket(name)
+    }
+
     fn put_bucket(&mut self, b: &BucketRecord) -> Result<()> {
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO buckets ({BUCKET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ))?
-            .execute(params![
-                b.name,
-                FORMAT_VERSION,
-                b.created_us,
-                serde_json::to_string(&b.owner)?,
-                b.versioning.code(),
-                serde_json::to_string(&b.acl)?,
-                b.tagging.as_ref().map(serde_json::to_string).transpose()?,
-                b.replication,
-                (!b.replica_sources.is_empty()).then(|| serde_json::to_string(&b.replica_sources)).transpose()?,
-                (!b.config.is_empty()).then(|| serde_json::to_string(&b.config)).transpose()?,
-            ])?;
-        Ok(())
+        self.write_bucket("INSERT OR REPLACE", b).map(drop)
     }
 
     fn delete_bucket(&mut self, name: &str) -> Result<()> {
