@@ -42,6 +42,13 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// Labels of replica PUTs sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderLabels {
+    /// `lean` (the lean client, small versions to Ferry peers) or `sdk`.
+    pub sender: String,
+}
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -59,6 +66,7 @@ pub struct RegionMetrics {
     pub replication_latency: Family<RuleLabels, Histogram, fn() -> Histogram>,
     pub replication_failed_operations: Family<RuleLabels, Counter>,
     pub replication_sent_bytes: Family<RuleLabels, Counter>,
+    pub replication_object_puts: Family<SenderLabels, Counter>,
     pub replication_lag: Family<RuleLabels, GaugeF64>,
     pub replication_rpo_missed: Family<RuleLabels, Counter>,
     pub backfill_progress: Family<RuleLabels, GaugeF64>,
@@ -81,6 +89,7 @@ impl RegionMetrics {
             replication_latency: Family::new_with_constructor(latency_histogram),
             replication_failed_operations: Family::default(),
             replication_sent_bytes: Family::default(),
+            replication_object_puts: Family::default(),
             replication_lag: Family::default(),
             replication_rpo_missed: Family::default(),
             backfill_progress: Family::default(),
@@ -114,6 +123,11 @@ impl RegionMetrics {
             "replication_sent_bytes",
             "Object bytes delivered to destinations",
             m.replication_sent_bytes.clone(),
+        );
+        registry.register(
+            "replication_object_puts",
+            "Single-request replica PUTs sent (each attempt), by the client that sent them",
+            m.replication_object_puts.clone(),
         );
         registry.register(
             "replication_lag_seconds",

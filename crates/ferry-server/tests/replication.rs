@@ -86,7 +86,7 @@ async fn puts_replicate_with_version_ids_times_metadata_and_status() {
 /// headers, the same body and the same identity: the two ways of sending agree.
 #[tokio::test]
 async fn small_and_large_versions_arrive_alike() {
-    let (_c, us, eu) = pair().await;
+    let (c, us, eu) = pair().await;
     let expires = aws_sdk_s3::primitives::DateTime::from_secs(1_900_000_000);
     let mut versions = Vec::new();
     for (key, size) in [("odd/ünï cødé +%~=&?#;.txt", 100), ("odd/ünï cødé +%~=&?#;.bin", 64 * 1024)] {
@@ -139,6 +139,27 @@ async fn small_and_large_versions_arrive_alike() {
         assert_eq!(tags, [("env", "prod"), ("note", "a b")], "{key}");
         assert_eq!(get_bytes(&us, "src", key).await, get_bytes(&eu, "dst", key).await, "{key}");
     }
+    // The small one went through the lean client (only an inline version can), the large one
+    // through the SDK.
+    let (lean, sdk) = (puts_sent(&c, "lean"), puts_sent(&c, "sdk"));
+    assert!(lean >= 1 && sdk >= 1, "lean {lean}, sdk {sdk}");
+}
+
+/// Replica PUTs the source region sent through `sender` (`lean` or `sdk`).
+fn puts_sent(c: &TestCluster, sender: &str) -> u64 {
+    let labels = ferry_core::metrics::SenderLabels { sender: sender.into() };
+    c.server.as_ref().unwrap().region(US).unwrap().metrics.replication_object_puts.get_or_create(&labels).get()
+}
+
+/// `lean_client = false` sends every replica through the SDK.
+#[tokio::test]
+async fn the_lean_client_can_be_turned_off() {
+    let c = TestCluster::start(&[US, EU], |o, _| o.replication.lean_client = false).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    replicated_pair(&us, "src", &eu, "dst").await;
+    let vid = put(&us, "src", "small", b"a few bytes").await.version_id().unwrap().to_owned();
+    wait_for_version("small", 30, &eu, "dst", "small", &vid).await;
+    assert_eq!((puts_sent(&c, "lean"), puts_sent(&c, "sdk") >= 1), (0, true));
 }
 
 #[tokio::test]

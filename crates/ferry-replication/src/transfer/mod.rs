@@ -510,7 +510,11 @@ impl Transfer<'_> {
         for (k, value) in &a.user_metadata {
             h.push((format!("x-amz-meta-{k}"), value.clone()));
         }
-        match lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await {
+        let sent = lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await;
+        if !matches!(sent, Err(Failure::Unsendable(_))) {
+            self.count_put("lean");
+        }
+        match sent {
             Ok(()) => Some(Outcome::Done),
             Err(f) => match &f {
                 Failure::Unsendable(_) => None,
@@ -555,10 +559,17 @@ impl Transfer<'_> {
                 req = with_checksum!(req, alg, value);
             }
         }
+        self.count_put("sdk");
         match req.customize().mutate_request(self.headers(self.replica_header(v))).send().await {
             Ok(_) => Outcome::Done,
             Err(e) => self.source_failed().unwrap_or_else(|| corrupt_or(classify(&e))),
         }
+    }
+
+    /// Counts a single-request replica PUT sent by `sender`.
+    fn count_put(&self, sender: &str) {
+        let labels = ferry_core::metrics::SenderLabels { sender: sender.to_owned() };
+        self.ctx.metrics.replication_object_puts.get_or_create(&labels).inc();
     }
 
     async fn save_progress(&self, p: &Progress) -> ferry_store::Result<()> {
