@@ -282,9 +282,12 @@ fn runnable(
     exclude: &[i64],
     limit: usize,
 ) -> ferry_store::Result<Vec<Job>> {
-    let mut jobs = r.runnable_jobs(peer, dest, 1, now, exclude, limit / 8)?;
+    let floor = limit / 8;
+    let mut jobs = r.runnable_jobs(peer, dest, 1, now, exclude, floor)?;
+    // Fewer backfill jobs than the floor asked: there are no more (one snapshot).
+    let more_backfill = jobs.len() == floor;
     jobs.extend(r.runnable_jobs(peer, dest, 0, now, exclude, limit - jobs.len())?);
-    if jobs.len() < limit {
+    if jobs.len() < limit && more_backfill {
         let mut taken = exclude.to_vec();
         taken.extend(jobs.iter().map(|j| j.id));
         jobs.extend(r.runnable_jobs(peer, dest, 1, now, &taken, limit - jobs.len())?);
@@ -495,6 +498,68 @@ mod tests {
         let (base, start) = (now_micros(), Instant::now());
         let now: Clock = Arc::new(move || base + i64::try_from((Instant::now() - start).as_micros()).unwrap_or(i64::MAX));
         PeerWorker::with_delivery("eu", ctx, 4, flaky, now)
+    }
+
+    /// A destination's share: live jobs first, at least an eighth of it for backfill jobs when
+    /// there are some, the rest to backfill jobs when the live ones run out; jobs in flight are
+    /// never handed out again.
+    #[tokio::test]
+    async fn a_share_mixes_live_and_backfill_jobs_and_skips_those_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0).unwrap();
+        let opts = JobOptions::default();
+        let ids = store
+            .meta
+            .write(move |tx| {
+                let mut ids = Vec::new();
+                for (key, backfill_id) in
+                    (0..10).map(|i| (format!("l{i}"), None)).chain((0..3).map(|i| (format!("b{i}"), Some(1))))
+                {
+                    ids.push(tx.insert_job(&NewJob {
+                        bucket: "src",
+                        key: &key,
+                        version_id: "v",
+                        op: JobOp::Put,
+                        peer: "eu",
+                        dest_bucket: "d",
+                        rule_id: "r",
+                        opts: &opts,
+                        created_us: 1,
+                        size: 1,
+                        backfill_id,
+                    })?);
+                }
+                Ok(ids)
+            })
+            .await
+            .unwrap();
+        let share = |exclude: Vec<i64>, limit: usize| {
+            store.meta.read(move |r| {
+                let jobs = runnable(r, "eu", "d", i64::MAX, &exclude, limit)?;
+                Ok(jobs.iter().map(|j| j.key.clone()).collect::<Vec<_>>())
+            })
+        };
+        let keys = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            share(Vec::new(), 8).await.unwrap(),
+            keys(&["b0", "l0", "l1", "l2", "l3", "l4", "l5", "l6"])
+        );
+        assert_eq!(
+            share(Vec::new(), 16).await.unwrap(),
+            keys(&["b0", "b1", "l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8", "l9", "b2"]),
+            "the live jobs run out: the rest of the share to backfill"
+        );
+        assert_eq!(
+            share(Vec::new(), 4).await.unwrap(),
+            keys(&["l0", "l1", "l2", "l3"]),
+            "a share under 8 has no floor"
+        );
+        let in_flight = vec![ids[0], ids[1], ids[2], ids[3], ids[4], ids[10]];
+        assert_eq!(
+            share(in_flight, 16).await.unwrap(),
+            keys(&["b1", "b2", "l5", "l6", "l7", "l8", "l9"]),
+            "jobs in flight are skipped"
+        );
     }
 
     /// Runs the worker until `done` holds, or fails after a virtual hour.

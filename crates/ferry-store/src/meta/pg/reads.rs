@@ -268,6 +268,9 @@ impl OutboxReads for PgTx<'_> {
         exclude: &[i64],
         limit: usize,
     ) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let want = limit_i64(limit.saturating_add(exclude.len()));
         let jobs = self.all(
             &format!(

@@ -35,20 +35,27 @@ impl<T: HasConn> OutboxReads for T {
         exclude: &[i64],
         limit: usize,
     ) -> Result<Vec<Job>> {
-        let conn = self.conn();
-        // In-flight jobs are due too and come first: over-fetch by their number, then drop them
-        // here (keeps the statement cacheable). The index walks due jobs only, in due order.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // In-flight jobs are due too and come first: over-fetch by their number, then skip them
+        // here (keeps the statement cacheable). The index walks due jobs only, in due order, and
+        // holds the id: a skipped row is neither read from the table nor decoded.
         let want = limit_i64(limit.saturating_add(exclude.len()));
-        let jobs = collect(
-            conn,
-            &format!(
-                "SELECT {JOB_COLS} FROM repl_jobs WHERE peer = ?1 AND dest_bucket = ?2 AND state = 0 AND blocked = 0 \
-                 AND priority = ?3 AND next_attempt_us <= ?4 ORDER BY next_attempt_us, id LIMIT ?5"
-            ),
-            &[&peer, &dest_bucket, &priority, &now_us, &want],
-            rows::job,
-        )?;
-        Ok(jobs.into_iter().filter(|j| !exclude.contains(&j.id)).take(limit).collect())
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM repl_jobs WHERE peer = ?1 AND dest_bucket = ?2 AND state = 0 AND blocked = 0 \
+             AND priority = ?3 AND next_attempt_us <= ?4 ORDER BY next_attempt_us, id LIMIT ?5"
+        ))?;
+        let mut rows = stmt.query(params![peer, dest_bucket, priority, now_us, want])?;
+        let mut jobs = Vec::new();
+        while jobs.len() < limit
+            && let Some(r) = rows.next()?
+        {
+            if !exclude.contains(&r.get::<_, i64>(0)?) {
+                jobs.push(rows::job(r)?);
+            }
+        }
+        Ok(jobs)
     }
 
     fn due_destinations(&self, peer: &str) -> Result<Vec<String>> {
