@@ -906,6 +906,24 @@ mod tests {
         assert_eq!(left, 0, "folded");
     }
 
+    /// Waits (at most 30 s) until a statement like `query` waits for a lock, or `over` holds;
+    /// returns whether one waits.
+    async fn waits_for_a_lock(pg: &TestCluster, query: &str, over: impl Fn() -> bool) -> bool {
+        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1";
+        for _ in 0..3_000 {
+            if watch.query_one(sql, &[&query]).await.unwrap().get::<_, i64>(0) > 0 {
+                return true;
+            }
+            if over() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// An operator's pause on one node while the other node is in the middle of a step of the
     /// same backfill: the pause holds (the step, which read the backfill running, does not
     /// write it back running, or done) and the step's work is undone, to be done on resume.
@@ -924,20 +942,7 @@ mod tests {
             let a = a.clone();
             tokio::spawn(async move { a.write(move |tx| backfill::step(tx, id, 100, 1_000)).await })
         };
-        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM buckets%'";
-        for _ in 0..3_000 {
-            if watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0),
-            1,
-            "the step waits for the bucket"
-        );
+        assert!(waits_for_a_lock(&pg, "%FROM buckets%", || false).await, "the step waits for the bucket");
         let paused = b.write(move |tx| backfill::control(tx, "b", id, BackfillAction::Pause)).await.unwrap();
         assert_eq!(paused.state, BackfillState::Paused);
         held.rollback().await.unwrap();
@@ -986,15 +991,7 @@ mod tests {
             })
         };
         // The second change either waits for the first (its row) or is already over.
-        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM buckets%'";
-        for _ in 0..3_000 {
-            if second.is_finished() || watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        waits_for_a_lock(&pg, "%FROM buckets%", || second.is_finished()).await;
         go_tx.send(()).unwrap();
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
@@ -1036,15 +1033,7 @@ mod tests {
             let b = b.clone();
             tokio::spawn(async move { b.write(move |tx| tx.insert_bucket(&second_bucket)).await })
         };
-        let (watch, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INTO buckets%'";
-        for _ in 0..3_000 {
-            if second.is_finished() || watch.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        waits_for_a_lock(&pg, "%INTO buckets%", || second.is_finished()).await;
         go_tx.send(()).unwrap();
         assert!(first.await.unwrap().unwrap(), "the first creates it");
         assert!(!second.await.unwrap().unwrap(), "the second finds it taken");
