@@ -510,18 +510,17 @@ impl Transfer<'_> {
         for (k, value) in &a.user_metadata {
             h.push((format!("x-amz-meta-{k}"), value.clone()));
         }
-        let sent = lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await;
-        if !matches!(sent, Err(Failure::Unsendable(_))) {
-            self.count_put("lean");
-        }
-        match sent {
-            Ok(()) => Some(Outcome::Done),
+        let outcome = match lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await {
+            Ok(()) => Outcome::Done,
             Err(f) => match &f {
-                Failure::Unsendable(_) => None,
-                Failure::Transport(why) => Some(Outcome::Transient(why.clone())),
-                Failure::Answer { status, code, .. } => Some(corrupt_or(classify_answer(*status, code, f.to_string()))),
+                // Never sent: the SDK sends it.
+                Failure::Unsendable(_) => return None,
+                Failure::Transport(why) => Outcome::Transient(why.clone()),
+                Failure::Answer { status, code, .. } => corrupt_or(classify_answer(*status, code, f.to_string())),
             },
-        }
+        };
+        self.count_put("lean");
+        Some(outcome)
     }
 
     async fn put_single(&self, v: &VersionRecord) -> Outcome {

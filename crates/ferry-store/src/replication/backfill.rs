@@ -317,7 +317,7 @@ pub fn control(tx: &mut dyn WriteTx, bucket: &str, id: i64, action: BackfillActi
 pub fn cancel_all(tx: &mut dyn WriteTx, bucket: &str) -> Result<()> {
     use BackfillState::{Cancelled, Counting, Paused, Running};
     let now = tx.now();
-    for b in tx.list_backfills(Some(bucket))?.into_iter().filter(|b| b.is_active() || b.state == Paused) {
+    for b in tx.list_backfills(Some(bucket))?.into_iter().filter(|b| !b.state.ends()) {
         tx.set_backfill_state(b.id, &[Counting, Running, Paused], Cancelled, now)?;
     }
     Ok(())
