@@ -1,7 +1,11 @@
 //! One worker per peer: drains the jobs of the peer's destinations from the outbox.
 //!
-//! - Wakes on commit (the metadata writer signals every commit that recorded or released
-//!   jobs) and, as a backstop, every second.
+//! - Takes the runnable live jobs its peer's commits hand it (the outbox's hand-off) and starts
+//!   them without reading the outbox. It reads the outbox when that may hold more than it was
+//!   handed: when woken (a commit recorded jobs it was not handed, made a waiting job
+//!   runnable, scheduled a retry), when a retry it scheduled falls due, when it had to leave a
+//!   handed job (no room), after its last read filled a share, and as a backstop every 500 ms
+//!   while transfers run and every second when idle.
 //! - Keeps up to `concurrency` transfers in flight for the peer, shared fairly between its
 //!   destination buckets (round robin), never two for the same destination and key (per-key
 //!   order: the outbox holds back a job while an earlier one for its key is pending).
@@ -10,7 +14,9 @@
 //!   while the peer's other destinations keep their full share. One throttling bucket never
 //!   slows the others.
 //! - Live jobs run before backfill jobs, but backfills always get at least an eighth of a
-//!   destination's share when they have work, so history migrates under continuous load.
+//!   destination's share when they have work, so history migrates under continuous load (a
+//!   handed job starts only while more than a quarter of the transfer slots are free; the last
+//!   quarter is filled from the outbox, shares and floors kept).
 //! - Each transfer records its own result in the store (completion and status in one
 //!   transaction, batched with others by the group commit). Transient failures retry with
 //!   per-job exponential backoff (200 ms × 2ⁿ, at most 30 s, jittered) until the job has been
@@ -28,7 +34,7 @@
 //! The per-destination outage state is memory only: after a restart a down destination is
 //! found down again by its first failures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +67,11 @@ impl Deliver for Transfers {
     }
 }
 
+/// How often a worker reads the outbox, woken or not, while transfers run and while idle (jobs
+/// another node of the region left when its lease ran out, anything a wake-up missed).
+const BACKSTOP_BUSY: Duration = Duration::from_millis(500);
+const BACKSTOP_IDLE: Duration = Duration::from_secs(1);
+
 /// Consecutive transient failures after which a destination is treated as down.
 const DOWN_AFTER: u32 = 3;
 /// Longest per-job retry delay.
@@ -83,6 +94,10 @@ struct Stats {
     sent: u64,
     transient: u64,
     failed: u64,
+    /// Jobs started from a hand-off.
+    handed: u64,
+    /// Outbox reads (one per dispatch that read).
+    reads: u64,
 }
 
 /// The failure state of one destination bucket.
@@ -120,7 +135,19 @@ pub struct PeerWorker {
     now: Clock,
     concurrency: usize,
     signal: tokio::sync::watch::Receiver<u64>,
-    inflight: JoinSet<(i64, Key, Outcome)>,
+    /// Runnable live jobs handed over by the commits that recorded them.
+    handed: tokio::sync::mpsc::Receiver<Job>,
+    /// Handed jobs received while waiting, to start at the next turn.
+    arrived: Vec<Job>,
+    /// The last outbox read found every runnable job of the peer, and nothing has happened
+    /// since that could make another one runnable without a hand-off: no read is needed.
+    drained: bool,
+    /// When the earliest retry this worker scheduled falls due.
+    next_retry: Option<Instant>,
+    /// Ids of the jobs last started from an outbox read: a job the read found before its
+    /// hand-off arrived is not started twice.
+    read_ids: VecDeque<i64>,
+    inflight: JoinSet<(i64, Key, Outcome, Option<i64>)>,
     /// The claim of each running transfer task.
     tasks: HashMap<tokio::task::Id, (i64, Key)>,
     dests: HashMap<String, DestState>,
@@ -138,6 +165,7 @@ impl PeerWorker {
     /// A worker for `peer` whose attempts are made by `deliver`, on `now`'s time.
     pub fn with_delivery(peer: &str, ctx: Arc<Ctx>, concurrency: usize, deliver: Arc<dyn Deliver>, now: Clock) -> Self {
         let signal = ctx.store.meta.signals().outbox.subscribe();
+        let handed = ctx.store.meta.signals().handoff.subscribe(peer, concurrency.max(1) * 2);
         Self {
             peer: peer.to_owned(),
             ctx,
@@ -145,6 +173,11 @@ impl PeerWorker {
             now,
             concurrency: concurrency.max(1),
             signal,
+            handed,
+            arrived: Vec::new(),
+            drained: false,
+            next_retry: None,
+            read_ids: VecDeque::new(),
             inflight: JoinSet::new(),
             tasks: HashMap::new(),
             dests: HashMap::new(),
@@ -193,12 +226,73 @@ impl PeerWorker {
         }
     }
 
+    /// Notes when a job this worker scheduled for a retry falls due (`due`: the job clock's µs).
+    fn retry_at(&mut self, due: Option<i64>) {
+        let Some(due) = due else { return };
+        let wait = Duration::from_micros(u64::try_from(due.saturating_sub((self.now)())).unwrap_or(0));
+        let at = Instant::now() + wait;
+        self.next_retry = Some(self.next_retry.map_or(at, |t| t.min(at)));
+    }
+
     /// The earliest time a destination in backoff may be probed again.
     fn next_probe(&self) -> Option<Instant> {
         self.dests.values().filter_map(|d| d.down_until).filter(|t| *t > Instant::now()).min()
     }
 
-    /// Starts transfers for runnable jobs, up to the current capacity. Returns how many.
+    /// Room for another transfer to `dest`: under the peer's concurrency and the destination's
+    /// own capacity.
+    fn room_for(&self, dest: &str) -> usize {
+        let peer = self.concurrency.saturating_sub(self.inflight.len());
+        let dest = self.dests.get(dest).map_or(self.concurrency, |s| s.capacity(self.concurrency).saturating_sub(s.inflight));
+        peer.min(dest)
+    }
+
+    /// Starts the jobs handed over since the last turn while more than a quarter of the slots
+    /// are free (the rest is the outbox reads', which keep the backfills' floor). A job left
+    /// here is still in the outbox: the next read finds it. Returns how many started.
+    async fn start_handed(&mut self) -> Result<usize, WorkerError> {
+        while let Ok(job) = self.handed.try_recv() {
+            self.arrived.push(job);
+        }
+        if self.arrived.is_empty() {
+            return Ok(0);
+        }
+        let reserve = self.concurrency / 4;
+        let mut jobs = Vec::new();
+        for job in std::mem::take(&mut self.arrived) {
+            let free = self.concurrency.saturating_sub(self.inflight.len() + jobs.len());
+            if free > reserve && self.room_for(&job.dest_bucket) > 0 && !self.read_ids.contains(&job.id) {
+                jobs.push(job);
+            } else {
+                self.drained = false;
+            }
+        }
+        let started = self.start_taken(jobs).await?.0;
+        self.stats.handed += started as u64;
+        Ok(started)
+    }
+
+    /// Leases `jobs` (a node of a region shares the outbox with the other nodes; one process
+    /// gets them all) and starts those it got. Returns how many started and whether every job
+    /// it got started.
+    async fn start_taken(&mut self, jobs: Vec<Job>) -> Result<(usize, bool), WorkerError> {
+        if jobs.is_empty() {
+            return Ok((0, true));
+        }
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let taken =
+            self.ctx.store.meta.take_jobs(ids, ferry_core::time::now_micros(), ferry_store::meta::pg::JOB_LEASE_US).await?;
+        let (mut started, mut all) = (0, true);
+        for job in jobs.into_iter().filter(|j| taken.contains(&j.id)) {
+            let ok = self.start(job);
+            started += usize::from(ok);
+            all &= ok;
+        }
+        Ok((started, all))
+    }
+
+    /// Starts transfers for runnable jobs read from the outbox, up to the current capacity.
+    /// Returns how many.
     async fn dispatch(&mut self) -> Result<usize, WorkerError> {
         let free = self.concurrency.saturating_sub(self.inflight.len());
         // Refill in batches of a quarter of the capacity (at once when idle): one outbox query
@@ -214,43 +308,46 @@ impl PeerWorker {
         self.next_dest = self.next_dest.wrapping_add(1);
         let exclude: Vec<i64> = self.tasks.values().map(|(id, _)| *id).collect();
         let now = (self.now)();
-        let jobs = self
+        // Also whether every destination got less than its share: then nothing else is
+        // runnable (a destination without room may have more).
+        let (jobs, all_read) = self
             .ctx
             .store
             .meta
             .read(move |r| {
                 let mut dests = r.due_destinations(&peer)?;
                 if dests.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), true));
                 }
                 let first = start % dests.len();
                 dests.rotate_left(first);
-                let (mut budget, n, mut jobs) = (free, dests.len(), Vec::new());
+                let (mut budget, n, mut jobs, mut all_read) = (free, dests.len(), Vec::new(), true);
                 for (i, dest) in dests.iter().enumerate() {
                     let room = rooms.get(dest).copied().unwrap_or(concurrency);
                     let share = budget.div_ceil(n - i).min(room);
                     if share == 0 {
+                        all_read = false;
                         continue;
                     }
                     let got = runnable(r, &peer, dest, now, &exclude, share)?;
+                    all_read &= got.len() < share;
                     budget = budget.saturating_sub(got.len());
                     jobs.extend(got);
                     if budget == 0 {
                         break;
                     }
                 }
-                Ok(jobs)
+                Ok((jobs, all_read))
             })
             .await?;
-        // A node of a region shares the outbox with the other nodes: it leases the jobs first
-        // and starts only those it got (one process gets them all).
-        let ids = jobs.iter().map(|j| j.id).collect();
-        let taken =
-            self.ctx.store.meta.take_jobs(ids, ferry_core::time::now_micros(), ferry_store::meta::pg::JOB_LEASE_US).await?;
-        let mut started = 0;
-        for job in jobs.into_iter().filter(|j| taken.contains(&j.id)) {
-            started += usize::from(self.start(job));
-        }
+        self.stats.reads += 1;
+        let read: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let (started, all_started) = self.start_taken(jobs).await?;
+        self.drained = all_read && all_started;
+        let keep = self.concurrency * 4;
+        self.read_ids.extend(read);
+        let excess = self.read_ids.len().saturating_sub(keep);
+        self.read_ids.drain(..excess);
         Ok(started)
     }
 
@@ -264,8 +361,8 @@ impl PeerWorker {
         let (id, ctx, deliver, now, claim) = (job.id, self.ctx.clone(), self.deliver.clone(), self.now.clone(), key.clone());
         let handle = self.inflight.spawn(async move {
             let outcome = deliver.deliver(&job).await;
-            record(&ctx, &job, &outcome, now()).await;
-            (job.id, claim, outcome)
+            let retry = record(&ctx, &job, &outcome, now()).await;
+            (job.id, claim, outcome, retry)
         });
         self.tasks.insert(handle.id(), (id, key));
         true
@@ -297,7 +394,8 @@ fn runnable(
 
 /// Stores a transfer's result: completion (and the version's status), a retry time, or the
 /// permanent failure. A failure to record is logged; the job stays pending and runs again.
-async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) {
+/// Returns when the job is due again, if it was scheduled for a retry.
+async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) -> Option<i64> {
     let labels = ferry_core::metrics::RuleLabels {
         bucket: job.bucket.clone(),
         rule: job.rule_id.clone(),
@@ -320,6 +418,7 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) {
     tracing::debug!(job = job.id, op = job.op.name(), bucket = %job.bucket, key = %job.key, version = %job.version_id, destination = %job.dest(), ?outcome, "transfer");
     let j = job.clone();
     let give_up_us = i64::try_from(ctx.settings.give_up_after.as_micros()).unwrap_or(i64::MAX);
+    let mut retry = None;
     let result = match outcome.clone() {
         Outcome::Done => ctx.store.meta.write(move |tx| complete(tx, &j, true)).await,
         Outcome::Skipped(why) => {
@@ -333,6 +432,7 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) {
         }
         Outcome::Transient(why) | Outcome::Missing(why) => {
             let next = now + job_backoff_us(j.attempts);
+            retry = Some(next);
             ctx.store.meta.write(move |tx| retry_later(tx, &j, &why, next, now, give_up_us).map(|_| ())).await
         }
         Outcome::Permanent(why) => {
@@ -342,7 +442,10 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) {
     };
     if let Err(e) = result {
         tracing::error!(job = job.id, error = %e, "could not record a replication result");
+        // Still pending and due: the next outbox read runs it again.
+        return Some(now);
     }
+    retry
 }
 
 #[async_trait::async_trait]
@@ -357,14 +460,30 @@ impl Worker for PeerWorker {
         WorkerStatus {
             queue_length: Some(self.inflight.len() as u64),
             persistent_errors: Some(self.stats.failed),
-            progress: Some(format!("{} sent, {} retried", self.stats.sent, self.stats.transient)),
+            progress: Some(format!(
+                "{} sent, {} retried; {} started as handed over, {} outbox reads",
+                self.stats.sent, self.stats.transient, self.stats.handed, self.stats.reads
+            )),
             freeform: down,
         }
     }
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<WorkerState, WorkerError> {
-        self.signal.borrow_and_update();
-        let started = if stop.is_cancelled() { 0 } else { self.dispatch().await? };
+        if self.signal.has_changed().unwrap_or(false) {
+            self.signal.borrow_and_update();
+            self.drained = false;
+        }
+        if self.next_retry.is_some_and(|t| t <= Instant::now()) {
+            self.next_retry = None;
+            self.drained = false;
+        }
+        let mut started = 0;
+        if !stop.is_cancelled() {
+            started += self.start_handed().await?;
+            if !self.drained {
+                started += self.dispatch().await?;
+            }
+        }
         if self.inflight.is_empty() {
             if started > 0 {
                 return Ok(WorkerState::Busy);
@@ -374,35 +493,42 @@ impl Worker for PeerWorker {
                 None => WorkerState::Idle,
             });
         }
-        // Wait for a transfer to finish, new jobs, or the next probe of a destination that is down.
-        let wake = self.next_probe().map_or(Duration::from_millis(500), |t| {
-            t.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+        let next_timer = [self.next_probe(), self.next_retry].into_iter().flatten().min();
+        // Wait for a transfer to finish, a hand-off, new jobs, a retry or probe falling due, or
+        // the backstop.
+        let wake = next_timer.map_or(BACKSTOP_BUSY, |t| {
+            t.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(10), BACKSTOP_BUSY)
         });
         tokio::select! {
             Some(done) = self.inflight.join_next_with_id() => {
                 match done {
-                    Ok((task, (_, key, outcome))) => {
+                    Ok((task, (_, key, outcome, retry))) => {
                         self.release(task);
                         self.settle(&key.0, &outcome);
+                        self.retry_at(retry);
                     }
                     Err(e) => {
                         // A transfer task panicked or was aborted: release its claim only; the
                         // job is still pending in the store and will run again.
                         tracing::error!(error = %e, "replication transfer task failed");
                         self.release(e.id());
+                        self.drained = false;
                     }
                 }
             }
-            _ = self.signal.changed() => {}
-            () = tokio::time::sleep(wake) => {}
+            Some(job) = self.handed.recv() => self.arrived.push(job),
+            _ = self.signal.changed() => self.drained = false,
+            () = tokio::time::sleep(wake) => self.drained = false,
         }
         Ok(WorkerState::Busy)
     }
 
     async fn wait_for_work(&mut self) -> WorkerState {
+        let wake = self.next_retry.map_or(BACKSTOP_IDLE, |t| t.saturating_duration_since(Instant::now()).min(BACKSTOP_IDLE));
         tokio::select! {
-            _ = self.signal.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(job) = self.handed.recv() => self.arrived.push(job),
+            _ = self.signal.changed() => self.drained = false,
+            () = tokio::time::sleep(wake) => self.drained = false,
         }
         WorkerState::Busy
     }
@@ -498,6 +624,66 @@ mod tests {
         let (base, start) = (now_micros(), Instant::now());
         let now: Clock = Arc::new(move || base + i64::try_from((Instant::now() - start).as_micros()).unwrap_or(i64::MAX));
         PeerWorker::with_delivery("eu", ctx, 4, flaky, now)
+    }
+
+    /// Records one live job of `key` to destination `up`, and hands it to the worker as its
+    /// commit would; returns its id.
+    async fn hand_over(w: &PeerWorker, key: &str) -> i64 {
+        let key = key.to_owned();
+        let job = w
+            .ctx
+            .store
+            .meta
+            .write(move |tx| {
+                let new = NewJob {
+                    bucket: "src",
+                    key: &key,
+                    version_id: "v",
+                    op: JobOp::Put,
+                    peer: "eu",
+                    dest_bucket: "up",
+                    rule_id: "r",
+                    opts: &JobOptions::default(),
+                    created_us: 1,
+                    size: 1,
+                    backfill_id: None,
+                };
+                Ok(new.recorded(tx.insert_job(&new)?))
+            })
+            .await
+            .unwrap();
+        let id = job.id;
+        assert!(w.ctx.store.meta.signals().handoff.offer(job));
+        id
+    }
+
+    /// A job handed over by its commit starts at the worker's next turn without an outbox
+    /// read, once a read has found nothing more to run; a job a read found first is not
+    /// started again when its hand-off arrives.
+    #[tokio::test(start_paused = true)]
+    async fn a_handed_job_starts_without_an_outbox_read_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(FlakyPeer::default());
+        let mut w = worker_with_jobs(dir.path(), flaky.clone(), 0).await;
+        let stop = CancellationToken::new();
+        assert!(matches!(w.work(&stop).await.unwrap(), WorkerState::Idle), "nothing to run");
+        assert_eq!((w.stats.reads, w.drained), (1, true), "one read found the outbox empty");
+
+        hand_over(&w, "k1").await;
+        w.work(&stop).await.unwrap();
+        assert_eq!((w.stats.handed, w.stats.reads), (1, 1), "started from the hand-off, no read");
+        run_until(&mut w, || flaky.state.lock().unwrap().delivered.get("up").copied() == Some(1)).await;
+
+        // The read comes first (the job committed between a turn's hand-offs and its read).
+        w.drained = false;
+        let id = hand_over(&w, "k2").await;
+        w.dispatch().await.unwrap();
+        assert!(w.read_ids.contains(&id), "the read started it");
+        run_until(&mut w, || flaky.state.lock().unwrap().delivered.get("up").copied() == Some(2)).await;
+        while !matches!(w.work(&stop).await.unwrap(), WorkerState::Idle) {}
+        assert!(w.handed.is_empty() && w.arrived.is_empty(), "the late hand-off was taken");
+        assert_eq!(flaky.state.lock().unwrap().delivered.get("up").copied(), Some(2), "k2 went once");
+        assert_eq!(w.stats.handed, 1, "the late hand-off was left");
     }
 
     /// A destination's share: live jobs first, at least an eighth of it for backfill jobs when

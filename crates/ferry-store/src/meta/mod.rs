@@ -54,6 +54,9 @@ pub struct VersionCursor {
 pub struct Signals {
     /// Replication workers wait on it ([`crate::replication::outbox::Wakeup`]).
     pub outbox: crate::replication::outbox::Wakeup,
+    /// Runnable live jobs, from their commit to their peer's worker
+    /// ([`crate::replication::outbox::Handoff`]).
+    pub handoff: crate::replication::outbox::Handoff,
 }
 
 /// A metadata backend: write closures committed in groups, read closures on snapshots. Every
@@ -145,6 +148,8 @@ pub trait OutboxReads {
     fn pending_jobs_of_peer(&self, peer: &str, limit: usize) -> Result<Vec<Job>>;
     /// All jobs (pending or failed) of a version.
     fn jobs_for_version(&self, bucket: &str, key: &str, version_id: &str) -> Result<Vec<Job>>;
+    /// Whether a pending job other than `job` waits for `job`'s destination and key.
+    fn key_has_pending_job(&self, job: &Job) -> Result<bool>;
     /// A job by id.
     fn get_job(&self, id: i64) -> Result<Option<Job>>;
     /// Jobs of a source bucket, in enqueue order, after `after_id`.
@@ -256,6 +261,13 @@ pub trait OutboxWrites {
     /// [`Self::insert_job`] without its id back (a backend may send it with a later statement).
     fn record_job(&mut self, job: &NewJob<'_>) -> Result<()> {
         self.insert_job(job).map(drop)
+    }
+    /// [`Self::record_job`], and the job's id when the backend knows at once that it is
+    /// runnable (no earlier pending job of its destination and key), so that the worker can be
+    /// handed it after the commit; `None` when it waits, or when the backend cannot tell without
+    /// another round trip (the workers then find it in the outbox).
+    fn record_runnable_job(&mut self, job: &NewJob<'_>) -> Result<Option<i64>> {
+        self.record_job(job).map(|()| None)
     }
     /// Removes a job (unblocking the next one of its destination and key); returns it as it was.
     fn delete_job(&mut self, id: i64) -> Result<Option<Job>>;

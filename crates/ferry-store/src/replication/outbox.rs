@@ -6,12 +6,16 @@
 //! its reason until [`retry_failed`]) or [`drop_jobs`] (its configuration was removed).
 //! [`retry_later`] reschedules a transient failure and gives up after `give_up_after`. Every
 //! function here that makes a job runnable wakes the workers after the commit, through an
-//! on-commit hook of the transaction ([`Wakeup`]).
+//! on-commit hook of the transaction ([`Wakeup`]), with one exception: a live job the backend
+//! knows at once to be runnable (the oldest pending one of its destination and key) is handed
+//! to its peer's worker instead ([`Handoff`]), so the worker starts it without reading the
+//! outbox; a job the worker cannot take wakes the workers as any other.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::meta::WriteTx;
@@ -217,6 +221,29 @@ pub struct NewJob<'a> {
     pub backfill_id: Option<i64>,
 }
 
+impl NewJob<'_> {
+    /// The job as its row reads once recorded with `id`: pending, due now, never attempted.
+    #[must_use]
+    pub fn recorded(&self, id: i64) -> Job {
+        Job {
+            id,
+            bucket: self.bucket.to_owned(),
+            key: self.key.to_owned(),
+            version_id: self.version_id.to_owned(),
+            op: self.op,
+            peer: self.peer.to_owned(),
+            dest_bucket: self.dest_bucket.to_owned(),
+            rule_id: self.rule_id.to_owned(),
+            opts: self.opts.clone(),
+            created_us: self.created_us,
+            size: self.size,
+            live: self.backfill_id.is_none(),
+            backfill_id: self.backfill_id,
+            ..Job::blank()
+        }
+    }
+}
+
 /// True when a change made on a replica goes back along `rule`: only to where the replica came
 /// from, and only the changes the rule asks for (tag and ACL changes with
 /// `ReplicaModifications`, version deletions with `DeleteReplication`).
@@ -295,6 +322,7 @@ pub fn complete(tx: &mut dyn WriteTx, job: &Job, delivered: bool) -> Result<()> 
     if let Some(b) = current.backfill_id {
         tx.backfill_progress(b, 1, current.size, 0)?;
     }
+    wake_the_next_of_key(tx, &current)?;
     refresh_status(tx, &current.bucket, &current.key, &current.version_id)
 }
 
@@ -312,7 +340,18 @@ pub fn fail(tx: &mut dyn WriteTx, job: &Job, error: &str) -> Result<()> {
     if let Some(b) = current.backfill_id {
         tx.backfill_progress(b, 0, 0, 1)?;
     }
+    wake_the_next_of_key(tx, &current)?;
     refresh_status(tx, &current.bucket, &current.key, &current.version_id)
+}
+
+/// `job` left the pending jobs of its destination and key: when another one waits there, it is
+/// runnable now, so the workers wake after the commit (a worker that found nothing more to run
+/// does not read the outbox again until woken).
+fn wake_the_next_of_key(tx: &mut dyn WriteTx, job: &Job) -> Result<()> {
+    if tx.key_has_pending_job(job)? {
+        wake_on_commit(tx);
+    }
+    Ok(())
 }
 
 /// Schedules another attempt of a job that failed with a transient error, keeping the transfer
@@ -383,6 +422,10 @@ pub fn drop_jobs(tx: &mut dyn WriteTx, bucket: &str, up_to_id: i64, limit: usize
     for j in &jobs {
         tx.delete_job(j.id)?;
     }
+    if !jobs.is_empty() {
+        // Jobs of the keys recorded after `up_to_id` (a new configuration's) may run now.
+        wake_on_commit(tx);
+    }
     for j in &jobs {
         if let Some(v) = tx.get_version(&j.bucket, &j.key, &j.version_id)?
             && matches!(v.repl_status, Some(ReplStatus::Pending | ReplStatus::Failed))
@@ -405,8 +448,9 @@ pub fn save_progress(tx: &mut dyn WriteTx, id: i64, progress: Option<String>) ->
     tx.update_job(&j)
 }
 
-/// Records one job for `version` to `rule`'s destination, and wakes the workers when the
-/// transaction commits.
+/// Records one job for `version` to `rule`'s destination, and, when the transaction commits,
+/// hands it to its peer's worker (a live job the backend knows to be runnable) or wakes the
+/// workers.
 pub(super) fn record(
     tx: &mut dyn WriteTx,
     version: &VersionRecord,
@@ -415,7 +459,7 @@ pub(super) fn record(
     created_us: i64,
     backfill_id: Option<i64>,
 ) -> Result<()> {
-    tx.record_job(&NewJob {
+    let job = NewJob {
         bucket: &version.bucket,
         key: &version.key,
         version_id: &version.version_id,
@@ -427,8 +471,17 @@ pub(super) fn record(
         created_us,
         size: if op == JobOp::Put { version.size } else { 0 },
         backfill_id,
-    })?;
-    wake_on_commit(tx);
+    };
+    let runnable = if backfill_id.is_none() {
+        tx.record_runnable_job(&job)?
+    } else {
+        tx.record_job(&job)?;
+        None
+    };
+    match runnable {
+        Some(id) => hand_off_on_commit(tx, job.recorded(id)),
+        None => wake_on_commit(tx),
+    }
     Ok(())
 }
 
@@ -452,6 +505,42 @@ pub(super) fn rearm(tx: &mut dyn WriteTx, failed: &Job, backfill_id: Option<i64>
 fn wake_on_commit(tx: &mut dyn WriteTx) {
     let wakeup = tx.signals().outbox.clone();
     tx.on_commit_once("outbox-wakeup", Box::new(move || wakeup.wake()));
+}
+
+/// Hands `job` to its peer's worker once the enclosing transaction commits; wakes the workers
+/// instead when that worker cannot take it.
+fn hand_off_on_commit(tx: &mut dyn WriteTx, job: Job) {
+    let (handoff, wakeup) = (tx.signals().handoff.clone(), tx.signals().outbox.clone());
+    tx.on_commit(Box::new(move || {
+        if !handoff.offer(job) {
+            wakeup.wake();
+        }
+    }));
+}
+
+/// Runnable live jobs on their way from the commit that recorded them to their peer's worker
+/// ([`Handoff::subscribe`]), which then starts them without reading the outbox. A hand-off is
+/// only a shortcut: the job is in the outbox either way, and one that cannot be handed over
+/// (no worker for its peer, its queue full) wakes the workers as any other. Memory: at most the
+/// queue's capacity per peer.
+#[derive(Debug, Clone, Default)]
+pub struct Handoff(Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>);
+
+impl Handoff {
+    /// The jobs handed to `peer`'s worker from now on, at most `capacity` waiting (a later
+    /// subscription for the same peer replaces this one).
+    #[must_use]
+    pub fn subscribe(&self, peer: &str, capacity: usize) -> mpsc::Receiver<Job> {
+        let (send, receive) = mpsc::channel(capacity.max(1));
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer.to_owned(), send);
+        receive
+    }
+
+    /// Queues `job` for its peer's worker; false when it has none or its queue is full.
+    pub fn offer(&self, job: Job) -> bool {
+        let workers = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        workers.get(&job.peer).is_some_and(|w| w.try_send(job).is_ok())
+    }
 }
 
 /// The outbox's wake-up: a counter that changes after every commit that made a job runnable.
@@ -531,6 +620,45 @@ mod tests {
     async fn status(meta: &SqliteMeta, vid: &str) -> Option<ReplStatus> {
         let vid = vid.to_owned();
         meta.read(move |r| r.get_version("src", "k", &vid)).await.unwrap().and_then(|v| v.repl_status)
+    }
+
+    /// A live job that is runnable at once goes from its commit to its peer's worker, with no
+    /// wake-up; one that waits behind its key, or finds the worker's queue full, wakes the
+    /// workers instead. The end of a key's head wakes them only when another job waits there.
+    #[tokio::test]
+    async fn a_runnable_live_job_is_handed_over_and_the_next_of_its_key_wakes_the_workers() {
+        let (_d, meta) = setup(&["d1"], false).await;
+        let mut handed = meta.signals().handoff.subscribe("eu", 1);
+        let mut signal = meta.signals().outbox.subscribe();
+        let mut woken = || {
+            let changed = signal.has_changed().unwrap();
+            signal.borrow_and_update();
+            changed
+        };
+        let put = |key: &'static str| meta.write(move |tx| put_version(tx, "src", new_object(key), &WriteConditions::default()));
+        put("k").await.unwrap();
+        let head = handed.try_recv().expect("handed over");
+        let id = head.id;
+        let stored = meta.read(move |r| r.get_job(id)).await.unwrap();
+        assert_eq!(Some(&head), stored.as_ref(), "the job handed over is the job as stored");
+        assert!(!woken(), "a job handed over wakes nobody");
+
+        put("k").await.unwrap();
+        assert!(handed.try_recv().is_err(), "a job waiting behind its key is not handed over");
+        assert!(woken(), "it wakes the workers");
+
+        put("a").await.unwrap();
+        assert!(!woken());
+        put("b").await.unwrap();
+        assert!(woken(), "the worker's queue is full: a wake-up instead");
+        let a = handed.try_recv().expect("a was handed over");
+        assert_eq!(a.key, "a");
+        assert!(handed.try_recv().is_err(), "b was not");
+
+        meta.write(move |tx| complete(tx, &head, true)).await.unwrap();
+        assert!(woken(), "the next job of k is runnable now");
+        meta.write(move |tx| complete(tx, &a, true)).await.unwrap();
+        assert!(!woken(), "nothing waited behind a");
     }
 
     #[tokio::test]

@@ -319,6 +319,17 @@ impl OutboxReads for PgTx<'_> {
         )
     }
 
+    fn key_has_pending_job(&self, job: &Job) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_opt(
+                "SELECT 1 FROM repl_jobs WHERE peer = $1 AND dest_bucket = $2 AND bucket = $3 AND key = $4 AND state = 0 \
+                 AND id <> $5 LIMIT 1",
+                &[&job.peer, &job.dest_bucket, &job.bucket, &job.key.as_bytes(), &job.id],
+            )?
+            .is_some())
+    }
+
     fn get_job(&self, id: i64) -> Result<Option<Job>> {
         self.one(&format!("SELECT {JOB_COLS} FROM repl_jobs WHERE id = $1"), &[&id], rows::job)
     }

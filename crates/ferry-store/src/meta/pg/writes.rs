@@ -22,7 +22,7 @@ use super::store::{PgTx, WriteState};
 use crate::checksum::Algorithm;
 use crate::error::{Error, Result};
 use crate::meta::rows::{self, BACKFILL_COLS, BUCKET_COLS, JOB_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, col_count, to_i64};
-use crate::meta::{OutboxWrites, ReadTx as _, Signals, WriteTx};
+use crate::meta::{OutboxReads as _, OutboxWrites, ReadTx as _, Signals, WriteTx};
 use crate::model::*;
 use crate::replication::{Backfill, BackfillState, Job, JobOptions, JobState, NewJob};
 
@@ -64,18 +64,6 @@ impl PgTx<'_> {
             "INSERT INTO bucket_usage_deltas (bucket, versions, bytes) VALUES ($1, $2, $3)",
             values![bucket, versions, bytes],
         );
-    }
-
-    /// True when a pending job other than `except` is queued for `j`'s destination and key.
-    fn key_has_pending(&self, j: &Job, except: i64) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_opt(
-                "SELECT 1 FROM repl_jobs WHERE peer = $1 AND dest_bucket = $2 AND bucket = $3 AND key = $4 AND state = 0 \
-                 AND id <> $5 LIMIT 1",
-                &[&j.peer, &j.dest_bucket, &j.bucket, &j.key.as_bytes(), &except],
-            )?
-            .is_some())
     }
 
     /// The head of `j`'s destination and key left the pending set: the oldest waiting job runs next.
@@ -482,7 +470,7 @@ impl OutboxWrites for PgTx<'_> {
         let blocked = match (old.state, j.state) {
             (JobState::Pending, JobState::Pending) => !was_head,
             (_, JobState::Failed) => false,
-            (JobState::Failed, JobState::Pending) => self.key_has_pending(j, j.id)?,
+            (JobState::Failed, JobState::Pending) => self.key_has_pending_job(j)?,
         };
         // A transfer saving its progress keeps its lease (another node would resume the same
         // upload beside it); any other change (a retry scheduled, a failure, a re-arm) ends it.

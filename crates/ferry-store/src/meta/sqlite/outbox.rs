@@ -94,6 +94,10 @@ impl<T: HasConn> OutboxReads for T {
         )
     }
 
+    fn key_has_pending_job(&self, job: &Job) -> Result<bool> {
+        key_has_pending(self.conn(), job, job.id)
+    }
+
     fn get_job(&self, id: i64) -> Result<Option<Job>> {
         let conn = self.conn();
         first(conn, &format!("SELECT {JOB_COLS} FROM repl_jobs WHERE id = ?1"), &[&id], rows::job)
@@ -298,50 +302,11 @@ impl OutboxWrites for SqliteWriteTx<'_> {
     }
 
     fn insert_job(&mut self, n: &NewJob<'_>) -> Result<i64> {
-        let conn = self.conn();
-        let live = n.backfill_id.is_none();
-        let probe = Job {
-            bucket: n.bucket.to_owned(),
-            key: n.key.to_owned(),
-            peer: n.peer.to_owned(),
-            dest_bucket: n.dest_bucket.to_owned(),
-            ..Job::blank()
-        };
-        let blocked = key_has_pending(conn, &probe, 0)?;
-        if blocked && live {
-            // A live change must not wait behind backfill jobs that only run after every live one.
-            conn.prepare_cached(
-                "UPDATE repl_jobs SET priority = 0 WHERE peer = ?1 AND dest_bucket = ?2 AND bucket = ?3 AND key = ?4 \
-                 AND state = 0 AND priority = 1",
-            )?
-            .execute(params![n.peer, n.dest_bucket, n.bucket, n.key.as_bytes()])?;
-        }
-        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
-        conn.prepare_cached(
-            "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
-             attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, opts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL, ?11, ?12, ?13, ?14, NULL, ?15)",
-        )?
-        .execute(params![
-            FORMAT_VERSION,
-            n.bucket,
-            n.key.as_bytes(),
-            n.version_id,
-            n.op.code(),
-            n.peer,
-            n.dest_bucket,
-            n.rule_id,
-            n.created_us,
-            to_i64(n.size),
-            n.backfill_id,
-            i64::from(!live),
-            i64::from(blocked),
-            i64::from(live),
-            opts,
-        ])?;
-        let id = conn.last_insert_rowid();
-        count(conn, &probe, 1, to_i64(n.size), 0, None)?;
-        Ok(id)
+        self.insert(n).map(|(id, _)| id)
+    }
+
+    fn record_runnable_job(&mut self, n: &NewJob<'_>) -> Result<Option<i64>> {
+        self.insert(n).map(|(id, blocked)| (!blocked).then_some(id))
     }
 
     fn delete_job(&mut self, id: i64) -> Result<Option<Job>> {
@@ -458,6 +423,57 @@ impl OutboxWrites for SqliteWriteTx<'_> {
         conn.prepare_cached("INSERT INTO events (fmt, time_us, bucket, rule_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
             .execute(params![FORMAT_VERSION, time_us, bucket, rule_id, kind, detail])?;
         Ok(conn.last_insert_rowid())
+    }
+}
+
+impl SqliteWriteTx<'_> {
+    /// Inserts a job (see [`OutboxWrites::insert_job`]); returns its id and whether it waits
+    /// behind an earlier pending job of its destination and key.
+    fn insert(&mut self, n: &NewJob<'_>) -> Result<(i64, bool)> {
+        let conn = self.conn();
+        let live = n.backfill_id.is_none();
+        let probe = Job {
+            bucket: n.bucket.to_owned(),
+            key: n.key.to_owned(),
+            peer: n.peer.to_owned(),
+            dest_bucket: n.dest_bucket.to_owned(),
+            ..Job::blank()
+        };
+        let blocked = key_has_pending(conn, &probe, 0)?;
+        if blocked && live {
+            // A live change must not wait behind backfill jobs that only run after every live one.
+            conn.prepare_cached(
+                "UPDATE repl_jobs SET priority = 0 WHERE peer = ?1 AND dest_bucket = ?2 AND bucket = ?3 AND key = ?4 \
+                 AND state = 0 AND priority = 1",
+            )?
+            .execute(params![n.peer, n.dest_bucket, n.bucket, n.key.as_bytes()])?;
+        }
+        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
+        conn.prepare_cached(
+            "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
+             attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, opts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 0, NULL, NULL, ?11, ?12, ?13, ?14, NULL, ?15)",
+        )?
+        .execute(params![
+            FORMAT_VERSION,
+            n.bucket,
+            n.key.as_bytes(),
+            n.version_id,
+            n.op.code(),
+            n.peer,
+            n.dest_bucket,
+            n.rule_id,
+            n.created_us,
+            to_i64(n.size),
+            n.backfill_id,
+            i64::from(!live),
+            i64::from(blocked),
+            i64::from(live),
+            opts,
+        ])?;
+        let id = conn.last_insert_rowid();
+        count(conn, &probe, 1, to_i64(n.size), 0, None)?;
+        Ok((id, blocked))
     }
 }
 
