@@ -121,6 +121,11 @@ impl DestState {
             _ => concurrency,
         }
     }
+
+    /// How many more transfers may start to this destination now.
+    fn room(&self, concurrency: usize) -> usize {
+        self.capacity(concurrency).saturating_sub(self.inflight)
+    }
 }
 
 /// (destination bucket, source bucket, key): what per-key order is kept for.
@@ -239,12 +244,10 @@ impl PeerWorker {
         self.dests.values().filter_map(|d| d.down_until).filter(|t| *t > Instant::now()).min()
     }
 
-    /// Room for another transfer to `dest`: under the peer's concurrency and the destination's
-    /// own capacity.
+    /// How many more transfers may start to `dest` now (its own capacity; a destination not
+    /// seen yet has the peer's).
     fn room_for(&self, dest: &str) -> usize {
-        let peer = self.concurrency.saturating_sub(self.inflight.len());
-        let dest = self.dests.get(dest).map_or(self.concurrency, |s| s.capacity(self.concurrency).saturating_sub(s.inflight));
-        peer.min(dest)
+        self.dests.get(dest).map_or(self.concurrency, |s| s.room(self.concurrency))
     }
 
     /// Starts the jobs handed over since the last turn while more than a quarter of the slots
@@ -258,16 +261,18 @@ impl PeerWorker {
             return Ok(0);
         }
         let reserve = self.concurrency / 4;
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for job in std::mem::take(&mut self.arrived) {
             let free = self.concurrency.saturating_sub(self.inflight.len() + jobs.len());
-            if free > reserve && self.room_for(&job.dest_bucket) > 0 && !self.read_ids.contains(&job.id) {
+            let to_dest = jobs.iter().filter(|j| j.dest_bucket == job.dest_bucket).count();
+            if free > reserve && self.room_for(&job.dest_bucket) > to_dest && !self.read_ids.contains(&job.id) {
                 jobs.push(job);
             } else {
                 self.drained = false;
             }
         }
-        let started = self.start_taken(jobs).await?.0;
+        let (started, all_started) = self.start_taken(jobs).await?;
+        self.drained &= all_started;
         self.stats.handed += started as u64;
         Ok(started)
     }
@@ -302,8 +307,7 @@ impl PeerWorker {
         }
         // One read: the destinations with work, in turn, each up to its fair share of `free`
         // and its own room (a destination that is down takes one probe at a time).
-        let rooms: HashMap<String, usize> =
-            self.dests.iter().map(|(d, s)| (d.clone(), s.capacity(self.concurrency).saturating_sub(s.inflight))).collect();
+        let rooms: HashMap<String, usize> = self.dests.iter().map(|(d, s)| (d.clone(), s.room(self.concurrency))).collect();
         let (peer, concurrency, start) = (self.peer.clone(), self.concurrency, self.next_dest);
         self.next_dest = self.next_dest.wrapping_add(1);
         let exclude: Vec<i64> = self.tasks.values().map(|(id, _)| *id).collect();
@@ -626,10 +630,10 @@ mod tests {
         PeerWorker::with_delivery("eu", ctx, 4, flaky, now)
     }
 
-    /// Records one live job of `key` to destination `up`, and hands it to the worker as its
+    /// Records one live job of `key` to destination `dest`, and hands it to the worker as its
     /// commit would; returns its id.
-    async fn hand_over(w: &PeerWorker, key: &str) -> i64 {
-        let key = key.to_owned();
+    async fn hand_over(w: &PeerWorker, dest: &str, key: &str) -> i64 {
+        let (dest, key) = (dest.to_owned(), key.to_owned());
         let job = w
             .ctx
             .store
@@ -641,7 +645,7 @@ mod tests {
                     version_id: "v",
                     op: JobOp::Put,
                     peer: "eu",
-                    dest_bucket: "up",
+                    dest_bucket: &dest,
                     rule_id: "r",
                     opts: &JobOptions::default(),
                     created_us: 1,
@@ -669,14 +673,14 @@ mod tests {
         assert!(matches!(w.work(&stop).await.unwrap(), WorkerState::Idle), "nothing to run");
         assert_eq!((w.stats.reads, w.drained), (1, true), "one read found the outbox empty");
 
-        hand_over(&w, "k1").await;
+        hand_over(&w, "up", "k1").await;
         w.work(&stop).await.unwrap();
         assert_eq!((w.stats.handed, w.stats.reads), (1, 1), "started from the hand-off, no read");
         run_until(&mut w, || flaky.state.lock().unwrap().delivered.get("up").copied() == Some(1)).await;
 
         // The read comes first (the job committed between a turn's hand-offs and its read).
         w.drained = false;
-        let id = hand_over(&w, "k2").await;
+        let id = hand_over(&w, "up", "k2").await;
         w.dispatch().await.unwrap();
         assert!(w.read_ids.contains(&id), "the read started it");
         run_until(&mut w, || flaky.state.lock().unwrap().delivered.get("up").copied() == Some(2)).await;
@@ -684,6 +688,24 @@ mod tests {
         assert!(w.handed.is_empty() && w.arrived.is_empty(), "the late hand-off was taken");
         assert_eq!(flaky.state.lock().unwrap().delivered.get("up").copied(), Some(2), "k2 went once");
         assert_eq!(w.stats.handed, 1, "the late hand-off was left");
+    }
+
+    /// Jobs handed over together to a destination that is down start one probe, not one each.
+    #[tokio::test(start_paused = true)]
+    async fn a_down_destination_takes_one_handed_job_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = worker_with_jobs(dir.path(), Arc::new(FlakyPeer::default()), 0).await;
+        let stop = CancellationToken::new();
+        assert!(matches!(w.work(&stop).await.unwrap(), WorkerState::Idle), "nothing to run");
+        for _ in 0..DOWN_AFTER {
+            w.settle("down", &Outcome::Transient("connection refused".into()));
+        }
+        tokio::time::advance(w.next_probe().expect("a probe is scheduled") - Instant::now()).await;
+        assert_eq!(w.dests["down"].capacity(4), 1, "one probe at a time");
+        hand_over(&w, "down", "k1").await;
+        hand_over(&w, "down", "k2").await;
+        w.work(&stop).await.unwrap();
+        assert_eq!(w.dests["down"].inflight, 1, "one probe started, the other job left in the outbox");
     }
 
     /// A destination's share: live jobs first, at least an eighth of it for backfill jobs when

@@ -472,15 +472,9 @@ pub(super) fn record(
         size: if op == JobOp::Put { version.size } else { 0 },
         backfill_id,
     };
-    let runnable = if backfill_id.is_none() {
-        tx.record_runnable_job(&job)?
-    } else {
-        tx.record_job(&job)?;
-        None
-    };
-    match runnable {
-        Some(id) => hand_off_on_commit(tx, job.recorded(id)),
-        None => wake_on_commit(tx),
+    match tx.record_runnable_job(&job)? {
+        Some(id) if backfill_id.is_none() => hand_off_on_commit(tx, job.recorded(id)),
+        _ => wake_on_commit(tx),
     }
     Ok(())
 }
