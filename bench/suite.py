@@ -1472,12 +1472,13 @@ def bench_lag500():
             eu = Region(work, "eu-west-1")
             link = Netem(work, eu.port, delay="25ms") if link_kind == "netem" else DelayProxy(work, eu.port, "25ms")
             us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
-            # The same build with every request through the AWS SDK (`lean_client = false`):
-            # what the lean client changes, measured side by side.
-            us_sdk = Region(work, "us-sdk", peers=[("eu-west-1", link.url)], extra="[replication]\nlean_client = false\n")
+            # The same build sending one PUT per replica (`batches_in_flight = 0`): what
+            # batching changes, measured side by side.
+            us_single = Region(work, "us-single", peers=[("eu-west-1", link.url)],
+                               extra="[replication]\nbatches_in_flight = 0\n")
             try:
-                for client, sender, i in itertools.product(["ferry-bench", "lag-probe"], ["lean", "sdk"], range(runs)):
-                    src = us_sdk if sender == "sdk" else us
+                for client, sender, i in itertools.product(["ferry-bench", "lag-probe"], ["batch", "single"], range(runs)):
+                    src = us_single if sender == "single" else us
                     b = f"l500-{link_kind}-{client}-{sender}-{i}"
                     replicate(src, eu, b, b + "-dr")
 
@@ -1499,11 +1500,11 @@ def bench_lag500():
                     data["runs"].append(got)
                     log("lag500", got)
                 if link_kind == "proxy":
-                    # CPU per object without a watcher: a replicated bucket (lean client, then
-                    # SDK only), then a plain one.
+                    # CPU per object without a watcher: a replicated bucket (batches, then one
+                    # PUT per replica), then a plain one.
                     for i in range(runs):
-                        for mode in ["lean", "sdk", "plain"]:
-                            replicated, src = mode != "plain", us_sdk if mode == "sdk" else us
+                        for mode in ["batch", "single", "plain"]:
+                            replicated, src = mode != "plain", us_single if mode == "single" else us
                             b = f"cpu500-{mode}-{i}"
                             if replicated:
                                 replicate(src, eu, b, b + "-dr")
@@ -1522,7 +1523,7 @@ def bench_lag500():
                                                 "us_cpu_us": per[0], "eu_cpu_us": per[1]})
                             log("cpu500", data["cpu"][-1])
             finally:
-                for p in (us, eu, link, us_sdk):
+                for p in (us, eu, link, us_single):
                     p.stop()
     save("lag500", data)
     write_lag500(data)
@@ -1531,7 +1532,7 @@ def bench_lag500():
 def write_lag500(data):
     links = {"netem": "`ferry netem`", "proxy": "delay proxy"}
     clients = {"ferry-bench": "`ferry bench`", "lag-probe": "`lag_probe`"}
-    senders = {"lean": "lean client", "sdk": "AWS SDK"}
+    senders = {"batch": "batches", "single": "one PUT each"}
     rows, labels, p99s, p50s = [], [], [], []
     for (link, link_name), (client, client_name), (sender, sender_name) in itertools.product(
             links.items(), clients.items(), senders.items()):
@@ -1549,12 +1550,13 @@ def write_lag500(data):
     cpu = data["cpu"]
     of = lambda mode, who: [c[f"{who}_cpu_us"] for c in cpu  # noqa: E731
                             if c.get("mode", "sdk" if c["replicated"] else "plain") == mode]
-    repl_us, plain_us, repl_eu = of("lean", "us"), of("plain", "us"), of("lean", "eu")
-    sdk_us, sdk_eu = of("sdk", "us"), of("sdk", "eu")
+    repl_us, plain_us, repl_eu = of("batch", "us"), of("plain", "us"), of("batch", "eu")
+    single_us, single_eu = of("single", "us"), of("single", "eu")
     extra_us = median(repl_us) - median(plain_us)
-    sdk_line = "" if not sdk_us else f""" With every request through the AWS SDK
-(`lean_client = false`, the same build, same runs, another source process): source {spread(sdk_us, "{:.0f}")} µs, destination
-{spread(sdk_eu, "{:.0f}")} µs per replicated object."""
+    single_line = "" if not single_us else f""" With one PUT per replica
+(`batches_in_flight = 0`, the same build, same runs, another source process): source {spread(single_us, "{:.0f}")} µs
+({median(single_us) - median(plain_us):.0f} µs of it replication's), destination {spread(single_eu, "{:.0f}")} µs per
+replicated object: {median(single_us) - median(plain_us) + median(single_eu):.0f} µs of replication, source and destination."""
     plot("lag500", "linear", f"Replication lag, 4 KiB at {data['rate']} PUT/s, 25 ms each way (medians)", labels,
          {"p50": p50s, "p99": p99s}, "ms", hline=(50, "goal: p99 <= 50 ms"))
     write_section("lag500", f"""### Replication lag at 500 PUT/s over 25 ms each way: two links, two clients
@@ -1568,8 +1570,9 @@ destination every 2 ms from the oldest object not yet seen: `ferry bench --mode 
 destination minus the PUT's answer. Each cell: median [min-max] over the runs. CPU: user + system
 time of each `ferry serve` process during the run, per object (the source's includes serving the
 PUT, the destination's serving the watcher's LISTs). Two source regions of the same build take
-turns: one sends small replicas with Ferry's lean client (the default), the other with
-`lean_client = false` (every request through the AWS SDK).
+turns: one sends small replicas in batches (the default: replicas that wait for a request go
+together, `batches_in_flight = 8`), the other one PUT per replica (`batches_in_flight = 0`); both
+through Ferry's lean client.
 
 {table(["link", "client", "replicas sent by", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
 CPU per replicated object without a watcher (`lag_probe put --no-watch` at {data['rate']} PUT/s through the
@@ -1577,7 +1580,7 @@ delay proxy, then `ferry replication status --wait`), median [min-max] of {len(r
 source {spread(repl_us, "{:.0f}")} µs per object, of which {extra_us:.0f} µs is replication's (the same
 PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}")} µs); destination
 {spread(repl_eu, "{:.0f}")} µs per replica. Replication's CPU per object, source and destination:
-{extra_us + median(repl_eu):.0f} µs (goal: at most 100 µs).{sdk_line}
+{extra_us + median(repl_eu):.0f} µs (goal: at most 100 µs).{single_line}
 
 Reproduce: `scripts/bench-all lag500` (it builds the release binary and `examples/lag_probe.rs`).""")
 

@@ -221,6 +221,16 @@ pub struct ReplicationSettings {
     /// through the SDK. Default true.
     #[serde(default = "default_true")]
     pub lean_client: bool,
+    /// With the lean client: small replicas to a Ferry peer go in batches, one request and one
+    /// commit at the peer for several; at most this many batches are on the way to a peer at
+    /// once, and replicas that arrive while they are wait for the next (never for a timer).
+    /// `0`: one request per replica. Default 8.
+    #[serde(default = "default_batches_in_flight")]
+    pub batches_in_flight: usize,
+}
+
+fn default_batches_in_flight() -> usize {
+    8
 }
 
 fn default_max_clock_skew() -> Duration {
@@ -271,6 +281,7 @@ impl Default for ReplicationSettings {
             give_up_after: default_give_up_after(),
             abandoned_upload_after: default_give_up_after(),
             lean_client: true,
+            batches_in_flight: default_batches_in_flight(),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! A lean client for the request that dominates the replication of small objects: the
+//! A lean client for the requests that dominate the replication of small objects: the
 //! PutObject of a version held inline (at most `inline_threshold`, 32 KiB by default), to a
-//! Ferry peer. The SDK's orchestrator (configuration bags, interceptors, endpoint resolution
+//! Ferry peer, and the batches of them ([`crate::batch`]). The SDK's orchestrator (configuration bags, interceptors, endpoint resolution
 //! per request) costs several hundred µs of CPU per request, more than the rest of a small
 //! replica's journey; this is hyper's pooled client plus SigV4, nothing else.
 //!
@@ -35,6 +35,8 @@ use crate::error::{Error, Result};
 
 /// The most of an error answer read (S3 error documents are a few hundred bytes).
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The most of a batch's answer read (a result per entry, each a status, a code and a message).
+const MAX_BATCH_ANSWER: usize = 1 << 20;
 /// As the SDK path's.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -123,20 +125,41 @@ impl LeanClient {
     /// The peer's error answer, a transport failure, or a header that cannot be sent.
     pub async fn put_object(&self, bucket: &str, key: &str, headers: &[(String, String)], body: Bytes) -> Result<(), Failure> {
         let url = format!("{}/{}/{}", self.base, percent_encoding::utf8_percent_encode(bucket, KEY), key_path(key));
-        let mut req = http::Request::builder().method(http::Method::PUT).uri(&url).header(http::header::HOST, &self.host);
+        self.exchange(http::Method::PUT, &url, headers, body, MAX_ERROR_BODY).await.map(drop)
+    }
+
+    /// POSTs a batch of replicas to `bucket` (`ferry_store::replication::wire::batch`), signed;
+    /// returns the peer's answer (read up to [`MAX_BATCH_ANSWER`] bytes).
+    ///
+    /// # Errors
+    /// The peer's error answer, a transport failure, or a header that cannot be sent.
+    pub async fn post_batch(&self, bucket: &str, headers: &[(String, String)], body: Bytes) -> Result<Bytes, Failure> {
+        use ferry_store::replication::wire::batch::BATCH_QUERY;
+        let url = format!("{}/{}?{BATCH_QUERY}", self.base, percent_encoding::utf8_percent_encode(bucket, KEY));
+        self.exchange(http::Method::POST, &url, headers, body, MAX_BATCH_ANSWER).await
+    }
+
+    /// One signed request; the answer's body when it succeeds.
+    async fn exchange(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        answer_limit: usize,
+    ) -> Result<Bytes, Failure> {
+        sendable(headers)?;
+        let mut req = http::Request::builder().method(&method).uri(url).header(http::header::HOST, &self.host);
         for (name, value) in headers {
-            if !value.bytes().all(|b| (b' '..=b'~').contains(&b) || b == b'\t') {
-                return Err(Failure::Unsendable(format!("header {name} is not visible ASCII")));
-            }
             req = req.header(name.as_str(), value.as_str());
         }
         let mut req = req.body(Full::new(body.clone())).map_err(|e| Failure::Unsendable(format!("request: {e}")))?;
-        self.sign(&mut req, &url, &body)?;
+        self.sign(&mut req, method.as_str(), url, &body)?;
         let exchange = async {
             let answer = self.http.request(req).await.map_err(|e| Failure::Transport(format!("connection failed: {e}")))?;
             let status = answer.status();
             // Read to the end either way, so the connection goes back to the pool.
-            let text = Limited::new(answer.into_body(), MAX_ERROR_BODY)
+            let text = Limited::new(answer.into_body(), answer_limit)
                 .collect()
                 .await
                 .map_err(|e| Failure::Transport(format!("reading the answer: {e}")))?
@@ -146,13 +169,13 @@ impl LeanClient {
         let (status, text) =
             tokio::time::timeout(ANSWER_TIMEOUT, exchange).await.map_err(|_| Failure::Transport("timeout".to_owned()))??;
         if status.is_success() {
-            return Ok(());
+            return Ok(text);
         }
         let (code, message) = error_fields(&text);
         Err(Failure::Answer { status: status.as_u16(), code, message })
     }
 
-    fn sign(&self, req: &mut http::Request<Full<Bytes>>, url: &str, body: &[u8]) -> Result<(), Failure> {
+    fn sign(&self, req: &mut http::Request<Full<Bytes>>, method: &str, url: &str, body: &[u8]) -> Result<(), Failure> {
         let unsignable = |e: &dyn std::fmt::Display| Failure::Unsendable(format!("signing: {e}"));
         // As the SDK signs for S3: the path as sent (not encoded twice, not normalized), and
         // the payload's hash in x-amz-content-sha256.
@@ -171,10 +194,22 @@ impl LeanClient {
             .map_err(|e| unsignable(&e))?
             .into();
         let headers = req.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let signable = SignableRequest::new("PUT", url, headers, SignableBody::Bytes(body)).map_err(|e| unsignable(&e))?;
+        let signable = SignableRequest::new(method, url, headers, SignableBody::Bytes(body)).map_err(|e| unsignable(&e))?;
         let (instructions, _) = sign(signable, &params).map_err(|e| unsignable(&e))?.into_parts();
         instructions.apply_to_request_http1x(req);
         Ok(())
+    }
+}
+
+/// Refuses headers this client does not send (a value that is not visible ASCII): the SDK
+/// path sends those requests (invariant 2).
+///
+/// # Errors
+/// [`Failure::Unsendable`], naming the header.
+pub fn sendable(headers: &[(String, String)]) -> Result<(), Failure> {
+    match headers.iter().find(|(_, value)| !value.bytes().all(|b| (b' '..=b'~').contains(&b) || b == b'\t')) {
+        Some((name, _)) => Err(Failure::Unsendable(format!("header {name} is not visible ASCII"))),
+        None => Ok(()),
     }
 }
 

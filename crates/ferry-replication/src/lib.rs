@@ -14,8 +14,11 @@
 //! - [`client`]: aws-sdk-s3 clients for peers (TLS with private CAs, SDK retries off).
 //! - [`lean`]: hyper and SigV4 for the PutObject of a small (inline) version to a Ferry peer,
 //!   the request that dominates replication of small objects; everything else uses the SDK.
+//! - [`batch`]: several such PutObjects in one request when they wait for one (no timer): one
+//!   HTTP exchange and signature at the source, one request and shared commits at the peer.
 
 pub mod backfill;
+pub mod batch;
 pub mod client;
 pub mod engine;
 pub mod error;

@@ -25,7 +25,9 @@ pub struct Peer {
     /// The client, signed with the peer's credentials.
     pub client: Client,
     /// Ferry peers: the lean client for small PUTs ([`crate::lean`]).
-    pub lean: Option<crate::lean::LeanClient>,
+    pub lean: Option<Arc<crate::lean::LeanClient>>,
+    /// Ferry peers: batches of small replicas ([`crate::batch`]), through the lean client.
+    pub batch: Option<crate::batch::Batcher>,
     /// S3 peers: the accounts (user ids) whose buckets may replicate there.
     pub accounts: Vec<String>,
 }
@@ -98,11 +100,12 @@ impl PeerSet {
         for s in specs {
             let client = build(&s.settings).map_err(|e| Error::Client(format!("peer `{}`: {e}", s.name)))?;
             let lean = match s.kind {
-                PeerKind::Ferry => Some(
+                PeerKind::Ferry => Some(Arc::new(
                     crate::lean::LeanClient::new(&s.settings).map_err(|e| Error::Client(format!("peer `{}`: {e}", s.name)))?,
-                ),
+                )),
                 PeerKind::S3 => None,
             };
+            let batch = lean.clone().map(crate::batch::Batcher::new);
             peers.insert(
                 s.name.clone(),
                 Arc::new(Peer {
@@ -111,6 +114,7 @@ impl PeerSet {
                     url: s.settings.url.clone(),
                     client,
                     lean,
+                    batch,
                     accounts: s.accounts.clone(),
                 }),
             );

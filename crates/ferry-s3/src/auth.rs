@@ -176,6 +176,18 @@ pub(crate) fn signed_region(headers: &http::HeaderMap, uri: &http::Uri) -> Optio
     None
 }
 
+/// Refuses a request signed for another region than `region` (or `us-east-1`, which S3
+/// clients sign global operations with).
+pub(crate) fn check_signed_region(region: &str, headers: &http::HeaderMap, uri: &http::Uri) -> S3Result<()> {
+    match signed_region(headers, uri) {
+        Some(signed) if signed != region && signed != "us-east-1" => Err(s3_error!(
+            AuthorizationHeaderMalformed,
+            "the region '{signed}' is wrong; expecting '{region}'"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Presigned URLs may last from 1 second to 7 days.
 const MAX_PRESIGNED_EXPIRY_SECS: i64 = 7 * 24 * 3600;
 
@@ -237,16 +249,7 @@ fn http_date(text: &str) -> Option<std::time::SystemTime> {
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if let Some(region) = signed_region(cx.headers(), cx.uri())
-            && region != self.region
-            && region != "us-east-1"
-        {
-            return Err(s3_error!(
-                AuthorizationHeaderMalformed,
-                "the region '{region}' is wrong; expecting '{}'",
-                self.region
-            ));
-        }
+        check_signed_region(&self.region, cx.headers(), cx.uri())?;
         let replicator = cx.credentials().and_then(|c| self.users.get(&c.access_key)).is_some_and(|u| u.replication);
         let op = cx.s3_op().name().to_owned();
         let op = op.as_str();

@@ -70,7 +70,7 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
     }
 }
 
-fn sha256_mismatch() -> S3Error {
+pub(crate) fn sha256_mismatch() -> S3Error {
     let mut e = S3Error::with_message(
         S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
         "The provided 'x-amz-content-sha256' header does not match what was computed.",

@@ -107,6 +107,7 @@ pub fn service(
     };
     let host = Arc::new(auth::Host::new(cfg.domains.clone()));
     let forms = Arc::new(post_object::Forms { s3: s3.clone(), host: host.clone() });
+    let batch = replication::batch::BatchRoute { s3: s3.clone() };
     let mut b = S3ServiceBuilder::new(s3);
     let mut limits = s3s::config::S3Config::default();
     limits.post_object_max_file_size = S3S_POST_OBJECT_MAX_SIZE;
@@ -116,7 +117,8 @@ pub fn service(
     b.set_host(auth::Host::new(cfg.domains.clone()));
     let cors = Arc::new(cors::Cors { store: store.clone(), host: host.clone() });
     b.set_validation(auth::BucketNames);
-    b.set_route(replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine });
+    let admin = replication::admin::AdminRoute { store, users, region: cfg.region.clone(), engine };
+    b.set_route(replication::batch::Routes { admin, batch });
     FerryService { inner: b.build(), metrics, client: None, cors, forms, host }
 }
 

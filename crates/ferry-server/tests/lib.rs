@@ -14,6 +14,7 @@ mod faults;
 mod model;
 mod outbox;
 mod progress;
+mod replica_batch;
 mod replication;
 mod replication_process;
 mod s3_bad_input;

@@ -139,13 +139,26 @@ async fn small_and_large_versions_arrive_alike() {
         assert_eq!(tags, [("env", "prod"), ("note", "a b")], "{key}");
         assert_eq!(get_bytes(&us, "src", key).await, get_bytes(&eu, "dst", key).await, "{key}");
     }
-    // The small one went through the lean client (only an inline version can), the large one
-    // through the SDK.
-    let (lean, sdk) = (puts_sent(&c, "lean"), puts_sent(&c, "sdk"));
-    assert!(lean >= 1 && sdk >= 1, "lean {lean}, sdk {sdk}");
+    // The small one went in a batch through the lean client (only an inline version can), the
+    // large one through the SDK.
+    let (batch, sdk) = (puts_sent(&c, "batch"), puts_sent(&c, "sdk"));
+    assert!(batch >= 1 && sdk >= 1, "batch {batch}, sdk {sdk}");
 }
 
-/// Replica PUTs the source region sent through `sender` (`lean` or `sdk`).
+/// `batches_in_flight = 0`: small versions go one PutObject each, through the lean client, and
+/// arrive as in a batch.
+#[tokio::test]
+async fn batches_can_be_turned_off() {
+    let c = TestCluster::start(&[US, EU], |o, _| o.replication.batches_in_flight = 0).await;
+    let (us, eu) = (c.client(US), c.client(EU));
+    replicated_pair(&us, "src", &eu, "dst").await;
+    let vid = put(&us, "src", "small", b"a few bytes").await.version_id().unwrap().to_owned();
+    wait_for_version("small", 30, &eu, "dst", "small", &vid).await;
+    assert_eq!(get_bytes(&eu, "dst", "small").await, b"a few bytes");
+    assert_eq!((puts_sent(&c, "batch"), puts_sent(&c, "lean") >= 1), (0, true));
+}
+
+/// Replica PUTs the source region sent through `sender` (`batch`, `lean` or `sdk`).
 fn puts_sent(c: &TestCluster, sender: &str) -> u64 {
     let labels = ferry_core::metrics::SenderLabels { sender: sender.into() };
     c.server.as_ref().unwrap().region(US).unwrap().metrics.replication_object_puts.get_or_create(&labels).get()

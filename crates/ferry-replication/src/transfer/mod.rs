@@ -505,22 +505,38 @@ impl Transfer<'_> {
         } else {
             add("content-md5", content_md5(&v.etag));
         }
-        add(SOURCE_HEADER, self.source.encode().ok());
         add(REPLICA_HEADER, self.replica_header(v));
         for (k, value) in &a.user_metadata {
             h.push((format!("x-amz-meta-{k}"), value.clone()));
         }
-        let outcome = match lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await {
+        let source = self.source.encode().ok()?;
+        let in_flight = self.ctx.settings.batches_in_flight;
+        if let Some(batcher) = self.peer.batch.as_ref().filter(|b| in_flight > 0 && b.takes(&h, body.len())) {
+            let sent = batcher.put(in_flight, &self.job.dest_bucket, &source, &v.key, h, body).await;
+            self.count_put("batch");
+            // A peer found not to take batches answers Unsendable: retried, alone from then on.
+            return Some(self.lean_outcome(sent));
+        }
+        h.push((SOURCE_HEADER.to_owned(), source));
+        let sent = lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await;
+        if matches!(sent, Err(Failure::Unsendable(_))) {
+            // Never sent: the SDK sends it.
+            return None;
+        }
+        self.count_put("lean");
+        Some(self.lean_outcome(sent))
+    }
+
+    /// The outcome of a replica the lean client sent, alone or in a batch.
+    fn lean_outcome(&self, sent: Result<(), crate::lean::Failure>) -> Outcome {
+        use crate::lean::Failure;
+        match sent {
             Ok(()) => Outcome::Done,
             Err(f) => match &f {
-                // Never sent: the SDK sends it.
-                Failure::Unsendable(_) => return None,
-                Failure::Transport(why) => Outcome::Transient(why.clone()),
+                Failure::Unsendable(why) | Failure::Transport(why) => Outcome::Transient(why.clone()),
                 Failure::Answer { status, code, .. } => corrupt_or(classify_answer(*status, code, f.to_string())),
             },
-        };
-        self.count_put("lean");
-        Some(outcome)
+        }
     }
 
     async fn put_single(&self, v: &VersionRecord) -> Outcome {

@@ -95,7 +95,7 @@ fn route_of(method: &Method, uri: &Uri) -> Option<&'static str> {
 }
 
 /// The bucket of a path-style request path `/BUCKET`.
-fn bucket_of(uri: &Uri) -> S3Result<String> {
+pub(crate) fn bucket_of(uri: &Uri) -> S3Result<String> {
     let b = uri.path().trim_start_matches('/').trim_end_matches('/');
     if b.is_empty() || b.contains('/') {
         return Err(s3_error!(InvalidRequest, "expected /BUCKET"));

@@ -11,8 +11,12 @@
 //!   backfills, verify, replica sources); the answers are `ferry_store::replication::api`
 //!   types, the work is done in the store and the engine.
 //! - [`progress`]: the OSS-shaped `?replicationProgress` XML.
+//! - [`batch`]: batches of small replicas from a Ferry peer (`POST /BUCKET?ferry-replicas`),
+//!   each entry applied as the replica PutObject it stands for; and the route that puts the
+//!   admin API and batches beside S3.
 
 pub(crate) mod admin;
+pub(crate) mod batch;
 pub mod config;
 pub mod progress;
 pub(crate) mod replica;
