@@ -77,6 +77,10 @@ def main():
         for name, (data, _) in perf.items():
             script = subprocess.run(["perf", "script", "-i", str(data)], check=True, capture_output=True).stdout
             folded = subprocess.run(["inferno-collapse-perf"], input=script, check=True, capture_output=True).stdout
+            # The folded stacks too, to search by function (target/bench-results/, not committed).
+            results = PLOTS.parent.parent / "target" / "bench-results"
+            results.mkdir(parents=True, exist_ok=True)
+            (results / f"flame-{mode}-{name}.folded").write_bytes(folded)
             title = f"{name} region, 500 PUT/s of 4 KiB, {mode}"
             svg = subprocess.run(["inferno-flamegraph", "--title", title, "--minwidth", "0.5"], input=folded, check=True,
                                  capture_output=True).stdout

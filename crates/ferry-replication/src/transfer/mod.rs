@@ -230,11 +230,8 @@ fn content_md5(etag_hex: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
-/// Runs one attempt of `job`.
-pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
-    let Some(peer) = ctx.peers.get(&job.peer) else {
-        return Outcome::Permanent(format!("peer {} is not configured", job.peer));
-    };
+/// The owner of the job's bucket and its version, as stored now.
+async fn read_source(ctx: &Ctx, job: &Job) -> Result<(String, Option<VersionRecord>), Outcome> {
     let (b, k, v) = (job.bucket.clone(), job.key.clone(), job.version_id.clone());
     let loaded = ctx
         .store
@@ -245,19 +242,33 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
             Ok((bucket, version))
         })
         .await;
-    let (bucket, version) = match loaded {
-        Ok(x) => x,
-        Err(e) => return Outcome::Transient(format!("reading the source: {e}")),
-    };
+    let (bucket, version) = loaded.map_err(|e| Outcome::Transient(format!("reading the source: {e}")))?;
     let Some(bucket) = bucket.filter(|b| b.replication.is_some()) else {
-        return Outcome::Skipped("the bucket's replication configuration was removed".to_owned());
+        return Err(Outcome::Skipped("the bucket's replication configuration was removed".to_owned()));
     };
-    let source = SourceRef::new(ctx.peers.local(), &job.bucket, &bucket.owner.id);
+    Ok((bucket.owner.id, version))
+}
+
+/// Runs one attempt of `job`.
+pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
+    let Some(peer) = ctx.peers.get(&job.peer) else {
+        return Outcome::Permanent(format!("peer {} is not configured", job.peer));
+    };
+    // A handed job carries its version as committed: no read (what changed since has jobs of
+    // its own, queued behind this one).
+    let (owner, version) = match job.snapshot.as_ref().filter(|_| job.op == JobOp::Put) {
+        Some(s) => (s.owner().to_owned(), Some(std::borrow::Cow::Borrowed(s.version()))),
+        None => match read_source(ctx, job).await {
+            Ok((owner, version)) => (owner, version.map(std::borrow::Cow::Owned)),
+            Err(o) => return o,
+        },
+    };
+    let source = SourceRef::new(ctx.peers.local(), &job.bucket, &owner);
     let t = Transfer { ctx, peer: &peer, job, source, unreadable: Arc::default() };
-    let out = match (job.op, version) {
-        (JobOp::Put, Some(v)) if !v.delete_marker => t.put(&v).await,
-        (JobOp::DeleteMarker, Some(v)) if v.delete_marker => t.delete_marker(&v).await,
-        (JobOp::Metadata, Some(v)) if !v.delete_marker => t.metadata(&v).await,
+    let out = match (job.op, version.as_deref()) {
+        (JobOp::Put, Some(v)) if !v.delete_marker => t.put(v).await,
+        (JobOp::DeleteMarker, Some(v)) if v.delete_marker => t.delete_marker(v).await,
+        (JobOp::Metadata, Some(v)) if !v.delete_marker => t.metadata(v).await,
         (JobOp::DeleteVersion, _) => t.delete_version().await,
         // Deleted locally before it could be sent: nothing to replicate.
         _ => Outcome::Skipped("the version no longer exists at the source".to_owned()),

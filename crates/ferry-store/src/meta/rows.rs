@@ -301,6 +301,7 @@ pub(crate) fn job(r: &dyn Cells) -> Result<Job> {
         live: r.flag(c!("live"))?,
         since_us: r.opt_int(c!("since_us"))?,
         opts: json_opt(r, c!("opts"))?.unwrap_or_default(),
+        snapshot: None,
     })
 }
 

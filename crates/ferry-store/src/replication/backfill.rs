@@ -459,7 +459,7 @@ fn backfill_version(tx: &mut dyn WriteTx, b: &Backfill, cfg: &ReplicationConfig,
             StatusFilter::None => pending.is_none() && failed.is_none() && !delivered.contains(&dest),
         };
         if record {
-            outbox::record(tx, v, rule, op, v.mtime_us, Some(b.id))?;
+            outbox::record(tx, v, rule, op, v.mtime_us, Some(b.id), None)?;
             sent += 1;
         }
     }

@@ -154,6 +154,39 @@ pub struct Job {
     pub progress: Option<String>,
     /// The backfill that recorded (or re-drove) it, if any.
     pub backfill_id: Option<i64>,
+    /// A job handed over by its commit: what its transfer would read first, as that commit
+    /// wrote it. Never stored; a job read from the outbox has none.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The version a handed job sends, as the commit that recorded the job wrote it, and the
+/// owner of its bucket: the transfer of a handed job starts without a metadata read. Only a
+/// new version held inline (a PutObject's whole state, no blob that could go meanwhile) gets
+/// one; what changes after the commit has jobs of its own, queued behind this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot(Arc<(String, VersionRecord)>);
+
+impl Snapshot {
+    /// The snapshot of `version`, a new version of a bucket owned by `owner` (its key's latest
+    /// when committed), when it is one a transfer may use (held inline, not a delete marker).
+    #[must_use]
+    pub fn of(owner: &str, version: &VersionRecord) -> Option<Self> {
+        let inline = matches!(version.layout, crate::model::BodyLayout::Inline(_));
+        (inline && !version.delete_marker)
+            .then(|| Self(Arc::new((owner.to_owned(), VersionRecord { is_latest: true, ..version.clone() }))))
+    }
+
+    /// The owner (account id) of the source bucket.
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        &self.0.0
+    }
+
+    /// The version, as committed.
+    #[must_use]
+    pub fn version(&self) -> &VersionRecord {
+        &self.0.1
+    }
 }
 
 impl Job {
@@ -179,6 +212,7 @@ impl Job {
             last_error: None,
             progress: None,
             backfill_id: None,
+            snapshot: None,
         }
     }
 }
@@ -294,12 +328,15 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
         JobOp::Put | JobOp::DeleteMarker => version.mtime_us,
         JobOp::DeleteVersion | JobOp::Metadata => tx.now(),
     };
+    // A new version's jobs carry it to their transfers (the jobs of a change made later read it).
+    let snapshot = if op == JobOp::Put { Snapshot::of(&bucket.owner.id, version) } else { None };
     for rule in &rules {
         let dest = rule.destination.key();
         let will_arrive = delivered.contains(&dest)
             || jobs.iter().any(|j| j.op == JobOp::Put && j.state == JobState::Pending && j.dest() == dest);
         let job_op = if op == JobOp::Metadata && !is_replica && !will_arrive { JobOp::Put } else { op };
-        record(tx, version, rule, job_op, tick, None)?;
+        let snapshot = snapshot.clone().filter(|_| job_op == JobOp::Put);
+        record(tx, version, rule, job_op, tick, None, snapshot)?;
     }
     if op != JobOp::DeleteVersion && !is_replica {
         tx.set_repl_status(&bucket.name, &version.key, &version.version_id, Some(ReplStatus::Pending))?;
@@ -449,8 +486,8 @@ pub fn save_progress(tx: &mut dyn WriteTx, id: i64, progress: Option<String>) ->
 }
 
 /// Records one job for `version` to `rule`'s destination, and, when the transaction commits,
-/// hands it to its peer's worker (a live job the backend knows to be runnable) or wakes the
-/// workers.
+/// hands it to its peer's worker (a live job the backend knows to be runnable, with
+/// `snapshot`) or wakes the workers.
 pub(super) fn record(
     tx: &mut dyn WriteTx,
     version: &VersionRecord,
@@ -458,6 +495,7 @@ pub(super) fn record(
     op: JobOp,
     created_us: i64,
     backfill_id: Option<i64>,
+    snapshot: Option<Snapshot>,
 ) -> Result<()> {
     let job = NewJob {
         bucket: &version.bucket,
@@ -473,7 +511,7 @@ pub(super) fn record(
         backfill_id,
     };
     match tx.record_runnable_job(&job)? {
-        Some(id) if backfill_id.is_none() => hand_off_on_commit(tx, job.recorded(id)),
+        Some(id) if backfill_id.is_none() => hand_off_on_commit(tx, Job { snapshot, ..job.recorded(id) }),
         _ => wake_on_commit(tx),
     }
     Ok(())
@@ -634,8 +672,27 @@ mod tests {
         let head = handed.try_recv().expect("handed over");
         let id = head.id;
         let stored = meta.read(move |r| r.get_job(id)).await.unwrap();
-        assert_eq!(Some(&head), stored.as_ref(), "the job handed over is the job as stored");
+        assert!(
+            stored.as_ref().is_some_and(|j| j.snapshot.is_none()),
+            "a job read from the outbox has no snapshot"
+        );
+        assert_eq!(
+            Some(Job { snapshot: None, ..head.clone() }),
+            stored,
+            "the job handed over is the job as stored"
+        );
         assert!(!woken(), "a job handed over wakes nobody");
+        // It carries its version (held inline) as committed, and the bucket's owner.
+        let snapshot = head.snapshot.clone().expect("a new inline version travels with its job");
+        let (b, k, vid) = ("src".to_owned(), "k".to_owned(), head.version_id.clone());
+        let version = meta.read(move |r| r.get_version(&b, &k, &vid)).await.unwrap().unwrap();
+        let owner = meta.read(|r| r.get_bucket("src")).await.unwrap().unwrap().owner.id;
+        // The stored status moved to PENDING after the job was recorded; nothing else differs.
+        assert_eq!(VersionRecord { repl_status: version.repl_status, ..snapshot.version().clone() }, version);
+        assert_eq!(snapshot.owner(), owner);
+        let mut large = version.clone();
+        large.layout = crate::model::BodyLayout::Parts { parts: Vec::new(), multipart: false };
+        assert!(Snapshot::of(&owner, &large).is_none(), "a version in blobs is read by its transfer");
 
         put("k").await.unwrap();
         assert!(handed.try_recv().is_err(), "a job waiting behind its key is not handed over");
