@@ -20,17 +20,21 @@
 //! batches over the round trip.
 //!
 //! # Invariants
-//! 1. Each replica's result is its own: the peer's answer for its entry, or the batch's
-//!    failure (no answer, an error answer to the whole request) for every entry of the batch.
-//!    The caller classifies it as it would the single PUT's.
+//! 1. Each replica's result is its own: the peer's answer for its entry; or, when the whole
+//!    request is refused in a way each replica alone would be too (403, 404), that answer;
+//!    or [`Failure::Unsendable`] for anything else that fails a batch as a whole (no answer,
+//!    a 5xx, a 400 to the request): the caller then sends the replica alone, so a failed
+//!    batch costs what failed single requests cost, never a failure for a replica that is
+//!    fine.
 //! 2. One batch, one destination bucket, one source ([`SOURCE_HEADER`], signed): replicas of
 //!    other buckets or sources wait for their own batch, in arrival order.
 //! 3. Bounded: a batch is at most [`MAX_BATCH_ENTRIES`] entries and about [`SOFT_BATCH_BYTES`]
 //!    (an entry is at most [`MAX_ENTRY_BYTES`]); the replicas waiting are those whose transfers
 //!    wait on them (at most the worker's concurrency).
-//! 4. A peer that does not take batches (an older Ferry: 404, 405 or 501 to the whole request)
-//!    is remembered ([`Batcher::takes`] says no from then on); the replicas of the batch that
-//!    found out are answered [`Failure::Unsendable`], for the caller to send again alone.
+//! 4. A peer that does not take batches (an older Ferry: 501 NotImplemented to the request)
+//!    is remembered ([`Batcher::takes`] says no from then on, and batches already waiting are
+//!    not sent); their replicas are answered [`Failure::Unsendable`], for the caller to send
+//!    alone.
 //! 5. What goes in a batch is what the lean client would send alone: a header it cannot
 //!    carry keeps the replica out of batches (the SDK sends it).
 
@@ -42,7 +46,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_store::replication::SOURCE_HEADER;
 use ferry_store::replication::wire::batch::{
-    BATCH_MAGIC, BatchAnswer, BatchEntryHead, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, push_entry,
+    BATCH_MAGIC, BatchAnswer, BatchEntryHead, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_HEAD_BYTES, push_entry,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -56,6 +60,9 @@ pub const MAX_ENTRY_BYTES: usize = 256 << 10;
 // The largest batch (the soft limit crossed by one largest entry) leaves half of what a peer
 // reads for keys and headers, which S3's own limits keep to a few KiB per entry.
 const _: () = assert!(SOFT_BATCH_BYTES + MAX_ENTRY_BYTES <= MAX_BATCH_BYTES / 2);
+
+/// The most batches on the way to one peer, whatever `batches_in_flight` says.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// The most a replica waits for the pace (on a long round trip, batches leave at least this
 /// often while a slot is free).
@@ -116,12 +123,19 @@ impl Batcher {
         Self { lean, queue: std::sync::OnceLock::new(), refused: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// True when a replica with these headers and body may go in a batch: the peer takes
-    /// batches (as far as is known), the body is at most [`MAX_ENTRY_BYTES`], and the lean
+    /// True when a replica with this key, headers and body may go in a batch: the peer takes
+    /// batches (as far as is known), the body is at most [`MAX_ENTRY_BYTES`], its head is
+    /// surely under what a peer reads (an ACL of many grants can make it large), and the lean
     /// client sends its headers.
     #[must_use]
-    pub fn takes(&self, headers: &[(String, String)], body_len: usize) -> bool {
-        !self.refused.load(Ordering::Relaxed) && body_len <= MAX_ENTRY_BYTES && crate::lean::sendable(headers).is_ok()
+    pub fn takes(&self, key: &str, headers: &[(String, String)], body_len: usize) -> bool {
+        // JSON at most doubles visible ASCII (`"` and `\` are escaped); a key's control
+        // characters take 6 bytes each.
+        let head = 64 + key.len() * 6 + headers.iter().map(|(k, v)| 2 * (k.len() + v.len()) + 8).sum::<usize>();
+        !self.refused.load(Ordering::Relaxed)
+            && body_len <= MAX_ENTRY_BYTES
+            && head <= MAX_HEAD_BYTES
+            && crate::lean::sendable(headers).is_ok()
     }
 
     /// Sends one replica (PutObject `headers` of `key` in `bucket`, on behalf of `source`, the
@@ -139,12 +153,12 @@ impl Batcher {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Result<(), Failure> {
-        if !self.takes(&headers, body.len()) {
+        if !self.takes(key, &headers, body.len()) {
             return Err(Failure::Unsendable("not for a replica batch".to_owned()));
         }
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(self.lean.clone(), rx, in_flight.max(1), self.refused.clone()));
+            tokio::spawn(run(self.lean.clone(), rx, in_flight.clamp(1, MAX_IN_FLIGHT), self.refused.clone()));
             tx
         });
         let (done, result) = oneshot::channel();
@@ -210,6 +224,10 @@ fn next_batch(waiting: &mut VecDeque<Waiting>) -> Vec<Waiting> {
 /// Sends one batch and answers each of its replicas (invariant 1).
 async fn send(lean: &LeanClient, batch: Vec<Waiting>, refused: &AtomicBool) {
     let Some(first) = batch.first() else { return };
+    if refused.load(Ordering::Relaxed) {
+        // Found out while this batch waited: its replicas go alone.
+        return answer_all(batch, &Failure::Unsendable("the peer does not take replica batches".to_owned()));
+    }
     let mut body = BATCH_MAGIC.to_vec();
     for w in &batch {
         if let Err(e) = push_entry(&mut body, &w.head, &w.body) {
@@ -224,19 +242,26 @@ async fn send(lean: &LeanClient, batch: Vec<Waiting>, refused: &AtomicBool) {
     let bucket = first.bucket.clone();
     let answer = match lean.post_batch(&bucket, &headers, Bytes::from(body)).await {
         Ok(text) => text,
-        Err(Failure::Answer { status: 404 | 405 | 501, .. }) => {
+        // An older Ferry: no such operation.
+        Err(Failure::Answer { status: 501, .. }) => {
             refused.store(true, Ordering::Relaxed);
             return answer_all(batch, &Failure::Unsendable("the peer does not take replica batches".to_owned()));
         }
-        Err(f) => return answer_all(batch, &f),
+        // What each replica alone would be answered too: the credential is refused, the
+        // bucket is not there.
+        Err(f @ Failure::Answer { status: 403 | 404, .. }) => return answer_all(batch, &f),
+        // Anything else is the batch's, not its replicas': no answer (a reset, a timeout), a
+        // refusal of the request as a whole, a 5xx. Each replica goes alone then, so one
+        // batch's failure counts as one per replica that fails alone, as before batches.
+        Err(f) => return answer_all(batch, &Failure::Unsendable(format!("the batch failed ({f}): sent alone"))),
     };
     let results = match serde_json::from_slice::<BatchAnswer>(&answer) {
         Ok(a) if a.results.len() == batch.len() => a.results,
         Ok(a) => {
-            let why = format!("the peer answered {} results for {} replicas", a.results.len(), batch.len());
-            return answer_all(batch, &Failure::Transport(why));
+            let why = format!("the peer answered {} results for {} replicas: sent alone", a.results.len(), batch.len());
+            return answer_all(batch, &Failure::Unsendable(why));
         }
-        Err(e) => return answer_all(batch, &Failure::Transport(format!("unreadable batch answer: {e}"))),
+        Err(e) => return answer_all(batch, &Failure::Unsendable(format!("unreadable batch answer ({e}): sent alone"))),
     };
     for (w, r) in batch.into_iter().zip(results) {
         let out = if (200..300).contains(&r.status) {
@@ -304,7 +329,7 @@ mod tests {
 
     /// A peer on 127.0.0.1 that records how many entries each batch holds. It holds the first
     /// batch until `release`, then answers every entry 200; with `refuse`, it answers every
-    /// batch 501 NotImplemented, as a Ferry without batches does.
+    /// batch that status and code (501 NotImplemented: a Ferry without batches).
     struct TestPeer {
         batches: Arc<std::sync::Mutex<Vec<usize>>>,
         first: Arc<tokio::sync::Notify>,
@@ -312,7 +337,7 @@ mod tests {
         batcher: Arc<Batcher>,
     }
 
-    async fn test_peer(refuse: bool) -> TestPeer {
+    async fn test_peer(refuse: Option<(u16, &'static str)>) -> TestPeer {
         use http_body_util::BodyExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -333,9 +358,9 @@ mod tests {
                             b.push(n);
                             b.len()
                         };
-                        if refuse {
-                            let xml = "<Error><Code>NotImplemented</Code><Message>no</Message></Error>";
-                            return http::Response::builder().status(501).body(http_body_util::Full::new(Bytes::from(xml)));
+                        if let Some((status, code)) = refuse {
+                            let xml = format!("<Error><Code>{code}</Code><Message>no</Message></Error>");
+                            return http::Response::builder().status(status).body(http_body_util::Full::new(Bytes::from(xml)));
                         }
                         if count == 1 {
                             f.notify_one();
@@ -384,7 +409,7 @@ mod tests {
     /// the next one, and each hears its own result.
     #[tokio::test]
     async fn replicas_that_wait_for_a_batch_go_together_in_the_next() {
-        let p = test_peer(false).await;
+        let p = test_peer(None).await;
         let first = tokio::spawn(put(&p.batcher, "k0"));
         p.first.notified().await;
         let mut rest = Box::pin(futures::future::join_all((1..=5).map(|i| put(&p.batcher, &format!("k{i}")))));
@@ -400,12 +425,51 @@ mod tests {
     /// back for single PUTs.
     #[tokio::test]
     async fn a_peer_without_batches_is_remembered_and_its_replicas_handed_back() {
-        let p = test_peer(true).await;
+        let p = test_peer(Some((501, "NotImplemented"))).await;
         let headers = [("content-length".to_owned(), "1".to_owned())];
-        assert!(p.batcher.takes(&headers, 1));
+        assert!(p.batcher.takes("k", &headers, 1));
         assert!(matches!(put(&p.batcher, "k0").await, Err(Failure::Unsendable(_))));
-        assert!(!p.batcher.takes(&headers, 1));
+        assert!(!p.batcher.takes("k", &headers, 1));
         assert!(matches!(put(&p.batcher, "k1").await, Err(Failure::Unsendable(_))));
         assert_eq!(*p.batches.lock().unwrap(), [1]);
+    }
+
+    /// A batch refused as a whole fails none of its replicas for good: they go alone (every
+    /// status but those a replica alone would get too, which each replica gets), and the peer
+    /// still takes batches.
+    #[tokio::test]
+    async fn a_batch_refused_as_a_whole_hands_its_replicas_back_unless_each_would_be_refused() {
+        let headers = [("content-length".to_owned(), "1".to_owned())];
+        for (status, code) in [(400, "InvalidRequest"), (503, "SlowDown"), (500, "InternalError")] {
+            let p = test_peer(Some((status, code))).await;
+            assert!(matches!(put(&p.batcher, "k0").await, Err(Failure::Unsendable(_))), "{status}");
+            assert!(p.batcher.takes("k", &headers, 1), "{status}: batches go on");
+        }
+        let p = test_peer(Some((404, "NoSuchBucket"))).await;
+        let out = put(&p.batcher, "k0").await;
+        assert!(
+            matches!(&out, Err(Failure::Answer { status: 404, code, .. }) if code == "NoSuchBucket"),
+            "{out:?}"
+        );
+        assert!(p.batcher.takes("k", &headers, 1), "a missing bucket is not a peer without batches");
+    }
+
+    /// A replica whose head could pass what a peer reads of one (an ACL of many grants) is
+    /// kept out of batches.
+    #[test]
+    fn a_replica_with_a_large_head_is_kept_out_of_batches() {
+        let settings = crate::client::ClientSettings {
+            url: "http://127.0.0.1:9".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            region: "r".into(),
+            ca_pem: None,
+        };
+        let b = Batcher::new(Arc::new(LeanClient::new(&settings).unwrap()));
+        let small = [("x-ferry-replica".to_owned(), "a".repeat(1000))];
+        let large = [("x-ferry-replica".to_owned(), "a".repeat(MAX_HEAD_BYTES / 2))];
+        assert!(b.takes("k", &small, 1));
+        assert!(!b.takes("k", &large, 1));
+        assert!(!b.takes("k", &small, MAX_ENTRY_BYTES + 1), "nor a large body");
     }
 }

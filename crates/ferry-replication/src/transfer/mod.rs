@@ -254,9 +254,10 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Outcome {
     let Some(peer) = ctx.peers.get(&job.peer) else {
         return Outcome::Permanent(format!("peer {} is not configured", job.peer));
     };
-    // A handed job carries its version as committed: no read (what changed since has jobs of
-    // its own, queued behind this one).
-    let (owner, version) = match job.snapshot.as_ref().filter(|_| job.op == JobOp::Put) {
+    // A handed job carries its version as committed: no read, unless something it would not
+    // show has happened since.
+    let current = |s: &&ferry_store::replication::Snapshot| s.is_current(&ctx.store.meta.signals().snapshots);
+    let (owner, version) = match job.snapshot.as_ref().filter(|_| job.op == JobOp::Put).filter(current) {
         Some(s) => (s.owner().to_owned(), Some(std::borrow::Cow::Borrowed(s.version()))),
         None => match read_source(ctx, job).await {
             Ok((owner, version)) => (owner, version.map(std::borrow::Cow::Owned)),
@@ -522,11 +523,15 @@ impl Transfer<'_> {
         }
         let source = self.source.encode().ok()?;
         let in_flight = self.ctx.settings.batches_in_flight;
-        if let Some(batcher) = self.peer.batch.as_ref().filter(|b| in_flight > 0 && b.takes(&h, body.len())) {
-            let sent = batcher.put(in_flight, &self.job.dest_bucket, &source, &v.key, h, body).await;
-            self.count_put("batch");
-            // A peer found not to take batches answers Unsendable: retried, alone from then on.
-            return Some(self.lean_outcome(sent));
+        if let Some(batcher) = self.peer.batch.as_ref().filter(|b| in_flight > 0 && b.takes(&v.key, &h, body.len())) {
+            match batcher.put(in_flight, &self.job.dest_bucket, &source, &v.key, h.clone(), body.clone()).await {
+                // The batch failed as a whole, or the peer takes no batches: alone, below.
+                Err(Failure::Unsendable(_)) => {}
+                sent => {
+                    self.count_put("batch");
+                    return Some(self.lean_outcome(sent));
+                }
+            }
         }
         h.push((SOURCE_HEADER.to_owned(), source));
         let sent = lean.put_object(&self.job.dest_bucket, &v.key, &h, body).await;

@@ -362,6 +362,8 @@ impl FerryS3 {
                 };
                 b.replication = Some(stored);
                 tx.put_bucket(&b)?;
+                // Jobs in flight may now belong to no rule: they read the bucket again.
+                ferry_store::replication::snapshots_stale(tx);
                 // A rule that starts replicating existing objects starts a backfill (once: not
                 // again when the same rule is put again).
                 for id in backfill_rules {
@@ -454,6 +456,7 @@ impl FerryS3 {
                 let mut b = tx.lock_bucket(&n)?.ok_or(StoreError::NoSuchBucket)?;
                 b.replication = None;
                 tx.put_bucket(&b)?;
+                ferry_store::replication::snapshots_stale(tx);
                 // Nothing is left to replicate to: the bucket's backfills end here.
                 backfill::cancel_all(tx, &n)?;
                 tx.max_job_id()

@@ -57,6 +57,9 @@ pub struct Signals {
     /// Runnable live jobs, from their commit to their peer's worker
     /// ([`crate::replication::outbox::Handoff`]).
     pub handoff: crate::replication::outbox::Handoff,
+    /// Moves on with every change a handed job's snapshot would not show
+    /// ([`crate::replication::outbox::Snapshot`]).
+    pub snapshots: crate::replication::outbox::SnapshotEpoch,
 }
 
 /// A metadata backend: write closures committed in groups, read closures on snapshots. Every

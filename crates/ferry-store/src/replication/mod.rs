@@ -70,8 +70,8 @@ pub mod wire;
 pub use backfill::{Backfill, BackfillAction, BackfillRequest, BackfillState, BackfillStep, StatusFilter};
 pub use engine::{DestinationRefused, ReplicationEngine};
 pub use outbox::{
-    DestStats, Job, JobOp, JobOptions, JobState, NewJob, Snapshot, complete, drop_jobs, enqueue, fail, retry_failed, retry_job,
-    retry_later,
+    DestStats, Job, JobOp, JobOptions, JobState, NewJob, Snapshot, SnapshotEpoch, complete, drop_jobs, enqueue, fail,
+    retry_failed, retry_job, retry_later, snapshots_stale,
 };
 pub use progress::Event;
 pub use rules::{DestinationArn, ReplicationConfig, Rule, RuleDestination, RuleFilter, dest_key};

@@ -162,18 +162,28 @@ pub struct Job {
 /// The version a handed job sends, as the commit that recorded the job wrote it, and the
 /// owner of its bucket: the transfer of a handed job starts without a metadata read. Only a
 /// new version held inline (a PutObject's whole state, no blob that could go meanwhile) gets
-/// one; what changes after the commit has jobs of its own, queued behind this one.
+/// one. A snapshot is used only while nothing it would not show has happened since
+/// ([`SnapshotEpoch`]: a version deleted or its tags, ACL or lock changed, a replication
+/// configuration put or removed, in any bucket with rules); otherwise the transfer reads, as a
+/// job read from the outbox does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot(Arc<(String, VersionRecord)>);
+pub struct Snapshot(Arc<(String, VersionRecord, u64)>);
 
 impl Snapshot {
     /// The snapshot of `version`, a new version of a bucket owned by `owner` (its key's latest
     /// when committed), when it is one a transfer may use (held inline, not a delete marker).
     #[must_use]
-    pub fn of(owner: &str, version: &VersionRecord) -> Option<Self> {
+    pub fn of(tx: &dyn WriteTx, owner: &str, version: &VersionRecord) -> Option<Self> {
         let inline = matches!(version.layout, crate::model::BodyLayout::Inline(_));
+        let epoch = tx.signals().snapshots.current();
         (inline && !version.delete_marker)
-            .then(|| Self(Arc::new((owner.to_owned(), VersionRecord { is_latest: true, ..version.clone() }))))
+            .then(|| Self(Arc::new((owner.to_owned(), VersionRecord { is_latest: true, ..version.clone() }, epoch))))
+    }
+
+    /// True while nothing the snapshot would not show has happened since it was taken.
+    #[must_use]
+    pub fn is_current(&self, epoch: &SnapshotEpoch) -> bool {
+        self.0.2 == epoch.current()
     }
 
     /// The owner (account id) of the source bucket.
@@ -302,6 +312,10 @@ fn replica_change_goes_back(rule: &Rule, version: &VersionRecord, op: JobOp) -> 
 /// Database errors, or a stored configuration that does not parse.
 pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRecord, op: JobOp) -> Result<usize> {
     let Some(stored) = &bucket.replication else { return Ok(0) };
+    if matches!(op, JobOp::DeleteVersion | JobOp::Metadata) {
+        // A handed job's snapshot would not show it, whether or not a rule sends it.
+        snapshots_stale(tx);
+    }
     let cfg = ReplicationConfig::from_stored(stored)?;
     let is_replica = version.repl_status == Some(ReplStatus::Replica);
     let tags: &[(String, String)] = if version.delete_marker { &[] } else { &version.attrs.tags };
@@ -329,7 +343,7 @@ pub fn enqueue(tx: &mut dyn WriteTx, bucket: &BucketRecord, version: &VersionRec
         JobOp::DeleteVersion | JobOp::Metadata => tx.now(),
     };
     // A new version's jobs carry it to their transfers (the jobs of a change made later read it).
-    let snapshot = if op == JobOp::Put { Snapshot::of(&bucket.owner.id, version) } else { None };
+    let snapshot = if op == JobOp::Put { Snapshot::of(tx, &bucket.owner.id, version) } else { None };
     for rule in &rules {
         let dest = rule.destination.key();
         let will_arrive = delivered.contains(&dest)
@@ -455,6 +469,7 @@ pub fn retry_job(tx: &mut dyn WriteTx, bucket: &str, id: i64) -> Result<bool> {
 /// # Errors
 /// Database errors.
 pub fn drop_jobs(tx: &mut dyn WriteTx, bucket: &str, up_to_id: i64, limit: usize) -> Result<u64> {
+    snapshots_stale(tx);
     let jobs: Vec<Job> = tx.bucket_jobs(bucket, 0, limit)?.into_iter().filter(|j| j.id <= up_to_id).collect();
     for j in &jobs {
         tx.delete_job(j.id)?;
@@ -548,6 +563,32 @@ fn hand_off_on_commit(tx: &mut dyn WriteTx, job: Job) {
             wakeup.wake();
         }
     }));
+}
+
+/// A counter that moves on with every change a [`Snapshot`] would not show: a version
+/// deleted, its tags, ACL or lock changed (in a bucket with replication rules), a replication
+/// configuration put or removed, jobs dropped. Moved inside the transaction that makes the
+/// change, so a snapshot taken before it (even one committed in the same group) is stale from
+/// then on; a change that rolls back only costs a read.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotEpoch(Arc<std::sync::atomic::AtomicU64>);
+
+impl SnapshotEpoch {
+    /// The current value.
+    #[must_use]
+    pub fn current(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes every snapshot taken so far stale.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Makes the snapshots of handed jobs stale: called by a write that changes what they show.
+pub fn snapshots_stale(tx: &mut dyn WriteTx) {
+    tx.signals().snapshots.advance();
 }
 
 /// Runnable live jobs on their way from the commit that recorded them to their peer's worker
@@ -690,9 +731,24 @@ mod tests {
         // The stored status moved to PENDING after the job was recorded; nothing else differs.
         assert_eq!(VersionRecord { repl_status: version.repl_status, ..snapshot.version().clone() }, version);
         assert_eq!(snapshot.owner(), owner);
-        let mut large = version.clone();
-        large.layout = crate::model::BodyLayout::Parts { parts: Vec::new(), multipart: false };
-        assert!(Snapshot::of(&owner, &large).is_none(), "a version in blobs is read by its transfer");
+        let large =
+            VersionRecord { layout: crate::model::BodyLayout::Parts { parts: Vec::new(), multipart: false }, ..version.clone() };
+        let (o, l) = (owner.clone(), large.clone());
+        let none = meta.write(move |tx| Ok(Snapshot::of(tx, &o, &l).is_none())).await.unwrap();
+        assert!(none, "a version in blobs is read by its transfer");
+        // Current until a change it would not show: here a tag change of another version.
+        let epoch = meta.signals().snapshots.clone();
+        assert!(snapshot.is_current(&epoch));
+        let mut tagged = version.clone();
+        tagged.attrs.tags = vec![("t".into(), "1".into())];
+        meta.write(move |tx| {
+            let b = tx.get_bucket("src")?.unwrap();
+            enqueue(tx, &b, &tagged, JobOp::Metadata).map(drop)
+        })
+        .await
+        .unwrap();
+        assert!(!snapshot.is_current(&epoch), "a tag change makes it stale: its transfer reads");
+        while woken() {}
 
         put("k").await.unwrap();
         assert!(handed.try_recv().is_err(), "a job waiting behind its key is not handed over");

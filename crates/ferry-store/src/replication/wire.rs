@@ -173,7 +173,8 @@ impl ReplicaMeta {
 /// single-request path would send it: its key, its headers (lowercase names, the
 /// [`REPLICA_HEADER`] among them, never the source header) and its body. The peer applies each
 /// as that PutObject and answers one [`BatchResult`] per entry, in order
-/// ([`BatchAnswer`]); an entry's failure is its own.
+/// ([`BatchAnswer`]); an entry's failure is its own. A peer refuses an entry header it does not
+/// know, so a sender that adds one needs a new [`BATCH_MAGIC`].
 ///
 /// Body layout (all lengths big-endian):
 /// `BATCH_MAGIC`, then per entry: a `u32` length and that many bytes of the JSON
@@ -191,8 +192,8 @@ pub mod batch {
     pub const MAX_BATCH_ENTRIES: usize = 64;
     /// Most bytes in one batch body (what the peer reads into memory, at most).
     pub const MAX_BATCH_BYTES: usize = 4 << 20;
-    /// Most bytes of one entry's JSON head.
-    const MAX_HEAD_BYTES: usize = 64 << 10;
+    /// Most bytes of one entry's JSON head (a sender keeps larger ones out of batches).
+    pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
     /// An entry's key and headers.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
