@@ -1471,7 +1471,10 @@ def bench_lag500():
         with tempfile.TemporaryDirectory() as work:
             eu = Region(work, "eu-west-1")
             link = Netem(work, eu.port, delay="25ms") if link_kind == "netem" else DelayProxy(work, eu.port, "25ms")
-            us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+            # FERRY_BENCH_BATCHES_IN_FLIGHT: the batching source's `batches_in_flight` (default: Ferry's).
+            batches = os.environ.get("FERRY_BENCH_BATCHES_IN_FLIGHT")
+            us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)],
+                        extra=f"[replication]\nbatches_in_flight = {int(batches)}\n" if batches else "")
             # The same build sending one PUT per replica (`batches_in_flight = 0`): what
             # batching changes, measured side by side.
             us_single = Region(work, "us-single", peers=[("eu-west-1", link.url)],
