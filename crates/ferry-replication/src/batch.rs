@@ -98,14 +98,15 @@ struct Waiting {
     source: String,
     head: BatchEntryHead,
     body: Bytes,
+    /// At most what the entry adds to a batch ([`entry_size`]).
+    size: usize,
     done: oneshot::Sender<Result<(), Failure>>,
 }
 
-impl Waiting {
-    /// About what the entry adds to a batch: its body, key and headers.
-    fn size(&self) -> usize {
-        self.body.len() + self.head.key.len() + self.head.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
-    }
+/// At most what an entry adds to a batch: its body, and its head as JSON (which at most
+/// doubles visible ASCII, `"` and `\` escaped; a key's control characters take 6 bytes each).
+fn entry_size(key: &str, headers: &[(String, String)], body_len: usize) -> usize {
+    body_len + 64 + key.len() * 6 + headers.iter().map(|(k, v)| 2 * (k.len() + v.len()) + 8).sum::<usize>()
 }
 
 /// The batches of one peer.
@@ -129,21 +130,23 @@ impl Batcher {
     /// client sends its headers.
     #[must_use]
     pub fn takes(&self, key: &str, headers: &[(String, String)], body_len: usize) -> bool {
-        // JSON at most doubles visible ASCII (`"` and `\` are escaped); a key's control
-        // characters take 6 bytes each.
-        let head = 64 + key.len() * 6 + headers.iter().map(|(k, v)| 2 * (k.len() + v.len()) + 8).sum::<usize>();
-        !self.refused.load(Ordering::Relaxed)
-            && body_len <= MAX_ENTRY_BYTES
-            && head <= MAX_HEAD_BYTES
-            && crate::lean::sendable(headers).is_ok()
+        self.admit(key, headers, body_len).is_some()
+    }
+
+    /// [`Self::takes`], with the entry's size when it may go.
+    fn admit(&self, key: &str, headers: &[(String, String)], body_len: usize) -> Option<usize> {
+        let size = entry_size(key, headers, body_len);
+        let fits = body_len <= MAX_ENTRY_BYTES && size - body_len <= MAX_HEAD_BYTES;
+        (fits && !self.refused.load(Ordering::Relaxed) && crate::lean::sendable(headers).is_ok()).then_some(size)
     }
 
     /// Sends one replica (PutObject `headers` of `key` in `bucket`, on behalf of `source`, the
     /// encoded [`SOURCE_HEADER`]) in a batch; at most `in_flight` batches go at once.
     ///
     /// # Errors
-    /// The peer's answer for this entry, or the batch's failure; [`Failure::Unsendable`] when
-    /// it may not go in a batch ([`Self::takes`]) or the peer turned out not to take batches.
+    /// The peer's answer for this entry, or what the whole batch was answered when each entry
+    /// alone would be too (403, 404); [`Failure::Unsendable`] when it may not go in a batch
+    /// ([`Self::takes`]) or its batch failed as a whole: the caller sends it alone.
     pub async fn put(
         &self,
         in_flight: usize,
@@ -153,9 +156,9 @@ impl Batcher {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Result<(), Failure> {
-        if !self.takes(key, &headers, body.len()) {
+        let Some(size) = self.admit(key, &headers, body.len()) else {
             return Err(Failure::Unsendable("not for a replica batch".to_owned()));
-        }
+        };
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(run(self.lean.clone(), rx, in_flight.clamp(1, MAX_IN_FLIGHT), self.refused.clone()));
@@ -163,7 +166,7 @@ impl Batcher {
         });
         let (done, result) = oneshot::channel();
         let head = BatchEntryHead { key: key.to_owned(), headers };
-        let waiting = Waiting { bucket: bucket.to_owned(), source: source.to_owned(), head, body, done };
+        let waiting = Waiting { bucket: bucket.to_owned(), source: source.to_owned(), head, body, size, done };
         queue.send(waiting).map_err(|_| Failure::Transport("replica batching stopped".to_owned()))?;
         result.await.unwrap_or_else(|_| Err(Failure::Transport("replica batching stopped".to_owned())))
     }
@@ -205,13 +208,13 @@ async fn run(lean: Arc<LeanClient>, mut rx: mpsc::UnboundedReceiver<Waiting>, in
 /// limits (invariant 2).
 fn next_batch(waiting: &mut VecDeque<Waiting>) -> Vec<Waiting> {
     let Some(first) = waiting.pop_front() else { return Vec::new() };
-    let mut bytes = first.size();
+    let mut bytes = first.size;
     let mut batch = vec![first];
     let mut i = 0;
     while i < waiting.len() && batch.len() < MAX_BATCH_ENTRIES && bytes < SOFT_BATCH_BYTES {
         if waiting[i].bucket == batch[0].bucket && waiting[i].source == batch[0].source {
             if let Some(w) = waiting.remove(i) {
-                bytes += w.size();
+                bytes += w.size;
                 batch.push(w);
             }
         } else {
@@ -287,7 +290,9 @@ mod tests {
     fn waiting(bucket: &str, source: &str, key: &str, size: usize) -> Waiting {
         let head = BatchEntryHead { key: key.to_owned(), headers: Vec::new() };
         let (done, _) = oneshot::channel();
-        Waiting { bucket: bucket.into(), source: source.into(), head, body: Bytes::from(vec![0; size]), done }
+        let body = Bytes::from(vec![0; size]);
+        let size = entry_size(key, &head.headers, body.len());
+        Waiting { bucket: bucket.into(), source: source.into(), head, body, size, done }
     }
 
     fn keys(batch: &[Waiting]) -> Vec<&str> {

@@ -188,6 +188,15 @@ pub(crate) fn check_signed_region(region: &str, headers: &http::HeaderMap, uri: 
     }
 }
 
+/// True when a request is signed over its payload's SHA-256 (`x-amz-content-sha256` is a
+/// hash, not UNSIGNED-PAYLOAD or a streaming mode).
+pub(crate) fn signs_payload(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Presigned URLs may last from 1 second to 7 days.
 const MAX_PRESIGNED_EXPIRY_SECS: i64 = 7 * 24 * 3600;
 

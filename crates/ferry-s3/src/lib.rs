@@ -169,11 +169,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FerryServ
             let resp = e.to_http_response().map(|r| error::finish_response(r, &request_id));
             return Box::pin(async move { resp.map_err(|e| s3s::HttpError::new(Box::new(e))) });
         }
-        let signed_payload = req
-            .headers()
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let signed_payload = auth::signs_payload(req.headers());
         let method = req.method().as_str().to_owned();
         let form_bucket = self.forms.bucket_of(&req);
         let attributes = req.method() == http::Method::GET

@@ -230,6 +230,19 @@ fn content_md5(etag_hex: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
+/// The outcome of a replica the lean client sent, alone or in a batch (an unsent one never
+/// gets here: it goes another way).
+fn lean_outcome(sent: Result<(), crate::lean::Failure>) -> Outcome {
+    use crate::lean::Failure;
+    match sent {
+        Ok(()) => Outcome::Done,
+        Err(f) => match &f {
+            Failure::Unsendable(why) | Failure::Transport(why) => Outcome::Transient(why.clone()),
+            Failure::Answer { status, code, .. } => corrupt_or(classify_answer(*status, code, f.to_string())),
+        },
+    }
+}
+
 /// The owner of the job's bucket and its version, as stored now.
 async fn read_source(ctx: &Ctx, job: &Job) -> Result<(String, Option<VersionRecord>), Outcome> {
     let (b, k, v) = (job.bucket.clone(), job.key.clone(), job.version_id.clone());
@@ -523,13 +536,14 @@ impl Transfer<'_> {
         }
         let source = self.source.encode().ok()?;
         let in_flight = self.ctx.settings.batches_in_flight;
-        if let Some(batcher) = self.peer.batch.as_ref().filter(|b| in_flight > 0 && b.takes(&v.key, &h, body.len())) {
+        if let Some(batcher) = self.peer.batch.as_ref().filter(|_| in_flight > 0) {
             match batcher.put(in_flight, &self.job.dest_bucket, &source, &v.key, h.clone(), body.clone()).await {
-                // The batch failed as a whole, or the peer takes no batches: alone, below.
+                // Not for a batch, the batch failed as a whole, or the peer takes no batches:
+                // alone, below.
                 Err(Failure::Unsendable(_)) => {}
                 sent => {
                     self.count_put("batch");
-                    return Some(self.lean_outcome(sent));
+                    return Some(lean_outcome(sent));
                 }
             }
         }
@@ -540,19 +554,7 @@ impl Transfer<'_> {
             return None;
         }
         self.count_put("lean");
-        Some(self.lean_outcome(sent))
-    }
-
-    /// The outcome of a replica the lean client sent, alone or in a batch.
-    fn lean_outcome(&self, sent: Result<(), crate::lean::Failure>) -> Outcome {
-        use crate::lean::Failure;
-        match sent {
-            Ok(()) => Outcome::Done,
-            Err(f) => match &f {
-                Failure::Unsendable(why) | Failure::Transport(why) => Outcome::Transient(why.clone()),
-                Failure::Answer { status, code, .. } => corrupt_or(classify_answer(*status, code, f.to_string())),
-            },
-        }
+        Some(lean_outcome(sent))
     }
 
     async fn put_single(&self, v: &VersionRecord) -> Outcome {

@@ -27,12 +27,12 @@ use ferry_store::replication::wire::batch::{
 use ferry_store::replication::{REPLICA_HEADER, SOURCE_HEADER};
 use http::{HeaderMap, Method, Uri};
 use s3s::dto::{PutObjectInput, ServerSideEncryption, StorageClass, StreamingBlob, Timestamp, TimestampFormat};
-use s3s::{Body, S3Error, S3Request, S3Response, S3Result, s3_error};
+use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
 
 use crate::FerryS3;
 use crate::bucket_access::CheckedBucket;
 use crate::error::StoreResultExt as _;
-use crate::replication::replica::{ReplicationRequest, check_request};
+use crate::replication::replica::{ReplicationRequest, check_request, denied};
 
 /// The route of replica batches.
 pub(crate) struct BatchRoute {
@@ -44,10 +44,6 @@ pub(crate) fn is_batch(method: &Method, uri: &Uri) -> bool {
     method == Method::POST && uri.query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some(BATCH_QUERY)))
 }
 
-fn denied(msg: &str) -> S3Error {
-    S3Error::with_message(s3s::S3ErrorCode::AccessDenied, msg.to_owned())
-}
-
 impl BatchRoute {
     /// Invariant 1: who may send a batch; the source it speaks for.
     pub(crate) fn check(&self, req: &S3Request<Body>) -> S3Result<ReplicationRequest> {
@@ -56,12 +52,7 @@ impl BatchRoute {
             return Err(denied("Only a replication credential may send replica batches"));
         }
         crate::auth::check_signed_region(&self.s3.region, &req.headers, &req.uri)?;
-        let signed_payload = req
-            .headers
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !signed_payload {
+        if !crate::auth::signs_payload(&req.headers) {
             return Err(denied("A replica batch must be signed with its payload's SHA-256"));
         }
         check_request(true, "PutObject", &req.method, &req.uri, &req.headers)?
@@ -75,9 +66,9 @@ impl BatchRoute {
         if declared.is_some_and(|n| n > MAX_BATCH_BYTES as u64) {
             return Err(s3_error!(EntityTooLarge, "A replica batch is at most {MAX_BATCH_BYTES} bytes"));
         }
-        // s3s checks the body against its signed SHA-256 as it is read.
-        // s3s requires a length with a signed payload, so a read fails only on a body that
-        // does not match its hash (or ends early).
+        // s3s checks the body against its signed SHA-256 as it is read, and requires a length
+        // with a signed payload: a read fails only on a body that does not match its hash (or
+        // ends early).
         let body = req.input.store_all_limited(MAX_BATCH_BYTES).await.map_err(|_| crate::error::sha256_mismatch())?;
         let entries = batch::decode(&body).s3()?;
         // One read of the bucket for every entry (a single PUT reads it once too); each write

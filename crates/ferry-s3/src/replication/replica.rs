@@ -160,7 +160,7 @@ impl ReplicaWrite {
     }
 }
 
-fn denied(msg: &str) -> S3Error {
+pub(crate) fn denied(msg: &str) -> S3Error {
     S3Error::with_message(S3ErrorCode::AccessDenied, msg.to_owned())
 }
 

@@ -469,7 +469,6 @@ pub fn retry_job(tx: &mut dyn WriteTx, bucket: &str, id: i64) -> Result<bool> {
 /// # Errors
 /// Database errors.
 pub fn drop_jobs(tx: &mut dyn WriteTx, bucket: &str, up_to_id: i64, limit: usize) -> Result<u64> {
-    snapshots_stale(tx);
     let jobs: Vec<Job> = tx.bucket_jobs(bucket, 0, limit)?.into_iter().filter(|j| j.id <= up_to_id).collect();
     for j in &jobs {
         tx.delete_job(j.id)?;
@@ -567,7 +566,7 @@ fn hand_off_on_commit(tx: &mut dyn WriteTx, job: Job) {
 
 /// A counter that moves on with every change a [`Snapshot`] would not show: a version
 /// deleted, its tags, ACL or lock changed (in a bucket with replication rules), a replication
-/// configuration put or removed, jobs dropped. Moved inside the transaction that makes the
+/// configuration put or removed (its jobs are dropped after). Moved inside the transaction that makes the
 /// change, so a snapshot taken before it (even one committed in the same group) is stale from
 /// then on; a change that rolls back only costs a read.
 #[derive(Debug, Clone, Default)]
@@ -736,7 +735,7 @@ mod tests {
         let (o, l) = (owner.clone(), large.clone());
         let none = meta.write(move |tx| Ok(Snapshot::of(tx, &o, &l).is_none())).await.unwrap();
         assert!(none, "a version in blobs is read by its transfer");
-        // Current until a change it would not show: here a tag change of another version.
+        // Current until a change it would not show: here a tag change of this version.
         let epoch = meta.signals().snapshots.clone();
         assert!(snapshot.is_current(&epoch));
         let mut tagged = version.clone();
@@ -748,7 +747,8 @@ mod tests {
         .await
         .unwrap();
         assert!(!snapshot.is_current(&epoch), "a tag change makes it stale: its transfer reads");
-        while woken() {}
+        // The tag change's job wakes the workers; what follows counts wake-ups from here.
+        woken();
 
         put("k").await.unwrap();
         assert!(handed.try_recv().is_err(), "a job waiting behind its key is not handed over");
