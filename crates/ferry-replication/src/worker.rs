@@ -18,7 +18,8 @@
 //!   handed job starts only while more than a quarter of the transfer slots are free; the last
 //!   quarter is filled from the outbox, shares and floors kept).
 //! - Each transfer records its own result in the store (completion and status in one
-//!   transaction, batched with others by the group commit). Transient failures retry with
+//!   transaction), as a deferred write: it commits with the region's next write, or with other
+//!   results within 10 ms, sharing that commit's fsync. Transient failures retry with
 //!   per-job exponential backoff (200 ms × 2ⁿ, at most 30 s, jittered) until the job has been
 //!   failing for `give_up_after`, then it is FAILED with its last error; a change whose version
 //!   is not at the destination retries [`MAX_MISSING_ATTEMPTS`] times, then fails. Permanent
@@ -397,7 +398,8 @@ fn runnable(
 }
 
 /// Stores a transfer's result: completion (and the version's status), a retry time, or the
-/// permanent failure. A failure to record is logged; the job stays pending and runs again.
+/// permanent failure, as a deferred write (it commits with the region's next write, within
+/// milliseconds). A failure to record is logged; the job stays pending and runs again.
 /// Returns when the job is due again, if it was scheduled for a retry.
 async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) -> Option<i64> {
     let labels = ferry_core::metrics::RuleLabels {
@@ -424,24 +426,24 @@ async fn record(ctx: &Ctx, job: &Job, outcome: &Outcome, now: i64) -> Option<i64
     let give_up_us = i64::try_from(ctx.settings.give_up_after.as_micros()).unwrap_or(i64::MAX);
     let mut retry = None;
     let result = match outcome.clone() {
-        Outcome::Done => ctx.store.meta.write(move |tx| complete(tx, &j, true)).await,
+        Outcome::Done => ctx.store.meta.write_deferred(move |tx| complete(tx, &j, true)).await,
         Outcome::Skipped(why) => {
             tracing::debug!(bucket = %j.bucket, key = %j.key, version = %j.version_id, reason = %why, "nothing to replicate");
-            ctx.store.meta.write(move |tx| complete(tx, &j, false)).await
+            ctx.store.meta.write_deferred(move |tx| complete(tx, &j, false)).await
         }
         Outcome::Missing(why) if j.attempts + 1 >= MAX_MISSING_ATTEMPTS => {
             let why =
                 format!("{why} (after {MAX_MISSING_ATTEMPTS} attempts: the object it applies to is not at the destination)");
-            ctx.store.meta.write(move |tx| fail(tx, &j, &why)).await
+            ctx.store.meta.write_deferred(move |tx| fail(tx, &j, &why)).await
         }
         Outcome::Transient(why) | Outcome::Missing(why) => {
             let next = now + job_backoff_us(j.attempts);
             retry = Some(next);
-            ctx.store.meta.write(move |tx| retry_later(tx, &j, &why, next, now, give_up_us).map(|_| ())).await
+            ctx.store.meta.write_deferred(move |tx| retry_later(tx, &j, &why, next, now, give_up_us).map(|_| ())).await
         }
         Outcome::Permanent(why) => {
             tracing::warn!(bucket = %j.bucket, key = %j.key, version = %j.version_id, peer = %j.peer, error = %why, "replication failed permanently");
-            ctx.store.meta.write(move |tx| fail(tx, &j, &why)).await
+            ctx.store.meta.write_deferred(move |tx| fail(tx, &j, &why)).await
         }
     };
     if let Err(e) = result {

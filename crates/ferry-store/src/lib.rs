@@ -80,6 +80,24 @@ impl Meta {
         }
     }
 
+    /// Runs `f` in a write transaction that may wait a few milliseconds to commit with other
+    /// writes (SQLite: [`SqliteMeta::write_deferred`]); for changes nobody waits on
+    /// interactively. Durable once it returns, as [`write`](Self::write). PostgreSQL commits
+    /// it at once.
+    ///
+    /// # Errors
+    /// `f`'s error or the backend's.
+    pub async fn write_deferred<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        match self {
+            Self::Sqlite(m) => m.write_deferred(f).await,
+            Self::Pg(m) => m.write(f).await,
+        }
+    }
+
     /// Runs `f` on a snapshot ([`MetaStore::read`]).
     ///
     /// # Errors

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use self::reads::HasConn;
-use self::writer::{Finisher, MAX_BATCH, QueuedWrite, writer_loop};
+use self::writer::{DEFER_AT_MOST, Deferred, Finisher, MAX_BATCH, Pushed, Queued, QueuedWrite, writer_loop};
 use super::{MetaStore, ReadTx, Signals, WriteTx};
 use crate::error::{Error, Result};
 pub use schema::SCHEMA_VERSION;
@@ -48,7 +48,9 @@ const STATEMENT_CACHE: usize = 128;
 /// The SQLite metadata store of one region.
 pub struct SqliteMeta {
     // std Mutex: only cloned out of, never held across an await.
-    sender: Mutex<Option<mpsc::Sender<QueuedWrite>>>,
+    sender: Mutex<Option<mpsc::Sender<Queued>>>,
+    /// Deferred writes waiting for the writer's next batch ([`SqliteMeta::write_deferred`]).
+    deferred: Arc<Deferred>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReadPool>,
     signals: Arc<Signals>,
@@ -100,14 +102,17 @@ impl SqliteMeta {
             .query_row("SELECT v FROM settings WHERE k = 'clock'", [], |r| r.get::<_, String>(0))
             .optional()?
             .map_or(Ok(0), |s| s.parse().map_err(|_| Error::unknown("commit clock setting", s)))?;
-        let (sender, receiver) = mpsc::channel::<QueuedWrite>(4 * MAX_BATCH);
+        let (sender, receiver) = mpsc::channel::<Queued>(4 * MAX_BATCH);
         let signals = Arc::new(Signals::default());
-        let writer_signals = signals.clone();
+        let deferred = Arc::new(Deferred::default());
+        let (writer_signals, writer_deferred) = (signals.clone(), deferred.clone());
         let writer = std::thread::Builder::new().name("ferry-meta-writer".into()).spawn(move || {
-            writer_loop(&conn, receiver, CommitClock::new(high_water), staging_dir.as_deref(), &writer_signals);
+            let clock = CommitClock::new(high_water);
+            writer_loop(&conn, receiver, &writer_deferred, clock, staging_dir.as_deref(), &writer_signals);
         })?;
         Ok(Self {
             sender: Mutex::new(Some(sender)),
+            deferred,
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(ReadPool {
                 path: path.to_owned(),
@@ -129,26 +134,45 @@ impl SqliteMeta {
         F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
     {
         let sender = lock(&self.sender).clone().ok_or(Error::Closed)?;
-        let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
-        let queued: QueuedWrite = Box::new(move |tx| {
-            let outcome = match tx {
-                Some(tx) => std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
-                    .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into()))),
-                None => Err(Error::Other("could not begin a transaction".into())),
-            };
-            let ok = outcome.is_ok();
-            let finish: Finisher = Box::new(move |commit: &Result<()>| {
-                let result = match commit {
-                    Ok(()) => outcome,
-                    Err(e) if e.is_storage_full() => Err(Error::StorageFull(format!("commit failed: {e}"))),
-                    Err(e) => Err(Error::Other(format!("commit failed: {e}"))),
-                };
-                let _ = done_tx.send(result);
-            });
-            (ok, finish)
-        });
-        sender.send(queued).await.map_err(|_| Error::Closed)?;
-        done_rx.await.map_err(|_| Error::Closed)?
+        let (queued, done) = queued(f);
+        sender.send(Queued::Write(queued)).await.map_err(|_| Error::Closed)?;
+        done.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`write`](Self::write) for a change nobody waits on interactively (a replication job's
+    /// outcome): it commits with the writer's next batch, at most [`DEFER_AT_MOST`] from now,
+    /// and returns once durable, as `write` does. Under load it shares a client write's commit.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub async fn write_deferred<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+    {
+        let sender = lock(&self.sender).clone().ok_or(Error::Closed)?;
+        let (queued, done) = queued(f);
+        match self.deferred.push(queued) {
+            Pushed::Closed => return Err(Error::Closed),
+            Pushed::Joined => {}
+            Pushed::Full => {
+                // A full queue means the writer is busy: it takes the deferred writes next.
+                let _ = sender.try_send(Queued::Flush);
+            }
+            Pushed::First => {
+                // Weak: a pending flush does not keep the writer from stopping (it commits the
+                // deferred writes left when its queue closes).
+                let flusher = sender.downgrade();
+                tokio::spawn(async move {
+                    tokio::time::sleep(DEFER_AT_MOST).await;
+                    if let Some(sender) = flusher.upgrade() {
+                        let _ = sender.send(Queued::Flush).await;
+                    }
+                });
+            }
+        }
+        drop(sender);
+        done.await.map_err(|_| Error::Closed)?
     }
 
     /// Runs `f` on a read snapshot, on a blocking thread.
@@ -195,6 +219,33 @@ impl Drop for SqliteMeta {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `f` as the writer runs it, and where its result will be sent.
+fn queued<T, F>(f: F) -> (QueuedWrite, oneshot::Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn WriteTx) -> Result<T> + Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
+    let queued: QueuedWrite = Box::new(move |tx| {
+        let outcome = match tx {
+            Some(tx) => std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
+                .unwrap_or_else(|_| Err(Error::Other("metadata transaction panicked".into()))),
+            None => Err(Error::Other("could not begin a transaction".into())),
+        };
+        let ok = outcome.is_ok();
+        let finish: Finisher = Box::new(move |commit: &Result<()>| {
+            let result = match commit {
+                Ok(()) => outcome,
+                Err(e) if e.is_storage_full() => Err(Error::StorageFull(format!("commit failed: {e}"))),
+                Err(e) => Err(Error::Other(format!("commit failed: {e}"))),
+            };
+            let _ = done_tx.send(result);
+        });
+        (ok, finish)
+    });
+    (queued, done_rx)
 }
 
 impl ReadPool {
@@ -251,6 +302,8 @@ impl MetaStore for SqliteMeta {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use rusqlite::params;
 
     use super::*;
@@ -276,6 +329,108 @@ mod tests {
         let stmt = conn.prepare_cached(sql).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3);
+    }
+
+    fn open_meta(dir: &tempfile::TempDir) -> Arc<SqliteMeta> {
+        Arc::new(SqliteMeta::open(&dir.path().join("meta.db"), None).unwrap())
+    }
+
+    /// A write that sets `k` and registers the once-per-transaction hook `test`, counting its runs.
+    fn setting_write(k: &'static str, runs: &Arc<AtomicUsize>) -> impl FnOnce(&mut dyn WriteTx) -> Result<()> + Send + 'static {
+        let runs = runs.clone();
+        move |tx: &mut dyn WriteTx| {
+            tx.on_commit_once(
+                "test",
+                Box::new(move || {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+            tx.set_setting(k, "1")
+        }
+    }
+
+    async fn deferred_waiting(meta: &SqliteMeta, n: usize) {
+        while meta.deferred.waiting() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A deferred write joins the writer's next batch: held back while the writer is busy with
+    /// a first write, it commits in one transaction with the write queued meanwhile (their
+    /// once-per-transaction hook runs once), whether or not its flush came first.
+    #[tokio::test]
+    async fn a_deferred_write_commits_with_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = open_meta(&dir);
+        let (entered, is_entered) = oneshot::channel();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let m = meta.clone();
+        let first = tokio::spawn(async move {
+            m.write(move |_| {
+                let _ = entered.send(());
+                let _ = hold.recv();
+                Ok(())
+            })
+            .await
+        });
+        is_entered.await.unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let m = meta.clone();
+        let deferred = tokio::spawn({
+            let w = setting_write("deferred", &runs);
+            async move { m.write_deferred(w).await }
+        });
+        deferred_waiting(&meta, 1).await;
+        let (write, done) = queued(setting_write("queued", &runs));
+        let sender = lock(&meta.sender).clone().unwrap();
+        sender.send(Queued::Write(write)).await.unwrap();
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        done.await.unwrap().unwrap();
+        deferred.await.unwrap().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one transaction");
+        for k in ["deferred", "queued"] {
+            let v = meta.read(move |r| r.get_setting(k)).await.unwrap();
+            assert_eq!(v.as_deref(), Some("1"), "{k}");
+        }
+    }
+
+    /// With nothing else written, deferred writes still commit (their flush), together.
+    #[tokio::test]
+    async fn deferred_writes_alone_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = open_meta(&dir);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, b) = tokio::join!(
+            meta.write_deferred(setting_write("a", &runs)),
+            meta.write_deferred(setting_write("b", &runs))
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one transaction");
+        assert_eq!(meta.read(|r| r.get_setting("b")).await.unwrap().as_deref(), Some("1"));
+    }
+
+    /// Deferred writes waiting when the store shuts down are committed, and answered; later
+    /// ones are refused.
+    #[tokio::test]
+    async fn shutdown_commits_the_deferred_writes_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = open_meta(&dir);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let m = meta.clone();
+        let deferred = tokio::spawn({
+            let w = setting_write("late", &runs);
+            async move { m.write_deferred(w).await }
+        });
+        deferred_waiting(&meta, 1).await;
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || m.shutdown()).await.unwrap();
+        deferred.await.unwrap().unwrap();
+        assert!(matches!(meta.write_deferred(setting_write("after", &runs)).await, Err(Error::Closed)));
+        drop(meta);
+        let reopened = open_meta(&dir);
+        assert_eq!(reopened.read(|r| r.get_setting("late")).await.unwrap().as_deref(), Some("1"));
     }
 }
 
