@@ -21,11 +21,12 @@
 //!
 //! # Invariants
 //! 1. Each replica's result is its own: the peer's answer for its entry; or, when the whole
-//!    request is refused in a way each replica alone would be too (403, 404), that answer;
-//!    or [`Failure::Unsendable`] for anything else that fails a batch as a whole (no answer,
-//!    a 5xx, a 400 to the request): the caller then sends the replica alone, so a failed
-//!    batch costs what failed single requests cost, never a failure for a replica that is
-//!    fine.
+//!    request is refused in a way each replica alone would be too (403, 404), or the peer
+//!    cannot be reached at all ([`Failure::Unreachable`]: no connection), that answer; or
+//!    [`Failure::Unsendable`] for anything else that fails a batch as a whole (no answer on
+//!    a connection made, a 5xx, a 400 to the request): the caller then sends the replica
+//!    alone, so a failed batch costs what failed single requests cost, never a failure for a
+//!    replica that is fine, and an attempt at a peer that is down fails once, not twice.
 //! 2. One batch, one destination bucket, one source ([`SOURCE_HEADER`], signed): replicas of
 //!    other buckets or sources wait for their own batch, in arrival order.
 //! 3. Bounded: a batch is at most [`MAX_BATCH_ENTRIES`] entries and about [`SOFT_BATCH_BYTES`]
@@ -251,8 +252,9 @@ async fn send(lean: &LeanClient, batch: Vec<Waiting>, refused: &AtomicBool) {
             return answer_all(batch, &Failure::Unsendable("the peer does not take replica batches".to_owned()));
         }
         // What each replica alone would be answered too: the credential is refused, the
-        // bucket is not there.
-        Err(f @ Failure::Answer { status: 403 | 404, .. }) => return answer_all(batch, &f),
+        // bucket is not there, no connection can be made (alone, each would wait for its own
+        // connect to fail: against a peer that drops packets, a connect timeout more).
+        Err(f @ (Failure::Answer { status: 403 | 404, .. } | Failure::Unreachable(_))) => return answer_all(batch, &f),
         // Anything else is the batch's, not its replicas': no answer (a reset, a timeout), a
         // refusal of the request as a whole, a 5xx. Each replica goes alone then, so one
         // batch's failure counts as one per replica that fails alone, as before batches.
@@ -384,6 +386,10 @@ mod tests {
                 tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
             }
         });
+        TestPeer { batches, first, release, batcher: batcher_for(url) }
+    }
+
+    fn batcher_for(url: String) -> Arc<Batcher> {
         let settings = crate::client::ClientSettings {
             url,
             access_key: "a".into(),
@@ -391,8 +397,7 @@ mod tests {
             region: "r".into(),
             ca_pem: None,
         };
-        let batcher = Arc::new(Batcher::new(Arc::new(LeanClient::new(&settings).unwrap())));
-        TestPeer { batches, first, release, batcher }
+        Arc::new(Batcher::new(Arc::new(LeanClient::new(&settings).unwrap())))
     }
 
     fn put(b: &Arc<Batcher>, key: &str) -> impl std::future::Future<Output = Result<(), Failure>> + use<> {
@@ -457,6 +462,32 @@ mod tests {
             "{out:?}"
         );
         assert!(p.batcher.takes("k", &headers, 1), "a missing bucket is not a peer without batches");
+    }
+
+    /// A peer no connection can be made to: each replica of the batch hears so, and is not
+    /// sent alone as well (that would wait for a second connection to fail: against a peer
+    /// that drops packets, a second connect timeout per attempt). A connection the peer closes
+    /// without answering is the batch's failure: its replicas go alone.
+    #[tokio::test]
+    async fn an_unreachable_peer_fails_each_replica_once_and_a_dropped_batch_is_handed_back() {
+        let headers = [("content-length".to_owned(), "1".to_owned())];
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let batcher = batcher_for(url);
+        let out = put(&batcher, "k0").await;
+        assert!(matches!(out, Err(Failure::Unreachable(_))), "{out:?}");
+        assert!(batcher.takes("k", &headers, 1), "a peer that is down is not one without batches");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let out = put(&batcher_for(url), "k0").await;
+        assert!(matches!(out, Err(Failure::Unsendable(_))), "{out:?}");
     }
 
     /// A replica whose head could pass what a peer reads of one (an ACL of many grants) is

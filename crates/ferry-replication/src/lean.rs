@@ -60,7 +60,10 @@ pub struct LeanClient {
 pub enum Failure {
     /// The peer answered with an error status.
     Answer { status: u16, code: String, message: String },
-    /// No answer: connection failed or reset, or timed out.
+    /// No connection could be made (refused, timed out, no route, TLS handshake failed): the
+    /// request never reached the peer.
+    Unreachable(String),
+    /// No answer on a connection made: reset, closed, or timed out.
     Transport(String),
     /// The request could not be made (a header this client does not carry): use the SDK.
     Unsendable(String),
@@ -72,7 +75,7 @@ impl std::fmt::Display for Failure {
             Self::Answer { code, message, status } if code.is_empty() => write!(f, "HTTP {status}: {message}"),
             Self::Answer { code, message, .. } if message.is_empty() => f.write_str(code),
             Self::Answer { code, message, .. } => write!(f, "{code}: {message}"),
-            Self::Transport(why) | Self::Unsendable(why) => f.write_str(why),
+            Self::Unreachable(why) | Self::Transport(why) | Self::Unsendable(why) => f.write_str(why),
         }
     }
 }
@@ -156,7 +159,13 @@ impl LeanClient {
         let mut req = req.body(Full::new(body.clone())).map_err(|e| Failure::Unsendable(format!("request: {e}")))?;
         self.sign(&mut req, method.as_str(), url, &body)?;
         let exchange = async {
-            let answer = self.http.request(req).await.map_err(|e| Failure::Transport(format!("connection failed: {e}")))?;
+            let answer = self.http.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    Failure::Unreachable(format!("could not connect: {e}"))
+                } else {
+                    Failure::Transport(format!("connection failed: {e}"))
+                }
+            })?;
             let status = answer.status();
             // Read to the end either way, so the connection goes back to the pool.
             let text = Limited::new(answer.into_body(), answer_limit)

@@ -237,7 +237,7 @@ fn lean_outcome(sent: Result<(), crate::lean::Failure>) -> Outcome {
     match sent {
         Ok(()) => Outcome::Done,
         Err(f) => match &f {
-            Failure::Unsendable(why) | Failure::Transport(why) => Outcome::Transient(why.clone()),
+            Failure::Unsendable(why) | Failure::Unreachable(why) | Failure::Transport(why) => Outcome::Transient(why.clone()),
             Failure::Answer { status, code, .. } => corrupt_or(classify_answer(*status, code, f.to_string())),
         },
     }
