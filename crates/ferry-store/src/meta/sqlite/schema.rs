@@ -71,9 +71,6 @@ CREATE TABLE IF NOT EXISTS repl_jobs (
     size INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, next_attempt_us INTEGER NOT NULL,
     last_error TEXT, progress TEXT, backfill_id INTEGER, priority INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS repl_jobs_peer ON repl_jobs (peer, state, priority, id);
-CREATE INDEX IF NOT EXISTS repl_jobs_key ON repl_jobs (peer, bucket, key, state, id);
-CREATE INDEX IF NOT EXISTS repl_jobs_version ON repl_jobs (bucket, key, version_id);
 ";
 
 const REPL_SCHEMA: &str = r"
@@ -92,7 +89,6 @@ CREATE TABLE IF NOT EXISTS events (
     bucket TEXT NOT NULL, rule_id TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_bucket ON events (bucket, id);
-CREATE INDEX IF NOT EXISTS repl_jobs_backfill ON repl_jobs (backfill_id, state);
 ";
 
 /// Schema version 2: delivery per (version, destination), per-destination counters and the
@@ -145,11 +141,28 @@ ALTER TABLE buckets ADD COLUMN config TEXT;
 /// a build refuse the database.
 const MIGRATE_TO_5: &str = "";
 
-/// Indexes of schema version 2 (created after the migration).
+/// The outbox's indexes, made (and those they replace dropped) at every open, after the
+/// migrations. Every index here is written by every job's insert and removal (but the partial
+/// one, by backfill jobs only), so there are as few as the queries need:
+/// - `repl_jobs_run`: a destination's runnable jobs, in order (dispatch);
+/// - `repl_jobs_key3`: a key's jobs per destination (per-key order) and a version's jobs
+///   (its status), by the `(bucket, key)` prefix;
+/// - `repl_jobs_live`: the oldest live job per destination (the watermark);
+/// - `repl_jobs_backfill2`: a backfill's pending jobs.
+///
+/// Dropped: `repl_jobs_peer` and `repl_jobs_key` (schema 1; until this build, made again at
+/// every open after migration 2 had dropped them), `repl_jobs_version` and `repl_jobs_key2`
+/// (one index, `repl_jobs_key3`, serves both), and the full `repl_jobs_backfill`.
 const INDEXES: &str = r"
 CREATE INDEX IF NOT EXISTS repl_jobs_run ON repl_jobs (peer, dest_bucket, state, blocked, priority, next_attempt_us, id);
-CREATE INDEX IF NOT EXISTS repl_jobs_key2 ON repl_jobs (peer, dest_bucket, bucket, key, state, id);
+CREATE INDEX IF NOT EXISTS repl_jobs_key3 ON repl_jobs (bucket, key, peer, dest_bucket, state, id);
 CREATE INDEX IF NOT EXISTS repl_jobs_live ON repl_jobs (bucket, peer, dest_bucket, live, created_us);
+CREATE INDEX IF NOT EXISTS repl_jobs_backfill2 ON repl_jobs (backfill_id, state) WHERE backfill_id IS NOT NULL;
+DROP INDEX IF EXISTS repl_jobs_peer;
+DROP INDEX IF EXISTS repl_jobs_key;
+DROP INDEX IF EXISTS repl_jobs_key2;
+DROP INDEX IF EXISTS repl_jobs_version;
+DROP INDEX IF EXISTS repl_jobs_backfill;
 ";
 
 /// The schema this build writes.
@@ -251,6 +264,107 @@ mod tests {
         assert_eq!(schema, Some(super::SCHEMA_VERSION.to_string()));
         let b = meta.read(|r| r.get_bucket("b")).await.unwrap().expect("the bucket of schema 1");
         assert!(b.replica_sources.is_empty() && b.config.is_empty(), "{b:?}");
+    }
+
+    fn job_indexes(conn: &Connection) -> Vec<String> {
+        let mut stmt =
+            conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'repl_jobs' ORDER BY name").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// The outbox has the indexes its queries need and no more, however often the database is
+    /// opened: the schema-1 indexes migration 2 dropped were made again at every open, and
+    /// cost every job's insert and removal two more index writes; a database that has them
+    /// loses them at its next open.
+    #[test]
+    fn reopening_keeps_the_outbox_indexes_it_needs_and_drops_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let want = ["repl_jobs_backfill2", "repl_jobs_key3", "repl_jobs_live", "repl_jobs_run"];
+        for _ in 0..2 {
+            drop(SqliteMeta::open(&path, None).unwrap());
+            assert_eq!(job_indexes(&Connection::open(&path).unwrap()), want);
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE INDEX repl_jobs_peer ON repl_jobs (peer, state, priority, id);
+                 CREATE INDEX repl_jobs_key ON repl_jobs (peer, bucket, key, state, id);
+                 CREATE INDEX repl_jobs_key2 ON repl_jobs (peer, dest_bucket, bucket, key, state, id);
+                 CREATE INDEX repl_jobs_version ON repl_jobs (bucket, key, version_id);
+                 CREATE INDEX repl_jobs_backfill ON repl_jobs (backfill_id, state);",
+            )
+            .unwrap();
+        drop(SqliteMeta::open(&path, None).unwrap());
+        assert_eq!(job_indexes(&Connection::open(&path).unwrap()), want);
+    }
+
+    /// The outbox's statements on the write path and in dispatch (as in `outbox.rs`) search an
+    /// index, never scan the jobs: with a backlog, a scan per job would be a scan per write.
+    #[test]
+    fn outbox_statements_search_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        drop(SqliteMeta::open(&path, None).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let statements = [
+            // runnable_jobs
+            (
+                "SELECT * FROM repl_jobs WHERE peer = ?1 AND dest_bucket = ?2 AND state = 0 AND blocked = 0 \
+              AND priority = ?3 AND next_attempt_us <= ?4 ORDER BY next_attempt_us, id LIMIT ?5",
+                "repl_jobs_run",
+            ),
+            // jobs_for_version
+            (
+                "SELECT * FROM repl_jobs WHERE bucket = ?1 AND key = ?2 AND version_id = ?3 ORDER BY id",
+                "repl_jobs_key3",
+            ),
+            // key_has_pending
+            (
+                "SELECT 1 FROM repl_jobs WHERE peer = ?1 AND dest_bucket = ?2 AND bucket = ?3 AND key = ?4 AND state = 0 \
+              AND id != ?5 LIMIT 1",
+                "repl_jobs_key3",
+            ),
+            // unblock_next
+            (
+                "UPDATE repl_jobs SET blocked = 0 WHERE id = (SELECT id FROM repl_jobs WHERE peer = ?1 AND dest_bucket = ?2 \
+              AND bucket = ?3 AND key = ?4 AND state = 0 ORDER BY id LIMIT 1) AND blocked = 1",
+                "repl_jobs_key3",
+            ),
+            // insert: a live job's key stops waiting behind backfill jobs
+            (
+                "UPDATE repl_jobs SET priority = 0 WHERE peer = ?1 AND dest_bucket = ?2 AND bucket = ?3 AND key = ?4 \
+              AND state = 0 AND priority = 1",
+                "repl_jobs_key3",
+            ),
+            // dest_stats: the watermark
+            (
+                "SELECT created_us FROM repl_jobs WHERE bucket = ?1 AND peer = ?2 AND dest_bucket = ?3 AND live = 1 \
+              ORDER BY created_us LIMIT 1",
+                "repl_jobs_live",
+            ),
+            // backfill_pending
+            (
+                "SELECT count(*) FROM repl_jobs WHERE backfill_id = ?1 AND state = 0",
+                "repl_jobs_backfill2",
+            ),
+        ];
+        for (sql, index) in statements {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            // Parameters left unbound (NULL): the plan does not depend on them.
+            let mut rows = stmt.raw_query();
+            let mut plan: Vec<String> = Vec::new();
+            while let Some(r) = rows.next().unwrap() {
+                plan.push(r.get(3).unwrap());
+            }
+            let jobs: Vec<&String> = plan.iter().filter(|l| l.contains("repl_jobs")).collect();
+            assert!(!jobs.is_empty(), "{sql}: {plan:?}");
+            for line in &jobs {
+                let searched = line.starts_with("SEARCH repl_jobs USING") && !line.contains("AUTOMATIC");
+                assert!(searched, "{sql}: {plan:?}");
+            }
+            assert!(jobs.iter().any(|l| l.contains(index)), "{sql}: {index} not used: {plan:?}");
+        }
     }
 
     /// A database written by a newer build is refused, not guessed at.
