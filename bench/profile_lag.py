@@ -3,14 +3,17 @@ eu-west-1 through the delay proxy of examples/lag_probe.rs, 25 ms each way), `la
 --no-watch` at 500 PUT/s of 4 KiB, `perf record` (DWARF call graphs) on both regions while it
 runs, then flame graphs (inferno) and a coarse split of each profile by subsystem.
 
-usage: scripts/profile-lag [plain|replicated] [COUNT]
+usage: scripts/profile-lag [plain|replicated|syscalls] [COUNT]
   plain       the same PUTs to a bucket without a replication rule (the source's baseline)
   replicated  (default) the PUTs replicate; the destination is profiled too
+  syscalls    the PUTs replicate; no profile: each region's fsyncs and pwrites per object
+              (`perf stat` on the syscall tracepoints), and its CPU per object
 Writes docs/bench/flame-*.svg and prints the split. Needs perf and inferno-flamegraph
 (`cargo install inferno`).
 """
 
 import atexit
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,10 +48,43 @@ def split(folded):
     return {k: 100 * v / max(total, 1) for k, v in parts.items()}
 
 
+def syscalls(count):
+    """Fsyncs and pwrites per object in each region (the WAL's frames are pwrites, its commits
+    fsyncs), and CPU per object, without perf's sampling cost."""
+    with tempfile.TemporaryDirectory() as work:
+        eu = Region(work, "eu-west-1")
+        link = DelayProxy(work, eu.port, "25ms")
+        us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+        replicate(us, eu, "syscalls", "syscalls-dr")
+        regions = [("source", us), ("destination", eu)]
+        events = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64"
+        stats = {name: (Path(work) / f"{name}.txt", subprocess.Popen(
+            ["perf", "stat", "-e", events, "-o", str(Path(work) / f"{name}.txt"), "-p", str(r.proc.p.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) for name, r in regions}
+        time.sleep(1)
+        cpu0 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+        run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", "syscalls",
+                      "--dest-bucket", "syscalls", "--rate", "500", "--count", str(count), "--size", "4096", "--no-watch"])
+        wait_caught_up(us, "syscalls")
+        cpu1 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+        for _, p in stats.values():
+            p.send_signal(2)
+            p.wait()
+        for p in (us, eu, link):
+            p.stop()
+        for name, (out, _) in stats.items():
+            counts = {m.group(2).rsplit("_", 1)[-1]: int(m.group(1).replace(",", "")) / count
+                      for m in re.finditer(r"^\s*([\d,]+)\s+(\S+)", out.read_text(), re.M)}
+            log(f"{name}: {(cpu1[name] - cpu0[name]) / count * 1e6:.0f} µs CPU per object; per object: "
+                + ", ".join(f"{n:.2f} {call}" for call, n in counts.items()))
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "replicated"
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     atexit.register(stop_all)
+    if mode == "syscalls":
+        return syscalls(count)
     with tempfile.TemporaryDirectory() as work:
         eu = Region(work, "eu-west-1")
         link = DelayProxy(work, eu.port, "25ms")
