@@ -48,70 +48,71 @@ def split(folded):
     return {k: 100 * v / max(total, 1) for k, v in parts.items()}
 
 
-def syscalls(count):
+def under_load(work, mode, count, attach):
+    """Two regions (the source alone for `plain`), 500 PUT/s of 4 KiB for `count` objects, and
+    `attach(name, pid)` (a process, stopped with SIGINT after) on each region meanwhile.
+    Returns each region's CPU µs per object, by name."""
+    eu = Region(work, "eu-west-1")
+    link = DelayProxy(work, eu.port, "25ms")
+    us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
+    b, replicated = f"profile-{mode}", mode != "plain"
+    if replicated:
+        replicate(us, eu, b, b + "-dr")
+    else:
+        versioned_bucket(us, b)
+    regions = [("source", us), ("destination", eu)] if replicated else [("source", us)]
+    attached = [attach(name, r.proc.p.pid) for name, r in regions]
+    time.sleep(1)
+    cpu0 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+    run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", b, "--dest-bucket",
+                  b, "--rate", "500", "--count", str(count), "--size", "4096", "--no-watch"])
+    if replicated:
+        wait_caught_up(us, b)
+    cpu1 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
+    for p in attached:
+        p.send_signal(2)
+        p.wait()
+    for p in (us, eu, link):
+        p.stop()
+    return {name: (cpu1[name] - cpu0[name]) / count * 1e6 for name, _ in regions}
+
+
+def syscalls(work, count):
     """Fsyncs and pwrites per object in each region (the WAL's frames are pwrites, its commits
     fsyncs), and CPU per object, without perf's sampling cost."""
-    with tempfile.TemporaryDirectory() as work:
-        eu = Region(work, "eu-west-1")
-        link = DelayProxy(work, eu.port, "25ms")
-        us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
-        replicate(us, eu, "syscalls", "syscalls-dr")
-        regions = [("source", us), ("destination", eu)]
-        events = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64"
-        stats = {name: (Path(work) / f"{name}.txt", subprocess.Popen(
-            ["perf", "stat", "-e", events, "-o", str(Path(work) / f"{name}.txt"), "-p", str(r.proc.p.pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) for name, r in regions}
-        time.sleep(1)
-        cpu0 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
-        run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", "syscalls",
-                      "--dest-bucket", "syscalls", "--rate", "500", "--count", str(count), "--size", "4096", "--no-watch"])
-        wait_caught_up(us, "syscalls")
-        cpu1 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
-        for _, p in stats.values():
-            p.send_signal(2)
-            p.wait()
-        for p in (us, eu, link):
-            p.stop()
-        for name, (out, _) in stats.items():
-            counts = {m.group(2).rsplit("_", 1)[-1]: int(m.group(1).replace(",", "")) / count
-                      for m in re.finditer(r"^\s*([\d,]+)\s+(\S+)", out.read_text(), re.M)}
-            log(f"{name}: {(cpu1[name] - cpu0[name]) / count * 1e6:.0f} µs CPU per object; per object: "
-                + ", ".join(f"{n:.2f} {call}" for call, n in counts.items()))
+    events = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64"
+    out = {}
+
+    def attach(name, pid):
+        out[name] = Path(work) / f"{name}.txt"
+        return subprocess.Popen(["perf", "stat", "-e", events, "-o", str(out[name]), "-p", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    cpu = under_load(work, "syscalls", count, attach)
+    for name, us in cpu.items():
+        counts = {m.group(2).rsplit("_", 1)[-1]: int(m.group(1).replace(",", "")) / count
+                  for m in re.finditer(r"^\s*([\d,]+)\s+(\S+)", out[name].read_text(), re.M)}
+        log(f"{name}: {us:.0f} µs CPU per object; per object: "
+            + ", ".join(f"{n:.2f} {call}" for call, n in counts.items()))
 
 
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "replicated"
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     atexit.register(stop_all)
-    if mode == "syscalls":
-        return syscalls(count)
     with tempfile.TemporaryDirectory() as work:
-        eu = Region(work, "eu-west-1")
-        link = DelayProxy(work, eu.port, "25ms")
-        us = Region(work, "us-east-1", peers=[("eu-west-1", link.url)])
-        b = f"profile-{mode}"
-        if mode == "replicated":
-            replicate(us, eu, b, b + "-dr")
-        else:
-            versioned_bucket(us, b)
-        regions = [("source", us), ("destination", eu)] if mode == "replicated" else [("source", us)]
-        perf = {name: (Path(work) / f"{name}.data", subprocess.Popen(
-            ["perf", "record", "-F", "997", "--call-graph", "dwarf,16384", "-o", str(Path(work) / f"{name}.data"), "-p",
-             str(r.proc.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) for name, r in regions}
-        time.sleep(1)
-        cpu0 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
-        run_measured([str(PROBE), "put", "--endpoint", us.url, "--dest-endpoint", eu.url, "--bucket", b, "--dest-bucket",
-                      b, "--rate", "500", "--count", str(count), "--size", "4096", "--no-watch"])
-        if mode == "replicated":
-            wait_caught_up(us, b)
-        cpu1 = {name: cpu_seconds(r.proc.p.pid) for name, r in regions}
-        for _, p in perf.values():
-            p.send_signal(2)
-            p.wait()
-        for p in (us, eu, link):
-            p.stop()
-        for name, (data, _) in perf.items():
-            script = subprocess.run(["perf", "script", "-i", str(data)], check=True, capture_output=True).stdout
+        if mode == "syscalls":
+            return syscalls(work, count)
+        data = {}
+
+        def attach(name, pid):
+            data[name] = Path(work) / f"{name}.data"
+            return subprocess.Popen(["perf", "record", "-F", "997", "--call-graph", "dwarf,16384", "-o", str(data[name]),
+                                     "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        cpu = under_load(work, mode, count, attach)
+        for name, path in data.items():
+            script = subprocess.run(["perf", "script", "-i", str(path)], check=True, capture_output=True).stdout
             folded = subprocess.run(["inferno-collapse-perf"], input=script, check=True, capture_output=True).stdout
             # The folded stacks too, to search by function (target/bench-results/, not committed).
             results = PLOTS.parent.parent / "target" / "bench-results"
@@ -122,7 +123,7 @@ def main():
                                  capture_output=True).stdout
             out = PLOTS / f"flame-{mode}-{name}.svg"
             out.write_bytes(svg)
-            log(f"{name}: {(cpu1[name] - cpu0[name]) / count * 1e6:.0f} µs CPU per object (with perf attached); "
+            log(f"{name}: {cpu[name]:.0f} µs CPU per object (with perf attached); "
                 f"{out.relative_to(PLOTS.parent.parent)}")
             for part, pct in split(folded.decode()).items():
                 log(f"  {pct:5.1f} %  {part}")
