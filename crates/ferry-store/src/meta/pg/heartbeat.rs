@@ -14,7 +14,11 @@
 //! 3. Every beat renews the node's job leases ([`super::leases::renew`]) for
 //!    [`super::JOB_LEASE_US`]: a lease outlives its node's last beat by that long, unless the
 //!    node is fenced first (which frees them at once).
-//! 4. When its own publish is refused, the node has been fenced (it paused, or lost the
+//! 4. A node whose build is older than the database's schema (a newer build migrated it while
+//!    this node ran) does not beat: it publishes nothing and renews no lease, so the others
+//!    fence it after `dead_after` and take its jobs, while its writes are refused at their
+//!    seal. It beats again once the schema is its own.
+//! 5. When its own publish is refused, the node has been fenced (it paused, or lost the
 //!    database, for longer than `dead_after`): it rejoins at once as a new epoch
 //!    ([`super::nodes::join`]), its clock moved above the new floor *before* the new life is
 //!    installed ([`Life`]), so every time it hands out afterwards is above what the region
@@ -36,7 +40,7 @@ use ferry_core::time::{NodeClock, now_micros};
 use tokio_util::sync::CancellationToken;
 
 use super::PgMeta;
-use super::nodes::{Life, fence, join, list};
+use super::nodes::{Life, check_schema, fence, join, list};
 
 /// The heartbeat worker of one node.
 pub struct Heartbeat {
@@ -79,9 +83,10 @@ impl Heartbeat {
 
     async fn beat_once(&mut self) -> crate::error::Result<bool> {
         let client = self.meta.client().await?;
+        let node = self.node.current();
+        check_schema(&**client, &node.id).await?;
         let closed = lock(&self.clock).closed();
         let now = now_micros();
-        let node = self.node.current();
         let highest = match node.publish(&**client, closed, now).await {
             Ok(h) => h,
             Err(e) if e.to_string().contains("fenced") => {
@@ -120,7 +125,7 @@ impl Heartbeat {
     }
 
     /// Joins the region again after a fence: a new epoch, the clock above its floor, then the
-    /// new life for new transactions (invariant 4).
+    /// new life for new transactions (invariant 5).
     async fn rejoin(&mut self, slots: i32) -> crate::error::Result<()> {
         let id = self.node.current().id.clone();
         tracing::error!(node = %id, "this node was fenced by another node (its writes under way are refused); rejoining");
@@ -173,6 +178,37 @@ mod tests {
     async fn clock_now(meta: &PgMeta) -> i64 {
         let c = meta.client().await.unwrap();
         committed_clock(&**c).await.unwrap().unwrap_or(0)
+    }
+
+    /// A node whose build is older than the database's schema does not beat (nothing
+    /// published, no lease renewed), and says why; it beats again once the schema is its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_of_an_older_build_stops_beating_after_a_migration() {
+        let Some(pg) = TestCluster::start(&[]) else { return };
+        let meta = Arc::new(PgMeta::open(&pg.url(), 2, false).await.unwrap());
+        let mut pooled = meta.client().await.unwrap();
+        let c: &mut tokio_postgres::Client = &mut pooled;
+        let a = join(c, "a", 1, now_micros()).await.unwrap();
+        drop(pooled);
+        let clock = Arc::new(Mutex::new(NodeClock::new(a.floor)));
+        let mut beat = Heartbeat::new(meta.clone(), Life::new(a), clock, Duration::from_millis(20), Duration::from_secs(10));
+        let heartbeat_of_a = async || {
+            let c = meta.client().await.unwrap();
+            list(&**c, now_micros()).await.unwrap().into_iter().find(|n| n.id == "a").unwrap().heartbeat_us
+        };
+        let set_schema = async |v: i64| {
+            let c = meta.client().await.unwrap();
+            c.execute("UPDATE settings SET v = $1 WHERE k = 'schema'", &[&v.to_string()]).await.unwrap();
+        };
+        assert!(beat.beat().await.unwrap());
+        let beaten = heartbeat_of_a().await;
+        set_schema(super::super::SCHEMA_VERSION + 1).await;
+        let err = beat.beat().await.expect_err("no beat on a newer schema");
+        assert!(err.to_string().contains("schema is newer"), "{err}");
+        assert_eq!(heartbeat_of_a().await, beaten, "nothing published");
+        set_schema(super::super::SCHEMA_VERSION).await;
+        assert!(beat.beat().await.unwrap());
+        assert!(heartbeat_of_a().await > beaten);
     }
 
     /// Two nodes beating: the region's clock waits for a commit in flight on one of them while

@@ -74,6 +74,27 @@ pub(super) fn fenced(id: &str) -> Error {
     Error::Unavailable(format!("node {id} was fenced by another node of the region: it must rejoin"))
 }
 
+/// A write or a beat refused because a newer build migrated the database while this node ran.
+pub(super) fn newer_schema(id: &str) -> Error {
+    Error::Unavailable(format!(
+        "node {id} stops writing: the metadata schema is newer than this build's ({}); a newer build migrated it \
+         while this node ran. Start this node with that build",
+        super::SCHEMA_VERSION
+    ))
+}
+
+/// Refuses (with [`newer_schema`]) when the database's schema is newer than this build's.
+///
+/// # Errors
+/// That, or database errors.
+pub async fn check_schema(client: &impl GenericClient, id: &str) -> Result<()> {
+    let row = client.query_one("SELECT v::bigint FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
+    if row.get::<_, i64>(0) > super::SCHEMA_VERSION {
+        return Err(newer_schema(id));
+    }
+    Ok(())
+}
+
 /// Joins node `id` with `slots` writer connections at wall time `now_us`: a new epoch (fencing
 /// any earlier life of the same id), its slot rows, and its clock row with a floor above every
 /// closed timestamp published so far. A node fenced while it runs joins again the same way.

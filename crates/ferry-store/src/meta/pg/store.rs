@@ -421,24 +421,31 @@ fn run_write<T>(
 }
 
 /// The last statement of a write transaction, sent with its `COMMIT`: locks the node's
-/// writer slot, refuses a fenced node (its epoch moved on), and records the highest commit
-/// time handed out. A fenced node's seal matches no row and divides by zero: the error aborts
-/// the transaction, so the `COMMIT` behind it rolls back ([`sealed`] names it).
+/// writer slot, refuses a fenced node (its epoch moved on), refuses a node of a build older
+/// than the database's schema, and records the highest commit time handed out. A fenced node's
+/// seal matches no row and divides by zero; a newer schema fails the cast of a text to a
+/// number. Either error aborts the transaction, so the `COMMIT` behind it rolls back
+/// ([`sealed`] names it). So a node that kept running while a newer build migrated the
+/// database commits nothing from then on (opening such a database is refused already).
 fn seal(conn: &SyncConn, node: &Node, slot: i32, high_us: i64) {
     conn.queue(
         "WITH sealed AS (UPDATE node_slots SET high_us = GREATEST(high_us, $4) \
          WHERE node_id = $1 AND slot = $2 AND epoch = $3 RETURNING 1) \
-         SELECT 1 / (SELECT count(*)::integer FROM sealed)",
-        values![node.id, slot, node.epoch, high_us],
+         SELECT 1 / (SELECT count(*)::integer FROM sealed), \
+         (SELECT ('newer schema ' || v)::bigint FROM settings WHERE k = 'schema' AND v::bigint > $5)",
+        values![node.id, slot, node.epoch, high_us, super::SCHEMA_VERSION],
     );
 }
 
-/// The error of a rolled-back commit: a seal that matched no row means the node was fenced.
+/// The error of a rolled-back commit: a seal that matched no row means the node was fenced; a
+/// seal that failed its cast, that the database's schema is newer than this build's.
 fn sealed(e: tokio_postgres::Error, node: &Node) -> Error {
-    if e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) {
-        return nodes::fenced(&node.id);
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(c) if *c == SqlState::DIVISION_BY_ZERO => nodes::fenced(&node.id),
+        Some(c) if *c == SqlState::INVALID_TEXT_REPRESENTATION => nodes::newer_schema(&node.id),
+        _ => super::conn::db(e),
     }
-    super::conn::db(e)
 }
 
 /// Waits until no transaction holds the slot's row lock (on a fresh connection: the one whose
@@ -593,6 +600,28 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    /// A node that keeps running while a newer build migrates the database commits nothing
+    /// from then on (it would write what that build no longer reads as it should): its writes
+    /// are refused at their seal, with the reason, until the schema is its own again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_of_an_older_build_writes_nothing_after_a_migration() {
+        let Some((_pg, a, _b)) = two_nodes().await else { return };
+        let set_schema = |v: i64| {
+            let a = a.clone();
+            async move {
+                let c = a.meta.pool.get().await.unwrap();
+                c.execute("UPDATE settings SET v = $1 WHERE k = 'schema'", &[&v.to_string()]).await.unwrap();
+            }
+        };
+        put_new(&a, "before", "v1").await;
+        set_schema(super::super::SCHEMA_VERSION + 1).await;
+        let err = a.write(|tx| tx.put_bucket(&bucket("c"))).await.expect_err("refused at the seal");
+        assert!(matches!(&err, Error::Unavailable(m) if m.contains("schema is newer")), "{err}");
+        assert!(a.read(|r| r.get_bucket("c")).await.unwrap().is_none(), "nothing committed");
+        set_schema(super::super::SCHEMA_VERSION).await;
+        a.write(|tx| tx.put_bucket(&bucket("c"))).await.unwrap();
     }
 
     /// A PUT of a new version to a bucket replicating to two destinations, as the object layer
