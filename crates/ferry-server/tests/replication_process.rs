@@ -76,8 +76,10 @@ async fn destination_stopped_mid_stream_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_killed_mid_replication_loses_nothing() {
-    // A 20 MiB/s link, so replication is still under way when the source is killed.
-    let t = TwoProcesses::configure(Link::Wan(LinkSpec { rate: Some(20 << 20), ..LinkSpec::default() }), "").await;
+    // A 4 MiB/s link, so replication is still under way when the source is killed: the bodies
+    // are about 31 MB, some 7 s of link. At 20 MiB/s (1.5 s of link; the whole test took about
+    // 3.5 s) replication was once found finished before the kill.
+    let t = TwoProcesses::configure(Link::Wan(LinkSpec { rate: Some(4 << 20), ..LinkSpec::default() }), "").await;
     let us_p = spawn(&t.us_cfg);
     let _eu_p = spawn(&t.eu_cfg);
     let (us, eu) = setup(&t).await;
