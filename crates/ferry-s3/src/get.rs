@@ -349,9 +349,19 @@ impl FerryS3 {
         // answers an error instead of a truncated body.
         if let BodyLayout::Parts { parts, .. } = &record.layout {
             for p in parts {
-                if !self.store.blobs.exists(&p.blob).await {
-                    tracing::error!(bucket, key, version = %record.version_id, blob = %p.blob, "object data file missing");
-                    return Err(s3_error!(InternalError, "The data of this object version is missing from storage"));
+                match self.store.blobs.exists(&p.blob).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(bucket, key, version = %record.version_id, blob = %p.blob, "object data file missing");
+                        return Err(s3_error!(InternalError, "The data of this object version is missing from storage"));
+                    }
+                    Err(e) => {
+                        tracing::error!(bucket, key, version = %record.version_id, blob = %p.blob, error = %e, "object data cannot be read");
+                        return Err(s3_error!(
+                            ServiceUnavailable,
+                            "The data of this object version cannot be read from storage now; please retry."
+                        ));
+                    }
                 }
             }
         }

@@ -225,6 +225,31 @@ async fn a_missing_source_blob_fails_with_a_reason() {
     assert_eq!(v.repl_status, Some(ferry_store::model::ReplStatus::Failed));
 }
 
+/// A blob the disk fails to look up (here a file where its directory should be) is not
+/// reported as lost: a GET answers 503 ServiceUnavailable, to be retried, not InternalError
+/// "missing from storage"; once the disk is sound again the object reads back whole.
+#[tokio::test]
+async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "src").await;
+    let body = vec![7u8; 200_000];
+    put(&us, "src", "big", &body).await;
+    let v = c.store(US).meta.read(|r| r.get_latest("src", "big")).await.unwrap().unwrap();
+    let blob = v.layout.blobs().into_iter().next().expect("a body in a blob file");
+    let file = find_file(&c.dir.path().join(US).join("blobs"), &blob).expect("blob file");
+    let top = file.parent().and_then(std::path::Path::parent).expect("blobs/ab").to_owned();
+    let aside = top.with_extension("aside");
+    std::fs::rename(&top, &aside).unwrap();
+    std::fs::write(&top, b"not a directory").unwrap();
+    let err = us.get_object().bucket("src").key("big").send().await.expect_err("not readable");
+    assert_eq!(code(&err), "ServiceUnavailable", "{err:?}");
+    std::fs::remove_file(&top).unwrap();
+    std::fs::rename(&aside, &top).unwrap();
+    let got = us.get_object().bucket("src").key("big").send().await.unwrap();
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
+}
+
 /// Deletes a blob file from a region's data directory.
 fn remove_blob_file(data: &std::path::Path, blob: &str) {
     let path = find_file(&data.join("blobs"), blob).or_else(|| find_file(&data.join("staging"), blob)).expect("blob file");

@@ -276,18 +276,24 @@ impl BlobStore {
         Ok(Box::new(f.take(len)))
     }
 
-    /// True when a committed blob exists (in either place; in the shared store). A store that
-    /// cannot be reached says yes: the read that follows reports the error.
-    pub async fn exists(&self, id: &str) -> bool {
+    /// Whether a committed blob exists (in either place; in the shared store): `Ok(false)` only
+    /// when it is not found anywhere, which callers take as the data being gone for good.
+    ///
+    /// # Errors
+    /// The store could not be read or reached (EIO, EACCES, a file where a directory should be,
+    /// a shared store that does not answer): whether the blob is there is not known.
+    pub async fn exists(&self, id: &str) -> io::Result<bool> {
         if let Some(remote) = &self.remote {
-            return remote.s3.exists(id).await.unwrap_or(true);
+            return remote.s3.exists(id).await.map_err(io::Error::other);
         }
         for path in [self.final_path(id), self.staged_path(id), self.final_path(id)] {
-            if tokio::fs::metadata(&path).await.is_ok() {
-                return true;
+            match tokio::fs::metadata(&path).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
-        false
+        Ok(false)
     }
 
     /// Deletes a blob from wherever it is (with a shared store: its object there). Missing
@@ -616,6 +622,23 @@ mod tests {
         let id = b.keep();
         store.promote(&id).unwrap();
         PartRef { blob: id, size: data.len() as u64, etag: String::new(), checksums: None }
+    }
+
+    /// Only a blob not found anywhere is missing: one the disk fails to look up (here a file
+    /// where its directory should be) is not known to be missing, so a replication job is not
+    /// failed for good as "source data missing", nor a GET answered so.
+    #[tokio::test]
+    async fn only_a_blob_not_found_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let kept = blob(&store, b"kept").await;
+        assert!(store.exists(&kept.blob).await.unwrap());
+        // Not hex: no blob id shares its directory.
+        let gone = "zz23456789abcdef0123456789abcdef";
+        assert!(!store.exists(gone).await.unwrap());
+        std::fs::write(dir.path().join("blobs").join(&gone[0..2]), b"not a directory").unwrap();
+        let looked = store.exists(gone).await;
+        assert!(looked.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::NotFound), "{looked:?}");
     }
 
     #[tokio::test]

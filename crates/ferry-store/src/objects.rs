@@ -884,7 +884,11 @@ pub(crate) mod tests {
         for v in versions {
             let rec = store.meta.read(move |r| r.get_version("b", "k", &v.version_id)).await.unwrap().unwrap();
             for blob in rec.layout.blobs() {
-                assert!(store.blobs.exists(&blob).await, "version {} lost its data file {blob}", rec.version_id);
+                assert!(
+                    store.blobs.exists(&blob).await.unwrap(),
+                    "version {} lost its data file {blob}",
+                    rec.version_id
+                );
             }
         }
     }

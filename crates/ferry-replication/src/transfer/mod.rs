@@ -470,8 +470,11 @@ impl Transfer<'_> {
                     return self.ctx.store.blobs.body(&p.blob, offset, len).await.map_err(|e| blob_error(&p.blob, &e));
                 };
                 // The decrypting stream opens the blob lazily: a missing one is told apart here.
-                if !self.ctx.store.blobs.exists(&p.blob).await {
-                    return Err(blob_error(&p.blob, &std::io::ErrorKind::NotFound.into()));
+                match self.ctx.store.blobs.exists(&p.blob).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(blob_error(&p.blob, &std::io::ErrorKind::NotFound.into())),
+                    // Not known to be missing (a disk or a blob store that fails): retried.
+                    Err(e) => return Err(blob_error(&p.blob, &e)),
                 }
                 let failed = self.unreadable.clone();
                 let plain = self.ctx.store.read_part(p, offset..offset + len, Some(&key)).inspect(move |r| {
