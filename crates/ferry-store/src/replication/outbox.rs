@@ -566,9 +566,9 @@ fn hand_off_on_commit(tx: &mut dyn WriteTx, job: Job) {
 
 /// A counter that moves on with every change a [`Snapshot`] would not show: a version
 /// deleted, its tags, ACL or lock changed (in a bucket with replication rules), a replication
-/// configuration put or removed (its jobs are dropped after). Moved inside the transaction that makes the
-/// change, so a snapshot taken before it (even one committed in the same group) is stale from
-/// then on; a change that rolls back only costs a read.
+/// configuration put or removed (its jobs are dropped after). Moved inside the transaction
+/// that makes the change, so a snapshot taken before it (even one committed in the same
+/// group) is stale from then on; a change that rolls back only costs a read.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotEpoch(Arc<std::sync::atomic::AtomicU64>);
 

@@ -315,10 +315,18 @@ impl PgMeta {
     /// Database errors.
     pub async fn schema_version(&self) -> Result<i64> {
         let client = self.pool.get().await.map_err(pg)?;
-        let row = client.query_one("SELECT v FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
-        let v: String = row.get(0);
-        v.parse().map_err(|_| Error::Other("settings.schema is not a number".into()))
+        schema_of(&**client).await
     }
+}
+
+/// The schema version the database says it is at.
+///
+/// # Errors
+/// Database errors, or a version that is not a number.
+pub(super) async fn schema_of(client: &impl tokio_postgres::GenericClient) -> Result<i64> {
+    let row = client.query_one("SELECT v FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
+    let v: String = row.get(0);
+    v.parse().map_err(|_| Error::Other("settings.schema is not a number".into()))
 }
 
 async fn durability(client: &tokio_postgres::Client) -> Result<Durability> {

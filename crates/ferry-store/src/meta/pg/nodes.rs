@@ -88,8 +88,7 @@ pub(super) fn newer_schema(id: &str) -> Error {
 /// # Errors
 /// That, or database errors.
 pub async fn check_schema(client: &impl GenericClient, id: &str) -> Result<()> {
-    let row = client.query_one("SELECT v::bigint FROM settings WHERE k = 'schema'", &[]).await.map_err(pg)?;
-    if row.get::<_, i64>(0) > super::SCHEMA_VERSION {
+    if super::schema_of(client).await? > super::SCHEMA_VERSION {
         return Err(newer_schema(id));
     }
     Ok(())

@@ -156,7 +156,8 @@ impl SqliteMeta {
             Pushed::Closed => return Err(Error::Closed),
             Pushed::Joined => {}
             Pushed::Full => {
-                // A full queue means the writer is busy: it takes the deferred writes next.
+                // Commit them now. If the writer's queue is full, the writer is busy and takes
+                // the deferred writes with its next batch anyway.
                 let _ = sender.try_send(Queued::Flush);
             }
             Pushed::First => {
