@@ -193,7 +193,8 @@ pub(crate) fn version(r: &dyn Cells) -> Result<VersionRecord> {
         None => BodyLayout::Inline(r.opt_bytes(c!("inline_data"))?.unwrap_or_default()),
     };
     let repl_status = match r.opt_text(c!("repl_status"))? {
-        Some(s) => Some(ReplStatus::parse(&s).ok_or_else(|| Error::unknown("replication status", s))?),
+        // SQLite pads it (`sqlite::rows::stored_status`).
+        Some(s) => Some(ReplStatus::parse(s.trim_end()).ok_or_else(|| Error::unknown("replication status", s))?),
         None => None,
     };
     Ok(VersionRecord {

@@ -433,6 +433,84 @@ mod tests {
         let reopened = open_meta(&dir);
         assert_eq!(reopened.read(|r| r.get_setting("late")).await.unwrap().as_deref(), Some("1"));
     }
+
+    /// Moves every committed page into the database file and empties the WAL.
+    fn checkpoint(path: &Path) {
+        let conn = open_connection(path, false).unwrap();
+        let (busy, _, _): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!(busy, 0, "checkpoint blocked");
+    }
+
+    /// The pages in the WAL, in order (one per frame).
+    fn wal_pages(path: &Path) -> Vec<Vec<u8>> {
+        let wal = std::fs::read(path.with_extension("db-wal")).unwrap();
+        let Some(header) = wal.get(..32) else { return Vec::new() };
+        let page_size = u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+        wal[32..].chunks(24 + page_size).map(|frame| frame[24..].to_vec()).collect()
+    }
+
+    /// A version's replication status changes in place: the commit writes the page holding the
+    /// row, not a new copy of its inline body. A record whose length changes is written anew,
+    /// overflow pages included (and the freelist with them): before every stored status had
+    /// the same length, each completed job rewrote the 4 KiB body of the object it sent.
+    #[tokio::test]
+    async fn a_status_change_does_not_rewrite_the_inline_body() {
+        use crate::model::{BodyLayout, ReplStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let meta = open_meta(&dir);
+        let path = dir.path().join("meta.db");
+        // Bytes no other page holds by chance.
+        let body: Vec<u8> = (0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
+        let tail = body[3800..4056].to_vec();
+        let mut v = crate::meta::conformance::version("k", "v1", 10);
+        v.size = 4096;
+        v.layout = BodyLayout::Inline(body);
+        v.repl_status = Some(ReplStatus::Pending);
+        meta.write(move |tx| tx.put_version(&v)).await.unwrap();
+        let body_written = || wal_pages(&path).iter().any(|p| p.windows(tail.len()).any(|w| w == tail));
+        assert!(body_written(), "the body is found in its page");
+        for status in [ReplStatus::Completed, ReplStatus::Pending, ReplStatus::Failed, ReplStatus::Pending] {
+            checkpoint(&path);
+            meta.write(move |tx| tx.set_repl_status("b", "k", "v1", Some(status))).await.unwrap();
+            assert!(!wal_pages(&path).is_empty(), "{status:?}: committed");
+            assert!(!body_written(), "{status:?}: the inline body was written again");
+            let read = meta.read(|r| r.get_version("b", "k", "v1")).await.unwrap().unwrap();
+            assert_eq!(read.repl_status, Some(status));
+        }
+    }
+
+    /// Statuses written before schema 6 (bare names) read the same, and a bare REPLICA is
+    /// still never overwritten.
+    #[tokio::test]
+    async fn statuses_written_before_schema_6_read_the_same() {
+        use crate::model::ReplStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let meta = open_meta(&dir);
+        meta.write(|tx| {
+            tx.put_version(&crate::meta::conformance::version("k", "v1", 10))?;
+            tx.put_version(&crate::meta::conformance::version("k", "v2", 20))
+        })
+        .await
+        .unwrap();
+        let conn = open_connection(&dir.path().join("meta.db"), false).unwrap();
+        conn.execute_batch(
+            "UPDATE versions SET repl_status = 'REPLICA' WHERE version_id = 'v1';
+             UPDATE versions SET repl_status = 'PENDING' WHERE version_id = 'v2';",
+        )
+        .unwrap();
+        let status = |v: &'static str| meta.read(move |r| Ok(r.get_version("b", "k", v)?.and_then(|v| v.repl_status)));
+        assert_eq!(status("v1").await.unwrap(), Some(ReplStatus::Replica));
+        assert_eq!(status("v2").await.unwrap(), Some(ReplStatus::Pending));
+        meta.write(|tx| {
+            tx.set_repl_status("b", "k", "v1", Some(ReplStatus::Completed))?;
+            tx.set_repl_status("b", "k", "v2", Some(ReplStatus::Completed))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status("v1").await.unwrap(), Some(ReplStatus::Replica));
+        assert_eq!(status("v2").await.unwrap(), Some(ReplStatus::Completed));
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,21 @@ use rusqlite::{Connection, Row};
 
 use crate::error::Result;
 pub(super) use crate::meta::rows::*;
+use crate::model::ReplStatus;
+
+/// `repl_status` as stored here: every status padded with spaces to one length, so that a
+/// status change overwrites the record where it is. SQLite writes a record whose length
+/// changes anew, overflow pages included: before schema 6, every completed job rewrote the
+/// inline body of the version it sent (a 4 KiB page, and a freelist page). Read back trimmed
+/// ([`crate::meta::rows`]); statuses written before schema 6 are bare names, and read the same.
+pub(super) fn stored_status(status: Option<ReplStatus>) -> Option<&'static str> {
+    status.map(|s| match s {
+        ReplStatus::Pending => "PENDING  ",
+        ReplStatus::Completed => "COMPLETED",
+        ReplStatus::Failed => "FAILED   ",
+        ReplStatus::Replica => "REPLICA  ",
+    })
+}
 
 impl Cells for Row<'_> {
     fn int(&self, i: usize) -> Result<i64> {

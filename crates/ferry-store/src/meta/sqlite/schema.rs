@@ -8,7 +8,8 @@
 //! - `versions(id, bucket, key, version_id, fmt, mtime_us, is_latest, is_dm, size, etag,
 //!   storage_class, owner, repl_status, parts, multipart, attrs, inline_data)`: one row per
 //!   version or delete marker; `key` is a BLOB compared bytewise (S3 order); `inline_data` is
-//!   last so scans that do not select it never read its overflow pages.
+//!   last so scans that do not select it never read its overflow pages; `repl_status` is
+//!   padded to one length so a status change rewrites the row in place (schema 6).
 //! - `uploads(upload_id, ...)` and `parts(upload_id, part_number, ...)`: multipart uploads.
 //! - `blobs(id)`: every blob file a committed record references.
 //! - `garbage(id, due_us)`: released blob files, unlinked once due.
@@ -141,6 +142,11 @@ ALTER TABLE buckets ADD COLUMN config TEXT;
 /// a build refuse the database.
 const MIGRATE_TO_5: &str = "";
 
+/// Schema version 6: no change of tables. `versions.repl_status` is now stored padded to one
+/// length (`rows::stored_status`); a build that predates it cannot read the padded names. Rows
+/// written before keep their bare names until their status next changes.
+const MIGRATE_TO_6: &str = "";
+
 /// The outbox's indexes, made (and those they replace dropped) at every open, after the
 /// migrations. Every index here is written by every job's insert and removal (but the partial
 /// one, by backfill jobs only), so there are as few as the queries need:
@@ -166,7 +172,7 @@ DROP INDEX IF EXISTS repl_jobs_backfill;
 ";
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Creates the tables of a new database, or migrates an older one to [`SCHEMA_VERSION`].
 ///
@@ -191,6 +197,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
             2 => MIGRATE_TO_3,
             3 => MIGRATE_TO_4,
             4 => MIGRATE_TO_5,
+            5 => MIGRATE_TO_6,
             _ => return Err(Error::Other(format!("no migration from schema {version}"))),
         };
         conn.execute_batch(&format!(

@@ -3,7 +3,7 @@
 use rusqlite::params;
 
 use super::reads::HasConn;
-use super::rows::{self, BUCKET_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, first, to_i64};
+use super::rows::{self, BUCKET_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, first, stored_status, to_i64};
 use super::writer::SqliteWriteTx;
 use crate::checksum::Algorithm;
 use crate::error::Result;
@@ -94,7 +94,7 @@ impl WriteTx for SqliteWriteTx<'_> {
                 v.etag,
                 v.storage_class,
                 serde_json::to_string(&v.owner)?,
-                v.repl_status.map(ReplStatus::as_str),
+                stored_status(v.repl_status),
                 parts,
                 i64::from(multipart),
                 serde_json::to_string(&v.attrs)?,
@@ -164,9 +164,9 @@ impl WriteTx for SqliteWriteTx<'_> {
         self.conn
             .prepare_cached(
                 "UPDATE versions SET repl_status = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3 \
-                 AND repl_status IS NOT ?4 AND repl_status IS NOT 'REPLICA'",
+                 AND repl_status IS NOT ?4 AND rtrim(repl_status) IS NOT 'REPLICA'",
             )?
-            .execute(params![bucket, key.as_bytes(), version_id, status.map(ReplStatus::as_str)])?;
+            .execute(params![bucket, key.as_bytes(), version_id, stored_status(status)])?;
         Ok(())
     }
 
