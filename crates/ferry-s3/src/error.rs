@@ -70,6 +70,30 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
     }
 }
 
+/// Maps the store error of a copy (CopyObject, UploadPartCopy), whose body is read from a stored
+/// version: a read that fails is the region's fault, never the request's. Data not found is
+/// lost (500, as a GET of it answers); any other read error is answered 503, to be retried
+/// (the disk or the blob store failing now), as a lookup error is.
+#[must_use]
+pub fn copy_error(e: ferry_store::Error) -> S3Error {
+    let ferry_store::Error::Body(source) = e else { return to_s3(e) };
+    match source.downcast::<std::io::Error>() {
+        Ok(io) if ferry_store::sse::is_corrupt(&io) => to_s3(ferry_store::Error::Body(io)),
+        Ok(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            tracing::error!(error = %io, "copy source data file missing");
+            s3_error!(InternalError, "The data of the copy source is missing from storage")
+        }
+        Ok(io) => {
+            tracing::error!(error = %io, "copy source data cannot be read");
+            s3_error!(
+                ServiceUnavailable,
+                "The data of the copy source cannot be read from storage now; please retry."
+            )
+        }
+        Err(other) => to_s3(ferry_store::Error::Body(other)),
+    }
+}
+
 pub(crate) fn sha256_mismatch() -> S3Error {
     let mut e = S3Error::with_message(
         S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),

@@ -12,7 +12,7 @@ use crate::FerryS3;
 use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, given_values, stored_checksums, with_checksums};
 use crate::dto::{MAX_PUT_SIZE, check_key, etag, owner_dto, parse_tagging_header, ts};
 use crate::dto::{raw_header, request_attrs, write_conditions};
-use crate::error::StoreResultExt;
+use crate::error::{StoreResultExt, copy_error};
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl, requested_acl};
@@ -252,7 +252,7 @@ impl FerryS3 {
         }
         let reader = self.store.read_body(&src.record.layout, range, source_key.as_ref());
         let (ingested, digest) =
-            self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false, seal.as_ref()).await.s3()?;
+            self.store.ingest(reader, &algorithms, Some(len), MAX_PUT_SIZE, false, seal.as_ref()).await.map_err(copy_error)?;
         let checksums = stored_checksums(&digest);
         let part = PartRecord {
             upload_id: upload.upload_id.clone(),

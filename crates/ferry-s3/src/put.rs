@@ -12,7 +12,7 @@ use crate::FerryS3;
 use crate::checksums::{ChecksumFields, ChecksumRequest, checksum_values, stored_checksums, with_checksums};
 use crate::dto::{MAX_PUT_SIZE, check_key, etag, parse_tagging_header, ts};
 use crate::dto::{raw_header, request_attrs, write_conditions};
-use crate::error::StoreResultExt;
+use crate::error::{StoreResultExt, copy_error};
 use crate::get::copy_conditions;
 use crate::perm::grant_headers;
 use crate::perm::{Perm, new_object_acl};
@@ -264,7 +264,8 @@ impl FerryS3 {
         let size = src.record.size;
         let reader = self.store.read_body(&src.record.layout, 0..size, source_key.as_ref());
         let seal = enc.as_ref().map(|e| &e.key);
-        let (ingested, digest) = self.store.ingest(reader, &algorithms, Some(size), MAX_PUT_SIZE, true, seal).await.s3()?;
+        let (ingested, digest) =
+            self.store.ingest(reader, &algorithms, Some(size), MAX_PUT_SIZE, true, seal).await.map_err(copy_error)?;
         let cond = WriteConditions::default();
         let out = self.write_new_object(i.bucket.clone(), i.key.clone(), ingested, &digest, attrs, sc, owner, cond, None).await?;
         let answer = CopyObjectOutput {

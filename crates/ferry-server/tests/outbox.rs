@@ -250,6 +250,40 @@ async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
 }
 
+/// A copy source whose data is there but cannot be read (here a directory where its blob file
+/// should be) is the region's fault, not the request's: CopyObject and UploadPartCopy answer
+/// 503 ServiceUnavailable, to be retried, not 400 IncompleteBody ("the request body could not
+/// be read"); once the disk is sound again both copy the object whole.
+#[tokio::test]
+async fn a_copy_source_the_disk_cannot_read_is_not_the_clients_fault() {
+    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let us = c.client(US);
+    create_versioned_bucket(&us, "src").await;
+    let body = vec![7u8; 200_000];
+    put(&us, "src", "big", &body).await;
+    let v = c.store(US).meta.read(|r| r.get_latest("src", "big")).await.unwrap().unwrap();
+    let blob = v.layout.blobs().into_iter().next().expect("a body in a blob file");
+    let file = find_file(&c.dir.path().join(US).join("blobs"), &blob).expect("blob file");
+    let aside = file.with_extension("aside");
+    std::fs::rename(&file, &aside).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let copy = || us.copy_object().bucket("src").key("copy").copy_source("src/big").send();
+    let err = copy().await.expect_err("not readable");
+    assert_eq!(code(&err), "ServiceUnavailable", "CopyObject: {err:?}");
+    let upload = us.create_multipart_upload().bucket("src").key("parts").send().await.unwrap();
+    let upload_id = upload.upload_id().unwrap();
+    let part_copy =
+        || us.upload_part_copy().bucket("src").key("parts").upload_id(upload_id).part_number(1).copy_source("src/big").send();
+    let err = part_copy().await.expect_err("not readable");
+    assert_eq!(code(&err), "ServiceUnavailable", "UploadPartCopy: {err:?}");
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    copy().await.unwrap();
+    part_copy().await.unwrap();
+    let got = us.get_object().bucket("src").key("copy").send().await.unwrap();
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
+}
+
 /// Deletes a blob file from a region's data directory.
 fn remove_blob_file(data: &std::path::Path, blob: &str) {
     let path = find_file(&data.join("blobs"), blob).or_else(|| find_file(&data.join("staging"), blob)).expect("blob file");
