@@ -286,6 +286,90 @@ impl NewJob<'_> {
             ..Job::blank()
         }
     }
+
+    /// The job's options as stored: `None` for the defaults.
+    ///
+    /// # Errors
+    /// Serialization errors.
+    pub(crate) fn stored_opts(&self) -> Result<Option<String>> {
+        Ok((*self.opts != JobOptions::default()).then(|| serde_json::to_string(self.opts)).transpose()?)
+    }
+}
+
+/// What a change of a job's row does to the outbox's derived facts: its destination's counters
+/// and its key's order (one runnable job per destination and key, the oldest; the others
+/// `blocked`). Decided here, applied by each backend with its own statements, so that both keep
+/// the same facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bookkeeping<'a> {
+    /// Added to the destination's pending jobs.
+    pub pending: i64,
+    /// Added to the destination's pending bytes.
+    pub bytes: i64,
+    /// Added to the destination's failed jobs.
+    pub failed: i64,
+    /// The destination's last error, when the change brings a new one.
+    pub error: Option<&'a str>,
+    /// The job was its key's runnable one and no longer is: the oldest waiting job runs next.
+    pub unblock_next: bool,
+}
+
+impl<'a> Bookkeeping<'a> {
+    const NONE: Self = Self { pending: 0, bytes: 0, failed: 0, error: None, unblock_next: false };
+
+    /// A new job: pending.
+    pub(crate) fn of_insert(n: &NewJob<'_>) -> Self {
+        Self { pending: 1, bytes: to_i64(n.size), ..Self::NONE }
+    }
+
+    /// Job `j` removed (delivered, or dropped); `blocked` is whether it was waiting.
+    pub(crate) fn of_removal(j: &Job, blocked: bool) -> Self {
+        match j.state {
+            JobState::Pending => Self { pending: -1, bytes: -to_i64(j.size), unblock_next: !blocked, ..Self::NONE },
+            JobState::Failed => Self { failed: -1, ..Self::NONE },
+        }
+    }
+
+    /// Job `old` rewritten as `new` (a retry scheduled, a failure, a re-arm, progress saved);
+    /// `was_head` is whether `old` was its key's runnable job.
+    pub(crate) fn of_update(old: &Job, was_head: bool, new: &'a Job) -> Self {
+        let size = to_i64(old.size);
+        let error = if new.last_error != old.last_error { new.last_error.as_deref() } else { None };
+        let unblock_next = was_head && new.state == JobState::Failed;
+        match (old.state, new.state) {
+            (JobState::Pending, JobState::Failed) => Self { pending: -1, bytes: -size, failed: 1, error, unblock_next },
+            (JobState::Failed, JobState::Pending) => Self { pending: 1, bytes: size, failed: -1, error, unblock_next },
+            _ => Self { error, unblock_next, ..Self::NONE },
+        }
+    }
+
+    /// Whether the destination's counters change.
+    pub(crate) fn counts(&self) -> bool {
+        *self != Self { unblock_next: self.unblock_next, ..Self::NONE }
+    }
+}
+
+/// Whether job `old`, rewritten in state `new`, waits behind another job of its destination and
+/// key: a pending job keeps its place; a failed one waits for nothing; a failed job made pending
+/// again waits when another is pending (`key_has_other_pending`, asked only then).
+///
+/// # Errors
+/// Those of `key_has_other_pending`.
+pub(crate) fn blocked_after_update(
+    old: JobState,
+    was_head: bool,
+    new: JobState,
+    key_has_other_pending: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    Ok(match (old, new) {
+        (JobState::Pending, JobState::Pending) => !was_head,
+        (_, JobState::Failed) => false,
+        (JobState::Failed, JobState::Pending) => key_has_other_pending()?,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// True when a change made on a replica goes back along `rule`: only to where the replica came

@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::meta::rows::{self, BACKFILL_COLS, BUCKET_COLS, JOB_COLS, PART_COLS, UPLOAD_COLS, VERSION_COLS, col_count, to_i64};
 use crate::meta::{OutboxReads as _, OutboxWrites, ReadTx as _, Signals, WriteTx};
 use crate::model::*;
-use crate::replication::{Backfill, BackfillState, Job, JobOptions, JobState, NewJob};
+use crate::replication::outbox::{Bookkeeping, blocked_after_update};
+use crate::replication::{Backfill, BackfillState, Job, JobState, NewJob};
 
 /// Where the trailing column is in a row of `RETURNING {VERSION_COLS}, id`.
 const ID_AFTER_VERSION_COLS: usize = col_count(VERSION_COLS);
@@ -50,13 +51,19 @@ impl PgTx<'_> {
         self.conn.queue(sql, params);
     }
 
-    /// Adds to the counters of `j`'s destination (a delta row: nobody waits on a shared row).
-    fn count(&self, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) {
-        self.queue(
-            "INSERT INTO repl_dest_deltas (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            values![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error],
-        );
+    /// Applies what a change of job `j`'s row does to its destination's counters (a delta row:
+    /// nobody waits on a shared row) and to its key's order.
+    fn keep_books(&self, j: &Job, b: Bookkeeping<'_>) {
+        if b.counts() {
+            self.queue(
+                "INSERT INTO repl_dest_deltas (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                values![j.bucket, j.peer, j.dest_bucket, b.pending, b.bytes, b.failed, b.error],
+            );
+        }
+        if b.unblock_next {
+            self.unblock_next(j);
+        }
     }
 
     fn usage(&self, bucket: &str, versions: i64, bytes: i64) {
@@ -90,15 +97,8 @@ impl PgTx<'_> {
                 values![n.peer, n.dest_bucket, n.bucket, n.key.as_bytes()],
             );
         }
-        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
-        let probe = Job {
-            bucket: n.bucket.to_owned(),
-            key: n.key.to_owned(),
-            peer: n.peer.to_owned(),
-            dest_bucket: n.dest_bucket.to_owned(),
-            ..crate::replication::Job::blank()
-        };
-        self.count(&probe, 1, to_i64(n.size), 0, None);
+        let opts = n.stored_opts()?;
+        self.keep_books(&n.recorded(0), Bookkeeping::of_insert(n));
         let sql = "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, \
                    state, attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, \
                    opts, key_seq) \
@@ -441,15 +441,7 @@ impl OutboxWrites for PgTx<'_> {
             |r| Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
-        match j.state {
-            JobState::Pending => {
-                self.count(&j, -1, -to_i64(j.size), 0, None);
-                if !blocked {
-                    self.unblock_next(&j);
-                }
-            }
-            JobState::Failed => self.count(&j, 0, 0, -1, None),
-        }
+        self.keep_books(&j, Bookkeeping::of_removal(&j, blocked));
         Ok(Some(j))
     }
 
@@ -467,11 +459,7 @@ impl OutboxWrites for PgTx<'_> {
             return Ok(());
         };
         let was_head = old.state == JobState::Pending && !old_blocked;
-        let blocked = match (old.state, j.state) {
-            (JobState::Pending, JobState::Pending) => !was_head,
-            (_, JobState::Failed) => false,
-            (JobState::Failed, JobState::Pending) => self.key_has_pending_job(j)?,
-        };
+        let blocked = blocked_after_update(old.state, was_head, j.state, || self.key_has_pending_job(j))?;
         // A transfer saving its progress keeps its lease (another node would resume the same
         // upload beside it); any other change (a retry scheduled, a failure, a re-arm) ends it.
         let progress_only = old.state == j.state
@@ -499,17 +487,7 @@ impl OutboxWrites for PgTx<'_> {
                 progress_only,
             ],
         );
-        let size = to_i64(old.size);
-        let error = if j.last_error != old.last_error { j.last_error.as_deref() } else { None };
-        match (old.state, j.state) {
-            (JobState::Pending, JobState::Failed) => self.count(&old, -1, -size, 1, error),
-            (JobState::Failed, JobState::Pending) => self.count(&old, 1, size, -1, error),
-            _ if error.is_some() => self.count(&old, 0, 0, 0, error),
-            _ => {}
-        }
-        if was_head && j.state == JobState::Failed {
-            self.unblock_next(&old);
-        }
+        self.keep_books(&old, Bookkeeping::of_update(&old, was_head, j));
         Ok(())
     }
 

@@ -19,7 +19,8 @@ use super::writer::SqliteWriteTx;
 use crate::error::{Error, Result};
 use crate::meta::{OutboxReads, OutboxWrites};
 use crate::model::FORMAT_VERSION;
-use crate::replication::{Backfill, BackfillState, DestStats, Event, Job, JobOptions, JobState, NewJob};
+use crate::replication::outbox::{Bookkeeping, blocked_after_update};
+use crate::replication::{Backfill, BackfillState, DestStats, Event, Job, JobState, NewJob};
 
 /// Where `blocked` is in a row of `RETURNING {JOB_COLS}, blocked` (computed at build time:
 /// completing a job is on every delivery's path).
@@ -318,15 +319,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             |r| Ok((rows::job(r)?, r.flag(BLOCKED_AFTER_JOB_COLS)?)),
         )?;
         let Some((j, blocked)) = deleted else { return Ok(None) };
-        match j.state {
-            JobState::Pending => {
-                count(conn, &j, -1, -to_i64(j.size), 0, None)?;
-                if !blocked {
-                    unblock_next(conn, &j)?;
-                }
-            }
-            JobState::Failed => count(conn, &j, 0, 0, -1, None)?,
-        }
+        keep_books(conn, &j, Bookkeeping::of_removal(&j, blocked))?;
         Ok(Some(j))
     }
 
@@ -334,11 +327,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
         let conn = self.conn();
         let Some(old) = self.get_job(j.id)? else { return Ok(()) };
         let was_head = old.state == JobState::Pending && !blocked_of(conn, j.id)?;
-        let blocked = match (old.state, j.state) {
-            (JobState::Pending, JobState::Pending) => !was_head,
-            (_, JobState::Failed) => false,
-            (JobState::Failed, JobState::Pending) => key_has_pending(conn, j, j.id)?,
-        };
+        let blocked = blocked_after_update(old.state, was_head, j.state, || key_has_pending(conn, j, j.id))?;
         conn.prepare_cached(
             "UPDATE repl_jobs SET state = ?2, attempts = ?3, next_attempt_us = ?4, last_error = ?5, progress = ?6, \
              since_us = ?7, backfill_id = ?8, blocked = ?9 WHERE id = ?1",
@@ -354,18 +343,7 @@ impl OutboxWrites for SqliteWriteTx<'_> {
             j.backfill_id,
             i64::from(blocked),
         ])?;
-        let size = to_i64(old.size);
-        let error = if j.last_error != old.last_error { j.last_error.as_deref() } else { None };
-        match (old.state, j.state) {
-            (JobState::Pending, JobState::Failed) => count(conn, &old, -1, -size, 1, error)?,
-            (JobState::Failed, JobState::Pending) => count(conn, &old, 1, size, -1, error)?,
-            _ if error.is_some() => count(conn, &old, 0, 0, 0, error)?,
-            _ => {}
-        }
-        if was_head && j.state == JobState::Failed {
-            unblock_next(conn, &old)?;
-        }
-        Ok(())
+        keep_books(conn, &old, Bookkeeping::of_update(&old, was_head, j))
     }
 
     fn insert_backfill(&mut self, b: &Backfill) -> Result<i64> {
@@ -432,14 +410,8 @@ impl SqliteWriteTx<'_> {
     fn insert(&mut self, n: &NewJob<'_>) -> Result<(i64, bool)> {
         let conn = self.conn();
         let live = n.backfill_id.is_none();
-        let probe = Job {
-            bucket: n.bucket.to_owned(),
-            key: n.key.to_owned(),
-            peer: n.peer.to_owned(),
-            dest_bucket: n.dest_bucket.to_owned(),
-            ..Job::blank()
-        };
-        let blocked = key_has_pending(conn, &probe, 0)?;
+        let job = n.recorded(0);
+        let blocked = key_has_pending(conn, &job, 0)?;
         if blocked && live {
             // A live change must not wait behind backfill jobs that only run after every live one.
             conn.prepare_cached(
@@ -448,7 +420,7 @@ impl SqliteWriteTx<'_> {
             )?
             .execute(params![n.peer, n.dest_bucket, n.bucket, n.key.as_bytes()])?;
         }
-        let opts = (*n.opts != JobOptions::default()).then(|| serde_json::to_string(n.opts)).transpose()?;
+        let opts = n.stored_opts()?;
         conn.prepare_cached(
             "INSERT INTO repl_jobs (fmt, bucket, key, version_id, op, peer, dest_bucket, rule_id, created_us, size, state, \
              attempts, next_attempt_us, last_error, progress, backfill_id, priority, blocked, live, since_us, opts) \
@@ -472,20 +444,26 @@ impl SqliteWriteTx<'_> {
             opts,
         ])?;
         let id = conn.last_insert_rowid();
-        count(conn, &probe, 1, to_i64(n.size), 0, None)?;
+        keep_books(conn, &job, Bookkeeping::of_insert(n))?;
         Ok((id, blocked))
     }
 }
 
-/// Adds to a destination's counters (creating its row).
-fn count(conn: &Connection, j: &Job, pending: i64, bytes: i64, failed: i64, error: Option<&str>) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (bucket, peer, dest_bucket) DO UPDATE SET \
-         pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, failed_ops = failed_ops + ?6, \
-         last_error = coalesce(?7, last_error)",
-    )?
-    .execute(params![j.bucket, j.peer, j.dest_bucket, pending, bytes, failed, error])?;
+/// Applies what a change of job `j`'s row does to its destination's counters (creating their
+/// row) and to its key's order.
+fn keep_books(conn: &Connection, j: &Job, b: Bookkeeping<'_>) -> Result<()> {
+    if b.counts() {
+        conn.prepare_cached(
+            "INSERT INTO repl_dests (bucket, peer, dest_bucket, pending_ops, pending_bytes, failed_ops, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (bucket, peer, dest_bucket) DO UPDATE SET \
+             pending_ops = pending_ops + ?4, pending_bytes = pending_bytes + ?5, failed_ops = failed_ops + ?6, \
+             last_error = coalesce(?7, last_error)",
+        )?
+        .execute(params![j.bucket, j.peer, j.dest_bucket, b.pending, b.bytes, b.failed, b.error])?;
+    }
+    if b.unblock_next {
+        unblock_next(conn, j)?;
+    }
     Ok(())
 }
 
