@@ -24,7 +24,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FERRY = ROOT / "target" / "release" / "ferry"
+# The `ferry` measured: this tree's release build, or FERRY_BIN's (another build, for an A/B
+# between commits: build each one, then run the same benchmark with each binary in turns).
+FERRY = Path(os.environ["FERRY_BIN"]).resolve() if os.environ.get("FERRY_BIN") else ROOT / "target" / "release" / "ferry"
 RESULTS = ROOT / "target" / "bench-results"
 PLOTS = ROOT / "docs" / "bench"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -309,10 +311,23 @@ def table(header, rows):
     return out
 
 
+def provenance():
+    """Which build was measured, and when: the commit of this tree (with `+changes` when it has
+    uncommitted ones), or FERRY_BIN's binary."""
+    if os.environ.get("FERRY_BIN"):
+        # FERRY_BUILD: what that binary was built from (a commit), for the line under the table.
+        build = os.environ.get("FERRY_BUILD") or "the `ferry` of `FERRY_BIN` (not this tree's build)"
+    else:
+        git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, check=False, capture_output=True, text=True).stdout.strip()
+        build = f"commit {git('rev-parse', '--short', 'HEAD') or '?'}" + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return f"{build}, {time.strftime('%Y-%m-%d', time.gmtime())}"
+
+
 def write_section(name, body):
     text = DOC.read_text()
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n{body.rstrip()}\n\n![{name}](bench/{name}.png)\n{end}"
+    body = f"{body.rstrip()}\n\nMeasured on {provenance()}: `scripts/bench-all {name}`."
+    block = f"{start}\n{body}\n\n![{name}](bench/{name}.png)\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     else:
