@@ -1347,8 +1347,10 @@ What stops each figure from being better, on this machine:
   share two cores, so three nodes are not faster than one here: each added node adds its own
   polling and heartbeats on the same cores. The spread over nodes and the absence of
   duplicates are what carry over to separate machines.
-- *Failover* is `dead_after_ms` plus at most one heartbeat: a node is declared dead only after
-  missing beats for that long, and its leases wait until then. A lower `dead_after_ms` fails
+- *Failover* is `dead_after_ms` from the dead node's last beat, plus the time until another
+  node's heartbeat notices (about one beat; more under load, when a beat waits for the commits
+  in flight): a node is declared dead only after missing beats for that long, and its leases
+  wait until then. A lower `dead_after_ms` fails
   over sooner and fences a node that merely stalls (a VM pause, a long GC of the host) sooner.
 - *Freshness* is bounded by the heartbeat: each node publishes its closed timestamp once per
   `heartbeat_ms`, and the region's T is the least of the published values, so it trails by up
@@ -1409,8 +1411,9 @@ more often than SQLite makes function calls cost (the dispatcher's read of pendi
 lease, the read of the job's version, the completion), each a wake-up of PostgreSQL, of the
 connection task and of a blocking thread on two shared cores; a 4 KiB body is inline in
 PostgreSQL, so SeaweedFS is not on this path. Queueing the statements whose answer is not
-needed (a PUT now waits 3 times instead of about 14) did not move the median (9.0 ms
-before), so the waits that remain, and CPU, are what the lag is made of. On PostgreSQL the
+needed (a PUT now waits 3 times instead of about 14) did not move the median when it landed
+(about 9 ms before it, 2026-12-01), so the waits that remain, and CPU, are what the lag is
+made of. On PostgreSQL the
 runs spread widely (p99 from {min(r['p99'] for r in data['postgresql']):.1f} to
 {max(r['p99'] for r in data['postgresql']):.1f} ms), on SQLite they do not; the cause of the
 wider tail has not been pinned down.""")
