@@ -3,17 +3,25 @@ eu-west-1 through the delay proxy of examples/lag_probe.rs, 25 ms each way), `la
 --no-watch` at 500 PUT/s of 4 KiB, `perf record` (DWARF call graphs) on both regions while it
 runs, then flame graphs (inferno) and a coarse split of each profile by subsystem.
 
-usage: scripts/profile-lag [plain|replicated|syscalls] [COUNT]
+usage: scripts/profile-lag [plain|replicated|syscalls|pages] [COUNT]
   plain       the same PUTs to a bucket without a replication rule (the source's baseline)
   replicated  (default) the PUTs replicate; the destination is profiled too
   syscalls    the PUTs replicate; no profile: each region's fsyncs and pwrites per object
               (`perf stat` on the syscall tracepoints), and its CPU per object
+  pages       the PUTs replicate; no profile: what each region's commits write, per commit
+              and by table or index (its WAL, copied during the load, read against the
+              database's `dbstat`)
 Writes docs/bench/flame-*.svg and prints the split. Needs perf and inferno-flamegraph
 (`cargo install inferno`).
 """
 
 import atexit
+import collections
 import re
+import shutil
+import sqlite3
+import struct
+import threading
 import subprocess
 import sys
 import tempfile
@@ -103,6 +111,8 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         if mode == "syscalls":
             return syscalls(work, count)
+        if mode == "pages":
+            return pages(work, count)
         data = {}
 
         def attach(name, pid):
@@ -127,6 +137,66 @@ def main():
                 f"{out.relative_to(PLOTS.parent.parent)}")
             for part, pct in split(folded.decode()).items():
                 log(f"  {pct:5.1f} %  {part}")
+
+
+def pages(work, count):
+    """The pages each region's commits write, by table or index. During the load, copies of the
+    metadata database and its WAL, every half second; the copy whose WAL holds the most frames
+    since its last checkpoint is read: each frame is one page written by one commit (a commit's
+    last frame says so), attributed to the b-tree that holds that page in the copy (`dbstat`).
+    A page in none is on the freelist: freed since (outbox pages empty as jobs complete), or the
+    freelist's own."""
+    best = {}
+
+    def frames_of(wal):
+        page_size, salts = struct.unpack(">I", wal[8:12])[0], wal[16:24]
+        frames, commits, offset = [], 0, 32
+        while offset + 24 + page_size <= len(wal) and wal[offset + 8:offset + 16] == salts:
+            page, commit = struct.unpack(">II", wal[offset:offset + 8])
+            frames.append(page)
+            commits += commit != 0
+            offset += 24 + page_size
+        return frames, commits
+
+    class Copies:
+        """Copies `region`'s database and WAL while the load runs (an `attach` for under_load)."""
+
+        def __init__(self, name, region):
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self.take, args=(name, region))
+            self.thread.start()
+
+        def take(self, name, region):
+            time.sleep(2)  # under_load starts the load 1 s after attaching
+            db = next((Path(work) / region / "data").rglob("meta.db"))
+            for i in range(int(count / 500 * 2)):
+                if self.done.wait(0.5):
+                    break
+                out = Path(work) / f"{name}-copy{i}"
+                out.mkdir()
+                shutil.copy(db.with_name("meta.db-wal"), out / "meta.db-wal")
+                shutil.copy(db, out / "meta.db")
+                frames, commits = frames_of((out / "meta.db-wal").read_bytes())
+                if commits > best.get(name, (None, [], 0))[2]:
+                    best[name] = (out, frames, commits)
+
+        def send_signal(self, _):
+            self.done.set()
+
+        def wait(self):
+            self.thread.join()
+
+    regions = {"source": "us-east-1", "destination": "eu-west-1"}
+    under_load(work, "pages", count, lambda name, _pid: Copies(name, regions[name]))
+    for name, (copy, frames, commits) in best.items():
+        db = sqlite3.connect(f"file:{copy / 'meta.db'}?mode=ro", uri=True)
+        owner = {page: name + (" (overflow)" if kind == "overflow" else "")
+                 for name, page, kind in db.execute("SELECT name, pageno, pagetype FROM dbstat")}
+        db.close()
+        by = collections.Counter(owner.get(p, "freelist") for p in frames)
+        log(f"{name}: {len(frames)} frames in {commits} commits, {len(frames) / max(commits, 1):.1f} pages per commit")
+        for tree, n in by.most_common():
+            log(f"  {n / max(commits, 1):5.2f} per commit  {tree}")
 
 
 if __name__ == "__main__":
