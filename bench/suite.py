@@ -319,7 +319,9 @@ def provenance():
         build = os.environ.get("FERRY_BUILD") or "the `ferry` of `FERRY_BIN` (not this tree's build)"
     else:
         git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, check=False, capture_output=True, text=True).stdout.strip()
-        build = f"commit {git('rev-parse', '--short', 'HEAD') or '?'}" + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        # Changes under docs/ are the suite's own output (this document, its plots).
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")
+        build = f"commit {git('rev-parse', '--short', 'HEAD') or '?'}" + ("+changes" if changed else "")
     return f"{build}, {time.strftime('%Y-%m-%d', time.gmtime())}"
 
 
