@@ -225,11 +225,8 @@ async fn a_missing_source_blob_fails_with_a_reason() {
     assert_eq!(v.repl_status, Some(ferry_store::model::ReplStatus::Failed));
 }
 
-/// A blob the disk fails to look up (here a file where its directory should be) is not
-/// reported as lost: a GET answers 503 ServiceUnavailable, to be retried, not InternalError
-/// "missing from storage"; once the disk is sound again the object reads back whole.
-#[tokio::test]
-async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
+/// A region with object `src/big` (200,000 bytes, returned) in a blob file (its path, returned).
+async fn an_object_in_a_blob_file() -> (TestCluster, Vec<u8>, std::path::PathBuf) {
     let c = TestCluster::start(&[US], |_, _| {}).await;
     let us = c.client(US);
     create_versioned_bucket(&us, "src").await;
@@ -238,6 +235,16 @@ async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
     let v = c.store(US).meta.read(|r| r.get_latest("src", "big")).await.unwrap().unwrap();
     let blob = v.layout.blobs().into_iter().next().expect("a body in a blob file");
     let file = find_file(&c.dir.path().join(US).join("blobs"), &blob).expect("blob file");
+    (c, body, file)
+}
+
+/// A blob the disk fails to look up (here a file where its directory should be) is not
+/// reported as lost: a GET answers 503 ServiceUnavailable, to be retried, not InternalError
+/// "missing from storage"; once the disk is sound again the object reads back whole.
+#[tokio::test]
+async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
+    let (c, body, file) = an_object_in_a_blob_file().await;
+    let us = c.client(US);
     let top = file.parent().and_then(std::path::Path::parent).expect("blobs/ab").to_owned();
     let aside = top.with_extension("aside");
     std::fs::rename(&top, &aside).unwrap();
@@ -256,14 +263,8 @@ async fn a_blob_the_disk_cannot_look_up_is_not_reported_missing() {
 /// be read"); once the disk is sound again both copy the object whole.
 #[tokio::test]
 async fn a_copy_source_the_disk_cannot_read_is_not_the_clients_fault() {
-    let c = TestCluster::start(&[US], |_, _| {}).await;
+    let (c, body, file) = an_object_in_a_blob_file().await;
     let us = c.client(US);
-    create_versioned_bucket(&us, "src").await;
-    let body = vec![7u8; 200_000];
-    put(&us, "src", "big", &body).await;
-    let v = c.store(US).meta.read(|r| r.get_latest("src", "big")).await.unwrap().unwrap();
-    let blob = v.layout.blobs().into_iter().next().expect("a body in a blob file");
-    let file = find_file(&c.dir.path().join(US).join("blobs"), &blob).expect("blob file");
     let aside = file.with_extension("aside");
     std::fs::rename(&file, &aside).unwrap();
     std::fs::create_dir(&file).unwrap();
