@@ -71,18 +71,24 @@ pub fn to_s3(e: ferry_store::Error) -> S3Error {
 }
 
 /// Maps the store error of a copy (CopyObject, UploadPartCopy), whose body is read from a stored
-/// version: a read that fails is the region's fault, never the request's. Data not found is
-/// lost (500, as a GET of it answers); any other read error is answered 503, to be retried
-/// (the disk or the blob store failing now), as a lookup error is.
+/// version: a read that fails is the region's fault, never the request's. Data not found, or
+/// shorter than its record, is lost or damaged (500, as a GET of it answers); any other read
+/// error is answered 503, to be retried (the disk or the blob store failing now), as a lookup
+/// error is.
 #[must_use]
 pub fn copy_error(e: ferry_store::Error) -> S3Error {
-    let ferry_store::Error::Body(source) = e else { return to_s3(e) };
+    let source = match e {
+        ferry_store::Error::Body(source) => source,
+        ferry_store::Error::IncompleteBody => return copy_source_short(&"the read ended early"),
+        other => return to_s3(other),
+    };
     match source.downcast::<std::io::Error>() {
         Ok(io) if ferry_store::sse::is_corrupt(&io) => to_s3(ferry_store::Error::Body(io)),
         Ok(io) if io.kind() == std::io::ErrorKind::NotFound => {
             tracing::error!(error = %io, "copy source data file missing");
             s3_error!(InternalError, "The data of the copy source is missing from storage")
         }
+        Ok(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => copy_source_short(&io),
         Ok(io) => {
             tracing::error!(error = %io, "copy source data cannot be read");
             s3_error!(
@@ -92,6 +98,12 @@ pub fn copy_error(e: ferry_store::Error) -> S3Error {
         }
         Err(other) => to_s3(ferry_store::Error::Body(other)),
     }
+}
+
+/// The stored data of a copy source is shorter than its record: damaged, not to be retried.
+fn copy_source_short(why: &dyn std::fmt::Display) -> S3Error {
+    tracing::error!(error = %why, "copy source data shorter than its record");
+    s3_error!(InternalError, "The stored data of the copy source is shorter than its record")
 }
 
 pub(crate) fn sha256_mismatch() -> S3Error {

@@ -285,6 +285,17 @@ async fn a_copy_source_the_disk_cannot_read_is_not_the_clients_fault() {
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
 }
 
+/// A copy source whose blob file is shorter than its record (damaged) answers 500
+/// InternalError: retrying would not help, and the request is not at fault.
+#[tokio::test]
+async fn a_copy_source_shorter_than_its_record_is_reported_damaged() {
+    let (c, _, file) = an_object_in_a_blob_file().await;
+    let us = c.client(US);
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(100_000).unwrap();
+    let err = us.copy_object().bucket("src").key("copy").copy_source("src/big").send().await.expect_err("damaged");
+    assert_eq!(code(&err), "InternalError", "{err:?}");
+}
+
 /// Deletes a blob file from a region's data directory.
 fn remove_blob_file(data: &std::path::Path, blob: &str) {
     let path = find_file(&data.join("blobs"), blob).or_else(|| find_file(&data.join("staging"), blob)).expect("blob file");
