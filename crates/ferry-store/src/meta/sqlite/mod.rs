@@ -4,7 +4,6 @@
 //! |---|---|
 //! | `mod.rs` | opening the database, the read pool, [`SqliteMeta`] |
 //! | `writer.rs` | the group-commit writer thread: savepoints, hooks, commit |
-//! | `checkpoint.rs` | WAL checkpoints, on a thread of their own |
 //! | `schema.rs` | tables, indexes and migrations |
 //! | `rows.rs` | column lists and row mapping, by column name |
 //! | `reads.rs` / `writes.rs` | the object reads and writes |
@@ -12,11 +11,9 @@
 //!
 //! # Durability
 //! WAL journal with `synchronous=FULL`: a commit returns only after the WAL is fsynced. One writer
-//! thread owns the only connection that writes rows and commits in groups (`writer.rs`); the
-//! checkpointer copies committed pages from the WAL into the database file (`checkpoint.rs`).
-//! The whole crash story of a write is in the store's crate docs.
+//! thread owns the only read-write connection and commits in groups (`writer.rs`). The whole
+//! crash story of a write is in the store's crate docs.
 
-mod checkpoint;
 mod outbox;
 mod reads;
 mod rows;
@@ -55,10 +52,6 @@ pub struct SqliteMeta {
     /// Deferred writes waiting for the writer's next batch ([`SqliteMeta::write_deferred`]).
     deferred: Arc<Deferred>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
-    /// Held by the checkpointer while it checkpoints.
-    #[cfg_attr(not(test), allow(dead_code))]
-    checkpoint_gate: Arc<Mutex<()>>,
     readers: Arc<ReadPool>,
     signals: Arc<Signals>,
 }
@@ -103,13 +96,12 @@ impl SqliteMeta {
             return Err(Error::Other(format!("{}: could not enable WAL journal (got {mode})", path.display())));
         }
         drop(conn);
-        let mut conn = open_connection(path, false)?;
+        let conn = open_connection(path, false)?;
         schema::migrate(&conn)?;
         let high_water: i64 = conn
             .query_row("SELECT v FROM settings WHERE k = 'clock'", [], |r| r.get::<_, String>(0))
             .optional()?
             .map_or(Ok(0), |s| s.parse().map_err(|_| Error::unknown("commit clock setting", s)))?;
-        let checkpointer = checkpoint::start(path, &mut conn)?;
         let (sender, receiver) = mpsc::channel::<Queued>(4 * MAX_BATCH);
         let signals = Arc::new(Signals::default());
         let deferred = Arc::new(Deferred::default());
@@ -122,8 +114,6 @@ impl SqliteMeta {
             sender: Mutex::new(Some(sender)),
             deferred,
             writer: Mutex::new(Some(writer)),
-            checkpointer: Mutex::new(Some(checkpointer.thread)),
-            checkpoint_gate: checkpointer.gate,
             readers: Arc::new(ReadPool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -220,10 +210,6 @@ impl SqliteMeta {
     pub fn shutdown(&self) {
         lock(&self.sender).take();
         if let Some(h) = lock(&self.writer).take() {
-            let _ = h.join();
-        }
-        // Its wake-up closed with the writer's connection.
-        if let Some(h) = lock(&self.checkpointer).take() {
             let _ = h.join();
         }
         lock(&self.readers.idle).clear();
@@ -491,54 +477,6 @@ mod tests {
             assert!(!body_written(), "{status:?}: the inline body was written again");
             let read = meta.read(|r| r.get_version("b", "k", "v1")).await.unwrap().unwrap();
             assert_eq!(read.repl_status, Some(status));
-        }
-    }
-
-    /// Commits never checkpoint: with the checkpointer held, a WAL well past the mark leaves the
-    /// database file as it was (SQLite's own checkpoint ran in the commit that crossed 1,000
-    /// pages, and held back its callers); let go, the checkpointer copies the pages.
-    #[tokio::test]
-    async fn commits_leave_checkpoints_to_the_checkpointer() {
-        use crate::model::BodyLayout;
-        let dir = tempfile::tempdir().unwrap();
-        let meta = open_meta(&dir);
-        let path = dir.path().join("meta.db");
-        let size = || std::fs::metadata(&path).unwrap().len();
-        let before = size();
-        let (held, hold) = std::sync::mpsc::channel::<()>();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let gate = meta.checkpoint_gate.clone();
-        let holder = std::thread::spawn(move || {
-            let _held = lock(&gate);
-            held.send(()).unwrap();
-            let _ = released.recv();
-        });
-        hold.recv().unwrap();
-        // 60 commits of 10 versions with 8 KiB bodies: about 1,800 pages.
-        for c in 0..60 {
-            meta.write(move |tx| {
-                for i in 0..10 {
-                    let mut v = crate::meta::conformance::version(&format!("k{c}-{i}"), "v", 1);
-                    v.layout = BodyLayout::Inline(vec![7; 8192]);
-                    tx.put_version(&v)?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
-        }
-        let wal = std::fs::metadata(path.with_extension("db-wal")).unwrap().len();
-        assert!(
-            wal > 4096 * u64::try_from(checkpoint::CHECKPOINT_AT).unwrap(),
-            "past the mark: {wal} bytes"
-        );
-        assert_eq!(size(), before, "a commit checkpointed");
-        release.send(()).unwrap();
-        holder.join().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while size() <= before + 4096 * 1000 {
-            assert!(std::time::Instant::now() < deadline, "never checkpointed: {} bytes", size());
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
