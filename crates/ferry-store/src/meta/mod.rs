@@ -32,6 +32,7 @@
 pub(crate) mod conformance;
 pub mod pg;
 mod rows;
+pub(crate) use rows::to_i64;
 pub mod sqlite;
 
 use crate::error::Result;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::meta::WriteTx;
+use crate::meta::{WriteTx, to_i64};
 use crate::model::{BucketRecord, ReplStatus, VersionRecord};
 use crate::replication::rules::{ReplicationConfig, Rule, dest_key};
 
@@ -300,7 +300,7 @@ impl NewJob<'_> {
 /// and its key's order (one runnable job per destination and key, the oldest; the others
 /// `blocked`). Decided here, applied by each backend with its own statements, so that both keep
 /// the same facts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Bookkeeping<'a> {
     /// Added to the destination's pending jobs.
     pub pending: i64,
@@ -345,7 +345,7 @@ impl<'a> Bookkeeping<'a> {
 
     /// Whether the destination's counters change.
     pub(crate) fn counts(&self) -> bool {
-        *self != Self { unblock_next: self.unblock_next, ..Self::NONE }
+        self.pending != 0 || self.bytes != 0 || self.failed != 0 || self.error.is_some()
     }
 }
 
@@ -366,10 +366,6 @@ pub(crate) fn blocked_after_update(
         (_, JobState::Failed) => false,
         (JobState::Failed, JobState::Pending) => key_has_other_pending()?,
     })
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// True when a change made on a replica goes back along `rule`: only to where the replica came
