@@ -1608,10 +1608,74 @@ PUTs to a bucket without a rule: {spread(plain_us, "{:.0f}")} µs); destination
 Reproduce: `scripts/bench-all lag500` (it builds the release binary and `examples/lag_probe.rs`).""")
 
 
+def bench_floor():
+    """The machine's floor for a replicated object (bench/floor.py): the CPU the work no design
+    can skip costs here, without Ferry, for 1, 3 and 10 objects to a group."""
+    runs = 1 if QUICK else int(os.environ.get("FERRY_BENCH_RUNS", "3"))
+    seconds = 2 if QUICK else 8
+    data = {"rate": 500, "seconds": seconds, "runs": []}
+    for i, k, case in itertools.product(range(runs), [1, 3, 10], ["pace", "append", "sqlite", "exchange"]):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), case, str(k), "500", str(seconds)],
+                             check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        r["run"] = i + 1
+        data["runs"].append(r)
+        log("floor", r)
+    save("floor", data)
+    write_floor(data)
+
+
+def write_floor(data):
+    def cpu(case, k, who=""):
+        return [r[f"{who}user_us"] + r[f"{who}sys_us"] for r in data["runs"] if r["case"] == case and r["k"] == k]
+
+    rows, labels, appended, inserted = [], [], [], []
+    for k in [1, 3, 10]:
+        pace = median(cpu("pace", k))
+        send, recv = cpu("exchange", k), cpu("exchange", k, "receiver_")
+        # One replicated object: sent (with the sender's wake-up), received, made durable (the
+        # durable write's own wake-up is the receiver's).
+        floor_append = median(send) + median(recv) + median(cpu("append", k)) - pace
+        floor_sqlite = median(send) + median(recv) + median(cpu("sqlite", k)) - pace
+        rows.append([str(k), spread(cpu("pace", k), "{:.0f}"), spread(cpu("append", k), "{:.0f}"),
+                     spread(cpu("sqlite", k), "{:.0f}"), spread(send, "{:.0f}"), spread(recv, "{:.0f}"),
+                     f"{floor_append:.0f}", f"{floor_sqlite:.0f}"])
+        labels.append(f"{k} per group")
+        appended.append(floor_append)
+        inserted.append(floor_sqlite)
+    plot("floor", "linear", f"The machine's floor per replicated object, 4 KiB at {data['rate']}/s", labels,
+         {"send + receive + durable append": appended, "send + receive + SQLite insert": inserted}, "CPU µs per object",
+         hline=(100, "goal: 100 µs"))
+    n = len({r["run"] for r in data["runs"]})
+    write_section("floor", f"""### The machine's floor for a replicated object
+
+{machine()}. What the work that no replication design can skip costs on this machine, without
+Ferry (`bench/floor.py`, Python; one process per case): 4 KiB objects arriving at {data['rate']}
+per second, in groups of 1, 3 or 10 (a batch on the wire, a commit at the destination), for
+{data['seconds']} s. CPU (user + system) per object, median [min-max] of {n} run(s):
+
+- **pace**: the loop alone, sleeping until the next group is due: the wake-ups each case pays too;
+- **durable append**: each group appended to a file, then `fdatasync`: the least a destination
+  does before it acknowledges a replica (invariant 1);
+- **SQLite insert**: each group inserted, in one transaction, into a table shaped like Ferry's
+  `versions` (its three indexes, the body inline) with the usage counter, WAL,
+  `synchronous=FULL`;
+- **send, receive**: each group sent over loopback TCP and answered with 100 bytes, as a batch of
+  replicas and its answer (no HTTP, no signature), in the sending and the receiving process.
+
+{table(["objects per group", "pace", "durable append", "SQLite insert", "send", "receive", "floor: send + receive + append - pace", "send + receive + SQLite - pace"], rows)}
+The floor adds one sent, received and durably written object, less the durable write's own
+wake-up (at a destination the receive wakes it). It leaves out everything a real source and
+destination also do: HTTP, SigV4, the replica's metadata, the source's record of the job.
+The figures include the Python interpreter's own work, a few µs per call.
+
+Reproduce: `scripts/bench-all floor`.""")
+
+
 BENCHES = {"lag": bench_lag, "throughput": bench_throughput, "backfill": bench_backfill, "datapath": bench_datapath,
            "memory": bench_memory, "console": bench_console, "scale_out": bench_scale_out,
            "scale_out_drain": bench_scale_out_drain, "scale_out_lag": bench_scale_out_lag,
-           "lag500": bench_lag500}
+           "lag500": bench_lag500, "floor": bench_floor}
 
 
 def main():
