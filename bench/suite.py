@@ -1523,6 +1523,26 @@ def bench_lag500():
                     data["runs"].append(got)
                     log("lag500", got)
                 if link_kind == "proxy":
+                    # The last row: the independent client at 100 PUT/s through the proxy,
+                    # near the floor of one one-way delay.
+                    low_count = 200 if QUICK else 1000
+                    for sender, i in itertools.product(["batch", "single"], range(runs)):
+                        src = us_single if sender == "single" else us
+                        b = f"l100-{sender}-{i}"
+                        replicate(src, eu, b, b + "-dr")
+
+                        def measure_100():
+                            out = run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,  # noqa: B023
+                                                "--bucket", b, "--dest-bucket", b + "-dr", "--rate", "100",  # noqa: B023
+                                                "--count", str(low_count), "--size", "4096"])
+                            r = json.loads(out.strip().splitlines()[-1])
+                            return {"achieved": r["achieved_rate"], **r["lag_ms"]}
+
+                        per, got = cpu_per_object((src, eu, link), low_count, measure_100)
+                        got.update(link="proxy", client="lag-probe", sender=sender, run=i + 1, rate=100,
+                                   us_cpu_us=per[0], eu_cpu_us=per[1], link_cpu_us=per[2], client_cpu_us=per[3])
+                        data["runs"].append(got)
+                        log("lag100", got)
                     # CPU per object without a watcher: a replicated bucket (batches, then one
                     # PUT per replica), then a plain one.
                     for i in range(runs):
@@ -1560,16 +1580,18 @@ def write_lag500(data):
     for (link, link_name), (client, client_name), (sender, sender_name) in itertools.product(
             links.items(), clients.items(), senders.items()):
         # Results saved before the lean client existed have no "sender": every request was the SDK's.
-        rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client and r.get("sender", "sdk") == sender]
-        if not rs:
-            continue
-        col = lambda name: [r[name] for r in rs]  # noqa: B023 (used at once)
-        rows.append([link_name, client_name, sender_name, str(len(rs)), spread(col("achieved"), "{:.0f}"),
-                     spread(col("p50")), spread(col("p99")), spread(col("max"))]
-                    + [spread(col(f"{who}_cpu_us"), "{:.0f}") for who in ["us", "eu", "link", "client"]])
-        labels.append(f"{link} / {client} / {sender}")
-        p50s.append(median(col("p50")))
-        p99s.append(median(col("p99")))
+        for rate in [data["rate"], 100]:
+            rs = [r for r in data["runs"] if r["link"] == link and r["client"] == client
+                  and r.get("sender", "sdk") == sender and r.get("rate", data["rate"]) == rate]
+            if not rs:
+                continue
+            col = lambda name: [r[name] for r in rs]  # noqa: B023 (used at once)
+            rows.append([link_name, client_name, sender_name, str(rate), str(len(rs)), spread(col("achieved"), "{:.0f}"),
+                         spread(col("p50")), spread(col("p99")), spread(col("max"))]
+                        + [spread(col(f"{who}_cpu_us"), "{:.0f}") for who in ["us", "eu", "link", "client"]])
+            labels.append(f"{link} / {client} / {sender}" + ("" if rate == data["rate"] else f" / {rate}/s"))
+            p50s.append(median(col("p50")))
+            p99s.append(median(col("p99")))
     cpu = data["cpu"]
     of = lambda mode, who: [c[f"{who}_cpu_us"] for c in cpu  # noqa: E731
                             if c.get("mode", "sdk" if c["replicated"] else "plain") == mode]
@@ -1587,7 +1609,8 @@ replicated object: {median(single_us) - median(plain_us) + median(single_eu):.0f
 {machine()}. Two regions as `ferry serve` processes (us-east-1 replicating to eu-west-1); the
 source reaches the destination through `ferry netem --delay 25ms`, or through the plain delay
 proxy of `examples/lag_probe.rs` (each chunk held 25 ms, each way, no cap). Each client writes
-{data['count']:,} objects of 4 KiB at {data['rate']} PUT/s, open loop, and one watcher lists the
+{data['count']:,} objects of 4 KiB at {data['rate']} PUT/s (`lag_probe` through the proxy also 1,000
+at 100 PUT/s, where the lag is near its floor of one one-way delay), open loop, and one watcher lists the
 destination every 2 ms from the oldest object not yet seen: `ferry bench --mode replication`, and
 `lag_probe put`, an aws-sdk-s3 client written apart from Ferry. Lag: first listing at the
 destination minus the PUT's answer. Each cell: median [min-max] over the runs. CPU: user + system
@@ -1597,7 +1620,7 @@ turns: one sends small replicas in batches (the default: replicas that wait for 
 together, `batches_in_flight = 8`), the other one PUT per replica (`batches_in_flight = 0`); both
 through Ferry's lean client.
 
-{table(["link", "client", "replicas sent by", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
+{table(["link", "client", "replicas sent by", "PUT/s asked", "runs", "PUT/s achieved", "lag p50 ms", "lag p99 ms", "lag max ms", "source CPU µs/object", "destination CPU µs/object", "link CPU µs/object", "client CPU µs/object"], rows)}
 CPU per replicated object without a watcher (`lag_probe put --no-watch` at {data['rate']} PUT/s through the
 delay proxy, then `ferry replication status --wait`), median [min-max] of {len(repl_us)} run(s):
 source {spread(repl_us, "{:.0f}")} µs per object, of which {extra_us:.0f} µs is replication's (the same
