@@ -2,6 +2,7 @@
 machine, without Ferry. Run by `scripts/bench-all floor` (bench/suite.py), one case per process:
 
     python bench/floor.py CASE K [RATE] [SECONDS]
+    python bench/floor.py sync|checkpoint
 
 writes one JSON line: CPU (user and system) per object of this process, and of the receiving
 process for `exchange`. Objects are 4 KiB, arriving at RATE per second (default 500), K to a
@@ -15,6 +16,12 @@ Cases:
   the body inline) and the usage counter, in one transaction, WAL, `synchronous=FULL`.
 - `exchange`: each group sent over loopback TCP to a receiving process that reads it and answers
   100 bytes, as a batch of replicas and its answer (no HTTP, no signature).
+
+Two more cases time single operations instead, with no K:
+- `sync`: 300 appends of 4 KiB, each followed by `fdatasync`: the median and p99 of the pair, ms.
+- `checkpoint`: 4,000 commits of 3 rows of 4 KiB, one a millisecond, into a WAL database with
+  `synchronous=FULL`, with SQLite's automatic checkpoints (every 1,000 pages, its default) and
+  without: commit times, ms. A commit that checkpoints waits for the copy and its fsync.
 
 The kernel splits one exact total into user and system time by sampling, so only their sum is
 exact. It includes the Python interpreter's own work, a few µs per call.
@@ -123,8 +130,55 @@ def receive(listener):
     os._exit(0)
 
 
+def percentiles(times_ms):
+    times_ms = sorted(times_ms)
+    at = lambda q: round(times_ms[min(len(times_ms) - 1, int(q * len(times_ms)))], 3)  # noqa: E731
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": round(times_ms[-1], 3)}
+
+
+def sync_latency(work):
+    fd = os.open(os.path.join(work, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    times = []
+    for _ in range(300):
+        t = time.perf_counter()
+        os.write(fd, BODY)
+        os.fdatasync(fd)
+        times.append((time.perf_counter() - t) * 1e3)
+    return percentiles(times)
+
+
+def checkpoint_latency(work, autocheckpoint):
+    db = sqlite3.connect(os.path.join(work, f"cp{autocheckpoint}.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+    times = []
+    t0 = time.monotonic()
+    for i in range(4000):
+        t = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        for _ in range(3):
+            db.execute("INSERT INTO t (b) VALUES (?)", (BODY,))
+        db.execute("COMMIT")
+        times.append((time.perf_counter() - t) * 1e3)
+        wait = t0 + (i + 1) / 1000 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    return percentiles(times)
+
+
 def main():
-    case, k = sys.argv[1], int(sys.argv[2])
+    case = sys.argv[1]
+    if case in ("sync", "checkpoint"):
+        with tempfile.TemporaryDirectory() as work:
+            if case == "sync":
+                print(json.dumps({"case": case, **sync_latency(work)}))
+            else:
+                print(json.dumps({"case": case, "checkpoints": checkpoint_latency(work, 1000),
+                                  "no_checkpoints": checkpoint_latency(work, 0)}))
+        return
+    k = int(sys.argv[2])
     rate = int(sys.argv[3]) if len(sys.argv) > 3 else 500
     seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 8
     out = {"case": case, "k": k, "rate": rate}
@@ -155,7 +209,7 @@ def main():
             out["receiver_user_us"], out["receiver_sys_us"] = json.loads(answer)
             os.wait()
         else:
-            sys.exit(f"unknown case {case}: pace append sqlite exchange")
+            sys.exit(f"unknown case {case}: pace append sqlite exchange sync checkpoint")
     print(json.dumps(out))
 
 
