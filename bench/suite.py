@@ -1499,51 +1499,39 @@ def bench_lag500():
             # batching changes, measured side by side.
             us_single = Region(work, "us-single", peers=[("eu-west-1", link.url)],
                                extra="[replication]\nbatches_in_flight = 0\n")
+            def lag_run(client, sender, i, run_rate, run_count):
+                """One run: `run_count` PUTs at `run_rate` by `client`, replicated by `sender`."""
+                src = us_single if sender == "single" else us
+                b = f"l{run_rate}-{link_kind}-{client}-{sender}-{i}"
+                replicate(src, eu, b, b + "-dr")
+
+                def measure():
+                    if client == "ferry-bench":
+                        r = bench_json("--mode", "replication", "--endpoint", src.url, "--dest-endpoint", eu.url,
+                                       "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
+                                       str(run_rate), "--count", str(run_count))
+                        return {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
+                    out = run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,
+                                        "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(run_rate),
+                                        "--count", str(run_count), "--size", "4096"])
+                    r = json.loads(out.strip().splitlines()[-1])
+                    return {"achieved": r["achieved_rate"], **r["lag_ms"]}
+
+                per, got = cpu_per_object((src, eu, link), run_count, measure)
+                got.update(link=link_kind, client=client, sender=sender, run=i + 1, rate=run_rate, us_cpu_us=per[0],
+                           eu_cpu_us=per[1], link_cpu_us=per[2], client_cpu_us=per[3])
+                data["runs"].append(got)
+                log("lag500", got)
+
             try:
                 # The two senders take turns run by run, so a slow spell of the machine falls on both.
                 for client, i, sender in itertools.product(["ferry-bench", "lag-probe"], range(runs), ["batch", "single"]):
-                    src = us_single if sender == "single" else us
-                    b = f"l500-{link_kind}-{client}-{sender}-{i}"
-                    replicate(src, eu, b, b + "-dr")
-
-                    def measure():
-                        if client == "ferry-bench":
-                            r = bench_json("--mode", "replication", "--endpoint", src.url, "--dest-endpoint", eu.url,
-                                           "--bucket", b, "--dest-bucket", b + "-dr", "--size", "4KiB", "--rate",
-                                           str(rate), "--count", str(count))
-                            return {"achieved": r["replication"]["achieved_rate"], **r["replication"]["lag_ms"]}
-                        out = run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,
-                                            "--bucket", b, "--dest-bucket", b + "-dr", "--rate", str(rate),
-                                            "--count", str(count), "--size", "4096"])
-                        r = json.loads(out.strip().splitlines()[-1])
-                        return {"achieved": r["achieved_rate"], **r["lag_ms"]}
-
-                    per, got = cpu_per_object((src, eu, link), count, measure)
-                    got.update(link=link_kind, client=client, sender=sender, run=i + 1, us_cpu_us=per[0],
-                               eu_cpu_us=per[1], link_cpu_us=per[2], client_cpu_us=per[3])
-                    data["runs"].append(got)
-                    log("lag500", got)
+                    lag_run(client, sender, i, rate, count)
                 if link_kind == "proxy":
-                    # The issue's last row: the independent client at 100 PUT/s through the proxy,
-                    # near the floor of one one-way delay.
-                    low_count = 200 if QUICK else 1000
+                    # The independent client at 100 PUT/s through the proxy too, where the lag is
+                    # near its floor of one one-way delay.
                     for i, sender in itertools.product(range(runs), ["batch", "single"]):
-                        src = us_single if sender == "single" else us
-                        b = f"l100-{sender}-{i}"
-                        replicate(src, eu, b, b + "-dr")
-
-                        def measure_100():
-                            out = run_measured([str(PROBE), "put", "--endpoint", src.url, "--dest-endpoint", eu.url,  # noqa: B023
-                                                "--bucket", b, "--dest-bucket", b + "-dr", "--rate", "100",  # noqa: B023
-                                                "--count", str(low_count), "--size", "4096"])
-                            r = json.loads(out.strip().splitlines()[-1])
-                            return {"achieved": r["achieved_rate"], **r["lag_ms"]}
-
-                        per, got = cpu_per_object((src, eu, link), low_count, measure_100)
-                        got.update(link="proxy", client="lag-probe", sender=sender, run=i + 1, rate=100,
-                                   us_cpu_us=per[0], eu_cpu_us=per[1], link_cpu_us=per[2], client_cpu_us=per[3])
-                        data["runs"].append(got)
-                        log("lag100", got)
+                        lag_run("lag-probe", sender, i, 100, 200 if QUICK else 1000)
                     # CPU per object without a watcher: a replicated bucket (batches, then one
                     # PUT per replica), then a plain one.
                     for i in range(runs):
