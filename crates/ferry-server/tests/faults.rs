@@ -289,21 +289,14 @@ async fn schedule(seed: u64, seconds: u64) -> Vec<String> {
     // 3. Nothing FAILED (every fault was transient), and verify agrees. The source records a
     // destination's answer after the destination holds the version, so the last jobs may
     // still count as pending for a moment.
-    let settled = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until("no job pending once the buckets match", 30, || async {
         let (code, out) = t.ferry_replication("us-east-1", "status", "src", &["--json"]).await;
         assert_eq!(code, 0, "{out}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(v["rules"][0]["failed_ops"], 0, "a transient fault made a job FAILED: {out}\n{context}");
-        if v["rules"][0]["pending_ops"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < settled,
-            "jobs still pending 30 s after the buckets matched: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        v["rules"][0]["pending_ops"] == 0
+    })
+    .await;
     let (code, out) = t.ferry_replication("us-east-1", "verify", "src", &[]).await;
     assert_eq!(code, 0, "verify: {out}\n{context}");
     // 4. No panic, bounded memory.
